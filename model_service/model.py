@@ -1,0 +1,205 @@
+"""ONNX Titanic model wrapper, JSON input validation and an asyncio micro-batcher.
+
+The InferenceSession is cached per process so many apps (the proxy's in-process stub backend creates
+one per key) share a single loaded model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import onnxruntime as ort
+
+MODEL_DIR = Path(__file__).resolve().parent
+DEFAULT_MODEL_PATH = MODEL_DIR / "titanic.onnx"
+DEFAULT_META_PATH = MODEL_DIR / "titanic.json"
+N_FEATURES = 3
+SEX_CODES = {"female": 0.0, "male": 1.0}
+SEX_NAMES = {v: k for k, v in SEX_CODES.items()}
+PCLASSES = (1, 2, 3)
+AGE_MIN, AGE_MAX = 0.0, 120.0
+
+
+class ValidationError(ValueError):
+    """Bad client input; `field` names the offending field so the API can point at it."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _number(payload: Mapping[str, Any], field: str) -> float:
+    if field not in payload or payload[field] is None:
+        raise ValidationError(field, "missing")
+    value = payload[field]
+    # bool is an int subclass in Python; true/false is never a sensible age or class.
+    if isinstance(value, bool):
+        raise ValidationError(field, "must be a number, not a boolean")
+    if not isinstance(value, (int, float)):
+        raise ValidationError(field, f"must be a number, got {type(value).__name__}")
+    f = float(value)
+    if not math.isfinite(f):
+        raise ValidationError(field, "must be finite")
+    return f
+
+
+def parse_passenger(payload: Any) -> dict[str, Any]:
+    """Validate a JSON passenger and return its normalised form {"sex", "age", "pclass"}."""
+    if not isinstance(payload, dict):
+        raise ValidationError("body", "must be a JSON object")
+    if "sex" not in payload or payload["sex"] is None:
+        raise ValidationError("sex", "missing")
+    sex = payload["sex"]
+    if not isinstance(sex, str):
+        raise ValidationError("sex", f"must be a string, got {type(sex).__name__}")
+    sex_norm = sex.strip().lower()
+    if sex_norm not in SEX_CODES:
+        raise ValidationError("sex", "must be 'female' or 'male'")
+    age = _number(payload, "age")
+    if not AGE_MIN <= age <= AGE_MAX:
+        raise ValidationError("age", f"must be between {AGE_MIN:g} and {AGE_MAX:g}")
+    pclass_f = _number(payload, "pclass")
+    if not pclass_f.is_integer() or int(pclass_f) not in PCLASSES:
+        raise ValidationError("pclass", "must be 1, 2 or 3")
+    return {"sex": sex_norm, "age": age, "pclass": int(pclass_f)}
+
+
+def passenger_row(passenger: Mapping[str, Any]) -> np.ndarray:
+    """Feature row [sex_encoded, age, pclass] (float32) for an already validated passenger."""
+    return np.asarray([SEX_CODES[passenger["sex"]], passenger["age"], passenger["pclass"]], dtype=np.float32)
+
+
+def parse_v2_input(body: Any) -> np.ndarray:
+    """Decode a KServe V2 infer request with one FP32 input of shape [N,3] (flat or nested data)."""
+    if not isinstance(body, dict):
+        raise ValidationError("body", "must be a JSON object")
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise ValidationError("inputs", "must be a list with exactly one tensor")
+    tensor = inputs[0]
+    if tensor.get("datatype", "FP32") != "FP32":
+        raise ValidationError("inputs[0].datatype", "must be FP32")
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or len(shape) != 2 or shape[1] != N_FEATURES
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape) or shape[0] < 1):
+        raise ValidationError("inputs[0].shape", f"must be [N, {N_FEATURES}] with N >= 1")
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise ValidationError("inputs[0].data", "must be a list")
+    flat: list[Any] = []
+    stack = [data]
+    # Iterative flatten keeps deep nesting from blowing the recursion limit.
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(reversed(item))
+        else:
+            flat.append(item)
+    if len(flat) != shape[0] * shape[1]:
+        raise ValidationError("inputs[0].data", f"has {len(flat)} values, shape needs {shape[0] * shape[1]}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in flat):
+        raise ValidationError("inputs[0].data", "must contain only numbers")
+    arr = np.asarray(flat, dtype=np.float32).reshape(shape)
+    if not np.isfinite(arr).all():
+        raise ValidationError("inputs[0].data", "must be finite")
+    return arr
+
+
+class TitanicModel:
+    """Thin onnxruntime wrapper: one call scores N rows."""
+
+    def __init__(self, path: str | Path = DEFAULT_MODEL_PATH, meta_path: str | Path | None = None) -> None:
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        meta = Path(meta_path) if meta_path else self.path.with_suffix(".json")
+        self.metadata: dict[str, Any] = json.loads(meta.read_text()) if meta.is_file() else {}
+        self.name: str = self.metadata.get("name", "titanic")
+        self.version: str = str(self.metadata.get("version", "1"))
+        self.calls = 0  # onnxruntime invocations, for tests and diagnostics
+
+    def predict(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (labels int64 [N], probability of survival float32 [N])."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, N_FEATURES)
+        self.calls += 1
+        label, proba = self.session.run(self.output_names, {self.input_name: rows})
+        return np.asarray(label, dtype=np.int64), np.asarray(proba, dtype=np.float32)[:, 1]
+
+
+_model_cache: dict[Path, TitanicModel] = {}
+_model_lock = threading.Lock()
+
+
+def get_model(path: str | Path | None = None) -> TitanicModel:
+    """Process-wide lazily loaded model (one InferenceSession per ONNX file)."""
+    key = Path(path).resolve() if path else DEFAULT_MODEL_PATH
+    with _model_lock:
+        model = _model_cache.get(key)
+        if model is None:
+            model = _model_cache[key] = TitanicModel(key)
+        return model
+
+
+class MicroBatcher:
+    """Collect concurrent single-row predictions for up to `max_wait` s or `max_batch` rows, run them at once.
+
+    Under load this turns N onnxruntime calls into about N/max_batch calls; a lone request waits at
+    most `max_wait`. One batcher belongs to one event loop (create it inside the app's loop).
+    """
+
+    def __init__(self, predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 max_batch: int = 64, max_wait: float = 0.002) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self._predict = predict
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self._pending: list[tuple[np.ndarray, asyncio.Future[tuple[int, float]]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.batches = 0
+
+    async def predict_one(self, row: np.ndarray) -> tuple[int, float]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, float]] = loop.create_future()
+        self._pending.append((np.asarray(row, dtype=np.float32).reshape(N_FEATURES), fut))
+        if len(self._pending) >= self.max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.max_wait, self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        # Drop callers that went away (cancelled) so they cost nothing.
+        batch = [(r, f) for r, f in batch if not f.done()]
+        if not batch:
+            return
+        self.batches += 1
+        try:
+            labels, probs = self._predict(np.stack([r for r, _ in batch]))
+        except Exception as exc:  # every waiter learns about the failure
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for i, (_, fut) in enumerate(batch):
+            if not fut.done():
+                fut.set_result((int(labels[i]), float(probs[i])))
+
+
+def batching_enabled(env: Mapping[str, str]) -> bool:
+    return env.get("MODEL_SERVICE_BATCHING", "1").strip().lower() not in ("0", "false", "no", "off")
