@@ -1,0 +1,138 @@
+"""The one interface every runtime implements, and the value types it speaks.
+
+The manager only ever sees these names: a `Backend` turns a `(key, ContainerSpec)` into a running
+`Instance` with an HTTP address, and can stop, inspect and list what it started. Readiness probing,
+timeouts and idle policy live in the proxy, not here, so each backend stays a thin adapter.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Mapping, Protocol, Sequence, runtime_checkable
+
+# Labels that mark a container as ours. A backend never stops, removes or adopts anything without them.
+LABEL_MANAGED = "proxy.managed"
+LABEL_KEY = "proxy.key"
+LABEL_CONTAINER = "proxy.container"
+LABEL_PROXY_ID = "proxy.instance"
+LABEL_SPEC = "proxy.spec"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Memory and CPU limits of an instance (the seed's instance types)."""
+
+    memory_bytes: int
+    cpus: float
+
+    @property
+    def memory_gib(self) -> float:
+        return self.memory_bytes / 2**30
+
+
+MiB = 2**20
+GiB = 2**30
+
+INSTANCE_TYPES: dict[str, Resources] = {
+    "dev": Resources(memory_bytes=256 * MiB, cpus=1 / 16),
+    "basic": Resources(memory_bytes=1 * GiB, cpus=1 / 4),
+    "standard": Resources(memory_bytes=4 * GiB, cpus=1 / 2),
+}
+
+# Disk per instance type in GB, used only by the usage meter (the seed bills disk too).
+INSTANCE_DISK_GB: dict[str, float] = {"dev": 2.0, "basic": 4.0, "standard": 4.0}
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What to run for one container class; everything a backend needs and nothing it does not."""
+
+    name: str
+    image: str
+    port: int = 8080
+    env: Mapping[str, str] = field(default_factory=dict)
+    entrypoint: Sequence[str] | None = None
+    command: Sequence[str] | None = None
+    resources: Resources = INSTANCE_TYPES["dev"]
+
+    def with_overrides(
+        self,
+        env: Mapping[str, str] | None = None,
+        entrypoint: Sequence[str] | None = None,
+        command: Sequence[str] | None = None,
+    ) -> "ContainerSpec":
+        """A copy for one special start (a cron job's entrypoint/env), leaving the class spec alone."""
+        from dataclasses import replace
+
+        return replace(
+            self,
+            env={**self.env, **(env or {})},
+            entrypoint=entrypoint if entrypoint is not None else self.entrypoint,
+            command=command if command is not None else self.command,
+        )
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A started container (or in-process server): where to send HTTP, and how to find it again."""
+
+    key: str
+    container: str
+    host: str
+    port: int
+    id: str
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+
+class InstanceState(enum.Enum):
+    RUNNING = "running"
+    EXITED = "exited"
+    MISSING = "missing"
+
+
+class BackendError(Exception):
+    """A start/stop the runtime refused or could not do; `reason` is shown to clients (503)."""
+
+    def __init__(self, reason: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class BackendUnavailable(BackendError):
+    """The runtime itself cannot be reached (daemon socket down)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A container runtime, as the manager sees it."""
+
+    name: str
+
+    async def start(self, key: str, spec: ContainerSpec) -> Instance:
+        """Create (or reuse) and start the instance for `key`; return once its port is published.
+
+        Raises BackendError with a human reason when the runtime refuses.
+        """
+        ...
+
+    async def stop(self, instance: Instance) -> None:
+        """Stop the instance. Stopping something already gone is not an error."""
+        ...
+
+    async def inspect(self, instance: Instance) -> InstanceState:
+        """Whether the instance is still alive (used after an upstream error)."""
+        ...
+
+    async def list_instances(self) -> list[Instance]:
+        """Running instances this proxy owns (labelled), for adoption after a restart."""
+        ...
+
+    async def close(self) -> None:
+        """Release runtime connections (not the instances)."""
+        ...

@@ -1,0 +1,70 @@
+"""The embedded backend: the model service runs in the proxy's own process on an ephemeral port.
+
+The proxied path is still real HTTP over 127.0.0.1, exactly as with a container, so everything
+above the Backend protocol behaves the same with no daemon at all. `image` may name an app factory
+as `stub:package.module:function` (tests use this); anything else serves the model service.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+from typing import Callable, Mapping
+
+from aiohttp import web
+
+from backends.base import BackendError, ContainerSpec, Instance, InstanceState
+
+DEFAULT_FACTORY = "model_service.app:create_app"
+AppFactory = Callable[[Mapping[str, str]], web.Application]
+
+
+def _resolve(image: str) -> AppFactory:
+    target = image[len("stub:"):] if image.startswith("stub:") else DEFAULT_FACTORY
+    module_name, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr or "create_app")
+    except (ImportError, AttributeError) as exc:
+        raise BackendError(f"stub image {image!r} cannot be loaded: {exc}") from None
+
+
+class StubBackend:
+    name = "stub"
+
+    def __init__(self) -> None:
+        self._runners: dict[str, web.AppRunner] = {}
+        self._ids = itertools.count(1)
+        self.specs: dict[str, ContainerSpec] = {}  # the spec each key was last started with
+
+    async def start(self, key: str, spec: ContainerSpec) -> Instance:
+        factory = _resolve(spec.image)
+        instance_id = f"stub-{key}-{next(self._ids)}"
+        env = {**spec.env, "INSTANCE_ID": instance_id}
+        try:
+            app = factory(env)
+            runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+        except OSError as exc:
+            raise BackendError(f"stub server failed to listen: {exc}") from None
+        port = runner.addresses[0][1]
+        self._runners[instance_id] = runner
+        self.specs[key] = spec
+        return Instance(key=key, container=spec.name, host="127.0.0.1", port=port, id=instance_id)
+
+    async def stop(self, instance: Instance) -> None:
+        runner = self._runners.pop(instance.id, None)
+        if runner is not None:
+            await runner.cleanup()
+
+    async def inspect(self, instance: Instance) -> InstanceState:
+        return InstanceState.RUNNING if instance.id in self._runners else InstanceState.MISSING
+
+    async def list_instances(self) -> list[Instance]:
+        return []  # in-process servers die with the proxy: nothing to adopt
+
+    async def close(self) -> None:
+        for runner in list(self._runners.values()):
+            await runner.cleanup()
+        self._runners.clear()

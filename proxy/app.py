@@ -1,0 +1,192 @@
+"""Wiring: config -> backend, registry, metrics, hooks, schedules, routes -> an aiohttp Application.
+
+`create_app` is also the library entry point for people embedding the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from backends import create_backend
+from backends.base import Backend
+from proxy.config import Config, ContainerClass
+from proxy.errors import json_errors
+from proxy.events import Transition
+from proxy.hooks import Hooks
+from proxy.metrics import Metrics
+from proxy.registry import Registry
+from proxy.routes import RouteHandler
+from proxy.schedule import Clock, Scheduler
+from proxy.usage import UsageMeter
+
+log = structlog.get_logger("proxy")
+
+
+class Proxy:
+    """Everything one proxy process holds; stored on the app as `app[PROXY]`."""
+
+    def __init__(self, config: Config, backend: Backend, clock: Clock = time.time) -> None:
+        self.config = config
+        self.backend = backend
+        self.registry = Registry(config, backend)
+        self.metrics = Metrics(self.registry, config.key_label_limit)
+        self.usage = UsageMeter(config, self.registry.bus, self.metrics.key_label)
+        self.metrics.prom.register(self.usage)
+        self.hooks = Hooks(self.registry.bus, config.webhooks)
+        self.scheduler = Scheduler(clock)
+        self.handlers = [RouteHandler(route, config, self.registry, self.metrics) for route in config.routes]
+        self.session: aiohttp.ClientSession | None = None
+        self.started = time.time()
+        self.registry.bus.subscribe(_log_transition)
+        self._schedule_prewarm()
+
+    def _schedule_prewarm(self) -> None:
+        for cls in self.config.containers.values():
+            if cls.keepalive is not None:
+                keys = cls.keepalive.keys or self.fixed_keys(cls.name)
+                self.scheduler.add(f"keepalive:{cls.name}", cls.keepalive.schedule,
+                                   lambda cls=cls, keys=keys: self.keepalive(cls, keys))
+            for i, job in enumerate(cls.cron):
+                spec = cls.spec.with_overrides(env=job.env, entrypoint=job.entrypoint, command=job.command)
+                self.scheduler.add(f"cron:{cls.name}:{i}", job.schedule,
+                                   lambda cls=cls, key=job.key, spec=spec: self.prewarm(cls, key, spec))
+
+    def fixed_keys(self, container: str) -> tuple[str, ...]:
+        """Keys named literally by routes (not templates): what a keepalive warms by default."""
+        keys: list[str] = []
+        for route in self.config.routes:
+            if route.container != container or "{" in route.key:
+                continue
+            names = [f"{route.key}-{i}" for i in range(route.instances)] if route.mode == "lb" else [route.key]
+            keys += [k for k in names if k not in keys]
+        return tuple(keys)
+
+    async def keepalive(self, cls: ContainerClass, keys: tuple[str, ...]) -> None:
+        await asyncio.gather(*(self.prewarm(cls, key, None, "keepalive") for key in keys))
+
+    async def prewarm(self, cls: ContainerClass, key: str, spec: Any, reason: str = "cron") -> None:
+        manager = self.registry.get(key, cls.name)
+        await manager.ensure_running(reason=reason, spec=spec)
+        manager.touch()
+
+    async def startup(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+        for handler in self.handlers:
+            handler.session = self.session
+        try:
+            adopted = await self.registry.adopt_running()
+            if adopted:
+                log.info("adopted", count=adopted)
+        except Exception as exc:  # noqa: BLE001 - a daemon that is down now may be up by the first request
+            log.warning("adopt_failed", error=f"{type(exc).__name__}: {exc}")
+        self.scheduler.start()
+
+    async def shutdown(self) -> None:
+        await self.scheduler.stop()
+        await self.registry.stop_all("shutdown")
+        await self.hooks.close()
+        await self.registry.close()
+        if self.session is not None:
+            await self.session.close()
+        await self.backend.close()
+
+    def status(self) -> dict[str, Any]:
+        keys = []
+        for manager in self.registry:
+            entry = manager.status()
+            entry["usage"] = self.usage.report(manager.key)
+            keys.append(entry)
+        return {"backend": self.backend.name, "keys": keys}
+
+
+PROXY = web.AppKey("proxy", Proxy)
+
+
+def _log_transition(event: Transition) -> None:
+    log.info("state", key=event.key, container=event.container, **{"from": event.old.value},
+             to=event.new.value, duration=round(event.duration, 4), reason=event.reason)
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[PROXY].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def container_status(request: web.Request) -> web.Response:
+    proxy = request.app[PROXY]
+    status = proxy.status()
+    probes = await asyncio.gather(*(_probe(proxy, m) for m in proxy.registry if m.instance is not None))
+    live = {key: result for key, result in probes}
+    for entry in status["keys"]:
+        if entry["key"] in live:
+            entry["health"] = live[entry["key"]]
+    return web.json_response(status)
+
+
+async def _probe(proxy: Proxy, manager: Any) -> tuple[str, dict[str, Any]]:
+    """A live readiness probe of a running instance, like the seed's status page."""
+    instance = manager.instance
+    began = time.perf_counter()
+    try:
+        assert proxy.session is not None
+        async with proxy.session.get(instance.url + manager.cls.readiness.path,
+                                     timeout=aiohttp.ClientTimeout(total=1)) as resp:
+            ok = 200 <= resp.status < 300
+            return manager.key, {"ok": ok, "status": resp.status,
+                                 "ms": round((time.perf_counter() - began) * 1000, 2)}
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, AttributeError) as exc:
+        return manager.key, {"ok": False, "error": type(exc).__name__}
+
+
+async def info(request: web.Request) -> web.Response:
+    proxy = request.app[PROXY]
+    config = proxy.config
+    return web.json_response({
+        "service": "lazy-proxy",
+        "backend": proxy.backend.name,
+        "uptime_seconds": round(time.time() - proxy.started, 3),
+        "endpoints": ["/health", "/metrics", "/container-status", "/info"],
+        "routes": [{"path": r.path, "container": r.container, "key": r.key, "mode": r.mode,
+                    "upstream_path": r.upstream_path, "instances": r.instances} for r in config.routes],
+        "containers": {name: {"image": c.spec.image, "port": c.spec.port, "instance_type": c.instance_type,
+                              "memory_bytes": c.spec.resources.memory_bytes, "cpus": c.spec.resources.cpus,
+                              "sleep_after": c.sleep_after, "start_timeout": c.start_timeout,
+                              "max_instances": c.max_instances, "readiness": c.readiness.path,
+                              "keepalive": bool(c.keepalive), "cron_jobs": len(c.cron)}
+                       for name, c in config.containers.items()},
+        "max_body_size": config.max_body_size,
+    })
+
+
+def create_app(config: Config, backend: Backend | None = None, *, clock: Clock = time.time) -> web.Application:
+    backend = backend or create_backend(config.backend.type, socket=config.backend.socket,
+                                        proxy_id=config.backend.proxy_id,
+                                        reuse_stopped=config.backend.reuse_stopped)
+    proxy = Proxy(config, backend, clock)
+    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_size)
+    app[PROXY] = proxy
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/container-status", container_status)
+    app.router.add_get("/info", info)
+    for handler in proxy.handlers:
+        app.router.add_route("*", handler.route.path, handler)
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        await proxy.startup()
+        yield
+        await proxy.shutdown()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

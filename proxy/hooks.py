@@ -1,0 +1,96 @@
+"""Lifecycle hooks (the seed's onStart/onStop/onError): HTTP webhooks and in-process callbacks.
+
+Webhooks are posted from background tasks with a timeout and bounded retries, so a dead receiver
+never delays a proxied request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import aiohttp
+import structlog
+
+from proxy.config import Webhook
+from proxy.events import EventBus, State, Transition
+
+log = structlog.get_logger("proxy.hooks")
+Callback = Callable[[dict[str, Any]], None]
+
+
+def hook_event(event: Transition) -> dict[str, Any] | None:
+    """Map a state change to the seed's three hook events, or None for the steps in between."""
+    if event.new is State.RUNNING and event.old is State.STARTING:
+        name = "start"
+    elif event.new is State.RUNNING and event.reason == "adopted":
+        name = "start"
+    elif event.new is State.FAILED or (event.new is State.STOPPED and event.reason == "error"):
+        name = "error"
+    elif event.new is State.STOPPED:
+        name = "stop"
+    else:
+        return None
+    return {
+        "event": name,
+        "key": event.key,
+        "container": event.container,
+        "reason": event.reason,
+        "timestamp": event.timestamp,
+        "from": event.old.value,
+        "to": event.new.value,
+        "duration_seconds": round(event.duration, 6),
+        "address": event.instance.url if event.instance else None,
+    }
+
+
+class Hooks:
+    def __init__(self, bus: EventBus, webhooks: tuple[Webhook, ...]) -> None:
+        self.webhooks = webhooks
+        self.callbacks: dict[str, list[Callback]] = {"start": [], "stop": [], "error": []}
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        bus.subscribe(self._on_transition)
+
+    def on(self, event: str, callback: Callback) -> None:
+        """In-process hook for people embedding the proxy: `hooks.on("start", fn)`."""
+        self.callbacks[event].append(callback)
+
+    def _on_transition(self, transition: Transition) -> None:
+        payload = hook_event(transition)
+        if payload is None:
+            return
+        for callback in self.callbacks[payload["event"]]:
+            try:
+                callback(payload)
+            except Exception:  # noqa: BLE001 - a user's callback must not break a lifecycle
+                log.exception("hook_callback_failed", event=payload["event"])
+        for hook in self.webhooks:
+            if payload["event"] in hook.events:
+                task = asyncio.get_running_loop().create_task(self._post(hook, payload))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _post(self, hook: Webhook, payload: dict[str, Any]) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        timeout = aiohttp.ClientTimeout(total=hook.timeout)
+        for attempt in range(hook.retries + 1):
+            try:
+                async with self._session.post(hook.url, json=payload, timeout=timeout) as resp:
+                    if resp.status < 500:
+                        return
+                    error = f"HTTP {resp.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            if attempt < hook.retries:
+                await asyncio.sleep(min(0.2 * 2**attempt, 5))
+        log.warning("webhook_failed", url=hook.url, event=payload["event"], key=payload["key"], error=error)
+
+    async def close(self) -> None:
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._session is not None:
+            await self._session.close()

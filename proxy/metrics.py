@@ -1,0 +1,109 @@
+"""Prometheus metrics, all prefixed `proxy_`, fed by lifecycle events and the request path.
+
+Each app gets its own CollectorRegistry (tests build many apps). Per-key labels are bounded by
+`metrics.key_label_limit`: the first N keys keep their name, the rest share the label `_other`.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from proxy.events import State, Transition
+from proxy.registry import Registry
+
+OTHER = "_other"
+STOP_REASONS = {"idle", "shutdown", "error"}
+START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class KeyLabels:
+    """Bounded cardinality: remember up to `limit` keys, fold the rest into `_other`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, key: str) -> str:
+        if key in self._seen:
+            return key
+        if len(self._seen) < self.limit:
+            self._seen.add(key)
+            return key
+        return OTHER
+
+
+class Metrics:
+    def __init__(self, registry: Registry, key_label_limit: int) -> None:
+        self.prom = CollectorRegistry(auto_describe=True)
+        self.key_label = KeyLabels(key_label_limit)
+        r = self.prom
+        self.requests = Counter("proxy_requests", "Proxied requests by route and status code.",
+                                ["route", "code"], registry=r)
+        self.request_duration = Histogram("proxy_request_duration_seconds", "Time to answer a proxied request.",
+                                          ["route"], registry=r)
+        self.starts = Counter("proxy_container_starts", "Instances that became ready.", ["container", "key"],
+                              registry=r)
+        self.start_failures = Counter("proxy_container_start_failures", "Starts that failed or timed out.",
+                                      ["container"], registry=r)
+        self.start_duration = Histogram("proxy_container_start_duration_seconds",
+                                        "Start requested -> instance ready.", ["container"],
+                                        buckets=START_BUCKETS, registry=r)
+        self.stops = Counter("proxy_container_stops", "Instances stopped, by reason (idle, shutdown, error).",
+                             ["container", "reason"], registry=r)
+        self.running = Gauge("proxy_containers_running", "Instances currently running.", ["container"], registry=r)
+        self.cold_wait = Histogram("proxy_cold_start_wait_seconds", "Time requests spent waiting for a start.",
+                                   ["container"], buckets=START_BUCKETS, registry=r)
+        for name in registry.config.containers:
+            self.running.labels(name).set(0)
+        r.register(_InFlightCollector(registry, self.key_label))
+        registry.bus.subscribe(self.on_transition)
+        registry.cold_wait_observer = lambda container, seconds: self.cold_wait.labels(container).observe(seconds)
+
+    def on_transition(self, event: Transition) -> None:
+        if event.new is State.RUNNING:
+            self.running.labels(event.container).inc()
+            if event.old is State.STARTING:
+                self.starts.labels(event.container, self.key_label(event.key)).inc()
+                self.start_duration.labels(event.container).observe(event.duration)
+        elif event.old is State.RUNNING:
+            self.running.labels(event.container).dec()
+        if event.new is State.FAILED:
+            self.start_failures.labels(event.container).inc()
+        if event.new is State.STOPPED and event.old in (State.STOPPING, State.RUNNING):
+            reason = event.reason if event.reason in STOP_REASONS else "error"
+            self.stops.labels(event.container, reason).inc()
+
+    def observe_request(self, route: str, code: int, seconds: float) -> None:
+        self.requests.labels(route, str(code)).inc()
+        self.request_duration.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.prom)
+
+
+class _InFlightCollector(Collector):
+    """In-flight is read at scrape time, so the request path pays nothing for it."""
+
+    def __init__(self, registry: Registry, key_label: KeyLabels) -> None:
+        self.registry = registry
+        self.key_label = key_label
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [GaugeMetricFamily("proxy_container_in_flight", "Requests and WebSockets in flight per key.",
+                                  labels=["container", "key"])]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily("proxy_container_in_flight", "Requests and WebSockets in flight per key.",
+                                   labels=["container", "key"])
+        totals: dict[tuple[str, str], int] = {}
+        for manager in self.registry:
+            if manager.in_flight or manager.state is not State.STOPPED:
+                labels = (manager.cls.name, self.key_label(manager.key))
+                totals[labels] = totals.get(labels, 0) + manager.in_flight
+        for labels, value in totals.items():
+            family.add_metric(list(labels), value)
+        yield family
