@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Bring up (or down) a Docker daemon and a Podman API service on a bare Debian 12 machine (root).
+#
+#   bash .ci/daemons.sh up     # install if needed, start both, wait for GET /_ping on both sockets
+#   bash .ci/daemons.sh down   # stop both by recorded PID
+#   bash .ci/daemons.sh status
+#
+# Idempotent and quick when already done. Nothing is ever pulled from a registry.
+# Notes for this kind of VM: raising rlimits is forbidden and crun rejects the hybrid cgroup
+# layout, so podman is pinned to runc and to ulimits at or below the current hard limits.
+set -euo pipefail
+
+STATE_DIR=${LAZY_PROXY_DAEMONS_DIR:-/tmp/lazy-proxy-daemons}
+DOCKER_SOCK=/var/run/docker.sock
+PODMAN_SOCK=/run/podman/podman.sock
+WAIT_SECONDS=${DAEMONS_WAIT_SECONDS:-60}
+
+mkdir -p "$STATE_DIR"
+
+log() { printf '[daemons] %s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" != 0 ]; then log "must run as root"; exit 2; fi
+}
+
+install_packages() {
+  local missing=()
+  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+  command -v podman >/dev/null 2>&1 || missing+=(podman)
+  command -v runc >/dev/null 2>&1 || missing+=(runc)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  export DEBIAN_FRONTEND=noninteractive
+  if [ ! -f "$STATE_DIR/apt-updated" ]; then
+    log "apt-get update"
+    apt-get update -qq
+    touch "$STATE_DIR/apt-updated"
+  fi
+  if ! command -v dockerd >/dev/null 2>&1; then
+    log "installing docker.io"
+    apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+  fi
+  if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+    log "installing podman runc"
+    apt-get install -y -qq podman runc >/dev/null
+  fi
+  command -v curl >/dev/null 2>&1 || apt-get install -y -qq --no-install-recommends curl >/dev/null
+}
+
+write_containers_conf() {
+  local want
+  want=$(cat <<'CONF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+CONF
+)
+  mkdir -p /etc/containers
+  if [ ! -f /etc/containers/containers.conf ] || [ "$(cat /etc/containers/containers.conf)" != "$want" ]; then
+    log "writing /etc/containers/containers.conf"
+    printf '%s\n' "$want" > /etc/containers/containers.conf
+  fi
+}
+
+ping() {  # ping <socket>
+  curl -fsS --max-time 2 --unix-socket "$1" http://d/_ping >/dev/null 2>&1
+}
+
+pid_alive() {  # pid_alive <pidfile>
+  [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+}
+
+start_dockerd() {
+  if ping "$DOCKER_SOCK"; then log "dockerd already answering"; return 0; fi
+  if pid_alive "$STATE_DIR/dockerd.pid"; then log "dockerd running (pid $(cat "$STATE_DIR/dockerd.pid")), waiting"; return 0; fi
+  log "starting dockerd (log: $STATE_DIR/dockerd.log)"
+  nohup dockerd --host "unix://$DOCKER_SOCK" >"$STATE_DIR/dockerd.log" 2>&1 </dev/null &
+  echo $! >"$STATE_DIR/dockerd.pid"
+}
+
+start_podman() {
+  if ping "$PODMAN_SOCK"; then log "podman service already answering"; return 0; fi
+  if pid_alive "$STATE_DIR/podman.pid"; then log "podman service running (pid $(cat "$STATE_DIR/podman.pid")), waiting"; return 0; fi
+  mkdir -p "$(dirname "$PODMAN_SOCK")"
+  rm -f "$PODMAN_SOCK"
+  log "starting podman system service (log: $STATE_DIR/podman.log)"
+  nohup podman system service --time=0 "unix://$PODMAN_SOCK" >"$STATE_DIR/podman.log" 2>&1 </dev/null &
+  echo $! >"$STATE_DIR/podman.pid"
+}
+
+wait_for() {  # wait_for <name> <socket> <logfile>
+  local deadline=$(( $(date +%s) + WAIT_SECONDS ))
+  until ping "$2"; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      log "$1 did not answer GET /_ping on $2 within ${WAIT_SECONDS}s; log tail:"
+      tail -n 40 "$3" >&2 2>/dev/null || true
+      return 1
+    fi
+    sleep 0.3
+  done
+  log "$1 ready on $2"
+}
+
+stop_one() {  # stop_one <pidfile> <name>
+  local pidfile=$1 name=$2 pid
+  if ! pid_alive "$pidfile"; then rm -f "$pidfile"; log "$name not running (by recorded pid)"; return 0; fi
+  pid=$(cat "$pidfile")
+  log "stopping $name (pid $pid)"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then log "$name did not exit, SIGKILL"; kill -KILL "$pid" 2>/dev/null || true; fi
+  rm -f "$pidfile"
+}
+
+case "${1:-up}" in
+  up)
+    need_root
+    install_packages
+    write_containers_conf
+    start_dockerd
+    start_podman
+    rc=0
+    wait_for dockerd "$DOCKER_SOCK" "$STATE_DIR/dockerd.log" || rc=1
+    wait_for podman "$PODMAN_SOCK" "$STATE_DIR/podman.log" || rc=1
+    exit $rc
+    ;;
+  down)
+    stop_one "$STATE_DIR/podman.pid" podman
+    stop_one "$STATE_DIR/dockerd.pid" dockerd
+    ;;
+  status)
+    ping "$DOCKER_SOCK" && echo "docker: up ($DOCKER_SOCK)" || echo "docker: down"
+    ping "$PODMAN_SOCK" && echo "podman: up ($PODMAN_SOCK)" || echo "podman: down"
+    ;;
+  *)
+    echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac
