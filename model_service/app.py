@@ -104,6 +104,8 @@ async def json_errors(request: web.Request,
         resp = _error(exc.status, exc.reason, path=request.path)
         resp.headers.update(headers)
         return resp
+    except ConnectionError:
+        raise  # the client went away; nothing to answer and nothing to log
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _error(500, "internal server error")

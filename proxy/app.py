@@ -181,7 +181,7 @@ def create_app(config: Config, backend: Backend | None = None, *, clock: Clock =
     app.router.add_get("/container-status", container_status)
     app.router.add_get("/info", info)
     for handler in proxy.handlers:
-        app.router.add_route("*", handler.route.path, handler)
+        app.router.add_route("*", handler.route.path, handler.handle)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await proxy.startup()

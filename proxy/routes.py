@@ -55,7 +55,7 @@ class RouteHandler:
             return self.registry.pick_lb(key, self.route.container, self.route.instances)
         return self.registry.get(key, self.route.container)
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         began = time.perf_counter()
         key = self._key(request)
         response: web.StreamResponse | None = None

@@ -1,0 +1,140 @@
+"""Shared fixtures: a proxy on a chosen backend (stub, docker, podman) with the model service behind it.
+
+Lifecycle tests take `backend_kind` and so run on every backend; docker/podman params carry marks
+(`-m docker`, `-m podman`) and fail, not skip, when their daemon is missing under CI=true.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from backends.base import Backend
+from proxy.app import PROXY, Proxy, create_app
+from proxy.config import parse_config
+from proxy.manager import Manager
+
+BACKEND_PARAMS = [
+    pytest.param("stub", id="stub"),
+    pytest.param("docker", id="docker", marks=pytest.mark.docker),
+    pytest.param("podman", id="podman", marks=pytest.mark.podman),
+]
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def base_config(kind: str, image: str) -> dict[str, Any]:
+    """A small config: one class `svc` running the model service with its debug routes."""
+    return {
+        "server": {"max_body_size": "1MiB", "upstream_timeout": "20s", "connect_timeout": "2s"},
+        "metrics": {"key_label_limit": 1000},
+        "containers": {
+            "svc": {
+                "image": image,
+                "port": 8080,
+                "env": {"MODEL_SERVICE_DEBUG_ROUTES": "1", "API_TITLE": "test"},
+                "readiness": {"path": "/v2/health/ready", "interval": "20ms", "timeout": "1s"},
+                "sleep_after": "60s",
+                "start_timeout": "10s" if kind == "stub" else "40s",
+                "max_instances": 50,
+            }
+        },
+        "routes": [
+            {"path": "/api/{tail:.*}", "container": "svc", "key": "shared"},
+            {"path": "/s/{tail:.*}", "container": "svc", "key": "shared", "upstream_path": "/{tail}"},
+            {"path": "/warm/{tail:.*}", "container": "svc", "key": "shared", "mode": "warm",
+             "upstream_path": "/{tail}"},
+            {"path": "/k/{id}/{tail:.*}", "container": "svc", "key": "{id}", "upstream_path": "/{tail}"},
+            {"path": "/lb/{tail:.*}", "container": "svc", "key": "lb", "mode": "lb", "instances": 3,
+             "upstream_path": "/{tail}"},
+        ],
+    }
+
+
+@dataclass
+class Harness:
+    client: TestClient
+    proxy: Proxy
+    backend: Backend
+
+    def manager(self, key: str) -> Manager:
+        return self.proxy.registry.managers[key]
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of /metrics, keyed by (name, sorted labels)."""
+        text = await (await self.client.get("/metrics")).text()
+        out = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return out
+
+    async def metric(self, name: str, **labels: str) -> float:
+        return (await self.metrics()).get((name, tuple(sorted(labels.items()))), 0.0)
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError("condition not met in time")
+            await asyncio.sleep(0.02)
+
+
+MakeProxy = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.FixtureRequest) -> Any:
+    """Build a proxy on `backend_kind`. Keyword `svc={...}` merges into the class, `config={...}` into the root."""
+    if backend_kind == "stub":
+        from backends.stub import StubBackend
+
+        image = "model_service"
+        make_backend: Callable[[], Backend] = StubBackend
+    else:
+        from tests import engines
+
+        image = await engines.ensure_image(backend_kind)
+        make_backend = lambda: engines.make_backend(backend_kind, proxy_id=f"t{uuid.uuid4().hex[:10]}")  # noqa: E731
+    made: list[Backend] = []
+
+    async def factory(svc: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+                      clock: Callable[[], float] = time.time, backend: Backend | None = None) -> Harness:
+        raw = base_config(backend_kind, image)
+        raw["containers"]["svc"].update(copy.deepcopy(svc or {}))
+        for key, value in (config or {}).items():
+            if isinstance(value, dict) and isinstance(raw.get(key), dict):
+                raw[key].update(value)
+            else:
+                raw[key] = value
+        backend = backend or make_backend()
+        made.append(backend)
+        app = create_app(parse_config(raw), backend, clock=clock)
+        # No client-side connection cap: 200 concurrent requests really are concurrent.
+        client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True},
+                                      connector=aiohttp.TCPConnector(limit=0))
+        return Harness(client, app[PROXY], backend)
+
+    yield factory
+    if backend_kind != "stub":
+        from tests import engines
+
+        for backend in made:
+            await engines.remove_all(backend)
+
+
+def ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
