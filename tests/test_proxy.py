@@ -1,0 +1,152 @@
+"""The proxy surface on the stub backend: keys, limits, headers, own endpoints, streaming bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import resource
+
+import pytest
+from yarl import URL
+
+from proxy.events import State
+
+
+@pytest.fixture
+def backend_kind() -> str:
+    return "stub"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/k/..%2F..%2Fetc/api/health",
+        "/k/%2e%2e/api/health",
+        "/k/..hidden/api/health",
+        "/k/a%00b/api/health",
+        "/k/" + "a" * 300 + "/api/health",
+        "/k/caf%C3%A9/api/health",
+        "/k/-leading-dash/api/health",
+        "/k/sp%20ace/api/health",
+    ],
+)
+async def test_hostile_keys_get_400_and_never_reach_a_backend(make_proxy, path):
+    h = await make_proxy()
+    resp = await h.client.get(URL(path, encoded=True))  # sent as written, no client-side normalising
+    body = await resp.json()
+    assert resp.status == 400, body
+    assert body["error"] == "invalid key" and body["reason"]
+    assert h.proxy.registry.managers == {}  # no manager, so no backend call
+    assert h.backend.specs == {}
+
+
+async def test_body_over_limit_gets_413_by_header_and_by_stream(make_proxy):
+    h = await make_proxy()  # max_body_size 1MiB
+    resp = await h.client.post("/s/debug/echo", data=b"x" * (2 * 2**20))
+    body = await resp.json()
+    assert resp.status == 413 and body["error"] == "request body too large"
+    assert h.proxy.registry.managers == {}  # refused before waking anything
+
+    async def chunked():  # no Content-Length: caught while streaming
+        for _ in range(40):
+            yield b"y" * 65536
+
+    resp = await h.client.post("/s/debug/echo", data=chunked())
+    assert resp.status == 413
+    resp = await h.client.post("/s/debug/echo", data=b"z" * 1000)
+    assert resp.status == 200 and (await resp.json())["bytes"] == 1000
+    assert h.manager("shared").in_flight == 0
+
+
+async def test_200mb_upload_streams_in_bounded_memory(make_proxy):
+    h = await make_proxy(config={"server": {"max_body_size": "300MiB"}})
+    assert (await h.client.get("/s/v2/health/ready")).status == 200
+    block = bytes(range(256)) * 4096  # 1 MiB
+    digest = hashlib.sha256()
+    total = 200
+
+    async def body():
+        for _ in range(total):
+            digest.update(block)
+            yield block
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    resp = await h.client.post("/s/debug/echo", data=body())
+    result = await resp.json()
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert resp.status == 200
+    assert result == {"bytes": total * 2**20, "sha256": digest.hexdigest()}
+    assert grown_mib < 100, f"peak RSS grew {grown_mib:.0f} MiB for a 200 MiB body"
+
+
+async def test_forwarded_and_hop_by_hop_headers(make_proxy):
+    h = await make_proxy()
+    resp = await h.client.get("/s/debug/headers?x=1", headers={
+        "X-Custom": "kept", "Connection": "keep-alive, X-Drop-Me", "X-Drop-Me": "gone",
+        "Proxy-Authorization": "Basic abc", "X-Forwarded-For": "10.1.1.1",
+    })
+    body = await resp.json()
+    seen = {k.lower(): v for k, v in body["headers"].items()}
+    assert seen["x-custom"] == "kept"
+    assert "x-drop-me" not in seen and "proxy-authorization" not in seen
+    assert seen["x-forwarded-for"] == "10.1.1.1, 127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"].startswith("127.0.0.1:")
+    assert body["path"] == "/debug/headers?x=1"  # prefix stripped, query kept
+
+
+async def test_upstream_slower_than_timeout_gives_504(make_proxy):
+    h = await make_proxy(config={"server": {"upstream_timeout": "500ms"}})
+    resp = await h.client.get("/s/debug/sleep?seconds=3")
+    body = await resp.json()
+    assert resp.status == 504 and body["error"] == "upstream error"
+    assert h.manager("shared").state is State.RUNNING  # a slow answer is not a dead instance
+    assert (await h.client.get("/s/api/health")).status == 200
+
+
+async def test_own_endpoints(make_proxy):
+    h = await make_proxy()
+    assert (await (await h.client.get("/health")).json()) == {"status": "ok"}
+    await h.client.get("/k/alpha/api/health")
+    status = await (await h.client.get("/container-status")).json()
+    entry = next(e for e in status["keys"] if e["key"] == "alpha")
+    assert entry["state"] == "running" and entry["in_flight"] == 0 and entry["start_count"] == 1
+    assert entry["address"].startswith("http://127.0.0.1:") and entry["last_activity"] > 0
+    assert entry["health"]["ok"] is True
+    info = await (await h.client.get("/info")).json()
+    assert info["backend"] == "stub" and {r["path"] for r in info["routes"]} >= {"/api/{tail:.*}"}
+    resp = await h.client.get("/nowhere")
+    assert resp.status == 404 and (await resp.json())["error"] == "not found"
+
+
+async def test_metrics_match_what_happened(make_proxy):
+    h = await make_proxy(svc={"sleep_after": "300ms"})
+    for key in ("m1", "m2"):
+        assert (await h.client.get(f"/k/{key}/api/health")).status == 200
+    assert (await h.client.get("/k/m1/debug/status?code=500")).status == 500
+    assert (await h.client.get("/k/bad..key/api/health")).status == 400
+    await h.wait_for(lambda: all(m.state is State.STOPPED for m in h.proxy.registry), timeout=10)
+    route = "/k/{id}/{tail:.*}"
+    m = await h.metrics()
+    assert m[("proxy_requests_total", (("code", "200"), ("route", route)))] == 2
+    assert m[("proxy_requests_total", (("code", "500"), ("route", route)))] == 1
+    assert m[("proxy_requests_total", (("code", "400"), ("route", route)))] == 1
+    assert m[("proxy_request_duration_seconds_count", (("route", route),))] == 4
+    assert m[("proxy_container_starts_total", (("container", "svc"), ("key", "m1")))] == 1
+    assert m[("proxy_container_starts_total", (("container", "svc"), ("key", "m2")))] == 1
+    assert m[("proxy_container_start_duration_seconds_count", (("container", "svc"),))] == 2
+    assert m[("proxy_container_stops_total", (("container", "svc"), ("reason", "idle")))] == 2
+    assert m[("proxy_containers_running", (("container", "svc"),))] == 0
+    assert m[("proxy_cold_start_wait_seconds_count", (("container", "svc"),))] == 2
+    usage = m[("proxy_container_usage_running_seconds_total", (("container", "svc"), ("key", "m1")))]
+    assert 0.25 < usage < 5
+
+
+async def test_key_labels_are_bounded(make_proxy):
+    h = await make_proxy(config={"metrics": {"key_label_limit": 2}})
+    for key in ("a1", "a2", "a3", "a4"):
+        assert (await h.client.get(f"/k/{key}/api/health")).status == 200
+    m = await h.metrics()
+    keys = {dict(labels).get("key") for (name, labels) in m if name == "proxy_container_starts_total"}
+    assert keys == {"a1", "a2", "_other"}
+    assert m[("proxy_container_starts_total", (("container", "svc"), ("key", "_other")))] == 2
