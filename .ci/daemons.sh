@@ -28,6 +28,8 @@ install_packages() {
   command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
   command -v podman >/dev/null 2>&1 || missing+=(podman)
   command -v runc >/dev/null 2>&1 || missing+=(runc)
+  # podman's Init=true (HostConfig.Init) needs catatonit; Debian's podman only recommends it.
+  [ -x /usr/libexec/podman/catatonit ] || missing+=(catatonit)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
   [ ${#missing[@]} -eq 0 ] && return 0
   export DEBIAN_FRONTEND=noninteractive
@@ -40,9 +42,10 @@ install_packages() {
     log "installing docker.io"
     apt-get install -y -qq --no-install-recommends docker.io >/dev/null
   fi
-  if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
-    log "installing podman runc"
-    apt-get install -y -qq podman runc >/dev/null
+  if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \
+      || [ ! -x /usr/libexec/podman/catatonit ]; then
+    log "installing podman runc catatonit"
+    apt-get install -y -qq podman runc catatonit >/dev/null
   fi
   command -v curl >/dev/null 2>&1 || apt-get install -y -qq --no-install-recommends curl >/dev/null
 }
