@@ -50,6 +50,8 @@ def base_config(kind: str, image: str) -> dict[str, Any]:
                 "sleep_after": "60s",
                 "start_timeout": "10s" if kind == "stub" else "40s",
                 "max_instances": 50,
+                # Containers get a whole CPU so the model service imports quickly; limits are tested elsewhere.
+                **({} if kind == "stub" else {"instance_type": {"memory": "512MiB", "cpus": 1.0}}),
             }
         },
         "routes": [
