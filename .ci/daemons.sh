@@ -2,7 +2,7 @@
 # Bring up (or down) a Docker daemon and a Podman API service on a bare Debian 12 machine (root).
 #
 #   bash .ci/daemons.sh up     # install if needed, start both, wait for GET /_ping on both sockets
-#   bash .ci/daemons.sh down   # stop both by recorded PID
+#   bash .ci/daemons.sh down [docker|podman]   # stop both (or one) by recorded PID
 #   bash .ci/daemons.sh status
 #
 # Idempotent and quick when already done. Nothing is ever pulled from a registry.
@@ -128,9 +128,9 @@ case "${1:-up}" in
     wait_for podman "$PODMAN_SOCK" "$STATE_DIR/podman.log" || rc=1
     exit $rc
     ;;
-  down)
-    stop_one "$STATE_DIR/podman.pid" podman
-    stop_one "$STATE_DIR/dockerd.pid" dockerd
+  down)  # down [docker|podman]: both by default
+    if [ "${2:-all}" != docker ]; then stop_one "$STATE_DIR/podman.pid" podman; fi
+    if [ "${2:-all}" != podman ]; then stop_one "$STATE_DIR/dockerd.pid" dockerd; fi
     ;;
   status)
     ping "$DOCKER_SOCK" && echo "docker: up ($DOCKER_SOCK)" || echo "docker: down"

@@ -63,7 +63,7 @@ class Lease:
 class Manager:
     __slots__ = (
         "key", "cls", "env", "state", "instance", "in_flight", "start_count", "last_activity",
-        "_since", "_start_task", "_stop_task", "_idle_handle", "last_error",
+        "_since", "_start_task", "_stop_task", "_idle_handle", "_check_task", "last_error",
     )
 
     def __init__(self, key: str, cls: ContainerClass, env: Environment) -> None:
@@ -80,6 +80,7 @@ class Manager:
         self._start_task: asyncio.Task[None] | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
+        self._check_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ requests
 
@@ -218,6 +219,20 @@ class Manager:
         task = self._begin_stop(reason)
         if task is not None:
             await asyncio.shield(task)
+
+    def suspect(self) -> None:
+        """An upstream connection failed: find out in the background whether the instance died.
+
+        The runtime may report a killed container as running for a moment, so look a few times.
+        """
+        if self._check_task is None or self._check_task.done():
+            self._check_task = asyncio.create_task(self._recheck(), name=f"check:{self.key}")
+
+    async def _recheck(self) -> None:
+        for delay in (0.0, 0.2, 0.5, 1.0):
+            await asyncio.sleep(delay)
+            if not await self.check_alive():
+                return
 
     async def check_alive(self) -> bool:
         """After an upstream error: is the instance still there? If not, forget it (reason=error)."""

@@ -114,8 +114,8 @@ class RouteHandler:
         except BodyTooLarge as exc:
             return json_error(413, "request body too large", str(exc))
         except UpstreamError as exc:
-            alive = await manager.check_alive() if exc.status == 502 else True
-            reason = exc.reason if alive else f"{exc.reason}; the instance is gone and restarts on the next request"
+            if exc.status == 502:
+                manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
             if request.transport is None or request.transport.is_closing():
-                raise ConnectionResetError(reason) from None
-            return json_error(exc.status, "upstream error", reason, key=manager.key)
+                raise ConnectionResetError(exc.reason) from None
+            return json_error(exc.status, "upstream error", exc.reason, key=manager.key)
