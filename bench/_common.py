@@ -1,0 +1,256 @@
+"""Shared helpers for the benchmarks: free ports, subprocess servers, percentiles, tables, wrk parsing.
+
+Benchmarks are not tests: they print medians and ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env_with_root(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
+def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited early with code {proc.returncode}: {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status < 500:
+                    return
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not come up: {url}")
+
+
+def http_json(url: str, timeout: float = 10.0) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def http_text(url: str, timeout: float = 10.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.read().decode()
+
+
+class Server:
+    """A server subprocess in its own process group; stopped with SIGTERM then SIGKILL."""
+
+    def __init__(self, argv: Sequence[str], ready_url: str, env: dict[str, str] | None = None,
+                 cpus: str | None = None, log: str | None = None) -> None:
+        if cpus:
+            argv = ["taskset", "-c", cpus, *argv]
+        self.log = open(log or os.devnull, "wb")
+        self.proc = subprocess.Popen(list(argv), env=env or env_with_root(), stdout=self.log,
+                                     stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)
+        self.ready_url = ready_url
+        try:
+            wait_http(ready_url, proc=self.proc)
+        except Exception:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def model_service(port: int, cpus: str | None = None, **env: str) -> Server:
+    return Server([PY, "-m", "model_service", "--host", "127.0.0.1", "--port", str(port)],
+                  f"http://127.0.0.1:{port}/v2/health/ready", env=env_with_root(**env), cpus=cpus)
+
+
+def write_config(raw: dict[str, Any]) -> str:
+    fd, path = tempfile.mkstemp(prefix="bench-proxy-", suffix=".json")  # JSON is valid YAML
+    with os.fdopen(fd, "w") as f:
+        json.dump(raw, f)
+    return path
+
+
+def proxy(config: dict[str, Any], port: int, *, uvloop: bool = True, upstream: str | None = None,
+          cpus: str | None = None, log: str | None = None) -> Server:
+    """The proxy via bench/_proxy_launcher.py (adds GET /_bench/stats; optional external upstream)."""
+    path = write_config(config)
+    argv = [PY, str(BENCH / "_proxy_launcher.py"), "--config", path, "--port", str(port),
+            "--uvloop", "1" if uvloop else "0"]
+    if upstream:
+        argv += ["--upstream", upstream]
+    try:
+        return Server(argv, f"http://127.0.0.1:{port}/health", cpus=cpus, log=log)
+    finally:
+        os.unlink(path)
+
+
+def metrics_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric_sum(samples: dict, name: str, **labels: str) -> float:
+    total = 0.0
+    for (n, lab), v in samples.items():
+        d = dict(lab)
+        if n == name and all(d.get(k) == val for k, val in labels.items()):
+            total += v
+    return total
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def pct(values: Sequence[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, int(round(p / 100.0 * (len(s) - 1)))))
+    return s[k]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
+    cells = [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    if title:
+        print(f"\n{title}")
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)))
+    sys.stdout.flush()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "n/a"
+        return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
+    return str(v)
+
+
+def _numeric(s: str) -> bool:
+    return bool(re.fullmatch(r"[-+]?[\d,]*\.?\d+%?x?", s))
+
+
+def summary(name: str, data: dict[str, Any]) -> None:
+    print("SUMMARY " + json.dumps({"bench": name, **data}, sort_keys=True, default=str))
+    sys.stdout.flush()
+
+
+def goal(label: str, met: bool) -> str:
+    return f"{label}: {'MET' if met else 'NOT MET'}"
+
+
+# ---------------------------------------------------------------- wrk
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
+    if not m:
+        return float("nan")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(url: str, *, threads: int = 2, conns: int = 32, seconds: float = 5, script: str | None = None,
+        cpus: str | None = None) -> dict[str, float]:
+    """Run wrk --latency; return rps, p50/p75/p90/p99 in ms, errors."""
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, int(round(seconds)))}s", "--latency", "--timeout", "5s"]
+    if script:
+        argv += ["-s", script]
+    argv.append(url)
+    if cpus:
+        argv = ["taskset", "-c", cpus, *argv]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    res: dict[str, float] = {"rps": float("nan"), "errors": 0.0, "non2xx": 0.0}
+    if m := re.search(r"Requests/sec:\s+([\d.]+)", out):
+        res["rps"] = float(m.group(1))
+    for p in ("50", "75", "90", "99"):
+        if m := re.search(rf"^\s+{p}(?:\.000)?%\s+(\S+)", out, re.M):
+            res[f"p{p}"] = _ms(m.group(1))
+    if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        res["errors"] = float(sum(int(x) for x in m.groups()))
+    if m := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        res["non2xx"] = float(m.group(1))
+    if m := re.search(r"(\d+) requests in", out):
+        res["requests"] = float(m.group(1))
+    return res
+
+
+def wrk_post_script(body: str, content_type: str = "application/json") -> str:
+    fd, path = tempfile.mkstemp(prefix="bench-wrk-", suffix=".lua")
+    with os.fdopen(fd, "w") as f:
+        f.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                f'wrk.headers["Content-Type"] = "{content_type}"\n')
+    return path
+
+
+def has_wrk() -> bool:
+    return subprocess.run(["sh", "-c", "command -v wrk"], capture_output=True).returncode == 0
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int]) -> Iterator[None]:
+    """Pin this process (the load generator) to `cpus` for the block."""
+    old = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, cpus)
+        yield
+    finally:
+        os.sched_setaffinity(0, old)

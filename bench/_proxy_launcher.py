@@ -1,0 +1,120 @@
+"""Run the proxy like `python -m proxy`, plus what the benchmarks need.
+
+    python bench/_proxy_launcher.py --config FILE --port P [--uvloop 0|1] [--upstream http://127.0.0.1:N]
+
+- `--uvloop 1` installs uvloop before the loop is created (as proxy/__main__.py does when importable);
+  `--uvloop 0` keeps the default asyncio loop even if uvloop is installed.
+- `--upstream URL`: a tiny backend whose "start" returns an instance at URL (a model service running as its
+  own process), so the proxy and its upstream do not share a process or an event loop. Stop is a no-op.
+- `GET /_bench/stats`: asyncio tasks, open fds, RSS, upstream connector connections, event loop class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiohttp import web  # noqa: E402
+
+from backends.base import ContainerSpec, Instance, InstanceState  # noqa: E402
+from proxy.app import PROXY, create_app  # noqa: E402
+from proxy.config import load_config  # noqa: E402
+from proxy.logs import configure  # noqa: E402
+
+
+class ExternalBackend:
+    """Every key maps to one already-running upstream process."""
+
+    name = "external"
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.n = 0
+
+    async def start(self, key: str, spec: ContainerSpec) -> Instance:
+        self.n += 1
+        return Instance(key=key, container=spec.name, host=self.host, port=self.port, id=f"ext-{key}-{self.n}")
+
+    async def stop(self, instance: Instance) -> None:
+        return None
+
+    async def inspect(self, instance: Instance) -> InstanceState:
+        return InstanceState.RUNNING
+
+    async def list_instances(self) -> list[Instance]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def stats(request: web.Request) -> web.Response:
+    proxy = request.app[PROXY]
+    idle = acquired = 0
+    if proxy.session is not None:
+        connector = proxy.session.connector
+        idle = sum(len(v) for v in getattr(connector, "_conns", {}).values())
+        acquired = len(getattr(connector, "_acquired", ()))
+    managers = proxy.registry.managers
+    kinds: dict[str, int] = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        kind = target.split(":")[0] if ":" in target else ("file" if target.startswith("/") else target)
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return web.json_response({
+        "tasks": len(asyncio.all_tasks()),
+        "fds": len(os.listdir("/proc/self/fd")),
+        "fd_kinds": kinds,
+        "rss_kib": _rss_kib(),
+        "upstream_idle_conns": idle,
+        "upstream_acquired_conns": acquired,
+        "managers": len(managers),
+        "running": sum(1 for m in managers.values() if m.state.value == "running"),
+        "in_flight": sum(m.in_flight for m in managers.values()),
+        "loop": type(asyncio.get_running_loop()).__module__,
+    })
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--uvloop", default="1")
+    parser.add_argument("--upstream")
+    args = parser.parse_args()
+    config = replace(load_config(args.config), host=args.host, port=args.port)
+    configure(config.log_level)
+    if args.uvloop == "1":
+        import uvloop  # type: ignore[import-not-found]
+
+        uvloop.install()
+    backend = ExternalBackend(args.upstream) if args.upstream else None
+    app = create_app(config, backend)
+    app.router.add_get("/_bench/stats", stats)
+    web.run_app(app, host=config.host, port=config.port, shutdown_timeout=config.drain_timeout,
+                handler_cancellation=True, access_log=None, print=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
