@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,12 +59,25 @@ def openloop(url: str, rate: float, seconds: float) -> dict[str, float]:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def alternate(direct_url: str, proxied_url: str, runs: int, seconds: float) -> dict[str, list[dict[str, float]]]:
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def alternate(direct_url: str, proxied_url: str, runs: int, seconds: float,
+              pids: dict[str, int] | None = None) -> dict[str, list[dict[str, float]]]:
+    """Alternate direct/proxied runs; with `pids` also record each process's CPU microseconds per request."""
     out: dict[str, list[dict[str, float]]] = {"direct": [], "proxied": []}
     for i in range(runs):
         order = ("direct", "proxied") if i % 2 == 0 else ("proxied", "direct")
         for which in order:
-            out[which].append(load(direct_url if which == "direct" else proxied_url, seconds))
+            before = {n: cpu_seconds(p) for n, p in (pids or {}).items()}
+            r = load(direct_url if which == "direct" else proxied_url, seconds)
+            for n, p in (pids or {}).items():
+                r[f"cpu_us_per_req_{n}"] = (cpu_seconds(p) - before[n]) * 1e6 / max(1.0, r.get("requests", 0))
+            out[which].append(r)
     return out
 
 
@@ -101,11 +115,11 @@ def main() -> int:
         direct_url = f"http://127.0.0.1:{up_port}/api/health"
         for name, uv, level in variants:
             port = free_port()
-            with proxy(proxy_config(level), port, uvloop=uv, upstream=f"http://127.0.0.1:{up_port}"):
+            with proxy(proxy_config(level), port, uvloop=uv, upstream=f"http://127.0.0.1:{up_port}") as px:
                 proxied_url = f"http://127.0.0.1:{port}/api/health"
                 http_json(proxied_url)  # warm: the (external) instance is "started" and the pool is open
                 load(proxied_url, 1)
-                r = alternate(direct_url, proxied_url, runs, seconds)
+                r = alternate(direct_url, proxied_url, runs, seconds, pids={"upstream": upstream.pid, "proxy": px.pid})
                 half = None
                 if level == "info":
                     rate = 0.5 * med(r["proxied"], "rps")
@@ -120,6 +134,8 @@ def main() -> int:
                    "direct_p50_ms": med(r["direct"], "p50"), "proxied_p50_ms": med(r["proxied"], "p50"),
                    "direct_p99_ms": med(r["direct"], "p99"), "proxied_p99_ms": med(r["proxied"], "p99"),
                    "errors": sum(x["errors"] + x["non2xx"] for x in r["direct"] + r["proxied"]),
+                   "cpu_us_per_req_upstream": med(r["direct"], "cpu_us_per_req_upstream"),
+                   "cpu_us_per_req_proxy": med(r["proxied"], "cpu_us_per_req_proxy"),
                    "runs_rps_direct": [x["rps"] for x in r["direct"]],
                    "runs_rps_proxied": [x["rps"] for x in r["proxied"]]}
             res["added_p50_ms"] = res["proxied_p50_ms"] - res["direct_p50_ms"]
@@ -135,10 +151,10 @@ def main() -> int:
             results[name] = res
             rows.append([name, d_rps, p_rps, f"{res['ratio']:.2f}", res["direct_p50_ms"], res["proxied_p50_ms"],
                          res["added_p50_ms"], res["direct_p99_ms"], res["proxied_p99_ms"], res["added_p99_ms"],
-                         int(res["errors"])])
+                         res["cpu_us_per_req_upstream"], res["cpu_us_per_req_proxy"], int(res["errors"])])
 
     table(["variant (setup A)", "direct rps", "proxied rps", "ratio", "dir p50", "prx p50", "+p50 ms",
-           "dir p99", "prx p99", "+p99 ms", "errors"], rows,
+           "dir p99", "prx p99", "+p99 ms", "upstream CPU us/req", "proxy CPU us/req", "errors"], rows,
           title=f"closed loop, {CONNS} connections (latencies in ms, medians of {runs} runs)")
     hrows = [[n, r["half_rate"], r["half_direct_achieved_rps"], r["half_proxied_achieved_rps"], r["half_direct_p50_ms"],
               r["half_proxied_p50_ms"], r["half_direct_p99_ms"], r["half_proxied_p99_ms"], r["half_added_p99_ms"]]
@@ -172,6 +188,8 @@ def main() -> int:
     print("  " + goal(f"throughput ratio proxied/direct = {head['ratio']:.2f} (goal >= 0.75)", head["ratio"] >= 0.75))
     print("  " + goal(f"added p99 at half load = {head['half_added_p99_ms']:.2f} ms (goal <= 1 ms)",
                       head["half_added_p99_ms"] <= 1.0))
+    print(f"  CPU per request: upstream {head['cpu_us_per_req_upstream']:.0f} us (direct runs), proxy process "
+          f"{head['cpu_us_per_req_proxy']:.0f} us (proxied runs): the proxied path is bound by the proxy's CPU")
     if have_uvloop:
         a, u = results["asyncio, log=info"], results["uvloop, log=info"]
         print(f"  uvloop vs asyncio (proxied rps): {u['proxied_rps']:.0f} vs {a['proxied_rps']:.0f} "
