@@ -133,6 +133,10 @@ class Backend(Protocol):
         """Running instances this proxy owns (labelled), for adoption after a restart."""
         ...
 
+    async def cleanup_stopped(self) -> list[str]:
+        """Remove stopped instances this proxy owns (orphans of an earlier run); their names."""
+        ...
+
     async def close(self) -> None:
         """Release runtime connections (not the instances)."""
         ...

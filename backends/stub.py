@@ -64,6 +64,9 @@ class StubBackend:
     async def list_instances(self) -> list[Instance]:
         return []  # in-process servers die with the proxy: nothing to adopt
 
+    async def cleanup_stopped(self) -> list[str]:
+        return []  # a stopped in-process server leaves nothing behind
+
     async def close(self) -> None:
         for runner in list(self._runners.values()):
             await runner.cleanup()

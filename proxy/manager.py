@@ -9,6 +9,7 @@ the only awaits are on the start/stop tasks, which every caller shares.
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
@@ -270,8 +271,6 @@ class Manager:
         self.env.bus.emit(Transition(self.key, self.cls.name, old, new, duration, reason, self.instance))
 
     def status(self) -> dict[str, object]:
-        import time
-
         loop = asyncio.get_running_loop()
         last = time.time() - (loop.time() - self.last_activity) if self.last_activity else None
         return {

@@ -94,7 +94,12 @@ class Registry:
     # ------------------------------------------------------------------ process lifecycle
 
     async def adopt_running(self) -> int:
-        """After a proxy restart, take over the running instances this proxy owns."""
+        """After a proxy restart, take over the running instances this proxy owns.
+
+        Stopped ones stay as a warm-restart cache when `backend.reuse_stopped` is on, else are removed.
+        """
+        if not self.config.backend.reuse_stopped:
+            await self.backend.cleanup_stopped()
         adopted = 0
         for instance in await self.backend.list_instances():
             cls: ContainerClass | None = self.config.containers.get(instance.container)

@@ -125,3 +125,18 @@ async def test_instance_type_limits_via_config(make_proxy, raw):
     assert host["Init"] is True
     labels = info["Config"]["Labels"]
     assert labels["proxy.managed"] == "true" and labels["proxy.key"] == "shared" and labels["proxy.container"] == "svc"
+
+
+async def test_restart_without_reuse_removes_stopped_orphans(make_proxy, raw, backend_kind):
+    proxy_id = f"t{uuid.uuid4().hex[:10]}"
+    backend = engines.make_backend(backend_kind, proxy_id)  # reuse_stopped=True: stop leaves it stopped
+    spec = parse_config(base_config(backend_kind, engines.DEFAULT_TAG)).containers["svc"].spec
+    instance = await backend.start("orphan", spec)
+    await backend.stop(instance)
+    await backend.close()
+    label = {"label": [f"proxy.instance={proxy_id}"]}
+    assert len(await raw.containers.list(all=True, filters=label)) == 1
+    h = await make_proxy(config={"backend": {"proxy_id": proxy_id, "reuse_stopped": False}},
+                         backend=engines.make_backend(backend_kind, proxy_id))
+    assert await raw.containers.list(all=True, filters=label) == []
+    assert h.proxy.registry.managers == {}
