@@ -88,6 +88,12 @@ class Proxy:
             log.warning("adopt_failed", error=f"{type(exc).__name__}: {exc}")
         self.scheduler.start()
 
+    async def close_websockets(self) -> None:
+        """On SIGTERM: open WebSockets get 1001 (going away) rather than holding the drain open."""
+        sockets = [ws for handler in self.handlers for ws in list(handler.websockets)]
+        await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"proxy shutting down")
+                               for ws in sockets), return_exceptions=True)
+
     async def shutdown(self) -> None:
         await self.scheduler.stop()
         await self.registry.stop_all("shutdown")
@@ -189,4 +195,5 @@ def create_app(config: Config, backend: Backend | None = None, *, clock: Clock =
         await proxy.shutdown()
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(lambda app: proxy.close_websockets())
     return app

@@ -120,6 +120,7 @@ async def forward_websocket(
     *,
     on_message: Callable[[], None],
     connect_timeout: float,
+    open_sockets: "set[web.WebSocketResponse]",
 ) -> web.WebSocketResponse:
     """Connect upstream first (so a dead instance still gets a JSON 502), then pump both ways."""
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
@@ -133,6 +134,7 @@ async def forward_websocket(
     client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), max_msg_size=0)
     async with upstream:
         await client.prepare(request)
+        open_sockets.add(client)  # so shutdown can close it with 1001 instead of waiting it out
         pumps = [asyncio.create_task(_pump(client, upstream, on_message)),
                  asyncio.create_task(_pump(upstream, client, on_message))]
         try:
@@ -141,8 +143,8 @@ async def forward_websocket(
             for task in pumps:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
-            code = upstream.close_code or 1000
-            await client.close(code=code)
+            open_sockets.discard(client)
+            await client.close(code=upstream.close_code or 1000)
     return client
 
 

@@ -34,6 +34,7 @@ class RouteHandler:
         self.registry = registry
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None
+        self.websockets: set[web.WebSocketResponse] = set()
         self.timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout,
                                              sock_read=config.upstream_timeout)
         self._key_is_template = bool(_PLACEHOLDER.search(route.key))
@@ -108,7 +109,8 @@ class RouteHandler:
         try:
             if is_websocket(request):
                 return await forward_websocket(request, self.session, url, on_message=manager.touch,
-                                               connect_timeout=self.config.connect_timeout)
+                                               connect_timeout=self.config.connect_timeout,
+                                               open_sockets=self.websockets)
             return await forward_http(request, self.session, url, max_body=self.config.max_body_size,
                                       timeout=self.timeout, extra_headers=headers)
         except BodyTooLarge as exc:

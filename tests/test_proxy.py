@@ -150,3 +150,14 @@ async def test_key_labels_are_bounded(make_proxy):
     keys = {dict(labels).get("key") for (name, labels) in m if name == "proxy_container_starts_total"}
     assert keys == {"a1", "a2", "_other"}
     assert m[("proxy_container_starts_total", (("container", "svc"), ("key", "_other")))] == 2
+
+
+async def test_shutdown_closes_open_websockets_with_1001(make_proxy):
+    h = await make_proxy()
+    ws = await h.client.ws_connect("/s/debug/ws")
+    await ws.send_str("ping")
+    assert (await ws.receive(timeout=10)).data == "ping"
+    await h.proxy.close_websockets()
+    msg = await ws.receive(timeout=10)
+    assert msg.type.name in ("CLOSE", "CLOSED") and ws.close_code == 1001
+    await h.wait_for(lambda: h.manager("shared").in_flight == 0)
