@@ -145,7 +145,7 @@ async def run(base: str, minutes: float) -> dict:
             # Warm-up: instance churn needs a while to reach its steady number of concurrent instances
             # (and the allocator its working set); at least 20 s, at most 40% of the run.
             warm = max(0.15, min(0.4, 20.0 / seconds))
-            marks = [("after warm-up", warm), ("middle", 0.5 if warm < 0.45 else 0.7), ("75%", 0.75),
+            marks = [("after warm-up", warm), ("middle", 0.5 if warm < 0.45 else 0.7), ("at 75%", 0.75),
                      ("end of traffic", 0.97)]
             for name, frac in marks:
                 await asyncio.sleep(max(0.0, began + frac * seconds - time.monotonic()))
