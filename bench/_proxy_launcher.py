@@ -108,6 +108,10 @@ def main() -> int:
         import uvloop  # type: ignore[import-not-found]
 
         uvloop.install()
+    if os.environ.get("BENCH_GC") == "off":  # diagnostics: is a latency tail the cyclic GC?
+        import gc
+
+        gc.disable()
     backend = ExternalBackend(args.upstream) if args.upstream else None
     app = create_app(config, backend)
     app.router.add_get("/_bench/stats", stats)
