@@ -154,8 +154,10 @@ def get_model(path: str | Path | None = None) -> TitanicModel:
 class MicroBatcher:
     """Collect concurrent single-row predictions for up to `max_wait` s or `max_batch` rows, run them at once.
 
-    Under load this turns N onnxruntime calls into about N/max_batch calls; a lone request waits at
-    most `max_wait`. One batcher belongs to one event loop (create it inside the app's loop).
+    Under load this turns N onnxruntime calls into about N/max_batch calls. Adaptive: a lone request
+    is run on the next loop turn (no timer), and only once the last batch held more than one row,
+    i.e. there is concurrency to gain from, do requests wait up to `max_wait` for company.
+    One batcher belongs to one event loop (create it inside the app's loop).
     """
 
     def __init__(self, predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
@@ -166,7 +168,8 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self._pending: list[tuple[np.ndarray, asyncio.Future[tuple[int, float]]]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._last_size = 0
         self.batches = 0
 
     async def predict_one(self, row: np.ndarray) -> tuple[int, float]:
@@ -176,7 +179,10 @@ class MicroBatcher:
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self.max_wait, self._flush)
+            if self._last_size > 1:
+                self._timer = loop.call_later(self.max_wait, self._flush)
+            else:
+                self._timer = loop.call_soon(self._flush)  # requests parsed in this turn still join
         return await fut
 
     def _flush(self) -> None:
@@ -186,6 +192,7 @@ class MicroBatcher:
         batch, self._pending = self._pending, []
         # Drop callers that went away (cancelled) so they cost nothing.
         batch = [(r, f) for r, f in batch if not f.done()]
+        self._last_size = len(batch)
         if not batch:
             return
         self.batches += 1

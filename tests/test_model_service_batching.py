@@ -94,3 +94,12 @@ async def test_app_uses_batcher_for_concurrent_requests(aiohttp_client) -> None:
     assert plain_app[STATE].batcher is None
     for p, b in zip(payloads, bodies):
         assert await (await plain.post("/api/inference", json=p)).json() == b
+
+
+async def test_lone_request_does_not_wait_for_company(model: TitanicModel) -> None:
+    """Adaptive: with no concurrency there is nothing to batch, so no max_wait timer."""
+    batcher = MicroBatcher(model.predict, max_batch=64, max_wait=30.0)
+    for row in _rows(3):  # one after another: each is a batch of one, none waits 30 s
+        label, prob = await asyncio.wait_for(batcher.predict_one(row), timeout=5)
+        assert label in (0, 1) and 0.0 <= prob <= 1.0
+    assert batcher.batches == 3
