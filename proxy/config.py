@@ -111,6 +111,7 @@ class Config:
     backend: BackendConfig = BackendConfig()
     key_label_limit: int = 100
     log_level: str = "info"
+    log_requests: bool = True
     containers: Mapping[str, ContainerClass] = field(default_factory=dict)
     routes: tuple[Route, ...] = ()
     webhooks: tuple[Webhook, ...] = ()
@@ -343,7 +344,9 @@ def parse_config(raw: Any) -> Config:
     metrics = _mapping(root.get("metrics"), "metrics")
     _only(metrics, {"key_label_limit"}, "metrics")
     logging_ = _mapping(root.get("logging"), "logging")
-    _only(logging_, {"level"}, "logging")
+    _only(logging_, {"level", "requests"}, "logging")
+    if not isinstance(logging_.get("requests", True), bool):
+        raise ConfigError("logging.requests", "expected true or false")
     level = str(logging_.get("level", "info")).lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("logging.level", "expected debug, info, warning or error")
@@ -380,6 +383,7 @@ def parse_config(raw: Any) -> Config:
                               reuse_stopped=bool(backend.get("reuse_stopped", True))),
         key_label_limit=_int(metrics.get("key_label_limit", 100), "metrics.key_label_limit", 0, 100_000),
         log_level=level,
+        log_requests=logging_.get("requests", True),
         containers=containers,
         routes=routes,
         webhooks=tuple(_webhook(h, f"hooks.webhooks[{i}]") for i, h in enumerate(hooks_raw)),

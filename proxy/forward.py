@@ -21,7 +21,9 @@ HOP_BY_HOP = frozenset(
 # The WebSocket handshake is redone on each hop by aiohttp.
 WS_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
                           "sec-websocket-protocol", "sec-websocket-accept"})
+RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CHUNK = 64 * 1024
+SMALL_BODY = 64 * 1024  # responses up to this size (with a Content-Length) are relayed in one piece
 
 
 class BodyTooLarge(Exception):
@@ -96,19 +98,31 @@ async def forward_http(
             raise cause from None
         raise UpstreamError(502, f"upstream connection failed: {type(exc).__name__}: {exc}") from None
     async with upstream:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(_strip(upstream.headers, HOP_BY_HOP | {"content-length"}))
-        response.headers.update(extra_headers or {})
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
+        headers = _strip(upstream.headers, RESPONSE_DROP)
+        headers.update(extra_headers or {})
+        length = upstream.content_length
+        if length is not None and length <= SMALL_BODY and upstream.status not in (204, 304) \
+                and request.method != "HEAD":
+            # Small and of known size (most API answers): headers and body leave in one write.
+            try:
+                body = await upstream.read()
+            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError) as exc:
+                raise UpstreamError(502, f"upstream broke mid-response: {type(exc).__name__}") from None
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        if length is not None:
+            response.content_length = length
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError) as exc:
             # Headers are gone already: the only honest signal left is to cut the connection.
-            request.transport and request.transport.close()
+            if request.transport is not None:
+                request.transport.close()
             raise UpstreamError(502, f"upstream broke mid-response: {type(exc).__name__}") from None
+        except ConnectionResetError:
+            return response  # the client left mid-stream; aiohttp finishes quietly
         await response.write_eof()
         return response
 

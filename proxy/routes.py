@@ -59,11 +59,11 @@ class RouteHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         began = time.perf_counter()
         key = self._key(request)
-        response: web.StreamResponse | None = None
         status = 500
         try:
             response = await self._serve(request, key)
-            status = response.status
+            gone = request.transport is None or request.transport.is_closing()
+            status = 499 if gone else response.status  # 499: the client left before the end
             return response
         except web.HTTPException as exc:
             status = exc.status
@@ -74,8 +74,9 @@ class RouteHandler:
         finally:
             seconds = time.perf_counter() - began
             self.metrics.observe_request(self.route.name, status, seconds)
-            log.info("request", route=self.route.name, key=key, method=request.method, path=request.path,
-                     status=status, ms=round(seconds * 1000, 2))
+            if self.config.log_requests:
+                log.info("request", route=self.route.name, key=key, method=request.method, path=request.path,
+                         status=status, ms=round(seconds * 1000, 2))
 
     async def _serve(self, request: web.Request, key: str) -> web.StreamResponse:
         if (reason := validate_key(key)) is not None:
@@ -118,6 +119,4 @@ class RouteHandler:
         except UpstreamError as exc:
             if exc.status == 502:
                 manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
-            if request.transport is None or request.transport.is_closing():
-                raise ConnectionResetError(exc.reason) from None
             return json_error(exc.status, "upstream error", exc.reason, key=manager.key)

@@ -89,3 +89,14 @@ def test_cli_invalid_yaml_and_missing_file(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "proxy", "--config", str(tmp_path / "none.yaml")],
                              cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_request_log_switch():
+    assert parse_config(minimal()).log_requests is True
+    raw = minimal()
+    raw["logging"] = {"requests": False}
+    assert parse_config(raw).log_requests is False
+    raw["logging"] = {"requests": "sometimes"}
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw)
+    assert err.value.field == "logging.requests"
