@@ -1,0 +1,641 @@
+"""Cold start through the proxy vs the raw runtime floor, on docker and podman (stub as a reference).
+
+    python bench/cold_start.py [--cycles 10] [--quick] [--runtime docker podman stub]
+                               [--intervals 20ms 5ms] [--poll-ms 5] [--sleep-after 0.5]
+
+Two paths, each against its own floor, measured in the same run with floor and proxy cycles alternated:
+
+- **create**: no container exists. Floor = aiodocker `create` + `start` + one inspect (the published
+  port is ephemeral) + poll `GET /v2/health/ready` every `--poll-ms` until 200, timed from `create`.
+  Proxy = client `GET /k/<fresh key>/api/health` until its 200 (the proxy looks the name up, creates,
+  starts, inspects, polls readiness every `readiness.interval`, forwards).
+- **restart**: the container exists, stopped (the backend's default `reuse_stopped=True`). Floor =
+  `start` + inspect + poll until 200. Proxy = the same fixed key after the manager stopped it on
+  `sleep_after` (the bench waits until `/container-status` says `stopped`).
+
+Both floor and proxy run the instance with the HostConfig the backend builds (`_create_config`: Init,
+127.0.0.1 ephemeral port, limits) with a custom instance type of 1 CPU / 512 MiB, so that CPU
+throttling (the `dev` type has 1/16 vCPU) is not what is measured. The proxy runs as a subprocess
+(`bench/_proxy_launcher.py`, the same as `python -m proxy`, uvloop if installed); the client runs
+here. One proxy per readiness interval in `--intervals` runs side by side, so the default 20 ms and a
+finer interval are compared in the same run. The proxy's own log gives its server-side start
+duration (starting -> running), which splits the difference into "start + readiness" and "the rest".
+
+Every container carries `proxy.instance=<bench id>` (proxy ones) or `lazy-proxy.bench=<bench id>`
+(floor ones, named `lpbench-<bench id>-...`) and is removed at the end, also on Ctrl-C or an error.
+
+Not a test: it prints medians and differences measured in the same run, and one SUMMARY JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiodocker  # noqa: E402
+import aiohttp  # noqa: E402
+
+from backends.base import ContainerSpec, Resources  # noqa: E402
+from bench import _common as common  # noqa: E402
+
+IMAGE = "lazy-proxy/model-service:latest"
+READY_PATH = "/v2/health/ready"
+MEMORY = 512 * 2**20
+CPUS = 1.0
+GOAL_MS = 25.0
+FLOOR_LABEL = "lazy-proxy.bench"
+
+
+def _socket(kind: str) -> str:
+    from backends.docker import default_docker_socket
+    from backends.podman import DEFAULT_SOCKET as PODMAN_SOCKET
+
+    return default_docker_socket() if kind == "docker" else os.environ.get("PODMAN_HOST") or PODMAN_SOCKET
+
+
+def _engine_backend(kind: str, proxy_id: str) -> Any:
+    from backends.docker import DockerBackend
+    from backends.podman import PodmanBackend
+
+    cls = DockerBackend if kind == "docker" else PodmanBackend
+    return cls(socket=_socket(kind), proxy_id=proxy_id)
+
+
+def _ms(seconds: float) -> float:
+    return seconds * 1000.0
+
+
+# ---------------------------------------------------------------------------- readiness poll (floor)
+
+
+async def poll_ready(session: aiohttp.ClientSession, url: str, interval: float, deadline: float) -> None:
+    """GET url every `interval` until a 200 (connection errors are "not yet")."""
+    timeout = aiohttp.ClientTimeout(total=2)
+    while True:
+        try:
+            async with session.get(url, timeout=timeout, allow_redirects=False) as resp:
+                await resp.read()
+                if resp.status == 200:
+                    return
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            pass
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{url} not ready")
+        await asyncio.sleep(interval)
+
+
+def _host_port(info: dict[str, Any], port: int = 8080) -> int | None:
+    for b in ((info.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []:
+        hp = b.get("HostPort")
+        if hp and str(hp).isdigit() and int(hp) > 0:
+            return int(hp)
+    return None
+
+
+# ---------------------------------------------------------------------------- floors
+
+
+class EngineFloor:
+    """aiodocker directly, no proxy; the container config is the backend's own `_create_config`."""
+
+    def __init__(self, kind: str, bench_id: str, poll: float) -> None:
+        self.kind = kind
+        self.bench_id = bench_id
+        self.poll = poll
+        self.spec = ContainerSpec(name="bench", image=IMAGE, resources=Resources(MEMORY, CPUS))
+        self.docker = aiodocker.Docker(url=_socket(kind))
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        self.n = 0
+        self.restart_id: str | None = None
+
+    def config(self) -> dict[str, Any]:
+        config = _engine_backend(self.kind, f"{self.bench_id}-floor")._create_config("floor", self.spec)
+        # Not proxy.managed: no proxy may adopt or touch it. Our own label, for clean-up.
+        config["Labels"] = {FLOOR_LABEL: self.bench_id}
+        return config
+
+    def host_config(self) -> dict[str, Any]:
+        return self.config()["HostConfig"]
+
+    async def _started_port(self, cid: str) -> int:
+        for _ in range(200):
+            info = await self.docker.containers.container(cid).show()
+            port = _host_port(info)
+            if port is not None:
+                return port
+            await asyncio.sleep(0.005)
+        raise RuntimeError(f"floor container {cid[:12]} has no published port")
+
+    async def create(self) -> dict[str, float]:
+        self.n += 1
+        name = f"lpbench-{self.bench_id}-c{self.n}"
+        t0 = time.perf_counter()
+        container = await self.docker.containers.create(self.config(), name=name)
+        await container.start()
+        port = await self._started_port(container.id)
+        t_started = time.perf_counter()
+        await poll_ready(self.session, f"http://127.0.0.1:{port}{READY_PATH}", self.poll, t0 + 60)
+        t_ready = time.perf_counter()
+        await container.delete(force=True, v=True)
+        return {"total": t_ready - t0, "started": t_started - t0}
+
+    async def prime_restart(self) -> None:
+        container = await self.docker.containers.create(self.config(), name=f"lpbench-{self.bench_id}-r")
+        self.restart_id = container.id
+        await container.start()
+        await poll_ready(self.session, f"http://127.0.0.1:{await self._started_port(container.id)}{READY_PATH}",
+                         self.poll, time.perf_counter() + 60)
+        await container.stop(t=5)
+
+    async def restart(self) -> dict[str, float]:
+        assert self.restart_id is not None
+        container = self.docker.containers.container(self.restart_id)
+        t0 = time.perf_counter()
+        await container.start()
+        port = await self._started_port(self.restart_id)
+        t_started = time.perf_counter()
+        await poll_ready(self.session, f"http://127.0.0.1:{port}{READY_PATH}", self.poll, t0 + 60)
+        t_ready = time.perf_counter()
+        await container.stop(t=5)  # the backend's STOP_TIMEOUT_S
+        return {"total": t_ready - t0, "started": t_started - t0}
+
+    async def close(self) -> None:
+        await self.session.close()
+        await self.docker.close()
+
+
+class StubFloor:
+    """The stub backend's start (an in-process model service on an ephemeral port) in this process."""
+
+    def __init__(self, poll: float) -> None:
+        from backends.stub import StubBackend
+
+        self.backend = StubBackend()
+        self.poll = poll
+        self.spec = ContainerSpec(name="bench", image="model_service")
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        self.n = 0
+
+    async def create(self) -> dict[str, float]:
+        self.n += 1
+        t0 = time.perf_counter()
+        instance = await self.backend.start(f"floor{self.n}", self.spec)
+        t_started = time.perf_counter()
+        await poll_ready(self.session, instance.url + READY_PATH, self.poll, t0 + 60)
+        t_ready = time.perf_counter()
+        await self.backend.stop(instance)
+        return {"total": t_ready - t0, "started": t_started - t0}
+
+    async def close(self) -> None:
+        await self.session.close()
+        await self.backend.close()
+
+
+# ---------------------------------------------------------------------------- proxy (subprocess)
+
+
+class ProxyUnderTest:
+    def __init__(self, kind: str, bench_id: str, interval_ms: float, sleep_after: float, logdir: str) -> None:
+        self.kind = kind
+        self.interval_ms = interval_ms
+        self.proxy_id = f"{bench_id}-i{interval_ms:g}".replace(".", "_")
+        self.port = common.free_port()
+        self.log = os.path.join(logdir, f"proxy-{kind}-{interval_ms:g}ms.log")
+        svc: dict[str, Any] = {
+            "image": IMAGE if kind != "stub" else "model_service",
+            "port": 8080,
+            "readiness": {"path": READY_PATH, "interval": f"{interval_ms:g}ms", "timeout": "2s"},
+            "sleep_after": f"{sleep_after:g}s",
+            "start_timeout": "60s",
+            "max_instances": 100,
+            "instance_type": {"memory": "512MiB", "cpus": CPUS},
+        }
+        self.config = {
+            "backend": {"type": kind, "proxy_id": self.proxy_id,
+                        **({"socket": _socket(kind)} if kind != "stub" else {})},
+            "logging": {"level": "info"},
+            "containers": {"svc": svc},
+            "routes": [{"path": "/k/{id}/{tail:.*}", "container": "svc", "key": "{id}", "upstream_path": "/{tail}"}],
+        }
+        self.server: common.Server | None = None
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.n = 0
+        self.session: aiohttp.ClientSession | None = None
+        self.restart_key = "warm"
+        self.restart_cid: str | None = None
+        self.reused = 0
+        self.docker: aiodocker.Docker | None = None
+
+    def start(self) -> None:
+        uv = True
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:
+            uv = False
+        self.server = common.proxy(self.config, self.port, uvloop=uv, log=self.log)
+
+    async def open(self) -> None:
+        # A kept-alive client connection to the proxy, as a real client of a long-running proxy has.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        if self.kind != "stub":
+            self.docker = aiodocker.Docker(url=_socket(self.kind))
+
+    async def _get(self, key: str) -> float:
+        t0, t1 = await self._get_times(key)
+        return t1 - t0
+
+    async def _get_times(self, key: str) -> tuple[float, float]:
+        assert self.session is not None
+        t0 = time.perf_counter()
+        async with self.session.get(f"{self.base}/k/{key}/api/health",
+                                    timeout=aiohttp.ClientTimeout(total=90)) as resp:
+            body = await resp.read()
+            t1 = time.perf_counter()
+        if resp.status != 200:
+            raise RuntimeError(f"proxy {self.kind}: {resp.status} {body[:200]!r}")
+        return t0, t1
+
+    async def _state(self, key: str) -> str | None:
+        assert self.session is not None
+        async with self.session.get(f"{self.base}/container-status") as resp:
+            data = await resp.json()
+        for entry in data["keys"]:
+            if entry["key"] == key:
+                return str(entry["state"])
+        return None
+
+    async def wait_stopped(self, key: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while (state := await self._state(key)) != "stopped":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{key} still {state} after {timeout}s")
+            await asyncio.sleep(0.05)
+
+    async def _containers(self, key: str) -> list[Any]:
+        assert self.docker is not None
+        filters = json.dumps({"label": [f"proxy.instance={self.proxy_id}", f"proxy.key={key}"]})
+        return await self.docker.containers.list(all=True, filters=filters)
+
+    async def create(self) -> dict[str, float]:
+        self.n += 1
+        key = f"c{self.n}"
+        total = await self._get(key)
+        await self.wait_stopped(key)
+        if self.docker is not None:  # keep the host tidy: fresh keys leave a stopped container each
+            for c in await self._containers(key):
+                with contextlib.suppress(aiodocker.DockerError):
+                    await c.delete(force=True, v=True)
+        return {"total": total, "key": key}  # type: ignore[dict-item]
+
+    async def prime_restart(self) -> None:
+        await self._get(self.restart_key)
+        await self.wait_stopped(self.restart_key)
+        if self.docker is not None:
+            ids = [c.id for c in await self._containers(self.restart_key)]
+            self.restart_cid = ids[0] if len(ids) == 1 else None
+
+    async def restart(self) -> dict[str, float]:
+        total = await self._get(self.restart_key)
+        if self.docker is not None:
+            ids = [c.id for c in await self._containers(self.restart_key)]
+            if ids == [self.restart_cid]:
+                self.reused += 1
+        await self.wait_stopped(self.restart_key)
+        return {"total": total, "key": self.restart_key}  # type: ignore[dict-item]
+
+    async def paired(self, path: str, poll: float) -> float:
+        """One cold request while this process watches the same container become ready (polling its
+        port every `poll`, like the floor): seconds from "the instance answers 200" to "the proxy's
+        client got its 200". A paired number, free of the start-to-start noise. Diagnosis only."""
+        assert self.docker is not None and self.session is not None
+        if path == "create":
+            self.n += 1
+            key = f"p{self.n}"
+        else:
+            key = self.restart_key
+        request = asyncio.create_task(self._get_times(key))
+        observer = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        try:
+            port = None
+            deadline = time.perf_counter() + 60
+            while port is None:
+                for c in await self._containers(key):
+                    if c._container.get("State") == "running":
+                        port = _host_port(await c.show())
+                if port is None:
+                    if time.perf_counter() > deadline or request.done():
+                        raise RuntimeError(f"observer never saw {key} running with a port")
+                    await asyncio.sleep(poll)
+            await poll_ready(observer, f"http://127.0.0.1:{port}{READY_PATH}", poll, deadline)
+            t_ready = time.perf_counter()
+            _, t1 = await request
+        finally:
+            await observer.close()
+            if not request.done():
+                request.cancel()
+        await self.wait_stopped(key)
+        if path == "create":
+            for c in await self._containers(key):
+                with contextlib.suppress(aiodocker.DockerError):
+                    await c.delete(force=True, v=True)
+        return t1 - t_ready
+
+    def server_start_durations(self) -> dict[str, list[float]]:
+        """starting -> running durations from the proxy's JSON log, per key (in order)."""
+        out: dict[str, list[float]] = {}
+        with contextlib.suppress(OSError), open(self.log) as f:
+            for line in f:
+                if not line.startswith("{"):
+                    continue
+                with contextlib.suppress(ValueError):
+                    ev = json.loads(line)
+                    if ev.get("event") == "state" and ev.get("from") == "starting" and ev.get("to") == "running":
+                        out.setdefault(ev["key"], []).append(float(ev["duration"]))
+        return out
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+        if self.docker is not None:
+            await self.docker.close()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+# ---------------------------------------------------------------------------- diagnosis (in-process backend)
+
+
+async def diagnose(kind: str, bench_id: str, rounds: int) -> dict[str, float]:
+    """Where the backend's `start` spends its time: the real backend class with its inspect calls
+    timed (wrapping `_show` on the instance; no code is changed). Median ms per phase."""
+    backend = _engine_backend(kind, f"{bench_id}-diag")
+    spec = ContainerSpec(name="bench", image=IMAGE, resources=Resources(MEMORY, CPUS))
+    shows: list[float] = []
+    original = backend._show
+
+    async def timed_show(ref: str) -> Any:
+        t = time.perf_counter()
+        try:
+            return await original(ref)
+        finally:
+            shows.append(time.perf_counter() - t)
+
+    backend._show = timed_show  # type: ignore[method-assign]
+    res: dict[str, list[float]] = {"create_start": [], "create_shows": [], "create_n_shows": [],
+                                   "restart_start": [], "restart_shows": [], "restart_n_shows": [],
+                                   "stop": []}
+    try:
+        for i in range(rounds):
+            for path in ("create", "restart"):
+                key = f"d{i}" if path == "create" else "dr"
+                if path == "restart" and i == 0:  # prime the stopped container
+                    inst = await backend.start(key, spec)
+                    await backend.stop(inst)
+                shows.clear()
+                t0 = time.perf_counter()
+                inst = await backend.start(key, spec)
+                res[f"{path}_start"].append(time.perf_counter() - t0)
+                res[f"{path}_shows"].append(sum(shows))
+                res[f"{path}_n_shows"].append(len(shows))
+                t0 = time.perf_counter()
+                await backend.stop(inst)
+                res["stop"].append(time.perf_counter() - t0)
+    finally:
+        await remove_labelled(kind, "proxy.instance", f"{bench_id}-diag")
+        await backend.close()
+    return {k: (statistics.median(v) * (1 if "n_shows" in k else 1000.0)) for k, v in res.items() if v}
+
+
+# ---------------------------------------------------------------------------- clean-up
+
+
+async def remove_labelled(kind: str, label: str, value: str, prefix: bool = False) -> int:
+    docker = aiodocker.Docker(url=_socket(kind))
+    removed = 0
+    try:
+        filters = json.dumps({"label": [label]})
+        for c in await docker.containers.list(all=True, filters=filters):
+            labels = c._container.get("Labels") or {}
+            v = labels.get(label, "")
+            if v == value or (prefix and v.startswith(value)):
+                with contextlib.suppress(aiodocker.DockerError):
+                    await c.delete(force=True, v=True)
+                    removed += 1
+        # Floor containers also by name, in case a create succeeded but labels were not listed yet.
+        for c in await docker.containers.list(all=True, filters=json.dumps({"name": [f"lpbench-{value}"]})):
+            with contextlib.suppress(aiodocker.DockerError):
+                await c.delete(force=True, v=True)
+                removed += 1
+    finally:
+        await docker.close()
+    return removed
+
+
+async def cleanup(kind: str, bench_id: str) -> int:
+    if kind == "stub":
+        return 0
+    n = await remove_labelled(kind, "proxy.instance", bench_id, prefix=True)
+    n += await remove_labelled(kind, FLOOR_LABEL, bench_id)
+    return n
+
+
+# ---------------------------------------------------------------------------- one runtime
+
+
+async def run_runtime(kind: str, args: argparse.Namespace, bench_id: str, logdir: str) -> dict[str, Any]:
+    poll = args.poll_ms / 1000.0
+    floor: EngineFloor | StubFloor = StubFloor(poll) if kind == "stub" else EngineFloor(kind, bench_id, poll)
+    proxies = [ProxyUnderTest(kind, bench_id, ms, args.sleep_after, logdir) for ms in args.intervals]
+    paths = ["create"] if kind == "stub" else ["create", "restart"]
+    samples: dict[tuple[str, str], list[float]] = {}
+    extra: dict[str, Any] = {}
+    try:
+        for p in proxies:
+            p.start()
+            await p.open()
+        # Warm-up, discarded: client sessions, the daemons' caches, the proxies' backend/probe sessions.
+        await floor.create()
+        for p in proxies:
+            await p.create()
+        if "restart" in paths:
+            assert isinstance(floor, EngineFloor)
+            await floor.prime_restart()
+            await floor.restart()
+            for p in proxies:
+                await p.prime_restart()
+                await p.restart()
+            for p in proxies:
+                p.reused = 0
+        runners: list[tuple[str, str, Any]] = []
+        for path in paths:
+            runners.append(("floor", path, getattr(floor, path)))
+            for p in proxies:
+                runners.append((f"proxy@{p.interval_ms:g}ms", path, getattr(p, path)))
+        keys_by_proxy: dict[str, dict[str, list[str]]] = {}
+        for cycle in range(args.cycles):
+            shift = cycle % len(runners)  # rotate who goes first, to spread drift and noise
+            for who, path, fn in runners[shift:] + runners[:shift]:
+                result = await fn()
+                samples.setdefault((who, path), []).append(result["total"])
+                if who == "floor":
+                    samples.setdefault(("floor-started", path), []).append(result["started"])
+                else:
+                    keys_by_proxy.setdefault(who, {}).setdefault(path, []).append(result["key"])
+            print(f"  {kind} cycle {cycle + 1}/{args.cycles} done", file=sys.stderr, flush=True)
+        # Server-side start duration (starting -> running) of the measured cycles, from each proxy's log.
+        for p in proxies:
+            who = f"proxy@{p.interval_ms:g}ms"
+            durations = p.server_start_durations()
+            for path, keys in keys_by_proxy.get(who, {}).items():
+                if path == "create":
+                    vals = [durations[k][-1] for k in keys if durations.get(k)]
+                else:
+                    vals = durations.get(p.restart_key, [])[-len(keys):]
+                samples[(who + "-server", path)] = vals
+            if kind != "stub":
+                extra[f"{who} restart reused same container"] = f"{p.reused}/{args.cycles}"
+        if kind != "stub" and not args.no_diagnose:
+            rounds = max(3, min(args.cycles, 5))
+            for p in proxies:
+                for path in paths:
+                    vals = [await p.paired(path, poll) for _ in range(rounds)]
+                    extra.setdefault("paired", {})[f"{p.interval_ms:g}ms {path}"] = _med(vals)
+            extra["diagnosis"] = await diagnose(kind, bench_id, rounds)
+        if isinstance(floor, EngineFloor):
+            extra["host_config"] = floor.host_config()
+    finally:
+        for p in proxies:
+            with contextlib.suppress(Exception):
+                await p.close()
+            p.stop()  # SIGTERM: the proxy stops what it started
+        with contextlib.suppress(Exception):
+            await floor.close()
+        extra["removed"] = await cleanup(kind, bench_id)
+    return {"samples": samples, "extra": extra, "paths": paths, "proxies": [f"proxy@{p.interval_ms:g}ms" for p in proxies]}
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def _med(values: list[float]) -> float:
+    return _ms(statistics.median(values)) if values else float("nan")
+
+
+def _diff_ci(floor: list[float], proxy: list[float], n: int = 4000) -> tuple[float, float]:
+    """95% bootstrap interval (ms) of median(proxy) - median(floor): how much the run's noise allows."""
+    import random
+
+    rng = random.Random(1)
+    diffs = sorted(statistics.median(rng.choices(proxy, k=len(proxy)))
+                   - statistics.median(rng.choices(floor, k=len(floor))) for _ in range(n))
+    return _ms(diffs[int(0.025 * n)]), _ms(diffs[int(0.975 * n) - 1])
+
+
+async def amain(args: argparse.Namespace) -> int:
+    bench_id = "cs" + uuid.uuid4().hex[:8]
+    logdir = os.path.join("/tmp", f"lazy-proxy-{bench_id}")
+    os.makedirs(logdir, exist_ok=True)
+    print(f"bench id {bench_id}; proxy logs in {logdir}")
+    print(f"instance type for floor and proxy: custom {CPUS:g} CPU / {MEMORY // 2**20} MiB "
+          f"(not 'dev' = 1/16 vCPU, so CPU throttling is not what is measured); "
+          f"floor polls {READY_PATH} every {args.poll_ms:g} ms; {args.cycles} cycles, floor and proxy alternated")
+    rows: list[list[Any]] = []
+    breakdown: list[list[Any]] = []
+    summary: dict[str, Any] = {"cycles": args.cycles, "goal_ms": GOAL_MS, "results": []}
+    for kind in args.runtime:
+        print(f"\n== {kind}", flush=True)
+        try:
+            res = await run_runtime(kind, args, bench_id, logdir)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next runtime
+            print(f"{kind}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            summary["results"].append({"runtime": kind, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        s = res["samples"]
+        for path in res["paths"]:
+            floor = _med(s[("floor", path)])
+            floor_started = _med(s[("floor-started", path)])
+            for who in res["proxies"]:
+                proxy = _med(s[(who, path)])
+                server = _med(s.get((who + "-server", path), []))
+                diff = proxy - floor
+                met = diff <= GOAL_MS
+                lo, hi = _diff_ci(s[("floor", path)], s[(who, path)])
+                sure = hi <= GOAL_MS if met else lo > GOAL_MS
+                rows.append([kind, path, who.split("@")[1], floor, proxy, diff, f"[{lo:.0f}, {hi:.0f}]",
+                             ("yes" if met else "NO") + ("" if sure else " (within noise)")])
+                breakdown.append([kind, path, who.split("@")[1], floor_started, floor, server, proxy - server])
+                summary["results"].append({
+                    "runtime": kind, "path": path, "readiness_interval_ms": float(who.split("@")[1][:-2]),
+                    "floor_p50_ms": round(floor, 1), "proxy_p50_ms": round(proxy, 1), "diff_ms": round(diff, 1),
+                    "goal_met": met, "diff_ci95_ms": [round(lo, 1), round(hi, 1)], "goal_decided_by_ci": sure,
+                    "floor_started_p50_ms": round(floor_started, 1),
+                    "proxy_server_start_p50_ms": round(server, 1),
+                    "floor_ms": [round(_ms(v), 1) for v in s[("floor", path)]],
+                    "proxy_ms": [round(_ms(v), 1) for v in s[(who, path)]],
+                })
+        for k, v in res["extra"].items():
+            if k == "paired":
+                print(f"{kind} paired: container answers 200 -> proxy client gets 200 (median ms): "
+                      + ", ".join(f"{n}={x:.1f}" for n, x in v.items()))
+                summary.setdefault("paired_after_ready_ms", {})[kind] = {n: round(x, 1) for n, x in v.items()}
+            elif k == "diagnosis":
+                print(f"{kind} backend.start breakdown (in-process, median ms): "
+                      + ", ".join(f"{n}={x:.1f}" for n, x in v.items()))
+                summary.setdefault("diagnosis", {})[kind] = {n: round(x, 1) for n, x in v.items()}
+            else:
+                print(f"{kind} {k}: {v}")
+    common.table(["runtime", "path", "readiness", "floor p50 ms", "proxy p50 ms", "diff ms", "diff 95% CI",
+                  f"proxy <= floor + {GOAL_MS:g} ms"], rows,
+                 title=f"Cold start to first 200 (median of {args.cycles})")
+    common.table(["runtime", "path", "readiness", "floor: started+port", "floor: ready",
+                  "proxy: server start->running", "proxy: client - server"], breakdown,
+                 title="Where the time goes (median ms; server = proxy log's starting->running duration)")
+    summary["all_goals_met"] = all(r.get("goal_met", False) for r in summary["results"])
+    common.summary("cold_start", summary)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cycles", type=int, default=10)
+    ap.add_argument("--quick", action="store_true", help="5 cycles")
+    ap.add_argument("--runtime", nargs="+", default=["docker", "podman", "stub"], choices=["docker", "podman", "stub"])
+    ap.add_argument("--intervals", nargs="+", type=float, default=[20.0, 5.0],
+                    help="proxy readiness.interval values in ms, one proxy each (default: 20 (the default) and 5)")
+    ap.add_argument("--poll-ms", type=float, default=5.0, help="floor readiness poll interval")
+    ap.add_argument("--sleep-after", type=float, default=0.5, help="proxy sleep_after (s) to go cold between cycles")
+    ap.add_argument("--no-diagnose", action="store_true", help="skip the in-process backend.start breakdown")
+    args = ap.parse_args()
+    if args.quick:
+        args.cycles = 5
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(amain(args))
+    # Ctrl-C / SIGTERM cancel the run; run_runtime's finally blocks still stop proxies and remove containers.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        print("interrupted; cleaned up", file=sys.stderr)
+        return 130
+    finally:
+        loop.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
