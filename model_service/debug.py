@@ -40,11 +40,14 @@ async def stream(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8", "Cache-Control": "no-cache"})
     resp.enable_chunked_encoding()
     await resp.prepare(request)
-    for i in range(chunks):
-        if i:
-            await asyncio.sleep(interval)
-        await resp.write(f"chunk-{i}\n".encode())  # write() drains, so each chunk goes out now
-    await resp.write_eof()
+    try:
+        for i in range(chunks):
+            if i:
+                await asyncio.sleep(interval)
+            await resp.write(f"chunk-{i}\n".encode())  # write() drains, so each chunk goes out now
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass  # the reader left mid-stream: an expected end, not an error to log
     return resp
 
 
