@@ -26,7 +26,7 @@ HOOK_EVENTS = ("start", "stop", "error")
 @dataclass(frozen=True)
 class Readiness:
     path: str = "/v2/health/ready"
-    interval: float = 0.02
+    interval: float = 0.005
     timeout: float = 2.0
 
 
