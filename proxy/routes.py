@@ -12,6 +12,7 @@ import time
 import aiohttp
 import structlog
 from aiohttp import web
+from yarl import URL
 
 from proxy.config import Config, Route
 from proxy.errors import json_error
@@ -48,8 +49,9 @@ class RouteHandler:
         if self.route.upstream_path is None:
             return base + request.raw_path
         path = _PLACEHOLDER.sub(lambda m: request.match_info.get(m.group(1), ""), self.route.upstream_path)
-        url = aiohttp.helpers.URL(base).with_path(path)
-        return str(url.with_query(request.query_string)) if request.query_string else str(url)
+        url = str(URL(base).with_path(path))  # re-quotes the decoded path variables
+        query = request.rel_url.raw_query_string
+        return f"{url}?{query}" if query else url
 
     def _manager(self, key: str) -> Manager:
         if self.route.mode == "lb":

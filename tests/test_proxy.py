@@ -161,3 +161,9 @@ async def test_shutdown_closes_open_websockets_with_1001(make_proxy):
     msg = await ws.receive(timeout=10)
     assert msg.type.name in ("CLOSE", "CLOSED") and ws.close_code == 1001
     await h.wait_for(lambda: h.manager("shared").in_flight == 0)
+
+
+async def test_query_and_encoded_path_survive_prefix_stripping(make_proxy):
+    h = await make_proxy()
+    resp = await h.client.get(URL("/s/debug/headers?q=a%20b&x=%26&x=2", encoded=True))
+    assert (await resp.json())["path"] == "/debug/headers?q=a%20b&x=%26&x=2"
