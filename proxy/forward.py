@@ -11,7 +11,7 @@ from typing import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -21,6 +21,7 @@ HOP_BY_HOP = frozenset(
 # The WebSocket handshake is redone on each hop by aiohttp.
 WS_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
                           "sec-websocket-protocol", "sec-websocket-accept"})
+REQUEST_DROP = HOP_BY_HOP | {"host"}
 RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CHUNK = 64 * 1024
 SMALL_BODY = 64 * 1024  # responses up to this size (with a Content-Length) are relayed in one piece
@@ -39,14 +40,16 @@ class UpstreamError(Exception):
         self.reason = reason
 
 
-def _strip(headers: "CIMultiDict[str] | aiohttp.typedefs.LooseHeaders", drop: frozenset[str]) -> CIMultiDict[str]:
-    src = CIMultiDict(headers)
-    named = {t.strip().lower() for v in src.getall("Connection", []) for t in v.split(",")}
-    return CIMultiDict((k, v) for k, v in src.items() if k.lower() not in drop and k.lower() not in named)
+def _strip(headers: "CIMultiDictProxy[str]", drop: frozenset[str]) -> CIMultiDict[str]:
+    """Copy without hop-by-hop headers, including any the Connection header names."""
+    named = {t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",")}
+    if named:
+        drop = drop | named
+    return CIMultiDict([(k, v) for k, v in headers.items() if k.lower() not in drop])
 
 
-def upstream_headers(request: web.Request, drop: frozenset[str] = HOP_BY_HOP) -> CIMultiDict[str]:
-    headers = _strip(request.headers, drop | {"host"})
+def upstream_headers(request: web.Request, drop: frozenset[str] = REQUEST_DROP) -> CIMultiDict[str]:
+    headers = _strip(request.headers, drop)
     peer = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
@@ -140,7 +143,7 @@ async def forward_websocket(
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     try:
         upstream = await session.ws_connect(
-            url, headers=upstream_headers(request, HOP_BY_HOP | WS_HANDSHAKE), protocols=protocols,
+            url, headers=upstream_headers(request, REQUEST_DROP | WS_HANDSHAKE), protocols=protocols,
             timeout=aiohttp.ClientWSTimeout(ws_close=connect_timeout), autoping=True, max_msg_size=0,
         )
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
