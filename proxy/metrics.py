@@ -86,24 +86,35 @@ class Metrics:
 
 
 class _InFlightCollector(Collector):
-    """In-flight is read at scrape time, so the request path pays nothing for it."""
+    """In-flight and per-state counts are read at scrape time, so the request path pays nothing for them."""
 
     def __init__(self, registry: Registry, key_label: KeyLabels) -> None:
         self.registry = registry
         self.key_label = key_label
 
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("proxy_container_in_flight", "Requests and WebSockets in flight per key.",
+                              labels=["container", "key"]),
+            GaugeMetricFamily("proxy_container_managers", "Managers (keys) per lifecycle state.",
+                              labels=["container", "state"]),
+        )
+
     def describe(self) -> Iterable[GaugeMetricFamily]:
-        return [GaugeMetricFamily("proxy_container_in_flight", "Requests and WebSockets in flight per key.",
-                                  labels=["container", "key"])]
+        return self._families()
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = GaugeMetricFamily("proxy_container_in_flight", "Requests and WebSockets in flight per key.",
-                                   labels=["container", "key"])
+        in_flight, by_state = self._families()
         totals: dict[tuple[str, str], int] = {}
+        states = {(name, state.value): 0 for name in self.registry.config.containers for state in State}
         for manager in self.registry:
+            states[(manager.cls.name, manager.state.value)] += 1
             if manager.in_flight or manager.state is not State.STOPPED:
                 labels = (manager.cls.name, self.key_label(manager.key))
                 totals[labels] = totals.get(labels, 0) + manager.in_flight
         for labels, value in totals.items():
-            family.add_metric(list(labels), value)
-        yield family
+            in_flight.add_metric(list(labels), value)
+        for labels, value in states.items():
+            by_state.add_metric(list(labels), value)
+        return (in_flight, by_state)

@@ -138,6 +138,8 @@ async def test_metrics_match_what_happened(make_proxy):
     assert m[("proxy_container_stops_total", (("container", "svc"), ("reason", "idle")))] == 2
     assert m[("proxy_containers_running", (("container", "svc"),))] == 0
     assert m[("proxy_cold_start_wait_seconds_count", (("container", "svc"),))] == 2
+    assert m[("proxy_container_managers", (("container", "svc"), ("state", "stopped")))] == 2
+    assert m[("proxy_container_managers", (("container", "svc"), ("state", "running")))] == 0
     usage = m[("proxy_container_usage_running_seconds_total", (("container", "svc"), ("key", "m1")))]
     assert 0.25 < usage < 5
 
