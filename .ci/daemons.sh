@@ -23,6 +23,15 @@ need_root() {
   if [ "$(id -u)" != 0 ]; then log "must run as root"; exit 2; fi
 }
 
+retry() {  # retry <cmd...>: a flaky mirror should not fail CI
+  local n
+  for n in 1 2 3; do
+    "$@" && return 0
+    log "attempt $n failed: $*"; sleep $((n * 5))
+  done
+  return 1
+}
+
 install_packages() {
   local missing=()
   command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
@@ -35,19 +44,19 @@ install_packages() {
   export DEBIAN_FRONTEND=noninteractive
   if [ ! -f "$STATE_DIR/apt-updated" ]; then
     log "apt-get update"
-    apt-get update -qq
+    retry apt-get update -qq
     touch "$STATE_DIR/apt-updated"
   fi
   if ! command -v dockerd >/dev/null 2>&1; then
     log "installing docker.io"
-    apt-get install -y -qq --no-install-recommends docker.io >/dev/null
+    retry apt-get install -y -qq --no-install-recommends docker.io >/dev/null
   fi
   if ! command -v podman >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1 \
       || [ ! -x /usr/libexec/podman/catatonit ]; then
     log "installing podman runc catatonit"
-    apt-get install -y -qq podman runc catatonit >/dev/null
+    retry apt-get install -y -qq podman runc catatonit >/dev/null
   fi
-  command -v curl >/dev/null 2>&1 || apt-get install -y -qq --no-install-recommends curl >/dev/null
+  command -v curl >/dev/null 2>&1 || retry apt-get install -y -qq --no-install-recommends curl >/dev/null
 }
 
 write_containers_conf() {
