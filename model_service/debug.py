@@ -22,7 +22,7 @@ def _float_param(request: web.Request, name: str, default: float, lo: float, hi:
     try:
         value = float(raw)
     except ValueError:
-        raise web.HTTPBadRequest(reason=f"{name} must be a number")
+        raise web.HTTPBadRequest(reason=f"{name} must be a number") from None
     if not math.isfinite(value) or not lo <= value <= hi:
         raise web.HTTPBadRequest(reason=f"{name} must be between {lo:g} and {hi:g}")
     return value

@@ -77,7 +77,9 @@ class Proxy:
 
     async def startup(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+        # auto_decompress off: bodies pass through byte for byte, Content-Encoding and all.
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar())
         for handler in self.handlers:
             handler.session = self.session
         try:

@@ -179,7 +179,8 @@ def _env(value: Any, where: str) -> dict[str, str]:
 def _resources(value: Any, where: str) -> tuple[str, Resources]:
     if isinstance(value, str):
         if value not in INSTANCE_TYPES:
-            raise ConfigError(where, f"unknown instance type {value!r} (one of {', '.join(INSTANCE_TYPES)} or {{memory, cpus}})")
+            choices = ", ".join(INSTANCE_TYPES)
+            raise ConfigError(where, f"unknown instance type {value!r} (one of {choices} or {{memory, cpus}})")
         return value, INSTANCE_TYPES[value]
     custom = _mapping(value, where)
     _only(custom, {"memory", "cpus"}, where)

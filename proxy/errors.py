@@ -24,7 +24,7 @@ async def json_errors(request: web.Request, handler: web.Handler) -> web.StreamR
             raise
         return json_error(exc.status, exc.reason.lower(), exc.text or exc.reason, headers={
             k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")})
-    except (ConnectionError, web.HTTPException):
+    except ConnectionError:
         raise
     except Exception as exc:  # noqa: BLE001 - a bug answers 500 JSON and the proxy stays up
         structlog.get_logger("proxy").exception("unhandled", path=request.path)
