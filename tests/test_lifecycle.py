@@ -238,3 +238,4 @@ async def test_upstream_connection_refused_is_502_json(make_proxy):
     await h.wait_for(lambda: m.state is State.STOPPED)  # noticed by inspect
     assert (await h.client.get("/s/api/health")).status == 200 and m.start_count == 2
     assert await h.metric("proxy_container_stops_total", container="svc", reason="error") == 1
+
