@@ -41,19 +41,28 @@ from backends.rootfs import (
 )
 
 
+async def _inspect_image(docker, tag: str) -> dict | None:
+    """The image's inspect document, or None when there is no such image."""
+    import aiodocker
+
+    try:
+        return await docker.images.inspect(tag)
+    except aiodocker.DockerError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
 async def _cached(runtime: str, socket: str, tag: str, inputs: str) -> "BuildResult | None":
     import aiodocker
 
     docker = aiodocker.Docker(url=socket)
     try:
-        try:
-            info = await docker.images.inspect(tag)
-        except aiodocker.DockerError as e:
-            if e.status == 404:
-                return None
-            raise
+        info = await _inspect_image(docker, tag)
     finally:
         await docker.close()
+    if info is None:
+        return None
     labels = (info.get("Config") or {}).get("Labels") or {}
     if labels.get(INPUTS_LABEL) != inputs:
         return None
@@ -72,14 +81,9 @@ def default_socket(runtime: str) -> str:
 
 
 async def _existing_label(docker, tag: str) -> str | None:
-    import aiodocker
-
-    try:
-        info = await docker.images.inspect(tag)
-    except aiodocker.DockerError as e:
-        if e.status == 404:
-            return None
-        raise
+    info = await _inspect_image(docker, tag)
+    if info is None:
+        return None
     labels = (info.get("Config") or {}).get("Labels") or {}
     return labels.get(CONTENT_LABEL)
 

@@ -89,6 +89,16 @@ async def run_raw(url: str, rate: float, seconds: float, conns: int) -> dict[str
     for _ in range(min(conns, 16)):  # warm
         await one(time.perf_counter())
     lat.clear()
+    n, elapsed = await _open_loop(one, rate, seconds)
+    while not idle.empty():
+        c = idle.get_nowait()
+        if c.transport is not None:
+            c.transport.close()
+    return _result(lat, n, errors, elapsed)
+
+
+async def _open_loop(one, rate: float, seconds: float) -> tuple[int, float]:
+    """Fire `one(target_time)` at a fixed rate whatever the answers do (open loop); (requests, elapsed)."""
     n = int(rate * seconds)
     tasks = []
     t0 = time.perf_counter() + 0.05
@@ -99,12 +109,7 @@ async def run_raw(url: str, rate: float, seconds: float, conns: int) -> dict[str
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(target)))
     await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - t0
-    while not idle.empty():
-        c = idle.get_nowait()
-        if c.transport is not None:
-            c.transport.close()
-    return _result(lat, n, errors, elapsed)
+    return n, time.perf_counter() - t0
 
 
 def _result(lat: list[float], n: int, errors: int, elapsed: float) -> dict[str, float]:
@@ -138,17 +143,7 @@ async def run(url: str, rate: float, seconds: float, conns: int) -> dict[str, fl
                 return
             lat.append(time.perf_counter() - target)
 
-        n = int(rate * seconds)
-        tasks = []
-        t0 = time.perf_counter() + 0.05
-        for i in range(n):
-            target = t0 + i / rate
-            delay = target - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(target)))
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - t0
+        n, elapsed = await _open_loop(one, rate, seconds)
     return _result(lat, n, errors, elapsed)
 
 
