@@ -67,10 +67,10 @@ def _rss_kib() -> int:
 async def stats(request: web.Request) -> web.Response:
     proxy = request.app[PROXY]
     idle = acquired = 0
-    if proxy.session is not None:
-        connector = proxy.session.connector
-        idle = sum(len(v) for v in getattr(connector, "_conns", {}).values())
-        acquired = len(getattr(connector, "_acquired", ()))
+    for session in proxy.pools:  # one pool per running instance
+        connector = session.connector
+        idle += sum(len(v) for v in getattr(connector, "_conns", {}).values())
+        acquired += len(getattr(connector, "_acquired", ()))
     managers = proxy.registry.managers
     kinds: dict[str, int] = {}
     for fd in os.listdir("/proc/self/fd"):

@@ -20,6 +20,7 @@ from proxy.errors import json_errors
 from proxy.events import Transition
 from proxy.hooks import Hooks
 from proxy.metrics import Metrics
+from proxy.pools import Pools
 from proxy.registry import Registry
 from proxy.routes import RouteHandler
 from proxy.schedule import Clock, Scheduler
@@ -40,8 +41,9 @@ class Proxy:
         self.metrics.prom.register(self.usage)
         self.hooks = Hooks(self.registry.bus, config.webhooks)
         self.scheduler = Scheduler(clock)
-        self.handlers = [RouteHandler(route, config, self.registry, self.metrics) for route in config.routes]
-        self.session: aiohttp.ClientSession | None = None
+        self.pools = Pools(self.registry.bus)
+        self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools)
+                         for route in config.routes]
         self.started = time.time()
         self.registry.bus.subscribe(_log_transition)
         self._schedule_prewarm()
@@ -76,12 +78,6 @@ class Proxy:
         manager.touch()
 
     async def startup(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30)
-        # auto_decompress off: bodies pass through byte for byte, Content-Encoding and all.
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                             cookie_jar=aiohttp.DummyCookieJar())
-        for handler in self.handlers:
-            handler.session = self.session
         try:
             adopted = await self.registry.adopt_running()
             if adopted:
@@ -101,8 +97,7 @@ class Proxy:
         await self.registry.stop_all("shutdown")
         await self.hooks.close()
         await self.registry.close()
-        if self.session is not None:
-            await self.session.close()
+        await self.pools.close()
         await self.backend.close()
 
     def status(self) -> dict[str, Any]:
@@ -147,8 +142,7 @@ async def _probe(proxy: Proxy, manager: Any) -> tuple[str, dict[str, Any]]:
     instance = manager.instance
     began = time.perf_counter()
     try:
-        assert proxy.session is not None
-        async with proxy.session.get(instance.url + manager.cls.readiness.path,
+        async with proxy.pools.session(instance).get(instance.url + manager.cls.readiness.path,
                                      timeout=aiohttp.ClientTimeout(total=1)) as resp:
             ok = 200 <= resp.status < 300
             return manager.key, {"ok": ok, "status": resp.status,

@@ -163,13 +163,13 @@ class Manager:
     async def _abandon_start(self, reason: str) -> None:
         """A start that failed must not leave a half-started instance behind."""
         self.last_error = reason
-        instance, self.instance = self.instance, None
-        if instance is not None:
+        if self.instance is not None:
             try:
-                await asyncio.wait_for(self.env.backend.stop(instance), timeout=15)
+                await asyncio.wait_for(self.env.backend.stop(self.instance), timeout=15)
             except Exception:  # noqa: BLE001 - best effort; the backend reuses or removes it next time
                 pass
         self._transition(State.FAILED, reason)
+        self.instance = None
 
     # ------------------------------------------------------------------ stop
 
@@ -207,8 +207,8 @@ class Manager:
         except Exception as exc:  # noqa: BLE001 - a failed stop still ends our claim on it
             self.last_error = f"stop failed: {exc}"
         finally:
+            self._transition(State.STOPPED, reason)  # the event still names the instance
             self.instance = None
-            self._transition(State.STOPPED, reason)
 
     async def stop(self, reason: str) -> None:
         """Stop now (shutdown, admin). Waits for a start in progress first."""
@@ -249,9 +249,9 @@ class Manager:
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
-        self.instance = None
         self.last_error = f"instance {status.value}"
         self._transition(State.STOPPED, "error")
+        self.instance = None
         return False
 
     def adopt(self, instance: Instance) -> None:

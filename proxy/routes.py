@@ -14,12 +14,14 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
+from backends.base import Instance
 from proxy.config import Config, Route
 from proxy.errors import json_error
 from proxy.forward import BodyTooLarge, UpstreamError, forward_http, forward_websocket, is_websocket
 from proxy.keys import validate_key
 from proxy.manager import CapacityExceeded, Manager, NotWarm, StartFailed, StartTimeout
 from proxy.metrics import Metrics
+from proxy.pools import Pools
 from proxy.registry import Registry
 
 log = structlog.get_logger("proxy.request")
@@ -29,12 +31,12 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 class RouteHandler:
     """Serves one configured route."""
 
-    def __init__(self, route: Route, config: Config, registry: Registry, metrics: Metrics) -> None:
+    def __init__(self, route: Route, config: Config, registry: Registry, metrics: Metrics, pools: Pools) -> None:
         self.route = route
         self.config = config
         self.registry = registry
         self.metrics = metrics
-        self.session: aiohttp.ClientSession | None = None
+        self.pools = pools
         self.websockets: set[web.WebSocketResponse] = set()
         self.timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout,
                                              sock_read=config.upstream_timeout)
@@ -94,7 +96,7 @@ class RouteHandler:
                 if lease.cold_wait is not None:
                     headers = {"X-Proxy-Cold-Start": "1",
                                "X-Proxy-Cold-Start-Wait-Ms": f"{lease.cold_wait * 1000:.1f}"}
-                return await self._forward(request, manager, lease.instance.url, headers)
+                return await self._forward(request, manager, lease.instance, headers)
         except NotWarm as exc:
             return json_error(503, "not warm", str(exc), headers={"Retry-After": "1"})
         except StartFailed as exc:
@@ -105,16 +107,16 @@ class RouteHandler:
         except StartTimeout as exc:
             return json_error(504, "start timeout", str(exc), key=key)
 
-    async def _forward(self, request: web.Request, manager: Manager, base: str,
+    async def _forward(self, request: web.Request, manager: Manager, instance: Instance,
                        headers: dict[str, str]) -> web.StreamResponse:
-        assert self.session is not None, "RouteHandler.session is set on app startup"
-        url = self._upstream_url(request, base)
+        session = self.pools.session(instance)
+        url = self._upstream_url(request, instance.url)
         try:
             if is_websocket(request):
-                return await forward_websocket(request, self.session, url, on_message=manager.touch,
+                return await forward_websocket(request, session, url, on_message=manager.touch,
                                                connect_timeout=self.config.connect_timeout,
                                                open_sockets=self.websockets)
-            return await forward_http(request, self.session, url, max_body=self.config.max_body_size,
+            return await forward_http(request, session, url, max_body=self.config.max_body_size,
                                       timeout=self.timeout, extra_headers=headers)
         except BodyTooLarge as exc:
             return json_error(413, "request body too large", str(exc))

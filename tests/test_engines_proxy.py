@@ -80,7 +80,7 @@ async def test_proxy_restart_adopts_running_container(make_proxy, raw, backend_k
     await first.registry.get("shared", "svc").ensure_running()
     started_id = first.registry.managers["shared"].instance.id
     await first.registry.close()
-    await first.session.close()
+    await first.pools.close()
     await first.backend.close()
 
     # Proxy #2 with the same proxy_id adopts it: no second start, no cold wait.

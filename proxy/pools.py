@@ -1,0 +1,48 @@
+"""One upstream connection pool per instance, closed when that instance stops.
+
+A single shared pool would keep idle keep-alive connections to stopped instances until its own
+cleanup ran, and could offer a new instance on a reused port a connection meant for the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from backends.base import Instance
+from proxy.events import EventBus, State, Transition
+
+
+class Pools:
+    def __init__(self, bus: EventBus) -> None:
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        bus.subscribe(self._on_transition)
+
+    def session(self, instance: Instance) -> aiohttp.ClientSession:
+        session = self._sessions.get(instance.id)
+        if session is None:
+            # auto_decompress off: bodies pass through byte for byte, Content-Encoding and all.
+            session = self._sessions[instance.id] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+        return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._sessions.values()))
+
+    def _on_transition(self, event: Transition) -> None:
+        if event.new in (State.STOPPED, State.FAILED) and event.instance is not None:
+            session = self._sessions.pop(event.instance.id, None)
+            if session is not None:
+                task = asyncio.get_running_loop().create_task(session.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        sessions, self._sessions = list(self._sessions.values()), {}
+        await asyncio.gather(*(s.close() for s in sessions), *self._closing, return_exceptions=True)
