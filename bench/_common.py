@@ -25,6 +25,15 @@ BENCH = ROOT / "bench"
 PY = sys.executable
 
 
+def rss_kib() -> int:
+    """This process's resident set size in KiB (VmRSS)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

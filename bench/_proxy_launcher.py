@@ -20,7 +20,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import rss_kib  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from backends.base import ContainerSpec, Instance, InstanceState  # noqa: E402
@@ -56,14 +58,6 @@ class ExternalBackend:
         return None
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 async def stats(request: web.Request) -> web.Response:
     proxy = request.app[PROXY]
     idle = acquired = 0
@@ -84,7 +78,7 @@ async def stats(request: web.Request) -> web.Response:
         "tasks": len(asyncio.all_tasks()),
         "fds": len(os.listdir("/proc/self/fd")),
         "fd_kinds": kinds,
-        "rss_kib": _rss_kib(),
+        "rss_kib": rss_kib(),
         "upstream_idle_conns": idle,
         "upstream_acquired_conns": acquired,
         "managers": len(managers),

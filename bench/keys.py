@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from _common import PY, env_with_root, goal, median, summary, table  # noqa: E402
+from _common import PY, env_with_root, goal, median, rss_kib, summary, table  # noqa: E402
 
 CONFIG = {
     "logging": {"level": "warning"},
@@ -39,14 +39,6 @@ CONFIG = {
         {"path": "/v2/{tail:.*}", "container": "svc", "key": "shared"},
     ],
 }
-
-
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 def child(n: int) -> dict:
