@@ -14,11 +14,12 @@ import structlog
 from aiohttp import web
 
 from backends import create_backend
-from backends.base import Backend
+from backends.base import Backend, Instance
 from proxy.config import Config, ContainerClass
 from proxy.errors import json_errors
 from proxy.events import Transition
 from proxy.hooks import Hooks
+from proxy.manager import Manager
 from proxy.metrics import Metrics
 from proxy.pools import Pools
 from proxy.registry import Registry
@@ -129,26 +130,23 @@ async def metrics(request: web.Request) -> web.Response:
 async def container_status(request: web.Request) -> web.Response:
     proxy = request.app[PROXY]
     status = proxy.status()
-    probes = await asyncio.gather(*(_probe(proxy, m) for m in proxy.registry if m.instance is not None))
-    live = {key: result for key, result in probes}
+    live = [(m, m.instance) for m in proxy.registry if m.instance is not None]
+    probes = await asyncio.gather(*(_probe(proxy, m, instance) for m, instance in live))
+    health = {m.key: result for (m, _), result in zip(live, probes)}
     for entry in status["keys"]:
-        if entry["key"] in live:
-            entry["health"] = live[entry["key"]]
+        if entry["key"] in health:
+            entry["health"] = health[entry["key"]]
     return web.json_response(status)
 
 
-async def _probe(proxy: Proxy, manager: Any) -> tuple[str, dict[str, Any]]:
+async def _probe(proxy: Proxy, manager: Manager, instance: Instance) -> dict[str, Any]:
     """A live readiness probe of a running instance, like the seed's status page."""
-    instance = manager.instance
     began = time.perf_counter()
     try:
-        async with proxy.pools.session(instance).get(instance.url + manager.cls.readiness.path,
-                                     timeout=aiohttp.ClientTimeout(total=1)) as resp:
-            ok = 200 <= resp.status < 300
-            return manager.key, {"ok": ok, "status": resp.status,
-                                 "ms": round((time.perf_counter() - began) * 1000, 2)}
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, AttributeError) as exc:
-        return manager.key, {"ok": False, "error": type(exc).__name__}
+        code = await proxy.registry.probe(instance, manager.cls.readiness.path, timeout=1.0)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": 200 <= code < 300, "status": code, "ms": round((time.perf_counter() - began) * 1000, 2)}
 
 
 async def info(request: web.Request) -> web.Response:

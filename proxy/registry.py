@@ -67,22 +67,25 @@ class Registry:
     def active(self, container: str) -> int:
         return self._active[container]
 
+    async def probe(self, instance: Instance, path: str, timeout: float) -> int:
+        """One GET of `path` on the instance, on its own short-lived connection; the status code."""
+        if self._probe is None:
+            self._probe = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        async with self._probe.get(instance.url + path, timeout=aiohttp.ClientTimeout(total=timeout),
+                                   allow_redirects=False) as resp:
+            return resp.status
+
     async def wait_ready(self, instance: Instance, readiness: Readiness) -> None:
         """Poll the readiness path until it answers 2xx; fail fast if the instance died meanwhile.
 
         The caller bounds the whole wait with start_timeout.
         """
-        if self._probe is None:
-            self._probe = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-        url = instance.url + readiness.path
-        timeout = aiohttp.ClientTimeout(total=readiness.timeout)
         loop = asyncio.get_running_loop()
         next_inspect = loop.time() + 0.5
         while True:
             try:
-                async with self._probe.get(url, timeout=timeout, allow_redirects=False) as resp:
-                    if 200 <= resp.status < 300:
-                        return
+                if 200 <= await self.probe(instance, readiness.path, readiness.timeout) < 300:
+                    return
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 pass
             if loop.time() >= next_inspect:
