@@ -7,6 +7,7 @@ cleanup ran, and could offer a new instance on a reused port a connection meant 
 from __future__ import annotations
 
 import asyncio
+from typing import Iterator
 
 import aiohttp
 
@@ -32,7 +33,7 @@ class Pools:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[aiohttp.ClientSession]:
         return iter(list(self._sessions.values()))
 
     def _on_transition(self, event: Transition) -> None:
