@@ -29,6 +29,7 @@ from backends.base import ContainerSpec, Instance, InstanceState  # noqa: E402
 from proxy.app import PROXY, create_app  # noqa: E402
 from proxy.config import load_config  # noqa: E402
 from proxy.logs import configure  # noqa: E402
+from proxy.server import serve  # noqa: E402
 
 
 class ExternalBackend:
@@ -107,10 +108,13 @@ def main() -> int:
 
         gc.disable()
     backend = ExternalBackend(args.upstream) if args.upstream else None
-    app = create_app(config, backend)
-    app.router.add_get("/_bench/stats", stats)
-    web.run_app(app, host=config.host, port=config.port, shutdown_timeout=config.drain_timeout,
-                handler_cancellation=True, access_log=None, print=None)
+
+    async def run() -> None:
+        app = create_app(config, backend)
+        app.router.add_get("/_bench/stats", stats)
+        await serve(app, config.host, config.port, config.drain_timeout)
+
+    asyncio.run(run())  # on uvloop's loop when installed above
     return 0
 
 

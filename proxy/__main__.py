@@ -7,14 +7,14 @@ requests for up to server.drain_timeout, stop the instances this proxy started, 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from dataclasses import replace
 
-from aiohttp import web
-
 from proxy.app import create_app
-from proxy.config import ConfigError, load_config
+from proxy.config import Config, ConfigError, load_config
 from proxy.logs import configure
+from proxy.server import serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,15 +30,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = replace(config, host=args.host or config.host, port=config.port if args.port is None else args.port)
     configure(config.log_level)
+    run = asyncio.run
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
 
-        uvloop.install()
-    except ImportError:
+        run = uvloop.run
+    except ImportError:  # platforms without uvloop run on asyncio's loop
         pass
-    web.run_app(create_app(config), host=config.host, port=config.port, shutdown_timeout=config.drain_timeout,
-                handler_cancellation=True, access_log=None, print=None)
+    run(_serve(config))
     return 0
+
+
+async def _serve(config: Config) -> None:
+    await serve(create_app(config), config.host, config.port, config.drain_timeout)
 
 
 if __name__ == "__main__":

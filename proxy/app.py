@@ -18,11 +18,13 @@ from backends.base import Backend, Instance
 from proxy.config import Config, ContainerClass
 from proxy.errors import json_errors
 from proxy.events import Transition
+from proxy.fastpath import FastPath
 from proxy.hooks import Hooks
 from proxy.manager import Manager
 from proxy.metrics import Metrics
 from proxy.pools import Pools
 from proxy.registry import Registry
+from proxy.reqlog import RequestLog
 from proxy.routes import RouteHandler
 from proxy.schedule import Clock, Scheduler
 from proxy.usage import UsageMeter
@@ -42,9 +44,11 @@ class Proxy:
         self.metrics.prom.register(self.usage)
         self.hooks = Hooks(self.registry.bus, config.webhooks)
         self.scheduler = Scheduler(clock)
-        self.pools = Pools(self.registry.bus)
-        self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools)
+        self.pools = Pools(self.registry.bus, config.connect_timeout)
+        self.reqlog = RequestLog() if config.log_requests else None
+        self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.reqlog)
                          for route in config.routes]
+        self._resources: dict[web.AbstractResource, RouteHandler] = {}
         self.started = time.time()
         self.registry.bus.subscribe(_log_transition)
         self._schedule_prewarm()
@@ -87,6 +91,16 @@ class Proxy:
             log.warning("adopt_failed", error=f"{type(exc).__name__}: {exc}")
         self.scheduler.start()
 
+    def add_routes(self, app: web.Application) -> None:
+        """Register each configured route (the fast path resolves against the same resources)."""
+        for handler in self.handlers:
+            route = app.router.add_route("*", handler.route.path, handler.handle, expect_handler=handler.expect)
+            handler.bind(route.resource)
+            self._resources[route.resource] = handler
+
+    def fast_path(self, app: web.Application) -> FastPath:
+        return FastPath(app, self._resources, self.config.max_body_size, self.config.upstream_timeout)
+
     async def close_websockets(self) -> None:
         """On SIGTERM: open WebSockets get 1001 (going away) rather than holding the drain open."""
         sockets = [ws for handler in self.handlers for ws in list(handler.websockets)]
@@ -100,6 +114,8 @@ class Proxy:
         await self.registry.close()
         await self.pools.close()
         await self.backend.close()
+        if self.reqlog is not None:
+            self.reqlog.flush()
 
     def status(self) -> dict[str, Any]:
         keys = []
@@ -180,8 +196,7 @@ def create_app(config: Config, backend: Backend | None = None, *, clock: Clock =
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/container-status", container_status)
     app.router.add_get("/info", info)
-    for handler in proxy.handlers:
-        app.router.add_route("*", handler.route.path, handler.handle)
+    proxy.add_routes(app)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await proxy.startup()

@@ -8,10 +8,14 @@ import structlog
 from aiohttp import web
 
 
+def error_body(status: int, error: str, reason: str, **extra: Any) -> dict[str, Any]:
+    """The one shape of every refusal, on both data paths."""
+    return {"error": error, "reason": reason, "status": status, **extra}
+
+
 def json_error(status: int, error: str, reason: str, *, headers: Mapping[str, str] | None = None,
                **extra: Any) -> web.Response:
-    return web.json_response({"error": error, "reason": reason, "status": status, **extra},
-                             status=status, headers=headers)
+    return web.json_response(error_body(status, error, reason, **extra), status=status, headers=headers)
 
 
 @web.middleware

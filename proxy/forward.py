@@ -12,6 +12,7 @@ from typing import AsyncIterator, Callable
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -49,9 +50,11 @@ def _strip(headers: "CIMultiDictProxy[str]", drop: frozenset[str]) -> CIMultiDic
 
 
 def upstream_headers(request: web.Request, drop: frozenset[str] = REQUEST_DROP) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop ones, with X-Forwarded-* set as nginx's
+    `$proxy_add_x_forwarded_for` does: every earlier X-Forwarded-For value, in order, then the peer."""
     headers = _strip(request.headers, drop)
     peer = request.remote or ""
-    prior = request.headers.get("X-Forwarded-For")
+    prior = ", ".join(request.headers.getall("X-Forwarded-For", ()))
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
     headers["X-Forwarded-Proto"] = request.scheme
     headers["X-Forwarded-Host"] = request.host
@@ -88,7 +91,7 @@ async def forward_http(
     data = _body(request, max_body) if has_body else None
     try:
         upstream = await session.request(
-            request.method, url, headers=upstream_headers(request), data=data,
+            request.method, URL(url, encoded=True), headers=upstream_headers(request), data=data,
             allow_redirects=False, timeout=timeout,
         )
     except BodyTooLarge:
@@ -143,7 +146,7 @@ async def forward_websocket(
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
     try:
         upstream = await session.ws_connect(
-            url, headers=upstream_headers(request, REQUEST_DROP | WS_HANDSHAKE), protocols=protocols,
+            URL(url, encoded=True), headers=upstream_headers(request, REQUEST_DROP | WS_HANDSHAKE), protocols=protocols,
             timeout=aiohttp.ClientWSTimeout(ws_close=connect_timeout), autoping=True, max_msg_size=0,
         )
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
@@ -170,13 +173,20 @@ async def _pump(
     dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     on_message: Callable[[], None],
 ) -> None:
-    async for msg in src:
+    """Relay messages one way; a close (code and reason) is passed on to the other side."""
+    code, reason = 1000, b""
+    while True:
+        msg = await src.receive()
         on_message()
         if msg.type is WSMsgType.TEXT:
             await dst.send_str(msg.data)
         elif msg.type is WSMsgType.BINARY:
             await dst.send_bytes(msg.data)
-        elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+        elif msg.type is WSMsgType.CLOSE:
+            code, reason = msg.data or 1000, (msg.extra or "").encode()
+            break
+        elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            code = src.close_code or 1000
             break
     if not dst.closed:
-        await dst.close(code=src.close_code or 1000)
+        await dst.close(code=code, message=reason)

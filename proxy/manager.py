@@ -88,7 +88,7 @@ class Manager:
     @asynccontextmanager
     async def lease(self, *, start: bool = True) -> AsyncIterator[Lease]:
         """Hold the instance for one request or WebSocket; always released, even on client abort."""
-        self.in_flight += 1
+        self.hold()
         try:
             if start:
                 waited = await self.ensure_running(reason="request")
@@ -99,8 +99,16 @@ class Manager:
             assert self.instance is not None
             yield Lease(self.instance, waited)
         finally:
-            self.in_flight -= 1
-            self.touch()
+            self.release()
+
+    def hold(self) -> None:
+        """One more request or WebSocket in flight: the instance is not stopped while any is."""
+        self.in_flight += 1
+
+    def release(self) -> None:
+        """The end of what `hold` began (the fast path calls the pair directly, the aiohttp path via lease)."""
+        self.in_flight -= 1
+        self.touch()
 
     def touch(self) -> None:
         """Record activity (a request finished, a WebSocket message passed, a keepalive tick)."""

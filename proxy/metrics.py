@@ -6,7 +6,7 @@ Each app gets its own CollectorRegistry (tests build many apps). Per-key labels 
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -45,6 +45,8 @@ class Metrics:
                                 ["route", "code"], registry=r)
         self.request_duration = Histogram("proxy_request_duration_seconds", "Time to answer a proxied request.",
                                           ["route"], registry=r)
+        self.fast_requests = Counter("proxy_fast_path_requests", "Proxied requests served by the fast path.",
+                                     ["route"], registry=r)
         self.starts = Counter("proxy_container_starts", "Instances that became ready.", ["container", "key"],
                               registry=r)
         self.start_failures = Counter("proxy_container_start_failures", "Starts that failed or timed out.",
@@ -77,9 +79,23 @@ class Metrics:
             reason = event.reason if event.reason in STOP_REASONS else "error"
             self.stops.labels(event.container, reason).inc()
 
-    def observe_request(self, route: str, code: int, seconds: float) -> None:
-        self.requests.labels(route, str(code)).inc()
-        self.request_duration.labels(route).observe(seconds)
+    def request_observer(self, route: str) -> Callable[[int, float, bool], None]:
+        """A per-route recorder with its label children bound once: the request path does no label lookups."""
+        by_code: dict[int, Any] = {}
+        duration = self.request_duration.labels(route)
+        fast = self.fast_requests.labels(route)
+        requests = self.requests
+
+        def observe(code: int, seconds: float, fast_path: bool) -> None:
+            counter = by_code.get(code)
+            if counter is None:
+                counter = by_code[code] = requests.labels(route, str(code))
+            counter.inc()
+            duration.observe(seconds)
+            if fast_path:
+                fast.inc()
+
+        return observe
 
     def render(self) -> bytes:
         return generate_latest(self.prom)

@@ -1,7 +1,9 @@
-"""One upstream connection pool per instance, closed when that instance stops.
+"""Upstream connection pools per instance, closed when that instance stops.
 
-A single shared pool would keep idle keep-alive connections to stopped instances until its own
-cleanup ran, and could offer a new instance on a reused port a connection meant for the old one.
+Each running instance has an aiohttp ClientSession (the aiohttp path: cold starts, WebSockets) and a
+raw `UpstreamPool` (the fast path). A single shared pool would keep idle keep-alive connections to
+stopped instances until its own cleanup ran, and could offer a new instance on a reused port a
+connection meant for the old one.
 """
 
 from __future__ import annotations
@@ -13,11 +15,17 @@ import aiohttp
 
 from backends.base import Instance
 from proxy.events import EventBus, State, Transition
+from proxy.upstream import UpstreamPool
+
+# aiohttp's client adds these when absent; a proxy must not send headers the client did not.
+NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 class Pools:
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: EventBus, connect_timeout: float) -> None:
+        self.connect_timeout = connect_timeout
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._upstreams: dict[str, UpstreamPool] = {}
         self._closing: set[asyncio.Task[None]] = set()
         bus.subscribe(self._on_transition)
 
@@ -27,8 +35,14 @@ class Pools:
             # auto_decompress off: bodies pass through byte for byte, Content-Encoding and all.
             session = self._sessions[instance.id] = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
-                auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar())
+                auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=NO_AUTO_HEADERS)
         return session
+
+    def upstream(self, instance: Instance) -> UpstreamPool:
+        pool = self._upstreams.get(instance.id)
+        if pool is None:
+            pool = self._upstreams[instance.id] = UpstreamPool(instance.host, instance.port, self.connect_timeout)
+        return pool
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -38,6 +52,9 @@ class Pools:
 
     def _on_transition(self, event: Transition) -> None:
         if event.new in (State.STOPPED, State.FAILED) and event.instance is not None:
+            upstream = self._upstreams.pop(event.instance.id, None)
+            if upstream is not None:
+                upstream.close()
             session = self._sessions.pop(event.instance.id, None)
             if session is not None:
                 task = asyncio.get_running_loop().create_task(session.close())
@@ -45,5 +62,8 @@ class Pools:
                 task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
+        for upstream in self._upstreams.values():
+            upstream.close()
+        self._upstreams.clear()
         sessions, self._sessions = list(self._sessions.values()), {}
         await asyncio.gather(*(s.close() for s in sessions), *self._closing, return_exceptions=True)

@@ -1,6 +1,9 @@
 """Configured routes: URL -> key -> manager -> forward. The request path in one place.
 
     app -> RouteHandler(route) -> registry.get(key) -> manager.lease() -> backend instance -> forward
+
+This is the aiohttp path; warm plain requests take the fast path (proxy/fastpath.py), which uses this
+handler's key, target and accounting rules so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -8,61 +11,93 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from typing import Mapping
 
 import aiohttp
-import structlog
 from aiohttp import web
-from yarl import URL
 
-from backends.base import Instance
 from proxy.config import Config, Route
 from proxy.errors import json_error
 from proxy.forward import BodyTooLarge, UpstreamError, forward_http, forward_websocket, is_websocket
 from proxy.keys import validate_key
 from proxy.manager import CapacityExceeded, Manager, NotWarm, StartFailed, StartTimeout
 from proxy.metrics import Metrics
+from proxy.paths import escape_reason, fill, upstream_target
 from proxy.pools import Pools
 from proxy.registry import Registry
-
-log = structlog.get_logger("proxy.request")
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+from proxy.reqlog import RequestLog
 
 
 class RouteHandler:
     """Serves one configured route."""
 
-    def __init__(self, route: Route, config: Config, registry: Registry, metrics: Metrics, pools: Pools) -> None:
+    def __init__(self, route: Route, config: Config, registry: Registry, metrics: Metrics, pools: Pools,
+                 reqlog: RequestLog | None) -> None:
         self.route = route
         self.config = config
         self.registry = registry
         self.metrics = metrics
         self.pools = pools
+        self.reqlog = reqlog
         self.websockets: set[web.WebSocketResponse] = set()
         self.timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout,
                                              sock_read=config.upstream_timeout)
-        self._key_is_template = bool(_PLACEHOLDER.search(route.key))
+        self.key_is_template = "{" in route.key
+        self._pattern: re.Pattern[str] | None = None
+        self._observe = metrics.request_observer(route.name)
 
-    def _key(self, request: web.Request) -> str:
-        if not self._key_is_template:
-            return self.route.key
-        return _PLACEHOLDER.sub(lambda m: request.match_info.get(m.group(1), ""), self.route.key)
+    def bind(self, resource: web.AbstractResource) -> None:
+        """Remember the route's compiled pattern, to read its variables from the raw (undecoded) path."""
+        self._pattern = resource.get_info().get("pattern")
 
-    def _upstream_url(self, request: web.Request, base: str) -> str:
-        if self.route.upstream_path is None:
-            return base + request.raw_path
-        path = _PLACEHOLDER.sub(lambda m: request.match_info.get(m.group(1), ""), self.route.upstream_path)
-        url = str(URL(base).with_path(path))  # re-quotes the decoded path variables
-        query = request.rel_url.raw_query_string
-        return f"{url}?{query}" if query else url
+    # ---------------------------------------------------------------- rules shared with the fast path
 
-    def _manager(self, key: str) -> Manager:
+    def key_for(self, variables: Mapping[str, str]) -> str:
+        return fill(self.route.key, variables) if self.key_is_template else self.route.key
+
+    def target_for(self, raw_target: str, raw_variables: Mapping[str, str]) -> str:
+        return upstream_target(self.route.upstream_path, raw_target, raw_variables)
+
+    def manager_for(self, key: str) -> Manager:
         if self.route.mode == "lb":
             return self.registry.pick_lb(key, self.route.container, self.route.instances)
         return self.registry.get(key, self.route.container)
 
+    def record(self, key: str, method: str, path: str, status: int, seconds: float, fast: bool = False) -> None:
+        """Metrics and the request log line for one finished request, whichever path served it."""
+        self._observe(status, seconds, fast)
+        if self.reqlog is not None:
+            self.reqlog.request(self.route.name, key, method, path, status, seconds)
+
+    def _raw_variables(self, request: web.Request) -> dict[str, str] | None:
+        """The route's variables as the client wrote them (None: the raw path does not spell the route)."""
+        if self._pattern is None:
+            return {}
+        match = self._pattern.fullmatch(request.raw_path.partition("?")[0])
+        return match.groupdict() if match else None
+
+    async def expect(self, request: web.Request) -> web.StreamResponse | None:
+        """`Expect: 100-continue`: refuse an over-limit body *before* inviting the client to send it."""
+        if (refusal := self._too_large(request)) is not None:
+            refusal.force_close()  # the body is never read, so the connection cannot carry another request
+            return refusal
+        if request.version == aiohttp.HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # the interim line is not part of the response
+            return None
+        return json_error(417, "expectation failed", f"unsupported Expect: {request.headers.get('Expect')}")
+
+    def _too_large(self, request: web.Request) -> web.Response | None:
+        if request.content_length is not None and request.content_length > self.config.max_body_size:
+            return json_error(413, "request body too large", f"Content-Length {request.content_length} exceeds "
+                              f"max_body_size={self.config.max_body_size} bytes")
+        return None
+
+    # ---------------------------------------------------------------- the aiohttp path
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         began = time.perf_counter()
-        key = self._key(request)
+        key = self.key_for(request.match_info)
         status = 500
         try:
             response = await self._serve(request, key)
@@ -76,27 +111,27 @@ class RouteHandler:
             status = 499  # client went away; nothing to answer
             raise
         finally:
-            seconds = time.perf_counter() - began
-            self.metrics.observe_request(self.route.name, status, seconds)
-            if self.config.log_requests:
-                log.info("request", route=self.route.name, key=key, method=request.method, path=request.path,
-                         status=status, ms=round(seconds * 1000, 2))
+            self.record(key, request.method, request.path, status, time.perf_counter() - began)
 
     async def _serve(self, request: web.Request, key: str) -> web.StreamResponse:
         if (reason := validate_key(key)) is not None:
             return json_error(400, "invalid key", reason)
-        if request.content_length is not None and request.content_length > self.config.max_body_size:
-            return json_error(413, "request body too large",
-                              f"Content-Length {request.content_length} exceeds max_body_size="
-                              f"{self.config.max_body_size} bytes")
-        manager = self._manager(key)
+        if (reason := escape_reason(request.raw_path.partition("?")[0])) is not None:
+            return json_error(400, "invalid path", reason)
+        raw_variables = self._raw_variables(request)
+        if raw_variables is None:
+            return json_error(400, "invalid path", "percent-encoded characters in the route's fixed part")
+        if (refusal := self._too_large(request)) is not None:
+            return refusal
+        manager = self.manager_for(key)
         try:
             async with manager.lease(start=self.route.mode != "warm") as lease:
                 headers = {}
                 if lease.cold_wait is not None:
                     headers = {"X-Proxy-Cold-Start": "1",
                                "X-Proxy-Cold-Start-Wait-Ms": f"{lease.cold_wait * 1000:.1f}"}
-                return await self._forward(request, manager, lease.instance, headers)
+                url = lease.instance.url + self.target_for(request.raw_path, raw_variables)
+                return await self._forward(request, manager, url, headers)
         except NotWarm as exc:
             return json_error(503, "not warm", str(exc), headers={"Retry-After": "1"})
         except StartFailed as exc:
@@ -107,10 +142,10 @@ class RouteHandler:
         except StartTimeout as exc:
             return json_error(504, "start timeout", str(exc), key=key)
 
-    async def _forward(self, request: web.Request, manager: Manager, instance: Instance,
+    async def _forward(self, request: web.Request, manager: Manager, url: str,
                        headers: dict[str, str]) -> web.StreamResponse:
-        session = self.pools.session(instance)
-        url = self._upstream_url(request, instance.url)
+        assert manager.instance is not None
+        session = self.pools.session(manager.instance)
         try:
             if is_websocket(request):
                 return await forward_websocket(request, session, url, on_message=manager.touch,

@@ -16,13 +16,15 @@ from typing import Any, Awaitable, Callable
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from backends.base import Backend
 from proxy.app import PROXY, Proxy, create_app
 from proxy.config import parse_config
 from proxy.manager import Manager
+from proxy.server import ProxyRunner
 
 BACKEND_PARAMS = [
     pytest.param("stub", id="stub"),
@@ -98,6 +100,17 @@ class Harness:
 MakeProxy = Callable[..., Awaitable[Harness]]
 
 
+class ProxyTestServer(TestServer):
+    """A TestServer served as `python -m proxy` serves: connections take the fast path when they can."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return ProxyRunner(self.app, **kwargs)
+
+
+def proxy_server(app: Any) -> BaseTestServer:
+    return ProxyTestServer(app, handler_cancellation=True)
+
+
 @pytest.fixture
 async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.FixtureRequest) -> Any:
     """Build a proxy on `backend_kind`. Keyword `svc={...}` merges into the class, `config={...}` into the root."""
@@ -126,8 +139,7 @@ async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.Fix
         made.append(backend)
         app = create_app(parse_config(raw), backend, clock=clock)
         # No client-side connection cap: 200 concurrent requests really are concurrent.
-        client = await aiohttp_client(app, server_kwargs={"handler_cancellation": True},
-                                      connector=aiohttp.TCPConnector(limit=0))
+        client = await aiohttp_client(proxy_server(app), connector=aiohttp.TCPConnector(limit=0))
         return Harness(client, app[PROXY], backend)
 
     yield factory

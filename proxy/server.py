@@ -1,0 +1,235 @@
+"""Serving: one listening socket, each connection a `FastProtocol` that shares aiohttp's parser.
+
+`FastProtocol` is aiohttp's own connection handler with one change: each parsed request is offered
+to the fast path first (`FastPath.plan`), and only what it declines is queued for the aiohttp
+application, exactly as aiohttp would have queued it. Requests are answered strictly in order, so one
+keep-alive (or pipelined) connection may mix both kinds: while aiohttp serves a request, later ones
+wait their turn, and when aiohttp's queue empties (`log_access` marks each finished response) the
+fast path takes over again. WebSocket upgrades stay with aiohttp for the rest of the connection.
+
+Sharing the parser is why the fast path uses aiohttp's C parser (llhttp) rather than httptools for
+requests: the hand-over needs no re-parsing or byte offsets, and both paths enforce the same limits
+and the same request-smuggling defences. httptools parses the instances' responses (proxy/upstream.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import deque
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+from aiohttp.web_server import Server
+
+from proxy.errors import json_error
+from proxy.fastpath import Exchange, FastPath
+
+log = structlog.get_logger("proxy.server")
+_Message = tuple[Any, StreamReader]
+
+
+class FastProtocol(RequestHandler):
+    __slots__ = ("fast", "loop", "peer_host", "scheme", "_queue", "_exchange", "_aiohttp_busy", "_idle")
+
+    def __init__(self, manager: Server, *, fast: FastPath, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+        super().__init__(manager, loop=loop, **kwargs)
+        self.fast = fast
+        self.loop = loop
+        self.peer_host = ""
+        self.scheme = "http"
+        self._queue: deque[_Message] = deque()
+        self._exchange: Exchange | None = None
+        self._aiohttp_busy = False
+        self._idle: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer_host = peer[0] if isinstance(peer, (tuple, list)) else ""
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+
+    # ---------------------------------------------------------------- parsing and dispatch
+
+    def data_received(self, data: bytes) -> None:
+        if self._force_close or self._close:
+            return
+        if self._upgraded or self._payload_parser is not None or self._parser is None:
+            super().data_received(data)  # a WebSocket (or a declined upgrade): aiohttp's from here on
+            return
+        messages: list[_Message]
+        try:
+            messages, upgraded, tail = self._parser.feed_data(data)
+        except HttpProcessingError as exc:
+            messages, upgraded, tail = [(_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD)], False, b""
+        self._upgraded = upgraded
+        if upgraded and tail:
+            self._message_tail = tail
+        if messages:
+            self._queue.extend(messages)
+            if len(self._queue) >= self._max_msg_queue_size and not self._buffer_paused:
+                self._pause_reading_for_buffer()  # a pipelining flood waits in the kernel, not here
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Start the next queued requests, in order, while nothing else is answering on this connection."""
+        while self._queue and self._exchange is None and not self._aiohttp_busy:
+            if self._close or self._force_close:
+                self._queue.clear()
+                return
+            message, payload = self._queue.popleft()
+            exchange = None
+            if isinstance(message, RawRequestMessage):
+                exchange = self.fast.plan(message, payload, self)
+            if exchange is None:
+                self._aiohttp_busy = True
+                self._messages.append((message, payload))  # aiohttp's start() consumes it as its own
+                if self._waiter is not None and not self._waiter.done():
+                    self._waiter.set_result(None)
+            else:
+                assert self._parser is not None
+                self._parser.message_consumed()
+                self._exchange = exchange
+                self._next_keepalive_close_time = float("inf")
+                exchange.start()
+            if self._buffer_paused and len(self._queue) <= self._msg_queue_resume_size:
+                self._resume_reading_if_drained()
+
+    def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:
+        """aiohttp finished a response: when its queue is empty the connection is ours again."""
+        super().log_access(request, response, time)
+        if self._aiohttp_busy and not self._messages:
+            self._aiohttp_busy = False
+            if response.keep_alive:
+                self._dispatch()
+            else:
+                self._queue.clear()
+
+    # ---------------------------------------------------------------- used by exchanges
+
+    def keeps_alive(self, message: RawRequestMessage) -> bool:
+        return not (message.should_close or self._close or self._force_close)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def close_now(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_after_write(self) -> None:
+        self._close = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def exchange_done(self, exchange: Exchange, clean: bool) -> None:
+        if self._exchange is not exchange:
+            return
+        self._exchange = None
+        if not clean or not self.keeps_alive(exchange.message):
+            self.close_after_write()  # an unread request body (or the client's wish) ends the connection
+        else:
+            self._keepalive = True
+            self._next_keepalive_close_time = self.loop.time() + self._keepalive_timeout
+            if self._keepalive_handle is None:
+                self._keepalive_handle = self.loop.call_at(self._next_keepalive_close_time,
+                                                           self._process_keepalive)
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+        self._dispatch()
+
+    # ---------------------------------------------------------------- flow control and endings
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        conn = self._exchange.conn if self._exchange is not None else None
+        if conn is not None and conn.transport is not None:
+            conn.transport.pause_reading()  # a slow reader slows the instance, not our memory
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        conn = self._exchange.conn if self._exchange is not None else None
+        if conn is not None and conn.transport is not None:
+            conn.transport.resume_reading()
+
+    def _process_keepalive(self) -> None:
+        if self._exchange is not None or self._queue:
+            self._keepalive_handle = None
+            return  # busy: exchange_done re-arms the timer
+        super()._process_keepalive()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        exchange, self._exchange = self._exchange, None
+        self._queue.clear()
+        if exchange is not None:
+            exchange.client_lost()
+        super().connection_lost(exc)
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        """Drain: a fast exchange in flight gets `timeout` to finish, like aiohttp's own requests."""
+        if self._exchange is not None:
+            self._idle = self.loop.create_future()
+            try:
+                await asyncio.wait_for(self._idle, timeout)
+            except asyncio.TimeoutError:
+                pass
+        await super().shutdown(timeout)
+
+    def handle_error(self, request: BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> StreamResponse:
+        """Anyone can send garbage: a JSON answer and one JSON log line, never a traceback on stderr."""
+        if status == 400:
+            reason = (message or str(exc) or "malformed request").splitlines()[0][:200]
+            log.warning("bad_request", peer=self.peer_host, reason=reason)
+            response = json_error(400, "bad request", reason)
+        else:
+            log.error("server_error", status=status, error=f"{type(exc).__name__}: {exc}" if exc else message)
+            response = json_error(status, "internal error", f"{type(exc).__name__}" if exc else "error")
+        response.force_close()
+        return response
+
+
+class FastServer(Server):
+    """aiohttp's Server, making FastProtocols."""
+
+    def __init__(self, base: Server, fast: FastPath) -> None:
+        self.__dict__.update(base.__dict__)
+        self.fast = fast
+
+    def __call__(self) -> RequestHandler:
+        return FastProtocol(self, fast=self.fast, loop=self._loop, **self._kwargs)
+
+
+class ProxyRunner(web.AppRunner):
+    """An AppRunner whose connections take the fast path (tests and embedders use it like AppRunner)."""
+
+    async def _make_server(self) -> Server:
+        from proxy.app import PROXY
+
+        server = await super()._make_server()
+        return FastServer(server, self.app[PROXY].fast_path(self.app))
+
+
+async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
+    """`web.run_app` for the fast path: serve until SIGTERM/SIGINT, then drain and clean up."""
+    runner = ProxyRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
+                         shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()

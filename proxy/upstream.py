@@ -1,0 +1,198 @@
+"""Raw keep-alive HTTP/1.1 connections to one instance, for the fast path.
+
+An `UpstreamConnection` is an asyncio.Protocol with httptools' response parser: it writes a request
+already serialised by the caller and reports the response to its current `Relay` as parsed pieces
+(head, body bytes, end), so the relay can pass them on without building any objects. Connections
+return to their instance's `UpstreamPool` when a response ends cleanly and both sides allow reuse;
+the pool is closed when the instance stops, so nothing is ever sent to a dead or reused address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import httptools
+
+MAX_IDLE = 64  # idle connections kept per instance; more are closed when they come back
+
+
+class Relay(Protocol):
+    """What a connection reports to while it carries one exchange."""
+
+    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framed: bool) -> None: ...
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_flush(self) -> None: ...
+
+    def on_end(self, reusable: bool) -> None: ...
+
+    def on_upstream_data(self) -> None: ...
+
+    def on_upstream_lost(self, error: str, got_response: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("pool", "transport", "relay", "_parser", "_headers", "_reason", "_interim", "_framed",
+                 "_got_response", "_complete", "_drain")
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.relay: Relay | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._interim = False
+        self._framed = False  # Content-Length or chunked: the end is known without a close
+        self._got_response = False
+        self._complete = False
+        self._drain: asyncio.Future[None] | None = None
+
+    # ---------------------------------------------------------------- use by a relay
+
+    def send(self, relay: Relay, data: bytes) -> None:
+        self.relay = relay
+        self._got_response = self._complete = False
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the instance's socket buffer is full (request bodies stream at its pace)."""
+        if self._drain is not None:
+            await self._drain
+
+    def abandon(self) -> None:
+        """The exchange ended early: this connection's state is unknown, so it is never reused."""
+        self.relay = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is None:  # bytes on an idle connection: the instance broke the protocol
+            self.abandon()
+            return
+        relay.on_upstream_data()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.relay = None
+            self.abandon()
+            relay.on_upstream_lost(f"invalid response from instance: {exc}", self._got_response)
+            return
+        if self._complete:
+            self.relay = None
+            relay.on_end(self._parser.should_keep_alive())
+        else:
+            relay.on_flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.discard(self)
+        relay, self.relay = self.relay, None
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        if relay is None:
+            return
+        if self._got_response and not self._framed and not self._interim:
+            relay.on_end(False)  # a body delimited by the close: this is its end
+        else:
+            reason = f"{type(exc).__name__}: {exc}" if exc else "connection closed by instance"
+            relay.on_upstream_lost(reason, self._got_response)
+
+    def pause_writing(self) -> None:
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    # ---------------------------------------------------------------- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._framed = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        reason, self._reason = self._reason, b""
+        self._interim = 100 <= status < 200  # 1xx interim answers are not relayed
+        if self._interim:
+            return
+        self._got_response = True
+        self._framed = status in (204, 304) or any(
+            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers)
+        assert self.relay is not None
+        self.relay.on_head(status, reason, self._headers, self._framed)
+
+    def on_body(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.on_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._complete = True
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one instance, most recently used first."""
+
+    __slots__ = ("host", "port", "connect_timeout", "_idle", "closed")
+
+    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.connect_timeout = connect_timeout
+        self._idle: list[UpstreamConnection] = []
+        self.closed = False
+
+    def take(self) -> UpstreamConnection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+            timeout=self.connect_timeout)
+        return conn
+
+    def put(self, conn: UpstreamConnection) -> None:
+        if self.closed or len(self._idle) >= MAX_IDLE:
+            conn.abandon()
+        else:
+            self._idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def close(self) -> None:
+        self.closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.abandon()
