@@ -28,6 +28,24 @@ async def garbage(request: web.Request) -> web.StreamResponse:
     return web.Response()
 
 
+_SEEN: "set[object]" = set()
+
+
+async def once_per_connection(request: web.Request) -> web.StreamResponse:
+    """Answer the first request of a connection; hang up on the next one without answering.
+
+    This is a keep-alive connection the instance closed while it sat in the proxy's pool.
+    """
+    transport = request.transport
+    assert transport is not None
+    if id(transport) in _SEEN:
+        transport.close()
+        await asyncio.sleep(0.05)
+        return web.Response()
+    _SEEN.add(id(transport))
+    return web.json_response({"ok": True})
+
+
 async def ok(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -38,4 +56,5 @@ def create_app(env: Mapping[str, str]) -> web.Application:
     app.router.add_get("/garbage", garbage)
     app.router.add_get("/v2/health/ready", ok)
     app.router.add_get("/ok", ok)
+    app.router.add_get("/once", once_per_connection)
     return app
