@@ -34,6 +34,39 @@ def rss_kib() -> int:
     return 0
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (e.g. an nginx master and its workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, ()))
+    return tree
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """utime + stime summed over processes (each with all its threads), from /proc/PID/stat; gone pids count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -84,9 +117,9 @@ class Server:
         self.ready_url = ready_url
         try:
             wait_http(ready_url, proc=self.proc)
-        except Exception:
+        except Exception as exc:
             self.stop()
-            raise
+            raise RuntimeError(f"{exc}{_tail(log)}") from exc
 
     @property
     def pid(self) -> int:
@@ -110,6 +143,14 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _tail(path: str | None, chars: int = 2000) -> str:
+    """The end of a server's log file, to explain why it did not come up."""
+    if not path or not os.path.isfile(path):
+        return ""
+    with open(path, errors="replace") as f:
+        return "\n--- " + path + " (end) ---\n" + f.read()[-chars:]
 
 
 def model_service(port: int, cpus: str | None = None, **env: str) -> Server:
@@ -193,11 +234,22 @@ def _fmt(v: Any) -> str:
 
 
 def _numeric(s: str) -> bool:
-    return bool(re.fullmatch(r"[-+]?[\d,]*\.?\d+%?x?", s))
+    return s == "n/a" or bool(re.fullmatch(r"[-+]?[\d,]*\.?\d+%?x?", s))
+
+
+def _finite(v: Any) -> Any:
+    """NaN/inf -> None, recursively, so the SUMMARY line is strict JSON."""
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 def summary(name: str, data: dict[str, Any]) -> None:
-    print("SUMMARY " + json.dumps({"bench": name, **data}, sort_keys=True, default=str))
+    print("SUMMARY " + json.dumps(_finite({"bench": name, **data}), sort_keys=True, default=str, allow_nan=False))
     sys.stdout.flush()
 
 
@@ -240,6 +292,15 @@ def wrk(url: str, *, threads: int = 2, conns: int = 32, seconds: float = 5, scri
     if m := re.search(r"(\d+) requests in", out):
         res["requests"] = float(m.group(1))
     return res
+
+
+def openloop(url: str, rate: float, seconds: float, conns: int = 64) -> dict[str, float]:
+    """bench/_openloop.py in its own process: fixed-rate (open-loop) GETs; requests, errors, achieved_rps, p50/p99 ms."""
+    res = subprocess.run([PY, str(BENCH / "_openloop.py"), url, "--rate", f"{rate:.0f}", "--seconds", str(seconds),
+                          "--conns", str(conns)], capture_output=True, text=True, timeout=seconds * 4 + 60)
+    if res.returncode != 0:
+        raise RuntimeError(f"_openloop.py failed ({res.returncode}): {res.stderr.strip()[-500:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def wrk_post_script(body: str, content_type: str = "application/json") -> str:

@@ -1,207 +1,322 @@
-"""Proxy overhead: the same small-JSON upstream (model service GET /api/health) direct vs through the proxy.
+"""Proxy overhead: lazy-proxy side by side with nginx (optionally haproxy) in front of the same upstream.
 
-    python bench/overhead.py [--quick]
+    python bench/overhead.py [--quick] [--haproxy] [--variants nginx,lazy-proxy,...] [--rounds N] [--seconds S]
 
-Setup A (the fair one, reported as the headline): the model service runs as its own process
-(`python -m model_service`); the proxy runs as another process (bench/_proxy_launcher.py) with a tiny
-backend that points every key at that process. "direct" = wrk against the model service, "proxied" =
-wrk against the proxy; same upstream process, same wrk settings, runs alternate direct/proxied.
-Variants: the proxy on the default asyncio loop vs uvloop (proxy/__main__.py installs uvloop when
-importable), and with per-request info logging (the default) vs logging.level=warning.
+Method
+- One upstream for everything: the model service (`python -m model_service`, GET /api/health, a small JSON
+  answer) as its own process, pinned to core 1.
+- The proxies under test run at the same time, each pinned to core 0 and idle while another is measured:
+  nginx with ONE worker process (`upstream` block with `keepalive 32`, HTTP/1.1, access log ON to a file),
+  lazy-proxy through bench/_proxy_launcher.py --upstream (a backend whose only instance is that process;
+  default config: one JSON log line per request, written to a file, uvloop), and with --haproxy haproxy 2.6
+  (nbthread 1, `http-reuse always`, httplog to a file). Configs: bench/_nginx.py.
+- "direct" is the same load straight at the upstream: the ceiling every proxy is compared with.
+- Closed loop (max throughput): wrk -t2 -c32, unpinned, for S seconds per variant; rounds are interleaved
+  (every round runs each variant once, the order rotating by one each round), so slow drifts of this noisy
+  2-core machine hit all variants alike. Per variant: rps, p50/p99 (wrk), and CPU microseconds per request
+  of the proxy (utime+stime from /proc summed over its process tree, e.g. nginx master + worker) and of the
+  upstream, divided by the requests wrk completed. Everything warms up (one request, then 1-2 s of wrk)
+  before the first round.
+- Half load (latency): bench/_openloop.py, an open-loop generator (fixed send schedule, latency from the
+  scheduled send time: no coordinated omission), at ONE rate for all variants: 50% of the slowest proxy's
+  closed-loop rps; rounds interleaved the same way.
+- Reported numbers are medians over rounds. Ratios to direct and added p99 are paired: the median over rounds
+  of (variant / direct) and (variant p99 - direct p99) measured in the same round.
 
-Setup B (for reference): the stub backend, where the model service runs INSIDE the proxy's process
-and event loop; "direct" hits the stub instance's address read from GET /container-status. This
-overstates the overhead (the proxy and the upstream compete for one loop) and is printed separately.
-
-Half load: an open-loop, rate-limited aiohttp generator (bench/_openloop.py, its own process) at 50% of
-the proxied max throughput, against direct and proxied at the same rate; added p99 = proxied - direct.
-Goals: throughput ratio proxied/direct >= 0.75; added p99 <= 1 ms at half load.
+Goal checks (the project's issue), all against nginx measured in the same run:
+  lazy-proxy ratio >= 0.8 x nginx ratio; lazy-proxy CPU per request <= 2.5 x nginx's;
+  lazy-proxy added p99 at the half-load rate <= nginx's added p99 + 1 ms.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
-import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (PY, BENCH, free_port, goal, has_wrk, http_json, median, model_service, proxy,  # noqa: E402
-                     summary, table, wrk)
+from _common import (cpu_seconds, free_port, goal, has_wrk, http_text, median, model_service, openloop,  # noqa: E402
+                     process_tree, proxy, summary, table, wrk)
+from _nginx import haproxy, nginx  # noqa: E402
 
 CONNS, THREADS = 32, 2
+PATH = "/api/health"
+PROXY_CORE, UPSTREAM_CORE = "0", "1"
+NAN = float("nan")
+
+# The project's goals, relative to nginx.
+RATIO_FACTOR = 0.8   # lazy-proxy ratio >= 0.8 x nginx ratio
+CPU_FACTOR = 2.5     # lazy-proxy CPU/request <= 2.5 x nginx's
+P99_SLACK_MS = 1.0   # lazy-proxy added p99 <= nginx added p99 + 1 ms
 
 
-def proxy_config(log_level: str = "info", backend: str = "stub") -> dict:
-    return {
-        "logging": {"level": log_level},
-        "backend": {"type": backend},
-        "containers": {"svc": {"image": "lazy-proxy/model-service:latest", "sleep_after": 0,
-                               "readiness": {"path": "/v2/health/ready"}}},
-        "routes": [{"path": "/api/{tail:.*}", "container": "svc", "key": "shared"}],
-    }
+@dataclass(frozen=True)
+class Mode:
+    rounds: int          # closed-loop rounds (each runs every variant once)
+    seconds: int         # wrk duration per variant per round
+    half_rounds: int
+    half_seconds: float  # open-loop duration per variant per round
+    warm_seconds: int
 
 
-def load(url: str, seconds: float) -> dict[str, float]:
-    if has_wrk():
-        return wrk(url, threads=THREADS, conns=CONNS, seconds=seconds)
-    # Fallback: the open-loop generator at a very high rate behaves as a closed loop of CONNS connections.
-    out = openloop(url, rate=50_000, seconds=seconds)
-    return {"rps": out["achieved_rps"], "p50": out["p50"], "p99": out["p99"], "errors": out["errors"], "non2xx": 0}
+QUICK = Mode(rounds=3, seconds=2, half_rounds=2, half_seconds=2.0, warm_seconds=1)
+FULL = Mode(rounds=5, seconds=6, half_rounds=5, half_seconds=5.0, warm_seconds=2)
 
 
-def openloop(url: str, rate: float, seconds: float) -> dict[str, float]:
-    res = subprocess.run([PY, str(BENCH / "_openloop.py"), url, "--rate", f"{rate:.0f}", "--seconds", str(seconds),
-                          "--conns", "64"], capture_output=True, text=True, timeout=seconds * 4 + 60)
-    return json.loads(res.stdout.strip().splitlines()[-1])
+# ---------------------------------------------------------------- variants
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all threads), from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+@dataclass(frozen=True)
+class Setup:
+    upstream_port: int
+    upstream_pid: int
+    workdir: Path
+    proxy_cpus: str | None
 
 
-def alternate(direct_url: str, proxied_url: str, runs: int, seconds: float,
-              pids: dict[str, int] | None = None) -> dict[str, list[dict[str, float]]]:
-    """Alternate direct/proxied runs; with `pids` also record each process's CPU microseconds per request."""
-    out: dict[str, list[dict[str, float]]] = {"direct": [], "proxied": []}
-    for i in range(runs):
-        order = ("direct", "proxied") if i % 2 == 0 else ("proxied", "direct")
-        for which in order:
-            before = {n: cpu_seconds(p) for n, p in (pids or {}).items()}
-            r = load(direct_url if which == "direct" else proxied_url, seconds)
-            for n, p in (pids or {}).items():
-                r[f"cpu_us_per_req_{n}"] = (cpu_seconds(p) - before[n]) * 1e6 / max(1.0, r.get("requests", 0))
-            out[which].append(r)
+@dataclass(frozen=True)
+class Target:
+    """A running variant: where to send the load, and which processes are "the proxy" (none for direct)."""
+
+    name: str
+    url: str
+    proxy_pid: int | None
+
+    def proxy_pids(self) -> list[int]:
+        return process_tree(self.proxy_pid) if self.proxy_pid else []
+
+
+Starter = Callable[[str, Setup], ContextManager[Target]]
+
+
+@contextlib.contextmanager
+def direct(name: str, s: Setup) -> Iterator[Target]:
+    yield Target(name, f"http://127.0.0.1:{s.upstream_port}{PATH}", None)
+
+
+def reference(start: Callable[..., Any]) -> Starter:
+    """A variant for a reference proxy of bench/_nginx.py (nginx, haproxy)."""
+
+    @contextlib.contextmanager
+    def run(name: str, s: Setup) -> Iterator[Target]:
+        port = free_port()
+        with start(s.upstream_port, port, s.workdir / name, cpus=s.proxy_cpus, ready_path=PATH) as server:
+            yield Target(name, f"http://127.0.0.1:{port}{PATH}", server.pid)
+
+    return run
+
+
+def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True) -> Starter:
+    """A lazy-proxy variant: bench/_proxy_launcher.py --upstream, its log (stderr) to a file."""
+
+    @contextlib.contextmanager
+    def run(name: str, s: Setup) -> Iterator[Target]:
+        port = free_port()
+        config = {"logging": {"requests": log_requests},
+                  "containers": {"svc": {"sleep_after": 0}},
+                  "routes": [{"path": "/api/{tail:.*}", "container": "svc", "key": "shared"}]}
+        with proxy(config, port, uvloop=uvloop, upstream=f"http://127.0.0.1:{s.upstream_port}",
+                   cpus=s.proxy_cpus, log=str(s.workdir / f"{name}.log")) as server:
+            yield Target(name, f"http://127.0.0.1:{port}{PATH}", server.pid)
+
+    return run
+
+
+VARIANTS: dict[str, Starter] = {
+    "direct": direct,
+    "nginx": reference(nginx),
+    "lazy-proxy": lazy_proxy(),
+    "haproxy": reference(haproxy),
+    "lazy-proxy-asyncio": lazy_proxy(uvloop=False),
+    "lazy-proxy-nolog": lazy_proxy(log_requests=False),
+}
+DEFAULT_VARIANTS = ["nginx", "lazy-proxy"]
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def closed_loop(t: Target, s: Setup, seconds: int) -> dict[str, float]:
+    """One wrk run against one variant, with CPU microseconds per request of its proxy and of the upstream."""
+    pids = t.proxy_pids()
+    proxy0, up0 = cpu_seconds(pids), cpu_seconds([s.upstream_pid])
+    r = wrk(t.url, threads=THREADS, conns=CONNS, seconds=seconds)
+    proxy1, up1 = cpu_seconds(pids), cpu_seconds([s.upstream_pid])
+    n = max(1.0, r.get("requests", 0.0))
+    r["proxy_cpu_us"] = (proxy1 - proxy0) * 1e6 / n if pids else NAN
+    r["upstream_cpu_us"] = (up1 - up0) * 1e6 / n
+    return r
+
+
+def interleaved(targets: list[Target], rounds: int,
+                measure: Callable[[Target], dict[str, float]]) -> dict[str, list[dict[str, float]]]:
+    """`rounds` rounds; each measures every target once, the order rotated by one per round."""
+    out: dict[str, list[dict[str, float]]] = {t.name: [] for t in targets}
+    for i in range(rounds):
+        k = i % len(targets)
+        for t in targets[k:] + targets[:k]:
+            out[t.name].append(measure(t))
     return out
 
 
+def warm(targets: list[Target], seconds: int) -> None:
+    for t in targets:
+        http_text(t.url)  # lazy-proxy: the first request "starts" the instance
+        wrk(t.url, threads=THREADS, conns=CONNS, seconds=seconds)
+
+
+# ---------------------------------------------------------------- statistics
+
+
 def med(runs: list[dict[str, float]], field: str) -> float:
-    return median([r.get(field, float("nan")) for r in runs])
+    return median([r.get(field, NAN) for r in runs])
+
+
+def paired(runs: list[dict[str, float]], base: list[dict[str, float]], field: str,
+           op: Callable[[float, float], float]) -> float:
+    """Median over rounds of op(variant, direct) for the same round."""
+    return median([op(r.get(field, NAN), b.get(field, NAN)) for r, b in zip(runs, base)])
+
+
+def closed_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> dict[str, Any]:
+    return {"rps": med(runs, "rps"), "ratio": paired(runs, base, "rps", lambda a, b: a / b),
+            "proxy_cpu_us_per_req": med(runs, "proxy_cpu_us"), "upstream_cpu_us_per_req": med(runs, "upstream_cpu_us"),
+            "p50_ms": med(runs, "p50"), "p99_ms": med(runs, "p99"),
+            "errors": int(sum(r["errors"] + r["non2xx"] for r in runs)),
+            "rounds_rps": [round(r["rps"]) for r in runs]}
+
+
+def open_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> dict[str, Any]:
+    return {"achieved_rps": med(runs, "achieved_rps"), "p50_ms": med(runs, "p50"), "p99_ms": med(runs, "p99"),
+            "added_p99_ms": paired(runs, base, "p99", lambda a, b: a - b),
+            "errors": int(sum(r["errors"] for r in runs)), "rounds_p99_ms": [round(r["p99"], 2) for r in runs]}
+
+
+def goal_checks(closed: dict[str, dict], half: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """The issue's three checks, lazy-proxy against nginx (empty if either was not run)."""
+    if "nginx" not in closed or "lazy-proxy" not in closed:
+        return {}
+    lz, ng = closed["lazy-proxy"], closed["nginx"]
+    lh, nh = half["lazy-proxy"], half["nginx"]
+    checks = {
+        "ratio": (lz["ratio"], RATIO_FACTOR * ng["ratio"], lambda v, lim: v >= lim,
+                  f"lazy-proxy ratio {lz['ratio']:.2f} >= {RATIO_FACTOR} x nginx ratio {ng['ratio']:.2f} "
+                  f"= {RATIO_FACTOR * ng['ratio']:.2f} (per-request logging on)"),
+        "cpu": (lz["proxy_cpu_us_per_req"], CPU_FACTOR * ng["proxy_cpu_us_per_req"], lambda v, lim: v <= lim,
+                f"lazy-proxy CPU {lz['proxy_cpu_us_per_req']:.0f} us/req <= {CPU_FACTOR} x nginx "
+                f"{ng['proxy_cpu_us_per_req']:.0f} us/req = {CPU_FACTOR * ng['proxy_cpu_us_per_req']:.0f} us"),
+        "added_p99": (lh["added_p99_ms"], nh["added_p99_ms"] + P99_SLACK_MS, lambda v, lim: v <= lim,
+                      f"lazy-proxy added p99 {lh['added_p99_ms']:.2f} ms <= nginx added p99 "
+                      f"{nh['added_p99_ms']:.2f} ms + {P99_SLACK_MS:g} ms (open loop, same rate)"),
+    }
+    return {k: {"value": v, "limit": lim, "met": bool(ok(v, lim)), "label": label}
+            for k, (v, lim, ok, label) in checks.items()}
+
+
+# ---------------------------------------------------------------- output
+
+
+def _rounds(values: list[float]) -> str:
+    return " ".join(f"{v:g}" for v in values)
+
+
+def print_closed(closed: dict[str, dict], mode: Mode) -> None:
+    rows = [[n, r["rps"], f"{r['ratio']:.2f}", r["proxy_cpu_us_per_req"], r["upstream_cpu_us_per_req"],
+             r["p50_ms"], r["p99_ms"], r["errors"], _rounds(r["rounds_rps"])] for n, r in closed.items()]
+    table(["variant", "rps", "ratio", "proxy CPU us/req", "upstream CPU us/req", "p50 ms", "p99 ms", "errors",
+           "rps by round"], rows,
+          title=f"closed loop: wrk -t{THREADS} -c{CONNS}, {mode.seconds} s x {mode.rounds} interleaved rounds "
+                f"(medians; ratio = median of per-round variant/direct)")
+
+
+def print_half(half: dict[str, dict], rate: float, mode: Mode) -> None:
+    rows = [[n, rate, r["achieved_rps"], r["p50_ms"], r["p99_ms"], r["added_p99_ms"], r["errors"],
+             _rounds(r["rounds_p99_ms"])] for n, r in half.items()]
+    table(["variant", "target rps", "achieved rps", "p50 ms", "p99 ms", "added p99 ms", "errors", "p99 by round"],
+          rows, title=f"half load: open loop at {rate:.0f} rps for all (50% of the slowest proxy's max), "
+                      f"{mode.half_seconds:g} s x {mode.half_rounds} interleaved rounds "
+                      f"(medians; added p99 = median of per-round variant - direct)")
+
+
+def print_goals(goals: dict[str, dict[str, Any]]) -> None:
+    print("\ngoal checks (against nginx in the same run):")
+    if not goals:
+        print("  n/a: needs both nginx and lazy-proxy in --variants")
+    for g in goals.values():
+        print("  " + goal(g["label"], g["met"]))
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"short rounds: {QUICK}")
+    ap.add_argument("--haproxy", action="store_true", help="add haproxy as a variant")
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                    help=f"comma-separated, from {', '.join(v for v in VARIANTS if v != 'direct')} "
+                         f"(direct always runs; default %(default)s)")
+    ap.add_argument("--rounds", type=int, help="override the closed-loop and half-load round counts")
+    ap.add_argument("--seconds", type=int, help="override the closed-loop seconds per run")
+    args = ap.parse_args()
+    names = ["direct"] + [v for v in args.variants.split(",") if v and v != "direct"]
+    if args.haproxy and "haproxy" not in names:
+        names.append("haproxy")
+    if unknown := [n for n in names if n not in VARIANTS]:
+        ap.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
+    args.names = list(dict.fromkeys(names))
+    mode = QUICK if args.quick else FULL
+    args.mode = Mode(rounds=args.rounds or mode.rounds, seconds=args.seconds or mode.seconds,
+                     half_rounds=args.rounds or mode.half_rounds, half_seconds=mode.half_seconds,
+                     warm_seconds=mode.warm_seconds)
+    return args
+
+
+def cores() -> tuple[str | None, str | None]:
+    """(proxy core, upstream core), or no pinning on a machine without cores 0 and 1."""
+    ok = {0, 1} <= os.sched_getaffinity(0)
+    return (PROXY_CORE, UPSTREAM_CORE) if ok else (None, None)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    args = ap.parse_args()
-    runs = 3
-    seconds = 2 if args.quick else 8
-    half_seconds = 2 if args.quick else 5
-    half_runs = 1 if args.quick else 3
-    tool = "wrk" if has_wrk() else "aiohttp open-loop generator (wrk missing)"
-    print(f"proxy overhead: GET /api/health, {tool} -t{THREADS} -c{CONNS}, {seconds}s per run, {runs} runs "
-          f"each, alternating direct/proxied; medians shown")
-    print("setup A: model service in its own process; proxy in another process pointed at it "
-          "(bench/_proxy_launcher.py --upstream)")
-    try:
-        import uvloop  # noqa: F401
-        have_uvloop = True
-    except ImportError:
-        have_uvloop = False
-    variants = [("asyncio, log=info", False, "info")]
-    if have_uvloop:
-        variants += [("uvloop, log=info", True, "info"), ("uvloop, log=warning", True, "warning")]
-    if args.quick:
-        variants = variants[:2]
-
-    rows, results = [], {}
+    args = parse_args()
+    mode: Mode = args.mode
+    if not has_wrk():
+        print("wrk is required (apt-get install wrk)", file=sys.stderr)
+        return 2
+    proxy_cpus, upstream_cpus = cores()
+    print(f"proxy overhead: GET {PATH} on the model service; variants {', '.join(args.names)}")
+    print(f"pinning: upstream on core {upstream_cpus}, proxies on core {proxy_cpus}, load generators unpinned")
     up_port = free_port()
-    with model_service(up_port) as upstream:
-        direct_url = f"http://127.0.0.1:{up_port}/api/health"
-        for name, uv, level in variants:
-            port = free_port()
-            with proxy(proxy_config(level), port, uvloop=uv, upstream=f"http://127.0.0.1:{up_port}") as px:
-                proxied_url = f"http://127.0.0.1:{port}/api/health"
-                http_json(proxied_url)  # warm: the (external) instance is "started" and the pool is open
-                load(proxied_url, 1)
-                r = alternate(direct_url, proxied_url, runs, seconds, pids={"upstream": upstream.pid, "proxy": px.pid})
-                half = None
-                if level == "info":
-                    rate = 0.5 * med(r["proxied"], "rps")
-                    hd, hp = [], []
-                    for i in range(half_runs):
-                        pair = [("direct", direct_url), ("proxied", proxied_url)]
-                        for which, url in (pair if i % 2 == 0 else pair[::-1]):
-                            (hd if which == "direct" else hp).append(openloop(url, rate, half_seconds))
-                    half = {"rate": rate, "direct": hd, "proxied": hp}
-            d_rps, p_rps = med(r["direct"], "rps"), med(r["proxied"], "rps")
-            res = {"direct_rps": d_rps, "proxied_rps": p_rps, "ratio": p_rps / d_rps,
-                   "direct_p50_ms": med(r["direct"], "p50"), "proxied_p50_ms": med(r["proxied"], "p50"),
-                   "direct_p99_ms": med(r["direct"], "p99"), "proxied_p99_ms": med(r["proxied"], "p99"),
-                   "errors": sum(x["errors"] + x["non2xx"] for x in r["direct"] + r["proxied"]),
-                   "cpu_us_per_req_upstream": med(r["direct"], "cpu_us_per_req_upstream"),
-                   "cpu_us_per_req_proxy": med(r["proxied"], "cpu_us_per_req_proxy"),
-                   "runs_rps_direct": [x["rps"] for x in r["direct"]],
-                   "runs_rps_proxied": [x["rps"] for x in r["proxied"]]}
-            res["added_p50_ms"] = res["proxied_p50_ms"] - res["direct_p50_ms"]
-            res["added_p99_ms"] = res["proxied_p99_ms"] - res["direct_p99_ms"]
-            if half:
-                res["half_rate"] = half["rate"]
-                for side in ("direct", "proxied"):
-                    res[f"half_{side}_p50_ms"] = med(half[side], "p50")
-                    res[f"half_{side}_p99_ms"] = med(half[side], "p99")
-                    res[f"half_{side}_achieved_rps"] = med(half[side], "achieved_rps")
-                    res["errors"] += sum(x["errors"] for x in half[side])
-                res["half_added_p99_ms"] = res["half_proxied_p99_ms"] - res["half_direct_p99_ms"]
-            results[name] = res
-            rows.append([name, d_rps, p_rps, f"{res['ratio']:.2f}", res["direct_p50_ms"], res["proxied_p50_ms"],
-                         res["added_p50_ms"], res["direct_p99_ms"], res["proxied_p99_ms"], res["added_p99_ms"],
-                         res["cpu_us_per_req_upstream"], res["cpu_us_per_req_proxy"], int(res["errors"])])
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-overhead-")))
+        upstream = stack.enter_context(model_service(up_port, cpus=upstream_cpus))
+        s = Setup(up_port, upstream.pid, workdir, proxy_cpus)
+        targets = [stack.enter_context(VARIANTS[n](n, s)) for n in args.names]
+        warm(targets, mode.warm_seconds)
 
-    table(["variant (setup A)", "direct rps", "proxied rps", "ratio", "dir p50", "prx p50", "+p50 ms",
-           "dir p99", "prx p99", "+p99 ms", "upstream CPU us/req", "proxy CPU us/req", "errors"], rows,
-          title=f"closed loop, {CONNS} connections (latencies in ms, medians of {runs} runs)")
-    hrows = [[n, r["half_rate"], r["half_direct_achieved_rps"], r["half_proxied_achieved_rps"], r["half_direct_p50_ms"],
-              r["half_proxied_p50_ms"], r["half_direct_p99_ms"], r["half_proxied_p99_ms"], r["half_added_p99_ms"]]
-             for n, r in results.items() if "half_rate" in r]
-    table(["variant (setup A)", "target rps", "dir achieved", "prx achieved", "dir p50", "prx p50", "dir p99",
-           "prx p99", "+p99 ms"], hrows,
-          title=f"half load: open loop at 50% of the proxied max, {half_seconds}s x {half_runs} runs (ms, medians)")
+        runs = interleaved(targets, mode.rounds, lambda t: closed_loop(t, s, mode.seconds))
+        closed = {n: closed_stats(r, runs["direct"]) for n, r in runs.items()}
+        print_closed(closed, mode)
 
-    # Setup B: stub backend, upstream inside the proxy's process.
-    port = free_port()
-    with proxy(proxy_config("info"), port, uvloop=have_uvloop):
-        proxied_url = f"http://127.0.0.1:{port}/api/health"
-        http_json(proxied_url)
-        addr = next(k["address"] for k in http_json(f"http://127.0.0.1:{port}/container-status")["keys"]
-                    if k["key"] == "shared")
-        stub_direct = f"{addr}/api/health"
-        load(proxied_url, 1)
-        rb = alternate(stub_direct, proxied_url, runs, seconds)
-    b = {"direct_rps": med(rb["direct"], "rps"), "proxied_rps": med(rb["proxied"], "rps"),
-         "direct_p50_ms": med(rb["direct"], "p50"), "proxied_p50_ms": med(rb["proxied"], "p50"),
-         "direct_p99_ms": med(rb["direct"], "p99"), "proxied_p99_ms": med(rb["proxied"], "p99")}
-    b["ratio"] = b["proxied_rps"] / b["direct_rps"]
-    table(["setup B (stub in-process)", "direct rps", "proxied rps", "ratio", "dir p50", "prx p50", "dir p99", "prx p99"],
-          [["uvloop" if have_uvloop else "asyncio", b["direct_rps"], b["proxied_rps"], f"{b['ratio']:.2f}",
-            b["direct_p50_ms"], b["proxied_p50_ms"], b["direct_p99_ms"], b["proxied_p99_ms"]]],
-          title="reference: stub backend (upstream shares the proxy's process and loop)")
+        rate = 0.5 * min(r["rps"] for n, r in closed.items() if n != "direct")
+        hruns = interleaved(targets, mode.half_rounds, lambda t: openloop(t.url, rate, mode.half_seconds))
+        half = {n: open_stats(r, hruns["direct"]) for n, r in hruns.items()}
+        print_half(half, rate, mode)
 
-    head_name = "uvloop, log=info" if have_uvloop else "asyncio, log=info"
-    head = results[head_name]
-    print(f"\nheadline ({head_name}, what `python -m proxy` runs with uvloop installed):")
-    print("  " + goal(f"throughput ratio proxied/direct = {head['ratio']:.2f} (goal >= 0.75)", head["ratio"] >= 0.75))
-    print("  " + goal(f"added p99 at half load = {head['half_added_p99_ms']:.2f} ms (goal <= 1 ms)",
-                      head["half_added_p99_ms"] <= 1.0))
-    print(f"  CPU per request: upstream {head['cpu_us_per_req_upstream']:.0f} us (direct runs), proxy process "
-          f"{head['cpu_us_per_req_proxy']:.0f} us (proxied runs): the proxied path is bound by the proxy's CPU")
-    if have_uvloop:
-        a, u = results["asyncio, log=info"], results["uvloop, log=info"]
-        print(f"  uvloop vs asyncio (proxied rps): {u['proxied_rps']:.0f} vs {a['proxied_rps']:.0f} "
-              f"({(u['proxied_rps'] / a['proxied_rps'] - 1) * 100:+.0f}%); half-load added p99 "
-              f"{u['half_added_p99_ms']:.2f} vs {a['half_added_p99_ms']:.2f} ms")
-        if "uvloop, log=warning" in results:
-            w = results["uvloop, log=warning"]
-            print(f"  per-request info logging costs: {w['proxied_rps']:.0f} rps at warning vs "
-                  f"{u['proxied_rps']:.0f} rps at info")
-    summary("overhead", {"quick": args.quick, "tool": tool, "setup_a": results, "setup_b_stub": b,
-                         "goal_ratio_met": head["ratio"] >= 0.75,
-                         "goal_added_p99_met": head["half_added_p99_ms"] <= 1.0})
+    goals = goal_checks(closed, half)
+    print_goals(goals)
+    summary("overhead", {"quick": args.quick, "mode": vars(mode), "variants": args.names,
+                         "pinning": {"proxy": proxy_cpus, "upstream": upstream_cpus},
+                         "closed_loop": closed, "half_load": {"rate": rate, **half},
+                         "goals": {k: {f: v for f, v in g.items() if f != "label"} for k, g in goals.items()},
+                         **{f"goal_{k}_met": g["met"] for k, g in goals.items()}})
     return 0
 
 

@@ -94,9 +94,11 @@ class Proxy:
     def add_routes(self, app: web.Application) -> None:
         """Register each configured route (the fast path resolves against the same resources)."""
         for handler in self.handlers:
-            route = app.router.add_route("*", handler.route.path, handler.handle, expect_handler=handler.expect)
-            handler.bind(route.resource)
-            self._resources[route.resource] = handler
+            resource = app.router.add_route("*", handler.route.path, handler.handle,
+                                            expect_handler=handler.expect).resource
+            assert resource is not None
+            handler.bind(resource)
+            self._resources[resource] = handler
 
     def fast_path(self, app: web.Application) -> FastPath:
         return FastPath(app, self._resources, self.config.max_body_size, self.config.upstream_timeout)

@@ -160,8 +160,8 @@ class Exchange:
     """One request on the fast path: lease held, request sent, response relayed, everything released once."""
 
     __slots__ = ("fast", "proto", "handler", "manager", "pool", "message", "payload", "key", "head", "request",
-                 "streaming", "conn", "reused", "status", "head_sent", "out", "chunked_out", "last_rx", "timer", "done", "pump",
-                 "began", "retried")
+                 "streaming", "conn", "reused", "status", "head_sent", "out", "chunked_out", "last_rx", "timer",
+                 "done", "pump", "began", "retried")
 
     def __init__(self, fast: FastPath, proto: FastProtocol, handler: RouteHandler, manager: Manager,
                  pool: UpstreamPool, message: RawRequestMessage, payload: StreamReader, key: str,
