@@ -65,7 +65,7 @@ class Mode:
     warm_seconds: int
 
 
-QUICK = Mode(rounds=3, seconds=2, half_rounds=2, half_seconds=2.0, warm_seconds=1)
+QUICK = Mode(rounds=3, seconds=2, half_rounds=3, half_seconds=2.0, warm_seconds=1)
 FULL = Mode(rounds=5, seconds=6, half_rounds=5, half_seconds=5.0, warm_seconds=2)
 
 
@@ -189,13 +189,13 @@ def closed_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> 
             "proxy_cpu_us_per_req": med(runs, "proxy_cpu_us"), "upstream_cpu_us_per_req": med(runs, "upstream_cpu_us"),
             "p50_ms": med(runs, "p50"), "p99_ms": med(runs, "p99"),
             "errors": int(sum(r["errors"] + r["non2xx"] for r in runs)),
-            "rounds_rps": [round(r["rps"]) for r in runs]}
+            "rounds_rps": [r["rps"] for r in runs]}
 
 
 def open_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> dict[str, Any]:
     return {"achieved_rps": med(runs, "achieved_rps"), "p50_ms": med(runs, "p50"), "p99_ms": med(runs, "p99"),
             "added_p99_ms": paired(runs, base, "p99", lambda a, b: a - b),
-            "errors": int(sum(r["errors"] for r in runs)), "rounds_p99_ms": [round(r["p99"], 2) for r in runs]}
+            "errors": int(sum(r["errors"] for r in runs)), "rounds_p99_ms": [r["p99"] for r in runs]}
 
 
 def goal_checks(closed: dict[str, dict], half: dict[str, dict]) -> dict[str, dict[str, Any]]:
@@ -222,8 +222,8 @@ def goal_checks(closed: dict[str, dict], half: dict[str, dict]) -> dict[str, dic
 # ---------------------------------------------------------------- output
 
 
-def _rounds(values: list[float]) -> str:
-    return " ".join(f"{v:g}" for v in values)
+def _rounds(values: list[float], fmt: str = ".0f") -> str:
+    return " ".join(format(v, fmt) for v in values)
 
 
 def print_closed(closed: dict[str, dict], mode: Mode) -> None:
@@ -237,7 +237,7 @@ def print_closed(closed: dict[str, dict], mode: Mode) -> None:
 
 def print_half(half: dict[str, dict], rate: float, mode: Mode) -> None:
     rows = [[n, rate, r["achieved_rps"], r["p50_ms"], r["p99_ms"], r["added_p99_ms"], r["errors"],
-             _rounds(r["rounds_p99_ms"])] for n, r in half.items()]
+             _rounds(r["rounds_p99_ms"], ".2f")] for n, r in half.items()]
     table(["variant", "target rps", "achieved rps", "p50 ms", "p99 ms", "added p99 ms", "errors", "p99 by round"],
           rows, title=f"half load: open loop at {rate:.0f} rps for all (50% of the slowest proxy's max), "
                       f"{mode.half_seconds:g} s x {mode.half_rounds} interleaved rounds "

@@ -35,7 +35,7 @@ class Relay(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "transport", "relay", "_parser", "_headers", "_reason", "_interim", "_framed",
-                 "_got_response", "_complete", "_drain")
+                 "_got_response", "_complete", "_keep_alive", "_drain")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -48,6 +48,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._framed = False  # Content-Length or chunked: the end is known without a close
         self._got_response = False
         self._complete = False
+        self._keep_alive = False
         self._drain: asyncio.Future[None] | None = None
 
     # ---------------------------------------------------------------- use by a relay
@@ -89,7 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self._complete:
             self.relay = None
-            relay.on_end(self._parser.should_keep_alive())
+            relay.on_end(self._keep_alive)
         else:
             relay.on_flush()
 
@@ -148,6 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = False
             return
         self._complete = True
+        self._keep_alive = self._parser.should_keep_alive()  # only valid inside the callback
 
 
 class UpstreamPool:
