@@ -82,6 +82,7 @@ async def stats(request: web.Request) -> web.Response:
         "rss_kib": rss_kib(),
         "upstream_idle_conns": idle,
         "upstream_acquired_conns": acquired,
+        "upstream_fast_idle_conns": proxy.pools.fast_idle(),
         "managers": len(managers),
         "running": sum(1 for m in managers.values() if m.state.value == "running"),
         "in_flight": sum(m.in_flight for m in managers.values()),

@@ -47,6 +47,10 @@ class Pools:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def fast_idle(self) -> int:
+        """Idle keep-alive connections held for the fast path, over all instances."""
+        return sum(len(pool) for pool in self._upstreams.values())
+
     def __iter__(self) -> Iterator[aiohttp.ClientSession]:
         return iter(list(self._sessions.values()))
 
