@@ -295,7 +295,7 @@ def wrk(url: str, *, threads: int = 2, conns: int = 32, seconds: float = 5, scri
 
 
 def openloop(url: str, rate: float, seconds: float, conns: int = 64) -> dict[str, float]:
-    """bench/_openloop.py in its own process: fixed-rate (open-loop) GETs; requests, errors, achieved_rps, p50/p99 ms."""
+    """bench/_openloop.py in its own process: fixed-rate GETs; requests, errors, achieved_rps, p50/p99 ms."""
     res = subprocess.run([PY, str(BENCH / "_openloop.py"), url, "--rate", f"{rate:.0f}", "--seconds", str(seconds),
                           "--conns", str(conns)], capture_output=True, text=True, timeout=seconds * 4 + 60)
     if res.returncode != 0:

@@ -35,9 +35,11 @@ import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -92,7 +94,7 @@ class Target:
         return process_tree(self.proxy_pid) if self.proxy_pid else []
 
 
-Starter = Callable[[str, Setup], ContextManager[Target]]
+Starter = Callable[[str, Setup], AbstractContextManager[Target]]
 
 
 @contextlib.contextmanager
@@ -181,7 +183,7 @@ def med(runs: list[dict[str, float]], field: str) -> float:
 def paired(runs: list[dict[str, float]], base: list[dict[str, float]], field: str,
            op: Callable[[float, float], float]) -> float:
     """Median over rounds of op(variant, direct) for the same round."""
-    return median([op(r.get(field, NAN), b.get(field, NAN)) for r, b in zip(runs, base)])
+    return median([op(r.get(field, NAN), b.get(field, NAN)) for r, b in zip(runs, base, strict=True)])
 
 
 def closed_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> dict[str, Any]:
@@ -198,25 +200,29 @@ def open_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> di
             "errors": int(sum(r["errors"] for r in runs)), "rounds_p99_ms": [r["p99"] for r in runs]}
 
 
+def _check(value: float, limit: float, met: bool, label: str) -> dict[str, Any]:
+    return {"value": value, "limit": limit, "met": bool(met), "label": label}
+
+
 def goal_checks(closed: dict[str, dict], half: dict[str, dict]) -> dict[str, dict[str, Any]]:
     """The issue's three checks, lazy-proxy against nginx (empty if either was not run)."""
     if "nginx" not in closed or "lazy-proxy" not in closed:
         return {}
     lz, ng = closed["lazy-proxy"], closed["nginx"]
-    lh, nh = half["lazy-proxy"], half["nginx"]
-    checks = {
-        "ratio": (lz["ratio"], RATIO_FACTOR * ng["ratio"], lambda v, lim: v >= lim,
-                  f"lazy-proxy ratio {lz['ratio']:.2f} >= {RATIO_FACTOR} x nginx ratio {ng['ratio']:.2f} "
-                  f"= {RATIO_FACTOR * ng['ratio']:.2f} (per-request logging on)"),
-        "cpu": (lz["proxy_cpu_us_per_req"], CPU_FACTOR * ng["proxy_cpu_us_per_req"], lambda v, lim: v <= lim,
-                f"lazy-proxy CPU {lz['proxy_cpu_us_per_req']:.0f} us/req <= {CPU_FACTOR} x nginx "
-                f"{ng['proxy_cpu_us_per_req']:.0f} us/req = {CPU_FACTOR * ng['proxy_cpu_us_per_req']:.0f} us"),
-        "added_p99": (lh["added_p99_ms"], nh["added_p99_ms"] + P99_SLACK_MS, lambda v, lim: v <= lim,
-                      f"lazy-proxy added p99 {lh['added_p99_ms']:.2f} ms <= nginx added p99 "
-                      f"{nh['added_p99_ms']:.2f} ms + {P99_SLACK_MS:g} ms (open loop, same rate)"),
+    lz_cpu, ng_cpu = lz["proxy_cpu_us_per_req"], ng["proxy_cpu_us_per_req"]
+    lz_p99, ng_p99 = half["lazy-proxy"]["added_p99_ms"], half["nginx"]["added_p99_ms"]
+    ratio_limit, cpu_limit, p99_limit = RATIO_FACTOR * ng["ratio"], CPU_FACTOR * ng_cpu, ng_p99 + P99_SLACK_MS
+    return {
+        "ratio": _check(lz["ratio"], ratio_limit, lz["ratio"] >= ratio_limit,
+                        (f"lazy-proxy ratio {lz['ratio']:.2f} >= {RATIO_FACTOR} x nginx ratio {ng['ratio']:.2f} "
+                         f"= {ratio_limit:.2f} (per-request logging on)")),
+        "cpu": _check(lz_cpu, cpu_limit, lz_cpu <= cpu_limit,
+                      (f"lazy-proxy CPU {lz_cpu:.0f} us/req <= {CPU_FACTOR} x nginx {ng_cpu:.0f} us/req "
+                       f"= {cpu_limit:.0f} us")),
+        "added_p99": _check(lz_p99, p99_limit, lz_p99 <= p99_limit,
+                            (f"lazy-proxy added p99 {lz_p99:.2f} ms <= nginx added p99 {ng_p99:.2f} ms "
+                             f"+ {P99_SLACK_MS:g} ms (open loop, same rate)")),
     }
-    return {k: {"value": v, "limit": lim, "met": bool(ok(v, lim)), "label": label}
-            for k, (v, lim, ok, label) in checks.items()}
 
 
 # ---------------------------------------------------------------- output

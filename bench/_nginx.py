@@ -1,0 +1,118 @@
+"""Reference proxies for the benchmarks: nginx (and haproxy) in front of one HTTP upstream on 127.0.0.1.
+
+    with nginx(upstream_port=8080, port=9000, workdir=Path(tmp), cpus="0"):   # a bench/_common.Server
+        ...
+
+Each is configured the way one would run it in production as a keep-alive reverse proxy, not tuned for a
+benchmark: one worker (nginx `worker_processes 1`, haproxy `nbthread 1`), a pool of keep-alive connections
+to the upstream, X-Forwarded-* headers added, and **one log line per request written to a file** in
+`workdir` (lazy-proxy logs every request by default, so turning the log off would not be a fair comparison).
+The config is written to `workdir`, checked first (`nginx -t` / `haproxy -c`, whose message is raised on
+error) and the server runs in the foreground in its own process group; stopping it (Server.stop) sends
+SIGTERM to the group and waits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from _common import Server
+
+NGINX_CONF = """\
+{user}worker_processes 1;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/client_body_temp;
+    proxy_temp_path {dir}/proxy_temp;
+    fastcgi_temp_path {dir}/fastcgi_temp;
+    uwsgi_temp_path {dir}/uwsgi_temp;
+    scgi_temp_path {dir}/scgi_temp;
+    upstream upstream_service {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://upstream_service;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+        }}
+    }}
+}}
+"""
+
+HAPROXY_CONF = """\
+global
+    nbthread 1
+    maxconn 4096
+    log stdout format raw local0 info
+defaults
+    mode http
+    log global
+    option httplog
+    option forwardfor
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend upstream_service
+backend upstream_service
+    server upstream 127.0.0.1:{upstream_port}
+"""
+
+
+def _binary(name: str, fallback: str) -> str:
+    return shutil.which(name) or fallback
+
+
+def _check(argv: list[str], what: str) -> None:
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if res.returncode != 0:
+        raise RuntimeError(f"{what} config check failed: {(res.stderr or res.stdout).strip()}")
+
+
+def _start(argv: list[str], ready_url: str, cpus: str | None, log: Path, error_log: Path | None = None) -> Server:
+    """Server (whose error carries the tail of `log`) plus the tail of `error_log` if it does not come up."""
+    try:
+        return Server(argv, ready_url, cpus=cpus, log=str(log))
+    except RuntimeError as exc:
+        detail = error_log.read_text()[-2000:] if error_log and error_log.exists() else ""
+        raise RuntimeError(f"{exc}\n{detail}".rstrip()) from exc
+
+
+def nginx(upstream_port: int, port: int, workdir: Path, *, cpus: str | None = None,
+          ready_path: str = "/") -> Server:
+    """nginx 1 worker, proxy_pass to an `upstream` block with `keepalive 32`, access log on (workdir/access.log)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nginx.conf"
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the root-only temp dir
+    conf.write_text(NGINX_CONF.format(user=user, dir=workdir, port=port, upstream_port=upstream_port))
+    argv = [_binary("nginx", "/usr/sbin/nginx"), "-p", str(workdir), "-c", str(conf),
+            "-g", f"daemon off; pid {workdir}/nginx.pid;"]
+    _check([*argv, "-t", "-q"], "nginx")
+    return _start(argv, f"http://127.0.0.1:{port}{ready_path}", cpus, workdir / "stdout.log",
+                  workdir / "error.log")
+
+
+def haproxy(upstream_port: int, port: int, workdir: Path, *, cpus: str | None = None,
+            ready_path: str = "/") -> Server:
+    """haproxy 1 thread, `http-reuse always`, one httplog line per request on stdout (workdir/access.log)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "haproxy.cfg"
+    conf.write_text(HAPROXY_CONF.format(port=port, upstream_port=upstream_port))
+    binary = _binary("haproxy", "/usr/sbin/haproxy")
+    _check([binary, "-c", "-q", "-f", str(conf)], "haproxy")
+    return _start([binary, "-db", "-f", str(conf)], f"http://127.0.0.1:{port}{ready_path}", cpus,
+                  workdir / "access.log")
