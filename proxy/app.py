@@ -17,12 +17,15 @@ from backends import create_backend
 from backends.base import Backend, Instance
 from proxy.config import Config, ContainerClass
 from proxy.errors import json_errors
-from proxy.events import Transition
+from proxy.balance import member_key
+from proxy.capacity import Capacity
+from proxy.events import Event, EventBus, StopReason, Transition
 from proxy.fastpath import FastPath
 from proxy.hooks import Hooks
-from proxy.manager import Manager
+from proxy.manager import Manager, Services
 from proxy.metrics import Metrics
 from proxy.pools import Pools
+from proxy.probe import Prober
 from proxy.registry import Registry
 from proxy.reqlog import RequestLog
 from proxy.routes import RouteHandler
@@ -38,19 +41,22 @@ class Proxy:
     def __init__(self, config: Config, backend: Backend, clock: Clock = time.time) -> None:
         self.config = config
         self.backend = backend
-        self.registry = Registry(config, backend)
+        self.bus = EventBus()
+        self.pools = Pools(config.connect_timeout)
+        self.prober = Prober(backend)
+        self.capacity = Capacity({name: c.max_instances for name, c in config.containers.items()})
+        self.registry = Registry(config, Services(backend, self.bus, self.capacity, self.prober, self.pools))
         self.metrics = Metrics(self.registry, config.key_label_limit)
-        self.usage = UsageMeter(config, self.registry.bus, self.metrics.key_label)
+        self.usage = UsageMeter(config, self.bus, self.metrics.key_label)
         self.metrics.prom.register(self.usage)
-        self.hooks = Hooks(self.registry.bus, config.webhooks)
+        self.hooks = Hooks(self.bus, config.webhooks)
         self.scheduler = Scheduler(clock)
-        self.pools = Pools(self.registry.bus, config.connect_timeout)
         self.reqlog = RequestLog() if config.log_requests else None
         self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.reqlog)
                          for route in config.routes]
         self._resources: dict[web.AbstractResource, RouteHandler] = {}
         self.started = time.time()
-        self.registry.bus.subscribe(_log_transition)
+        self.bus.subscribe(_log_transition)
         self._schedule_prewarm()
 
     def _schedule_prewarm(self) -> None:
@@ -70,7 +76,7 @@ class Proxy:
         for route in self.config.routes:
             if route.container != container or "{" in route.key:
                 continue
-            names = [f"{route.key}-{i}" for i in range(route.instances)] if route.mode == "lb" else [route.key]
+            names = [member_key(route.key, i) for i in range(route.instances)] if route.mode == "lb" else [route.key]
             keys += [k for k in names if k not in keys]
         return tuple(keys)
 
@@ -111,9 +117,9 @@ class Proxy:
 
     async def shutdown(self) -> None:
         await self.scheduler.stop()
-        await self.registry.stop_all("shutdown")
+        await self.registry.stop_all(StopReason.SHUTDOWN)
         await self.hooks.close()
-        await self.registry.close()
+        await self.prober.close()
         await self.pools.close()
         await self.backend.close()
         if self.reqlog is not None:
@@ -123,7 +129,7 @@ class Proxy:
         keys = []
         for manager in self.registry:
             entry = manager.status()
-            entry["usage"] = self.usage.report(manager.key)
+            entry["usage"] = self.usage.report(manager.klass.name, manager.key)
             keys.append(entry)
         return {"backend": self.backend.name, "keys": keys}
 
@@ -131,7 +137,9 @@ class Proxy:
 PROXY = web.AppKey("proxy", Proxy)
 
 
-def _log_transition(event: Transition) -> None:
+def _log_transition(event: Event) -> None:
+    if not isinstance(event, Transition):
+        return
     log.info("state", key=event.key, container=event.container, **{"from": event.old.value},
              to=event.new.value, duration=round(event.duration, 4), reason=event.reason)
 
@@ -150,10 +158,10 @@ async def container_status(request: web.Request) -> web.Response:
     status = proxy.status()
     live = [(m, m.instance) for m in proxy.registry if m.instance is not None]
     probes = await asyncio.gather(*(_probe(proxy, m, instance) for m, instance in live))
-    health = {m.key: result for (m, _), result in zip(live, probes)}
+    health = {(m.klass.name, m.key): result for (m, _), result in zip(live, probes, strict=True)}
     for entry in status["keys"]:
-        if entry["key"] in health:
-            entry["health"] = health[entry["key"]]
+        if (found := health.get((entry["container"], entry["key"]))) is not None:
+            entry["health"] = found
     return web.json_response(status)
 
 
@@ -161,7 +169,7 @@ async def _probe(proxy: Proxy, manager: Manager, instance: Instance) -> dict[str
     """A live readiness probe of a running instance, like the seed's status page."""
     began = time.perf_counter()
     try:
-        code = await proxy.registry.probe(instance, manager.cls.readiness.path, timeout=1.0)
+        code = await proxy.prober.probe(instance, manager.klass.readiness.path, timeout=1.0)
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
         return {"ok": False, "error": type(exc).__name__}
     return {"ok": 200 <= code < 300, "status": code, "ms": round((time.perf_counter() - began) * 1000, 2)}
@@ -188,9 +196,8 @@ async def info(request: web.Request) -> web.Response:
 
 
 def create_app(config: Config, backend: Backend | None = None, *, clock: Clock = time.time) -> web.Application:
-    backend = backend or create_backend(config.backend.type, socket=config.backend.socket,
-                                        proxy_id=config.backend.proxy_id,
-                                        reuse_stopped=config.backend.reuse_stopped)
+    backend = backend or create_backend(config.backend.type, proxy_id=config.backend.proxy_id,
+                                        **config.backend.options)
     proxy = Proxy(config, backend, clock)
     app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_size)
     app[PROXY] = proxy

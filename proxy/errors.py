@@ -1,16 +1,95 @@
-"""JSON error bodies: every refusal says what went wrong and why, in the same shape."""
+"""Refusals and their answers: every error the proxy gives is a `Refusal`, mapped to JSON in one place.
+
+A refusal knows its status, its error name and (for 503s) how long a client should wait; the
+handler only raises, and `refusal_response` (aiohttp path) or `error_body` (fast path) renders it,
+always in the same shape: `{"error": ..., "reason": ..., "status": ..., ...}`.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import structlog
 from aiohttp import web
 
 
+class Refusal(Exception):
+    """Base of every answer the proxy gives instead of the instance's."""
+
+    status: ClassVar[int] = 500
+    error: ClassVar[str] = "internal error"
+    retry_after: ClassVar[float | None] = None  # seconds, for the Retry-After header
+
+    def __init__(self, reason: str, *, retry_after: float | None = None, **extra: Any) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.extra = extra
+        if retry_after is not None:
+            self.retry_after = retry_after  # type: ignore[misc] - per instance, over the class default
+
+
+class InvalidKey(Refusal):
+    status, error = 400, "invalid key"
+
+
+class InvalidPath(Refusal):
+    status, error = 400, "invalid path"
+
+
+class BodyTooLarge(Refusal):
+    status, error = 413, "request body too large"
+
+
+class ExpectationFailed(Refusal):
+    status, error = 417, "expectation failed"
+
+
+class NotWarm(Refusal):
+    """A warm-only route found the instance not running; it never starts one."""
+
+    status, error, retry_after = 503, "not warm", 1.0
+
+
+class StartFailed(Refusal):
+    """The backend refused or the instance died while starting; the next request retries."""
+
+    status, error, retry_after = 503, "start failed", 1.0
+
+
+class CapacityExceeded(Refusal):
+    """Starting would exceed the class's max_instances."""
+
+    status, error, retry_after = 503, "capacity exceeded", 5.0
+
+
+class StartTimeout(Refusal):
+    """The instance was not ready within start_timeout."""
+
+    status, error = 504, "start timeout"
+
+
+class UpstreamError(Refusal):
+    """The instance failed us: refused, reset, garbled (502) or silent past upstream_timeout (504)."""
+
+    error = "upstream error"
+
+    def __init__(self, status: int, reason: str, **extra: Any) -> None:
+        super().__init__(reason, **extra)
+        self.status = status  # type: ignore[misc]
+
+
 def error_body(status: int, error: str, reason: str, **extra: Any) -> dict[str, Any]:
     """The one shape of every refusal, on both data paths."""
     return {"error": error, "reason": reason, "status": status, **extra}
+
+
+def retry_after_header(refusal: Refusal) -> dict[str, str]:
+    return {} if refusal.retry_after is None else {"Retry-After": str(max(1, round(refusal.retry_after)))}
+
+
+def refusal_response(refusal: Refusal) -> web.Response:
+    return json_error(refusal.status, refusal.error, refusal.reason, headers=retry_after_header(refusal),
+                      **refusal.extra)
 
 
 def json_error(status: int, error: str, reason: str, *, headers: Mapping[str, str] | None = None,
@@ -20,9 +99,11 @@ def json_error(status: int, error: str, reason: str, *, headers: Mapping[str, st
 
 @web.middleware
 async def json_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    """aiohttp's own 404/405/413 pages become JSON too; an unexpected bug is a 500, not a crash."""
+    """Refusals and aiohttp's own 404/405/413 pages become JSON; an unexpected bug is a 500, not a crash."""
     try:
         return await handler(request)
+    except Refusal as refusal:
+        return refusal_response(refusal)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise

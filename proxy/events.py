@@ -1,7 +1,10 @@
 """Lifecycle events: what a manager tells the rest of the proxy, and nothing more.
 
-The manager emits one `Transition` per state change; logs, metrics, the usage meter, the capacity
-count and webhooks all subscribe. So the manager stays free of every one of those concerns.
+The manager emits one `Transition` per state change; the ones that complete something carry a
+`Happening` that says what (started, adopted, stopped, start failed, crashed), so logs, metrics, the
+usage meter and webhooks read the same fact instead of each re-deriving it from old and new states.
+Requests that waited for a start emit `ColdWait`. Nothing load-bearing hangs off the bus: the
+capacity count and upstream pools are told explicitly by the manager (proxy/manager.py).
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Union
+
+import structlog
 
 from backends.base import Instance
 
@@ -26,23 +31,49 @@ class State(str, enum.Enum):
 ACTIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
 
 
+class Happening(str, enum.Enum):
+    STARTED = "started"  # became ready after a start (duration: the start)
+    ADOPTED = "adopted"  # a running instance left by an earlier proxy process was taken over
+    STOPPED = "stopped"  # stopped on purpose; `stop_reason` says why
+    START_FAILED = "start_failed"  # the start failed or timed out; `reason` has the backend's words
+    CRASHED = "crashed"  # a running instance was found dead (exited, removed, killed)
+
+
+class StopReason(str, enum.Enum):
+    IDLE = "idle"
+    SHUTDOWN = "shutdown"
+    ERROR = "error"  # what a crash counts as
+    ADMIN = "admin"
+
+
 @dataclass(frozen=True)
 class Transition:
     key: str
-    container: str
+    container: str  # the container class's name
     old: State
     new: State
     duration: float  # seconds spent in `old`
-    reason: str = ""  # why: "request", "keepalive", "cron", "idle", "shutdown", "error", a backend message...
+    reason: str = ""  # why, in words: "request", "keepalive", "cron", "ready", a backend message...
     instance: Instance | None = None
+    happening: Happening | None = None  # set on the transitions that complete something
+    stop_reason: StopReason | None = None  # with STOPPED and CRASHED
     timestamp: float = field(default_factory=time.time)
 
 
-Listener = Callable[[Transition], None]
+@dataclass(frozen=True)
+class ColdWait:
+    """A request (or pre-warm) waited `seconds` for its key's instance to become ready."""
+
+    container: str
+    seconds: float
+
+
+Event = Union[Transition, ColdWait]
+Listener = Callable[[Event], None]
 
 
 class EventBus:
-    """Fan-out of transitions to listeners; a failing listener never breaks a lifecycle."""
+    """Fan-out to observers; a failing observer is logged and never breaks a lifecycle."""
 
     def __init__(self) -> None:
         self._listeners: list[Listener] = []
@@ -50,11 +81,9 @@ class EventBus:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def emit(self, event: Transition) -> None:
+    def emit(self, event: Event) -> None:
         for listener in self._listeners:
             try:
                 listener(event)
             except Exception:  # noqa: BLE001 - observers must not take down the manager
-                import structlog
-
                 structlog.get_logger("proxy.events").exception("listener_failed", listener=repr(listener))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from http import HTTPStatus
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from aiohttp import HttpVersion11
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
-from proxy.errors import error_body
+from proxy.errors import BodyTooLarge, Refusal, UpstreamError, error_body, retry_after_header
 from proxy.events import State
 from proxy.forward import HOP_BY_HOP
 from proxy.keys import validate_key
@@ -144,16 +145,15 @@ def _request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, p
     return b"".join(lines)
 
 
-def error_response(status: int, error: str, reason: str, close: bool, **extra: Any) -> bytes:
-    """A JSON error as raw bytes, the same body `proxy.errors.json_error` gives on the aiohttp path."""
-    body = json.dumps(error_body(status, error, reason, **extra)).encode()
-    phrase = _PHRASES.get(status, "Error")
-    connection = "Connection: close\r\n" if close else ""
-    return (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/json; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\n{connection}\r\n").encode() + body
-
-
-_PHRASES = {413: "Request Entity Too Large", 502: "Bad Gateway", 504: "Gateway Timeout"}
+def refusal_bytes(refusal: Refusal, close: bool) -> bytes:
+    """A refusal as raw bytes: the same JSON body and headers `refusal_response` gives on the aiohttp path."""
+    body = json.dumps(error_body(refusal.status, refusal.error, refusal.reason, **refusal.extra)).encode()
+    head = [f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}",
+            "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(body)}"]
+    head += [f"{name}: {value}" for name, value in retry_after_header(refusal).items()]
+    if close:
+        head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 class Exchange:
@@ -216,7 +216,7 @@ class Exchange:
             conn = await self.pool.connect()
         except (OSError, asyncio.TimeoutError) as exc:
             self.manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
-            self._fail(502, f"upstream connection failed: {type(exc).__name__}: {exc}")
+            self._fail(UpstreamError(502, f"upstream connection failed: {type(exc).__name__}: {exc}"))
             return
         if self.done:
             self.pool.put(conn)
@@ -247,8 +247,7 @@ class Exchange:
             self.client_lost()
 
     def _body_too_large(self) -> None:
-        self._fail(413, f"request body exceeds max_body_size={self.fast.max_body} bytes",
-                   error="request body too large", close=True)
+        self._fail(BodyTooLarge(f"request body exceeds max_body_size={self.fast.max_body} bytes"), close=True)
 
     # ---------------------------------------------------------------- Relay (called by the connection)
 
@@ -300,8 +299,8 @@ class Exchange:
             self.proto.loop.create_task(self._connect())
             return
         self.manager.suspect()
-        self._fail(502, f"upstream connection failed: {error}" if not got_response
-                   else f"upstream broke mid-response: {error}")
+        self._fail(UpstreamError(502, f"upstream connection failed: {error}" if not got_response
+                                 else f"upstream broke mid-response: {error}"))
 
     # ---------------------------------------------------------------- endings
 
@@ -314,10 +313,10 @@ class Exchange:
         if loop.time() < deadline:
             self.timer = loop.call_at(deadline, self._on_timer)
             return
-        self._fail(504, "upstream did not answer within upstream_timeout")
+        self._fail(UpstreamError(504, "upstream did not answer within upstream_timeout"))
 
-    def _fail(self, status: int, reason: str, error: str = "upstream error", close: bool = False) -> None:
-        """Answer with a JSON error if nothing was sent yet, else cut the connection (the only honest signal)."""
+    def _fail(self, refusal: Refusal, close: bool = False) -> None:
+        """Answer with the refusal if nothing was sent yet, else cut the connection (the only honest signal)."""
         if self.done:
             return
         if self.conn is not None:
@@ -327,10 +326,12 @@ class Exchange:
             self.proto.close_now()
         else:
             close = close or not self.proto.keeps_alive(self.message)
-            self.proto.write(error_response(status, error, reason, close, key=self.key))
+            if isinstance(refusal, UpstreamError):
+                refusal.extra["key"] = self.key
+            self.proto.write(refusal_bytes(refusal, close))
             if close:
                 self.proto.close_after_write()
-        self._finish(status)
+        self._finish(refusal.status)
 
     def client_lost(self) -> None:
         """The client went away: the instance's answer has nowhere to go."""

@@ -14,6 +14,8 @@ from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.errors import BodyTooLarge, UpstreamError
+
 HOP_BY_HOP = frozenset(
     h.lower()
     for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
@@ -26,19 +28,6 @@ REQUEST_DROP = HOP_BY_HOP | {"host"}
 RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 CHUNK = 64 * 1024
 SMALL_BODY = 64 * 1024  # responses up to this size (with a Content-Length) are relayed in one piece
-
-
-class BodyTooLarge(Exception):
-    pass
-
-
-class UpstreamError(Exception):
-    """The instance failed us: `status` is what the client gets (502 or 504)."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 def _strip(headers: "CIMultiDictProxy[str]", drop: frozenset[str]) -> CIMultiDict[str]:

@@ -13,24 +13,21 @@ import aiohttp
 import structlog
 
 from proxy.config import Webhook
-from proxy.events import EventBus, State, Transition
+from proxy.events import Event, EventBus, Happening, Transition
 
 log = structlog.get_logger("proxy.hooks")
 Callback = Callable[[dict[str, Any]], None]
 
 
-def hook_event(event: Transition) -> dict[str, Any] | None:
-    """Map a state change to the seed's three hook events, or None for the steps in between."""
-    if event.new is State.RUNNING and event.old is State.STARTING:
-        name = "start"
-    elif event.new is State.RUNNING and event.reason == "adopted":
-        name = "start"
-    elif event.new is State.FAILED or (event.new is State.STOPPED and event.reason == "error"):
-        name = "error"
-    elif event.new is State.STOPPED:
-        name = "stop"
-    else:
+HOOK_OF = {Happening.STARTED: "start", Happening.ADOPTED: "start", Happening.STOPPED: "stop",
+           Happening.START_FAILED: "error", Happening.CRASHED: "error"}
+
+
+def hook_event(event: Event) -> dict[str, Any] | None:
+    """The seed's three hook events (start, stop, error), or None for the steps in between."""
+    if not isinstance(event, Transition) or event.happening is None:
         return None
+    name = HOOK_OF[event.happening]
     return {
         "event": name,
         "key": event.key,
@@ -50,14 +47,14 @@ class Hooks:
         self.callbacks: dict[str, list[Callback]] = {"start": [], "stop": [], "error": []}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        bus.subscribe(self._on_transition)
+        bus.subscribe(self._on_event)
 
     def on(self, event: str, callback: Callback) -> None:
         """In-process hook for people embedding the proxy: `hooks.on("start", fn)`."""
         self.callbacks[event].append(callback)
 
-    def _on_transition(self, transition: Transition) -> None:
-        payload = hook_event(transition)
+    def _on_event(self, event: Event) -> None:
+        payload = hook_event(event)
         if payload is None:
             return
         for callback in self.callbacks[payload["event"]]:

@@ -15,42 +15,29 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
 from backends.base import Backend, BackendError, ContainerSpec, Instance, InstanceState
+from proxy.capacity import Capacity
 from proxy.config import ContainerClass, Readiness
-from proxy.events import EventBus, State, Transition
+from proxy.errors import CapacityExceeded, NotWarm, StartFailed, StartTimeout
+from proxy.events import ACTIVE, ColdWait, EventBus, Happening, State, StopReason, Transition
 
 
-class StartFailed(Exception):
-    """The backend refused or the instance died while starting (503 + Retry-After)."""
-
-    def __init__(self, reason: str, retry_after: float = 1.0) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
+class Prober(Protocol):
+    async def wait_ready(self, instance: Instance, readiness: Readiness) -> None: ...
 
 
-class StartTimeout(Exception):
-    """The instance was not ready within start_timeout (504)."""
+class InstancePools(Protocol):
+    def forget(self, instance: Instance) -> None: ...
 
 
-class CapacityExceeded(Exception):
-    """Starting would exceed the class's max_instances (503 + Retry-After)."""
-
-
-class NotWarm(Exception):
-    """A warm-only route found the instance not running; it never starts one (503)."""
-
-
-class Environment(Protocol):
-    """What a manager needs from the proxy around it (implemented by the Registry)."""
+@dataclass(frozen=True)
+class Services:
+    """What every manager shares: the runtime, the event bus, the capacity count, readiness, pools."""
 
     backend: Backend
     bus: EventBus
-
-    async def wait_ready(self, instance: Instance, readiness: Readiness) -> None: ...
-
-    def may_start(self, container: str) -> bool: ...
-
-    def observe_cold_wait(self, container: str, seconds: float) -> None: ...
+    capacity: Capacity
+    prober: Prober
+    pools: InstancePools
 
 
 @dataclass(slots=True)
@@ -63,14 +50,14 @@ class Lease:
 
 class Manager:
     __slots__ = (
-        "key", "cls", "env", "state", "instance", "in_flight", "start_count", "last_activity",
+        "key", "klass", "services", "state", "instance", "in_flight", "start_count", "last_activity",
         "_since", "_start_task", "_stop_task", "_idle_handle", "_check_task", "last_error",
     )
 
-    def __init__(self, key: str, cls: ContainerClass, env: Environment) -> None:
+    def __init__(self, key: str, klass: ContainerClass, services: Services) -> None:
         self.key = key
-        self.cls = cls
-        self.env = env
+        self.klass = klass  # the container class: what to run and the lifecycle policy
+        self.services = services
         self.state = State.STOPPED
         self.instance: Instance | None = None
         self.in_flight = 0
@@ -134,38 +121,39 @@ class Manager:
         if not waited:
             return None
         seconds = loop.time() - began
-        self.env.observe_cold_wait(self.cls.name, seconds)
+        self.services.bus.emit(ColdWait(self.klass.name, seconds))
         return seconds
 
     # ------------------------------------------------------------------ start
 
     def _begin_start(self, reason: str, spec: ContainerSpec | None) -> None:
-        if not self.env.may_start(self.cls.name):
-            raise CapacityExceeded(f"container class {self.cls.name} is at max_instances={self.cls.max_instances}")
+        if not self.services.capacity.may_start(self.klass.name):
+            raise CapacityExceeded(
+                f"container class {self.klass.name} is at max_instances={self.klass.max_instances}")
         self._transition(State.STARTING, reason)
-        self._start_task = asyncio.create_task(self._run_start(spec or self.cls.spec), name=f"start:{self.key}")
+        self._start_task = asyncio.create_task(self._run_start(spec or self.klass.spec), name=f"start:{self.key}")
         self._start_task.add_done_callback(_consume_exception)
 
     async def _run_start(self, spec: ContainerSpec) -> None:
         try:
-            async with asyncio.timeout(self.cls.start_timeout):
-                self.instance = await self.env.backend.start(self.key, spec)
-                await self.env.wait_ready(self.instance, self.cls.readiness)
+            async with asyncio.timeout(self.klass.start_timeout):
+                self.instance = await self.services.backend.start(self.key, spec)
+                await self.services.prober.wait_ready(self.instance, self.klass.readiness)
         except TimeoutError:
-            await self._abandon_start(f"not ready within start_timeout={self.cls.start_timeout:g}s")
-            raise StartTimeout(self.last_error) from None
+            await self._abandon_start(f"not ready within start_timeout={self.klass.start_timeout:g}s")
+            raise StartTimeout(self.last_error, key=self.key) from None
         except BackendError as exc:
             await self._abandon_start(exc.reason)
-            raise StartFailed(exc.reason, exc.retry_after) from None
+            raise StartFailed(exc.reason, retry_after=exc.retry_after, key=self.key) from None
         except asyncio.CancelledError:
             await self._abandon_start("start cancelled")
             raise
         except Exception as exc:  # noqa: BLE001 - any other failure is a failed start, not a crash
             await self._abandon_start(f"{type(exc).__name__}: {exc}")
-            raise StartFailed(self.last_error) from None
+            raise StartFailed(self.last_error, key=self.key) from None
         self.start_count += 1
         self.last_error = ""
-        self._transition(State.RUNNING, "ready")
+        self._transition(State.RUNNING, "ready", Happening.STARTED)
         self.touch()
 
     async def _abandon_start(self, reason: str) -> None:
@@ -173,29 +161,28 @@ class Manager:
         self.last_error = reason
         if self.instance is not None:
             try:
-                await asyncio.wait_for(self.env.backend.stop(self.instance), timeout=15)
+                await asyncio.wait_for(self.services.backend.stop(self.instance), timeout=15)
             except Exception:  # noqa: BLE001 - best effort; the backend reuses or removes it next time
                 pass
-        self._transition(State.FAILED, reason)
-        self.instance = None
+        self._transition(State.FAILED, reason, Happening.START_FAILED)
 
     # ------------------------------------------------------------------ stop
 
     def _arm_idle(self) -> None:
-        if self._idle_handle is None and self.state is State.RUNNING and self.cls.sleep_after > 0:
+        if self._idle_handle is None and self.state is State.RUNNING and self.klass.sleep_after > 0:
             loop = asyncio.get_running_loop()
-            self._idle_handle = loop.call_at(self.last_activity + self.cls.sleep_after, self._on_idle)
+            self._idle_handle = loop.call_at(self.last_activity + self.klass.sleep_after, self._on_idle)
 
     def _on_idle(self) -> None:
         self._idle_handle = None
         if self.state is not State.RUNNING or self.in_flight:
             return  # the last request's release re-arms the timer
-        if asyncio.get_running_loop().time() + 0.001 >= self.last_activity + self.cls.sleep_after:
-            self._begin_stop("idle")
+        if asyncio.get_running_loop().time() + 0.001 >= self.last_activity + self.klass.sleep_after:
+            self._begin_stop(StopReason.IDLE)
         else:
             self._arm_idle()
 
-    def _begin_stop(self, reason: str) -> asyncio.Task[None] | None:
+    def _begin_stop(self, reason: StopReason) -> asyncio.Task[None] | None:
         if self.state is State.STOPPING:
             return self._stop_task
         if self.state is not State.RUNNING:
@@ -203,22 +190,21 @@ class Manager:
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
-        self._transition(State.STOPPING, reason)
+        self._transition(State.STOPPING, reason.value)
         self._stop_task = asyncio.create_task(self._run_stop(reason), name=f"stop:{self.key}")
         return self._stop_task
 
-    async def _run_stop(self, reason: str) -> None:
+    async def _run_stop(self, reason: StopReason) -> None:
         instance = self.instance
         try:
             if instance is not None:
-                await self.env.backend.stop(instance)
+                await self.services.backend.stop(instance)
         except Exception as exc:  # noqa: BLE001 - a failed stop still ends our claim on it
             self.last_error = f"stop failed: {exc}"
         finally:
-            self._transition(State.STOPPED, reason)  # the event still names the instance
-            self.instance = None
+            self._transition(State.STOPPED, reason.value, Happening.STOPPED, reason)
 
-    async def stop(self, reason: str) -> None:
+    async def stop(self, reason: StopReason) -> None:
         """Stop now (shutdown, admin). Waits for a start in progress first."""
         if self.state is State.STARTING and self._start_task is not None:
             try:
@@ -249,7 +235,7 @@ class Manager:
         if self.state is not State.RUNNING or instance is None:
             return False
         try:
-            status = await self.env.backend.inspect(instance)
+            status = await self.services.backend.inspect(instance)
         except BackendError:
             return True  # cannot tell; keep serving rather than flap
         if status is InstanceState.RUNNING or self.instance is not instance or self.state is not State.RUNNING:
@@ -258,32 +244,42 @@ class Manager:
             self._idle_handle.cancel()
             self._idle_handle = None
         self.last_error = f"instance {status.value}"
-        self._transition(State.STOPPED, "error")
-        self.instance = None
+        self._transition(State.STOPPED, "error", Happening.CRASHED, StopReason.ERROR)
         return False
 
     def adopt(self, instance: Instance) -> None:
         """Take over an instance a previous proxy process started (restart without double start)."""
         self.instance = instance
-        self._transition(State.RUNNING, "adopted")
+        self._transition(State.RUNNING, "adopted", Happening.ADOPTED)
         self.touch()
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _transition(self, new: State, reason: str) -> None:
+    def _transition(self, new: State, reason: str, happening: Happening | None = None,
+                    stop_reason: StopReason | None = None) -> None:
+        """Change state; keep the capacity count and the instance's pools right; tell the observers."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         old, self.state = self.state, new
         duration = now - self._since if self._since else 0.0
         self._since = now
-        self.env.bus.emit(Transition(self.key, self.cls.name, old, new, duration, reason, self.instance))
+        name = self.klass.name
+        if (new in ACTIVE) != (old in ACTIVE):
+            (self.services.capacity.claim if new in ACTIVE else self.services.capacity.release)(name)
+        instance = self.instance
+        if new in (State.STOPPED, State.FAILED):
+            self.instance = None
+            if instance is not None:
+                self.services.pools.forget(instance)
+        self.services.bus.emit(Transition(self.key, name, old, new, duration, reason, instance, happening,
+                                          stop_reason))
 
     def status(self) -> dict[str, object]:
         loop = asyncio.get_running_loop()
         last = time.time() - (loop.time() - self.last_activity) if self.last_activity else None
         return {
             "key": self.key,
-            "container": self.cls.name,
+            "container": self.klass.name,
             "state": self.state.value,
             "in_flight": self.in_flight,
             "last_activity": last,

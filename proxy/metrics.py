@@ -12,11 +12,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from proxy.events import State, Transition
+from proxy.events import ColdWait, Event, Happening, State, Transition
 from proxy.registry import Registry
 
 OTHER = "_other"
-STOP_REASONS = {"idle", "shutdown", "error"}
 START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
@@ -62,22 +61,25 @@ class Metrics:
         for name in registry.config.containers:
             self.running.labels(name).set(0)
         r.register(_InFlightCollector(registry, self.key_label))
-        registry.bus.subscribe(self.on_transition)
-        registry.cold_wait_observer = lambda container, seconds: self.cold_wait.labels(container).observe(seconds)
+        registry.services.bus.subscribe(self.on_event)
 
-    def on_transition(self, event: Transition) -> None:
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, ColdWait):
+            self.cold_wait.labels(event.container).observe(event.seconds)
+            return
         if event.new is State.RUNNING:
             self.running.labels(event.container).inc()
-            if event.old is State.STARTING:
-                self.starts.labels(event.container, self.key_label(event.key)).inc()
-                self.start_duration.labels(event.container).observe(event.duration)
         elif event.old is State.RUNNING:
             self.running.labels(event.container).dec()
-        if event.new is State.FAILED:
+        happening = event.happening
+        if happening in (Happening.STARTED, Happening.ADOPTED):  # adoption counts as a start, as its hook does
+            self.starts.labels(event.container, self.key_label(event.key)).inc()
+            if happening is Happening.STARTED:
+                self.start_duration.labels(event.container).observe(event.duration)
+        elif happening is Happening.START_FAILED:
             self.start_failures.labels(event.container).inc()
-        if event.new is State.STOPPED and event.old in (State.STOPPING, State.RUNNING):
-            reason = event.reason if event.reason in STOP_REASONS else "error"
-            self.stops.labels(event.container, reason).inc()
+        elif event.stop_reason is not None:  # STOPPED or CRASHED
+            self.stops.labels(event.container, event.stop_reason.value).inc()
 
     def request_observer(self, route: str) -> Callable[[int, float, bool], None]:
         """A per-route recorder with its label children bound once: the request path does no label lookups."""
@@ -125,9 +127,9 @@ class _InFlightCollector(Collector):
         totals: dict[tuple[str, str], int] = {}
         states = {(name, state.value): 0 for name in self.registry.config.containers for state in State}
         for manager in self.registry:
-            states[(manager.cls.name, manager.state.value)] += 1
+            states[(manager.klass.name, manager.state.value)] += 1
             if manager.in_flight or manager.state is not State.STOPPED:
-                labels = (manager.cls.name, self.key_label(manager.key))
+                labels = (manager.klass.name, self.key_label(manager.key))
                 totals[labels] = totals.get(labels, 0) + manager.in_flight
         for labels, value in totals.items():
             in_flight.add_metric(list(labels), value)

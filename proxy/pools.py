@@ -14,7 +14,6 @@ from typing import Iterator
 import aiohttp
 
 from backends.base import Instance
-from proxy.events import EventBus, State, Transition
 from proxy.upstream import UpstreamPool
 
 # aiohttp's client adds these when absent; a proxy must not send headers the client did not.
@@ -22,12 +21,11 @@ NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 class Pools:
-    def __init__(self, bus: EventBus, connect_timeout: float) -> None:
+    def __init__(self, connect_timeout: float) -> None:
         self.connect_timeout = connect_timeout
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._upstreams: dict[str, UpstreamPool] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        bus.subscribe(self._on_transition)
 
     def session(self, instance: Instance) -> aiohttp.ClientSession:
         session = self._sessions.get(instance.id)
@@ -54,16 +52,16 @@ class Pools:
     def __iter__(self) -> Iterator[aiohttp.ClientSession]:
         return iter(list(self._sessions.values()))
 
-    def _on_transition(self, event: Transition) -> None:
-        if event.new in (State.STOPPED, State.FAILED) and event.instance is not None:
-            upstream = self._upstreams.pop(event.instance.id, None)
-            if upstream is not None:
-                upstream.close()
-            session = self._sessions.pop(event.instance.id, None)
-            if session is not None:
-                task = asyncio.get_running_loop().create_task(session.close())
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+    def forget(self, instance: Instance) -> None:
+        """The instance is gone (stopped, failed, crashed): close its connections now."""
+        upstream = self._upstreams.pop(instance.id, None)
+        if upstream is not None:
+            upstream.close()
+        session = self._sessions.pop(instance.id, None)
+        if session is not None:
+            task = asyncio.get_running_loop().create_task(session.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         for upstream in self._upstreams.values():

@@ -17,10 +17,12 @@ import aiohttp
 from aiohttp import web
 
 from proxy.config import Config, Route
-from proxy.errors import json_error
-from proxy.forward import BodyTooLarge, UpstreamError, forward_http, forward_websocket, is_websocket
+from backends.base import Instance
+from proxy.errors import (BodyTooLarge, ExpectationFailed, InvalidKey, InvalidPath, Refusal, UpstreamError,
+                          refusal_response)
+from proxy.forward import forward_http, forward_websocket, is_websocket
 from proxy.keys import validate_key
-from proxy.manager import CapacityExceeded, Manager, NotWarm, StartFailed, StartTimeout
+from proxy.manager import Manager
 from proxy.metrics import Metrics
 from proxy.paths import escape_reason, fill, upstream_target
 from proxy.pools import Pools
@@ -78,20 +80,22 @@ class RouteHandler:
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """`Expect: 100-continue`: refuse an over-limit body *before* inviting the client to send it."""
-        if (refusal := self._too_large(request)) is not None:
-            refusal.force_close()  # the body is never read, so the connection cannot carry another request
-            return refusal
+        try:
+            self._check_length(request)
+        except BodyTooLarge as refusal:
+            response = refusal_response(refusal)
+            response.force_close()  # the body is never read, so the connection cannot carry another request
+            return response
         if request.version == aiohttp.HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # the interim line is not part of the response
             return None
-        return json_error(417, "expectation failed", f"unsupported Expect: {request.headers.get('Expect')}")
+        return refusal_response(ExpectationFailed(f"unsupported Expect: {request.headers.get('Expect')}"))
 
-    def _too_large(self, request: web.Request) -> web.Response | None:
+    def _check_length(self, request: web.Request) -> None:
         if request.content_length is not None and request.content_length > self.config.max_body_size:
-            return json_error(413, "request body too large", f"Content-Length {request.content_length} exceeds "
-                              f"max_body_size={self.config.max_body_size} bytes")
-        return None
+            raise BodyTooLarge(f"Content-Length {request.content_length} exceeds "
+                               f"max_body_size={self.config.max_body_size} bytes")
 
     # ---------------------------------------------------------------- the aiohttp path
 
@@ -114,38 +118,29 @@ class RouteHandler:
             self.record(key, request.method, request.path, status, time.perf_counter() - began)
 
     async def _serve(self, request: web.Request, key: str) -> web.StreamResponse:
-        if (reason := validate_key(key)) is not None:
-            return json_error(400, "invalid key", reason)
-        if (reason := escape_reason(request.raw_path.partition("?")[0])) is not None:
-            return json_error(400, "invalid path", reason)
-        raw_variables = self._raw_variables(request)
-        if raw_variables is None:
-            return json_error(400, "invalid path", "percent-encoded characters in the route's fixed part")
-        if (refusal := self._too_large(request)) is not None:
-            return refusal
-        manager = self.manager_for(key)
         try:
+            if (reason := validate_key(key)) is not None:
+                raise InvalidKey(reason)
+            if (reason := escape_reason(request.raw_path.partition("?")[0])) is not None:
+                raise InvalidPath(reason)
+            raw_variables = self._raw_variables(request)
+            if raw_variables is None:
+                raise InvalidPath("percent-encoded characters in the route's fixed part")
+            self._check_length(request)
+            manager = self.manager_for(key)
             async with manager.lease(start=self.route.mode != "warm") as lease:
                 headers = {}
                 if lease.cold_wait is not None:
                     headers = {"X-Proxy-Cold-Start": "1",
                                "X-Proxy-Cold-Start-Wait-Ms": f"{lease.cold_wait * 1000:.1f}"}
                 url = lease.instance.url + self.target_for(request.raw_path, raw_variables)
-                return await self._forward(request, manager, url, headers)
-        except NotWarm as exc:
-            return json_error(503, "not warm", str(exc), headers={"Retry-After": "1"})
-        except StartFailed as exc:
-            return json_error(503, "start failed", exc.reason, key=key,
-                              headers={"Retry-After": str(max(1, round(exc.retry_after)))})
-        except CapacityExceeded as exc:
-            return json_error(503, "capacity exceeded", str(exc), headers={"Retry-After": "5"})
-        except StartTimeout as exc:
-            return json_error(504, "start timeout", str(exc), key=key)
+                return await self._forward(request, manager, lease.instance, url, headers)
+        except Refusal as refusal:
+            return refusal_response(refusal)
 
-    async def _forward(self, request: web.Request, manager: Manager, url: str,
+    async def _forward(self, request: web.Request, manager: Manager, instance: Instance, url: str,
                        headers: dict[str, str]) -> web.StreamResponse:
-        assert manager.instance is not None
-        session = self.pools.session(manager.instance)
+        session = self.pools.session(instance)
         try:
             if is_websocket(request):
                 return await forward_websocket(request, session, url, on_message=manager.touch,
@@ -153,9 +148,8 @@ class RouteHandler:
                                                open_sockets=self.websockets)
             return await forward_http(request, session, url, max_body=self.config.max_body_size,
                                       timeout=self.timeout, extra_headers=headers)
-        except BodyTooLarge as exc:
-            return json_error(413, "request body too large", str(exc))
         except UpstreamError as exc:
             if exc.status == 502:
                 manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
-            return json_error(exc.status, "upstream error", exc.reason, key=manager.key)
+            exc.extra["key"] = manager.key
+            raise

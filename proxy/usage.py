@@ -14,7 +14,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy.config import Config
-from proxy.events import EventBus, State, Transition
+from proxy.events import Event, EventBus, Happening, Transition
 from proxy.metrics import KeyLabels
 
 
@@ -32,19 +32,21 @@ class UsageMeter(Collector):
     def __init__(self, config: Config, bus: EventBus, key_label: KeyLabels) -> None:
         self.config = config
         self.key_label = key_label
-        self.usage: dict[str, Usage] = {}
-        bus.subscribe(self._on_transition)
+        self.usage: dict[tuple[str, str], Usage] = {}  # (container class, key)
+        bus.subscribe(self._on_event)
 
-    def _on_transition(self, event: Transition) -> None:
-        usage = self.usage.setdefault(event.key, Usage(event.container))
-        if event.new is State.RUNNING and usage.running_since is None:
+    def _on_event(self, event: Event) -> None:
+        if not isinstance(event, Transition) or event.happening is None:
+            return
+        usage = self.usage.setdefault((event.container, event.key), Usage(event.container))
+        if event.happening in (Happening.STARTED, Happening.ADOPTED) and usage.running_since is None:
             usage.running_since = event.timestamp
-        elif event.new in (State.STOPPED, State.FAILED) and usage.running_since is not None:
+        elif event.happening in (Happening.STOPPED, Happening.CRASHED) and usage.running_since is not None:
             usage.seconds += event.timestamp - usage.running_since
             usage.running_since = None
 
-    def report(self, key: str, now: float | None = None) -> dict[str, float] | None:
-        usage = self.usage.get(key)
+    def report(self, container: str, key: str, now: float | None = None) -> dict[str, float] | None:
+        usage = self.usage.get((container, key))
         if usage is None:
             return None
         cls = self.config.containers[usage.container]
@@ -64,8 +66,8 @@ class UsageMeter(Collector):
         families = self._families()
         now = time.time()
         totals: dict[tuple[str, str], dict[str, float]] = {}
-        for key, usage in list(self.usage.items()):
-            report = self.report(key, now)
+        for (container, key), usage in list(self.usage.items()):
+            report = self.report(container, key, now)
             assert report is not None
             row = totals.setdefault((usage.container, self.key_label(key)), dict.fromkeys(families, 0.0))
             for field in families:

@@ -74,8 +74,12 @@ class Harness:
     proxy: Proxy
     backend: Backend
 
-    def manager(self, key: str) -> Manager:
-        return self.proxy.registry.managers[key]
+    def manager(self, key: str, container: str | None = None) -> Manager:
+        """The manager of `key` (of `container`, or of the only class that has that key)."""
+        found = [m for (c, k), m in self.proxy.registry.managers.items() if k == key and container in (None, c)]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} managers for key {key!r}")
+        return found[0]
 
     async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample of /metrics, keyed by (name, sorted labels)."""

@@ -12,7 +12,7 @@ import pytest
 
 from proxy.app import PROXY, create_app
 from proxy.config import parse_config
-from proxy.events import State
+from proxy.events import State, StopReason
 from tests import engines
 from tests.conftest import base_config
 
@@ -78,8 +78,8 @@ async def test_proxy_restart_adopts_running_container(make_proxy, raw, backend_k
     first = create_app(config, engines.make_backend(backend_kind, proxy_id))[PROXY]
     await first.startup()
     await first.registry.get("shared", "svc").ensure_running()
-    started_id = first.registry.managers["shared"].instance.id
-    await first.registry.close()
+    started_id = first.registry.managers[("svc", "shared")].instance.id
+    await first.prober.close()
     await first.pools.close()
     await first.backend.close()
 
@@ -104,7 +104,7 @@ async def test_unlabelled_container_with_colliding_name_is_untouched(make_proxy,
         resp = await h.client.get("/k/squatter/api/health")
         body = await resp.json()
         assert resp.status == 503 and "not managed by this proxy" in body["reason"]
-        await h.proxy.registry.stop_all("shutdown")
+        await h.proxy.registry.stop_all(StopReason.SHUTDOWN)
         after = await raw.containers.container(name).show()
         assert after["Id"] == before["Id"] and after["State"]["Status"] == before["State"]["Status"]
         assert after["Config"]["Labels"] == before["Config"]["Labels"]

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.events import State
+from proxy.events import State, StopReason
 
 PASSENGER = {"sex": "female", "age": 29, "pclass": 1}
 
@@ -71,7 +71,7 @@ async def test_abort_while_waiting_for_start(make_proxy):
     # A readiness path that takes 1 s keeps the start open long enough to abort inside it.
     h = await make_proxy(svc={"readiness": {"path": "/debug/sleep?seconds=1"}})
     tasks = [asyncio.create_task(h.client.get("/s/api/health")) for _ in range(5)]
-    await h.wait_for(lambda: "shared" in h.proxy.registry.managers and h.manager("shared").in_flight == 5)
+    await h.wait_for(lambda: ("svc", "shared") in h.proxy.registry.managers and h.manager("shared").in_flight == 5)
     assert h.manager("shared").state is State.STARTING
     for task in tasks:
         task.cancel()
@@ -140,7 +140,7 @@ async def test_request_during_stopping_waits_then_restarts(make_proxy):
     h = await make_proxy()
     assert (await h.client.get("/s/v2/health/ready")).status == 200
     m = h.manager("shared")
-    stopping = asyncio.create_task(m.stop("idle"))
+    stopping = asyncio.create_task(m.stop(StopReason.IDLE))
     await asyncio.sleep(0)
     assert m.state is State.STOPPING
     resp = await h.client.get("/s/api/health")
@@ -185,7 +185,7 @@ async def test_shutdown_stops_everything_it_started(make_proxy):
     resps = await asyncio.gather(*(h.client.get(f"/k/{k}/v2/health/ready") for k in keys))
     assert [r.status for r in resps] == [200] * 3
     instances = [h.manager(k).instance for k in keys]
-    await h.proxy.registry.stop_all("shutdown")
+    await h.proxy.registry.stop_all(StopReason.SHUTDOWN)
     assert all(h.manager(k).state is State.STOPPED for k in keys)
     for instance in instances:
         assert (await h.backend.inspect(instance)).value != "running"
@@ -200,9 +200,9 @@ async def test_lb_spreads_over_exactly_n_instances(make_proxy, n):
     assert [r.status for r in resps] == [200] * 300
     served_by = {b["instance_id"] for b in bodies}
     assert len(served_by) == n
-    pool = [h.manager(f"lb-{i}") for i in range(n)]
+    pool = [h.manager(f"lb#{i}") for i in range(n)]
     assert [m.start_count for m in pool] == [1] * n
-    assert "lb-3" not in h.proxy.registry.managers and h.proxy.registry.active("svc") == n
+    assert ("svc", "lb#3") not in h.proxy.registry.managers and h.proxy.capacity.active("svc") == n
 
 
 async def test_max_instances_holds_under_concurrent_new_keys(make_proxy):
@@ -212,7 +212,7 @@ async def test_max_instances_holds_under_concurrent_new_keys(make_proxy):
     assert codes.count(200) == 4 and codes.count(503) == 46
     refused = next(r for r in resps if r.status == 503)
     assert (await refused.json())["error"] == "capacity exceeded" and refused.headers["Retry-After"]
-    assert h.proxy.registry.active("svc") == 4
+    assert h.proxy.capacity.active("svc") == 4
     assert sum(m.start_count for m in h.proxy.registry) == 4
 
 

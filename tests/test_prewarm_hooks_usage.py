@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 from aiohttp import web
 
-from proxy.events import State
+from proxy.events import State, StopReason
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ async def test_keepalive_cron_expression_prewarms_shared_key(make_proxy):
     clock.now = at(10, 0, 0)
     assert await h.proxy.scheduler.run_due() == ["keepalive:svc"]
     # Default keepalive keys: the keys routes name literally (the shared key and the lb pool).
-    assert {m.key for m in h.proxy.registry if m.state is State.RUNNING} == {"shared", "lb-0", "lb-1", "lb-2"}
+    assert {m.key for m in h.proxy.registry if m.state is State.RUNNING} == {"shared", "lb#0", "lb#1", "lb#2"}
 
 
 @pytest.fixture
@@ -128,7 +128,7 @@ async def test_usage_counters_match_running_time(make_proxy):
     assert (await h.client.get("/k/metered/api/health")).status == 200
     began = time.time()
     await asyncio.sleep(1.2)
-    await h.proxy.registry.get("metered", "svc").stop("idle")
+    await h.proxy.registry.get("metered", "svc").stop(StopReason.IDLE)
     ran = time.time() - began
     m = await h.metrics()
     labels = (("container", "svc"), ("key", "metered"))

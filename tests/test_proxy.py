@@ -180,3 +180,30 @@ async def test_each_instance_has_its_own_pool_closed_on_stop(make_proxy):
     await h.wait_for(lambda: len(h.proxy.pools) == 0 and all(s.closed for s in sessions))
     assert (await h.client.get("/k/p1/api/health")).status == 200  # a fresh pool for the new instance
     assert len(h.proxy.pools) == 1
+
+
+async def test_keys_belong_to_their_class_and_lb_members_are_not_addressable(make_proxy):
+    """The same key on two classes' routes is two instances; a URL can never name an lb pool member."""
+    svc = {"image": "model_service", "env": {"API_TITLE": "svc"}, "readiness": {"path": "/v2/health/ready"}}
+    other = {**svc, "env": {"API_TITLE": "other"}}
+    h = await make_proxy(config={
+        "containers": {"svc": svc, "other": other},
+        "routes": [{"path": "/k/{id}/{tail:.*}", "container": "svc", "key": "{id}", "upstream_path": "/{tail}"},
+                   {"path": "/o/{id}/{tail:.*}", "container": "other", "key": "{id}", "upstream_path": "/{tail}"},
+                   {"path": "/lb/{tail:.*}", "container": "svc", "key": "lb", "mode": "lb", "instances": 2,
+                    "upstream_path": "/{tail}"}],
+    })
+    first = await (await h.client.get("/o/abc/api/container-info")).json()  # `other` claims abc first
+    mine = await (await h.client.get("/k/abc/api/container-info")).json()
+    assert (first["api_title"], mine["api_title"]) == ("other", "svc")
+    assert first["instance_id"] != mine["instance_id"]
+    assert {("svc", "abc"), ("other", "abc")} <= set(h.proxy.registry.managers)
+
+    pool = {(await (await h.client.get("/lb/api/container-info")).json())["instance_id"] for _ in range(4)}
+    for attempt in ("/k/lb%230/api/container-info", "/k/lb#0/api/container-info"):
+        resp = await h.client.get(URL(attempt, encoded=True))
+        assert resp.status in (400, 404) or (await resp.json())["instance_id"] not in pool
+    resp = await h.client.get("/k/lb-0/api/container-info")  # the old member name is just another key
+    assert (await resp.json())["instance_id"] not in pool
+    members = [m for (c, k), m in h.proxy.registry.managers.items() if k.startswith("lb#")]
+    assert members and all(m.in_flight == 0 for m in members)

@@ -29,7 +29,8 @@ async def test_shared_warm_and_docs_routes(seed):
     client, proxy = seed
     resp = await client.get("/warm/api/health")
     assert resp.status == 503 and (await resp.json())["error"] == "not warm"
-    assert "worker-container" not in proxy.registry.managers or proxy.registry.managers["worker-container"].start_count == 0
+    shared = ("worker", "worker-container")
+    assert shared not in proxy.registry.managers or proxy.registry.managers[shared].start_count == 0
     resp = await client.post("/api/inference", json=PASSENGER)
     assert resp.status == 200 and (await resp.json())["prediction_status"] == "died"
     resp = await client.post("/warm/api/inference", json=PASSENGER)
@@ -40,7 +41,7 @@ async def test_shared_warm_and_docs_routes(seed):
     assert docs.status == 200 and "/api/inference" in await docs.text()
     meta = await (await client.get("/v2/models/titanic")).json()
     assert meta["name"] == "titanic"
-    assert proxy.registry.managers["worker-container"].start_count == 1  # all of it on one shared instance
+    assert proxy.registry.managers[("worker", "worker-container")].start_count == 1  # all of it on one shared instance
 
 
 async def test_per_key_singleton_and_lb_routes(seed):
@@ -48,13 +49,13 @@ async def test_per_key_singleton_and_lb_routes(seed):
     info_a = await (await client.get("/container/alice/api/container-info")).json()
     info_b = await (await client.get("/container/bob/api/container-info")).json()
     assert info_a["instance_id"] != info_b["instance_id"]
-    assert {"alice", "bob"} <= set(proxy.registry.managers)
+    assert {("worker", "alice"), ("worker", "bob")} <= set(proxy.registry.managers)
     single = await asyncio.gather(*(client.get("/singleton/api/container-info") for _ in range(20)))
     assert len({(await r.json())["instance_id"] for r in single}) == 1
     lb = await asyncio.gather(*(client.post("/lb/api/inference", json=PASSENGER) for _ in range(60)))
     assert all(r.status == 200 for r in lb)
-    pool = [proxy.registry.managers[f"lb-{i}"] for i in range(3)]
-    assert all(m.state is State.RUNNING for m in pool) and "lb-3" not in proxy.registry.managers
+    pool = [proxy.registry.managers[("worker", f"lb#{i}")] for i in range(3)]
+    assert all(m.state is State.RUNNING for m in pool) and ("worker", "lb#3") not in proxy.registry.managers
 
 
 async def test_info_and_container_status(seed):
