@@ -54,7 +54,10 @@ class FastRouter:
     longest prefix first, in registration order within a prefix; this does the same.
     """
 
+    CACHE = 4096  # resolved paths remembered (per-key routes have one path per key)
+
     def __init__(self, app: web.Application, handlers: dict[Any, RouteHandler]) -> None:
+        self._cache: dict[str, tuple[RouteHandler, dict[str, str]] | None] = {}
         self._index: dict[str, list[_Candidate]] = {}
         for resource in app.router.resources():
             info = resource.get_info()
@@ -66,6 +69,16 @@ class FastRouter:
 
     def resolve(self, path: str) -> tuple[RouteHandler, dict[str, str]] | None:
         """The proxied route for `path` and its variables; None for own endpoints and no match."""
+        try:
+            return self._cache[path]
+        except KeyError:
+            pass
+        if len(self._cache) >= self.CACHE:
+            self._cache.clear()
+        found = self._cache[path] = self._resolve(path)
+        return found
+
+    def _resolve(self, path: str) -> tuple[RouteHandler, dict[str, str]] | None:
         part = path
         while part:
             for plain, pattern, handler in self._index.get(part, ()):
@@ -88,6 +101,23 @@ class FastPath:
         self.router = FastRouter(app, handlers)
         self.max_body = max_body
         self.upstream_timeout = upstream_timeout
+        self.active: set[Exchange] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_every = min(1.0, upstream_timeout / 4)
+
+    def track(self, exchange: Exchange) -> None:
+        """Watch an exchange for upstream_timeout: one sweep a second for all, not a timer per request."""
+        self.active.add(exchange)
+        if self._sweeper is None:
+            self._sweeper = exchange.proto.loop.call_later(self._sweep_every, self._sweep, exchange.proto.loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeper = None
+        deadline = loop.time() - self.upstream_timeout
+        for exchange in [e for e in self.active if e.last_rx <= deadline]:
+            exchange.timed_out()
+        if self.active:
+            self._sweeper = loop.call_later(self._sweep_every, self._sweep, loop)
 
     def plan(self, message: RawRequestMessage, payload: StreamReader, proto: FastProtocol) -> Exchange | None:
         if message.method not in FAST_METHODS or message.version != HttpVersion11 or message.upgrade:
@@ -160,8 +190,8 @@ class Exchange:
     """One request on the fast path: lease held, request sent, response relayed, everything released once."""
 
     __slots__ = ("fast", "proto", "handler", "manager", "pool", "message", "payload", "key", "head", "request",
-                 "streaming", "conn", "reused", "status", "head_sent", "out", "chunked_out", "last_rx", "timer",
-                 "done", "pump", "began", "retried")
+                 "streaming", "conn", "reused", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
+                 "pump", "began", "retried")
 
     def __init__(self, fast: FastPath, proto: FastProtocol, handler: RouteHandler, manager: Manager,
                  pool: UpstreamPool, message: RawRequestMessage, payload: StreamReader, key: str,
@@ -186,10 +216,9 @@ class Exchange:
         self.done = False
         self.pump: asyncio.Task[None] | None = None
         self.retried = False
-        loop = proto.loop
-        self.began = self.last_rx = loop.time()
-        self.timer: asyncio.TimerHandle | None = loop.call_at(self.began + fast.upstream_timeout, self._on_timer)
+        self.began = self.last_rx = proto.loop.time()
         manager.hold()
+        fast.track(self)
 
     # ---------------------------------------------------------------- sending
 
@@ -254,15 +283,26 @@ class Exchange:
     def on_upstream_data(self) -> None:
         self.last_rx = self.proto.loop.time()
 
-    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framed: bool) -> None:
+    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
         self.status = status
-        skip = _RESPONSE_SKIP
-        for name, value in headers:
-            if name.lower() == b"connection":
-                skip = skip | {t.strip().lower() for t in value.split(b",")}
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        lines += [b"%s: %s\r\n" % (n, v) for n, v in headers if n.lower() not in skip]
-        if not framed or any(n.lower() == b"transfer-encoding" for n, _ in headers):
+        has_length = chunked_in = False
+        named: list[bytes] = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _RESPONSE_SKIP:
+                if lower == b"transfer-encoding":
+                    chunked_in = True
+                elif lower == b"connection":
+                    named += [t.strip().lower() for t in value.split(b",")]
+                continue
+            if lower == b"content-length":
+                has_length = True
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if named and any(t not in (b"close", b"keep-alive") for t in named):  # headers the instance named hop-by-hop
+            lines = lines[:1] + [line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named]
+        framed = has_length or chunked_in or status in (204, 304)
+        if chunked_in or not framed:
             self.chunked_out = True
             lines.append(b"Transfer-Encoding: chunked\r\n")
         if not self.proto.keeps_alive(self.message):
@@ -270,6 +310,7 @@ class Exchange:
         lines.append(b"\r\n")
         self.out.append(b"".join(lines))
         self.head_sent = True
+        return framed
 
     def on_body(self, data: bytes) -> None:
         self.out.append(_chunk(data) if self.chunked_out else data)
@@ -304,15 +345,7 @@ class Exchange:
 
     # ---------------------------------------------------------------- endings
 
-    def _on_timer(self) -> None:
-        self.timer = None
-        if self.done:
-            return
-        loop = self.proto.loop
-        deadline = self.last_rx + self.fast.upstream_timeout
-        if loop.time() < deadline:
-            self.timer = loop.call_at(deadline, self._on_timer)
-            return
+    def timed_out(self) -> None:
         self._fail(UpstreamError(504, "upstream did not answer within upstream_timeout"))
 
     def _fail(self, refusal: Refusal, close: bool = False) -> None:
@@ -346,15 +379,13 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.fast.active.discard(self)
         if self.pump is not None and not self.pump.done():
             self.pump.cancel()
-        self.manager.release()
+        now = self.proto.loop.time()
+        self.manager.release(now)
         path = self.message.path.partition("?")[0]
-        self.handler.record(self.key, self.message.method, path, status, self.proto.loop.time() - self.began,
-                            fast=True)
+        self.handler.record(self.key, self.message.method, path, status, now - self.began, fast=True)
         self.proto.exchange_done(self, clean=self.payload.is_eof())
 
 

@@ -92,14 +92,18 @@ class Manager:
         """One more request or WebSocket in flight: the instance is not stopped while any is."""
         self.in_flight += 1
 
-    def release(self) -> None:
+    def release(self, now: float | None = None) -> None:
         """The end of what `hold` began (the fast path calls the pair directly, the aiohttp path via lease)."""
         self.in_flight -= 1
-        self.touch()
+        self.touch(now)
 
-    def touch(self) -> None:
-        """Record activity (a request finished, a WebSocket message passed, a keepalive tick)."""
-        self.last_activity = asyncio.get_running_loop().time()
+    def touch(self, now: float | None = None) -> None:
+        """Record activity (a request finished, a WebSocket message passed, a keepalive tick).
+
+        `now` is the loop's time when the caller has it (the fast path): on Python 3.11 every
+        `get_running_loop()` costs a getpid() system call.
+        """
+        self.last_activity = asyncio.get_running_loop().time() if now is None else now
         if self.in_flight == 0:
             self._arm_idle()
 

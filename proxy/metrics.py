@@ -6,14 +6,15 @@ Each app gets its own CollectorRegistry (tests build many apps). Per-key labels 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from proxy.events import ColdWait, Event, Happening, State, Transition
+from proxy.events import ColdWait, Event, Happening, State
 from proxy.registry import Registry
+from proxy.request_metrics import RequestCollector
 
 OTHER = "_other"
 START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -40,12 +41,8 @@ class Metrics:
         self.prom = CollectorRegistry(auto_describe=True)
         self.key_label = KeyLabels(key_label_limit)
         r = self.prom
-        self.requests = Counter("proxy_requests", "Proxied requests by route and status code.",
-                                ["route", "code"], registry=r)
-        self.request_duration = Histogram("proxy_request_duration_seconds", "Time to answer a proxied request.",
-                                          ["route"], registry=r)
-        self.fast_requests = Counter("proxy_fast_path_requests", "Proxied requests served by the fast path.",
-                                     ["route"], registry=r)
+        self.requests = RequestCollector()
+        r.register(self.requests)
         self.starts = Counter("proxy_container_starts", "Instances that became ready.", ["container", "key"],
                               registry=r)
         self.start_failures = Counter("proxy_container_start_failures", "Starts that failed or timed out.",
@@ -82,22 +79,8 @@ class Metrics:
             self.stops.labels(event.container, event.stop_reason.value).inc()
 
     def request_observer(self, route: str) -> Callable[[int, float, bool], None]:
-        """A per-route recorder with its label children bound once: the request path does no label lookups."""
-        by_code: dict[int, Any] = {}
-        duration = self.request_duration.labels(route)
-        fast = self.fast_requests.labels(route)
-        requests = self.requests
-
-        def observe(code: int, seconds: float, fast_path: bool) -> None:
-            counter = by_code.get(code)
-            if counter is None:
-                counter = by_code[code] = requests.labels(route, str(code))
-            counter.inc()
-            duration.observe(seconds)
-            if fast_path:
-                fast.inc()
-
-        return observe
+        """The route's recorder: `observe(code, seconds, fast_path)`, a few integer additions per request."""
+        return self.requests.route(route).observe
 
     def render(self) -> bytes:
         return generate_latest(self.prom)

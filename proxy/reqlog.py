@@ -16,6 +16,7 @@ from typing import TextIO
 
 FLUSH_SECONDS = 0.05
 FLUSH_BYTES = 64 * 1024
+_METHODS = {m: _json_str(m) for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")}
 
 
 class RequestLog:
@@ -29,17 +30,23 @@ class RequestLog:
         self._second = -1
         self._stamp = ""
 
-    def _timestamp(self, now: float) -> str:
-        second = int(now)
-        if second != self._second:  # one strftime per second, not per request
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int((now - second) * 1e6):06d}Z"
+    def _new_second(self, now: float) -> str:
+        """One strftime per second, not per request."""
+        self._second = int(now)
+        self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._second))
+        return self._stamp
 
-    def request(self, route: str, key: str, method: str, path: str, status: int, seconds: float) -> None:
-        line = (f'{{"route": {_json_str(route)}, "key": {_json_str(key)}, "method": {_json_str(method)}, '
-                f'"path": {_json_str(path)}, "status": {status}, "ms": {round(seconds * 1000, 2)}, '
-                f'"event": "request", "level": "info", "timestamp": "{self._timestamp(time.time())}"}}\n')
+    @staticmethod
+    def prefix(route: str, key: str) -> str:
+        """The start of a line, the same for every request of one route and key (callers may keep it)."""
+        return f'{{"route": {_json_str(route)}, "key": {_json_str(key)}, '
+
+    def request(self, prefix: str, method: str, path: str, status: int, seconds: float) -> None:
+        now = time.time()
+        stamp = self._stamp if int(now) == self._second else self._new_second(now)
+        line = (f'{prefix}"method": {_METHODS.get(method) or _json_str(method)}, "path": {_json_str(path)}, '
+                f'"status": {status}, "ms": {seconds * 1000:.2f}, "event": "request", "level": "info", '
+                f'"timestamp": "{stamp}.{int((now % 1) * 1e6):06d}Z"}}\n')
         self._lines.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

@@ -47,6 +47,7 @@ class RouteHandler:
         self.key_is_template = "{" in route.key
         self._pattern: re.Pattern[str] | None = None
         self._observe = metrics.request_observer(route.name)
+        self._log_prefix = RequestLog.prefix(route.name, route.key)  # the line start of a fixed-key route
 
     def bind(self, resource: web.AbstractResource) -> None:
         """Remember the route's compiled pattern, to read its variables from the raw (undecoded) path."""
@@ -69,7 +70,8 @@ class RouteHandler:
         """Metrics and the request log line for one finished request, whichever path served it."""
         self._observe(status, seconds, fast)
         if self.reqlog is not None:
-            self.reqlog.request(self.route.name, key, method, path, status, seconds)
+            prefix = RequestLog.prefix(self.route.name, key) if self.key_is_template else self._log_prefix
+            self.reqlog.request(prefix, method, path, status, seconds)
 
     def _raw_variables(self, request: web.Request) -> dict[str, str] | None:
         """The route's variables as the client wrote them (None: the raw path does not spell the route)."""

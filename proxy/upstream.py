@@ -20,7 +20,8 @@ MAX_IDLE = 64  # idle connections kept per instance; more are closed when they c
 class Relay(Protocol):
     """What a connection reports to while it carries one exchange."""
 
-    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framed: bool) -> None: ...
+    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Relay the head; True when the body is framed (Content-Length, chunked, or none by status)."""
 
     def on_body(self, data: bytes) -> None: ...
 
@@ -135,10 +136,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._interim:
             return
         self._got_response = True
-        self._framed = status in (204, 304) or any(
-            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in self._headers)
         assert self.relay is not None
-        self.relay.on_head(status, reason, self._headers, self._framed)
+        self._framed = self.relay.on_head(status, reason, self._headers)
 
     def on_body(self, data: bytes) -> None:
         if self.relay is not None:

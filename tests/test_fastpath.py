@@ -185,8 +185,8 @@ async def test_malformed_request_gets_400_json_and_the_proxy_stays_up(h):
 async def test_request_log_lines_keep_the_structlog_shape():
     out = io.StringIO()
     log = RequestLog(out)
-    log.request("/api/{tail:.*}", "shared", "GET", '/api/"quoted"\n', 200, 0.0012345)
-    log.request("r", "k", "POST", "/x", 499, 1.5)
+    log.request(log.prefix("/api/{tail:.*}", "shared"), "GET", '/api/"quoted"\n', 200, 0.0012345)
+    log.request(log.prefix("r", "k"), "POST", "/x", 499, 1.5)
     log.flush()
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert lines[0] == {**lines[0], "route": "/api/{tail:.*}", "key": "shared", "method": "GET",
