@@ -27,6 +27,7 @@ from proxy.metrics import Metrics
 from proxy.pools import Pools
 from proxy.probe import Prober
 from proxy.registry import Registry
+from proxy.relay import Relays
 from proxy.reqlog import RequestLog
 from proxy.routes import RouteHandler
 from proxy.schedule import Clock, Scheduler
@@ -52,8 +53,9 @@ class Proxy:
         self.hooks = Hooks(self.bus, config.webhooks)
         self.scheduler = Scheduler(clock)
         self.reqlog = RequestLog() if config.log_requests else None
-        self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.reqlog)
-                         for route in config.routes]
+        self.relays = Relays(config.max_body_size, config.upstream_timeout)
+        self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.relays,
+                                      self.reqlog) for route in config.routes]
         self._resources: dict[web.AbstractResource, RouteHandler] = {}
         self.started = time.time()
         self.bus.subscribe(_log_transition)
@@ -107,7 +109,7 @@ class Proxy:
             self._resources[resource] = handler
 
     def fast_path(self, app: web.Application) -> FastPath:
-        return FastPath(app, self._resources, self.config.max_body_size, self.config.upstream_timeout)
+        return FastPath(app, self._resources, self.relays)
 
     async def close_websockets(self) -> None:
         """On SIGTERM: open WebSockets get 1001 (going away) rather than holding the drain open."""

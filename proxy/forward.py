@@ -1,20 +1,20 @@
-"""Forwarding one request (or WebSocket) to an instance, streaming both ways.
+"""WebSockets to an instance (HTTP requests go through proxy/relay.py), and the hop-by-hop header rule.
 
-Bodies are never buffered whole: the request body is relayed chunk by chunk (counted against
-max_body_size), the response is written as it arrives. Hop-by-hop headers stay on their hop.
+The WebSocket handshake is redone on each hop by aiohttp; messages, and the close code and reason,
+are pumped both ways. Hop-by-hop headers stay on their hop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Callable
+from typing import Callable
 
 import aiohttp
 from aiohttp import WSMsgType, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.errors import BodyTooLarge, UpstreamError
+from proxy.errors import UpstreamError
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -25,9 +25,6 @@ HOP_BY_HOP = frozenset(
 WS_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
                           "sec-websocket-protocol", "sec-websocket-accept"})
 REQUEST_DROP = HOP_BY_HOP | {"host"}
-RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
-CHUNK = 64 * 1024
-SMALL_BODY = 64 * 1024  # responses up to this size (with a Content-Length) are relayed in one piece
 
 
 def _strip(headers: "CIMultiDictProxy[str]", drop: frozenset[str]) -> CIMultiDict[str]:
@@ -55,71 +52,6 @@ def is_websocket(request: web.Request) -> bool:
         request.headers.get("Upgrade", "").lower() == "websocket"
         and "upgrade" in request.headers.get("Connection", "").lower()
     )
-
-
-async def _body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
-    seen = 0
-    async for chunk in request.content.iter_chunked(CHUNK):
-        seen += len(chunk)
-        if seen > limit:
-            raise BodyTooLarge(f"request body exceeds max_body_size={limit} bytes")
-        yield chunk
-
-
-async def forward_http(
-    request: web.Request,
-    session: aiohttp.ClientSession,
-    url: str,
-    *,
-    max_body: int,
-    timeout: aiohttp.ClientTimeout,
-    extra_headers: dict[str, str] | None = None,
-) -> web.StreamResponse:
-    """Relay `request` to `url`; raise UpstreamError/BodyTooLarge before the response has started."""
-    has_body = request.body_exists or request.content_length
-    data = _body(request, max_body) if has_body else None
-    try:
-        upstream = await session.request(
-            request.method, URL(url, encoded=True), headers=upstream_headers(request), data=data,
-            allow_redirects=False, timeout=timeout,
-        )
-    except BodyTooLarge:
-        raise
-    except asyncio.TimeoutError:
-        raise UpstreamError(504, "upstream did not answer within upstream_timeout") from None
-    except (aiohttp.ClientError, OSError) as exc:
-        cause = exc.__cause__ or exc.__context__
-        if isinstance(cause, BodyTooLarge):
-            raise cause from None
-        raise UpstreamError(502, f"upstream connection failed: {type(exc).__name__}: {exc}") from None
-    async with upstream:
-        headers = _strip(upstream.headers, RESPONSE_DROP)
-        headers.update(extra_headers or {})
-        length = upstream.content_length
-        if length is not None and length <= SMALL_BODY and upstream.status not in (204, 304) \
-                and request.method != "HEAD":
-            # Small and of known size (most API answers): headers and body leave in one write.
-            try:
-                body = await upstream.read()
-            except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError) as exc:
-                raise UpstreamError(502, f"upstream broke mid-response: {type(exc).__name__}") from None
-            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-        if length is not None:
-            response.content_length = length
-        await response.prepare(request)
-        try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, asyncio.TimeoutError) as exc:
-            # Headers are gone already: the only honest signal left is to cut the connection.
-            if request.transport is not None:
-                request.transport.close()
-            raise UpstreamError(502, f"upstream broke mid-response: {type(exc).__name__}") from None
-        except ConnectionResetError:
-            return response  # the client left mid-stream; aiohttp finishes quietly
-        await response.write_eof()
-        return response
 
 
 async def forward_websocket(

@@ -43,7 +43,8 @@ class Pools:
         return pool
 
     def __len__(self) -> int:
-        return len(self._sessions)
+        """Instances that have pools (either kind)."""
+        return len(self._sessions.keys() | self._upstreams.keys())
 
     def fast_idle(self) -> int:
         """Idle keep-alive connections held for the fast path, over all instances."""

@@ -20,30 +20,31 @@ from proxy.config import Config, Route
 from backends.base import Instance
 from proxy.errors import (BodyTooLarge, ExpectationFailed, InvalidKey, InvalidPath, Refusal, UpstreamError,
                           refusal_response)
-from proxy.forward import forward_http, forward_websocket, is_websocket
+from proxy.forward import forward_websocket, is_websocket
 from proxy.keys import validate_key
 from proxy.manager import Manager
 from proxy.metrics import Metrics
 from proxy.paths import escape_reason, fill, upstream_target
 from proxy.pools import Pools
 from proxy.registry import Registry
+from proxy.relay import Relays
 from proxy.reqlog import RequestLog
+from proxy.responder import relay_request
 
 
 class RouteHandler:
     """Serves one configured route."""
 
     def __init__(self, route: Route, config: Config, registry: Registry, metrics: Metrics, pools: Pools,
-                 reqlog: RequestLog | None) -> None:
+                 relays: Relays, reqlog: RequestLog | None) -> None:
         self.route = route
+        self.relays = relays
         self.config = config
         self.registry = registry
         self.metrics = metrics
         self.pools = pools
         self.reqlog = reqlog
         self.websockets: set[web.WebSocketResponse] = set()
-        self.timeout = aiohttp.ClientTimeout(total=None, connect=config.connect_timeout,
-                                             sock_read=config.upstream_timeout)
         self.key_is_template = "{" in route.key
         self._pattern: re.Pattern[str] | None = None
         self._observe = metrics.request_observer(route.name)
@@ -135,23 +136,20 @@ class RouteHandler:
                 if lease.cold_wait is not None:
                     headers = {"X-Proxy-Cold-Start": "1",
                                "X-Proxy-Cold-Start-Wait-Ms": f"{lease.cold_wait * 1000:.1f}"}
-                url = lease.instance.url + self.target_for(request.raw_path, raw_variables)
-                return await self._forward(request, manager, lease.instance, url, headers)
+                target = self.target_for(request.raw_path, raw_variables)
+                return await self._forward(request, manager, lease.instance, target, headers)
         except Refusal as refusal:
             return refusal_response(refusal)
 
-    async def _forward(self, request: web.Request, manager: Manager, instance: Instance, url: str,
+    async def _forward(self, request: web.Request, manager: Manager, instance: Instance, target: str,
                        headers: dict[str, str]) -> web.StreamResponse:
-        session = self.pools.session(instance)
+        if not is_websocket(request):
+            return await relay_request(request, self, manager, instance, target, headers)
         try:
-            if is_websocket(request):
-                return await forward_websocket(request, session, url, on_message=manager.touch,
-                                               connect_timeout=self.config.connect_timeout,
-                                               open_sockets=self.websockets)
-            return await forward_http(request, session, url, max_body=self.config.max_body_size,
-                                      timeout=self.timeout, extra_headers=headers)
+            return await forward_websocket(request, self.pools.session(instance), instance.url + target,
+                                           on_message=manager.touch, connect_timeout=self.config.connect_timeout,
+                                           open_sockets=self.websockets)
         except UpstreamError as exc:
-            if exc.status == 502:
-                manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
+            manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
             exc.extra["key"] = manager.key
             raise

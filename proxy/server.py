@@ -37,7 +37,7 @@ _Message = tuple[Any, StreamReader]
 
 
 class FastProtocol(RequestHandler):
-    __slots__ = ("fast", "loop", "peer_host", "scheme", "_queue", "_exchange", "_aiohttp_busy", "_idle")
+    __slots__ = ("fast", "loop", "peer_host", "scheme", "_queue", "_exchange", "_relaying", "_aiohttp_busy", "_idle")
 
     def __init__(self, manager: Server, *, fast: FastPath, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
@@ -46,7 +46,8 @@ class FastProtocol(RequestHandler):
         self.peer_host = ""
         self.scheme = "http"
         self._queue: deque[_Message] = deque()
-        self._exchange: Exchange | None = None
+        self._exchange: Exchange | None = None  # the fast path's exchange answering now
+        self._relaying: Exchange | None = None  # whichever exchange writes on this connection (either path)
         self._aiohttp_busy = False
         self._idle: asyncio.Future[None] | None = None
 
@@ -97,7 +98,7 @@ class FastProtocol(RequestHandler):
             else:
                 assert self._parser is not None
                 self._parser.message_consumed()
-                self._exchange = exchange
+                self._exchange = self._relaying = exchange
                 self._next_keepalive_close_time = float("inf")
                 exchange.start()
             if self._buffer_paused and len(self._queue) <= self._msg_queue_resume_size:
@@ -131,10 +132,14 @@ class FastProtocol(RequestHandler):
         if self.transport is not None:
             self.transport.close()
 
-    def exchange_done(self, exchange: Exchange, clean: bool) -> None:
+    def watch(self, exchange: Exchange) -> None:
+        """The aiohttp path relays on this connection too: flow control and aborts follow its exchange."""
+        self._relaying = exchange
+
+    def relay_done(self, exchange: Exchange, clean: bool) -> None:
         if self._exchange is not exchange:
             return
-        self._exchange = None
+        self._exchange = self._relaying = None
         if not clean or not self.keeps_alive(exchange.message):
             self.close_after_write()  # an unread request body (or the client's wish) ends the connection
         else:
@@ -151,13 +156,13 @@ class FastProtocol(RequestHandler):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        conn = self._exchange.conn if self._exchange is not None else None
+        conn = self._relaying.conn if self._relaying is not None else None
         if conn is not None and conn.transport is not None:
             conn.transport.pause_reading()  # a slow reader slows the instance, not our memory
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        conn = self._exchange.conn if self._exchange is not None else None
+        conn = self._relaying.conn if self._relaying is not None else None
         if conn is not None and conn.transport is not None:
             conn.transport.resume_reading()
 
@@ -168,7 +173,7 @@ class FastProtocol(RequestHandler):
         super()._process_keepalive()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        exchange, self._exchange = self._exchange, None
+        exchange, self._exchange, self._relaying = self._relaying, None, None
         self._queue.clear()
         if exchange is not None:
             exchange.client_lost()

@@ -36,7 +36,7 @@ class Relay(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "transport", "relay", "_parser", "_headers", "_reason", "_interim", "_framed",
-                 "_got_response", "_complete", "_keep_alive", "_drain")
+                 "_got_response", "_complete", "_keep_alive", "_bodyless", "_drain")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -50,13 +50,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_response = False
         self._complete = False
         self._keep_alive = False
+        self._bodyless = False
         self._drain: asyncio.Future[None] | None = None
 
     # ---------------------------------------------------------------- use by a relay
 
-    def send(self, relay: Relay, data: bytes) -> None:
+    def send(self, relay: Relay, data: bytes, bodyless: bool = False) -> None:
+        """Write a request; `bodyless` for HEAD, whose answer ends with its head."""
         self.relay = relay
         self._got_response = self._complete = False
+        self._bodyless = bodyless
         assert self.transport is not None
         self.transport.write(data)
 
@@ -138,6 +141,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._got_response = True
         assert self.relay is not None
         self._framed = self.relay.on_head(status, reason, self._headers)
+        if self._bodyless:  # the parser would wait for a body a HEAD answer never has: end here, reuse never
+            self._complete, self._keep_alive = True, False
 
     def on_body(self, data: bytes) -> None:
         if self.relay is not None:

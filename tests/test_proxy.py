@@ -174,10 +174,10 @@ async def test_each_instance_has_its_own_pool_closed_on_stop(make_proxy):
     h = await make_proxy(svc={"sleep_after": "200ms"})
     for key in ("p1", "p2"):
         assert (await h.client.get(f"/k/{key}/api/health")).status == 200
-    assert len(h.proxy.pools) == 2
-    sessions = list(h.proxy.pools)
+    assert (await h.client.get("/k/p1/api/health")).status == 200  # warm: pooled keep-alive connections
+    assert len(h.proxy.pools) == 2 and h.proxy.pools.fast_idle() >= 2
     await h.wait_for(lambda: all(m.state is State.STOPPED for m in h.proxy.registry))
-    await h.wait_for(lambda: len(h.proxy.pools) == 0 and all(s.closed for s in sessions))
+    await h.wait_for(lambda: len(h.proxy.pools) == 0 and h.proxy.pools.fast_idle() == 0)
     assert (await h.client.get("/k/p1/api/health")).status == 200  # a fresh pool for the new instance
     assert len(h.proxy.pools) == 1
 

@@ -1,0 +1,329 @@
+"""The HTTP relay both data paths use: one request to a pooled instance connection, its answer back.
+
+An `Exchange` holds the key's lease, writes the request (head as the client sent it, hop-by-hop
+removed, X-Forwarded-* set; the body streamed at the instance's pace), relays the response as it is
+parsed (headers as the instance sent them, chunked re-framed, small answers in one write) and
+releases everything exactly once, whichever way it ends: complete, client gone, instance reset,
+garbage, body over max_body_size, or silence past upstream_timeout (one sweep for all exchanges).
+Its `Client` is the connection it answers on: the fast path's protocol, or the aiohttp path's request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Protocol
+
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+
+from proxy.errors import BodyTooLarge, Refusal, UpstreamError, error_body, retry_after_header
+from proxy.forward import HOP_BY_HOP
+from proxy.upstream import UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from proxy.manager import Manager
+    from proxy.routes import RouteHandler
+
+_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
+_REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_RESPONSE_SKIP = _HOP
+
+
+class Client(Protocol):
+    """The client side of an exchange: where the answer goes."""
+
+    loop: asyncio.AbstractEventLoop
+    peer_host: str
+    scheme: str
+
+    def write(self, data: bytes) -> None: ...
+
+    def close_now(self) -> None: ...
+
+    def close_after_write(self) -> None: ...
+
+    def keeps_alive(self, message: RawRequestMessage) -> bool: ...
+
+    def relay_done(self, exchange: Exchange, clean: bool) -> None: ...
+
+
+class Relays:
+    """What exchanges share: limits, and the one sweep that enforces upstream_timeout."""
+
+    def __init__(self, max_body: int, upstream_timeout: float) -> None:
+        self.max_body = max_body
+        self.upstream_timeout = upstream_timeout
+        self.active: set[Exchange] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_every = min(1.0, upstream_timeout / 4)
+
+    def track(self, exchange: Exchange) -> None:
+        """Watch an exchange for upstream_timeout: one sweep a second for all, not a timer per request."""
+        self.active.add(exchange)
+        if self._sweeper is None:
+            loop = exchange.client.loop
+            self._sweeper = loop.call_later(self._sweep_every, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweeper = None
+        deadline = loop.time() - self.upstream_timeout
+        for exchange in [e for e in self.active if e.last_rx <= deadline]:
+            exchange.timed_out()
+        if self.active:
+            self._sweeper = loop.call_later(self._sweep_every, self._sweep, loop)
+
+
+def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, peer: str, scheme: str) -> bytes:
+    """The request as the instance receives it: the client's headers in order, hop-by-hop removed,
+    Host set to the instance, X-Forwarded-For/-Proto/-Host set (earlier X-Forwarded-For kept)."""
+    skip = _REQUEST_SKIP
+    if "Connection" in message.headers:  # headers the client named as hop-by-hop stay on this hop
+        named = {t.strip().lower().encode() for v in message.headers.getall("Connection") for t in v.split(",")}
+        skip = skip | named
+    lines = [f"{message.method} {target} HTTP/1.1\r\nHost: {pool.host}:{pool.port}\r\n".encode(
+        "utf-8", "surrogateescape")]
+    forwarded: list[bytes] = []
+    host = b""
+    for name, value in message.raw_headers:
+        lower = name.lower()
+        if lower in skip:
+            if lower == b"x-forwarded-for":
+                forwarded.append(value)
+            elif lower == b"host":
+                host = value
+            continue
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if message.chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    forwarded.append(peer.encode())
+    lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (b", ".join(forwarded), scheme.encode()))
+    if host:
+        lines.append(b"X-Forwarded-Host: %s\r\n" % host)
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def refusal_bytes(refusal: Refusal, close: bool) -> bytes:
+    """A refusal as raw bytes: the same JSON body and headers `refusal_response` gives on the aiohttp path."""
+    body = json.dumps(error_body(refusal.status, refusal.error, refusal.reason, **refusal.extra)).encode()
+    head = [f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}",
+            "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(body)}"]
+    head += [f"{name}: {value}" for name, value in retry_after_header(refusal).items()]
+    if close:
+        head.append("Connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class Exchange:
+    """One relayed request: lease held, request sent, response relayed, everything released once."""
+
+    __slots__ = ("relays", "client", "handler", "manager", "pool", "message", "payload", "key", "head", "request",
+                 "streaming", "conn", "reused", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
+                 "pump", "began", "retried", "extra_head", "fast", "bodyless")
+
+    def __init__(self, relays: Relays, client: Client, handler: RouteHandler, manager: Manager,
+                 pool: UpstreamPool, message: RawRequestMessage, payload: StreamReader, key: str,
+                 head: bytes, *, extra_head: bytes = b"", fast: bool = True) -> None:
+        self.relays = relays
+        self.client = client
+        self.extra_head = extra_head  # response headers of the proxy's own (X-Proxy-Cold-Start)
+        self.bodyless = message.method == "HEAD"  # the answer has a head only, whatever its headers say
+        self.fast = fast  # the fast path records its own metrics; the aiohttp path's handler does
+        self.handler = handler
+        self.manager = manager
+        self.pool = pool
+        self.message = message
+        self.payload = payload
+        self.key = key
+        self.head = head
+        self.request = head
+        self.streaming = False
+        self.conn: UpstreamConnection | None = None
+        self.reused = False
+        self.status = 0
+        self.head_sent = False
+        self.out: list[bytes] = []
+        self.chunked_out = False
+        self.done = False
+        self.pump: asyncio.Task[None] | None = None
+        self.retried = False
+        self.began = self.last_rx = client.loop.time()
+        manager.hold()
+        relays.track(self)
+
+    # ---------------------------------------------------------------- sending
+
+    def start(self) -> None:
+        payload = self.payload
+        if payload is EMPTY_PAYLOAD:
+            self.request = self.head
+        elif payload.is_eof():  # the whole body came with the head (most API calls)
+            body = payload.read_nowait()
+            if self.message.chunked and len(body) > self.relays.max_body:
+                self._body_too_large()
+                return
+            self.request = self.head + (_chunk(body) + b"0\r\n\r\n" if self.message.chunked else body)
+        else:
+            self.request, self.streaming = self.head, True
+        conn = self.pool.take()
+        if conn is not None:
+            self._send(conn, reused=True)
+        else:
+            self.client.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            conn = await self.pool.connect()
+        except (OSError, asyncio.TimeoutError) as exc:
+            self.manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
+            self._fail(UpstreamError(502, f"upstream connection failed: {type(exc).__name__}: {exc}"))
+            return
+        if self.done:
+            self.pool.put(conn)
+        else:
+            self._send(conn, reused=False)
+
+    def _send(self, conn: UpstreamConnection, reused: bool) -> None:
+        self.conn, self.reused = conn, reused
+        conn.send(self, self.request, bodyless=self.bodyless)
+        if self.streaming:
+            self.pump = self.client.loop.create_task(self._stream_body(conn))
+
+    async def _stream_body(self, conn: UpstreamConnection) -> None:
+        chunked, seen, limit = self.message.chunked, 0, self.relays.max_body
+        try:
+            async for data in self.payload.iter_any():
+                seen += len(data)
+                if seen > limit:
+                    self._body_too_large()
+                    return
+                if conn.transport is None or conn.transport.is_closing():
+                    return
+                conn.transport.write(_chunk(data) if chunked else data)
+                await conn.drain()
+            if chunked and conn.transport is not None:
+                conn.transport.write(b"0\r\n\r\n")
+        except Exception:  # noqa: BLE001 - a broken client body ends the exchange
+            self.client_lost()
+
+    def _body_too_large(self) -> None:
+        self._fail(BodyTooLarge(f"request body exceeds max_body_size={self.relays.max_body} bytes"), close=True)
+
+    # ---------------------------------------------------------------- Relay (called by the connection)
+
+    def on_upstream_data(self) -> None:
+        self.last_rx = self.client.loop.time()
+
+    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+        self.status = status
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        has_length = chunked_in = False
+        named: list[bytes] = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _RESPONSE_SKIP:
+                if lower == b"transfer-encoding":
+                    chunked_in = True
+                elif lower == b"connection":
+                    named += [t.strip().lower() for t in value.split(b",")]
+                continue
+            if lower == b"content-length":
+                has_length = True
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if named and any(t not in (b"close", b"keep-alive") for t in named):  # headers the instance named hop-by-hop
+            lines = lines[:1] + [line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named]
+        framed = has_length or chunked_in or status in (204, 304)
+        if not self.bodyless and (chunked_in or not framed):
+            self.chunked_out = True
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        if not self.client.keeps_alive(self.message):
+            lines.append(b"Connection: close\r\n")
+        lines.append(self.extra_head + b"\r\n")
+        self.out.append(b"".join(lines))
+        self.head_sent = True
+        return framed
+
+    def on_body(self, data: bytes) -> None:
+        self.out.append(_chunk(data) if self.chunked_out else data)
+
+    def on_flush(self) -> None:
+        if self.out:
+            self.client.write(b"".join(self.out))
+            self.out.clear()
+
+    def on_end(self, reusable: bool) -> None:
+        if self.chunked_out:
+            self.out.append(b"0\r\n\r\n")
+        self.on_flush()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if reusable and (self.pump is None or self.pump.done()):
+                self.pool.put(conn)
+            else:
+                conn.abandon()
+        self._finish(self.status)
+
+    def on_upstream_lost(self, error: str, got_response: bool) -> None:
+        self.conn = None
+        if not got_response and self.reused and not self.streaming and not self.retried:
+            # A pooled connection the instance had closed: the request never reached it. Once more, fresh.
+            self.retried = True
+            self.client.loop.create_task(self._connect())
+            return
+        self.manager.suspect()
+        self._fail(UpstreamError(502, f"upstream connection failed: {error}" if not got_response
+                                 else f"upstream broke mid-response: {error}"))
+
+    # ---------------------------------------------------------------- endings
+
+    def timed_out(self) -> None:
+        self._fail(UpstreamError(504, "upstream did not answer within upstream_timeout"))
+
+    def _fail(self, refusal: Refusal, close: bool = False) -> None:
+        """Answer with the refusal if nothing was sent yet, else cut the connection (the only honest signal)."""
+        if self.done:
+            return
+        if self.conn is not None:
+            self.conn.abandon()
+            self.conn = None
+        if self.head_sent:
+            self.client.close_now()
+        else:
+            close = close or not self.client.keeps_alive(self.message)
+            if isinstance(refusal, UpstreamError):
+                refusal.extra["key"] = self.key
+            self.client.write(refusal_bytes(refusal, close))
+            if close:
+                self.client.close_after_write()
+        self._finish(refusal.status)
+
+    def client_lost(self) -> None:
+        """The client went away: the instance's answer has nowhere to go."""
+        if self.done:
+            return
+        if self.conn is not None:
+            self.conn.abandon()
+            self.conn = None
+        self._finish(499)
+
+    def _finish(self, status: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.status = status
+        self.relays.active.discard(self)
+        if self.pump is not None and not self.pump.done():
+            self.pump.cancel()
+        now = self.client.loop.time()
+        self.manager.release(now)
+        if self.fast:
+            path = self.message.path.partition("?")[0]
+            self.handler.record(self.key, self.message.method, path, status, now - self.began, fast=True)
+        self.client.relay_done(self, clean=self.payload.is_eof())
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+

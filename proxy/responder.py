@@ -1,0 +1,97 @@
+"""The aiohttp path's end of a relay: after a cold start, the request is relayed like a fast one.
+
+The aiohttp path decides (starts, waits, refuses); the bytes then go through the same `Exchange` as
+the fast path, written straight to the request's connection, so both paths are byte-exact in the
+same way. aiohttp is handed a `Relayed` response that only keeps its books (keep-alive, logging).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.http_parser import RawRequestMessage
+
+from backends.base import Instance
+from proxy.relay import Exchange, request_head
+
+if TYPE_CHECKING:
+    from proxy.manager import Manager
+    from proxy.routes import RouteHandler
+
+
+class RequestClient:
+    """A relay's client side on the aiohttp path: the request's own connection."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.loop = asyncio.get_running_loop()
+        self.peer_host = request.remote or ""
+        self.scheme = request.scheme
+        self.finished: asyncio.Future[bool] = self.loop.create_future()
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        if self.request.transport is not None:
+            self.request.transport.write(data)
+
+    def close_now(self) -> None:
+        if self.request.transport is not None:
+            self.request.transport.abort()
+
+    def close_after_write(self) -> None:
+        self.closing = True  # the Relayed response tells aiohttp not to keep the connection
+
+    def keeps_alive(self, message: RawRequestMessage) -> bool:
+        return not (message.should_close or self.closing)
+
+    def relay_done(self, exchange: Exchange, clean: bool) -> None:
+        if not self.finished.done():
+            self.finished.set_result(clean and not self.closing)
+
+
+class Relayed(web.StreamResponse):
+    """A response the relay already wrote on the connection: aiohttp keeps its books and writes nothing."""
+
+    def __init__(self, status: int, keep_alive: bool) -> None:
+        super().__init__(status=status)
+        self._relayed_keep_alive = keep_alive
+
+    @property
+    def keep_alive(self) -> bool:
+        return self._relayed_keep_alive
+
+    async def prepare(self, request: web.BaseRequest) -> None:  # type: ignore[override]
+        return None
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+def message_of(request: web.Request) -> RawRequestMessage:
+    """The parsed request head, rebuilt from the request's public properties."""
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return RawRequestMessage(request.method, request.raw_path, request.version, request.headers,
+                             request.raw_headers, not request.keep_alive, None, False, chunked, request.rel_url)
+
+
+async def relay_request(request: web.Request, handler: RouteHandler, manager: Manager, instance: Instance,
+                        target: str, headers: dict[str, str]) -> web.StreamResponse:
+    client = RequestClient(request)
+    message = message_of(request)
+    pool = handler.pools.upstream(instance)
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
+    exchange = Exchange(handler.relays, client, handler, manager, pool, message, request.content, manager.key,
+                        request_head(message, target, pool, client.peer_host, client.scheme),
+                        extra_head=extra, fast=False)
+    watch = getattr(request.protocol, "watch", None)  # the connection's flow control follows this exchange
+    if watch is not None:
+        watch(exchange)
+    exchange.start()
+    try:
+        keep_alive = await asyncio.shield(client.finished)
+    except asyncio.CancelledError:
+        exchange.client_lost()
+        raise
+    return Relayed(max(exchange.status, 100), keep_alive)
