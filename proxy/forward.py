@@ -81,11 +81,17 @@ async def forward_websocket(
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            # Stop both pumps before closing anything: a close racing a pending receive() on the same
+            # socket would be cancelled half-way and replaced by a plain 1000. (This also runs when the
+            # client's connection drops right after its close frame and the handler is cancelled.)
             for task in pumps:
                 task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+            results = await asyncio.gather(*pumps, return_exceptions=True)
+            code, reason = next((r for r in results if isinstance(r, tuple)), (1000, b""))
             open_sockets.discard(client)
-            await client.close(code=upstream.close_code or 1000)
+            for ws in (upstream, client):  # the side that closed first is closed; the other hears its close
+                if not ws.closed:
+                    await ws.close(code=code, message=reason)
     return client
 
 
@@ -93,9 +99,8 @@ async def _pump(
     src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     on_message: Callable[[], None],
-) -> None:
-    """Relay messages one way; a close (code and reason) is passed on to the other side."""
-    code, reason = 1000, b""
+) -> tuple[int, bytes]:
+    """Relay messages one way until `src` closes; return the close code and reason it sent."""
     while True:
         msg = await src.receive()
         on_message()
@@ -104,10 +109,6 @@ async def _pump(
         elif msg.type is WSMsgType.BINARY:
             await dst.send_bytes(msg.data)
         elif msg.type is WSMsgType.CLOSE:
-            code, reason = msg.data or 1000, (msg.extra or "").encode()
-            break
+            return msg.data or 1000, (msg.extra or "").encode()
         elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-            code = src.close_code or 1000
-            break
-    if not dst.closed:
-        await dst.close(code=code, message=reason)
+            return src.close_code or 1000, b""
