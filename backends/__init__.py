@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from backends.base import Backend
 
 
-def create_backend(kind: str, *, socket: str | None = None, proxy_id: str = "default",
-                   reuse_stopped: bool = True) -> Backend:
-    """The backend named in config.yaml. Imports lazily so the stub needs no Docker client."""
+def create_backend(kind: str, *, proxy_id: str = "default", **options: Any) -> Backend:
+    """The backend named in config.yaml, built from its own config section (`backend.<kind>`).
+
+    `options` are that section's fields (`socket`, `reuse_stopped`, ...), passed to the backend's
+    constructor as is, so a new backend adds a section and a branch here, not shared fields.
+    Imports lazily so the stub needs no Docker client.
+    """
     if kind == "stub":
         from backends.stub import StubBackend
 
-        return StubBackend()
+        return StubBackend(**options)
     if kind == "docker":
         from backends.docker import DockerBackend
 
-        return DockerBackend(socket=socket, proxy_id=proxy_id, reuse_stopped=reuse_stopped)
+        return DockerBackend(proxy_id=proxy_id, **options)
     if kind == "podman":
         from backends.podman import PodmanBackend
 
-        return PodmanBackend(socket=socket, proxy_id=proxy_id, reuse_stopped=reuse_stopped)
+        return PodmanBackend(proxy_id=proxy_id, **options)
     raise ValueError(f"unknown backend {kind!r}")

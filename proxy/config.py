@@ -1,395 +1,291 @@
-"""config.yaml -> typed, validated settings.
+"""config.yaml -> typed, validated settings, declared once as a pydantic v2 schema.
 
-Every error names the offending field (`containers.worker.sleep_after: ...`) so a user can fix it
-without reading code; `python -m proxy` turns a ConfigError into a message and a non-zero exit.
+Why pydantic v2 rather than msgspec: errors come with the full location (`routes[0].key`) for every
+problem at once, custom scalar types (durations, sizes, cron schedules) are plain `Annotated`
+validators, `Field(description=...)` feeds the generated README table (proxy/config_doc.py), and
+per-field strictness is built in. msgspec is faster, but config is parsed once at start-up.
+
+Each field is declared once, with its default, constraint and description. Models are strict
+(`backend.reuse_stopped: "false"` is an error, not True) and forbid unknown fields. A YAML key left
+empty (`server:`) means its default. The schema models that match the runtime shape (Readiness, Route,
+Webhook, ...) are used as is; `Config` and `ContainerClass` stay frozen dataclasses (so
+`dataclasses.replace(config, host=...)` works) built from the validated schema. Every error becomes a
+`ConfigError` naming the field, which `python -m proxy` prints before exiting 2.
+
+Layout: scalar types in proxy/units.py, the strict base model and error paths in proxy/config_base.py,
+`containers.<class>` in proxy/config_containers.py, the README table in proxy/config_doc.py.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal
 
 import yaml
-from backends.base import INSTANCE_DISK_GB, INSTANCE_TYPES, ContainerSpec, Resources
-from proxy.units import ConfigError, Schedule, parse_duration, parse_schedule, parse_size
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
-__all__ = ["Config", "ConfigError", "ContainerClass", "Readiness", "Route", "Schedule", "load_config", "parse_config"]
+from proxy.config_base import Section, config_error, field_error, none_means_default, shown
+from proxy.config_containers import ContainerClass, ContainerSection, CronJob, Keepalive, Readiness
+from proxy.units import (
+    ConfigError,
+    Duration,
+    Name,
+    NonEmptyStr,
+    PositiveDuration,
+    Schedule,
+    Size,
+    TupleOf,
+    UrlPath,
+    check_key,
+)
 
-DEFAULT_IMAGE = "lazy-proxy/model-service:latest"
-BACKEND_TYPES = ("stub", "docker", "podman")
-ROUTE_MODES = ("start", "warm", "lb")
-HOOK_EVENTS = ("start", "stop", "error")
+__all__ = ["Backend", "BackendConfig", "Config", "ConfigError", "ConfigSchema", "ContainerClass", "CronJob",
+           "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook", "load_config", "parse_config"]
 
-
-@dataclass(frozen=True)
-class Readiness:
-    path: str = "/v2/health/ready"
-    interval: float = 0.005
-    timeout: float = 2.0
-
-
-@dataclass(frozen=True)
-class Keepalive:
-    schedule: Schedule
-    keys: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class CronJob:
-    """A scheduled pre-warm (the seed's Worker cron), optionally with its own entrypoint/env."""
-
-    schedule: Schedule
-    key: str
-    env: Mapping[str, str] = field(default_factory=dict)
-    entrypoint: tuple[str, ...] | None = None
-    command: tuple[str, ...] | None = None
+HookEvent = Literal["start", "stop", "error"]
+HOOK_EVENTS: tuple[HookEvent, ...] = ("start", "stop", "error")
 
 
-@dataclass(frozen=True)
-class ContainerClass:
-    """A container class: what to run (spec) and the lifecycle policy around it."""
+# ---------------------------------------------------------------- server, backend, metrics, logging
 
-    spec: ContainerSpec
-    instance_type: str = "dev"
-    disk_gb: float = 2.0
-    readiness: Readiness = Readiness()
-    sleep_after: float = 300.0
-    start_timeout: float = 30.0
-    max_instances: int = 10
-    keepalive: Keepalive | None = None
-    cron: tuple[CronJob, ...] = ()
+
+class Server(Section):
+    host: NonEmptyStr = Field(default="127.0.0.1", description="listen address (`--host` overrides)")
+    port: int = Field(default=8787, ge=0, le=65535, description="listen port (`--port` overrides)")
+    max_body_size: Size = Field(default=10 * 2**20, description="larger request bodies get 413")
+    upstream_timeout: PositiveDuration = Field(
+        default=60.0, description="no byte from the instance for this long → 504")
+    connect_timeout: PositiveDuration = Field(default=5.0, description="connecting to an instance")
+    drain_timeout: Duration = Field(
+        default=30.0, description="on SIGTERM, time in-flight requests get to finish")
+
+
+def _socket(value: str) -> str:
+    if not value.startswith(("unix://", "tcp://", "http://", "npipe://")):
+        raise ValueError("expected unix:///path or tcp://host:port")
+    return value
+
+
+Socket = Annotated[str, AfterValidator(_socket)]
+
+
+class DockerOptions(Section):
+    """`backend.docker`: keyword arguments of DockerBackend."""
+
+    socket: Socket | None = Field(
+        default=None, description="API socket",
+        json_schema_extra=shown("`$DOCKER_HOST` or `unix:///var/run/docker.sock`"))
+    reuse_stopped: bool = Field(
+        default=True, description="restart a stopped container of the same spec instead of recreating it")
+
+
+class PodmanOptions(DockerOptions):
+    """`backend.podman`: keyword arguments of PodmanBackend."""
+
+    socket: Socket | None = Field(
+        default=None, description="API socket",
+        json_schema_extra=shown("`$PODMAN_HOST` or `unix:///run/podman/podman.sock`"))
+
+
+class Backend(Section):
+    """`backend`: shared fields, then one section per backend type (a new backend adds a section).
+
+    The flat form of older configs (`backend.socket`, `backend.reuse_stopped`) is still accepted and
+    overrides the selected section's value.
+    """
+
+    type: Literal["stub", "docker", "podman"] = Field(default="stub", description="`stub`, `docker` or `podman`")
+    proxy_id: Name = Field(
+        default="default",
+        description="label value marking containers as this proxy's (keep it stable across restarts)")
+    docker: DockerOptions = DockerOptions()
+    podman: PodmanOptions = PodmanOptions()
+    flat_socket: Socket | None = Field(default=None, alias="socket", json_schema_extra={"doc_hidden": True})
+    flat_reuse_stopped: bool | None = Field(
+        default=None, alias="reuse_stopped", json_schema_extra={"doc_hidden": True})
 
     @property
-    def name(self) -> str:
-        return self.spec.name
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for the selected backend's constructor (empty for the stub)."""
+        section: BaseModel | None = getattr(self, self.type, None)
+        if section is None:
+            return {}
+        flat = {"socket": self.flat_socket, "reuse_stopped": self.flat_reuse_stopped}
+        return {**section.model_dump(), **{k: v for k, v in flat.items() if v is not None}}
+
+    @property
+    def socket(self) -> str | None:
+        return self.options.get("socket", self.flat_socket)
+
+    @property
+    def reuse_stopped(self) -> bool:
+        """Keep stopped containers for a warm restart (the stub has none: True unless set flat)."""
+        reuse = self.options.get("reuse_stopped", self.flat_reuse_stopped)
+        return True if reuse is None else bool(reuse)
 
 
-@dataclass(frozen=True)
-class Route:
-    path: str
-    container: str
-    key: str = ""
-    mode: str = "start"
-    upstream_path: str | None = None
-    instances: int = 1
-    name: str = ""
+BackendConfig = Backend  # the name earlier code imported
 
 
-@dataclass(frozen=True)
-class Webhook:
-    url: str
-    events: tuple[str, ...] = HOOK_EVENTS
-    timeout: float = 2.0
-    retries: int = 2
+class Metrics(Section):
+    key_label_limit: int = Field(default=100, ge=0, le=100_000, description="keys with their own metric labels")
 
 
-@dataclass(frozen=True)
-class Pricing:
-    memory_gib_second: float = 0.0000025
-    vcpu_second: float = 0.000020
-    disk_gb_second: float = 0.00000007
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
 
 
-@dataclass(frozen=True)
-class BackendConfig:
-    type: str = "stub"
-    socket: str | None = None
-    proxy_id: str = "default"
-    reuse_stopped: bool = True
+class Logging(Section):
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = Field(
+        default="info", description="`debug`, `info`, `warning`, `error`")
+    requests: bool = Field(
+        default=True,
+        description="one JSON line per proxied request (turn off for the last ~15% of throughput)")
+
+
+# ---------------------------------------------------------------- routes, hooks, pricing
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_PATH_VARIABLE = re.compile(r"\{(\w+)(?::[^}]*)?\}")
+
+
+class Route(Section):
+    path: UrlPath = Field(description="aiohttp path pattern, e.g. `/container/{id}/api/{tail:.*}`")
+    container: NonEmptyStr = Field(description="container class")
+    key: str = Field(default="", description='fixed key or a template of path variables (`"{id}"`)',
+                     json_schema_extra=shown("the class name"))
+    mode: Literal["start", "warm", "lb"] = Field(
+        default="start",
+        description="`start` (start if needed), `warm` (only if running, else 503), `lb` (balance over `instances`)")
+    upstream_path: NonEmptyStr | None = Field(
+        default=None, description="template, e.g. `/api/{tail}` (strips a prefix); the query string is kept",
+        json_schema_extra=shown("the request path"))
+    instances: int = Field(
+        default=1, ge=1, le=1000, description="lb only: pool size (keys `<key>-0` … `<key>-N-1`)")
+    name: str = Field(default="", description="`route` label in metrics", json_schema_extra=shown("the path"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prepare(cls, data: Any) -> Any:
+        data = none_means_default(data)
+        if isinstance(data, dict):
+            if isinstance(data.get("container"), str):
+                data.setdefault("key", data["container"])
+            if isinstance(data.get("path"), str) and not data.get("name"):
+                data["name"] = data["path"]
+        return data
+
+    @model_validator(mode="after")
+    def _templates(self) -> Route:
+        path_vars = set(_PATH_VARIABLE.findall(self.path))
+        placeholders = _PLACEHOLDER.findall(self.key)
+        for field, template in (("key", self.key), ("upstream_path", self.upstream_path or "")):
+            for var in _PLACEHOLDER.findall(template):
+                if var not in path_vars:
+                    raise field_error((field,), f"placeholder {{{var}}} is not a variable of the path")
+        if not placeholders:
+            try:
+                check_key(self.key)
+            except ValueError as exc:
+                raise field_error(("key",), str(exc)) from None
+        if self.mode == "lb" and placeholders:
+            raise field_error(("key",), "an lb route balances over fixed keys; templates are not allowed")
+        if self.instances > 1 and self.mode != "lb":
+            raise field_error(("instances",), "only lb routes run several instances")
+        return self
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("expected an http(s) URL")
+    return value
+
+
+class Webhook(Section):
+    url: Annotated[str, AfterValidator(_http_url)] = Field(description="receiver of one JSON POST per event")
+    events: TupleOf[HookEvent] = Field(default=HOOK_EVENTS, description="events to send")
+    timeout: PositiveDuration = Field(default=2.0, description="one attempt's timeout")
+    retries: int = Field(default=2, ge=0, le=10, description="retries after a failed attempt (no answer or a 5xx)")
+
+
+class Hooks(Section):
+    webhooks: TupleOf[Webhook] = Field(
+        default=(), description="`start`/`stop`/`error` events as HTTP POSTs, sent in the background")
+
+
+class Pricing(Section):
+    memory_gib_second: float = Field(default=0.0000025, ge=0, description="USD per GiB-second")
+    vcpu_second: float = Field(default=0.000020, ge=0, description="USD per vCPU-second")
+    disk_gb_second: float = Field(default=0.00000007, ge=0, description="USD per GB-second")
+
+
+class ConfigSchema(Section):
+    """The whole config.yaml; the order here is the order of the README table."""
+
+    server: Server = Server()
+    backend: Backend = Backend()
+    metrics: Metrics = Metrics()
+    logging: Logging = Logging()
+    containers: dict[Name, ContainerSection] = Field(default_factory=dict)
+    routes: TupleOf[Route] = ()
+    hooks: Hooks = Hooks()
+    pricing: Pricing = Pricing()
+
+    @model_validator(mode="after")
+    def _references(self) -> ConfigSchema:
+        if not self.containers:
+            raise field_error(("containers",), "at least one container class is required")
+        for i, route in enumerate(self.routes):
+            if route.container not in self.containers:
+                raise field_error(("routes", i, "container"), f"unknown container class {route.container!r}")
+        return self
+
+
+# ---------------------------------------------------------------- the runtime view
 
 
 @dataclass(frozen=True)
 class Config:
-    host: str = "127.0.0.1"
-    port: int = 8787
-    max_body_size: int = 10 * 2**20
-    upstream_timeout: float = 60.0
-    connect_timeout: float = 5.0
-    drain_timeout: float = 30.0
-    backend: BackendConfig = BackendConfig()
-    key_label_limit: int = 100
-    log_level: str = "info"
-    log_requests: bool = True
-    containers: Mapping[str, ContainerClass] = field(default_factory=dict)
-    routes: tuple[Route, ...] = ()
-    webhooks: tuple[Webhook, ...] = ()
-    pricing: Pricing = Pricing()
+    """What the proxy reads at run time: the server fields flattened, the rest as validated."""
 
+    host: str
+    port: int
+    max_body_size: int
+    upstream_timeout: float
+    connect_timeout: float
+    drain_timeout: float
+    backend: Backend
+    key_label_limit: int
+    log_level: str
+    log_requests: bool
+    containers: Mapping[str, ContainerClass]
+    routes: tuple[Route, ...]
+    webhooks: tuple[Webhook, ...]
+    pricing: Pricing
 
-# ---------------------------------------------------------------- scalar parsers
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-def _mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ConfigError(where, f"expected a mapping, got {type(value).__name__}")
-    return value
-
-
-def _only(section: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(section) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}" if where else unknown[0], "unknown field")
-
-
-def _int(value: Any, where: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(where, f"expected an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ConfigError(where, f"must be between {low} and {high}")
-    return value
-
-
-def _str(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigError(where, f"expected a non-empty string, got {value!r}")
-    return value
-
-
-def _argv(value: Any, where: str) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return tuple(value.split())
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ConfigError(where, "expected a list of strings")
-
-
-def _env(value: Any, where: str) -> dict[str, str]:
-    env = _mapping(value, where)
-    out: dict[str, str] = {}
-    for name, val in env.items():
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
-            raise ConfigError(f"{where}.{name}", "invalid environment variable name")
-        if isinstance(val, (Mapping, list)) or val is None:
-            raise ConfigError(f"{where}.{name}", "expected a scalar value")
-        out[name] = str(val).lower() if isinstance(val, bool) else str(val)
-    return out
-
-
-# ---------------------------------------------------------------- sections
-
-
-def _resources(value: Any, where: str) -> tuple[str, Resources]:
-    if isinstance(value, str):
-        if value not in INSTANCE_TYPES:
-            choices = ", ".join(INSTANCE_TYPES)
-            raise ConfigError(where, f"unknown instance type {value!r} (one of {choices} or {{memory, cpus}})")
-        return value, INSTANCE_TYPES[value]
-    custom = _mapping(value, where)
-    _only(custom, {"memory", "cpus"}, where)
-    if "memory" not in custom or "cpus" not in custom:
-        raise ConfigError(where, "a custom instance type needs both memory and cpus")
-    cpus = custom["cpus"]
-    if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not 0 < cpus <= 64:
-        raise ConfigError(f"{where}.cpus", "expected a number of vCPUs in (0, 64]")
-    memory = parse_size(custom["memory"], f"{where}.memory")
-    if memory < 6 * 2**20:
-        raise ConfigError(f"{where}.memory", "must be at least 6MiB")
-    return "custom", Resources(memory_bytes=memory, cpus=float(cpus))
-
-
-def _container(name: str, raw: Any, where: str) -> ContainerClass:
-    if not _NAME.match(name):
-        raise ConfigError(where, "container class names use letters, digits, '_', '.', '-'")
-    section = _mapping(raw, where)
-    _only(
-        section,
-        {"image", "port", "env", "entrypoint", "command", "readiness", "instance_type", "sleep_after",
-         "keepalive", "start_timeout", "max_instances", "cron"},
-        where,
-    )
-    type_name, resources = _resources(section.get("instance_type", "dev"), f"{where}.instance_type")
-    spec = ContainerSpec(
-        name=name,
-        image=_str(section.get("image", DEFAULT_IMAGE), f"{where}.image"),
-        port=_int(section.get("port", 8080), f"{where}.port", 1, 65535),
-        env=_env(section.get("env"), f"{where}.env"),
-        entrypoint=_argv(section.get("entrypoint"), f"{where}.entrypoint"),
-        command=_argv(section.get("command"), f"{where}.command"),
-        resources=resources,
-    )
-    ready = _mapping(section.get("readiness"), f"{where}.readiness")
-    _only(ready, {"path", "interval", "timeout"}, f"{where}.readiness")
-    path = _str(ready.get("path", Readiness.path), f"{where}.readiness.path")
-    if not path.startswith("/"):
-        raise ConfigError(f"{where}.readiness.path", "must start with '/'")
-    readiness = Readiness(
-        path=path,
-        interval=parse_duration(ready.get("interval", Readiness.interval), f"{where}.readiness.interval"),
-        timeout=parse_duration(ready.get("timeout", Readiness.timeout), f"{where}.readiness.timeout"),
-    )
-    keepalive = None
-    if section.get("keepalive") is not None:
-        raw_keep = section["keepalive"]
-        keep = raw_keep if isinstance(raw_keep, Mapping) else {"schedule": raw_keep}
-        _only(keep, {"schedule", "keys"}, f"{where}.keepalive")
-        if "schedule" not in keep:
-            raise ConfigError(f"{where}.keepalive.schedule", "required")
-        keys = keep.get("keys") or []
-        if not isinstance(keys, list):
-            raise ConfigError(f"{where}.keepalive.keys", "expected a list of keys")
-        keepalive = Keepalive(
-            schedule=parse_schedule(keep["schedule"], f"{where}.keepalive.schedule"),
-            keys=tuple(_key(k, f"{where}.keepalive.keys[{i}]") for i, k in enumerate(keys)),
-        )
-    cron_raw = section.get("cron") or []
-    if not isinstance(cron_raw, list):
-        raise ConfigError(f"{where}.cron", "expected a list of jobs")
-    cron = tuple(_cron_job(job, f"{where}.cron[{i}]") for i, job in enumerate(cron_raw))
-    return ContainerClass(
-        spec=spec,
-        instance_type=type_name,
-        disk_gb=INSTANCE_DISK_GB.get(type_name, 2.0),
-        readiness=readiness,
-        sleep_after=parse_duration(section.get("sleep_after", 300), f"{where}.sleep_after"),
-        start_timeout=parse_duration(section.get("start_timeout", 30), f"{where}.start_timeout"),
-        max_instances=_int(section.get("max_instances", 10), f"{where}.max_instances", 1, 100_000),
-        keepalive=keepalive,
-        cron=cron,
-    )
-
-
-def _key(value: Any, where: str) -> str:
-    from proxy.keys import validate_key  # one rule for keys, shared with the router
-
-    if not isinstance(value, str) or validate_key(value) is not None:
-        raise ConfigError(where, f"invalid key {value!r}")
-    return value
-
-
-def _cron_job(raw: Any, where: str) -> CronJob:
-    job = _mapping(raw, where)
-    _only(job, {"schedule", "key", "env", "entrypoint", "command"}, where)
-    if "schedule" not in job:
-        raise ConfigError(f"{where}.schedule", "required")
-    return CronJob(
-        schedule=parse_schedule(job["schedule"], f"{where}.schedule"),
-        key=_key(job.get("key", "cron"), f"{where}.key"),
-        env=_env(job.get("env"), f"{where}.env"),
-        entrypoint=_argv(job.get("entrypoint"), f"{where}.entrypoint"),
-        command=_argv(job.get("command"), f"{where}.command"),
-    )
-
-
-def _route(raw: Any, where: str, containers: Mapping[str, ContainerClass]) -> Route:
-    section = _mapping(raw, where)
-    _only(section, {"path", "container", "key", "mode", "upstream_path", "instances", "name"}, where)
-    path = _str(section.get("path"), f"{where}.path")
-    if not path.startswith("/"):
-        raise ConfigError(f"{where}.path", "must start with '/'")
-    container = _str(section.get("container"), f"{where}.container")
-    if container not in containers:
-        raise ConfigError(f"{where}.container", f"unknown container class {container!r}")
-    mode = section.get("mode", "start")
-    if mode not in ROUTE_MODES:
-        raise ConfigError(f"{where}.mode", f"expected one of {', '.join(ROUTE_MODES)}")
-    key = section.get("key", container)
-    if not isinstance(key, str) or not key:
-        raise ConfigError(f"{where}.key", "expected a key or a template like '{id}'")
-    placeholders = re.findall(r"\{(\w+)\}", key)
-    path_vars = set(re.findall(r"\{(\w+)(?::[^}]*)?\}", path))
-    for var in placeholders:
-        if var not in path_vars:
-            raise ConfigError(f"{where}.key", f"placeholder {{{var}}} is not a variable of the path")
-    if not placeholders:
-        _key(key, f"{where}.key")
-    upstream = section.get("upstream_path")
-    if upstream is not None:
-        upstream = _str(upstream, f"{where}.upstream_path")
-        for var in re.findall(r"\{(\w+)\}", upstream):
-            if var not in path_vars:
-                raise ConfigError(f"{where}.upstream_path", f"placeholder {{{var}}} is not a variable of the path")
-    instances = _int(section.get("instances", 1), f"{where}.instances", 1, 1000)
-    if mode == "lb" and placeholders:
-        raise ConfigError(f"{where}.key", "an lb route balances over fixed keys; templates are not allowed")
-    if instances > 1 and mode != "lb":
-        raise ConfigError(f"{where}.instances", "only lb routes run several instances")
-    return Route(path=path, container=container, key=key, mode=mode, upstream_path=upstream,
-                 instances=instances, name=str(section.get("name") or path))
-
-
-def _webhook(raw: Any, where: str) -> Webhook:
-    hook = _mapping(raw, where)
-    _only(hook, {"url", "events", "timeout", "retries"}, where)
-    url = _str(hook.get("url"), f"{where}.url")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}.url", "expected an http(s) URL")
-    events = hook.get("events", list(HOOK_EVENTS))
-    if not isinstance(events, list) or any(e not in HOOK_EVENTS for e in events):
-        raise ConfigError(f"{where}.events", f"expected a list drawn from {', '.join(HOOK_EVENTS)}")
-    return Webhook(url=url, events=tuple(events),
-                   timeout=parse_duration(hook.get("timeout", 2), f"{where}.timeout"),
-                   retries=_int(hook.get("retries", 2), f"{where}.retries", 0, 10))
+    @classmethod
+    def from_schema(cls, schema: ConfigSchema) -> Config:
+        server = schema.server
+        return cls(host=server.host, port=server.port, max_body_size=server.max_body_size,
+                   upstream_timeout=server.upstream_timeout, connect_timeout=server.connect_timeout,
+                   drain_timeout=server.drain_timeout, backend=schema.backend,
+                   key_label_limit=schema.metrics.key_label_limit, log_level=schema.logging.level,
+                   log_requests=schema.logging.requests,
+                   containers={name: ContainerClass.from_section(name, section)
+                               for name, section in schema.containers.items()},
+                   routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing)
 
 
 def parse_config(raw: Any) -> Config:
-    root = _mapping(raw, "config")
-    _only(root, {"server", "backend", "metrics", "logging", "containers", "routes", "hooks", "pricing"}, "")
-    server = _mapping(root.get("server"), "server")
-    _only(server, {"host", "port", "max_body_size", "upstream_timeout", "connect_timeout", "drain_timeout"}, "server")
-    backend = _mapping(root.get("backend"), "backend")
-    _only(backend, {"type", "socket", "proxy_id", "reuse_stopped"}, "backend")
-    btype = backend.get("type", "stub")
-    if btype not in BACKEND_TYPES:
-        raise ConfigError("backend.type", f"expected one of {', '.join(BACKEND_TYPES)}, got {btype!r}")
-    socket = backend.get("socket")
-    if socket is not None and not str(socket).startswith(("unix://", "tcp://", "http://", "npipe://")):
-        raise ConfigError("backend.socket", "expected unix:///path or tcp://host:port")
-    metrics = _mapping(root.get("metrics"), "metrics")
-    _only(metrics, {"key_label_limit"}, "metrics")
-    logging_ = _mapping(root.get("logging"), "logging")
-    _only(logging_, {"level", "requests"}, "logging")
-    if not isinstance(logging_.get("requests", True), bool):
-        raise ConfigError("logging.requests", "expected true or false")
-    level = str(logging_.get("level", "info")).lower()
-    if level not in ("debug", "info", "warning", "error"):
-        raise ConfigError("logging.level", "expected debug, info, warning or error")
-
-    containers_raw = _mapping(root.get("containers"), "containers")
-    if not containers_raw:
-        raise ConfigError("containers", "at least one container class is required")
-    containers = {name: _container(str(name), spec, f"containers.{name}") for name, spec in containers_raw.items()}
-    routes_raw = root.get("routes") or []
-    if not isinstance(routes_raw, list):
-        raise ConfigError("routes", "expected a list of routes")
-    routes = tuple(_route(r, f"routes[{i}]", containers) for i, r in enumerate(routes_raw))
-    hooks = _mapping(root.get("hooks"), "hooks")
-    _only(hooks, {"webhooks"}, "hooks")
-    hooks_raw = hooks.get("webhooks") or []
-    if not isinstance(hooks_raw, list):
-        raise ConfigError("hooks.webhooks", "expected a list")
-    pricing = _mapping(root.get("pricing"), "pricing")
-    _only(pricing, {"memory_gib_second", "vcpu_second", "disk_gb_second"}, "pricing")
-    for name, price in pricing.items():
-        if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
-            raise ConfigError(f"pricing.{name}", "expected a non-negative number")
-    proxy_id = str(backend.get("proxy_id", "default"))
-    if not _NAME.match(proxy_id):
-        raise ConfigError("backend.proxy_id", "letters, digits, '_', '.', '-' only")
-    return Config(
-        host=str(server.get("host", "127.0.0.1")),
-        port=_int(server.get("port", 8787), "server.port", 0, 65535),
-        max_body_size=parse_size(server.get("max_body_size", 10 * 2**20), "server.max_body_size"),
-        upstream_timeout=parse_duration(server.get("upstream_timeout", 60), "server.upstream_timeout"),
-        connect_timeout=parse_duration(server.get("connect_timeout", 5), "server.connect_timeout"),
-        drain_timeout=parse_duration(server.get("drain_timeout", 30), "server.drain_timeout"),
-        backend=BackendConfig(type=btype, socket=socket, proxy_id=proxy_id,
-                              reuse_stopped=bool(backend.get("reuse_stopped", True))),
-        key_label_limit=_int(metrics.get("key_label_limit", 100), "metrics.key_label_limit", 0, 100_000),
-        log_level=level,
-        log_requests=logging_.get("requests", True),
-        containers=containers,
-        routes=routes,
-        webhooks=tuple(_webhook(h, f"hooks.webhooks[{i}]") for i, h in enumerate(hooks_raw)),
-        pricing=Pricing(**{k: float(v) for k, v in pricing.items()}),
-    )
+    """Validate a config.yaml document (as loaded by PyYAML); raises ConfigError naming the field."""
+    try:
+        schema = ConfigSchema.model_validate(raw)
+    except ValidationError as exc:
+        raise config_error(exc) from None
+    return Config.from_schema(schema)
 
 
 def load_config(path: str | Path) -> Config:

@@ -1,0 +1,157 @@
+"""`containers.<class>`: what to run and the lifecycle policy around it (part of proxy/config.py's schema).
+
+`ContainerSection` is the class as written in config.yaml; `ContainerClass` is what the manager reads,
+with the image, port, env and resources folded into a `ContainerSpec` for the backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
+
+from backends.base import INSTANCE_DISK_GB, INSTANCE_TYPES, ContainerSpec, Resources
+from proxy.config_base import Section, none_means_default, shown
+from proxy.units import (
+    Argv,
+    Duration,
+    EnvMap,
+    Key,
+    NonEmptyStr,
+    PositiveDuration,
+    ScheduleValue,
+    Size,
+    TupleOf,
+    UrlPath,
+)
+
+__all__ = ["ContainerClass", "ContainerSection", "CronJob", "CustomInstance", "Keepalive", "Readiness"]
+
+
+class Readiness(Section):
+    path: UrlPath = Field(
+        default="/v2/health/ready", description="must answer 2xx before requests are forwarded")
+    interval: PositiveDuration = Field(
+        default=0.005, description="probe interval (each probe is one short request; a slower poll adds up to "
+                                   "this much to every cold start)")
+    timeout: PositiveDuration = Field(default=2.0, description="one probe's timeout")
+
+
+def _min_memory(value: int) -> int:
+    if value < 6 * 2**20:
+        raise ValueError("must be at least 6MiB")
+    return value
+
+
+class CustomInstance(Section):
+    """`instance_type: {memory, cpus}`."""
+
+    memory: Annotated[Size, AfterValidator(_min_memory)] = Field(description="memory limit")
+    cpus: float = Field(gt=0, le=64, description="vCPUs, in (0, 64]")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prepare(cls, data: Any) -> Any:
+        data = none_means_default(data)
+        if isinstance(data, dict) and not {"memory", "cpus"} <= set(data):
+            raise ValueError("a custom instance type needs both memory and cpus")
+        return data
+
+
+def _instance_name(value: str) -> str:
+    if value not in INSTANCE_TYPES:
+        names = ", ".join(INSTANCE_TYPES)
+        raise ValueError(f"unknown instance type {value!r} (one of {names} or {{memory, cpus}})")
+    return value
+
+
+# A name or {memory, cpus}; the tags keep pydantic from reporting both alternatives (and are dropped
+# from error paths by config_base).
+InstanceType = Annotated[
+    Annotated[str, AfterValidator(_instance_name), Tag("<named>")] | Annotated[CustomInstance, Tag("<custom>")],
+    Discriminator(lambda v: "<custom>" if isinstance(v, (dict, CustomInstance)) else "<named>"),
+]
+
+
+class Keepalive(Section):
+    """Keep instances warm on a schedule; a bare schedule is shorthand for `{schedule: ...}`."""
+
+    schedule: ScheduleValue = Field(
+        description='a 5-field cron expression (`"*/2 * * * *"`) or an interval (`"30s"`)')
+    keys: TupleOf[Key] = Field(
+        default=(), description="keys to keep warm", json_schema_extra=shown("the keys routes name literally"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prepare(cls, data: Any) -> Any:
+        return none_means_default(data if isinstance(data, dict) else {"schedule": data})
+
+
+class CronJob(Section):
+    """A scheduled pre-warm (the seed's Worker cron), optionally with its own entrypoint/env."""
+
+    schedule: ScheduleValue = Field(description="cron expression or interval, as for keepalive")
+    key: Key = Field(default="cron", description="key to start")
+    env: EnvMap = Field(default_factory=dict, description="environment added for this start")
+    entrypoint: Argv = Field(
+        default=None, description="entrypoint for this start", json_schema_extra=shown("the class's"))
+    command: Argv = Field(default=None, description="command for this start", json_schema_extra=shown("the class's"))
+
+
+class ContainerSection(Section):
+    """`containers.<class>` as written in config.yaml; parse_config turns it into a ContainerClass."""
+
+    image: NonEmptyStr = Field(
+        default="lazy-proxy/model-service:latest",
+        description="image (stub: `stub:module:factory` picks an in-process app; anything else serves the model)")
+    port: int = Field(default=8080, ge=1, le=65535, description="the container's port")
+    env: EnvMap = Field(default_factory=dict, description="environment")
+    entrypoint: Argv = Field(default=None, description="list of strings (or one string split on spaces)",
+                             json_schema_extra=shown("image's"))
+    command: Argv = Field(default=None, description="list of strings (or one string split on spaces)",
+                          json_schema_extra=shown("image's"))
+    readiness: Readiness = Readiness()
+    instance_type: InstanceType = Field(
+        default="dev", description="`dev` (256 MiB, 1/16 vCPU), `basic` (1 GiB, 1/4), `standard` (4 GiB, 1/2) "
+                                   "or `{memory, cpus}`")
+    sleep_after: Duration = Field(default=300.0, description="idle time before the instance stops (`0`: never)")
+    start_timeout: PositiveDuration = Field(default=30.0, description="start → ready, else 504")
+    max_instances: int = Field(default=10, ge=1, le=100_000, description="running instances of the class at most")
+    keepalive: Keepalive | None = Field(
+        default=None, description='`"*/2 * * * *"`, `"30s"`, or `{schedule, keys}`', json_schema_extra=shown("none"))
+    cron: TupleOf[CronJob] = Field(
+        default=(), description="scheduled pre-warm starts; each may override `entrypoint`/`command`/`env`")
+
+
+@dataclass(frozen=True)
+class ContainerClass:
+    """A container class: what to run (spec) and the lifecycle policy around it."""
+
+    spec: ContainerSpec
+    instance_type: str  # a name from INSTANCE_TYPES, or "custom"
+    disk_gb: float
+    readiness: Readiness
+    sleep_after: float
+    start_timeout: float
+    max_instances: int
+    keepalive: Keepalive | None
+    cron: tuple[CronJob, ...]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @classmethod
+    def from_section(cls, name: str, section: ContainerSection) -> ContainerClass:
+        kind = section.instance_type
+        if isinstance(kind, CustomInstance):
+            type_name, resources = "custom", Resources(memory_bytes=kind.memory, cpus=float(kind.cpus))
+        else:
+            type_name, resources = kind, INSTANCE_TYPES[kind]
+        spec = ContainerSpec(name=name, image=section.image, port=section.port, env=dict(section.env),
+                             entrypoint=section.entrypoint, command=section.command, resources=resources)
+        return cls(spec=spec, instance_type=type_name, disk_gb=INSTANCE_DISK_GB.get(type_name, 2.0),
+                   readiness=section.readiness, sleep_after=section.sleep_after,
+                   start_timeout=section.start_timeout, max_instances=section.max_instances,
+                   keepalive=section.keepalive, cron=section.cron)
