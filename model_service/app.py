@@ -13,7 +13,6 @@ import socket
 import uuid
 from typing import Any, Awaitable, Callable, Mapping
 
-import numpy as np
 from aiohttp import web
 
 from model_service.model import (
@@ -94,9 +93,7 @@ async def json_errors(request: web.Request,
     try:
         return await handler(request)
     except ValidationError as exc:
-        return _error(400, f"invalid input: {exc.field} {exc.reason}", field=exc.field, reason=exc.reason)
-    except InvalidJSON as exc:
-        return _error(400, "invalid JSON", field="body", reason=str(exc))
+        return _bad_request(request, exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -111,16 +108,41 @@ async def json_errors(request: web.Request,
         return _error(500, "internal server error")
 
 
+def _bad_request(request: web.Request, exc: ValidationError) -> web.Response:
+    """The one place client input becomes a 400: JSON naming the offending field."""
+    resp = _error(400, exc.message, field=exc.field, reason=exc.reason)
+    if request.content.exception() is not None:
+        # The body stream itself broke (undecodable Content-Encoding): end it here, or aiohttp lingers
+        # re-reading it and logs the same error as an "Unhandled exception"; and close the connection,
+        # whose parser cannot frame another request.
+        request.content.feed_eof()
+        resp.force_close()
+    return resp
+
+
+class InvalidJSON(ValidationError):
+    """The body is not parseable JSON (distinct from a well-formed body with a bad field)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("body", reason)
+
+    @property
+    def message(self) -> str:
+        return "invalid JSON"
+
+
 async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()  # raises 413 past client_max_size
+    try:
+        raw = await request.read()  # raises 413 past client_max_size
+    except web.RequestPayloadError:
+        encoding = request.headers.get("Content-Encoding", "")
+        raise ValidationError("body", f"cannot be decoded (Content-Encoding: {encoding or 'none'})") from None
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except RecursionError:  # the C decoder recurses once per nesting level
+        raise InvalidJSON("nested too deeply") from None
+    except ValueError as exc:  # includes UnicodeDecodeError and integers past 4300 digits
         raise InvalidJSON(str(exc)) from None
-
-
-class InvalidJSON(ValueError):
-    """The body is not parseable JSON (distinct from a well-formed body with a bad field)."""
 
 
 async def index(request: web.Request) -> web.Response:
@@ -209,7 +231,7 @@ async def v2_infer(request: web.Request) -> web.Response:
         "model_name": model.name, "model_version": model.version,
         "outputs": [{"name": "label", "shape": [n], "datatype": "INT64", "data": labels.tolist()},
                     {"name": "probability", "shape": [n], "datatype": "FP32",
-                     "data": [float(p) for p in probs.astype(np.float32)]}],
+                     "data": probs.tolist()}],
     }
     if isinstance(body.get("id"), str):
         out["id"] = body["id"]

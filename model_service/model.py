@@ -13,8 +13,12 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
-import onnxruntime as ort
+try:
+    import numpy as np
+    import onnxruntime as ort
+except ImportError as exc:  # `pip install lazy-proxy` alone is the proxy without the model's heavy deps
+    raise ImportError(f"the model service needs onnxruntime and numpy ({exc}); "
+                      "install them with: pip install 'lazy-proxy[model]'", name=exc.name) from exc
 
 MODEL_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL_PATH = MODEL_DIR / "titanic.onnx"
@@ -24,6 +28,8 @@ SEX_CODES = {"female": 0.0, "male": 1.0}
 SEX_NAMES = {v: k for k, v in SEX_CODES.items()}
 PCLASSES = (1, 2, 3)
 AGE_MIN, AGE_MAX = 0.0, 120.0
+MAX_BATCH_ROWS = 1_000_000  # V2 rows per request; the default 1 MiB body limit allows about 170k
+FP32_MAX = float(np.finfo(np.float32).max)
 
 
 class ValidationError(ValueError):
@@ -33,6 +39,11 @@ class ValidationError(ValueError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+    @property
+    def message(self) -> str:
+        """The `error` text of the 400 answer."""
+        return f"invalid input: {self.field} {self.reason}"
 
 
 def _number(payload: Mapping[str, Any], field: str) -> float:
@@ -44,7 +55,15 @@ def _number(payload: Mapping[str, Any], field: str) -> float:
         raise ValidationError(field, "must be a number, not a boolean")
     if not isinstance(value, (int, float)):
         raise ValidationError(field, f"must be a number, got {type(value).__name__}")
-    f = float(value)
+    return _finite(value, field)
+
+
+def _finite(value: float, field: str) -> float:
+    """float(value), refusing what has no finite float: NaN/Infinity literals and integers past ~1.8e308."""
+    try:
+        f = float(value)
+    except OverflowError:  # a JSON integer with hundreds of digits
+        raise ValidationError(field, "is out of range") from None
     if not math.isfinite(f):
         raise ValidationError(field, "must be finite")
     return f
@@ -78,38 +97,62 @@ def passenger_row(passenger: Mapping[str, Any]) -> np.ndarray:
 
 def parse_v2_input(body: Any) -> np.ndarray:
     """Decode a KServe V2 infer request with one FP32 input of shape [N,3] (flat or nested data)."""
+    tensor = _v2_tensor(body)
+    rows = _v2_rows(tensor.get("shape"))
+    data = tensor.get("data")
+    if not isinstance(data, list):
+        raise ValidationError("inputs[0].data", "must be a list")
+    flat = _flatten(data)
+    if len(flat) != rows * N_FEATURES:
+        raise ValidationError("inputs[0].data", f"has {len(flat)} values, shape needs {rows * N_FEATURES}")
+    return _fp32(flat, "inputs[0].data").reshape(rows, N_FEATURES)
+
+
+def _v2_tensor(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationError("body", "must be a JSON object")
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ValidationError("inputs", "must be a list with exactly one tensor")
-    tensor = inputs[0]
+    tensor: dict[str, Any] = inputs[0]
     if tensor.get("datatype", "FP32") != "FP32":
         raise ValidationError("inputs[0].datatype", "must be FP32")
-    shape = tensor.get("shape")
-    if (not isinstance(shape, list) or len(shape) != 2 or shape[1] != N_FEATURES
-            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape) or shape[0] < 1):
-        raise ValidationError("inputs[0].shape", f"must be [N, {N_FEATURES}] with N >= 1")
-    data = tensor.get("data")
-    if not isinstance(data, list):
-        raise ValidationError("inputs[0].data", "must be a list")
+    return tensor
+
+
+def _v2_rows(shape: Any) -> int:
+    """N from a [N, 3] shape of plain integers with 1 <= N <= MAX_BATCH_ROWS."""
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+            or shape[1] != N_FEATURES or not 1 <= shape[0] <= MAX_BATCH_ROWS):
+        raise ValidationError("inputs[0].shape", f"must be [N, {N_FEATURES}] with 1 <= N <= {MAX_BATCH_ROWS}")
+    return int(shape[0])
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    """Row-major leaves of nested lists; iterative, so deep nesting cannot blow the recursion limit."""
     flat: list[Any] = []
-    stack = [data]
-    # Iterative flatten keeps deep nesting from blowing the recursion limit.
+    stack: list[Any] = [data]
     while stack:
         item = stack.pop()
         if isinstance(item, list):
             stack.extend(reversed(item))
         else:
             flat.append(item)
-    if len(flat) != shape[0] * shape[1]:
-        raise ValidationError("inputs[0].data", f"has {len(flat)} values, shape needs {shape[0] * shape[1]}")
-    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in flat):
-        raise ValidationError("inputs[0].data", "must contain only numbers")
-    arr = np.asarray(flat, dtype=np.float32).reshape(shape)
-    if not np.isfinite(arr).all():
-        raise ValidationError("inputs[0].data", "must be finite")
-    return arr
+    return flat
+
+
+def _fp32(values: list[Any], field: str) -> np.ndarray:
+    """JSON numbers as float32, refusing non-numbers, booleans, NaN/Infinity and values past FP32's range."""
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        raise ValidationError(field, "must contain only numbers")
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except OverflowError:  # an integer with hundreds of digits
+        raise ValidationError(field, "must be finite FP32 numbers") from None
+    if not (np.isfinite(arr).all() and np.abs(arr).max(initial=0.0) <= FP32_MAX):
+        raise ValidationError(field, "must be finite FP32 numbers")
+    return arr.astype(np.float32)
 
 
 class TitanicModel:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,8 @@ def test_committed_model_is_sane() -> None:
     ({"sex": "female", "age": float("inf"), "pclass": 1}, "age"),
     ({"sex": "female", "age": 3, "pclass": 2.5}, "pclass"),
     ({"sex": 1, "age": 3, "pclass": 1}, "sex"),
+    ({"sex": "female", "age": 10**400, "pclass": 1}, "age"),  # OverflowError in float(): used to be a 500
+    ({"sex": "female", "age": 3, "pclass": -(10**400)}, "pclass"),
     ([1, 2], "body"),
 ])
 def test_parse_passenger_rejects(payload, field) -> None:
@@ -244,3 +248,36 @@ async def test_openapi_and_docs(client) -> None:
     assert resp.status == 200 and resp.content_type == "text/html"
     html = await resp.text()
     assert "/api/inference" in html and "openapi.json" in html and "/v2/health/ready" in html
+
+
+# --- packaging: `pip install lazy-proxy` alone has no onnxruntime/numpy ---------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+WITHOUT_MODEL_DEPS = "import sys\nsys.modules['onnxruntime'] = sys.modules['numpy'] = None  # as if not installed\n"
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", WITHOUT_MODEL_DEPS + code], cwd=ROOT, capture_output=True, check=False,
+                          text=True, timeout=60)
+
+
+def test_model_service_without_its_extra_says_how_to_install_it() -> None:
+    proc = _python("import model_service.app")
+    assert proc.returncode != 0
+    assert "ImportError: the model service needs onnxruntime and numpy" in proc.stderr
+    assert "pip install 'lazy-proxy[model]'" in proc.stderr
+
+
+def test_proxy_runs_without_the_model_extra_and_the_stub_backend_names_it() -> None:
+    proc = _python(
+        "import asyncio\n"
+        "import proxy.app, proxy.__main__\n"
+        "from backends.base import BackendError, ContainerSpec\n"
+        "from backends.stub import StubBackend\n"
+        "try:\n"
+        "    asyncio.run(StubBackend().start('k', ContainerSpec(name='worker', image='lazy-proxy/model-service')))\n"
+        "except BackendError as exc:\n"
+        "    print(exc)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pip install 'lazy-proxy[model]'" in proc.stdout
