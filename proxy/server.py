@@ -211,7 +211,8 @@ class FastServer(Server):
         self.fast = fast
 
     def __call__(self) -> RequestHandler:
-        return FastProtocol(self, fast=self.fast, loop=self._loop, **self._kwargs)
+        # Bodies pass through as sent: a gzip body stays gzip, under its own Content-Encoding.
+        return FastProtocol(self, fast=self.fast, loop=self._loop, **{**self._kwargs, "auto_decompress": False})
 
 
 class ProxyRunner(web.AppRunner):

@@ -4,6 +4,7 @@ exchange can end (complete, client abort, upstream reset, timeout, stale pooled 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import json
 
@@ -192,3 +193,14 @@ async def test_request_log_lines_keep_the_structlog_shape():
     assert lines[0] == {**lines[0], "route": "/api/{tail:.*}", "key": "shared", "method": "GET",
                         "path": '/api/"quoted"\n', "status": 200, "ms": 1.23, "event": "request", "level": "info"}
     assert lines[0]["timestamp"].endswith("Z") and lines[1]["status"] == 499 and lines[1]["ms"] == 1500.0
+
+
+async def test_compressed_request_bodies_pass_through_as_sent(h):
+    """The proxy never decodes a body: the instance gets the gzip bytes under their Content-Encoding."""
+    body = b'{"sex": "female", "age": 29, "pclass": 1}' * 50
+    packed = gzip.compress(body)
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/octet-stream"}
+    for path in ("/k/gz/debug/echo", "/k/gz/debug/echo"):  # cold (aiohttp path), then warm (fast path)
+        resp = await h.client.post(path, data=packed, headers=headers)
+        assert resp.status == 200 and (await resp.json())["bytes"] == len(body)  # the instance decoded it once
+    assert await fast_count(h, "/k/{id}/{tail:.*}") == 1
