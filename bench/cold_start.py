@@ -224,7 +224,7 @@ class ProxyUnderTest:
         }
         self.config = {
             "backend": {"type": kind, "proxy_id": self.proxy_id,
-                        **({"socket": _socket(kind)} if kind != "stub" else {})},
+                        **({kind: {"socket": _socket(kind)}} if kind != "stub" else {})},
             "logging": {"level": "info"},
             "containers": {"svc": svc},
             "routes": [{"path": "/k/{id}/{tail:.*}", "container": "svc", "key": "{id}", "upstream_path": "/{tail}"}],
