@@ -240,7 +240,7 @@ class EngineBackend:
                         log.info("adopting running container %s", name)
                         return await self._instance_from(info, key, spec.name, spec.port)
                     if state.get("Paused"):
-                        await docker.containers.container(info["Id"]).unpause()  # type: ignore[attr-defined]
+                        await docker.containers.container(info["Id"]).unpause()
                         return await self._instance_from(await self._show(info["Id"]) or info, key,
                                                          spec.name, spec.port)
                     if (self.reuse_stopped and labels.get(LABEL_SPEC) == want_hash

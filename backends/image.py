@@ -19,6 +19,8 @@ The import is `POST /images/create?fromSrc=-` with the tar as the body and Docke
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import argparse
 import asyncio
 import hashlib
@@ -41,12 +43,12 @@ from backends.rootfs import (
 )
 
 
-async def _inspect_image(docker, tag: str) -> dict | None:
+async def _inspect_image(docker: Any, tag: str) -> dict[str, Any] | None:
     """The image's inspect document, or None when there is no such image."""
     import aiodocker
 
     try:
-        return await docker.images.inspect(tag)
+        return cast("dict[str, Any]", await docker.images.inspect(tag))
     except aiodocker.DockerError as e:
         if e.status == 404:
             return None
@@ -80,15 +82,16 @@ def default_socket(runtime: str) -> str:
     return sock
 
 
-async def _existing_label(docker, tag: str) -> str | None:
+async def _existing_label(docker: Any, tag: str) -> str | None:
     info = await _inspect_image(docker, tag)
     if info is None:
         return None
     labels = (info.get("Config") or {}).get("Labels") or {}
-    return labels.get(CONTENT_LABEL)
+    label = labels.get(CONTENT_LABEL)
+    return None if label is None else str(label)
 
 
-async def import_tar(docker, tar_path: Path, tag: str, changes: list[str]) -> None:
+async def import_tar(docker: Any, tar_path: Path, tag: str, changes: list[str]) -> None:
     """POST /images/create?fromSrc=- with the tar body (what `docker import` does)."""
     import aiohttp
 

@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, BinaryIO, Iterable, cast
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TAG = "lazy-proxy/model-service:latest"
@@ -92,16 +92,16 @@ def _dist_closure(roots: Iterable[str]) -> dict[str, metadata.Distribution]:
             else:
                 if "extra ==" in req_s:
                     continue
-                todo.append(re.split(r"[ ;<>=!~\[(]", req_s, 1)[0])
+                todo.append(re.split(r"[ ;<>=!~\[(]", req_s, maxsplit=1)[0])
     return seen
 
 
 def _dist_files(dist: metadata.Distribution) -> list[Path]:
     """Absolute paths of a distribution's installed files, inside site-packages, minus caches/tests."""
-    site = Path(dist.locate_file("")).resolve()
+    site = Path(str(dist.locate_file(""))).resolve()
     out = []
     for f in dist.files or []:
-        p = Path(dist.locate_file(f)).resolve()
+        p = Path(str(dist.locate_file(f))).resolve()
         try:
             rel = p.relative_to(site)
         except ValueError:
@@ -321,17 +321,18 @@ def write_tar(plan: Plan, out: Path, pyc: bool = True) -> str:
     h = hashlib.sha256()
 
     class _Hashing(io.RawIOBase):
-        def __init__(self, f):
+        def __init__(self, f: BinaryIO) -> None:
             self.f = f
 
-        def writable(self):
+        def writable(self) -> bool:
             return True
 
-        def write(self, b):
+        def write(self, b: Any) -> int:
             h.update(b)
             return self.f.write(b)
 
-    with open(out, "wb") as raw, tarfile.open(fileobj=_Hashing(raw), mode="w|", format=tarfile.GNU_FORMAT) as tar:
+    with open(out, "wb") as raw, tarfile.open(fileobj=cast(BinaryIO, _Hashing(raw)), mode="w|",
+                                                   format=tarfile.GNU_FORMAT) as tar:
         entries: list[tuple[str, str]] = [(a, "d") for a in plan.dirs] + [(a, "l") for a in plan.links] \
             + [(a, "f") for a in plan.files] + [(a, "b") for a in plan.data]
         pyc_dirs_added: set[str] = set()

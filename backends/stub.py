@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
-from typing import Callable, Mapping
+from typing import Callable, Mapping, cast
 
 from aiohttp import web
 
@@ -23,7 +23,7 @@ def _resolve(image: str) -> AppFactory:
     target = image[len("stub:"):] if image.startswith("stub:") else DEFAULT_FACTORY
     module_name, _, attr = target.partition(":")
     try:
-        return getattr(importlib.import_module(module_name), attr or "create_app")
+        return cast(AppFactory, getattr(importlib.import_module(module_name), attr or "create_app"))
     except (ImportError, AttributeError) as exc:
         raise BackendError(f"stub image {image!r} cannot be loaded: {exc}") from None
 

@@ -15,9 +15,8 @@ from aiohttp import web
 
 from backends import create_backend
 from backends.base import Backend, Instance
-from proxy.config import Config, ContainerClass
+from proxy.config import Config
 from proxy.errors import json_errors
-from proxy.balance import member_key
 from proxy.capacity import Capacity
 from proxy.events import Event, EventBus, StopReason, Transition
 from proxy.fastpath import FastPath
@@ -25,6 +24,7 @@ from proxy.hooks import Hooks
 from proxy.manager import Manager, Services
 from proxy.metrics import Metrics
 from proxy.pools import Pools
+from proxy.prewarm import schedule_prewarm
 from proxy.probe import Prober
 from proxy.registry import Registry
 from proxy.relay import Relays
@@ -59,36 +59,7 @@ class Proxy:
         self._resources: dict[web.AbstractResource, RouteHandler] = {}
         self.started = time.time()
         self.bus.subscribe(_log_transition)
-        self._schedule_prewarm()
-
-    def _schedule_prewarm(self) -> None:
-        for cls in self.config.containers.values():
-            if cls.keepalive is not None:
-                keys = cls.keepalive.keys or self.fixed_keys(cls.name)
-                self.scheduler.add(f"keepalive:{cls.name}", cls.keepalive.schedule,
-                                   lambda cls=cls, keys=keys: self.keepalive(cls, keys))
-            for i, job in enumerate(cls.cron):
-                spec = cls.spec.with_overrides(env=job.env, entrypoint=job.entrypoint, command=job.command)
-                self.scheduler.add(f"cron:{cls.name}:{i}", job.schedule,
-                                   lambda cls=cls, key=job.key, spec=spec: self.prewarm(cls, key, spec))
-
-    def fixed_keys(self, container: str) -> tuple[str, ...]:
-        """Keys named literally by routes (not templates): what a keepalive warms by default."""
-        keys: list[str] = []
-        for route in self.config.routes:
-            if route.container != container or "{" in route.key:
-                continue
-            names = [member_key(route.key, i) for i in range(route.instances)] if route.mode == "lb" else [route.key]
-            keys += [k for k in names if k not in keys]
-        return tuple(keys)
-
-    async def keepalive(self, cls: ContainerClass, keys: tuple[str, ...]) -> None:
-        await asyncio.gather(*(self.prewarm(cls, key, None, "keepalive") for key in keys))
-
-    async def prewarm(self, cls: ContainerClass, key: str, spec: Any, reason: str = "cron") -> None:
-        manager = self.registry.get(key, cls.name)
-        await manager.ensure_running(reason=reason, spec=spec)
-        manager.touch()
+        schedule_prewarm(self.scheduler, config, self.registry)
 
     async def startup(self) -> None:
         try:

@@ -69,13 +69,13 @@ def _reason(error: Any) -> str:
     if kind == "missing":
         return "required"
     if kind in ("value_error", "assertion_error"):
-        return message.split(", ", 1)[1] if ", " in message else message
+        return str(message.split(", ", 1)[1] if ", " in message else message)
     if kind in ("tuple_type", "list_type"):
         return f"expected a list, got {type(value).__name__}"
     if kind in ("dict_type", "model_type"):
         return f"expected a mapping, got {type(value).__name__}"
     if kind == FIELD_ERROR or isinstance(value, (dict, list, tuple)) or value is None:
-        return message
+        return str(message)
     return f"{message}, got {value!r}"
 
 

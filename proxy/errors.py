@@ -7,7 +7,7 @@ always in the same shape: `{"error": ..., "reason": ..., "status": ..., ...}`.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 import structlog
 from aiohttp import web
@@ -16,16 +16,16 @@ from aiohttp import web
 class Refusal(Exception):
     """Base of every answer the proxy gives instead of the instance's."""
 
-    status: ClassVar[int] = 500
-    error: ClassVar[str] = "internal error"
-    retry_after: ClassVar[float | None] = None  # seconds, for the Retry-After header
+    status: int = 500
+    error: str = "internal error"
+    retry_after: float | None = None  # seconds, for the Retry-After header
 
     def __init__(self, reason: str, *, retry_after: float | None = None, **extra: Any) -> None:
         super().__init__(reason)
         self.reason = reason
         self.extra = extra
         if retry_after is not None:
-            self.retry_after = retry_after  # type: ignore[misc] - per instance, over the class default
+            self.retry_after = retry_after  # per instance, over the class default
 
 
 class InvalidKey(Refusal):
@@ -75,7 +75,7 @@ class UpstreamError(Refusal):
 
     def __init__(self, status: int, reason: str, **extra: Any) -> None:
         super().__init__(reason, **extra)
-        self.status = status  # type: ignore[misc]
+        self.status = status
 
 
 def error_body(status: int, error: str, reason: str, **extra: Any) -> dict[str, Any]:
@@ -98,7 +98,8 @@ def json_error(status: int, error: str, reason: str, *, headers: Mapping[str, st
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def json_errors(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
     """Refusals and aiohttp's own 404/405/413 pages become JSON; an unexpected bug is a 500, not a crash."""
     try:
         return await handler(request)

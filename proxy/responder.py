@@ -62,7 +62,7 @@ class Relayed(web.StreamResponse):
     def keep_alive(self) -> bool:
         return self._relayed_keep_alive
 
-    async def prepare(self, request: web.BaseRequest) -> None:  # type: ignore[override]
+    async def prepare(self, request: web.BaseRequest) -> None:
         return None
 
     async def write_eof(self, data: bytes = b"") -> None:

@@ -58,7 +58,7 @@ class Scheduler:
         for job in due:
             job.next_at = next_time(job.schedule, now)
         results = await asyncio.gather(*(job.action() for job in due), return_exceptions=True)
-        for job, result in zip(due, results):
+        for job, result in zip(due, results, strict=True):
             if isinstance(result, BaseException):
                 log.warning("job_failed", job=job.name, error=f"{type(result).__name__}: {result}")
         return [job.name for job in due]

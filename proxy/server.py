@@ -30,7 +30,8 @@ from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
 from proxy.errors import json_error
-from proxy.fastpath import Exchange, FastPath
+from proxy.fastpath import FastPath
+from proxy.relay import Exchange
 
 log = structlog.get_logger("proxy.server")
 _Message = tuple[Any, StreamReader]

@@ -1,0 +1,46 @@
+"""What the schedules warm: each class's keepalive (by default the keys its routes name literally,
+lb pool members included) and its cron jobs (with their entrypoint/command/env overrides)."""
+
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+
+from backends.base import ContainerSpec
+from proxy.balance import member_key
+from proxy.config import Config, ContainerClass
+from proxy.registry import Registry
+from proxy.schedule import Scheduler
+
+
+def fixed_keys(config: Config, container: str) -> tuple[str, ...]:
+    """Keys named literally by routes (not templates): what a keepalive warms by default."""
+    keys: list[str] = []
+    for route in config.routes:
+        if route.container != container or "{" in route.key:
+            continue
+        names = [member_key(route.key, i) for i in range(route.instances)] if route.mode == "lb" else [route.key]
+        keys += [k for k in names if k not in keys]
+    return tuple(keys)
+
+
+def schedule_prewarm(scheduler: Scheduler, config: Config, registry: Registry) -> None:
+    for klass in config.containers.values():
+        if klass.keepalive is not None:
+            keys = klass.keepalive.keys or fixed_keys(config, klass.name)
+            scheduler.add(f"keepalive:{klass.name}", klass.keepalive.schedule,
+                          partial(keepalive, registry, klass, keys))
+        for i, job in enumerate(klass.cron):
+            spec = klass.spec.with_overrides(env=job.env, entrypoint=job.entrypoint, command=job.command)
+            scheduler.add(f"cron:{klass.name}:{i}", job.schedule, partial(prewarm, registry, klass, job.key, spec))
+
+
+async def keepalive(registry: Registry, klass: ContainerClass, keys: tuple[str, ...]) -> None:
+    await asyncio.gather(*(prewarm(registry, klass, key, None, "keepalive") for key in keys))
+
+
+async def prewarm(registry: Registry, klass: ContainerClass, key: str, spec: ContainerSpec | None,
+                  reason: str = "cron") -> None:
+    manager = registry.get(key, klass.name)
+    await manager.ensure_running(reason=reason, spec=spec)
+    manager.touch()
