@@ -28,6 +28,10 @@ class Usage:
         return self.seconds + (now - self.running_since if self.running_since is not None else 0.0)
 
 
+# /container-status reports the seed's billing units (GiB-s, GB-s); Prometheus wants base units (bytes).
+_TO_BASE_UNITS = {"memory_gib_seconds": 2.0**30, "disk_gb_seconds": 1e9}
+
+
 class UsageMeter(Collector):
     def __init__(self, config: Config, bus: EventBus, key_label: KeyLabels) -> None:
         self.config = config
@@ -74,7 +78,7 @@ class UsageMeter(Collector):
                 row[field] += report[field]
         for labels, row in totals.items():
             for field, family in families.items():
-                family.add_metric(list(labels), row[field])
+                family.add_metric(list(labels), row[field] * _TO_BASE_UNITS.get(field, 1.0))
         return families.values()
 
     @staticmethod
@@ -84,8 +88,8 @@ class UsageMeter(Collector):
 
         return {
             "running_seconds": counter("running_seconds", "Seconds instances ran."),
-            "memory_gib_seconds": counter("memory_gib_seconds", "Memory billed, GiB-seconds."),
+            "memory_gib_seconds": counter("memory_byte_seconds", "Memory billed, byte-seconds."),
             "vcpu_seconds": counter("vcpu_seconds", "CPU billed, vCPU-seconds."),
-            "disk_gb_seconds": counter("disk_gb_seconds", "Disk billed, GB-seconds."),
+            "disk_gb_seconds": counter("disk_byte_seconds", "Disk billed, byte-seconds."),
             "estimated_cost_usd": counter("estimated_cost_usd", "Estimated cost at the configured prices."),
         }

@@ -56,10 +56,10 @@ def make_backend(kind: str, proxy_id: str) -> Backend:
 
 async def remove_all(backend: Backend) -> None:
     """Remove every container carrying this backend's proxy id (the proxy only stops them)."""
-    socket = getattr(backend, "socket")
+    socket = backend.socket  # type: ignore[attr-defined] - docker/podman backends only
     docker = aiodocker.Docker(url=socket)
     try:
-        filters = json.dumps({"label": [f"{LABEL_PROXY_ID}={getattr(backend, 'proxy_id')}"]})
+        filters = json.dumps({"label": [f"{LABEL_PROXY_ID}={backend.proxy_id}"]})
         for container in await docker.containers.list(all=True, filters=filters):
             await container.delete(force=True)
     finally:

@@ -135,9 +135,9 @@ async def test_usage_counters_match_running_time(make_proxy):
     seconds = m[("proxy_container_usage_running_seconds_total", labels)]
     assert abs(seconds - ran) < 1.0
     # dev instance type: 256 MiB and 1/16 vCPU, 2 GB disk.
-    assert m[("proxy_container_usage_memory_gib_seconds_total", labels)] == pytest.approx(seconds * 0.25)
+    assert m[("proxy_container_usage_memory_byte_seconds_total", labels)] == pytest.approx(seconds * 0.25 * 2**30)
     assert m[("proxy_container_usage_vcpu_seconds_total", labels)] == pytest.approx(seconds / 16)
-    assert m[("proxy_container_usage_disk_gb_seconds_total", labels)] == pytest.approx(seconds * 2.0)
+    assert m[("proxy_container_usage_disk_byte_seconds_total", labels)] == pytest.approx(seconds * 2.0e9)
     cost = seconds * (0.25 * 0.0000025 + 0.000020 / 16 + 2.0 * 0.00000007)
     assert m[("proxy_container_usage_estimated_cost_usd_total", labels)] == pytest.approx(cost)
     status = await (await h.client.get("/container-status")).json()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import pytest
 
 from proxy.events import State
@@ -62,7 +63,7 @@ async def test_client_aborts_mid_upload(h):
 async def test_upstream_closes_mid_response(h):
     resp = await h.client.get("/bad/half")
     assert resp.status == 200  # headers were already relayed
-    with pytest.raises(Exception):
+    with pytest.raises(aiohttp.ClientPayloadError):
         await resp.read()  # the body is cut short: the client sees the truncation, never a fake success
     await still_healthy(h)
     assert h.manager("bad").state is State.RUNNING

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Debian tools the suite uses besides the daemons: nginx (the conformance reference), promtool (metrics
+# lint, from the prometheus package) and wrk (benchmark smoke runs). Idempotent; installs only what is missing.
+set -euo pipefail
+STATE_DIR=${LAZY_PROXY_DAEMONS_DIR:-/tmp/lazy-proxy-daemons}
+mkdir -p "$STATE_DIR"
+log() { printf '[tools] %s\n' "$*" >&2; }
+retry() { local n; for n in 1 2 3; do "$@" && return 0; log "attempt $n failed: $*"; sleep $((n * 5)); done; return 1; }
+
+missing=()
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+[ ${#missing[@]} -eq 0 ] && exit 0
+export DEBIAN_FRONTEND=noninteractive
+if [ ! -f "$STATE_DIR/apt-updated" ]; then
+  retry apt-get update -qq
+  touch "$STATE_DIR/apt-updated"
+fi
+log "installing ${missing[*]}"
+# policy-rc.d keeps the packages' own services (nginx on :80, prometheus on :9090) from starting.
+printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+retry apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
