@@ -17,7 +17,7 @@ from proxy.events import ColdWait, Event, Happening, State
 from proxy.registry import Registry
 from proxy.request_metrics import RequestCollector
 
-disable_created_metrics()  # type: ignore[no-untyped-call] - `_created` series double the series count and no dashboard reads them
+disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: double the count, no dashboard reads them
 OTHER = "_other"
 START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

@@ -56,7 +56,7 @@ def make_backend(kind: str, proxy_id: str) -> Backend:
 
 async def remove_all(backend: Backend) -> None:
     """Remove every container carrying this backend's proxy id (the proxy only stops them)."""
-    socket = backend.socket  # type: ignore[attr-defined] - docker/podman backends only
+    socket = backend.socket  # type: ignore[attr-defined]  # docker/podman backends only
     docker = aiodocker.Docker(url=socket)
     try:
         filters = json.dumps({"label": [f"{LABEL_PROXY_ID}={backend.proxy_id}"]})
