@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import HttpVersion11
+from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
@@ -96,7 +96,7 @@ class FastPath:
             return None
         target = message.path
         path = target.partition("?")[0]
-        if not path.startswith("/") or not is_plain(path) or "Expect" in message.headers:
+        if not path.startswith("/") or not is_plain(path) or hdrs.EXPECT in message.headers:
             return None
         found = self.router.resolve(path)
         if found is None:
@@ -105,7 +105,7 @@ class FastPath:
         key = handler.key_for(variables)
         if handler.key_is_template and validate_key(key) is not None:
             return None
-        length = message.headers.get("Content-Length")
+        length = message.headers.get(hdrs.CONTENT_LENGTH)
         if length is not None and int(length) > self.relays.max_body:
             return None
         manager = handler.manager_for(key)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
+from aiohttp import hdrs
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 _HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 _REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 _RESPONSE_SKIP = _HOP
+_HOP_LINE = re.compile(b"\\r\\n(?:" + b"|".join(re.escape(h) for h in sorted(_HOP)) + b")[ \\t]*:", re.IGNORECASE)
+_LENGTH_LINE = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
 
 
 class Client(Protocol):
@@ -79,8 +83,8 @@ def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, pe
     """The request as the instance receives it: the client's headers in order, hop-by-hop removed,
     Host set to the instance, X-Forwarded-For/-Proto/-Host set (earlier X-Forwarded-For kept)."""
     skip = _REQUEST_SKIP
-    if "Connection" in message.headers:  # headers the client named as hop-by-hop stay on this hop
-        named = {t.strip().lower().encode() for v in message.headers.getall("Connection") for t in v.split(",")}
+    if hdrs.CONNECTION in message.headers:  # headers the client named as hop-by-hop stay on this hop
+        named = {t.strip().lower().encode() for v in message.headers.getall(hdrs.CONNECTION) for t in v.split(",")}
         skip = skip | named
     lines = [f"{message.method} {target} HTTP/1.1\r\nHost: {pool.host}:{pool.port}\r\n".encode(
         "utf-8", "surrogateescape")]
@@ -94,7 +98,7 @@ def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, pe
             elif lower == b"host":
                 host = value
             continue
-        lines.append(b"%s: %s\r\n" % (name, value))
+        lines += (name, b": ", value, b"\r\n")
     if message.chunked:
         lines.append(b"Transfer-Encoding: chunked\r\n")
     forwarded.append(peer.encode())
@@ -216,26 +220,15 @@ class Exchange:
     def on_upstream_data(self) -> None:
         self.last_rx = self.client.loop.time()
 
-    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
+    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], raw_head: bytes | None) -> bool:
+        if raw_head is not None and raw_head.startswith(b"HTTP/1.1 ") and _HOP_LINE.search(raw_head) is None:
+            # The common case: nothing hop-by-hop in it, so the head goes out byte for byte as received.
+            framed = status in (204, 304) or _LENGTH_LINE.search(raw_head) is not None
+            chunked_in, lines = False, [raw_head]
+        else:
+            framed, chunked_in, lines = self._head_lines(status, reason, headers)
         self.status = status
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        has_length = chunked_in = False
-        named: list[bytes] = []
-        for name, value in headers:
-            lower = name.lower()
-            if lower in _RESPONSE_SKIP:
-                if lower == b"transfer-encoding":
-                    chunked_in = True
-                elif lower == b"connection":
-                    named += [t.strip().lower() for t in value.split(b",")]
-                continue
-            if lower == b"content-length":
-                has_length = True
-            lines.append(b"%s: %s\r\n" % (name, value))
-        if named and any(t not in (b"close", b"keep-alive") for t in named):  # headers the instance named hop-by-hop
-            lines = lines[:1] + [line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named]
-        framed = has_length or chunked_in or status in (204, 304)
-        if not self.bodyless and (chunked_in or not framed):
+        if (chunked_in or not framed) and not self.bodyless:  # chunked in, or ends with the close: chunked out
             self.chunked_out = True
             lines.append(b"Transfer-Encoding: chunked\r\n")
         if not self.client.keeps_alive(self.message):
@@ -244,6 +237,28 @@ class Exchange:
         self.out.append(b"".join(lines))
         self.head_sent = True
         return framed
+
+    @staticmethod
+    def _head_lines(status: int, reason: bytes,
+                    headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool, list[bytes]]:
+        """The head rebuilt line by line, hop-by-hop headers (and those `Connection` names) left out."""
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        has_length = chunked_in = False
+        named: set[bytes] = set()
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _RESPONSE_SKIP:
+                if lower == b"transfer-encoding":
+                    chunked_in = True  # re-framed: the body is relayed chunked again
+                elif lower == b"connection":
+                    named.update(t.strip().lower() for t in value.split(b","))
+                continue
+            has_length = has_length or lower == b"content-length"
+            lines.append(b"%s: %s\r\n" % (name, value))
+        named -= {b"close", b"keep-alive"}
+        if named:
+            lines = lines[:1] + [line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named]
+        return has_length or chunked_in or status in (204, 304), chunked_in, lines
 
     def on_body(self, data: bytes) -> None:
         self.out.append(_chunk(data) if self.chunked_out else data)

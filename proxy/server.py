@@ -75,7 +75,9 @@ class FastProtocol(RequestHandler):
         self._upgraded = upgraded
         if upgraded and tail:
             self._message_tail = tail
-        if messages:
+        if len(messages) == 1 and not self._queue and self._exchange is None and not self._aiohttp_busy:
+            self._start(*messages[0])  # the usual case: one request, nothing ahead of it
+        elif messages:
             self._queue.extend(messages)
             if len(self._queue) >= self._max_msg_queue_size and not self._buffer_paused:
                 self._pause_reading_for_buffer()  # a pipelining flood waits in the kernel, not here
@@ -87,23 +89,24 @@ class FastProtocol(RequestHandler):
             if self._close or self._force_close:
                 self._queue.clear()
                 return
-            message, payload = self._queue.popleft()
-            exchange = None
-            if isinstance(message, RawRequestMessage):
-                exchange = self.fast.plan(message, payload, self)
-            if exchange is None:
-                self._aiohttp_busy = True
-                self._messages.append((message, payload))  # aiohttp's start() consumes it as its own
-                if self._waiter is not None and not self._waiter.done():
-                    self._waiter.set_result(None)
-            else:
-                assert self._parser is not None
-                self._parser.message_consumed()
-                self._exchange = self._relaying = exchange
-                self._next_keepalive_close_time = float("inf")
-                exchange.start()
+            self._start(*self._queue.popleft())
             if self._buffer_paused and len(self._queue) <= self._msg_queue_resume_size:
                 self._resume_reading_if_drained()
+
+    def _start(self, message: Any, payload: StreamReader) -> None:
+        """Answer one request: relayed by the fast path if it can, else queued for aiohttp as its own."""
+        exchange = self.fast.plan(message, payload, self) if isinstance(message, RawRequestMessage) else None
+        if exchange is None:
+            self._aiohttp_busy = True
+            self._messages.append((message, payload))  # aiohttp's start() consumes it as its own
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+            return
+        assert self._parser is not None
+        self._parser.message_consumed()
+        self._exchange = self._relaying = exchange
+        self._next_keepalive_close_time = float("inf")
+        exchange.start()
 
     def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:
         """aiohttp finished a response: when its queue is empty the connection is ours again."""

@@ -15,13 +15,17 @@ from typing import Protocol
 import httptools
 
 MAX_IDLE = 64  # idle connections kept per instance; more are closed when they come back
+MAX_HEAD = 64 * 1024  # a response head kept whole for relaying as received
 
 
 class Relay(Protocol):
     """What a connection reports to while it carries one exchange."""
 
-    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Relay the head; True when the body is framed (Content-Length, chunked, or none by status)."""
+    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], raw_head: bytes | None) -> bool:
+        """Relay the head; True when the body is framed (Content-Length, chunked, or none by status).
+
+        `raw_head` is the head exactly as received (status line and header lines, without the blank
+        line) when it is at hand; `headers` are the same lines parsed."""
 
     def on_body(self, data: bytes) -> None: ...
 
@@ -36,7 +40,7 @@ class Relay(Protocol):
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "transport", "relay", "_parser", "_headers", "_reason", "_interim", "_framed",
-                 "_got_response", "_complete", "_keep_alive", "_bodyless", "_drain")
+                 "_got_response", "_complete", "_keep_alive", "_bodyless", "_drain", "_raw_head", "_head_buf")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -52,6 +56,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = False
         self._bodyless = False
         self._drain: asyncio.Future[None] | None = None
+        self._raw_head: bytes | None = None  # the response head as received, for relaying it unchanged
+        self._head_buf = b""
 
     # ---------------------------------------------------------------- use by a relay
 
@@ -60,6 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.relay = relay
         self._got_response = self._complete = False
         self._bodyless = bodyless
+        self._raw_head, self._head_buf = None, b""
         assert self.transport is not None
         self.transport.write(data)
 
@@ -85,6 +92,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.abandon()
             return
         relay.on_upstream_data()
+        if not self._got_response:
+            self._find_head(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -97,6 +106,17 @@ class UpstreamConnection(asyncio.Protocol):
             relay.on_end(self._keep_alive)
         else:
             relay.on_flush()
+
+    def _find_head(self, data: bytes) -> None:
+        """Keep the head's bytes: a response starts its connection's next chunk (one request at a time)."""
+        buf = self._head_buf + data if self._head_buf else data
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            self._raw_head, self._head_buf = buf[:end + 2], b""
+        elif len(buf) < MAX_HEAD:
+            self._head_buf = buf
+        else:
+            self._head_buf = b""  # the parser's own limits decide; the head is relayed line by line
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.discard(self)
@@ -136,11 +156,12 @@ class UpstreamConnection(asyncio.Protocol):
         status = self._parser.get_status_code()
         reason, self._reason = self._reason, b""
         self._interim = 100 <= status < 200  # 1xx interim answers are not relayed
+        raw_head, self._raw_head = self._raw_head, None
         if self._interim:
-            return
+            return  # (the final head that follows is relayed line by line)
         self._got_response = True
         assert self.relay is not None
-        self._framed = self.relay.on_head(status, reason, self._headers)
+        self._framed = self.relay.on_head(status, reason, self._headers, raw_head)
         if self._bodyless:  # the parser would wait for a body a HEAD answer never has: end here, reuse never
             self._complete, self._keep_alive = True, False
 
