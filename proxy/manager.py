@@ -51,7 +51,7 @@ class Lease:
 class Manager:
     __slots__ = (
         "key", "klass", "services", "state", "instance", "in_flight", "start_count", "last_activity",
-        "_since", "_start_task", "_stop_task", "_idle_handle", "_check_task", "last_error",
+        "_since", "_start_deadline", "_start_task", "_stop_task", "_idle_handle", "_check_task", "last_error",
     )
 
     def __init__(self, key: str, klass: ContainerClass, services: Services) -> None:
@@ -66,6 +66,7 @@ class Manager:
         self.last_error = ""
         self._since = 0.0
         self._start_task: asyncio.Task[None] | None = None
+        self._start_deadline = 0.0
         self._stop_task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._check_task: asyncio.Task[None] | None = None
@@ -121,7 +122,13 @@ class Manager:
             if self.state in (State.STOPPED, State.FAILED):
                 self._begin_start(reason, spec)
             assert self._start_task is not None
-            await asyncio.shield(self._start_task)
+            try:
+                async with asyncio.timeout_at(self._start_deadline):
+                    await asyncio.shield(self._start_task)
+            except TimeoutError:  # the start's deadline passed; its cleanup goes on in the start task
+                if not self._start_task.done():
+                    raise StartTimeout(self._timeout_reason(), key=self.key) from None
+                self._start_task.result()  # its own outcome: raises its failure, or it made it just in time
         if not waited:
             return None
         seconds = loop.time() - began
@@ -134,17 +141,22 @@ class Manager:
         if not self.services.capacity.may_start(self.klass.name):
             raise CapacityExceeded(
                 f"container class {self.klass.name} is at max_instances={self.klass.max_instances}")
+        self._start_deadline = asyncio.get_running_loop().time() + self.klass.start_timeout
         self._transition(State.STARTING, reason)
         self._start_task = asyncio.create_task(self._run_start(spec or self.klass.spec), name=f"start:{self.key}")
         self._start_task.add_done_callback(_consume_exception)
 
     async def _run_start(self, spec: ContainerSpec) -> None:
+        deadline = asyncio.timeout_at(self._start_deadline)
         try:
-            async with asyncio.timeout(self.klass.start_timeout):
+            async with deadline:
                 self.instance = await self.services.backend.start(self.key, spec)
                 await self.services.prober.wait_ready(self.instance, self.klass.readiness)
-        except TimeoutError:
-            await self._abandon_start(f"not ready within start_timeout={self.klass.start_timeout:g}s")
+        except TimeoutError as exc:
+            if not deadline.expired():  # a TimeoutError of the backend's or prober's own: a failed start
+                await self._abandon_start(f"{type(exc).__name__}: {exc}")
+                raise StartFailed(self.last_error, key=self.key) from None
+            await self._abandon_start(self._timeout_reason())
             raise StartTimeout(self.last_error, key=self.key) from None
         except BackendError as exc:
             await self._abandon_start(exc.reason)
@@ -159,6 +171,9 @@ class Manager:
         self.last_error = ""
         self._transition(State.RUNNING, "ready", Happening.STARTED)
         self.touch()
+
+    def _timeout_reason(self) -> str:
+        return f"not ready within start_timeout={self.klass.start_timeout:g}s"
 
     async def _abandon_start(self, reason: str) -> None:
         """A start that failed must not leave a half-started instance behind."""
