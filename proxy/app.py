@@ -52,7 +52,8 @@ class Proxy:
         self.metrics.prom.register(self.usage)
         self.hooks = Hooks(self.bus, config.webhooks)
         self.scheduler = Scheduler(clock)
-        self.reqlog = RequestLog() if config.log_requests else None
+        # The request line is an info line: `logging.level: warning` (or `logging.requests: false`) turns it off.
+        self.reqlog = RequestLog() if config.log_requests and config.log_level in ("debug", "info") else None
         self.relays = Relays(config.max_body_size, config.upstream_timeout)
         self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.relays,
                                       self.reqlog) for route in config.routes]

@@ -16,7 +16,7 @@ import re
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
-from aiohttp import hdrs
+from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
@@ -229,8 +229,11 @@ class Exchange:
             framed, chunked_in, lines = self._head_lines(status, reason, headers)
         self.status = status
         if (chunked_in or not framed) and not self.bodyless:  # chunked in, or ends with the close: chunked out
-            self.chunked_out = True
-            lines.append(b"Transfer-Encoding: chunked\r\n")
+            if self.message.version >= HttpVersion11:
+                self.chunked_out = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:  # an HTTP/1.0 client knows no chunks: the body ends with the connection
+                self.client.close_after_write()
         if not self.client.keeps_alive(self.message):
             lines.append(b"Connection: close\r\n")
         lines.append(self.extra_head + b"\r\n")

@@ -204,3 +204,14 @@ async def test_compressed_request_bodies_pass_through_as_sent(h):
         resp = await h.client.post(path, data=packed, headers=headers)
         assert resp.status == 200 and (await resp.json())["bytes"] == len(body)  # the instance decoded it once
     assert await fast_count(h, "/k/{id}/{tail:.*}") == 1
+
+
+async def test_an_http10_client_gets_an_unchunked_body_ended_by_the_close(h):
+    assert (await h.client.get("/s/api/health")).status == 200
+    reader, writer = await asyncio.open_connection(h.client.server.host, h.client.server.port)
+    writer.write(b"GET /s/debug/stream?chunks=3&interval=0.01 HTTP/1.0\r\nHost: t\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)  # to EOF: the proxy closes after the body
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower()
+    assert body == b"chunk-0\nchunk-1\nchunk-2\n"
+    writer.close()
