@@ -75,3 +75,14 @@ def test_shipped_config_serves_a_prediction_and_drains_on_sigterm(tmp_path):
 def _get(port: int, path: str) -> int:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
         return r.status
+
+
+def test_stdlib_log_lines_are_json_too():
+    """Backends and libraries log through `logging`; their lines share the JSON stream (one object a line)."""
+    code = ("from proxy.logs import configure; import logging, structlog; configure('info'); "
+            "logging.getLogger('backends._engine').info('restarting stopped container %s', 'lp-x'); "
+            "structlog.get_logger('proxy').info('state', key='k')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    lines = [json.loads(line) for line in out.stderr.splitlines()]
+    assert [line["event"] for line in lines] == ["restarting stopped container lp-x", "state"]
+    assert lines[0]["logger"] == "backends._engine" and lines[0]["level"] == "info"
