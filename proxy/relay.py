@@ -86,8 +86,8 @@ def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, pe
     if hdrs.CONNECTION in message.headers:  # headers the client named as hop-by-hop stay on this hop
         named = {t.strip().lower().encode() for v in message.headers.getall(hdrs.CONNECTION) for t in v.split(",")}
         skip = skip | named
-    lines = [f"{message.method} {target} HTTP/1.1\r\nHost: {pool.host}:{pool.port}\r\n".encode(
-        "utf-8", "surrogateescape")]
+    lines = [f"{message.method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape"),
+             b"Host: %s\r\n" % pool.authority]
     forwarded: list[bytes] = []
     host = b""
     for name, value in message.raw_headers:
@@ -125,7 +125,7 @@ class Exchange:
 
     __slots__ = ("relays", "client", "handler", "manager", "pool", "message", "payload", "key", "head", "request",
                  "streaming", "conn", "reused", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
-                 "pump", "began", "retried", "extra_head", "fast", "bodyless")
+                 "pump", "began", "retried", "replaced", "extra_head", "fast", "bodyless")
 
     def __init__(self, relays: Relays, client: Client, handler: RouteHandler, manager: Manager,
                  pool: UpstreamPool, message: RawRequestMessage, payload: StreamReader, key: str,
@@ -152,7 +152,8 @@ class Exchange:
         self.chunked_out = False
         self.done = False
         self.pump: asyncio.Task[None] | None = None
-        self.retried = False
+        self.retried = False  # a stale pooled connection was retried on a fresh one
+        self.replaced = False  # a refused connect led to a new instance
         self.began = self.last_rx = client.loop.time()
         manager.hold()
         relays.track(self)
@@ -181,6 +182,9 @@ class Exchange:
         try:
             conn = await self.pool.connect()
         except (OSError, asyncio.TimeoutError) as exc:
+            if not self.replaced and not self.done and await self._replace_instance():
+                await self._connect()
+                return
             self.manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
             self._fail(UpstreamError(502, f"upstream connection failed: {type(exc).__name__}: {exc}"))
             return
@@ -188,6 +192,27 @@ class Exchange:
             self.pool.put(conn)
         else:
             self._send(conn, reused=False)
+
+    async def _replace_instance(self) -> bool:
+        """The connection was refused, so the request never reached the instance. If the runtime says the
+        instance is gone (stopped or removed from outside), start it again and send the request there:
+        once, like nginx's `proxy_next_upstream error`. False: not replaced (answered, or alive after all)."""
+        self.replaced = True
+        try:
+            if await self.manager.check_alive():
+                return False
+            await self.manager.ensure_running(reason="request")
+        except Refusal as refusal:
+            self._fail(refusal)
+            return False
+        instance = self.manager.instance
+        if self.done or instance is None:
+            return False
+        pool = self.handler.pools.upstream(instance)
+        self.request = self.request.replace(b"\r\nHost: %s\r\n" % self.pool.authority,
+                                            b"\r\nHost: %s\r\n" % pool.authority, 1)
+        self.pool = pool
+        return True
 
     def _send(self, conn: UpstreamConnection, reused: bool) -> None:
         self.conn, self.reused = conn, reused

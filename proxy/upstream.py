@@ -180,11 +180,12 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections to one instance, most recently used first."""
 
-    __slots__ = ("host", "port", "connect_timeout", "_idle", "closed")
+    __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "closed")
 
     def __init__(self, host: str, port: int, connect_timeout: float) -> None:
         self.host = host
         self.port = port
+        self.authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()  # for Host
         self.connect_timeout = connect_timeout
         self._idle: list[UpstreamConnection] = []
         self.closed = False

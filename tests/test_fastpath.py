@@ -215,3 +215,19 @@ async def test_an_http10_client_gets_an_unchunked_body_ended_by_the_close(h):
     assert head.startswith(b"HTTP/1.1 200") and b"chunked" not in head.lower()
     assert body == b"chunk-0\nchunk-1\nchunk-2\n"
     writer.close()
+
+
+async def test_an_instance_stopped_from_outside_is_started_again_for_the_next_request(h):
+    """A refused connect never reached the instance: the proxy notices it is gone, starts it, and sends the
+    request there (once), instead of answering 502."""
+    assert (await h.client.get("/k/ext/api/health")).status == 200
+    m = h.manager("ext")
+    await h.backend.stop(m.instance)  # behind the proxy's back, like `docker stop`
+    for _ in range(3):
+        resp = await h.client.get("/k/ext/api/health")
+        assert resp.status == 200 and (await resp.json())["status"] == "healthy"
+    assert m.start_count == 2
+    crashes = sum(v for (name, labels), v in (await h.metrics()).items()
+                  if name == "proxy_container_stops_total" and dict(labels)["reason"] == "error")
+    assert crashes == 1  # the crash was noticed and counted once
+    assert await h.metric("proxy_requests_total", route="/k/{id}/{tail:.*}", code="502") == 0
