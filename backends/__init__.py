@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backends.base import Backend
+
+if TYPE_CHECKING:  # mypy proves every backend class satisfies the protocol; no runtime import (stays lazy)
+    from backends.docker import DockerBackend
+    from backends.podman import PodmanBackend
+    from backends.stub import StubBackend
+
+    _stub: type[Backend] = StubBackend
+    _docker: type[Backend] = DockerBackend
+    _podman: type[Backend] = PodmanBackend
 
 
 def create_backend(kind: str, *, proxy_id: str = "default", **options: Any) -> Backend:

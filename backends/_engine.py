@@ -138,7 +138,7 @@ class EngineBackend:
             await self._reset_client()
             raise self._unavailable(f"{type(e).__name__}: {e}") from e
 
-    async def _show(self, ref: str) -> dict[str, Any] | None:
+    async def show(self, ref: str) -> dict[str, Any] | None:
         """Container inspect JSON, or None if it does not exist."""
         docker = await self._client()
         try:
@@ -170,7 +170,7 @@ class EngineBackend:
         """HostConfig fields for the limits. Podman overrides this (see backends/podman.py)."""
         return {"Memory": int(res.memory_bytes), "NanoCpus": int(round(res.cpus * 1e9))}
 
-    def _create_config(self, key: str, spec: ContainerSpec) -> dict[str, Any]:
+    def create_config(self, key: str, spec: ContainerSpec) -> dict[str, Any]:
         port = f"{spec.port}/tcp"
         config: dict[str, Any] = {
             "Image": spec.image,
@@ -210,7 +210,7 @@ class EngineBackend:
                     f"(exit code {state.get('ExitCode')}{': ' + state['Error'] if state.get('Error') else ''})"
                 )
             await asyncio.sleep(0.1)
-            info = await self._show(info["Id"]) or info
+            info = await self.show(info["Id"]) or info
         raise BackendError(f"container {info.get('Name', '').lstrip('/')} has no published port {port}/tcp")
 
     async def _remove(self, ref: str, force: bool = True) -> None:
@@ -229,7 +229,7 @@ class EngineBackend:
         async with self._errors():
             docker = await self._client()
             for _attempt in range(3):
-                info = await self._show(name)
+                info = await self.show(name)
                 if info is not None:
                     if not self._is_ours(info):
                         raise BackendError(
@@ -241,24 +241,24 @@ class EngineBackend:
                         return await self._instance_from(info, key, spec.name, spec.port)
                     if state.get("Paused"):
                         await docker.containers.container(info["Id"]).unpause()
-                        return await self._instance_from(await self._show(info["Id"]) or info, key,
+                        return await self._instance_from(await self.show(info["Id"]) or info, key,
                                                          spec.name, spec.port)
                     if (self.reuse_stopped and labels.get(LABEL_SPEC) == want_hash
                             and state.get("Status") in ("exited", "created")):
                         log.info("restarting stopped container %s", name)
                         cid = info["Id"]
                         await self._start_or_remove(cid)
-                        return await self._instance_from(await self._show(cid) or info, key, spec.name,
+                        return await self._instance_from(await self.show(cid) or info, key, spec.name,
                                                          spec.port)
                     await self._remove(info["Id"], force=True)
                 try:
-                    container = await docker.containers.create(self._create_config(key, spec), name=name)
+                    container = await docker.containers.create(self.create_config(key, spec), name=name)
                 except aiodocker.DockerError as e:
                     if e.status == 409:  # a concurrent create won the race: look again
                         continue
                     raise
                 await self._start_or_remove(container.id)
-                info = await self._show(container.id)
+                info = await self.show(container.id)
                 if info is None:
                     raise BackendError(f"container {name} vanished right after start")
                 return await self._instance_from(info, key, spec.name, spec.port)
@@ -278,7 +278,7 @@ class EngineBackend:
     async def stop(self, instance: Instance) -> None:
         async with self._errors():
             docker = await self._client()
-            info = await self._show(instance.id)
+            info = await self.show(instance.id)
             if info is None:
                 return
             if not self._is_ours(info):
@@ -294,7 +294,7 @@ class EngineBackend:
 
     async def inspect(self, instance: Instance) -> InstanceState:
         async with self._errors():
-            info = await self._show(instance.id)
+            info = await self.show(instance.id)
         if info is None:
             return InstanceState.MISSING
         state = info.get("State") or {}
@@ -310,7 +310,7 @@ class EngineBackend:
         listed = await docker.containers.list(all=True, filters=json.dumps(filters))
         out = []
         for c in listed:
-            info = await self._show(c.id)
+            info = await self.show(c.id)
             if info is None or not self._is_ours(info):  # re-check: never trust the filter alone
                 continue
             running = bool((info.get("State") or {}).get("Running"))

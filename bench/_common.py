@@ -1,6 +1,7 @@
 """Shared helpers for the benchmarks: free ports, subprocess servers, percentiles, tables, wrk parsing.
 
-Benchmarks are not tests: they print medians and ratios measured in the same run.
+Benchmarks are not tests: they print medians and ratios measured in the same run. Import as
+`from bench._common import ...`; the benchmarks run from the repository root as `python -m bench.NAME`.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -74,6 +76,8 @@ def free_port() -> int:
 
 
 def env_with_root(**extra: str) -> dict[str, str]:
+    """This environment with the repository root on PYTHONPATH, so `python -m bench.X` / `-m proxy` work in
+    subprocesses whatever their working directory."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.update(extra)
@@ -165,12 +169,16 @@ def write_config(raw: dict[str, Any]) -> str:
     return path
 
 
+def module(name: str, *args: str) -> list[str]:
+    """argv running a module of this repository (`python -m NAME ARGS`); run it with cwd=ROOT or env_with_root()."""
+    return [PY, "-m", name, *args]
+
+
 def proxy(config: dict[str, Any], port: int, *, uvloop: bool = True, upstream: str | None = None,
           cpus: str | None = None, log: str | None = None) -> Server:
-    """The proxy via bench/_proxy_launcher.py (adds GET /_bench/stats; optional external upstream)."""
+    """The proxy via `python -m bench._proxy_launcher` (adds GET /_bench/stats; optional external upstream)."""
     path = write_config(config)
-    argv = [PY, str(BENCH / "_proxy_launcher.py"), "--config", path, "--port", str(port),
-            "--uvloop", "1" if uvloop else "0"]
+    argv = module("bench._proxy_launcher", "--config", path, "--port", str(port), "--uvloop", "1" if uvloop else "0")
     if upstream:
         argv += ["--upstream", upstream]
     try:
@@ -295,11 +303,12 @@ def wrk(url: str, *, threads: int = 2, conns: int = 32, seconds: float = 5, scri
 
 
 def openloop(url: str, rate: float, seconds: float, conns: int = 64) -> dict[str, float]:
-    """bench/_openloop.py in its own process: fixed-rate GETs; requests, errors, achieved_rps, p50/p99 ms."""
-    res = subprocess.run([PY, str(BENCH / "_openloop.py"), url, "--rate", f"{rate:.0f}", "--seconds", str(seconds),
-                          "--conns", str(conns)], capture_output=True, text=True, timeout=seconds * 4 + 60)
+    """`python -m bench._openloop` in its own process: fixed-rate GETs; requests, errors, achieved_rps, p50/p99 ms."""
+    argv = module("bench._openloop", url, "--rate", f"{rate:.0f}", "--seconds", str(seconds), "--conns", str(conns))
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds * 4 + 60, cwd=str(ROOT),
+                         env=env_with_root())
     if res.returncode != 0:
-        raise RuntimeError(f"_openloop.py failed ({res.returncode}): {res.stderr.strip()[-500:]}")
+        raise RuntimeError(f"bench._openloop failed ({res.returncode}): {res.stderr.strip()[-500:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -311,8 +320,13 @@ def wrk_post_script(body: str, content_type: str = "application/json") -> str:
     return path
 
 
+def tool(name: str) -> str | None:
+    """Path of an external program (PATH, then /usr/sbin: nginx and haproxy live there), or None."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+
+
 def has_wrk() -> bool:
-    return subprocess.run(["sh", "-c", "command -v wrk"], capture_output=True).returncode == 0
+    return tool("wrk") is not None
 
 
 @contextlib.contextmanager

@@ -15,11 +15,10 @@ SIGTERM to the group and waits.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-from _common import Server
+from bench._common import Server, tool
 
 NGINX_CONF = """\
 {user}worker_processes 1;
@@ -74,7 +73,7 @@ backend upstream_service
 
 
 def _binary(name: str, fallback: str) -> str:
-    return shutil.which(name) or fallback
+    return tool(name) or fallback
 
 
 def _check(argv: list[str], what: str) -> None:

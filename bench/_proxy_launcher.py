@@ -1,72 +1,79 @@
 """Run the proxy like `python -m proxy`, plus what the benchmarks need.
 
-    python bench/_proxy_launcher.py --config FILE --port P [--uvloop 0|1] [--upstream http://127.0.0.1:N]
+    python -m bench._proxy_launcher --config FILE --port P [--uvloop 0|1] [--upstream http://127.0.0.1:N]
 
 - `--uvloop 1` installs uvloop before the loop is created (as proxy/__main__.py does when importable);
   `--uvloop 0` keeps the default asyncio loop even if uvloop is installed.
 - `--upstream URL`: a tiny backend whose "start" returns an instance at URL (a model service running as its
-  own process), so the proxy and its upstream do not share a process or an event loop. Stop is a no-op.
+  own process), so the proxy and its upstream do not share a process or an event loop. Stop only forgets
+  the instance id (the upstream process keeps running).
 - `GET /_bench/stats`: asyncio tasks, open fds, RSS, upstream connector connections, event loop class.
+
+Only public proxy API is used.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import sys
 from dataclasses import replace
-from pathlib import Path
 from urllib.parse import urlsplit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from aiohttp import web
 
-from _common import rss_kib  # noqa: E402
-from aiohttp import web  # noqa: E402
+from backends.base import ContainerSpec, Instance, InstanceState
+from proxy.app import PROXY, create_app
+from proxy.config import load_config
+from proxy.logs import configure
+from proxy.server import serve
 
-from backends.base import ContainerSpec, Instance, InstanceState  # noqa: E402
-from proxy.app import PROXY, create_app  # noqa: E402
-from proxy.config import load_config  # noqa: E402
-from proxy.logs import configure  # noqa: E402
-from proxy.server import serve  # noqa: E402
+from bench._common import rss_kib
 
 
 class ExternalBackend:
-    """Every key maps to one already-running upstream process."""
+    """A `backends.base.Backend` whose every key maps to one already-running upstream process.
+
+    Starting hands out a new instance id at that address; stopping forgets the id (the process keeps running,
+    it is not ours). tests/test_backend_contract.py checks this class against the protocol's signatures.
+    """
 
     name = "external"
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.n = 0
+        self._ids = itertools.count(1)
+        self._started: set[str] = set()
 
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
-        self.n += 1
-        return Instance(key=key, container=spec.name, host=self.host, port=self.port, id=f"ext-{key}-{self.n}")
+        instance = Instance(key=key, container=spec.name, host=self.host, port=self.port,
+                            id=f"ext-{key}-{next(self._ids)}")
+        self._started.add(instance.id)
+        return instance
 
     async def stop(self, instance: Instance) -> None:
-        return None
+        self._started.discard(instance.id)
 
     async def inspect(self, instance: Instance) -> InstanceState:
-        return InstanceState.RUNNING
+        return InstanceState.RUNNING if instance.id in self._started else InstanceState.MISSING
 
     async def list_instances(self) -> list[Instance]:
-        return []
+        return []  # nothing survives this process to adopt
+
+    async def cleanup_stopped(self) -> list[str]:
+        return []  # a stopped instance leaves nothing behind
 
     async def close(self) -> None:
-        return None
+        self._started.clear()
 
 
 async def stats(request: web.Request) -> web.Response:
     proxy = request.app[PROXY]
-    idle = acquired = 0
-    for session in proxy.pools:  # one pool per running instance
-        connector = session.connector
-        idle += sum(len(v) for v in getattr(connector, "_conns", {}).values())
-        acquired += len(getattr(connector, "_acquired", ()))
-    managers = proxy.registry.managers
+    idle, acquired = proxy.pools.session_connections()
+    managers = list(proxy.registry)
     kinds: dict[str, int] = {}
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -84,8 +91,8 @@ async def stats(request: web.Request) -> web.Response:
         "upstream_acquired_conns": acquired,
         "upstream_fast_idle_conns": proxy.pools.fast_idle(),
         "managers": len(managers),
-        "running": sum(1 for m in managers.values() if m.state.value == "running"),
-        "in_flight": sum(m.in_flight for m in managers.values()),
+        "running": sum(1 for m in managers if m.state.value == "running"),
+        "in_flight": sum(m.in_flight for m in managers),
         "loop": type(asyncio.get_running_loop()).__module__,
     })
 

@@ -1,6 +1,6 @@
 """Validate deploy/: grafana-dashboard.json is well-formed and every metric it queries is exported by a running proxy.
 
-    python bench/check_deploy.py
+    python -m bench.check_deploy        (a few seconds; --quick and --smoke are accepted and change nothing)
 
 Starts a proxy (stub backend) on a free port, drives one start, one idle stop, one failed start and a few
 requests, scrapes /metrics, and checks each `proxy_*` name in the dashboard's expressions (and the
@@ -9,19 +9,17 @@ variable query) against the scraped sample names. Also checks deploy/prometheus.
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yaml
 
-import yaml  # noqa: E402
-
-from _common import ROOT, free_port, http_text, metrics_samples, proxy, summary  # noqa: E402
+from bench._common import ROOT, free_port, http_text, metrics_samples, proxy, summary
 
 CONFIG = {
     "logging": {"level": "warning"},
@@ -33,6 +31,10 @@ CONFIG = {
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="accepted for bench/run_all; changes nothing")
+    ap.add_argument("--smoke", action="store_true", help="accepted for bench/run_all; changes nothing")
+    ap.parse_args()
     problems: list[str] = []
     dash = json.loads((ROOT / "deploy" / "grafana-dashboard.json").read_text())
     exprs: list[str] = []

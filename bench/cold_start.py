@@ -1,7 +1,7 @@
 """Cold start through the proxy vs the raw runtime floor, on docker and podman (stub as a reference).
 
-    python bench/cold_start.py [--cycles 10] [--quick] [--runtime docker podman stub]
-                               [--intervals 20ms 5ms] [--poll-ms 5] [--sleep-after 0.5]
+    python -m bench.cold_start [--cycles 10] [--quick | --smoke] [--runtime docker podman stub]
+                               [--intervals 20 5] [--poll-ms 5] [--sleep-after 0.5]
 
 Two paths, each against its own floor, measured in the same run with floor and proxy cycles alternated:
 
@@ -13,10 +13,10 @@ Two paths, each against its own floor, measured in the same run with floor and p
   `start` + inspect + poll until 200. Proxy = the same fixed key after the manager stopped it on
   `sleep_after` (the bench waits until `/container-status` says `stopped`).
 
-Both floor and proxy run the instance with the HostConfig the backend builds (`_create_config`: Init,
+Both floor and proxy run the instance with the HostConfig the backend builds (its create config: Init,
 127.0.0.1 ephemeral port, limits) with a custom instance type of 1 CPU / 512 MiB, so that CPU
 throttling (the `dev` type has 1/16 vCPU) is not what is measured. The proxy runs as a subprocess
-(`bench/_proxy_launcher.py`, the same as `python -m proxy`, uvloop if installed); the client runs
+(`python -m bench._proxy_launcher`, the same as `python -m proxy`, uvloop if installed); the client runs
 here. One proxy per readiness interval in `--intervals` runs side by side, so the default 20 ms and a
 finer interval are compared in the same run. The proxy's own log gives its server-side start
 duration (starting -> running), which splits the difference into "start + readiness" and "the rest".
@@ -25,6 +25,8 @@ Every container carries `proxy.instance=<bench id>` (proxy ones) or `lazy-proxy.
 (floor ones, named `lpbench-<bench id>-...`) and is removed at the end, also on Ctrl-C or an error.
 
 Not a test: it prints medians and differences measured in the same run, and one SUMMARY JSON line.
+`--smoke` (CI: does it still run?): 2 cycles, one proxy at a 5 ms readiness interval, sleep_after 0.2 s,
+no diagnosis; use it with `--runtime stub` where no daemon runs.
 """
 
 from __future__ import annotations
@@ -39,16 +41,13 @@ import statistics
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import aiodocker
+import aiohttp
 
-import aiodocker  # noqa: E402
-import aiohttp  # noqa: E402
-
-from backends.base import ContainerSpec, Resources  # noqa: E402
-from bench import _common as common  # noqa: E402
+from backends.base import ContainerSpec, Resources
+from bench import _common as common
 
 IMAGE = "lazy-proxy/model-service:latest"
 READY_PATH = "/v2/health/ready"
@@ -75,6 +74,19 @@ def _engine_backend(kind: str, proxy_id: str) -> Any:
 
 def _ms(seconds: float) -> float:
     return seconds * 1000.0
+
+
+def _create_config(backend: Any, key: str, spec: ContainerSpec) -> dict[str, Any]:
+    """The container config the backend would create for (key, spec)."""
+    return dict(backend.create_config(key, spec))
+
+
+def _listed(container: Any, field: str) -> Any:
+    """A field of a container as `containers.list` returned it (aiodocker's public item access)."""
+    try:
+        return container[field]
+    except KeyError:
+        return None
 
 
 # ---------------------------------------------------------------------------- readiness poll (floor)
@@ -121,7 +133,7 @@ class EngineFloor:
         self.restart_id: str | None = None
 
     def config(self) -> dict[str, Any]:
-        config = _engine_backend(self.kind, f"{self.bench_id}-floor")._create_config("floor", self.spec)
+        config = _create_config(_engine_backend(self.kind, f"{self.bench_id}-floor"), "floor", self.spec)
         # Not proxy.managed: no proxy may adopt or touch it. Our own label, for clean-up.
         config["Labels"] = {FLOOR_LABEL: self.bench_id}
         return config
@@ -332,7 +344,7 @@ class ProxyUnderTest:
             deadline = time.perf_counter() + 60
             while port is None:
                 for c in await self._containers(key):
-                    if c._container.get("State") == "running":
+                    if _listed(c, "State") == "running":
                         port = _host_port(await c.show())
                 if port is None:
                     if time.perf_counter() > deadline or request.done():
@@ -381,12 +393,13 @@ class ProxyUnderTest:
 
 
 async def diagnose(kind: str, bench_id: str, rounds: int) -> dict[str, float]:
-    """Where the backend's `start` spends its time: the real backend class with its inspect calls
-    timed (wrapping `_show` on the instance; no code is changed). Median ms per phase."""
+    """Where the backend's `start` spends its time: the real backend class with its container inspect
+    calls timed (wrapping the backend object's inspect-JSON method; no code is changed). Median ms per phase."""
     backend = _engine_backend(kind, f"{bench_id}-diag")
     spec = ContainerSpec(name="bench", image=IMAGE, resources=Resources(MEMORY, CPUS))
     shows: list[float] = []
-    original = backend._show
+    # `show(ref)` is the one method the backend's start/stop/inspect use for inspect JSON.
+    original = backend.show
 
     async def timed_show(ref: str) -> Any:
         t = time.perf_counter()
@@ -395,7 +408,7 @@ async def diagnose(kind: str, bench_id: str, rounds: int) -> dict[str, float]:
         finally:
             shows.append(time.perf_counter() - t)
 
-    backend._show = timed_show  # type: ignore[method-assign]
+    backend.show = timed_show
     res: dict[str, list[float]] = {"create_start": [], "create_shows": [], "create_n_shows": [],
                                    "restart_start": [], "restart_shows": [], "restart_n_shows": [],
                                    "stop": []}
@@ -430,7 +443,7 @@ async def remove_labelled(kind: str, label: str, value: str, prefix: bool = Fals
     try:
         filters = json.dumps({"label": [label]})
         for c in await docker.containers.list(all=True, filters=filters):
-            labels = c._container.get("Labels") or {}
+            labels = _listed(c, "Labels") or {}
             v = labels.get(label, "")
             if v == value or (prefix and v.startswith(value)):
                 with contextlib.suppress(aiodocker.DockerError):
@@ -526,7 +539,8 @@ async def run_runtime(kind: str, args: argparse.Namespace, bench_id: str, logdir
         with contextlib.suppress(Exception):
             await floor.close()
         extra["removed"] = await cleanup(kind, bench_id)
-    return {"samples": samples, "extra": extra, "paths": paths, "proxies": [f"proxy@{p.interval_ms:g}ms" for p in proxies]}
+    return {"samples": samples, "extra": extra, "paths": paths,
+            "proxies": [f"proxy@{p.interval_ms:g}ms" for p in proxies]}
 
 
 # ---------------------------------------------------------------------------- main
@@ -556,7 +570,7 @@ async def amain(args: argparse.Namespace) -> int:
           f"floor polls {READY_PATH} every {args.poll_ms:g} ms; {args.cycles} cycles, floor and proxy alternated")
     rows: list[list[Any]] = []
     breakdown: list[list[Any]] = []
-    summary: dict[str, Any] = {"cycles": args.cycles, "goal_ms": GOAL_MS, "results": []}
+    summary: dict[str, Any] = {"cycles": args.cycles, "smoke": args.smoke, "goal_ms": GOAL_MS, "results": []}
     for kind in args.runtime:
         print(f"\n== {kind}", flush=True)
         try:
@@ -614,6 +628,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cycles", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="5 cycles")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny, for CI: 2 cycles, one 5 ms readiness interval, sleep_after 0.2 s, no diagnosis")
     ap.add_argument("--runtime", nargs="+", default=["docker", "podman", "stub"], choices=["docker", "podman", "stub"])
     ap.add_argument("--intervals", nargs="+", type=float, default=[20.0, 5.0],
                     help="proxy readiness.interval values in ms, one proxy each (default: 20 (the default) and 5)")
@@ -623,6 +639,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.cycles = 5
+    if args.smoke:
+        args.cycles, args.intervals, args.sleep_after, args.no_diagnose = 2, [5.0], 0.2, True
     loop = asyncio.new_event_loop()
     task = loop.create_task(amain(args))
     # Ctrl-C / SIGTERM cancel the run; run_runtime's finally blocks still stop proxies and remove containers.

@@ -1,6 +1,6 @@
 """Model service throughput: single requests vs V2 batched inputs vs adaptive micro-batching.
 
-    python bench/inference.py [--quick]
+    python -m bench.inference [--quick | --smoke]
 
 The model service (`python -m model_service`) is pinned to core 0 (`taskset -c 0`); the load generator
 (wrk, -t1) is pinned to core 1. Each scenario runs against MODEL_SERVICE_BATCHING=0 and =1:
@@ -10,6 +10,7 @@ The model service (`python -m model_service`) is pinned to core 0 (`taskset -c 0
 predictions/s = requests/s x rows per request. Runs alternate between the two servers; medians shown.
 Also the raw in-process model call (TitanicModel.predict and InferenceSession.run) for batch 1 and 64.
 Goals: >= 5k predictions/s on one core with batching; p50 < 1 ms for a single request.
+`--smoke` (CI): one 1 s run per scenario, no warm-up: it proves the bench runs, its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -20,14 +21,10 @@ import os
 import random
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from _common import free_port, goal, has_wrk, median, model_service, summary, table, wrk, wrk_post_script  # noqa: E402
+from bench._common import free_port, goal, has_wrk, median, model_service, summary, table, wrk, wrk_post_script
 
 SINGLE = json.dumps({"sex": "female", "age": 29, "pclass": 1})
 
@@ -49,8 +46,9 @@ def raw_model(iterations: int) -> dict[str, float]:
         rows = np.random.default_rng(0).uniform(0, 3, size=(n, 3)).astype(np.float32)
         for _ in range(200):
             model.predict(rows)
-        for name, fn in (("predict", lambda: model.predict(rows)),
-                         ("session.run", lambda: model.session.run(model.output_names, {model.input_name: rows}))):
+        for name, fn in (("predict", lambda rows=rows: model.predict(rows)),
+                         ("session.run",
+                          lambda rows=rows: model.session.run(model.output_names, {model.input_name: rows}))):
             times = []
             for _ in range(iterations):
                 t = time.perf_counter_ns()
@@ -63,6 +61,7 @@ def raw_model(iterations: int) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help="tiny, for CI: 1 run x 1 s per scenario, no warm-up")
     args = ap.parse_args()
     if not has_wrk():
         print("inference: wrk is not installed (apt-get install -y wrk); skipped")
@@ -72,8 +71,8 @@ def main() -> int:
         print("inference: needs 2 cores (server on core 0, load on core 1); skipped")
         summary("inference", {"skipped": "1 core"})
         return 0
-    runs = 2 if args.quick else 3
-    seconds = 2 if args.quick else 5
+    runs = 1 if args.smoke else 2 if args.quick else 3
+    seconds = 1 if args.smoke else 2 if args.quick else 5
     print(f"model service on core 0, wrk -t1 on core 1; {runs} runs x {seconds}s per scenario, medians")
     scripts = {"single": wrk_post_script(SINGLE), "v2x64": wrk_post_script(v2_body(64))}
     scenarios = [("single c=1", "/api/inference", "single", 1, 1), ("single c=64", "/api/inference", "single", 64, 1),
@@ -85,7 +84,7 @@ def main() -> int:
         try:
             for b, port in ports.items():
                 servers[b] = model_service(port, cpus="0", MODEL_SERVICE_BATCHING=b)
-            for b, port in ports.items():  # warm
+            for port in ([] if args.smoke else ports.values()):  # warm
                 wrk(f"http://127.0.0.1:{port}/api/inference", threads=1, conns=8, seconds=1,
                     script=scripts["single"], cpus="1")
             for i in range(runs):
@@ -103,7 +102,7 @@ def main() -> int:
             os.unlink(p)
 
     rows_out, summ = [], {}
-    for name, _, _, conns, nrows in scenarios:
+    for name, _, _, _, nrows in scenarios:
         for b in ("0", "1"):
             rs = results[name][b]
             m = {"preds_per_s": median([r["preds"] for r in rs]), "rps": median([r["rps"] for r in rs]),
@@ -116,7 +115,7 @@ def main() -> int:
     table(["scenario", "micro-batching", "rows/req", "req/s", "predictions/s", "p50 ms", "p99 ms", "errors"], rows_out,
           title="model service on one core (MODEL_SERVICE_BATCHING=0/1)")
 
-    raw = raw_model(500 if args.quick else 3000)
+    raw = raw_model(50 if args.smoke else 500 if args.quick else 3000)
     table(["call (in-process, core 0)", "median us"], [[k, v] for k, v in raw.items()],
           title="raw onnxruntime")
 
@@ -129,12 +128,14 @@ def main() -> int:
                       micro >= 5000))
     print("  " + goal(f"V2 batched inputs (64 rows/request): {v2:,.0f} predictions/s (goal >= 5k)", v2 >= 5000))
     on_p50 = summ["single c=1 batching=1"]["p50_ms"]
-    print("  " + goal(f"single request p50, batching off = {single_p50_off:.3f} ms (goal < 1 ms)", single_p50_off < 1.0))
+    print("  " + goal(f"single request p50, batching off = {single_p50_off:.3f} ms (goal < 1 ms)",
+                      single_p50_off < 1.0))
     print("  " + goal(f"single request p50, batching on (the default) = {on_p50:.3f} ms (goal < 1 ms; the batcher "
                       f"is adaptive, a lone request does not wait)", on_p50 < 1.0))
     micro_gain = micro / summ["single c=64 batching=0"]["preds_per_s"]
     print(f"  micro-batching under 64 concurrent single requests: x{micro_gain:.2f} predictions/s vs batching off")
-    summary("inference", {"quick": args.quick, "scenarios": summ, "raw_us": raw, "micro_batching_preds_per_s": micro,
+    summary("inference", {"quick": args.quick, "smoke": args.smoke, "scenarios": summ, "raw_us": raw,
+                          "micro_batching_preds_per_s": micro,
                           "v2_batched_preds_per_s": v2, "single_p50_ms_batching_off": single_p50_off,
                           "single_p50_ms_median_both": single_p50, "goal_5k_met_micro": micro >= 5000,
                           "goal_5k_met_v2": v2 >= 5000, "goal_p50_met_batching_off": single_p50_off < 1.0,

@@ -1,13 +1,16 @@
 """Proxy overhead: lazy-proxy side by side with nginx (optionally haproxy) in front of the same upstream.
 
-    python bench/overhead.py [--quick] [--haproxy] [--variants nginx,lazy-proxy,...] [--rounds N] [--seconds S]
+    python -m bench.overhead [--quick | --smoke] [--haproxy] [--variants nginx,lazy-proxy,...]
+                             [--rounds N] [--seconds S]
+
+(`--smoke`: one 1 s round of each kind, no wrk warm-up: only proves the bench runs; its numbers mean nothing.)
 
 Method
 - One upstream for everything: the model service (`python -m model_service`, GET /api/health, a small JSON
   answer) as its own process, pinned to core 1.
 - The proxies under test run at the same time, each pinned to core 0 and idle while another is measured:
   nginx with ONE worker process (`upstream` block with `keepalive 32`, HTTP/1.1, access log ON to a file),
-  lazy-proxy through bench/_proxy_launcher.py --upstream (a backend whose only instance is that process;
+  lazy-proxy through `python -m bench._proxy_launcher --upstream` (a backend whose only instance is that process;
   default config: one JSON log line per request, written to a file, uvloop), and with --haproxy haproxy 2.6
   (nbthread 1, `http-reuse always`, httplog to a file). Configs: bench/_nginx.py.
 - "direct" is the same load straight at the upstream: the ceiling every proxy is compared with.
@@ -17,7 +20,7 @@ Method
   of the proxy (utime+stime from /proc summed over its process tree, e.g. nginx master + worker) and of the
   upstream, divided by the requests wrk completed. Everything warms up (one request, then 1-2 s of wrk)
   before the first round.
-- Half load (latency): bench/_openloop.py, an open-loop generator (fixed send schedule, latency from the
+- Half load (latency): bench._openloop, an open-loop generator (fixed send schedule, latency from the
   scheduled send time: no coordinated omission), at ONE rate for all variants: 50% of the slowest proxy's
   closed-loop rps; rounds interleaved the same way.
 - Reported numbers are medians over rounds. Ratios to direct and added p99 are paired: the median over rounds
@@ -41,11 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (cpu_seconds, free_port, goal, has_wrk, http_text, median, model_service, openloop,  # noqa: E402
-                     process_tree, proxy, summary, table, wrk)
-from _nginx import haproxy, nginx  # noqa: E402
+from bench._common import (cpu_seconds, free_port, goal, has_wrk, http_text, median, model_service, openloop,
+                           process_tree, proxy, summary, table, tool, wrk)
+from bench._nginx import haproxy, nginx
 
 CONNS, THREADS = 32, 2
 PATH = "/api/health"
@@ -69,6 +70,7 @@ class Mode:
 
 QUICK = Mode(rounds=3, seconds=2, half_rounds=3, half_seconds=2.0, warm_seconds=1)
 FULL = Mode(rounds=5, seconds=6, half_rounds=5, half_seconds=5.0, warm_seconds=2)
+SMOKE = Mode(rounds=1, seconds=1, half_rounds=1, half_seconds=0.5, warm_seconds=0)  # CI: does it still run?
 
 
 # ---------------------------------------------------------------- variants
@@ -115,7 +117,7 @@ def reference(start: Callable[..., Any]) -> Starter:
 
 
 def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True) -> Starter:
-    """A lazy-proxy variant: bench/_proxy_launcher.py --upstream, its log (stderr) to a file."""
+    """A lazy-proxy variant: bench._proxy_launcher --upstream, its log (stderr) to a file."""
 
     @contextlib.contextmanager
     def run(name: str, s: Setup) -> Iterator[Target]:
@@ -139,6 +141,7 @@ VARIANTS: dict[str, Starter] = {
     "lazy-proxy-nolog": lazy_proxy(log_requests=False),
 }
 DEFAULT_VARIANTS = ["nginx", "lazy-proxy"]
+NEEDS = {"nginx": "nginx", "haproxy": "haproxy"}  # variant -> program it runs (Debian: nginx-light, haproxy)
 
 
 # ---------------------------------------------------------------- measuring
@@ -170,7 +173,8 @@ def interleaved(targets: list[Target], rounds: int,
 def warm(targets: list[Target], seconds: int) -> None:
     for t in targets:
         http_text(t.url)  # lazy-proxy: the first request "starts" the instance
-        wrk(t.url, threads=THREADS, conns=CONNS, seconds=seconds)
+        if seconds > 0:  # 0 only in --smoke
+            wrk(t.url, threads=THREADS, conns=CONNS, seconds=seconds)
 
 
 # ---------------------------------------------------------------- statistics
@@ -264,6 +268,7 @@ def print_goals(goals: dict[str, dict[str, Any]]) -> None:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"short rounds: {QUICK}")
+    ap.add_argument("--smoke", action="store_true", help=f"tiny, for CI (numbers meaningless): {SMOKE}")
     ap.add_argument("--haproxy", action="store_true", help="add haproxy as a variant")
     ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                     help=f"comma-separated, from {', '.join(v for v in VARIANTS if v != 'direct')} "
@@ -277,7 +282,7 @@ def parse_args() -> argparse.Namespace:
     if unknown := [n for n in names if n not in VARIANTS]:
         ap.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     args.names = list(dict.fromkeys(names))
-    mode = QUICK if args.quick else FULL
+    mode = SMOKE if args.smoke else QUICK if args.quick else FULL
     args.mode = Mode(rounds=args.rounds or mode.rounds, seconds=args.seconds or mode.seconds,
                      half_rounds=args.rounds or mode.half_rounds, half_seconds=mode.half_seconds,
                      warm_seconds=mode.warm_seconds)
@@ -295,6 +300,9 @@ def main() -> int:
     mode: Mode = args.mode
     if not has_wrk():
         print("wrk is required (apt-get install wrk)", file=sys.stderr)
+        return 2
+    if missing := [f"{n} needs {NEEDS[n]}" for n in args.names if n in NEEDS and tool(NEEDS[n]) is None]:
+        print(f"{'; '.join(missing)} (not installed): install it or leave it out of --variants", file=sys.stderr)
         return 2
     proxy_cpus, upstream_cpus = cores()
     print(f"proxy overhead: GET {PATH} on the model service; variants {', '.join(args.names)}")
@@ -318,7 +326,7 @@ def main() -> int:
 
     goals = goal_checks(closed, half)
     print_goals(goals)
-    summary("overhead", {"quick": args.quick, "mode": vars(mode), "variants": args.names,
+    summary("overhead", {"quick": args.quick, "smoke": args.smoke, "mode": vars(mode), "variants": args.names,
                          "pinning": {"proxy": proxy_cpus, "upstream": upstream_cpus},
                          "closed_loop": closed, "half_load": {"rate": rate, **half},
                          "goals": {k: {f: v for f, v in g.items() if f != "label"} for k, g in goals.items()},

@@ -1,8 +1,8 @@
 """Soak: mixed traffic over 50 keys with a short sleep_after, so instances start and stop many times.
 
-    python bench/soak.py [--minutes 10] [--quick]   (--quick = 1 minute)
+    python -m bench.soak [--minutes 10] [--quick | --smoke]   (--quick = 1 minute, --smoke = 4 s for CI)
 
-The proxy (stub backend, uvloop if installed) runs as its own process via bench/_proxy_launcher.py,
+The proxy (stub backend, uvloop if installed) runs as its own process via bench._proxy_launcher,
 which adds GET /_bench/stats (asyncio tasks, open fds, RSS, upstream connector connections).
 This process drives 24 client workers; each picks a key, sends a burst of 1-4 requests, then idles
 0-2.5 s, so with sleep_after=1s keys keep cycling stopped -> starting -> running -> stopping.
@@ -10,6 +10,8 @@ Mix: inference POST, health GET, streamed GET, 64 KiB upload, WebSocket echo, an
 aborted requests (client gives up after 50-300 ms on a slow or streaming answer, sometimes mid start).
 At the end: failed requests that should have succeeded (must be 0), in-flight per key (must be 0),
 starts/stops, and the proxy's tasks/fds/RSS at baseline, after warm-up, middle, end and after quiesce.
+`--smoke` (CI: does it still run?) has 8 workers, sleep_after 0.5 s and short settling; its resource checks
+mean little.
 """
 
 from __future__ import annotations
@@ -21,37 +23,54 @@ import random
 import sys
 import time
 from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import aiohttp
 
-import aiohttp  # noqa: E402
-
-from _common import free_port, goal, metric_sum, metrics_samples, proxy, summary, table  # noqa: E402
+from bench._common import free_port, goal, metric_sum, metrics_samples, proxy, summary, table
 
 KEYS = [f"soak-{i:02d}" for i in range(50)]
-SLEEP_AFTER = 1.0
-CONFIG = {
-    "logging": {"level": "warning"},
-    "metrics": {"key_label_limit": 1000},
-    "server": {"upstream_timeout": "20s"},
-    "containers": {"svc": {"image": "lazy-proxy/model-service:latest", "sleep_after": f"{SLEEP_AFTER}s",
-                           "start_timeout": "30s", "max_instances": 100,
-                           "env": {"MODEL_SERVICE_DEBUG_ROUTES": "1"}}},
-    "routes": [
-        {"path": "/container/{id}/api/{tail:.*}", "container": "svc", "key": "{id}", "upstream_path": "/api/{tail}"},
-        {"path": "/container/{id}/debug/{tail:.*}", "container": "svc", "key": "{id}",
-         "upstream_path": "/debug/{tail}"},
-    ],
-}
+
+
+@dataclass(frozen=True)
+class Mode:
+    workers: int = 24
+    idle: float = 2.5          # a worker idles 0..idle s between bursts
+    sleep_after: float = 1.0   # the class's sleep_after (s)
+    settle: float = 2.0        # waited beyond sleep_after for the baseline sample
+    quiesce: float = 3.0       # waited beyond sleep_after after the traffic, before the last samples
+    late_sample: bool = True   # if fds stay up, one more sample after aiohttp's 30 s keep-alive cleanup
+
+
+FULL = Mode()
+SMOKE = Mode(workers=8, idle=0.5, sleep_after=0.5, settle=0.5, quiesce=1.0, late_sample=False)
+
+
+def config(mode: Mode) -> dict:
+    return {
+        "logging": {"level": "warning"},
+        "metrics": {"key_label_limit": 1000},
+        "server": {"upstream_timeout": "20s"},
+        "containers": {"svc": {"image": "lazy-proxy/model-service:latest", "sleep_after": f"{mode.sleep_after}s",
+                               "start_timeout": "30s", "max_instances": 100,
+                               "env": {"MODEL_SERVICE_DEBUG_ROUTES": "1"}}},
+        "routes": [
+            {"path": "/container/{id}/api/{tail:.*}", "container": "svc", "key": "{id}",
+             "upstream_path": "/api/{tail}"},
+            {"path": "/container/{id}/debug/{tail:.*}", "container": "svc", "key": "{id}",
+             "upstream_path": "/debug/{tail}"},
+        ],
+    }
+
 ACTIONS = [("inference", 40), ("health", 22), ("stream", 10), ("upload", 6), ("ws", 7), ("abort", 15)]
 UPLOAD = os.urandom(64 * 1024)
 
 
 class Soak:
-    def __init__(self, base: str, deadline: float, seed: int = 1) -> None:
+    def __init__(self, base: str, deadline: float, seed: int = 1, idle: float = 2.5) -> None:
         self.base = base
         self.deadline = deadline
+        self.idle = idle
         self.rng = random.Random(seed)
         self.ok: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
@@ -119,7 +138,7 @@ class Soak:
             key = rng.choice(KEYS)
             for _ in range(rng.randint(1, 4)):
                 await self.act(session, rng.choices(names, weights)[0], key)
-            await asyncio.sleep(rng.uniform(0, 2.5))
+            await asyncio.sleep(rng.uniform(0, self.idle))
 
 
 async def stats(session: aiohttp.ClientSession, base: str) -> dict:
@@ -127,21 +146,20 @@ async def stats(session: aiohttp.ClientSession, base: str) -> dict:
         return await resp.json()
 
 
-async def run(base: str, minutes: float) -> dict:
-    seconds = minutes * 60
+async def run(base: str, seconds: float, mode: Mode) -> dict:
     samples: dict[str, dict] = {}
     async with aiohttp.ClientSession() as ctl:
         # Baseline after one full cycle of a throwaway key, so lazy one-time costs (loading the ONNX model,
         # onnxruntime thread pools, imports) are not counted as growth.
         async with ctl.get(f"{base}/container/warmup/api/health") as resp:
             await resp.read()
-        await asyncio.sleep(SLEEP_AFTER + 2)
+        await asyncio.sleep(mode.sleep_after + mode.settle)
         samples["baseline"] = await stats(ctl, base)
         began = time.monotonic()
-        soak = Soak(base, began + seconds)
+        soak = Soak(base, began + seconds, idle=mode.idle)
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-            workers = [asyncio.create_task(soak.worker(session, i)) for i in range(24)]
+            workers = [asyncio.create_task(soak.worker(session, i)) for i in range(mode.workers)]
             # Warm-up: instance churn needs a while to reach its steady number of concurrent instances
             # (and the allocator its working set); at least 20 s, at most 40% of the run.
             warm = max(0.15, min(0.4, 20.0 / seconds))
@@ -152,13 +170,13 @@ async def run(base: str, minutes: float) -> dict:
                 samples[name] = await stats(ctl, base)
             await asyncio.gather(*workers)
         # Quiesce: every instance goes idle and stops; idle upstream connections to them close.
-        await asyncio.sleep(SLEEP_AFTER + 3)
+        await asyncio.sleep(mode.sleep_after + mode.quiesce)
         async with ctl.get(f"{base}/container-status") as resp:
             status = await resp.json()
         async with ctl.get(f"{base}/metrics") as resp:
             metrics = metrics_samples(await resp.text())
         samples["after quiesce"] = await stats(ctl, base)
-        if samples["after quiesce"]["fds"] > samples["baseline"]["fds"] + 2:
+        if mode.late_sample and samples["after quiesce"]["fds"] > samples["baseline"]["fds"] + 2:
             await asyncio.sleep(32)  # aiohttp's connector drops closed pooled connections every keepalive_timeout (30s)
             samples["quiesce + 32s"] = await stats(ctl, base)
     return {"soak": soak, "samples": samples, "status": status, "metrics": metrics, "seconds": seconds}
@@ -167,22 +185,24 @@ async def run(base: str, minutes: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="1 minute")
+    ap.add_argument("--smoke", action="store_true", help=f"4 s, for CI: {SMOKE}")
     args = ap.parse_args()
-    minutes = 1.0 if args.quick else args.minutes
+    minutes = 4 / 60 if args.smoke else 1.0 if args.quick else args.minutes
+    mode = SMOKE if args.smoke else FULL
     try:
         import uvloop  # type: ignore[import-not-found]
 
         uvloop.install()
     except ImportError:
         pass
-    print(f"soak: {minutes:g} min, 50 keys, 24 workers, sleep_after={SLEEP_AFTER:g}s, "
+    print(f"soak: {minutes:g} min, 50 keys, {mode.workers} workers, sleep_after={mode.sleep_after:g}s, "
           f"mix {', '.join(f'{a} {w}%' for a, w in ACTIONS)}")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log = f"/tmp/bench-soak-proxy-{port}.log"
-    with proxy(CONFIG, port, log=log) as server:
-        out = asyncio.run(run(base, minutes))
+    with proxy(config(mode), port, log=log) as server:
+        out = asyncio.run(run(base, minutes * 60, mode))
         alive = server.proc.poll() is None
     soak: Soak = out["soak"]
     s, m = out["samples"], out["metrics"]
@@ -219,10 +239,12 @@ def main() -> int:
     print("  " + goal(f"open fds back to baseline (+2) after quiesce ({q['fds']} vs {base_s['fds']})", fds_ok))
     print(f"  fd kinds: baseline {base_s['fd_kinds']}, after quiesce {s['after quiesce']['fd_kinds']}")
     print(f"  proxy process alive at the end: {alive}; proxy log: {log}")
-    summary("soak", {"minutes": minutes, "ok": total_ok, "failed": total_failed, "aborted": soak.aborted,
+    summary("soak", {"minutes": minutes, "smoke": args.smoke, "ok": total_ok, "failed": total_failed,
+                     "aborted": soak.aborted,
                      "failures": soak.failures[:5], "stuck_in_flight": stuck, "starts": starts, "stops": stops,
-                     "start_failures": start_failures, "samples": s, "rss_stable": rss_ok, "tasks_baseline": tasks_ok,
-                     "fds_baseline": fds_ok, "all_met": total_failed == 0 and not stuck and rss_ok and tasks_ok and fds_ok})
+                     "start_failures": start_failures, "samples": s, "rss_stable": rss_ok,
+                     "tasks_baseline": tasks_ok, "fds_baseline": fds_ok,
+                     "all_met": total_failed == 0 and not stuck and rss_ok and tasks_ok and fds_ok})
     return 0
 
 

@@ -46,6 +46,15 @@ class Pools:
         """Instances that have pools (either kind)."""
         return len(self._sessions.keys() | self._upstreams.keys())
 
+    def session_connections(self) -> tuple[int, int]:
+        """(idle, in use) connections of the aiohttp-path sessions (diagnostics; reads aiohttp internals here only)."""
+        idle = in_use = 0
+        for session in self._sessions.values():
+            connector = session.connector
+            idle += sum(len(v) for v in getattr(connector, "_conns", {}).values())
+            in_use += len(getattr(connector, "_acquired", ()))
+        return idle, in_use
+
     def fast_idle(self) -> int:
         """Idle keep-alive connections held for the fast path, over all instances."""
         return sum(len(pool) for pool in self._upstreams.values())

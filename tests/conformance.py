@@ -31,7 +31,7 @@ from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 
 REPO = Path(__file__).resolve().parent.parent
-LAUNCHER = REPO / "bench" / "_proxy_launcher.py"
+LAUNCHER = "bench._proxy_launcher"
 NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
 READY_PATH = "/__ready"  # the readiness probe lazy-proxy sends before the first forwarded request
 IO_TIMEOUT = 5.0  # no single read or exchange in the suite should take longer
@@ -626,7 +626,7 @@ def start_lazy_proxy(upstream_port: int, workdir: Path) -> Front:
     port = free_port()
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(LAUNCHER), "--config", str(config), "--port", str(port),
+            [sys.executable, "-m", LAUNCHER, "--config", str(config), "--port", str(port),
              "--upstream", f"http://127.0.0.1:{upstream_port}"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
     front = Front("lazy-proxy", port, proc, log, workdir)

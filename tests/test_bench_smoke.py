@@ -1,0 +1,127 @@
+"""Every benchmark still runs: `python -m bench.NAME --smoke` from the repository root, as its own process.
+
+Smoke parameters are tiny (a few seconds each, the numbers mean nothing); each run must exit 0 and end with a
+`SUMMARY {json}` line that parses, naming the bench, plus a check or two on what the bench is about. Benches
+that need a container daemon run their stub variant only (cold_start, warm_restart: `--runtime stub`).
+Benches that need wrk (overhead, inference) or nginx (overhead's reference) skip without them, or fail under
+CI=true, where .ci/ installs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 180  # seconds per bench: smoke runs take 1-10 s; this only stops a hung one
+
+
+def ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def have(program: str) -> bool:
+    return bool(shutil.which(program) or shutil.which(program, path="/usr/sbin:/sbin"))
+
+
+def need(program: str, package: str) -> None:
+    """Skip without `program`, or fail under CI=true (bash .ci/tools.sh installs it there)."""
+    if not have(program):
+        message = f"{program} is not installed (apt-get install {package}; CI: bash .ci/tools.sh)"
+        if ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def summary_of(stdout: str) -> dict[str, Any]:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("SUMMARY "), "last line is not a SUMMARY"
+    data = json.loads(lines[-1][len("SUMMARY "):])
+    assert isinstance(data, dict)
+    return data
+
+
+def bench(name: str, *args: str) -> dict[str, Any]:
+    """Run `python -m bench.NAME --smoke ARGS` from the repository root; its parsed SUMMARY."""
+    argv = [sys.executable, "-m", f"bench.{name}", "--smoke", *args]
+    res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
+                         stdin=subprocess.DEVNULL)
+    context = f"{' '.join(argv[1:])} exited {res.returncode}\n--- stdout\n{res.stdout[-3000:]}\n" \
+              f"--- stderr\n{res.stderr[-3000:]}"
+    assert res.returncode == 0, context
+    try:
+        data = summary_of(res.stdout)
+    except (AssertionError, ValueError) as exc:
+        raise AssertionError(f"{exc}\n{context}") from None
+    assert data["bench"] == name, context
+    return data
+
+
+def test_herd() -> None:
+    s = bench("herd")
+    assert s["starts"] == [1] and s["errors"] == 0, s
+
+
+def test_keys() -> None:
+    s = bench("keys")
+    assert s["sizes"]["2000"]["get_ns"] > 0, s
+
+
+def test_cold_start_stub() -> None:
+    s = bench("cold_start", "--runtime", "stub")
+    assert [(r["runtime"], r["path"], "error" in r) for r in s["results"]] == [("stub", "create", False)], s
+
+
+def test_warm_restart_stub() -> None:
+    s = bench("warm_restart", "--runtime", "stub")
+    assert s["errors"] == {} and s["results"]["stub"]["start"]["n"] == 3, s
+
+
+@pytest.mark.slow
+def test_check_deploy() -> None:
+    assert bench("check_deploy")["problems"] == []
+
+
+@pytest.mark.slow
+def test_soak() -> None:
+    s = bench("soak")
+    assert s["ok"] > 0 and s["failed"] == 0 and s["stuck_in_flight"] == [], s
+
+
+@pytest.mark.slow
+def test_overhead() -> None:
+    need("wrk", "wrk")
+    if not have("nginx") and ci():
+        need("nginx", "nginx-light")
+    variants = "nginx,lazy-proxy" if have("nginx") else "lazy-proxy"  # locally: without nginx, lazy-proxy alone
+    s = bench("overhead", "--variants", variants)
+    closed = s["closed_loop"]
+    assert set(closed) == {"direct", *variants.split(",")}, s
+    for name, run in closed.items():
+        assert run["rps"] > 0 and run["errors"] == 0, (name, run)
+
+
+@pytest.mark.slow
+def test_inference() -> None:
+    need("wrk", "wrk")
+    s = bench("inference")
+    if s.get("skipped") == "1 core":
+        pytest.skip("inference needs 2 cores")
+    assert s["micro_batching_preds_per_s"] > 0 and s["v2_batched_preds_per_s"] > 0, s
+
+
+def test_run_all_runs_the_modules() -> None:
+    env = {**os.environ, "PYTHON": sys.executable}
+    res = subprocess.run(["bash", str(ROOT / "bench" / "run_all"), "--smoke", "keys", "warm_restart"], cwd="/",
+                         env=env, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, f"{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    benches = [json.loads(line[len("SUMMARY "):])["bench"] for line in res.stdout.splitlines()
+               if line.startswith("SUMMARY ")]
+    assert benches == ["keys", "warm_restart"], res.stdout[-3000:]
