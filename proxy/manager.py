@@ -14,11 +14,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator, Protocol
 
+import structlog
+
 from backends.base import Backend, BackendError, ContainerSpec, Instance, InstanceState
 from proxy.capacity import Capacity
 from proxy.config import ContainerClass, Readiness
 from proxy.errors import CapacityExceeded, NotWarm, StartFailed, StartTimeout
 from proxy.events import ACTIVE, ColdWait, EventBus, Happening, State, StopReason, Transition
+
+log = structlog.get_logger("proxy.manager")
+STOP_RETRY_DELAYS = (0.5, 2.0, 5.0)  # seconds between attempts to stop an instance before giving up
 
 
 class Prober(Protocol):
@@ -217,11 +222,24 @@ class Manager:
         instance = self.instance
         try:
             if instance is not None:
-                await self.services.backend.stop(instance)
-        except Exception as exc:  # noqa: BLE001 - a failed stop still ends our claim on it
-            self.last_error = f"stop failed: {exc}"
+                await self._stop_instance(instance)
         finally:
             self._transition(State.STOPPED, reason.value, Happening.STOPPED, reason)
+
+    async def _stop_instance(self, instance: Instance) -> None:
+        """Stop, retrying while the runtime refuses or cannot be reached: a forgotten failed stop leaves a
+        container running that nothing will ever stop."""
+        for delay in (*STOP_RETRY_DELAYS, None):
+            try:
+                await self.services.backend.stop(instance)
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure is retried, then reported
+                self.last_error = f"stop failed: {type(exc).__name__}: {exc}"
+                log.warning("stop_failed", key=self.key, container=self.klass.name, error=self.last_error,
+                            retry_in=delay)
+                if delay is None:
+                    return
+                await asyncio.sleep(delay)
 
     async def stop(self, reason: StopReason) -> None:
         """Stop now (shutdown, admin). Waits for a start in progress first."""

@@ -275,7 +275,7 @@ async def test_failed_stop_still_ends_the_claim(world, clock):
     instance = m.instance
     world.backend.stop.raises(BackendError("daemon said no"))
     await m.stop(StopReason.ADMIN)
-    assert m.state is State.STOPPED and m.last_error == "stop failed: daemon said no"
+    assert m.state is State.STOPPED and m.last_error == "stop failed: BackendError: daemon said no"
     assert world.capacity.active("svc") == 0 and world.pools.forgotten == [instance]
 
 
