@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 REUSE_STOPPED_DEFAULT = True
 
 STOP_TIMEOUT_S = 5
+WATCHED_EVENTS = ("die", "stop", "kill", "oom", "destroy")  # an instance may have left `running`
 _SAFE = re.compile(r"[^a-z0-9_.-]+")
 
 
@@ -301,6 +302,44 @@ class EngineBackend:
         if state.get("Running") or state.get("Status") in ("running", "paused", "restarting"):
             return InstanceState.RUNNING
         return InstanceState.EXITED
+
+    async def exit_reason(self, instance: Instance) -> str | None:
+        """The runtime's word on why the container stopped: out of memory, a signal, an exit code."""
+        async with self._errors():
+            info = await self.show(instance.id)
+        if info is None:
+            return "removed"
+        state = info.get("State") or {}
+        if state.get("Running"):
+            return None
+        limit = int((info.get("HostConfig") or {}).get("Memory") or 0)
+        memory = f"limit {limit / 2**20:g} MiB" if limit else "no limit"
+        code = state.get("ExitCode")
+        if state.get("OOMKilled"):
+            return f"out of memory ({memory})"
+        if code == 137 and limit:  # SIGKILL: the kernel's OOM killer, as some runtimes report it, or a kill
+            return f"killed (exit 137): out of memory? ({memory})"
+        return f"exited with code {code}" + (f": {state['Error']}" if state.get("Error") else "")
+
+    async def watch(self) -> AsyncIterator[str]:
+        """Ids of this proxy's containers as they die, stop, are OOM-killed or removed: the runtime's event
+        stream, on a client of its own. Ends when the stream breaks (daemon down); the caller reconnects."""
+        filters = json.dumps({"type": ["container"], "event": list(WATCHED_EVENTS),
+                              "label": [f"{LABEL_MANAGED}=true", f"{LABEL_PROXY_ID}={self.proxy_id}"]})
+        docker = aiodocker.Docker(url=self.socket)
+        try:
+            subscriber = docker.events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
+            stream = asyncio.ensure_future(docker.events.run(filters=filters))
+            try:
+                while (event := await subscriber.get()) is not None:
+                    cid = (event.get("Actor") or {}).get("ID") or event.get("id")
+                    if cid:
+                        yield str(cid)
+            finally:
+                stream.cancel()
+                await asyncio.gather(stream, return_exceptions=True)
+        finally:
+            await docker.close()
 
     async def _ours(self, running_only: bool) -> list[dict[str, Any]]:
         docker = await self._client()

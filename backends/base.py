@@ -129,8 +129,12 @@ class Backend(Protocol):
         """Whether the instance is still alive (used after an upstream error)."""
         ...
 
+    async def exit_reason(self, instance: Instance) -> str | None:
+        """Why a stopped instance stopped, when the runtime says (e.g. "out of memory (limit 24 MiB)")."""
+        ...
+
     async def list_instances(self) -> list[Instance]:
-        """Running instances this proxy owns (labelled), for adoption after a restart."""
+        """Running instances this proxy owns (labelled), for adoption after a restart and reconciling."""
         ...
 
     async def cleanup_stopped(self) -> list[str]:

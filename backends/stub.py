@@ -61,6 +61,9 @@ class StubBackend:
     async def inspect(self, instance: Instance) -> InstanceState:
         return InstanceState.RUNNING if instance.id in self._runners else InstanceState.MISSING
 
+    async def exit_reason(self, instance: Instance) -> str | None:
+        return None  # an in-process server only stops when told to
+
     async def list_instances(self) -> list[Instance]:
         return []  # in-process servers die with the proxy: nothing to adopt
 

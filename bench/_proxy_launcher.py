@@ -60,6 +60,9 @@ class ExternalBackend:
     async def inspect(self, instance: Instance) -> InstanceState:
         return InstanceState.RUNNING if instance.id in self._started else InstanceState.MISSING
 
+    async def exit_reason(self, instance: Instance) -> str | None:
+        return None  # the upstream process is not ours to explain
+
     async def list_instances(self) -> list[Instance]:
         return []  # nothing survives this process to adopt
 

@@ -26,6 +26,7 @@ from proxy.metrics import Metrics
 from proxy.pools import Pools
 from proxy.prewarm import schedule_prewarm
 from proxy.probe import Prober
+from proxy.reconcile import Reconciler
 from proxy.registry import Registry
 from proxy.relay import Relays
 from proxy.reqlog import RequestLog
@@ -52,6 +53,7 @@ class Proxy:
         self.metrics.prom.register(self.usage)
         self.hooks = Hooks(self.bus, config.webhooks)
         self.scheduler = Scheduler(clock)
+        self.reconciler = Reconciler(self.registry, backend)
         # The request line is an info line: `logging.level: warning` (or `logging.requests: false`) turns it off.
         self.reqlog = RequestLog() if config.log_requests and config.log_level in ("debug", "info") else None
         self.relays = Relays(config.max_body_size, config.upstream_timeout)
@@ -70,6 +72,7 @@ class Proxy:
         except Exception as exc:  # noqa: BLE001 - a daemon that is down now may be up by the first request
             log.warning("adopt_failed", error=f"{type(exc).__name__}: {exc}")
         self.scheduler.start()
+        self.reconciler.start()
 
     def add_routes(self, app: web.Application) -> None:
         """Register each configured route (the fast path resolves against the same resources)."""
@@ -91,6 +94,7 @@ class Proxy:
 
     async def shutdown(self) -> None:
         await self.scheduler.stop()
+        await self.reconciler.stop()
         await self.registry.stop_all(StopReason.SHUTDOWN)
         await self.hooks.close()
         await self.prober.close()

@@ -62,6 +62,12 @@ class CapacityExceeded(Refusal):
     status, error, retry_after = 503, "capacity exceeded", 5.0
 
 
+class RuntimeUnreachable(Refusal):
+    """The instance refused the connection and the container runtime cannot be asked why (daemon down)."""
+
+    status, error, retry_after = 503, "runtime unreachable", 2.0
+
+
 class StartTimeout(Refusal):
     """The instance was not ready within start_timeout."""
 

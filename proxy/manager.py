@@ -267,21 +267,30 @@ class Manager:
                 return
 
     async def check_alive(self) -> bool:
-        """After an upstream error: is the instance still there? If not, forget it (reason=error)."""
+        """After an upstream error: is the instance still there? If not, forget it (reason=error).
+
+        True when it is, or when the runtime cannot be asked (keep serving rather than flap)."""
+        return await self.liveness() is not False
+
+    async def liveness(self) -> bool | None:
+        """Ask the runtime: True alive, False gone (and forgotten, as a crash), None cannot tell."""
         instance = self.instance
         if self.state is not State.RUNNING or instance is None:
             return False
+        backend = self.services.backend
         try:
-            status = await self.services.backend.inspect(instance)
+            status = await backend.inspect(instance)
+            why = None if status is InstanceState.RUNNING else await backend.exit_reason(instance)
         except BackendError:
-            return True  # cannot tell; keep serving rather than flap
+            return None
         if status is InstanceState.RUNNING or self.instance is not instance or self.state is not State.RUNNING:
             return status is InstanceState.RUNNING
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
-        self.last_error = f"instance {status.value}"
-        self._transition(State.STOPPED, "error", Happening.CRASHED, StopReason.ERROR)
+        self.last_error = f"instance {status.value}" + (f": {why}" if why else "")
+        self._transition(State.STOPPED, why or "error", Happening.CRASHED, StopReason.ERROR)
+        log.warning("instance_gone", key=self.key, container=self.klass.name, reason=self.last_error)
         return False
 
     def adopt(self, instance: Instance) -> None:

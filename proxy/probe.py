@@ -41,7 +41,9 @@ class Prober:
             if loop.time() >= next_inspect:
                 next_inspect = loop.time() + INSPECT_EVERY
                 if await self.backend.inspect(instance) is not InstanceState.RUNNING:
-                    raise BackendError(f"instance exited before it was ready ({instance.id[:12]})")
+                    why = await self.backend.exit_reason(instance)
+                    raise BackendError(f"instance exited before it was ready ({instance.id[:12]}"
+                                       + (f": {why})" if why else ")"))
             await asyncio.sleep(readiness.interval)
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Iterator
 
+from backends.base import Instance
 from proxy.balance import least_loaded, member_key
 from proxy.config import Config
 from proxy.events import State, StopReason
@@ -45,8 +46,12 @@ class Registry:
         backend = self.services.backend
         if not self.config.backend.reuse_stopped:
             await backend.cleanup_stopped()
+        return self.adopt(await backend.list_instances())
+
+    def adopt(self, instances: list[Instance]) -> int:
+        """Take over listed running instances of known classes whose manager is `stopped`; how many."""
         adopted = 0
-        for instance in await backend.list_instances():
+        for instance in instances:
             if instance.container not in self.config.containers:
                 continue
             manager = self.get(instance.key, instance.container)

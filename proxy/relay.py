@@ -20,7 +20,7 @@ from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
-from proxy.errors import BodyTooLarge, Refusal, UpstreamError, error_body, retry_after_header
+from proxy.errors import BodyTooLarge, Refusal, RuntimeUnreachable, UpstreamError, error_body, retry_after_header
 from proxy.forward import HOP_BY_HOP
 from proxy.upstream import UpstreamConnection, UpstreamPool
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 _HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 _REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 _RESPONSE_SKIP = _HOP
+REFUSED_RETRY_PAUSES = (0.0, 0.0, 0.25, 0.5, 1.0)  # connect attempts after a refusal (the first two: at once)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # safe to send twice (RFC 9110)
 _HOP_LINE = re.compile(b"\\r\\n(?:" + b"|".join(re.escape(h) for h in sorted(_HOP)) + b")[ \\t]*:", re.IGNORECASE)
 _LENGTH_LINE = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
 
@@ -179,35 +181,51 @@ class Exchange:
             self.client.loop.create_task(self._connect())
 
     async def _connect(self) -> None:
-        try:
-            conn = await self.pool.connect()
-        except (OSError, asyncio.TimeoutError) as exc:
-            if not self.replaced and not self.done and await self._replace_instance():
-                await self._connect()
+        """A fresh connection. A refused one never carried the request, so it is safe to find out why: an
+        instance the runtime reports gone (stopped or removed from outside) is started again and the request
+        sent there, once; one it reports alive may be starting or shutting down, so it is tried again a few
+        times over ~2 s before the 502 (nginx's `proxy_next_upstream error`, with one upstream)."""
+        error = ""
+        for pause in REFUSED_RETRY_PAUSES:
+            if pause:
+                await asyncio.sleep(pause)
+            if self.done:
                 return
-            self.manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
-            self._fail(UpstreamError(502, f"upstream connection failed: {type(exc).__name__}: {exc}"))
+            try:
+                conn = await self.pool.connect()
+            except asyncio.TimeoutError:
+                error = f"no connection within connect_timeout={self.pool.connect_timeout:g}s"
+                break  # silence is not a refusal: do not wait that long again
+            except OSError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                if not await self._after_refusal():
+                    return  # answered (the runtime is down, or a restart failed)
+                continue
+            if self.done:
+                self.pool.put(conn)
+            else:
+                self._send(conn, reused=False)
             return
-        if self.done:
-            self.pool.put(conn)
-        else:
-            self._send(conn, reused=False)
+        self.manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
+        self._fail(UpstreamError(502, f"upstream connection failed: {error}"))
 
-    async def _replace_instance(self) -> bool:
-        """The connection was refused, so the request never reached the instance. If the runtime says the
-        instance is gone (stopped or removed from outside), start it again and send the request there:
-        once, like nginx's `proxy_next_upstream error`. False: not replaced (answered, or alive after all)."""
-        self.replaced = True
+    async def _after_refusal(self) -> bool:
+        """Ask the runtime about a refusing instance; restart it if gone. False when this answered already."""
         try:
-            if await self.manager.check_alive():
-                return False
+            alive = await self.manager.liveness()
+            if alive is None:  # the runtime is down too: its containers likely with it; try again soon
+                raise RuntimeUnreachable("the instance refused the connection and the container runtime "
+                                         "cannot be reached", key=self.key)
+            if alive or self.replaced:
+                return True  # alive after all (or replaced once already): the caller tries again shortly
+            self.replaced = True
             await self.manager.ensure_running(reason="request")
         except Refusal as refusal:
             self._fail(refusal)
             return False
         instance = self.manager.instance
         if self.done or instance is None:
-            return False
+            return not self.done
         pool = self.handler.pools.upstream(instance)
         self.request = self.request.replace(b"\r\nHost: %s\r\n" % self.pool.authority,
                                             b"\r\nHost: %s\r\n" % pool.authority, 1)
@@ -310,8 +328,11 @@ class Exchange:
 
     def on_upstream_lost(self, error: str, got_response: bool) -> None:
         self.conn = None
-        if not got_response and self.reused and not self.streaming and not self.retried:
-            # A pooled connection the instance had closed: the request never reached it. Once more, fresh.
+        if (not got_response and self.reused and not self.streaming and not self.retried
+                and self.message.method in _IDEMPOTENT and not self.pool.closed):
+            # A pooled connection the instance had closed as we sent (the keep-alive race): the request most
+            # likely never reached it. Once more on a fresh connection, for idempotent requests only (nginx
+            # does the same). Not when the instance itself went away: that request was on it.
             self.retried = True
             self.client.loop.create_task(self._connect())
             return

@@ -180,7 +180,7 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections to one instance, most recently used first."""
 
-    __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "closed")
+    __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "_busy", "closed")
 
     def __init__(self, host: str, port: int, connect_timeout: float) -> None:
         self.host = host
@@ -188,29 +188,41 @@ class UpstreamPool:
         self.authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()  # for Host
         self.connect_timeout = connect_timeout
         self._idle: list[UpstreamConnection] = []
+        self._busy: set[UpstreamConnection] = set()  # lent to exchanges: cut too if the instance goes
         self.closed = False
 
     def take(self) -> UpstreamConnection | None:
         while self._idle:
             conn = self._idle.pop()
             if conn.transport is not None and not conn.transport.is_closing():
+                self._busy.add(conn)
                 return conn
         return None
 
     async def connect(self) -> UpstreamConnection:
+        if self.closed:
+            raise ConnectionRefusedError("the instance is gone")
         loop = asyncio.get_running_loop()
         _, conn = await asyncio.wait_for(
             loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
             timeout=self.connect_timeout)
+        if self.closed or conn.transport is None or conn.transport.is_closing():
+            # The instance went while we connected, or a port proxy accepted for an instance that is gone and
+            # hung up at once: nothing was sent, so this is a refused connect.
+            conn.abandon()
+            raise ConnectionRefusedError("the instance is gone")
+        self._busy.add(conn)
         return conn
 
     def put(self, conn: UpstreamConnection) -> None:
+        self._busy.discard(conn)
         if self.closed or len(self._idle) >= MAX_IDLE:
             conn.abandon()
         else:
             self._idle.append(conn)
 
     def discard(self, conn: UpstreamConnection) -> None:
+        self._busy.discard(conn)
         try:
             self._idle.remove(conn)
         except ValueError:
@@ -220,7 +232,13 @@ class UpstreamPool:
         return len(self._idle)
 
     def close(self) -> None:
+        """The instance is gone: idle connections are dropped, and those still carrying an exchange are
+        cut, so it learns now (and may retry elsewhere) instead of waiting out upstream_timeout."""
         self.closed = True
         idle, self._idle = self._idle, []
+        busy, self._busy = self._busy, set()
         for conn in idle:
             conn.abandon()
+        for conn in busy:
+            if conn.transport is not None:
+                conn.transport.abort()  # its relay hears it in connection_lost

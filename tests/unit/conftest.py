@@ -157,6 +157,7 @@ class FakeBackend:
         self.stop = FakeMethod("stop", auto=lambda instance: None)
         self.inspect = FakeMethod("inspect", auto=lambda instance: InstanceState.RUNNING)
         self.listed: list[Instance] = []  # what list_instances reports
+        self.exit_reasons: dict[str, str] = {}  # what exit_reason reports, by instance id
         self.cleanups = 0
         self.closed = False
 
@@ -169,6 +170,9 @@ class FakeBackend:
         call = call or self.start.pending[0]
         key, spec = call.args
         return call.resolve(self.new_instance(key, spec.name))
+
+    async def exit_reason(self, instance: Instance) -> str | None:
+        return self.exit_reasons.get(instance.id)
 
     async def list_instances(self) -> list[Instance]:
         return list(self.listed)
