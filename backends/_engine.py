@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 REUSE_STOPPED_DEFAULT = True
 
 STOP_TIMEOUT_S = 5
-WATCHED_EVENTS = ("die", "stop", "kill", "oom", "destroy")  # an instance may have left `running`
+# Events after which an instance may have left `running` (podman's names beside docker's).
+WATCHED_EVENTS = ("die", "died", "stop", "kill", "oom", "destroy", "remove", "cleanup")
 _SAFE = re.compile(r"[^a-z0-9_.-]+")
 
 
