@@ -48,7 +48,7 @@ class Proxy:
         self.prober = Prober(backend)
         self.capacity = Capacity({name: c.max_instances for name, c in config.containers.items()})
         self.registry = Registry(config, Services(backend, self.bus, self.capacity, self.prober, self.pools))
-        self.metrics = Metrics(self.registry, config.key_label_limit)
+        self.metrics = Metrics(self.registry)
         self.usage = UsageMeter(config, self.bus, self.metrics.key_label)
         self.metrics.prom.register(self.usage)
         self.hooks = Hooks(self.bus, config.webhooks)
@@ -177,7 +177,8 @@ def create_app(config: Config, backend: Backend | None = None, *, clock: Clock =
     backend = backend or create_backend(config.backend.type, proxy_id=config.backend.proxy_id,
                                         **config.backend.options)
     proxy = Proxy(config, backend, clock)
-    app = web.Application(middlewares=[json_errors], client_max_size=config.max_body_size)
+    app = web.Application(middlewares=[proxy.metrics.unmatched_middleware, json_errors],
+                          client_max_size=config.max_body_size)
     app[PROXY] = proxy
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)

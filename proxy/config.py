@@ -32,6 +32,7 @@ from proxy.config_containers import ContainerClass, ContainerSection, CronJob, K
 from proxy.units import (
     ConfigError,
     Duration,
+    Key,
     Name,
     NonEmptyStr,
     PositiveDuration,
@@ -131,7 +132,22 @@ BackendConfig = Backend  # the name earlier code imported
 
 
 class Metrics(Section):
-    key_label_limit: int = Field(default=100, ge=0, le=100_000, description="keys with their own metric labels")
+    """Which keys get their own `key` label: those config names (a client cannot add any), plus an allowlist."""
+
+    key_labels: TupleOf[Key] = Field(
+        default=(),
+        description="more keys with their own `key` label, in every class (config already names routes' fixed keys, "
+                    "lb members, keepalive and cron keys); every other key is counted as `key=\"_other\"`")
+    key_label_limit: int = Field(
+        default=100, ge=0, le=100_000,
+        description="at most this many `key_labels` (a config error beyond it: a guard against a generated list)")
+
+    @model_validator(mode="after")
+    def _limit(self) -> Metrics:
+        if len(set(self.key_labels)) > self.key_label_limit:
+            raise field_error(("key_labels",), f"{len(set(self.key_labels))} keys exceed "
+                                               f"key_label_limit={self.key_label_limit}")
+        return self
 
 
 def _lower(value: Any) -> Any:
@@ -265,6 +281,7 @@ class Config:
     routes: tuple[Route, ...]
     webhooks: tuple[Webhook, ...]
     pricing: Pricing
+    key_labels: tuple[str, ...] = ()  # metrics.key_labels: the allowlist of per-key metric labels
 
     @classmethod
     def from_schema(cls, schema: ConfigSchema) -> Config:
@@ -276,7 +293,8 @@ class Config:
                    log_requests=schema.logging.requests,
                    containers={name: ContainerClass.from_section(name, section)
                                for name, section in schema.containers.items()},
-                   routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing)
+                   routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing,
+                   key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)))
 
 
 def parse_config(raw: Any) -> Config:

@@ -1,65 +1,133 @@
 """Prometheus metrics, all prefixed `proxy_`, fed by lifecycle events and the request path.
 
-Each app gets its own CollectorRegistry (tests build many apps). Per-key labels are bounded by
-`metrics.key_label_limit`: the first N keys keep their name, the rest share the label `_other`.
+Each app gets its own CollectorRegistry (tests build many apps). Three rules keep the numbers honest:
+
+- **Every series a dashboard rates exists at zero before its first increment**, so `increase()` and
+  `rate()` see the first 0 -> 1 (a series born at 1 loses it). All label values are known at
+  start-up: per class (the configured classes), per key (`KeyLabels`: only keys config names), per
+  stop reason, per route and the status codes the proxy itself answers (proxy/request_metrics.py).
+- **Per-key labels cannot be gamed by clients**: a key has its own `key` label only when config names
+  it (routes' fixed keys, lb pool members `lb#N`, keepalive and cron keys, `metrics.key_labels`);
+  every other key is `key="_other"`. Clients choose keys, so first-come label slots would let 100
+  made-up keys take the labels of the real ones.
+- **Label names survive Kubernetes scrape configs**: the class is `container_class`, never
+  `container` (a target label there, which renames ours to `exported_container`).
+
+Requests that match no route are counted as `route="_unmatched"` by `Metrics.unmatched_middleware`
+(the application's first middleware). Buckets: see START_BUCKETS.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import time
+from typing import Callable, Iterable, Mapping
 
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
                                generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from proxy.events import ColdWait, Event, Happening, State
+from proxy.config import Config
+from proxy.events import ColdWait, Event, Happening, State, StopReason
+from proxy.prewarm import fixed_keys
 from proxy.registry import Registry
-from proxy.request_metrics import RequestCollector
+from proxy.request_metrics import PROXY_CODES, UNMATCHED_CODES, RequestCollector
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: double the count, no dashboard reads them
-OTHER = "_other"
-START_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+OTHER = "_other"  # the `key` label of every key config does not name (keys cannot start with `_`)
+UNMATCHED = "_unmatched"  # the `route` label of requests that match no route (own endpoints excepted)
+CLASS = "container_class"
+
+# Start and cold-wait durations, 1 ms to 60 s. Bounds step by at most a third (1, 1.25, 1.5, 2, 2.5, 3, 4,
+# 5, 6, 8 per decade), so a quantile interpolated inside a bucket is off by well under that, and more
+# bounds sit where starts fall: in-process stub starts (2-10 ms), containers (docker/podman 0.2-1 s:
+# every 50-100 ms), and a 1/16-vCPU instance importing its model (seconds).
+START_BUCKETS = (
+    0.001, 0.00125, 0.0015, 0.002, 0.0025, 0.003, 0.004, 0.005, 0.006, 0.008,
+    0.01, 0.0125, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.08,
+    0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9,
+    1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0,
+    10.0, 12.5, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0,
+)
+
+
+def named_keys(config: Config) -> dict[str, tuple[str, ...]]:
+    """Per class, the keys config names, in config order: routes' fixed keys (lb pool members
+    included), keepalive keys, cron keys, then `metrics.key_labels` (which applies to every class)."""
+    named: dict[str, tuple[str, ...]] = {}
+    for name, klass in config.containers.items():
+        keys = list(fixed_keys(config, name))
+        if klass.keepalive is not None:
+            keys += klass.keepalive.keys
+        keys += [job.key for job in klass.cron]
+        keys += config.key_labels
+        named[name] = tuple(dict.fromkeys(keys))
+    return named
 
 
 class KeyLabels:
-    """Bounded cardinality: remember up to `limit` keys, fold the rest into `_other`."""
+    """The `key` label of (class, key): the key itself when config names it, else `_other`.
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._seen: set[str] = set()
+    A fixed set, decided at start-up: nothing a client sends can add a label or take one away.
+    """
 
-    def __call__(self, key: str) -> str:
-        if key in self._seen:
-            return key
-        if len(self._seen) < self.limit:
-            self._seen.add(key)
-            return key
-        return OTHER
+    def __init__(self, named: Mapping[str, Iterable[str]]) -> None:
+        self._order = {container: (*dict.fromkeys(keys), OTHER) for container, keys in named.items()}
+        self._named = {container: frozenset(keys) - {OTHER} for container, keys in self._order.items()}
+
+    @classmethod
+    def from_config(cls, config: Config) -> KeyLabels:
+        return cls(named_keys(config))
+
+    def __call__(self, container: str, key: str) -> str:
+        named = self._named.get(container)
+        return key if named is not None and key in named else OTHER
+
+    def labels(self, container: str) -> tuple[str, ...]:
+        """Every `key` label value of a class (its named keys, then `_other`)."""
+        return self._order.get(container, (OTHER,))
 
 
 class Metrics:
-    def __init__(self, registry: Registry, key_label_limit: int) -> None:
+    def __init__(self, registry: Registry) -> None:
+        config = registry.config
         self.prom = CollectorRegistry(auto_describe=True)
-        self.key_label = KeyLabels(key_label_limit)
+        self.key_label = KeyLabels.from_config(config)
         r = self.prom
         self.requests = RequestCollector()
         r.register(self.requests)
-        self.starts = Counter("proxy_container_starts", "Instances that became ready.", ["container", "key"],
-                              registry=r)
+        self.class_starts = Counter("proxy_container_class_starts", "Instances that became ready, per class.",
+                                    [CLASS], registry=r)
+        self.starts = Counter("proxy_container_starts", "Instances that became ready, per key config names "
+                              "(others: key=\"_other\").", [CLASS, "key"], registry=r)
         self.start_failures = Counter("proxy_container_start_failures", "Starts that failed or timed out.",
-                                      ["container"], registry=r)
+                                      [CLASS], registry=r)
         self.start_duration = Histogram("proxy_container_start_duration_seconds",
-                                        "Start requested -> instance ready.", ["container"],
+                                        "Start requested -> instance ready.", [CLASS],
                                         buckets=START_BUCKETS, registry=r)
-        self.stops = Counter("proxy_container_stops", "Instances stopped, by reason (idle, shutdown, error).",
-                             ["container", "reason"], registry=r)
-        self.running = Gauge("proxy_containers_running", "Instances currently running.", ["container"], registry=r)
+        self.stops = Counter("proxy_container_stops", "Instances stopped, by reason (idle, shutdown, error, admin).",
+                             [CLASS, "reason"], registry=r)
+        self.running = Gauge("proxy_container_running_instances", "Instances currently running.", [CLASS],
+                             registry=r)
+        self.max_instances = Gauge("proxy_container_max_instances", "The class's max_instances (a constant).",
+                                   [CLASS], registry=r)
         self.cold_wait = Histogram("proxy_cold_start_wait_seconds", "Time requests spent waiting for a start.",
-                                   ["container"], buckets=START_BUCKETS, registry=r)
-        for name in registry.config.containers:
+                                   [CLASS], buckets=START_BUCKETS, registry=r)
+        for name, klass in config.containers.items():  # every series at zero before its first increment
+            self.class_starts.labels(name)
+            self.start_failures.labels(name)
+            for reason in StopReason:
+                self.stops.labels(name, reason.value)
+            self.start_duration.labels(name)
+            self.cold_wait.labels(name)
             self.running.labels(name).set(0)
+            self.max_instances.labels(name).set(klass.max_instances)
+            for label in self.key_label.labels(name):
+                self.starts.labels(name, label)
         r.register(_InFlightCollector(registry, self.key_label))
+        self.unmatched_middleware = _unmatched_middleware(self.requests.route(UNMATCHED, UNMATCHED_CODES).observe)
         registry.services.bus.subscribe(self.on_event)
 
     def on_event(self, event: Event) -> None:
@@ -72,7 +140,8 @@ class Metrics:
             self.running.labels(event.container).dec()
         happening = event.happening
         if happening in (Happening.STARTED, Happening.ADOPTED):  # adoption counts as a start, as its hook does
-            self.starts.labels(event.container, self.key_label(event.key)).inc()
+            self.class_starts.labels(event.container).inc()
+            self.starts.labels(event.container, self.key_label(event.container, event.key)).inc()
             if happening is Happening.STARTED:
                 self.start_duration.labels(event.container).observe(event.duration)
         elif happening is Happening.START_FAILED:
@@ -82,10 +151,36 @@ class Metrics:
 
     def request_observer(self, route: str) -> Callable[[int, float, bool], None]:
         """The route's recorder: `observe(code, seconds, fast_path)`, a few integer additions per request."""
-        return self.requests.route(route).observe
+        return self.requests.route(route, PROXY_CODES).observe
 
     def render(self) -> bytes:
         return generate_latest(self.prom)
+
+
+def _unmatched_middleware(observe: Callable[[int, float, bool], None]) -> Middleware:
+    """An aiohttp middleware counting requests that match no route as `route="_unmatched"` (404, 405).
+
+    The proxy's own endpoints and the configured routes match, so they pass straight through; only
+    unmatched requests pay for a clock read. Works outside or inside the JSON error middleware.
+    """
+
+    @web.middleware
+    async def count_unmatched(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.http_exception is None:
+            return await handler(request)
+        began = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            observe(status, time.perf_counter() - began, False)
+
+    return count_unmatched
 
 
 class _InFlightCollector(Collector):
@@ -99,9 +194,9 @@ class _InFlightCollector(Collector):
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily("proxy_container_in_flight", "Requests and WebSockets in flight per key.",
-                              labels=["container", "key"]),
+                              labels=[CLASS, "key"]),
             GaugeMetricFamily("proxy_container_managers", "Managers (keys) per lifecycle state.",
-                              labels=["container", "state"]),
+                              labels=[CLASS, "state"]),
         )
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
@@ -109,12 +204,14 @@ class _InFlightCollector(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         in_flight, by_state = self._families()
-        totals: dict[tuple[str, str], int] = {}
-        states = {(name, state.value): 0 for name in self.registry.config.containers for state in State}
+        classes = self.registry.config.containers
+        totals = {(name, label): 0 for name in classes for label in self.key_label.labels(name)}
+        states = {(name, state.value): 0 for name in classes for state in State}
         for manager in self.registry:
-            states[(manager.klass.name, manager.state.value)] += 1
-            if manager.in_flight or manager.state is not State.STOPPED:
-                labels = (manager.klass.name, self.key_label(manager.key))
+            name = manager.klass.name
+            states[(name, manager.state.value)] += 1
+            if manager.in_flight:
+                labels = (name, self.key_label(name, manager.key))
                 totals[labels] = totals.get(labels, 0) + manager.in_flight
         for labels, value in totals.items():
             in_flight.add_metric(list(labels), value)

@@ -4,6 +4,11 @@ prometheus_client's Counter and Histogram take a lock on every update; at tens o
 requests a second that is a measurable share of a request's CPU. Each route keeps plain counts
 here (the event loop is single-threaded) and `RequestCollector` turns them into the usual families
 when Prometheus scrapes.
+
+Every route's series exist from start-up: its latency histogram, its fast-path count, and a zero
+count for 200 and each status the proxy answers by itself (400 invalid key/path, 413, 499 client
+gone, 500, 502/504 upstream errors, 503 not warm/start failed/capacity), so `increase()` sees a
+route's first error. Other codes an instance sends appear at their first request.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from prometheus_client.registry import Collector
 # Request latency through the proxy: from 50 us (a warm fast-path hop) to a minute (cold starts, streams).
 REQUEST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Status codes counted from zero on every proxied route: success, and what the proxy itself answers.
+PROXY_CODES = (200, 400, 413, 499, 500, 502, 503, 504)
+# Requests that match no route: not found, or a path whose methods do not include the request's.
+UNMATCHED_CODES = (404, 405)
 
 
 class RouteStats:
@@ -24,9 +33,9 @@ class RouteStats:
 
     __slots__ = ("route", "codes", "buckets", "total_seconds", "fast")
 
-    def __init__(self, route: str) -> None:
+    def __init__(self, route: str, codes: Iterable[int] = ()) -> None:
         self.route = route
-        self.codes: dict[int, int] = {}
+        self.codes: dict[int, int] = dict.fromkeys(codes, 0)
         self.buckets = [0] * (len(REQUEST_BUCKETS) + 1)  # the last one is +Inf
         self.total_seconds = 0.0
         self.fast = 0
@@ -44,10 +53,13 @@ class RequestCollector(Collector):
     def __init__(self) -> None:
         self.routes: dict[str, RouteStats] = {}
 
-    def route(self, name: str) -> RouteStats:
+    def route(self, name: str, codes: Iterable[int] = ()) -> RouteStats:
+        """The stats of route `name` (routes sharing a name share them), with `codes` counted from zero."""
         stats = self.routes.get(name)
         if stats is None:
             stats = self.routes[name] = RouteStats(name)
+        for code in codes:
+            stats.codes.setdefault(code, 0)
         return stats
 
     def describe(self) -> Iterable[CounterMetricFamily | HistogramMetricFamily]:

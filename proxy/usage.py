@@ -2,27 +2,42 @@
 
 Running time counts from ready (or adopted) until stopped. Counters are computed at scrape time,
 so an instance that is still running is billed up to the second.
+
+State is bounded whatever keys clients invent:
+
+- Prometheus counters are kept per (class, `key` label), and labels are a fixed set (`KeyLabels`:
+  keys config names, the rest `_other`), all exported from zero at start-up. A key's time moves into
+  its label's total when it stops, so the counters never go down, even when per-key detail is dropped.
+- Per-key detail (for /container-status) is kept while the key runs, and after its last stop for
+  `retention` seconds (24 h), for at most `max_stopped` stopped keys (10,000; the longest stopped
+  go first). A key past that reports `usage: null`; its time is still in the counters.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy.config import Config
 from proxy.events import Event, EventBus, Happening, Transition
-from proxy.metrics import KeyLabels
+from proxy.metrics import CLASS, KeyLabels
+
+USAGE_RETENTION = 24 * 3600.0  # seconds per-key detail outlives the key's last stop
+USAGE_MAX_STOPPED = 10_000  # stopped keys with per-key detail, at most
 
 
 @dataclass(slots=True)
 class Usage:
-    container: str
+    """One key's running time: closed periods, plus the open one while it runs."""
+
     seconds: float = 0.0
     running_since: float | None = None
+    stopped_at: float = 0.0
 
     def total(self, now: float) -> float:
         return self.seconds + (now - self.running_since if self.running_since is not None else 0.0)
@@ -33,29 +48,65 @@ _TO_BASE_UNITS = {"memory_gib_seconds": 2.0**30, "disk_gb_seconds": 1e9}
 
 
 class UsageMeter(Collector):
-    def __init__(self, config: Config, bus: EventBus, key_label: KeyLabels) -> None:
+    def __init__(self, config: Config, bus: EventBus, key_label: KeyLabels, *,
+                 retention: float = USAGE_RETENTION, max_stopped: int = USAGE_MAX_STOPPED,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.key_label = key_label
-        self.usage: dict[tuple[str, str], Usage] = {}  # (container class, key)
+        self.retention = retention
+        self.max_stopped = max_stopped
+        self.clock = clock
+        self.running: dict[tuple[str, str], Usage] = {}  # (container class, key), while running
+        self.stopped: OrderedDict[tuple[str, str], Usage] = OrderedDict()  # in the order they stopped
+        # Closed running seconds per (class, key label): what the counters export, with the open periods.
+        self.totals: dict[tuple[str, str], float] = {
+            (name, label): 0.0 for name in config.containers for label in key_label.labels(name)}
         bus.subscribe(self._on_event)
 
     def _on_event(self, event: Event) -> None:
         if not isinstance(event, Transition) or event.happening is None:
             return
-        usage = self.usage.setdefault((event.container, event.key), Usage(event.container))
-        if event.happening in (Happening.STARTED, Happening.ADOPTED) and usage.running_since is None:
-            usage.running_since = event.timestamp
-        elif event.happening in (Happening.STOPPED, Happening.CRASHED) and usage.running_since is not None:
-            usage.seconds += event.timestamp - usage.running_since
-            usage.running_since = None
+        at = (event.container, event.key)
+        if event.happening in (Happening.STARTED, Happening.ADOPTED):
+            usage = self.running.get(at) or self.stopped.pop(at, Usage())
+            if usage.running_since is None:
+                usage.running_since = event.timestamp
+            self.running[at] = usage
+        elif event.happening in (Happening.STOPPED, Happening.CRASHED):
+            ended = self.running.pop(at, None)
+            if ended is None or ended.running_since is None:
+                return
+            ran = event.timestamp - ended.running_since
+            ended.seconds += ran
+            ended.running_since = None
+            ended.stopped_at = event.timestamp
+            label = (event.container, self.key_label(event.container, event.key))
+            self.totals[label] = self.totals.get(label, 0.0) + ran
+            self.stopped[at] = ended
+            self._expire(event.timestamp)
+
+    def _expire(self, now: float) -> None:
+        """Drop per-key detail past its retention, and the longest-stopped keys beyond the cap."""
+        stopped = self.stopped
+        while stopped:
+            oldest = next(iter(stopped.values()))
+            if len(stopped) <= self.max_stopped and oldest.stopped_at >= now - self.retention:
+                break
+            stopped.popitem(last=False)
+
+    def __len__(self) -> int:
+        """Keys with per-key detail (running, or stopped within the retention and the cap)."""
+        return len(self.running) + len(self.stopped)
 
     def report(self, container: str, key: str, now: float | None = None) -> dict[str, float] | None:
-        usage = self.usage.get((container, key))
+        usage = self.running.get((container, key)) or self.stopped.get((container, key))
         if usage is None:
             return None
-        cls = self.config.containers[usage.container]
+        return self._bill(container, usage.total(self.clock() if now is None else now))
+
+    def _bill(self, container: str, seconds: float) -> dict[str, float]:
+        cls = self.config.containers[container]
         prices = self.config.pricing
-        seconds = usage.total(time.time() if now is None else now)
         memory = seconds * cls.spec.resources.memory_gib
         vcpu = seconds * cls.spec.resources.cpus
         disk = seconds * cls.disk_gb
@@ -68,23 +119,25 @@ class UsageMeter(Collector):
 
     def collect(self) -> Iterable[CounterMetricFamily]:
         families = self._families()
-        now = time.time()
-        totals: dict[tuple[str, str], dict[str, float]] = {}
-        for (container, key), usage in list(self.usage.items()):
-            report = self.report(container, key, now)
-            assert report is not None
-            row = totals.setdefault((usage.container, self.key_label(key)), dict.fromkeys(families, 0.0))
-            for field in families:
-                row[field] += report[field]
-        for labels, row in totals.items():
+        now = self.clock()
+        self._expire(now)
+        seconds = dict(self.totals)
+        for (container, key), usage in list(self.running.items()):  # the open periods; closed ones are in totals
+            if usage.running_since is not None:
+                at = (container, self.key_label(container, key))
+                seconds[at] = seconds.get(at, 0.0) + max(0.0, now - usage.running_since)
+        for (container, label), value in seconds.items():
+            if container not in self.config.containers:
+                continue
+            row = self._bill(container, value)
             for field, family in families.items():
-                family.add_metric(list(labels), row[field] * _TO_BASE_UNITS.get(field, 1.0))
+                family.add_metric([container, label], row[field] * _TO_BASE_UNITS.get(field, 1.0))
         return families.values()
 
     @staticmethod
     def _families() -> dict[str, CounterMetricFamily]:
         def counter(name: str, doc: str) -> CounterMetricFamily:
-            return CounterMetricFamily(f"proxy_container_usage_{name}", doc, labels=["container", "key"])
+            return CounterMetricFamily(f"proxy_container_usage_{name}", doc, labels=[CLASS, "key"])
 
         return {
             "running_seconds": counter("running_seconds", "Seconds instances ran."),

@@ -40,5 +40,5 @@ async def test_churn_never_stops_an_instance_under_a_request(make_proxy):
     assert starts > len(keys)  # instances really cycled
     await h.wait_for(lambda: all(h.manager(k).state is State.STOPPED for k in keys))
     assert all(h.manager(k).in_flight == 0 for k in keys)
-    stops = await h.metric("proxy_container_stops_total", container="svc", reason="idle")
+    stops = await h.metric("proxy_container_stops_total", container_class="svc", reason="idle")
     assert stops == starts

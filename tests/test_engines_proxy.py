@@ -47,7 +47,7 @@ async def test_container_killed_mid_request_gives_502_then_recovers(make_proxy, 
     assert resp.status == 502 and body["error"] == "upstream error" and body["reason"]
     await h.wait_for(lambda: m.state is State.STOPPED)  # noticed by inspect
     assert m.in_flight == 0
-    assert await h.metric("proxy_container_stops_total", container="svc", reason="error") == 1
+    assert await h.metric("proxy_container_stops_total", container_class="svc", reason="error") == 1
     resp = await h.client.get("/s/api/health")
     assert resp.status == 200 and resp.headers["X-Proxy-Cold-Start"] == "1"
     assert m.start_count == 2 and m.instance.id  # started again (a restart of the same container is fine)
@@ -91,7 +91,7 @@ async def test_proxy_restart_adopts_running_container(make_proxy, raw, backend_k
     assert resp.status == 200 and "X-Proxy-Cold-Start" not in resp.headers
     ours = await raw.containers.list(all=True, filters={"label": [f"proxy.instance={proxy_id}"]})
     assert [c.id for c in ours] == [started_id]
-    assert await h.metric("proxy_containers_running", container="svc") == 1
+    assert await h.metric("proxy_container_running_instances", container_class="svc") == 1
 
 
 async def test_unlabelled_container_with_colliding_name_is_untouched(make_proxy, raw):

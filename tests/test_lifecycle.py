@@ -26,10 +26,10 @@ async def test_lazy_start_and_herd_single_flight(make_proxy):
     assert cold >= 1
     m = h.manager("shared")
     assert m.start_count == 1 and m.state is State.RUNNING and m.in_flight == 0
-    assert await h.metric("proxy_container_starts_total", container="svc", key="shared") == 1
+    assert await h.metric("proxy_container_starts_total", container_class="svc", key="shared") == 1
     assert await h.metric("proxy_requests_total", route="/api/{tail:.*}", code="200") == 200
-    assert await h.metric("proxy_containers_running", container="svc") == 1
-    assert await h.metric("proxy_cold_start_wait_seconds_count", container="svc") == cold
+    assert await h.metric("proxy_container_running_instances", container_class="svc") == 1
+    assert await h.metric("proxy_cold_start_wait_seconds_count", container_class="svc") == cold
     # Warm now: no cold-start header.
     resp = await h.client.post("/api/inference", json=PASSENGER)
     assert resp.status == 200 and "X-Proxy-Cold-Start" not in resp.headers
@@ -64,7 +64,7 @@ async def test_aborted_clients_leave_in_flight_at_zero(make_proxy):
     )
     assert results[20:30] == [500] * 10 and results[30:40] == [200] * 10
     await h.wait_for(lambda: all(m.in_flight == 0 for m in h.proxy.registry))
-    assert await h.metric("proxy_container_in_flight", container="svc", key="shared") == 0
+    assert await h.metric("proxy_container_in_flight", container_class="svc", key="shared") == 0
 
 
 async def test_abort_while_waiting_for_start(make_proxy):
@@ -96,7 +96,7 @@ async def test_slow_request_outlives_sleep_after(make_proxy):
     await h.wait_for(lambda: m.state is State.STOPPED, timeout=10)
     # Stopped only after the request ended plus sleep_after (activity is renewed when a request finishes).
     assert asyncio.get_running_loop().time() - ended >= 0.9
-    assert await h.metric("proxy_container_stops_total", container="svc", reason="idle") == 1
+    assert await h.metric("proxy_container_stops_total", container_class="svc", reason="idle") == 1
     # And it comes back on the next request.
     assert (await h.client.get("/s/v2/health/ready")).status == 200
     assert m.start_count == 2
@@ -108,7 +108,7 @@ async def test_keepalive_keeps_instance_warm(make_proxy):
     await h.wait_for(lambda: m.state is State.RUNNING, timeout=60)  # the keepalive itself pre-warms it
     await asyncio.sleep(2.5)  # more than twice sleep_after with no request at all
     assert m.state is State.RUNNING and m.start_count == 1
-    assert await h.metric("proxy_container_stops_total", container="svc", reason="idle") == 0
+    assert await h.metric("proxy_container_stops_total", container_class="svc", reason="idle") == 0
 
 
 async def test_failing_start_gives_503_and_next_request_retries(make_proxy, backend_kind):
@@ -121,7 +121,7 @@ async def test_failing_start_gives_503_and_next_request_retries(make_proxy, back
         assert body["error"] == "start failed" and body["reason"]
         assert int(resp.headers["Retry-After"]) >= 1
     assert h.manager("shared").state is State.FAILED
-    assert await h.metric("proxy_container_start_failures_total", container="svc") == 2  # retried, not cached
+    assert await h.metric("proxy_container_start_failures_total", container_class="svc") == 2  # retried, not cached
     assert (await h.client.get("/health")).status == 200  # the proxy is fine
 
 
@@ -133,7 +133,7 @@ async def test_start_timeout_gives_504(make_proxy):
         assert resp.status == 504 and body["error"] == "start timeout" and "start_timeout" in body["reason"]
     m = h.manager("shared")
     assert m.state is State.FAILED and m.instance is None and m.in_flight == 0
-    assert await h.metric("proxy_container_start_failures_total", container="svc") == 1  # one start for all five
+    assert await h.metric("proxy_container_start_failures_total", container_class="svc") == 1  # one start for all five
 
 
 async def test_request_during_stopping_waits_then_restarts(make_proxy):
@@ -147,7 +147,7 @@ async def test_request_during_stopping_waits_then_restarts(make_proxy):
     await stopping
     assert resp.status == 200
     assert m.state is State.RUNNING and m.start_count == 2
-    assert await h.metric("proxy_containers_running", container="svc") == 1
+    assert await h.metric("proxy_container_running_instances", container_class="svc") == 1
 
 
 async def test_websocket_holds_instance_and_messages_count_as_activity(make_proxy):
@@ -189,7 +189,7 @@ async def test_shutdown_stops_everything_it_started(make_proxy):
     assert all(h.manager(k).state is State.STOPPED for k in keys)
     for instance in instances:
         assert (await h.backend.inspect(instance)).value != "running"
-    assert await h.metric("proxy_container_stops_total", container="svc", reason="shutdown") == 3
+    assert await h.metric("proxy_container_stops_total", container_class="svc", reason="shutdown") == 3
 
 
 @pytest.mark.parametrize("n", [3])
@@ -235,5 +235,5 @@ async def test_a_refused_connect_to_a_vanished_instance_restarts_it_for_that_req
     resp = await h.client.get("/s/api/health")  # refused, so never sent: the runtime says gone, so start again
     assert resp.status == 200 and (await resp.json())["status"] == "healthy"
     assert m.state is State.RUNNING and m.start_count == 2
-    assert await h.metric("proxy_container_stops_total", container="svc", reason="error") == 1
+    assert await h.metric("proxy_container_stops_total", container_class="svc", reason="error") == 1
 

@@ -124,14 +124,14 @@ async def test_dead_webhook_never_delays_requests(make_proxy, unused_tcp_port_fa
 
 
 async def test_usage_counters_match_running_time(make_proxy):
-    h = await make_proxy()
+    h = await make_proxy(config={"metrics": {"key_labels": ["metered"]}})  # its own `key` label
     assert (await h.client.get("/k/metered/api/health")).status == 200
     began = time.time()
     await asyncio.sleep(1.2)
     await h.proxy.registry.get("metered", "svc").stop(StopReason.IDLE)
     ran = time.time() - began
     m = await h.metrics()
-    labels = (("container", "svc"), ("key", "metered"))
+    labels = (("container_class", "svc"), ("key", "metered"))
     seconds = m[("proxy_container_usage_running_seconds_total", labels)]
     assert abs(seconds - ran) < 1.0
     # dev instance type: 256 MiB and 1/16 vCPU, 2 GB disk.

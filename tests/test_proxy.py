@@ -119,38 +119,78 @@ async def test_own_endpoints(make_proxy):
 
 
 async def test_metrics_match_what_happened(make_proxy):
-    h = await make_proxy(svc={"sleep_after": "300ms"})
+    h = await make_proxy(svc={"sleep_after": "300ms"}, config={"metrics": {"key_labels": ["m1"]}})
     for key in ("m1", "m2"):
         assert (await h.client.get(f"/k/{key}/api/health")).status == 200
     assert (await h.client.get("/k/m1/debug/status?code=500")).status == 500
     assert (await h.client.get("/k/bad..key/api/health")).status == 400
     await h.wait_for(lambda: all(m.state is State.STOPPED for m in h.proxy.registry), timeout=10)
     route = "/k/{id}/{tail:.*}"
+    svc = ("container_class", "svc")
     m = await h.metrics()
     assert m[("proxy_requests_total", (("code", "200"), ("route", route)))] == 2
     assert m[("proxy_requests_total", (("code", "500"), ("route", route)))] == 1
     assert m[("proxy_requests_total", (("code", "400"), ("route", route)))] == 1
     assert m[("proxy_request_duration_seconds_count", (("route", route),))] == 4
-    assert m[("proxy_container_starts_total", (("container", "svc"), ("key", "m1")))] == 1
-    assert m[("proxy_container_starts_total", (("container", "svc"), ("key", "m2")))] == 1
-    assert m[("proxy_container_start_duration_seconds_count", (("container", "svc"),))] == 2
-    assert m[("proxy_container_stops_total", (("container", "svc"), ("reason", "idle")))] == 2
-    assert m[("proxy_containers_running", (("container", "svc"),))] == 0
-    assert m[("proxy_cold_start_wait_seconds_count", (("container", "svc"),))] == 2
-    assert m[("proxy_container_managers", (("container", "svc"), ("state", "stopped")))] == 2
-    assert m[("proxy_container_managers", (("container", "svc"), ("state", "running")))] == 0
-    usage = m[("proxy_container_usage_running_seconds_total", (("container", "svc"), ("key", "m1")))]
+    assert m[("proxy_container_class_starts_total", (svc,))] == 2
+    assert m[("proxy_container_starts_total", (svc, ("key", "m1")))] == 1  # named in metrics.key_labels
+    assert m[("proxy_container_starts_total", (svc, ("key", "_other")))] == 1  # m2: named nowhere
+    assert m[("proxy_container_start_duration_seconds_count", (svc,))] == 2
+    assert m[("proxy_container_stops_total", (svc, ("reason", "idle")))] == 2
+    assert m[("proxy_container_running_instances", (svc,))] == 0
+    assert m[("proxy_container_max_instances", (svc,))] == 50
+    assert m[("proxy_cold_start_wait_seconds_count", (svc,))] == 2
+    assert m[("proxy_container_managers", (svc, ("state", "stopped")))] == 2
+    assert m[("proxy_container_managers", (svc, ("state", "running")))] == 0
+    usage = m[("proxy_container_usage_running_seconds_total", (svc, ("key", "m1")))]
     assert 0.25 < usage < 5
+    assert not any(name == "container" for (_, labels) in m for name, _ in labels)  # k8s would rename it
 
 
-async def test_key_labels_are_bounded(make_proxy):
-    h = await make_proxy(config={"metrics": {"key_label_limit": 2}})
-    for key in ("a1", "a2", "a3", "a4"):
-        assert (await h.client.get(f"/k/{key}/api/health")).status == 200
+async def test_series_exist_at_zero_before_anything_happens(make_proxy):
+    """increase() only sees a first 0 -> 1 if the 0 was scraped: every rated series starts at zero."""
+    h = await make_proxy(config={"metrics": {"key_labels": ["vip"]}})
     m = await h.metrics()
-    keys = {dict(labels).get("key") for (name, labels) in m if name == "proxy_container_starts_total"}
-    assert keys == {"a1", "a2", "_other"}
-    assert m[("proxy_container_starts_total", (("container", "svc"), ("key", "_other")))] == 2
+    svc = ("container_class", "svc")
+    zero = [("proxy_container_class_starts_total", (svc,)),
+            ("proxy_container_start_failures_total", (svc,)),
+            ("proxy_container_start_duration_seconds_count", (svc,)),
+            ("proxy_container_start_duration_seconds_bucket", (svc, ("le", "0.005"))),
+            ("proxy_cold_start_wait_seconds_count", (svc,)),
+            ("proxy_container_running_instances", (svc,))]
+    zero += [("proxy_container_stops_total", (svc, ("reason", r))) for r in ("idle", "shutdown", "error", "admin")]
+    # Per key: the keys config names (fixed route keys, lb members, the allowlist) and `_other`.
+    for key in ("shared", "lb#0", "lb#1", "lb#2", "vip", "_other"):
+        zero += [(name, (svc, ("key", key))) for name in (
+            "proxy_container_starts_total", "proxy_container_in_flight", "proxy_container_usage_running_seconds_total",
+            "proxy_container_usage_estimated_cost_usd_total")]
+    for route in ("/api/{tail:.*}", "/k/{id}/{tail:.*}"):
+        zero += [("proxy_requests_total", (("code", code), ("route", route))) for code in ("200", "503", "504")]
+        zero += [("proxy_request_duration_seconds_count", (("route", route),)),
+                 ("proxy_fast_path_requests_total", (("route", route),))]
+    zero += [("proxy_requests_total", (("code", "404"), ("route", "_unmatched")))]
+    missing = [series for series in zero if series not in m]
+    assert not missing
+    assert all(m[series] == 0 for series in zero)
+    keys = {dict(labels)["key"] for (name, labels) in m if name == "proxy_container_starts_total"}
+    assert keys == {"shared", "lb#0", "lb#1", "lb#2", "vip", "_other"}
+
+
+async def test_unmatched_requests_are_counted_under_their_own_route(make_proxy):
+    h = await make_proxy()
+    for path in ("/nowhere", "/nowhere/else", "/k"):
+        assert (await h.client.get(path)).status == 404
+    assert (await h.client.post("/health")).status == 405  # an own endpoint's path, not its method
+    assert (await h.client.get("/health")).status == 200  # own endpoints are not counted
+    assert (await h.client.get("/metrics")).status == 200
+    m = await h.metrics()
+    unmatched = {dict(labels)["code"]: v for (name, labels), v in m.items()
+                 if name == "proxy_requests_total" and dict(labels)["route"] == "_unmatched"}
+    assert unmatched == {"404": 3, "405": 1}, (
+        "unmatched requests are not counted: proxy/app.py must add Metrics.unmatched_middleware "
+        "(web.Application(middlewares=[proxy.metrics.unmatched_middleware, json_errors], ...))")
+    routes = {dict(labels)["route"] for (name, labels) in m if name == "proxy_requests_total"}
+    assert not routes & {"/health", "/metrics", "/container-status", "/info"}
 
 
 async def test_shutdown_closes_open_websockets_with_1001(make_proxy):

@@ -107,7 +107,7 @@ async def test_1000_requests_on_a_key_that_cannot_start(h):
     resps = await asyncio.gather(*(h.client.get("/broken/api/health") for _ in range(1000)))
     assert [r.status for r in resps] == [503] * 1000
     assert all(r.headers["Retry-After"] for r in resps)
-    failures = await h.metric("proxy_container_start_failures_total", container="broken")
+    failures = await h.metric("proxy_container_start_failures_total", container_class="broken")
     assert 1 <= failures < 1000  # concurrent requests share a start attempt
     await still_healthy(h)
 
