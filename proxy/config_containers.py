@@ -118,6 +118,14 @@ class ContainerSection(Section):
     sleep_after: Duration = Field(default=300.0, description="idle time before the instance stops (`0`: never)")
     start_timeout: PositiveDuration = Field(default=30.0, description="start → ready, else 504")
     max_instances: int = Field(default=10, ge=1, le=100_000, description="running instances of the class at most")
+    capacity_wait: Duration = Field(
+        default=0.0, description="at `max_instances`, how long a start waits for a free slot (in arrival order) "
+                                 "before 503 (`0`: answer 503 at once)")
+    capacity_queue: int = Field(default=1000, ge=0, le=1_000_000,
+                                description="starts waiting for a slot at most; more get 503 at once")
+    replace_after_timeouts: int = Field(
+        default=3, ge=0, le=1000, description="consecutive upstream timeouts after which an instance is taken out "
+                                              "of service and replaced (`0`: never)")
     keepalive: Keepalive | None = Field(
         default=None, description='`"*/2 * * * *"`, `"30s"`, or `{schedule, keys}`', json_schema_extra=shown("none"))
     cron: TupleOf[CronJob] = Field(
@@ -135,6 +143,9 @@ class ContainerClass:
     sleep_after: float
     start_timeout: float
     max_instances: int
+    capacity_wait: float
+    capacity_queue: int
+    replace_after_timeouts: int
     keepalive: Keepalive | None
     cron: tuple[CronJob, ...]
 
@@ -154,4 +165,6 @@ class ContainerClass:
         return cls(spec=spec, instance_type=type_name, disk_gb=INSTANCE_DISK_GB.get(type_name, 2.0),
                    readiness=section.readiness, sleep_after=section.sleep_after,
                    start_timeout=section.start_timeout, max_instances=section.max_instances,
+                   capacity_wait=section.capacity_wait, capacity_queue=section.capacity_queue,
+                   replace_after_timeouts=section.replace_after_timeouts,
                    keepalive=section.keepalive, cron=section.cron)
