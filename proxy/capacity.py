@@ -3,10 +3,17 @@
 The manager claims a slot when it begins a start (or adopts) and releases it when its instance is
 gone; it calls this directly rather than through the event bus, because a missed count would let a
 class exceed its limit or lock it out for good.
+
+At the limit a start may wait for a slot (`capacity_wait`), in arrival order: `release` hands the
+freed slot to the oldest waiter (it is *reserved* for it until it resumes), so a newcomer cannot
+overtake the queue. `wait_for_slot` returning True means the slot is the caller's: it must `claim`
+it before its next await, or give it back with `unused`.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from typing import Mapping
 
 
@@ -14,9 +21,11 @@ class Capacity:
     def __init__(self, limits: Mapping[str, int]) -> None:
         self._limits = dict(limits)
         self._active = dict.fromkeys(limits, 0)
+        self._reserved = dict.fromkeys(limits, 0)  # freed slots handed to a waiter that has not resumed yet
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {name: deque() for name in limits}
 
     def may_start(self, container: str) -> bool:
-        return self._active[container] < self._limits[container]
+        return self._active[container] + self._reserved[container] < self._limits[container]
 
     def active(self, container: str) -> int:
         return self._active[container]
@@ -24,8 +33,64 @@ class Capacity:
     def limit(self, container: str) -> int:
         return self._limits[container]
 
+    def waiting(self, container: str) -> int:
+        """Starts queued for a slot of this class."""
+        return len(self._waiters[container])
+
     def claim(self, container: str) -> None:
         self._active[container] += 1
 
     def release(self, container: str) -> None:
         self._active[container] -= 1
+        self._dispatch(container)
+
+    def unused(self, container: str) -> None:
+        """A slot `wait_for_slot` granted will not be claimed after all: pass it on."""
+        self._dispatch(container)
+
+    async def wait_for_slot(self, container: str, timeout: float, *, max_queue: int | None = None) -> bool:
+        """Wait (in arrival order, up to `timeout` seconds) until a start of `container` may begin.
+
+        True: a slot is free for the caller, who must claim it before awaiting anything. False: none
+        came in time, or `max_queue` starts already wait (then at once)."""
+        if self.may_start(container):
+            return True
+        queue = self._waiters[container]
+        if timeout <= 0 or (max_queue is not None and len(queue) >= max_queue):
+            return False
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(granted)
+        try:
+            async with asyncio.timeout(timeout):
+                await granted
+        except TimeoutError:
+            pass
+        except BaseException:  # cancelled: a slot handed over meanwhile goes to the next waiter
+            self._give_up(container, granted)
+            raise
+        if granted.done() and not granted.cancelled():  # handed over (perhaps just as the timeout fired)
+            self._reserved[container] -= 1
+            return True
+        self._give_up(container, granted)
+        return False
+
+    def _give_up(self, container: str, granted: asyncio.Future[None]) -> None:
+        if granted.done() and not granted.cancelled():
+            self._reserved[container] -= 1
+            self._dispatch(container)
+            return
+        granted.cancel()
+        try:
+            self._waiters[container].remove(granted)
+        except ValueError:
+            pass
+
+    def _dispatch(self, container: str) -> None:
+        """Hand free slots to the oldest live waiters."""
+        queue = self._waiters[container]
+        while queue and self.may_start(container):
+            granted = queue.popleft()
+            if granted.done():  # cancelled or timed out: skipped
+                continue
+            self._reserved[container] += 1
+            granted.set_result(None)

@@ -44,6 +44,7 @@ class StopReason(str, enum.Enum):
     SHUTDOWN = "shutdown"
     ERROR = "error"  # what a crash counts as
     ADMIN = "admin"
+    UNHEALTHY = "unhealthy"  # stopped answering (replace_after_timeouts upstream timeouts in a row)
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,14 @@ class Manager:
                 await asyncio.shield(self._stop_task)
                 continue
             if self.state in (State.STOPPED, State.FAILED):
-                self._begin_start(reason, spec)
+                if self._start_task is None or self._start_task.done():
+                    self._begin_start(reason, spec)  # CapacityExceeded at once when it may not wait
+                if self.state not in ACTIVE:  # no start began: it waits for a capacity slot (one wait per key)
+                    slot_wait = self._start_task
+                    assert slot_wait is not None
+                    await asyncio.shield(slot_wait)  # CapacityExceeded when no slot came within capacity_wait
+                    if self._start_task is slot_wait:  # no start began (the key became running otherwise)
+                        continue
             assert self._start_task is not None
             try:
                 async with asyncio.timeout_at(self._start_deadline):
@@ -143,12 +150,35 @@ class Manager:
     # ------------------------------------------------------------------ start
 
     def _begin_start(self, reason: str, spec: ContainerSpec | None) -> None:
-        if not self.services.capacity.may_start(self.klass.name):
-            raise CapacityExceeded(
-                f"container class {self.klass.name} is at max_instances={self.klass.max_instances}")
-        self._start_deadline = asyncio.get_running_loop().time() + self.klass.start_timeout
-        self._transition(State.STARTING, reason)
-        self._start_task = asyncio.create_task(self._run_start(spec or self.klass.spec), name=f"start:{self.key}")
+        """Begin a start now; or, at max_instances with `capacity_wait`, a task that waits (in arrival
+        order) for a slot and then begins it. Until then the state stays stopped/failed and that task is
+        `_start_task`, which every request for this key shares. start_timeout counts from the start."""
+        capacity, name = self.services.capacity, self.klass.name
+        full = f"container class {name} is at max_instances={self.klass.max_instances}"
+
+        def begin() -> None:  # no await between a slot found free (or handed over) and its claim
+            self._start_deadline = asyncio.get_running_loop().time() + self.klass.start_timeout
+            self._transition(State.STARTING, reason)  # claims the slot
+            self._start_task = asyncio.create_task(self._run_start(spec or self.klass.spec),
+                                                   name=f"start:{self.key}")
+            self._start_task.add_done_callback(_consume_exception)
+
+        if capacity.may_start(name):
+            begin()
+            return
+        wait, queue = self.klass.capacity_wait, self.klass.capacity_queue
+        if wait <= 0 or capacity.waiting(name) >= queue:
+            raise CapacityExceeded(full if wait <= 0 else f"{full} and capacity_queue={queue} starts wait")
+
+        async def wait_for_slot() -> None:
+            if not await capacity.wait_for_slot(name, wait, max_queue=queue):
+                raise CapacityExceeded(f"{full}: no slot free within capacity_wait={wait:g}s", key=self.key)
+            if self.state in (State.STOPPED, State.FAILED):
+                begin()
+            else:  # running already (adopted meanwhile): the slot goes to the next waiter
+                capacity.unused(name)
+
+        self._start_task = asyncio.create_task(wait_for_slot(), name=f"slot:{self.key}")
         self._start_task.add_done_callback(_consume_exception)
 
     async def _run_start(self, spec: ContainerSpec) -> None:
@@ -242,7 +272,12 @@ class Manager:
                 await asyncio.sleep(delay)
 
     async def stop(self, reason: StopReason) -> None:
-        """Stop now (shutdown, admin). Waits for a start in progress first."""
+        """Stop now (shutdown, admin). Waits for a start in progress first; a wait for a capacity slot is
+        given up (else the slots this very shutdown frees would start an instance nobody asked for)."""
+        if self.state in (State.STOPPED, State.FAILED) and self._start_task is not None \
+                and not self._start_task.done():
+            self._start_task.cancel()
+            return
         if self.state is State.STARTING and self._start_task is not None:
             try:
                 await asyncio.shield(self._start_task)
@@ -333,6 +368,37 @@ class Manager:
             "address": self.instance.url if self.instance else None,
             "last_error": self.last_error or None,
         }
+
+    def retire(self, instance: Instance, reason: str, drained: asyncio.Future[None] | None = None) -> bool:
+        """Take a running instance that stopped answering out of service (stop reason `unhealthy`).
+
+        Only `instance`, and only while it is running: False otherwise (replaced or stopped already). It goes
+        to `stopping` at once, so no new request is sent to it: new ones wait and start a fresh instance, as
+        after an idle stop. The container is stopped in the background once `drained` is done (the exchanges
+        still on it have ended), or at once without one.
+        """
+        if self.instance is not instance or self.state is not State.RUNNING:
+            return False
+        self.last_error = f"instance stopped answering: {reason}"
+        log.warning("instance_unhealthy", key=self.key, container=self.klass.name, instance=instance.id,
+                    reason=reason, in_flight=self.in_flight)
+        if drained is None:
+            self._begin_stop(StopReason.UNHEALTHY)
+            return True
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        self._transition(State.STOPPING, StopReason.UNHEALTHY.value)
+
+        async def drain_then_stop() -> None:
+            try:
+                await drained
+            except Exception:  # noqa: BLE001 - stop it anyway
+                pass
+            await self._run_stop(StopReason.UNHEALTHY)
+
+        self._stop_task = asyncio.create_task(drain_then_stop(), name=f"stop:{self.key}")
+        return True
 
 
 def _consume_exception(task: asyncio.Task[None]) -> None:

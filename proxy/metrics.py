@@ -107,7 +107,8 @@ class Metrics:
         self.start_duration = Histogram("proxy_container_start_duration_seconds",
                                         "Start requested -> instance ready.", [CLASS],
                                         buckets=START_BUCKETS, registry=r)
-        self.stops = Counter("proxy_container_stops", "Instances stopped, by reason (idle, shutdown, error, admin).",
+        self.stops = Counter("proxy_container_stops", "Instances stopped, by reason (idle, shutdown, error, admin, "
+                             "unhealthy).",
                              [CLASS, "reason"], registry=r)
         self.running = Gauge("proxy_container_running_instances", "Instances currently running.", [CLASS],
                              registry=r)

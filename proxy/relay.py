@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 _HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 _REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
 _RESPONSE_SKIP = _HOP
+NEVER_PROCESSED = 0.1  # seconds: a connection lost this soon after the send took no request with it
 REFUSED_RETRY_PAUSES = (0.0, 0.0, 0.25, 0.5, 1.0)  # connect attempts after a refusal (the first two: at once)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # safe to send twice (RFC 9110)
 _HOP_LINE = re.compile(b"\\r\\n(?:" + b"|".join(re.escape(h) for h in sorted(_HOP)) + b")[ \\t]*:", re.IGNORECASE)
@@ -56,12 +57,16 @@ class Client(Protocol):
 
 
 class Relays:
-    """What exchanges share: limits, and the one sweep that enforces upstream_timeout."""
+    """What exchanges share: limits, the one sweep that enforces upstream_timeout, and per instance the
+    count of consecutive upstream timeouts that takes an instance which stopped answering out of service."""
 
     def __init__(self, max_body: int, upstream_timeout: float) -> None:
         self.max_body = max_body
         self.upstream_timeout = upstream_timeout
         self.active: set[Exchange] = set()
+        # Consecutive upstream timeouts per instance (its pool); any response byte from it removes the entry.
+        self.timeouts: dict[UpstreamPool, int] = {}
+        self._draining: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_every = min(1.0, upstream_timeout / 4)
 
@@ -79,6 +84,52 @@ class Relays:
             exchange.timed_out()
         if self.active:
             self._sweeper = loop.call_later(self._sweep_every, self._sweep, loop)
+
+    def count_timeout(self, pool: UpstreamPool, limit: int) -> bool:
+        """One more upstream timeout on this instance: True when it makes `limit` in a row (`0`: never), and
+        the count starts again. Any response byte in between resets it (`Exchange.on_upstream_data`)."""
+        if limit <= 0 or pool.closed:
+            return False
+        for gone in [p for p in self.timeouts if p.closed]:  # stopped instances: drop their counts
+            del self.timeouts[gone]
+        count = self.timeouts.get(pool, 0) + 1
+        if count < limit:
+            self.timeouts[pool] = count
+            return False
+        self.timeouts.pop(pool, None)
+        return True
+
+    def after_timeout(self, exchange: Exchange) -> None:
+        """An exchange timed out (and was answered 504). After `replace_after_timeouts` in a row on the same
+        instance, it is taken out of service: no new request goes to it, the next one starts a fresh instance;
+        it is stopped once the exchanges still on it have ended (each ends within upstream_timeout, as nothing
+        comes from it). Not while another exchange still receives a response from it: it answers, then."""
+        pool, manager = exchange.pool, exchange.manager
+        limit = manager.klass.replace_after_timeouts
+        if not self.count_timeout(pool, limit):
+            return
+        if any(e.pool is pool and e.head_sent for e in self.active):
+            return
+        instance = manager.instance
+        if instance is None or exchange.handler.pools.upstream(instance) is not pool:
+            return  # already replaced or stopped
+        loop = exchange.client.loop
+        drained: asyncio.Future[None] = loop.create_future()
+        if manager.retire(instance, f"{limit} upstream timeouts in a row", drained):
+            task = loop.create_task(self._drain(pool, drained))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+
+    async def _drain(self, pool: UpstreamPool, drained: asyncio.Future[None]) -> None:
+        """Until no exchange is on the pool any more; upstream_timeout and one sweep at most."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.upstream_timeout + 2 * self._sweep_every
+        try:
+            while loop.time() < deadline and any(e.pool is pool for e in self.active):
+                await asyncio.sleep(min(0.1, self._sweep_every))
+        finally:
+            if not drained.done():
+                drained.set_result(None)
 
 
 def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, peer: str, scheme: str) -> bytes:
@@ -126,7 +177,7 @@ class Exchange:
     """One relayed request: lease held, request sent, response relayed, everything released once."""
 
     __slots__ = ("relays", "client", "handler", "manager", "pool", "message", "payload", "key", "head", "request",
-                 "streaming", "conn", "reused", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
+                 "streaming", "conn", "sent_at", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
                  "pump", "began", "retried", "replaced", "extra_head", "fast", "bodyless")
 
     def __init__(self, relays: Relays, client: Client, handler: RouteHandler, manager: Manager,
@@ -147,7 +198,7 @@ class Exchange:
         self.request = head
         self.streaming = False
         self.conn: UpstreamConnection | None = None
-        self.reused = False
+        self.sent_at = 0.0
         self.status = 0
         self.head_sent = False
         self.out: list[bytes] = []
@@ -176,7 +227,7 @@ class Exchange:
             self.request, self.streaming = self.head, True
         conn = self.pool.take()
         if conn is not None:
-            self._send(conn, reused=True)
+            self._send(conn)
         else:
             self.client.loop.create_task(self._connect())
 
@@ -204,7 +255,7 @@ class Exchange:
             if self.done:
                 self.pool.put(conn)
             else:
-                self._send(conn, reused=False)
+                self._send(conn)
             return
         self.manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
         self._fail(UpstreamError(502, f"upstream connection failed: {error}"))
@@ -232,8 +283,8 @@ class Exchange:
         self.pool = pool
         return True
 
-    def _send(self, conn: UpstreamConnection, reused: bool) -> None:
-        self.conn, self.reused = conn, reused
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.conn, self.sent_at = conn, self.client.loop.time()
         conn.send(self, self.request, bodyless=self.bodyless)
         if self.streaming:
             self.pump = self.client.loop.create_task(self._stream_body(conn))
@@ -262,6 +313,8 @@ class Exchange:
 
     def on_upstream_data(self) -> None:
         self.last_rx = self.client.loop.time()
+        if self.relays.timeouts:  # the instance answers: its count of timeouts in a row starts again
+            self.relays.timeouts.pop(self.pool, None)
 
     def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], raw_head: bytes | None) -> bool:
         if raw_head is not None and raw_head.startswith(b"HTTP/1.1 ") and _HOP_LINE.search(raw_head) is None:
@@ -328,11 +381,13 @@ class Exchange:
 
     def on_upstream_lost(self, error: str, got_response: bool) -> None:
         self.conn = None
-        if (not got_response and self.reused and not self.streaming and not self.retried
-                and self.message.method in _IDEMPOTENT and not self.pool.closed):
-            # A pooled connection the instance had closed as we sent (the keep-alive race): the request most
-            # likely never reached it. Once more on a fresh connection, for idempotent requests only (nginx
-            # does the same). Not when the instance itself went away: that request was on it.
+        if (not got_response and not self.streaming and not self.retried and self.message.method in _IDEMPOTENT
+                and self.client.loop.time() - self.sent_at < NEVER_PROCESSED):
+            # Closed with no answer right after we sent: a pooled connection the instance had just closed (the
+            # keep-alive race), or a port proxy that accepted for an instance that is going. The request most
+            # likely never reached it: once more, on a fresh connection (which finds out what happened to the
+            # instance), for idempotent requests only. A request that was on the instance longer is not sent
+            # twice: that one gets its 502.
             self.retried = True
             self.client.loop.create_task(self._connect())
             return
@@ -343,7 +398,10 @@ class Exchange:
     # ---------------------------------------------------------------- endings
 
     def timed_out(self) -> None:
+        if self.done:
+            return
         self._fail(UpstreamError(504, "upstream did not answer within upstream_timeout"))
+        self.relays.after_timeout(self)
 
     def _fail(self, refusal: Refusal, close: bool = False) -> None:
         """Answer with the refusal if nothing was sent yet, else cut the connection (the only honest signal)."""

@@ -231,3 +231,40 @@ async def test_an_instance_stopped_from_outside_is_started_again_for_the_next_re
                   if name == "proxy_container_stops_total" and dict(labels)["reason"] == "error")
     assert crashes == 1  # the crash was noticed and counted once
     assert await h.metric("proxy_requests_total", route="/k/{id}/{tail:.*}", code="502") == 0
+
+
+@pytest.fixture
+async def h_replace(make_proxy):
+    config = base_config("stub", "model_service")
+    config["containers"]["svc"]["replace_after_timeouts"] = 2
+    config["server"] = {**config["server"], "upstream_timeout": "1s"}
+    return await make_proxy(config=config)
+
+
+async def test_an_instance_that_stops_answering_is_replaced(h_replace):
+    """Issue 15: after replace_after_timeouts upstream timeouts in a row the instance is taken out of service
+    (stop reason `unhealthy`) and the next request starts a fresh one."""
+    h = h_replace
+    assert (await h.client.get("/s/api/health")).status == 200
+    m = h.manager("shared")
+    first = m.instance
+    for _ in range(2):  # the instance never answers this path within upstream_timeout (1s)
+        resp = await h.client.get("/s/debug/sleep?seconds=30")
+        assert resp.status == 504 and "upstream_timeout" in (await resp.json())["reason"]
+    await h.wait_for(lambda: m.state.value == "stopped")
+    assert await h.metric("proxy_container_stops_total", container_class="svc", reason="unhealthy") == 1
+    resp = await h.client.get("/s/api/health")
+    assert resp.status == 200 and (await resp.json())["status"] == "healthy"
+    assert m.start_count == 2 and m.instance is not None and m.instance.id != first.id
+    assert await h.metric("proxy_container_stops_total", container_class="svc", reason="unhealthy") == 1
+    await h.wait_for(lambda: m.in_flight == 0)
+
+
+async def test_a_timeout_then_an_answer_does_not_replace_the_instance(h_replace):
+    h = h_replace
+    assert (await h.client.get("/s/api/health")).status == 200
+    m = h.manager("shared")
+    for _ in range(2):
+        assert (await h.client.get("/s/debug/sleep?seconds=30")).status == 504
+        assert (await h.client.get("/s/api/health")).status == 200  # an answer: the count starts again
+    assert m.start_count == 1 and m.state.value == "running"

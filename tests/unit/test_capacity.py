@@ -130,3 +130,235 @@ def test_capacity_counts():
     assert not cap.may_start("svc")
     cap.release("svc")
     assert cap.may_start("svc") and cap.active("svc") == 1
+
+
+# ------------------------------------------------------------------ capacity_wait: a FIFO queue for a slot
+
+
+@pytest.fixture
+def queued(make_world):
+    """svc: 2 slots, a start waits up to 5 s for one, at most 3 wait; `world.manager(key)` is one per key."""
+    world = make_world(svc={"max_instances": 2, "capacity_wait": "5s", "capacity_queue": 3})
+    managers = {}
+    make = world.manager
+    world.manager = lambda key="k", container="svc": managers.setdefault((key, container), make(key, container))
+    return world
+
+
+async def fill(world, *keys):
+    for key in keys:
+        await world.manager(key).ensure_running()
+
+
+async def test_a_waiter_gets_the_slot_when_an_instance_stops(queued, clock):
+    world = queued
+    await fill(world, "a", "b")
+    c = world.manager("c")
+    waiting = asyncio.create_task(c.ensure_running())
+    await clock.advance(2)
+    assert not waiting.done() and c.state is State.STOPPED and world.capacity.waiting("svc") == 1
+    assert world.backend.start.count == 2 and world.events.transitions("c") == []
+
+    await world.manager("a").stop(StopReason.ADMIN)
+    await clock.settle()
+    assert waiting.done() and waiting.result() == pytest.approx(2.0)  # the wait counts as cold wait
+    assert c.state is State.RUNNING and world.backend.start.count == 3
+    assert world.capacity.active("svc") == 2 and world.capacity.waiting("svc") == 0
+    assert world.events.path("c") == [State.STARTING, State.RUNNING]
+
+
+async def test_waiters_are_served_in_arrival_order_across_keys(queued, clock):
+    world = queued
+    await fill(world, "a", "b")
+    order = []
+
+    async def want(key):
+        await world.manager(key).ensure_running()
+        order.append(key)
+
+    waiters = []
+    for key in "cde":
+        waiters.append(asyncio.create_task(want(key)))
+        await clock.advance(0.1)
+    assert world.capacity.waiting("svc") == 3
+
+    world.backend.start.hold()
+    await world.manager("a").stop(StopReason.ADMIN)
+    # A newcomer arriving as the slot frees cannot overtake: the slot went to c, f queues behind e.
+    late = asyncio.create_task(want("f"))
+    await clock.settle()
+    assert [call.args[0] for call in world.backend.start.pending] == ["c"]
+    assert world.capacity.waiting("svc") == 3 and not world.capacity.may_start("svc")
+    world.backend.started()
+    await clock.settle()
+    assert order == ["c"]
+
+    await world.manager("b").stop(StopReason.ADMIN)
+    await clock.settle()
+    world.backend.started()
+    await clock.settle()
+    await world.manager("c").stop(StopReason.ADMIN)
+    await clock.settle()
+    world.backend.started()
+    await clock.settle()
+    assert order == ["c", "d", "e"] and all(w.done() for w in waiters)
+    await world.manager("d").stop(StopReason.ADMIN)
+    await clock.settle()
+    world.backend.started()
+    await clock.settle()
+    assert order == ["c", "d", "e", "f"] and late.done()
+    assert world.capacity.active("svc") == 2 and world.capacity.waiting("svc") == 0
+
+
+async def test_a_waiter_that_times_out_gets_503_and_leaks_no_slot(queued, clock):
+    world = queued
+    await fill(world, "a", "b")
+    c = world.manager("c")
+    t0 = clock.now
+    waiting = asyncio.create_task(c.ensure_running())
+    await clock.advance(4.9)
+    assert not waiting.done()
+    await clock.advance(0.2)
+    assert waiting.done()
+    with pytest.raises(CapacityExceeded) as info:
+        waiting.result()
+    assert info.value.status == 503 and info.value.retry_after == 5.0
+    assert "capacity_wait=5s" in info.value.reason and clock.now - t0 < 5.2
+    assert c.state is State.STOPPED and world.events.transitions("c") == []
+    assert world.capacity.waiting("svc") == 0 and world.capacity.active("svc") == 2
+
+    # The slot freed later is not held for the one that gave up.
+    await world.manager("a").stop(StopReason.ADMIN)
+    assert world.capacity.may_start("svc") and world.capacity.active("svc") == 1
+    await world.manager("d").ensure_running()
+    assert world.capacity.active("svc") == 2 and world.backend.start.count == 3
+
+
+async def test_a_cancelled_waiter_is_skipped(queued, clock):
+    world = queued
+    await fill(world, "a", "b")
+    c_wait = asyncio.create_task(world.manager("c").ensure_running())
+    await clock.advance(0.1)
+    d_wait = asyncio.create_task(world.manager("d").ensure_running())
+    await clock.advance(0.1)
+    # c's request goes away; its shared wait is then its own task: cancel that (no one else wants it).
+    c_task = world.manager("c")._start_task
+    c_task.cancel()
+    c_wait.cancel()
+    await clock.settle()
+    assert world.capacity.waiting("svc") == 1
+    await world.manager("a").stop(StopReason.ADMIN)
+    await clock.settle()
+    assert d_wait.done() and world.manager("d").state is State.RUNNING
+    assert world.capacity.active("svc") == 2 and world.capacity.waiting("svc") == 0
+
+
+async def test_the_queue_is_capped(queued, clock):
+    world = queued
+    await fill(world, "a", "b")
+    waiters = [asyncio.create_task(world.manager(k).ensure_running()) for k in "cde"]
+    await clock.settle()
+    assert world.capacity.waiting("svc") == 3
+    with pytest.raises(CapacityExceeded) as info:  # the fourth gets 503 at once
+        await world.manager("f").ensure_running()
+    assert "capacity_queue=3" in info.value.reason and world.manager("f").state is State.STOPPED
+    for key in "ab":
+        await world.manager(key).stop(StopReason.ADMIN)
+    await clock.settle()
+    assert [w.done() for w in waiters] == [True, True, False]
+    await clock.advance(5)
+    with pytest.raises(CapacityExceeded):
+        waiters[2].result()
+    assert world.capacity.active("svc") == 2 and world.capacity.waiting("svc") == 0
+
+
+async def test_same_key_requests_share_one_wait_and_one_start(queued, clock):
+    world = queued
+    await fill(world, "a", "b")
+    c = world.manager("c")
+    requests = [asyncio.create_task(c.ensure_running()) for _ in range(5)]
+    await clock.advance(1)
+    assert world.capacity.waiting("svc") == 1  # one place in the queue for the key, not five
+    world.backend.start.hold()
+    await world.manager("a").stop(StopReason.ADMIN)
+    await clock.settle()
+    assert c.state is State.STARTING and world.backend.start.count == 3
+    late = asyncio.create_task(c.ensure_running())  # arrives while it starts: joins the start
+    await clock.settle()
+    world.backend.started()
+    await clock.settle()
+    assert all(t.done() and t.exception() is None for t in [*requests, late])
+    assert world.backend.start.count == 3 and c.start_count == 1 and world.capacity.active("svc") == 2
+
+
+async def test_same_key_requests_share_the_timeout(queued, clock):
+    world = queued
+    await fill(world, "a", "b")
+    c = world.manager("c")
+    requests = [asyncio.create_task(c.ensure_running()) for _ in range(3)]
+    await clock.advance(5.1)
+    for task in requests:
+        with pytest.raises(CapacityExceeded):
+            task.result()
+    assert world.capacity.waiting("svc") == 0 and world.backend.start.count == 2
+
+
+async def test_start_timeout_counts_from_the_start_not_the_wait(queued, clock):
+    world = queued
+    await fill(world, "a", "b")
+    c = world.manager("c")
+    waiting = asyncio.create_task(c.ensure_running())
+    await clock.advance(4)  # most of capacity_wait
+    world.backend.start.hold()
+    await world.manager("a").stop(StopReason.ADMIN)
+    await clock.advance(9)  # start_timeout is 10 s: not yet
+    assert not waiting.done() and c.state is State.STARTING
+    world.backend.started()
+    await clock.settle()
+    assert waiting.result() == pytest.approx(13.0) and c.state is State.RUNNING
+
+
+async def test_a_failed_start_after_the_wait_is_reported_to_every_waiter(queued, clock):
+    world = queued
+    await fill(world, "a", "b")
+    c = world.manager("c")
+    requests = [asyncio.create_task(c.ensure_running()) for _ in range(3)]
+    await clock.advance(1)
+    world.backend.start.raises(BackendError("no"))
+    await world.manager("a").stop(StopReason.ADMIN)
+    await clock.settle()
+    for task in requests:
+        with pytest.raises(StartFailed):
+            task.result()
+    assert world.backend.start.count == 3 and c.state is State.FAILED and world.capacity.active("svc") == 1
+
+
+async def test_capacity_wait_0_answers_503_at_once(world, clock):
+    assert world.klass().capacity_wait == 0
+    await fill(world, "a", "b")
+    t0 = clock.now
+    with pytest.raises(CapacityExceeded) as info:
+        await world.manager("c").ensure_running()
+    assert clock.now == t0 and world.capacity.waiting("svc") == 0
+    assert info.value.reason == "container class svc is at max_instances=2"
+
+
+async def test_capacity_wait_for_slot_directly(clock):
+    cap = Capacity({"svc": 1})
+    assert await cap.wait_for_slot("svc", 0)  # free: at once
+    cap.claim("svc")
+    assert not await cap.wait_for_slot("svc", 0)  # full, no wait
+    assert not await cap.wait_for_slot("svc", 5, max_queue=0)  # full, no room in the queue
+    first = asyncio.create_task(cap.wait_for_slot("svc", 5))
+    second = asyncio.create_task(cap.wait_for_slot("svc", 5))
+    await clock.settle()
+    assert cap.waiting("svc") == 2
+    cap.release("svc")
+    assert not cap.may_start("svc")  # reserved for `first`
+    await clock.settle()
+    assert first.result() is True and not second.done()
+    cap.unused("svc")  # first did not claim after all: passed on to second
+    await clock.settle()
+    assert second.result() is True and cap.may_start("svc")
+    cap.claim("svc")
+    assert cap.active("svc") == 1 and not cap.may_start("svc")
