@@ -275,6 +275,8 @@ def parse_args() -> argparse.Namespace:
                          f"(direct always runs; default %(default)s)")
     ap.add_argument("--rounds", type=int, help="override the closed-loop and half-load round counts")
     ap.add_argument("--seconds", type=int, help="override the closed-loop seconds per run")
+    ap.add_argument("--half-rate", type=float, help="open-loop rate in rps (default: 50%% of the slowest proxy's "
+                                                   "max; the Python load generator itself adds tail near ~6k rps)")
     args = ap.parse_args()
     names = ["direct"] + [v for v in args.variants.split(",") if v and v != "direct"]
     if args.haproxy and "haproxy" not in names:
@@ -319,7 +321,7 @@ def main() -> int:
         closed = {n: closed_stats(r, runs["direct"]) for n, r in runs.items()}
         print_closed(closed, mode)
 
-        rate = 0.5 * min(r["rps"] for n, r in closed.items() if n != "direct")
+        rate = args.half_rate or 0.5 * min(r["rps"] for n, r in closed.items() if n != "direct")
         hruns = interleaved(targets, mode.half_rounds, lambda t: openloop(t.url, rate, mode.half_seconds))
         half = {n: open_stats(r, hruns["direct"]) for n, r in hruns.items()}
         print_half(half, rate, mode)
