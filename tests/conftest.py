@@ -102,6 +102,23 @@ class Harness:
 
 
 MakeProxy = Callable[..., Awaitable[Harness]]
+ENGINE_PARAMS = [p for p in BACKEND_PARAMS if p.id != "stub"]  # real daemons only
+
+
+def with_misbehaving_upstream(upstream_timeout: str, broken: bool = False) -> dict[str, Any]:
+    """Root config for `make_proxy(config=...)`: the usual `svc` routes plus `/bad/...` on tests/upstreams.py's
+    misbehaving app (and `/broken/...`, a class whose image cannot load, when asked)."""
+    svc = base_config("stub", "model_service")
+    containers: dict[str, Any] = {
+        "svc": svc["containers"]["svc"],
+        "bad": {"image": "stub:tests.upstreams:create_app", "readiness": {"path": "/v2/health/ready"}},
+    }
+    routes = svc["routes"] + [{"path": "/bad/{tail:.*}", "container": "bad", "key": "bad", "upstream_path": "/{tail}"}]
+    if broken:
+        containers["broken"] = {"image": "stub:no_such_module:create_app"}
+        routes.append({"path": "/broken/{tail:.*}", "container": "broken", "key": "broken", "upstream_path": "/{tail}"})
+    return {"containers": containers, "routes": routes,
+            "server": {"upstream_timeout": upstream_timeout, "max_body_size": "1MiB"}}
 
 
 class ProxyTestServer(TestServer):
@@ -152,6 +169,19 @@ async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.Fix
 
         for backend in made:
             await engines.remove_all(backend)
+
+
+@pytest.fixture
+async def raw(backend_kind: str) -> Any:
+    """The daemon's own API client (for faults injected from outside the proxy)."""
+    import aiodocker
+
+    from tests import engines
+
+    await engines.ensure_image(backend_kind)
+    docker = aiodocker.Docker(url=engines.socket_for(backend_kind))
+    yield docker
+    await docker.close()
 
 
 def ci() -> bool:

@@ -7,30 +7,20 @@ import subprocess
 import uuid
 from pathlib import Path
 
-import aiodocker
 import pytest
 
 from proxy.app import PROXY, create_app
 from proxy.config import parse_config
 from proxy.events import State, StopReason
 from tests import engines
-from tests.conftest import base_config
+from tests.conftest import ENGINE_PARAMS, base_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(params=[pytest.param("docker", marks=pytest.mark.docker),
-                        pytest.param("podman", marks=pytest.mark.podman)])
+@pytest.fixture(params=ENGINE_PARAMS)
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-async def raw(backend_kind):
-    await engines.ensure_image(backend_kind)
-    docker = aiodocker.Docker(url=engines.socket_for(backend_kind))
-    yield docker
-    await docker.close()
 
 
 async def test_container_killed_mid_request_gives_502_then_recovers(make_proxy, raw):

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from proxy.reqlog import RequestLog
-from tests.conftest import base_config
+from tests.conftest import base_config, with_misbehaving_upstream
 
 
 @pytest.fixture
@@ -22,17 +22,7 @@ def backend_kind() -> str:
 
 @pytest.fixture
 async def h(make_proxy):
-    routes = base_config("stub", "model_service")["routes"] + [
-        {"path": "/bad/{tail:.*}", "container": "bad", "key": "bad", "upstream_path": "/{tail}"},
-    ]
-    return await make_proxy(config={
-        "containers": {
-            "svc": base_config("stub", "model_service")["containers"]["svc"],
-            "bad": {"image": "stub:tests.upstreams:create_app", "readiness": {"path": "/v2/health/ready"}},
-        },
-        "routes": routes,
-        "server": {"upstream_timeout": "1s", "max_body_size": "1MiB"},
-    })
+    return await make_proxy(config=with_misbehaving_upstream("1s"))
 
 
 async def fast_count(h, route: str) -> float:

@@ -12,29 +12,19 @@ import asyncio
 import subprocess
 from pathlib import Path
 
-import aiodocker
 import pytest
 
 from proxy.events import State
-from tests import engines
+from tests.conftest import ENGINE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.faults
 CLIENTS = 8
 
 
-@pytest.fixture(params=[pytest.param("docker", marks=pytest.mark.docker),
-                        pytest.param("podman", marks=pytest.mark.podman)])
+@pytest.fixture(params=ENGINE_PARAMS)
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-@pytest.fixture
-async def raw(backend_kind):
-    await engines.ensure_image(backend_kind)
-    docker = aiodocker.Docker(url=engines.socket_for(backend_kind))
-    yield docker
-    await docker.close()
 
 
 async def traffic(h, path: str, seconds: float, fault) -> tuple[list[tuple[float, float, int]], float, float]:

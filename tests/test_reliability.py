@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from proxy.events import State
-from tests.conftest import base_config
+from tests.conftest import with_misbehaving_upstream
 
 
 @pytest.fixture
@@ -23,19 +23,7 @@ def backend_kind() -> str:
 
 @pytest.fixture
 async def h(make_proxy):
-    routes = base_config("stub", "model_service")["routes"] + [
-        {"path": "/bad/{tail:.*}", "container": "bad", "key": "bad", "upstream_path": "/{tail}"},
-        {"path": "/broken/{tail:.*}", "container": "broken", "key": "broken", "upstream_path": "/{tail}"},
-    ]
-    return await make_proxy(config={
-        "containers": {
-            "svc": base_config("stub", "model_service")["containers"]["svc"],
-            "bad": {"image": "stub:tests.upstreams:create_app", "readiness": {"path": "/v2/health/ready"}},
-            "broken": {"image": "stub:no_such_module:create_app"},
-        },
-        "routes": routes,
-        "server": {"upstream_timeout": "2s", "max_body_size": "1MiB"},
-    })
+    return await make_proxy(config=with_misbehaving_upstream("2s", broken=True))
 
 
 async def still_healthy(h) -> None:
