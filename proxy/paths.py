@@ -22,12 +22,6 @@ _SEPARATORS = re.compile(r"[/\\]")
 _DECODE_ROUNDS = 3  # `%25252e` is `.` after three decodings; no upstream decodes more often than that
 
 
-def split_target(target: str) -> tuple[str, str]:
-    """`/a/b?x=1` -> (`/a/b`, `x=1`); the query is '' when absent (a bare `?` is kept by callers)."""
-    path, _, query = target.partition("?")
-    return path, query
-
-
 def escape_reason(raw_path: str) -> str | None:
     """None when `raw_path` has no dot-segment in any encoding, else why it is refused (400)."""
     if "." not in raw_path and "%" not in raw_path and "\\" not in raw_path:

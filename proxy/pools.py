@@ -9,7 +9,6 @@ connection meant for the old one.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterator
 
 import aiohttp
 
@@ -58,9 +57,6 @@ class Pools:
     def fast_idle(self) -> int:
         """Idle keep-alive connections held for the fast path, over all instances."""
         return sum(len(pool) for pool in self._upstreams.values())
-
-    def __iter__(self) -> Iterator[aiohttp.ClientSession]:
-        return iter(list(self._sessions.values()))
 
     def forget(self, instance: Instance) -> None:
         """The instance is gone (stopped, failed, crashed): close its connections now."""
