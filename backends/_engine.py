@@ -15,12 +15,12 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 from typing import Any, AsyncIterator
 
 import aiodocker
 import aiohttp
 
+from backends._names import STUCK_STATUSES, Names
 from backends.base import (
     LABEL_CONTAINER,
     LABEL_KEY,
@@ -47,21 +47,6 @@ REUSE_STOPPED_DEFAULT = True
 STOP_TIMEOUT_S = 5
 # Events after which an instance may have left `running` (podman's names beside docker's).
 WATCHED_EVENTS = ("die", "died", "stop", "kill", "oom", "destroy", "remove", "cleanup")
-_SAFE = re.compile(r"[^a-z0-9_.-]+")
-
-
-def _sanitise(s: str, limit: int) -> str:
-    s = _SAFE.sub("-", s.lower()).strip("-.") or "x"
-    return s[:limit].rstrip("-.") or "x"
-
-
-def container_name(proxy_id: str, cls: str, key: str) -> str:
-    """`lp-{class}-{key}-{hash}`: readable, only [a-z0-9_.-], bounded, and collision-free via the hash
-    of the exact (proxy_id, class, key) triple (two keys that sanitise alike still differ)."""
-    digest = hashlib.sha256(json.dumps([proxy_id, cls, key]).encode()).hexdigest()[:12]
-    return f"lp-{_sanitise(cls, 40)}-{_sanitise(key, 64)}-{digest}"
-
-
 def spec_hash(spec: ContainerSpec) -> str:
     doc = {
         "image": spec.image,
@@ -98,6 +83,7 @@ class EngineBackend:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=connect_timeout)
         self._docker: aiodocker.Docker | None = None
         self._lock = asyncio.Lock()
+        self.names = Names(proxy_id)
 
     def _default_socket(self) -> str:
         return self.default_socket
@@ -153,7 +139,8 @@ class EngineBackend:
     # ------------------------------------------------------------------ helpers
 
     def name_for(self, key: str, spec: ContainerSpec) -> str:
-        return container_name(self.proxy_id, spec.name, key)
+        """The name this key's container has now (see backends/_names.py for why it can change)."""
+        return self.names.current(spec.name, key)
 
     def _is_ours(self, info: dict[str, Any]) -> bool:
         labels = (info.get("Config") or {}).get("Labels") or info.get("Labels") or {}
@@ -226,11 +213,11 @@ class EngineBackend:
     # ------------------------------------------------------------------ Backend protocol
 
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
-        name = self.name_for(key, spec)
         want_hash = spec_hash(spec)
         async with self._errors():
             docker = await self._client()
-            for _attempt in range(3):
+            for _attempt in range(4):
+                name = self.name_for(key, spec)
                 info = await self.show(name)
                 if info is not None:
                     if not self._is_ours(info):
@@ -238,6 +225,9 @@ class EngineBackend:
                             f"name conflict: container {name} exists and is not managed by this proxy")
                     state = info.get("State") or {}
                     labels = (info.get("Config") or {}).get("Labels") or {}
+                    if state.get("Status") in STUCK_STATUSES:
+                        self._move_on(key, spec, info["Id"], f"status {state.get('Status')}")
+                        continue
                     if state.get("Running") and not state.get("Paused"):
                         log.info("adopting running container %s", name)
                         return await self._instance_from(info, key, spec.name, spec.port)
@@ -252,7 +242,11 @@ class EngineBackend:
                         await self._start_or_remove(cid)
                         return await self._instance_from(await self.show(cid) or info, key, spec.name,
                                                          spec.port)
-                    await self._remove(info["Id"], force=True)
+                    try:
+                        await self._remove(info["Id"], force=True)
+                    except aiodocker.DockerError as e:  # the runtime cannot free the name
+                        self._move_on(key, spec, info["Id"], e.message or str(e))
+                        continue
                 try:
                     container = await docker.containers.create(self.create_config(key, spec), name=name)
                 except aiodocker.DockerError as e:
@@ -264,7 +258,24 @@ class EngineBackend:
                 if info is None:
                     raise BackendError(f"container {name} vanished right after start")
                 return await self._instance_from(info, key, spec.name, spec.port)
-            raise BackendError(f"container {name} keeps changing under us; giving up")
+            raise BackendError(f"container {self.name_for(key, spec)} keeps changing under us; giving up")
+
+    def _move_on(self, key: str, spec: ContainerSpec, stuck_id: str, why: str) -> None:
+        if self.names.move_on(spec.name, key, stuck_id, why) is None:
+            raise BackendError(f"no container name left for key {key!r}: the runtime keeps them stuck ({why})")
+
+    async def cleanup_stuck(self) -> list[str]:
+        """Try again to remove the containers a key moved away from. Returns the names now gone."""
+        removed = []
+        async with self._errors():
+            for cid, name in list(self.names.stuck.items()):
+                with contextlib.suppress(aiodocker.DockerError):
+                    await self._remove(cid, force=True)
+                if await self.show(cid) is None:
+                    del self.names.stuck[cid]
+                    removed.append(name)
+                    log.info("removed stuck container %s", name)
+        return removed
 
     async def _start_or_remove(self, cid: str) -> None:
         docker = await self._client()
@@ -385,7 +396,13 @@ class EngineBackend:
                 state = info.get("State") or {}
                 if state.get("Running"):
                     continue
-                await self._remove(info["Id"], force=True)
+                try:
+                    await self._remove(info["Id"], force=True)
+                except aiodocker.DockerError as e:  # stuck: remembered, retried by cleanup_stuck
+                    self.names.stuck[info["Id"]] = info.get("Name", "").lstrip("/")
+                    log.warning("cannot remove stopped container %s: %s", info.get("Name", "").lstrip("/"),
+                                e.message or e)
+                    continue
                 removed.append(info.get("Name", "").lstrip("/"))
         return removed
 

@@ -4,7 +4,8 @@ The runtime's event stream (docker/podman `/events`, filtered by this proxy's la
 that dies, is stopped or removed from outside, or is OOM-killed leave `running` at once, not on the next
 failed request. A periodic reconcile covers what no event says: after a daemon outage, a manager still
 `running` at an address the runtime no longer lists is checked and forgotten, and a running container
-whose manager is `stopped` (a stop that failed) is adopted again, so its idle stop can retry.
+whose manager is `stopped` (a stop that failed) is adopted again, so its idle stop can retry, and
+containers a key had to move away from (stuck in removal) are removed once the runtime lets them go.
 """
 
 from __future__ import annotations
@@ -26,6 +27,13 @@ RECONNECT_AFTER = 1.0  # seconds before listening to the event stream again afte
 @runtime_checkable
 class Watchable(Protocol):
     def watch(self) -> AsyncIterator[str]: ...
+
+
+@runtime_checkable
+class Sweepable(Protocol):
+    """A backend that can leave containers it could not remove (see backends/_names.py)."""
+
+    async def cleanup_stuck(self) -> list[str]: ...
 
 
 class Reconciler:
@@ -57,6 +65,11 @@ class Reconciler:
             if manager.state is State.RUNNING and manager.instance is not None and manager.instance.id not in ids:
                 corrected += await manager.liveness() is False
         corrected += self.registry.adopt(listed)
+        if isinstance(self.backend, Sweepable):
+            try:
+                await self.backend.cleanup_stuck()
+            except BackendError:
+                pass  # still stuck, or the runtime is away: next round
         if corrected:
             log.info("reconciled", corrected=corrected)
         return corrected

@@ -220,7 +220,7 @@ async def test_dead_socket_is_unavailable(cls, tmp_path):
 
 
 def test_container_names_are_safe_and_distinct():
-    from backends._engine import container_name
+    from backends._names import container_name
 
     a = container_name("p", "Titanic", "user/../1;rm -rf")
     assert a.startswith("lp-titanic-user-..-1-rm-rf-") or a.startswith("lp-titanic-")

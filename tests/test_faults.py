@@ -115,3 +115,37 @@ async def test_daemon_outage_gives_quick_503s_and_nothing_stays_running_at_a_dea
     resp = await h.client.get("/k/warm/api/health")
     assert resp.status == 200, await resp.text()
     assert m.state is State.RUNNING
+
+
+DOCKER = [p for p in ENGINE_PARAMS if p.id == "docker"]
+
+
+@pytest.mark.parametrize("backend_kind", DOCKER)  # podman frees the name even when it cannot remove the files
+async def test_a_name_stuck_in_removal_moves_the_key_to_a_fresh_name(make_proxy, raw, backend_kind):
+    """dockerd can leave a container `dead` holding its name (Removal In Progress). Injected from outside:
+    a file the daemon cannot unlink in the container's directory, then `docker rm -f`."""
+    h = await make_proxy()
+    assert (await h.client.get("/k/stuck/api/health")).status == 200
+    m = h.manager("stuck")
+    old = m.instance.id
+    pin = Path(f"/var/lib/docker/containers/{old}/pin")
+    pin.touch()
+    subprocess.run(["chattr", "+i", str(pin)], check=True)
+    try:
+        with pytest.raises(Exception, match="unable to remove filesystem"):
+            await raw.containers.container(old).delete(force=True)
+        assert (await raw.containers.container(old).show())["State"]["Status"] == "dead"
+        await h.wait_for(lambda: m.state is State.STOPPED, timeout=5)
+        resp = await h.client.get("/k/stuck/api/health")
+        assert resp.status == 200, await resp.text()
+        fresh = await raw.containers.container(m.instance.id).show()
+        assert fresh["Name"].endswith("-g1") and m.instance.id != old
+        assert h.backend.names.stuck == {old: fresh["Name"].lstrip("/")[:-len("-g1")]}
+        assert await h.backend.cleanup_stuck() == []  # still pinned: stays remembered
+    finally:
+        subprocess.run(["chattr", "-i", str(pin)], check=True)
+    await h.proxy.reconciler.reconcile_once()  # the periodic reconcile removes it once it can
+    assert h.backend.names.stuck == {}
+    with pytest.raises(Exception, match="No such container"):
+        await raw.containers.container(old).show()
+    assert (await h.client.get("/k/stuck/api/health")).status == 200
