@@ -1,4 +1,4 @@
-"""Runtimes behind one `Backend` protocol: stub (in-process), docker, podman."""
+"""Runtimes behind one `Backend` protocol: stub (in-process), process (child processes), docker, podman."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from backends.base import Backend
 if TYPE_CHECKING:  # mypy proves every backend class satisfies the protocol; no runtime import (stays lazy)
     from backends.docker import DockerBackend
     from backends.podman import PodmanBackend
+    from backends.process import ProcessBackend
     from backends.stub import StubBackend
 
     _stub: type[Backend] = StubBackend
     _docker: type[Backend] = DockerBackend
     _podman: type[Backend] = PodmanBackend
+    _process: type[Backend] = ProcessBackend
 
 
 def create_backend(kind: str, *, proxy_id: str = "default", **options: Any) -> Backend:
@@ -27,6 +29,10 @@ def create_backend(kind: str, *, proxy_id: str = "default", **options: Any) -> B
         from backends.stub import StubBackend
 
         return StubBackend(**options)
+    if kind == "process":
+        from backends.process import ProcessBackend
+
+        return ProcessBackend(**options)
     if kind == "docker":
         from backends.docker import DockerBackend
 

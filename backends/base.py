@@ -8,7 +8,8 @@ timeouts and idle policy live in the proxy, not here, so each backend stays a th
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 # Labels that mark a container as ours. A backend never stops, removes or adopts anything without them.
@@ -43,6 +44,9 @@ INSTANCE_TYPES: dict[str, Resources] = {
 # Disk per instance type in GB, used only by the usage meter (the seed bills disk too).
 INSTANCE_DISK_GB: dict[str, float] = {"dev": 2.0, "basic": 4.0, "standard": 4.0}
 
+# Seconds a stop waits after SIGTERM before SIGKILL (a class's `stop_timeout`; the config's default is this).
+DEFAULT_STOP_TIMEOUT = 5.0
+
 
 @dataclass(frozen=True)
 class ContainerSpec:
@@ -55,6 +59,7 @@ class ContainerSpec:
     entrypoint: Sequence[str] | None = None
     command: Sequence[str] | None = None
     resources: Resources = INSTANCE_TYPES["dev"]
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT  # SIGTERM, then SIGKILL after this many seconds
 
     def with_overrides(
         self,
@@ -63,8 +68,6 @@ class ContainerSpec:
         command: Sequence[str] | None = None,
     ) -> "ContainerSpec":
         """A copy for one special start (a cron job's entrypoint/env), leaving the class spec alone."""
-        from dataclasses import replace
-
         return replace(
             self,
             env={**self.env, **(env or {})},
@@ -82,11 +85,34 @@ class Instance:
     host: str
     port: int
     id: str
+    # How long each step of the start that made it took, in order (`create`, `start`, `port`, ...), as the
+    # backend measured it; empty for an adopted instance. Not part of its identity.
+    phases: tuple[tuple[str, float], ...] = field(default=(), compare=False, repr=False)
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+class Phases:
+    """Consecutive phase timings of one start: each `mark(name)` closes the phase begun at the previous mark,
+    so the phases add up to the whole start with nothing left between them."""
+
+    __slots__ = ("_last", "done")
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.done: list[tuple[str, float]] = []
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.done.append((phase, now - self._last))
+        self._last = now
+
+    def on(self, instance: Instance) -> Instance:
+        """`instance` carrying these phases."""
+        return replace(instance, phases=tuple(self.done))
 
 
 class InstanceState(enum.Enum):

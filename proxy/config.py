@@ -98,7 +98,9 @@ class Backend(Section):
     overrides the selected section's value.
     """
 
-    type: Literal["stub", "docker", "podman"] = Field(default="stub", description="`stub`, `docker` or `podman`")
+    type: Literal["stub", "process", "docker", "podman"] = Field(
+        default="stub", description="`stub`, `process` (each instance a child process running `command`), "
+                                    "`docker` or `podman`")
     proxy_id: Name = Field(
         default="default",
         description="label value marking containers as this proxy's (keep it stable across restarts)")

@@ -50,7 +50,7 @@ def base_config(kind: str, image: str) -> dict[str, Any]:
                 "env": {"MODEL_SERVICE_DEBUG_ROUTES": "1", "API_TITLE": "test"},
                 "readiness": {"path": "/v2/health/ready", "interval": "20ms", "timeout": "1s"},
                 "sleep_after": "60s",
-                "start_timeout": "10s" if kind == "stub" else "40s",
+                "start_timeout": "10s" if kind == "stub" else "20s" if kind == "process" else "40s",
                 "max_instances": 50,
                 # Containers get a whole CPU so the model service imports quickly; limits are tested elsewhere.
                 **({} if kind == "stub" else {"instance_type": {"memory": "512MiB", "cpus": 1.0}}),
@@ -103,6 +103,8 @@ class Harness:
 
 MakeProxy = Callable[..., Awaitable[Harness]]
 ENGINE_PARAMS = [p for p in BACKEND_PARAMS if p.id != "stub"]  # real daemons only
+# Lifecycle and contract tests also run on the process backend (modules opt in by overriding `backend_kind`).
+WITH_PROCESS_PARAMS = [BACKEND_PARAMS[0], pytest.param("process", id="process"), *ENGINE_PARAMS]
 
 
 def with_misbehaving_upstream(upstream_timeout: str, broken: bool = False) -> dict[str, Any]:
@@ -140,6 +142,11 @@ async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.Fix
 
         image = "model_service"
         make_backend: Callable[[], Backend] = StubBackend
+    elif backend_kind == "process":
+        from backends.process import ProcessBackend
+
+        image = "model_service"  # not used: the child runs `python -m model_service`
+        make_backend = ProcessBackend
     else:
         from tests import engines
 
@@ -164,7 +171,7 @@ async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.Fix
         return Harness(client, app[PROXY], backend)
 
     yield factory
-    if backend_kind != "stub":
+    if backend_kind not in ("stub", "process"):
         from tests import engines
 
         for backend in made:

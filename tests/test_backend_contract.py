@@ -1,7 +1,7 @@
-"""The Backend contract: what every runtime owes the manager, run against stub, docker and podman.
+"""The Backend contract: what every runtime owes the manager, run against stub, process, docker and podman.
 
-Behaviour (parametrised by conftest's `backend_kind`: docker/podman params carry their marks, skip when the
-daemon is missing, and fail instead under CI=true):
+Behaviour (parametrised by `backend_kind`: docker/podman params carry their marks, skip when the daemon is
+missing, and fail instead under CI=true):
   - start(key, spec) returns an Instance for that key and class whose readiness path answers 2xx within a
     bound; inspect says RUNNING; stop -> not RUNNING and the address stops answering; stopping twice is fine;
   - start after stop works (a restart or a recreate, either is fine);
@@ -38,9 +38,11 @@ from backends._engine import EngineBackend
 from backends.base import Backend, ContainerSpec, Instance, InstanceState, MiB, Resources
 from backends.docker import DockerBackend
 from backends.podman import PodmanBackend
+from backends.process import ProcessBackend
 from backends.stub import StubBackend
 from bench._proxy_launcher import ExternalBackend
 from tests import engines
+from tests.conftest import WITH_PROCESS_PARAMS
 
 READY_PATH = "/v2/health/ready"
 CLASS = "Titanic"
@@ -57,11 +59,19 @@ class Runtime:
     new: Callable[[str], Backend]  # proxy id -> a fresh backend
 
 
+@pytest.fixture(params=WITH_PROCESS_PARAMS)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
 async def runtime(backend_kind: str) -> Runtime:
     if backend_kind == "stub":
         return Runtime("stub", ContainerSpec(name=CLASS, image="model_service"), 15.0, False,
                        lambda _proxy_id: StubBackend())
+    if backend_kind == "process":  # the model service as a child process (`python -m model_service`)
+        return Runtime("process", ContainerSpec(name=CLASS, image="model_service"), 30.0, False,
+                       lambda _proxy_id: ProcessBackend())
     image = await engines.ensure_image(backend_kind)  # daemon missing: skip, or fail under CI=true
     return Runtime(backend_kind, ContainerSpec(name=CLASS, image=image, resources=FAST), 60.0, True,
                    lambda proxy_id: engines.make_backend(backend_kind, proxy_id))
@@ -83,7 +93,7 @@ async def new_backend(runtime: Runtime) -> AsyncIterator[Callable[..., Backend]]
     for same_id in made.values():
         for backend in same_id:
             await backend.close()
-        if runtime.kind != "stub":
+        if runtime.outlives_backend:
             await engines.remove_all(same_id[0])
 
 
@@ -197,7 +207,8 @@ PROTOCOL_METHODS: dict[str, Callable[..., Any]] = {
     name: member for name, member in vars(Backend).items() if inspect.isfunction(member) and not name.startswith("_")
 }
 PROTOCOL_ATTRIBUTES: dict[str, Any] = typing.get_type_hints(Backend)
-IMPLEMENTATIONS: list[type] = [StubBackend, EngineBackend, DockerBackend, PodmanBackend, ExternalBackend]
+IMPLEMENTATIONS: list[type] = [StubBackend, ProcessBackend, EngineBackend, DockerBackend, PodmanBackend,
+                               ExternalBackend]
 
 
 def signature_problems(name: str, proto: Callable[..., Any], impl: Callable[..., Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Manager lifecycle under real concurrency, on every backend (stub, docker, podman)."""
+"""Manager lifecycle under real concurrency, on every backend (stub, process, docker, podman)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,14 @@ import asyncio
 import pytest
 
 from proxy.events import State, StopReason
+from tests.conftest import WITH_PROCESS_PARAMS
 
 PASSENGER = {"sex": "female", "age": 29, "pclass": 1}
+
+
+@pytest.fixture(params=WITH_PROCESS_PARAMS)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 async def test_lazy_start_and_herd_single_flight(make_proxy):
@@ -112,8 +118,8 @@ async def test_keepalive_keeps_instance_warm(make_proxy):
 
 
 async def test_failing_start_gives_503_and_next_request_retries(make_proxy, backend_kind):
-    image = "stub:no_such_module:create_app" if backend_kind == "stub" else "lazy-proxy/no-such-image:never"
-    h = await make_proxy(svc={"image": image})
+    broken = {"stub": {"image": "stub:no_such_module:create_app"}, "process": {"command": ["/no/such/program"]}}
+    h = await make_proxy(svc=broken.get(backend_kind, {"image": "lazy-proxy/no-such-image:never"}))
     for _ in range(2):
         resp = await h.client.get("/s/v2/health/ready")
         body = await resp.json()
