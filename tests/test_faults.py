@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.events import State
+from proxy.events import Happening, State, Transition
 from tests.conftest import ENGINE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +91,22 @@ async def test_out_of_memory_is_named_in_the_refusal(make_proxy, raw):
     assert resp.status == 503 and "memory" in body["reason"] and "32 MiB" in body["reason"], body
 
 
+async def believed_stopped_but_running(h, raw) -> list[str]:
+    """Containers of this proxy that run while their manager does not think so (orphans in the making)."""
+    from backends.base import LABEL_CONTAINER, LABEL_KEY, LABEL_PROXY_ID
+
+    listed = await raw.containers.list(filters={"label": [f"{LABEL_PROXY_ID}={h.backend.proxy_id}"],
+                                                "status": ["running"]})
+    orphans = []
+    for container in listed:
+        info = await container.show()
+        labels = info["Config"]["Labels"]
+        m = h.manager(labels[LABEL_KEY], labels[LABEL_CONTAINER])
+        if m.state is not State.RUNNING or m.instance is None or m.instance.id != info["Id"]:
+            orphans.append(f"{labels[LABEL_KEY]}: {m.state.value}")
+    return orphans
+
+
 async def test_daemon_outage_gives_quick_503s_and_nothing_stays_running_at_a_dead_address(
         make_proxy, raw, backend_kind):
     h = await make_proxy()
@@ -111,6 +127,7 @@ async def test_daemon_outage_gives_quick_503s_and_nothing_stays_running_at_a_dea
     finally:
         subprocess.run(["bash", str(ROOT / ".ci/daemons.sh"), "up"], check=True, timeout=300)
     await h.proxy.reconciler.reconcile_once()  # what the periodic reconcile does within 10 s
+    assert await believed_stopped_but_running(h, raw) == []
     assert m.state is not State.RUNNING or (await h.client.get("/k/warm/api/health")).status == 200
     resp = await h.client.get("/k/warm/api/health")
     assert resp.status == 200, await resp.text()
@@ -149,3 +166,46 @@ async def test_a_name_stuck_in_removal_moves_the_key_to_a_fresh_name(make_proxy,
     with pytest.raises(Exception, match="No such container"):
         await raw.containers.container(old).show()
     assert (await h.client.get("/k/stuck/api/health")).status == 200
+
+
+async def test_a_frozen_instance_is_replaced_after_the_configured_timeouts(make_proxy, raw):
+    """`docker pause` / `podman pause` from outside: the instance stops answering without dying."""
+    h = await make_proxy(svc={"replace_after_timeouts": 2}, config={"server": {"upstream_timeout": "1s"}})
+    assert (await h.client.get("/k/frozen/api/health")).status == 200
+    m = h.manager("frozen")
+    frozen = m.instance.id
+    events: list[object] = []
+    h.proxy.bus.subscribe(events.append)
+    await raw.containers.container(frozen).pause()
+    statuses = [(await h.client.get("/k/frozen/api/health")).status for _ in range(2)]
+    assert statuses == [504, 504]  # the threshold: two upstream timeouts in a row
+    resp = await h.client.get("/k/frozen/api/health")  # the next one waits for a fresh start
+    assert resp.status == 200, await resp.text()
+    assert m.start_count == 2
+    assert [e.reason for e in events if isinstance(e, Transition) and e.new is State.STOPPING] == ["unhealthy"]
+    info = await raw.containers.container(m.instance.id).show()
+    assert info["State"]["Running"] and not info["State"]["Paused"]
+    assert all(s == 200 for s in [(await h.client.get("/k/frozen/api/health")).status for _ in range(5)])
+
+
+async def test_a_stop_that_fails_during_an_outage_is_retried_and_leaves_no_orphan(make_proxy, raw, backend_kind):
+    """The key goes idle while the runtime's API is away: the stop fails (a warning per attempt), the
+    reconcile after the outage finds the container still running (podman: it outlives its API service)
+    and the idle stop runs again; nothing is left running that the proxy believes stopped."""
+    h = await make_proxy(svc={"sleep_after": "1s"})
+    assert (await h.client.get("/k/idle/api/health")).status == 200
+    m = h.manager("idle")
+    events: list[object] = []
+    h.proxy.bus.subscribe(events.append)
+    subprocess.run(["bash", str(ROOT / ".ci/daemons.sh"), "down", backend_kind], check=True, timeout=60)
+    try:
+        await h.wait_for(lambda: m.last_error.startswith("stop failed"), timeout=10)
+        await h.wait_for(lambda: m.state is State.STOPPED, timeout=15)  # retries spent: gave up for now
+    finally:
+        subprocess.run(["bash", str(ROOT / ".ci/daemons.sh"), "up"], check=True, timeout=300)
+    await h.proxy.reconciler.reconcile_once()
+    await h.wait_for(lambda: m.state is State.STOPPED, timeout=10)  # adopted again, then stopped when idle
+    assert await believed_stopped_but_running(h, raw) == []
+    adopted = [e for e in events if isinstance(e, Transition) and e.happening is Happening.ADOPTED]
+    assert len(adopted) == (1 if backend_kind == "podman" else 0)  # dockerd took its containers with it
+    assert (await h.client.get("/k/idle/api/health")).status == 200  # and the key still works
