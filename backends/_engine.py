@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 from typing import Any, AsyncIterator
 
 import aiodocker
@@ -22,6 +23,7 @@ import aiohttp
 
 from backends._names import STUCK_STATUSES, Names
 from backends.base import (
+    DEFAULT_STOP_TIMEOUT,
     LABEL_CONTAINER,
     LABEL_KEY,
     LABEL_MANAGED,
@@ -32,6 +34,7 @@ from backends.base import (
     ContainerSpec,
     Instance,
     InstanceState,
+    Phases,
     Resources,
 )
 
@@ -44,9 +47,15 @@ log = logging.getLogger(__name__)
 # spec hash matches (a different spec is removed and recreated). `reuse_stopped=False` removes on stop.
 REUSE_STOPPED_DEFAULT = True
 
-STOP_TIMEOUT_S = 5
 # Events after which an instance may have left `running` (podman's names beside docker's).
 WATCHED_EVENTS = ("die", "died", "stop", "kill", "oom", "destroy", "remove", "cleanup")
+
+
+def stop_seconds(stop_timeout: float) -> int:
+    """The engines' stop timeout is whole seconds: the class's `stop_timeout`, rounded up."""
+    return int(math.ceil(stop_timeout))
+
+
 def spec_hash(spec: ContainerSpec) -> str:
     doc = {
         "image": spec.image,
@@ -56,6 +65,7 @@ def spec_hash(spec: ContainerSpec) -> str:
         "command": list(spec.command) if spec.command is not None else None,
         "memory": spec.resources.memory_bytes,
         "cpus": spec.resources.cpus,
+        "stop_timeout": stop_seconds(spec.stop_timeout),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -166,6 +176,10 @@ class EngineBackend:
             "Env": [f"{k}={v}" for k, v in sorted(dict(spec.env).items())],
             "Labels": self._labels(key, spec),
             "ExposedPorts": {port: {}},
+            # A stop is SIGTERM, then SIGKILL after the class's stop_timeout (`stop` reads it back, so adopted
+            # containers keep theirs). The signal is explicit: podman's imported images default to SIGINT.
+            "StopSignal": "SIGTERM",
+            "StopTimeout": stop_seconds(spec.stop_timeout),
             "HostConfig": {
                 "Init": True,
                 "PortBindings": {port: [{"HostIp": self.network_host, "HostPort": ""}]},
@@ -186,13 +200,19 @@ class EngineBackend:
                 return int(hp)
         return None
 
-    async def _instance_from(self, info: dict[str, Any], key: str, cls: str, port: int) -> Instance:
-        """Read the published port; it can lag a moment behind `start` on some engines."""
+    async def _instance_from(self, info: dict[str, Any], key: str, cls: str, port: int,
+                             phases: Phases | None = None) -> Instance:
+        """Read the published port; it can lag a moment behind `start` on some engines. `phases` (of a start)
+        gets its `port` phase."""
         for _ in range(20):
             hp = self._host_port(info, port)
             state = info.get("State") or {}
             if hp is not None and state.get("Running"):
-                return Instance(key=key, container=cls, host=self.network_host, port=hp, id=info["Id"])
+                instance = Instance(key=key, container=cls, host=self.network_host, port=hp, id=info["Id"])
+                if phases is None:
+                    return instance
+                phases.mark("port")
+                return phases.on(instance)
             if not state.get("Running") and state.get("Status") in ("exited", "dead"):
                 raise BackendError(
                     f"container {info.get('Name', '').lstrip('/')} exited right after start "
@@ -214,6 +234,7 @@ class EngineBackend:
 
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
         want_hash = spec_hash(spec)
+        phases = Phases()  # create (or restart, unpause), start, port: each from the end of the one before
         async with self._errors():
             docker = await self._client()
             for _attempt in range(4):
@@ -233,15 +254,17 @@ class EngineBackend:
                         return await self._instance_from(info, key, spec.name, spec.port)
                     if state.get("Paused"):
                         await docker.containers.container(info["Id"]).unpause()
+                        phases.mark("unpause")
                         return await self._instance_from(await self.show(info["Id"]) or info, key,
-                                                         spec.name, spec.port)
+                                                         spec.name, spec.port, phases)
                     if (self.reuse_stopped and labels.get(LABEL_SPEC) == want_hash
                             and state.get("Status") in ("exited", "created")):
                         log.info("restarting stopped container %s", name)
                         cid = info["Id"]
                         await self._start_or_remove(cid)
+                        phases.mark("restart")
                         return await self._instance_from(await self.show(cid) or info, key, spec.name,
-                                                         spec.port)
+                                                         spec.port, phases)
                     try:
                         await self._remove(info["Id"], force=True)
                     except aiodocker.DockerError as e:  # the runtime cannot free the name
@@ -253,11 +276,13 @@ class EngineBackend:
                     if e.status == 409:  # a concurrent create won the race: look again
                         continue
                     raise
+                phases.mark("create")
                 await self._start_or_remove(container.id)
+                phases.mark("start")
                 info = await self.show(container.id)
                 if info is None:
                     raise BackendError(f"container {name} vanished right after start")
-                return await self._instance_from(info, key, spec.name, spec.port)
+                return await self._instance_from(info, key, spec.name, spec.port, phases)
             raise BackendError(f"container {self.name_for(key, spec)} keeps changing under us; giving up")
 
     def _move_on(self, key: str, spec: ContainerSpec, stuck_id: str, why: str) -> None:
@@ -297,8 +322,10 @@ class EngineBackend:
             if not self._is_ours(info):
                 raise BackendError(f"refusing to stop container {instance.id[:12]}: not managed by this proxy")
             c = docker.containers.container(info["Id"])
+            # SIGTERM, SIGKILL after the class's stop_timeout (as created; the engines' own default is 10 s)
+            t = (info.get("Config") or {}).get("StopTimeout")
             try:
-                await c.stop(t=STOP_TIMEOUT_S)
+                await c.stop(t=t if isinstance(t, int) else stop_seconds(DEFAULT_STOP_TIMEOUT))
             except aiodocker.DockerError as e:
                 if e.status not in (304, 404):
                     raise

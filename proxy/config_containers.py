@@ -11,8 +11,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
 
-from backends.base import INSTANCE_DISK_GB, INSTANCE_TYPES, ContainerSpec, Resources
-from proxy.config_base import Section, none_means_default, shown
+from backends.base import DEFAULT_STOP_TIMEOUT, INSTANCE_DISK_GB, INSTANCE_TYPES, ContainerSpec, Resources
+from proxy.breaker import CrashLoopPolicy
+from proxy.config_base import Section, field_error, none_means_default, shown
 from proxy.units import (
     Argv,
     Duration,
@@ -26,7 +27,7 @@ from proxy.units import (
     UrlPath,
 )
 
-__all__ = ["ContainerClass", "ContainerSection", "CronJob", "CustomInstance", "Keepalive", "Readiness"]
+__all__ = ["ContainerClass", "ContainerSection", "CrashLoop", "CronJob", "CustomInstance", "Keepalive", "Readiness"]
 
 
 class Readiness(Section):
@@ -88,6 +89,27 @@ class Keepalive(Section):
         return none_means_default(data if isinstance(data, dict) else {"schedule": data})
 
 
+class CrashLoop(Section):
+    """The per-key crash-loop breaker (proxy/breaker.py)."""
+
+    failures: int = Field(default=3, ge=0, le=1000,
+                          description="failed starts or crashes within `window` that open the key's breaker (`0`: "
+                                      "never): starts are then refused with 503 for the backoff")
+    window: PositiveDuration = Field(default=60.0, description="the time in which `failures` count")
+    backoff: PositiveDuration = Field(default=5.0, description="the first backoff; doubled each time the one start "
+                                                               "let through after it fails")
+    max_backoff: PositiveDuration = Field(default=300.0, description="the backoff at most")
+
+    @model_validator(mode="after")
+    def _order(self) -> CrashLoop:
+        if self.max_backoff < self.backoff:
+            raise field_error(("max_backoff",), "must be at least backoff")
+        return self
+
+    def policy(self) -> CrashLoopPolicy:
+        return CrashLoopPolicy(self.failures, self.window, self.backoff, self.max_backoff)
+
+
 class CronJob(Section):
     """A scheduled pre-warm (the seed's Worker cron), optionally with its own entrypoint/env."""
 
@@ -117,6 +139,10 @@ class ContainerSection(Section):
                                    "or `{memory, cpus}`")
     sleep_after: Duration = Field(default=300.0, description="idle time before the instance stops (`0`: never)")
     start_timeout: PositiveDuration = Field(default=30.0, description="start → ready, else 504")
+    stop_timeout: Duration = Field(
+        default=DEFAULT_STOP_TIMEOUT, description="a stop sends SIGTERM, then SIGKILL after this long (docker/podman "
+                                                  "round it up to whole seconds)")
+    crash_loop: CrashLoop = CrashLoop()
     max_instances: int = Field(default=10, ge=1, le=100_000, description="running instances of the class at most")
     capacity_wait: Duration = Field(
         default=0.0, description="at `max_instances`, how long a start waits for a free slot (in arrival order) "
@@ -148,6 +174,7 @@ class ContainerClass:
     replace_after_timeouts: int
     keepalive: Keepalive | None
     cron: tuple[CronJob, ...]
+    crash_loop: CrashLoopPolicy
 
     @property
     def name(self) -> str:
@@ -161,10 +188,11 @@ class ContainerClass:
         else:
             type_name, resources = kind, INSTANCE_TYPES[kind]
         spec = ContainerSpec(name=name, image=section.image, port=section.port, env=dict(section.env),
-                             entrypoint=section.entrypoint, command=section.command, resources=resources)
+                             entrypoint=section.entrypoint, command=section.command, resources=resources,
+                             stop_timeout=section.stop_timeout)
         return cls(spec=spec, instance_type=type_name, disk_gb=INSTANCE_DISK_GB.get(type_name, 2.0),
                    readiness=section.readiness, sleep_after=section.sleep_after,
                    start_timeout=section.start_timeout, max_instances=section.max_instances,
                    capacity_wait=section.capacity_wait, capacity_queue=section.capacity_queue,
                    replace_after_timeouts=section.replace_after_timeouts,
-                   keepalive=section.keepalive, cron=section.cron)
+                   keepalive=section.keepalive, cron=section.cron, crash_loop=section.crash_loop.policy())

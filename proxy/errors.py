@@ -62,6 +62,12 @@ class CapacityExceeded(Refusal):
     status, error, retry_after = 503, "capacity exceeded", 5.0
 
 
+class BreakerOpen(Refusal):
+    """The key's crash-loop breaker is open: its starts failed or crashed too often (proxy/breaker.py)."""
+
+    status, error = 503, "crash loop"
+
+
 class RuntimeUnreachable(Refusal):
     """The instance refused the connection and the container runtime cannot be asked why (daemon down)."""
 

@@ -69,7 +69,18 @@ class ColdWait:
     seconds: float
 
 
-Event = Union[Transition, ColdWait]
+@dataclass(frozen=True)
+class BreakerOpened:
+    """A key's crash-loop breaker opened (or opened again): its starts are refused for `backoff` seconds."""
+
+    key: str
+    container: str
+    reason: str
+    backoff: float
+    timestamp: float = field(default_factory=time.time)
+
+
+Event = Union[Transition, ColdWait, BreakerOpened]
 Listener = Callable[[Event], None]
 
 

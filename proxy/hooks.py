@@ -13,7 +13,7 @@ import aiohttp
 import structlog
 
 from proxy.config import Webhook
-from proxy.events import Event, EventBus, Happening, Transition
+from proxy.events import BreakerOpened, Event, EventBus, Happening, Transition
 
 log = structlog.get_logger("proxy.hooks")
 Callback = Callable[[dict[str, Any]], None]
@@ -25,6 +25,9 @@ HOOK_OF = {Happening.STARTED: "start", Happening.ADOPTED: "start", Happening.STO
 
 def hook_event(event: Event) -> dict[str, Any] | None:
     """The seed's three hook events (start, stop, error), or None for the steps in between."""
+    if isinstance(event, BreakerOpened):  # an error of its own: the key's starts are refused for a while
+        return {"event": "error", "key": event.key, "container": event.container, "reason": event.reason,
+                "timestamp": event.timestamp, "breaker": "open", "backoff_seconds": event.backoff}
     if not isinstance(event, Transition) or event.happening is None:
         return None
     name = HOOK_OF[event.happening]
@@ -44,7 +47,7 @@ def hook_event(event: Event) -> dict[str, Any] | None:
 class Hooks:
     def __init__(self, bus: EventBus, webhooks: tuple[Webhook, ...]) -> None:
         self.webhooks = webhooks
-        self.callbacks: dict[str, list[Callback]] = {"start": [], "stop": [], "error": []}
+        self.callbacks: dict[str, list[Callback]] = {"start": [], "stop": [], "error": [], "admin": []}
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         bus.subscribe(self._on_event)
@@ -55,8 +58,12 @@ class Hooks:
 
     def _on_event(self, event: Event) -> None:
         payload = hook_event(event)
-        if payload is None:
-            return
+        if payload is not None:
+            self.emit(payload)
+
+    def emit(self, payload: dict[str, Any]) -> None:
+        """One hook event (`payload["event"]` names it) to the in-process callbacks and the webhooks that
+        listen for it; the lifecycle's come from the bus, `admin` ones from proxy/admin.py."""
         for callback in self.callbacks[payload["event"]]:
             try:
                 callback(payload)

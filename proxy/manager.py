@@ -17,10 +17,11 @@ from typing import AsyncIterator, Protocol
 import structlog
 
 from backends.base import Backend, BackendError, ContainerSpec, Instance, InstanceState
+from proxy.breaker import Breaker
 from proxy.capacity import Capacity
 from proxy.config import ContainerClass, Readiness
-from proxy.errors import CapacityExceeded, NotWarm, StartFailed, StartTimeout
-from proxy.events import ACTIVE, ColdWait, EventBus, Happening, State, StopReason, Transition
+from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, StartFailed, StartTimeout
+from proxy.events import ACTIVE, BreakerOpened, ColdWait, EventBus, Happening, State, StopReason, Transition
 
 log = structlog.get_logger("proxy.manager")
 STOP_RETRY_DELAYS = (0.5, 2.0, 5.0)  # seconds between attempts to stop an instance before giving up
@@ -57,6 +58,7 @@ class Manager:
     __slots__ = (
         "key", "klass", "services", "state", "instance", "in_flight", "start_count", "last_activity",
         "_since", "_start_deadline", "_start_task", "_stop_task", "_idle_handle", "_check_task", "last_error",
+        "breaker",
     )
 
     def __init__(self, key: str, klass: ContainerClass, services: Services) -> None:
@@ -69,6 +71,7 @@ class Manager:
         self.start_count = 0
         self.last_activity = 0.0  # loop time
         self.last_error = ""
+        self.breaker = Breaker(klass.crash_loop)
         self._since = 0.0
         self._start_task: asyncio.Task[None] | None = None
         self._start_deadline = 0.0
@@ -154,6 +157,9 @@ class Manager:
         order) for a slot and then begins it. Until then the state stays stopped/failed and that task is
         `_start_task`, which every request for this key shares. start_timeout counts from the start."""
         capacity, name = self.services.capacity, self.klass.name
+        if (backoff := self.breaker.wait(asyncio.get_running_loop().time())) > 0:  # no backend call at all
+            raise BreakerOpen(f"{self.key} keeps failing ({self.last_error}); starts refused for {backoff:.1f}s",
+                              retry_after=backoff, key=self.key)
         full = f"container class {name} is at max_instances={self.klass.max_instances}"
 
         def begin() -> None:  # no await between a slot found free (or handed over) and its claim
@@ -197,28 +203,39 @@ class Manager:
             await self._abandon_start(exc.reason)
             raise StartFailed(exc.reason, retry_after=exc.retry_after, key=self.key) from None
         except asyncio.CancelledError:
-            await self._abandon_start("start cancelled")
+            await self._abandon_start("start cancelled", failed=False)
             raise
         except Exception as exc:  # noqa: BLE001 - any other failure is a failed start, not a crash
             await self._abandon_start(f"{type(exc).__name__}: {exc}")
             raise StartFailed(self.last_error, key=self.key) from None
         self.start_count += 1
         self.last_error = ""
+        self.breaker.succeeded(asyncio.get_running_loop().time())
         self._transition(State.RUNNING, "ready", Happening.STARTED)
         self.touch()
 
     def _timeout_reason(self) -> str:
         return f"not ready within start_timeout={self.klass.start_timeout:g}s"
 
-    async def _abandon_start(self, reason: str) -> None:
+    async def _abandon_start(self, reason: str, failed: bool = True) -> None:
         """A start that failed must not leave a half-started instance behind."""
         self.last_error = reason
         if self.instance is not None:
-            try:
-                await asyncio.wait_for(self.services.backend.stop(self.instance), timeout=15)
+            try:  # the backend's SIGKILL comes after stop_timeout: leave it that and some
+                await asyncio.wait_for(self.services.backend.stop(self.instance),
+                                       timeout=self.klass.spec.stop_timeout + 10)
             except Exception:  # noqa: BLE001 - best effort; the backend reuses or removes it next time
                 pass
         self._transition(State.FAILED, reason, Happening.START_FAILED)
+        if failed:
+            self._count_failure("failed start")
+
+    def _count_failure(self, what: str) -> None:
+        """A failed start or a crash, for the crash-loop breaker; tell the observers when it opens."""
+        if self.breaker.failed(asyncio.get_running_loop().time()):
+            reason = f"crash loop: {what} ({self.last_error}); starts refused for {self.breaker.backoff:g}s"
+            log.warning("breaker_open", key=self.key, container=self.klass.name, reason=reason)
+            self.services.bus.emit(BreakerOpened(self.key, self.klass.name, reason, self.breaker.backoff))
 
     # ------------------------------------------------------------------ stop
 
@@ -326,6 +343,7 @@ class Manager:
         self.last_error = f"instance {status.value}" + (f": {why}" if why else "")
         self._transition(State.STOPPED, why or "error", Happening.CRASHED, StopReason.ERROR)
         log.warning("instance_gone", key=self.key, container=self.klass.name, reason=self.last_error)
+        self._count_failure("crash")
         return False
 
     def adopt(self, instance: Instance) -> None:
@@ -367,6 +385,7 @@ class Manager:
             "start_count": self.start_count,
             "address": self.instance.url if self.instance else None,
             "last_error": self.last_error or None,
+            "breaker": self.breaker.status(loop.time()),
         }
 
     def retire(self, instance: Instance, reason: str, drained: asyncio.Future[None] | None = None) -> bool:

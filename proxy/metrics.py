@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy.config import Config
-from proxy.events import ColdWait, Event, Happening, State, StopReason
+from proxy.events import ColdWait, Event, Happening, State, StopReason, Transition
 from proxy.prewarm import fixed_keys
 from proxy.registry import Registry
 from proxy.request_metrics import PROXY_CODES, UNMATCHED_CODES, RequestCollector
@@ -135,6 +135,8 @@ class Metrics:
         if isinstance(event, ColdWait):
             self.cold_wait.labels(event.container).observe(event.seconds)
             return
+        if not isinstance(event, Transition):
+            return
         if event.new is State.RUNNING:
             self.running.labels(event.container).inc()
         elif event.old is State.RUNNING:
@@ -192,25 +194,29 @@ class _InFlightCollector(Collector):
         self.key_label = key_label
 
     @staticmethod
-    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
         return (
             GaugeMetricFamily("proxy_container_in_flight", "Requests and WebSockets in flight per key.",
                               labels=[CLASS, "key"]),
             GaugeMetricFamily("proxy_container_managers", "Managers (keys) per lifecycle state.",
                               labels=[CLASS, "state"]),
+            GaugeMetricFamily("proxy_container_breaker_open", "Keys whose crash-loop breaker is open (or half-open: "
+                              "one start let through).", labels=[CLASS]),
         )
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         return self._families()
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        in_flight, by_state = self._families()
+        in_flight, by_state, breaker_open = self._families()
         classes = self.registry.config.containers
         totals = {(name, label): 0 for name in classes for label in self.key_label.labels(name)}
         states = {(name, state.value): 0 for name in classes for state in State}
+        open_breakers = dict.fromkeys(classes, 0)
         for manager in self.registry:
             name = manager.klass.name
             states[(name, manager.state.value)] += 1
+            open_breakers[name] += manager.breaker.is_open
             if manager.in_flight:
                 labels = (name, self.key_label(name, manager.key))
                 totals[labels] = totals.get(labels, 0) + manager.in_flight
@@ -218,4 +224,6 @@ class _InFlightCollector(Collector):
             in_flight.add_metric(list(labels), value)
         for labels, value in states.items():
             by_state.add_metric(list(labels), value)
-        return (in_flight, by_state)
+        for name, count in open_breakers.items():
+            breaker_open.add_metric([name], count)
+        return (in_flight, by_state, breaker_open)
