@@ -1,10 +1,12 @@
-"""Docker backend: dockerd through its API socket (aiodocker). All lifecycle logic is in _engine."""
+"""Docker backend: dockerd through its API socket (aiodocker).
+
+All lifecycle logic is in _engine, pause/remove/exec in _engine_ops."""
 
 from __future__ import annotations
 
 import os
 
-from backends._engine import EngineBackend
+from backends._engine_ops import EngineOps
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
@@ -14,7 +16,7 @@ def default_docker_socket() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
 
 
-class DockerBackend(EngineBackend):
+class DockerBackend(EngineOps):
     name = "docker"
     default_socket = DEFAULT_SOCKET
     daemon_label = "docker daemon"

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 
-from backends._engine import EngineBackend
+from backends._engine_ops import EngineOps
 
 DEFAULT_SOCKET = "unix:///run/podman/podman.sock"
 
 
-class PodmanBackend(EngineBackend):
+class PodmanBackend(EngineOps):
     name = "podman"
     default_socket = DEFAULT_SOCKET
     daemon_label = "podman service"

@@ -1,0 +1,44 @@
+"""Optional capabilities a backend may have beyond the `Backend` protocol: pause, remove, exec.
+
+Each is a small protocol of its own, checked with `isinstance`, so a backend that cannot (the stub
+cannot freeze an in-process server) simply does not have it and the core protocol stays the same for
+everyone. The admin API (proxy/admin.py) answers 409 "not supported by backend X" when one is missing.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable, Protocol, Sequence, runtime_checkable
+
+from backends.base import ContainerSpec, Instance
+
+# Receives each piece of an exec's output as it comes: ("stdout" | "stderr", bytes).
+OutputSink = Callable[[str, bytes], Awaitable[None]]
+
+
+@runtime_checkable
+class Pausable(Protocol):
+    """Freeze and thaw a running instance (memory kept, no CPU), as `docker pause`/`unpause` do."""
+
+    async def pause(self, instance: Instance) -> None: ...
+
+    async def resume(self, instance: Instance) -> None: ...
+
+
+@runtime_checkable
+class Removable(Protocol):
+    """Remove a key's container whether running or stopped: what a warm restart would reuse is gone."""
+
+    async def remove(self, key: str, spec: ContainerSpec) -> bool:
+        """True when there was one to remove."""
+        ...
+
+
+@runtime_checkable
+class Executable(Protocol):
+    """Run a command inside a running instance."""
+
+    async def exec(self, instance: Instance, command: Sequence[str], output: OutputSink) -> int | None:
+        """Run `command`, passing its output to `output` as it comes; its exit code (None if unknown).
+
+        The caller bounds it with a timeout (cancellation ends the wait and the stream)."""
+        ...
