@@ -36,6 +36,12 @@ class InvalidPath(Refusal):
     status, error = 400, "invalid path"
 
 
+class InvalidInput(Refusal):
+    """An admin request body that does not say what the operation needs."""
+
+    status, error = 400, "invalid input"
+
+
 class BodyTooLarge(Refusal):
     status, error = 413, "request body too large"
 
@@ -78,6 +84,42 @@ class StartTimeout(Refusal):
     """The instance was not ready within start_timeout."""
 
     status, error = 504, "start timeout"
+
+
+class Unauthorized(Refusal):
+    """An admin mutation without the right bearer token (or none is configured)."""
+
+    status, error = 401, "unauthorized"
+
+
+class Forbidden(Refusal):
+    """An admin operation config turns off (`admin.exec: false`)."""
+
+    status, error = 403, "forbidden"
+
+
+class NotFound(Refusal):
+    """An admin request for a container class or key the proxy does not know."""
+
+    status, error = 404, "not found"
+
+
+class Conflict(Refusal):
+    """An admin operation the key's state does not allow (pause a stopped key, exec in a stopped one)."""
+
+    status, error = 409, "conflict"
+
+
+class NotSupported(Refusal):
+    """The backend cannot do it (the stub cannot pause or exec)."""
+
+    status, error = 409, "not supported"
+
+
+class ActionFailed(Refusal):
+    """The runtime refused an admin operation (pause, resume, exec); `reason` has its words."""
+
+    status, error = 502, "action failed"
 
 
 class UpstreamError(Refusal):

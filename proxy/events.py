@@ -25,10 +25,11 @@ class State(str, enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     FAILED = "failed"
+    PAUSED = "paused"  # frozen by the runtime (memory kept, no CPU); a request resumes it
 
 
 # States in which an instance exists (or is being made) and so counts against max_instances.
-ACTIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING})
+ACTIVE = frozenset({State.STARTING, State.RUNNING, State.STOPPING, State.PAUSED})
 
 
 class Happening(str, enum.Enum):

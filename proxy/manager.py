@@ -17,11 +17,13 @@ from typing import AsyncIterator, Protocol
 import structlog
 
 from backends.base import Backend, BackendError, ContainerSpec, Instance, InstanceState
+from backends.control import Removable
 from proxy.breaker import Breaker
 from proxy.capacity import Capacity
 from proxy.config import ContainerClass, Readiness
 from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, StartFailed, StartTimeout
 from proxy.events import ACTIVE, BreakerOpened, ColdWait, EventBus, Happening, State, StopReason, Transition
+from proxy.manager_pause import LIVE, Pausing, consume_exception
 
 log = structlog.get_logger("proxy.manager")
 STOP_RETRY_DELAYS = (0.5, 2.0, 5.0)  # seconds between attempts to stop an instance before giving up
@@ -54,11 +56,11 @@ class Lease:
     cold_wait: float | None
 
 
-class Manager:
+class Manager(Pausing):
     __slots__ = (
         "key", "klass", "services", "state", "instance", "in_flight", "start_count", "last_activity",
         "_since", "_start_deadline", "_start_task", "_stop_task", "_idle_handle", "_check_task", "last_error",
-        "breaker",
+        "breaker", "sleep_after_override",
     )
 
     def __init__(self, key: str, klass: ContainerClass, services: Services) -> None:
@@ -78,6 +80,8 @@ class Manager:
         self._stop_task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._check_task: asyncio.Task[None] | None = None
+        self.sleep_after_override: float | None = None  # an operator's per-key sleep_after (admin API)
+        super().__init__()
 
     # ------------------------------------------------------------------ requests
 
@@ -87,7 +91,11 @@ class Manager:
         self.hold()
         try:
             if start:
-                waited = await self.ensure_running(reason="request")
+                self._waiting += 1
+                try:
+                    waited = await self.ensure_running(reason="request")
+                finally:
+                    self._waiting -= 1
             elif self.state is State.RUNNING:
                 waited = None
             else:
@@ -104,6 +112,8 @@ class Manager:
     def release(self, now: float | None = None) -> None:
         """The end of what `hold` began (the fast path calls the pair directly, the aiohttp path via lease)."""
         self.in_flight -= 1
+        if self._drained is not None and self.in_flight <= self._waiting and not self._drained.done():
+            self._drained.set_result(None)
         self.touch(now)
 
     def touch(self, now: float | None = None) -> None:
@@ -126,6 +136,9 @@ class Manager:
             if self.state is State.STOPPING:
                 assert self._stop_task is not None
                 await asyncio.shield(self._stop_task)
+                continue
+            if self.state is State.PAUSED:
+                await asyncio.shield(self._begin_resume(reason))
                 continue
             if self.state in (State.STOPPED, State.FAILED):
                 if self._start_task is None or self._start_task.done():
@@ -167,7 +180,7 @@ class Manager:
             self._transition(State.STARTING, reason)  # claims the slot
             self._start_task = asyncio.create_task(self._run_start(spec or self.klass.spec),
                                                    name=f"start:{self.key}")
-            self._start_task.add_done_callback(_consume_exception)
+            self._start_task.add_done_callback(consume_exception)
 
         if capacity.may_start(name):
             begin()
@@ -185,7 +198,7 @@ class Manager:
                 capacity.unused(name)
 
         self._start_task = asyncio.create_task(wait_for_slot(), name=f"slot:{self.key}")
-        self._start_task.add_done_callback(_consume_exception)
+        self._start_task.add_done_callback(consume_exception)
 
     async def _run_start(self, spec: ContainerSpec) -> None:
         deadline = asyncio.timeout_at(self._start_deadline)
@@ -239,39 +252,69 @@ class Manager:
 
     # ------------------------------------------------------------------ stop
 
+    @property
+    def sleep_after(self) -> float:
+        """Idle seconds before the instance stops: the key's own (an operator set it) or its class's."""
+        return self.klass.sleep_after if self.sleep_after_override is None else self.sleep_after_override
+
+    def set_sleep_after(self, seconds: float | None) -> None:
+        """Override the class's sleep_after for this key (None: the class's again). Counted from the last
+        activity, like the class's: a shorter one that has already passed stops the instance now."""
+        self.sleep_after_override = seconds
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        if self.in_flight == 0:
+            self._arm_idle()
+
     def _arm_idle(self) -> None:
-        if self._idle_handle is None and self.state is State.RUNNING and self.klass.sleep_after > 0:
+        if self._idle_handle is None and self.state in LIVE and self.sleep_after > 0:
             loop = asyncio.get_running_loop()
-            self._idle_handle = loop.call_at(self.last_activity + self.klass.sleep_after, self._on_idle)
+            self._idle_handle = loop.call_at(self.last_activity + self.sleep_after, self._on_idle)
 
     def _on_idle(self) -> None:
         self._idle_handle = None
-        if self.state is not State.RUNNING or self.in_flight:
+        if self.state not in LIVE or self.in_flight:
             return  # the last request's release re-arms the timer
-        if asyncio.get_running_loop().time() + 0.001 >= self.last_activity + self.klass.sleep_after:
+        if asyncio.get_running_loop().time() + 0.001 >= self.last_activity + self.sleep_after:
             self._begin_stop(StopReason.IDLE)
         else:
             self._arm_idle()
 
-    def _begin_stop(self, reason: StopReason) -> asyncio.Task[None] | None:
+    def _begin_stop(self, reason: StopReason, drain: float = 0.0, remove: bool = False) -> asyncio.Task[None] | None:
+        """From running or paused (or, to `remove` a stopped container, from stopped or failed too)."""
         if self.state is State.STOPPING:
             return self._stop_task
-        if self.state is not State.RUNNING:
+        if self.state not in LIVE and not (remove and self.state in (State.STOPPED, State.FAILED)):
             return None
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
+        paused = self.state is State.PAUSED
         self._transition(State.STOPPING, reason.value)
-        self._stop_task = asyncio.create_task(self._run_stop(reason), name=f"stop:{self.key}")
+        self._stop_task = asyncio.create_task(self._run_stop(reason, drain, paused, remove), name=f"stop:{self.key}")
         return self._stop_task
 
-    async def _run_stop(self, reason: StopReason) -> None:
+    async def _run_stop(self, reason: StopReason, drain: float = 0.0, paused: bool = False,
+                        remove: bool = False) -> None:
         instance = self.instance
         try:
+            await self._drain(drain)
             if instance is not None:
+                if paused:
+                    await self._thaw(instance)
                 await self._stop_instance(instance)
+            backend = self.services.backend
+            if remove and isinstance(backend, Removable):
+                try:
+                    await backend.remove(self.key, self.klass.spec)
+                except Exception as exc:  # noqa: BLE001 - reported; a later start replaces a stale container
+                    self.last_error = f"remove failed: {type(exc).__name__}: {exc}"
+                    log.warning("remove_failed", key=self.key, container=self.klass.name, error=self.last_error)
         finally:
-            self._transition(State.STOPPED, reason.value, Happening.STOPPED, reason)
+            stopped = instance is not None  # else only a stopped container was removed: no instance stopped
+            self._transition(State.STOPPED, reason.value, Happening.STOPPED if stopped else None,
+                             reason if stopped else None)
 
     async def _stop_instance(self, instance: Instance) -> None:
         """Stop, retrying while the runtime refuses or cannot be reached: a forgotten failed stop leaves a
@@ -288,19 +331,29 @@ class Manager:
                     return
                 await asyncio.sleep(delay)
 
-    async def stop(self, reason: StopReason) -> None:
+    async def stop(self, reason: StopReason, drain: float = 0.0, *, remove: bool = False) -> None:
         """Stop now (shutdown, admin). Waits for a start in progress first; a wait for a capacity slot is
-        given up (else the slots this very shutdown frees would start an instance nobody asked for)."""
+        given up (else the slots this very shutdown frees would start an instance nobody asked for).
+
+        Stopping begins at once (a new request waits, then starts a fresh instance); requests in flight on
+        the instance get up to `drain` seconds to end first. `remove`: the container is removed as well,
+        so no warm restart reuses it (admin destroy); the key's sleep_after override is forgotten too."""
         if self.state in (State.STOPPED, State.FAILED) and self._start_task is not None \
                 and not self._start_task.done():
             self._start_task.cancel()
-            return
+            if not remove:
+                return
         if self.state is State.STARTING and self._start_task is not None:
             try:
                 await asyncio.shield(self._start_task)
             except Exception:  # noqa: BLE001 - nothing to stop if it failed
-                return
-        task = self._begin_stop(reason)
+                if not remove:
+                    return
+        if remove:
+            self.sleep_after_override = None
+            if self.state is State.STOPPING and self._stop_task is not None:  # a stop under way: remove after it
+                await asyncio.shield(self._stop_task)
+        task = self._begin_stop(reason, drain, remove)
         if task is not None:
             await asyncio.shield(task)
 
@@ -386,6 +439,7 @@ class Manager:
             "address": self.instance.url if self.instance else None,
             "last_error": self.last_error or None,
             "breaker": self.breaker.status(loop.time()),
+            "sleep_after": self.sleep_after,
         }
 
     def retire(self, instance: Instance, reason: str, drained: asyncio.Future[None] | None = None) -> bool:
@@ -419,8 +473,3 @@ class Manager:
         self._stop_task = asyncio.create_task(drain_then_stop(), name=f"stop:{self.key}")
         return True
 
-
-def _consume_exception(task: asyncio.Task[None]) -> None:
-    """Waiters may all have gone (client aborts); the outcome is in the state, not lost."""
-    if not task.cancelled():
-        task.exception()
