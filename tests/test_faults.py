@@ -9,6 +9,7 @@ runs out of memory says so.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from pathlib import Path
 
@@ -91,15 +92,20 @@ async def test_out_of_memory_is_named_in_the_refusal(make_proxy, raw):
     assert resp.status == 503 and "memory" in body["reason"] and "32 MiB" in body["reason"], body
 
 
+async def running(h, raw) -> list[dict]:
+    """Inspect JSON of this proxy's running containers, as the runtime lists them."""
+    from backends.base import LABEL_PROXY_ID
+
+    filters = json.dumps({"label": [f"{LABEL_PROXY_ID}={h.backend.proxy_id}"], "status": ["running"]})
+    return [await c.show() for c in await raw.containers.list(filters=filters)]
+
+
 async def believed_stopped_but_running(h, raw) -> list[str]:
     """Containers of this proxy that run while their manager does not think so (orphans in the making)."""
-    from backends.base import LABEL_CONTAINER, LABEL_KEY, LABEL_PROXY_ID
+    from backends.base import LABEL_CONTAINER, LABEL_KEY
 
-    listed = await raw.containers.list(filters={"label": [f"{LABEL_PROXY_ID}={h.backend.proxy_id}"],
-                                                "status": ["running"]})
     orphans = []
-    for container in listed:
-        info = await container.show()
+    for info in await running(h, raw):
         labels = info["Config"]["Labels"]
         m = h.manager(labels[LABEL_KEY], labels[LABEL_CONTAINER])
         if m.state is not State.RUNNING or m.instance is None or m.instance.id != info["Id"]:
@@ -195,6 +201,7 @@ async def test_a_stop_that_fails_during_an_outage_is_retried_and_leaves_no_orpha
     h = await make_proxy(svc={"sleep_after": "1s"})
     assert (await h.client.get("/k/idle/api/health")).status == 200
     m = h.manager("idle")
+    assert [info["Id"] for info in await running(h, raw)] == [m.instance.id]
     events: list[object] = []
     h.proxy.bus.subscribe(events.append)
     subprocess.run(["bash", str(ROOT / ".ci/daemons.sh"), "down", backend_kind], check=True, timeout=60)
