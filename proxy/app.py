@@ -16,6 +16,7 @@ from aiohttp import web
 from backends import create_backend
 from backends.base import Backend, Instance
 from proxy.config import Config
+from proxy.config_admin import SeedRoute
 from proxy.errors import json_errors
 from proxy.capacity import Capacity
 from proxy.events import Event, EventBus, StopReason, Transition
@@ -160,7 +161,7 @@ async def info(request: web.Request) -> web.Response:
         "service": "lazy-proxy",
         "backend": proxy.backend.name,
         "uptime_seconds": round(time.time() - proxy.started, 3),
-        "endpoints": ["/health", "/metrics", "/container-status", "/info"],
+        "endpoints": [f"/{name}" for name in config.admin.on_proxy_port],
         "routes": [{"path": r.path, "container": r.container, "key": r.key, "mode": r.mode,
                     "upstream_path": r.upstream_path, "instances": r.instances} for r in config.routes],
         "containers": {name: {"image": c.spec.image, "port": c.spec.port, "instance_type": c.instance_type,
@@ -173,6 +174,16 @@ async def info(request: web.Request) -> web.Response:
     })
 
 
+SEED_HANDLERS = {"health": health, "metrics": metrics, "container-status": container_status, "info": info}
+
+
+def add_seed_routes(app: web.Application, names: tuple[SeedRoute, ...]) -> None:
+    """The seed's own endpoints (`GET /health` ...): always on the admin listener, on the proxied port
+    only those `admin.on_proxy_port` lists (there they shadow the upstream's paths)."""
+    for name in names:
+        app.router.add_get(f"/{name}", SEED_HANDLERS[name])
+
+
 def create_app(config: Config, backend: Backend | None = None, *, clock: Clock = time.time) -> web.Application:
     backend = backend or create_backend(config.backend.type, proxy_id=config.backend.proxy_id,
                                         **config.backend.options)
@@ -180,10 +191,7 @@ def create_app(config: Config, backend: Backend | None = None, *, clock: Clock =
     app = web.Application(middlewares=[proxy.metrics.unmatched_middleware, json_errors],
                           client_max_size=config.max_body_size)
     app[PROXY] = proxy
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/container-status", container_status)
-    app.router.add_get("/info", info)
+    add_seed_routes(app, config.admin.on_proxy_port)
     proxy.add_routes(app)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]

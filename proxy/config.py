@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
+from proxy.config_admin import Admin
 from proxy.config_base import Section, config_error, field_error, none_means_default, shown
 from proxy.config_containers import ContainerClass, ContainerSection, CronJob, Keepalive, Readiness
 from proxy.units import (
@@ -43,10 +44,10 @@ from proxy.units import (
     check_key,
 )
 
-__all__ = ["Backend", "BackendConfig", "Config", "ConfigError", "ConfigSchema", "ContainerClass", "CronJob",
+__all__ = ["Admin", "Backend", "BackendConfig", "Config", "ConfigError", "ConfigSchema", "ContainerClass", "CronJob",
            "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook", "load_config", "parse_config"]
 
-HookEvent = Literal["start", "stop", "error"]
+HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's action (proxy/admin.py)
 HOOK_EVENTS: tuple[HookEvent, ...] = ("start", "stop", "error")
 
 
@@ -231,7 +232,8 @@ class Webhook(Section):
 
 class Hooks(Section):
     webhooks: TupleOf[Webhook] = Field(
-        default=(), description="`start`/`stop`/`error` events as HTTP POSTs, sent in the background")
+        default=(), description="`start`/`stop`/`error` events (and `admin` actions, when listed) as HTTP POSTs, "
+                                "sent in the background")
 
 
 class Pricing(Section):
@@ -244,6 +246,7 @@ class ConfigSchema(Section):
     """The whole config.yaml; the order here is the order of the README table."""
 
     server: Server = Server()
+    admin: Admin = Admin()
     backend: Backend = Backend()
     metrics: Metrics = Metrics()
     logging: Logging = Logging()
@@ -284,6 +287,7 @@ class Config:
     webhooks: tuple[Webhook, ...]
     pricing: Pricing
     key_labels: tuple[str, ...] = ()  # metrics.key_labels: the allowlist of per-key metric labels
+    admin: Admin = Admin()
 
     @classmethod
     def from_schema(cls, schema: ConfigSchema) -> Config:
@@ -296,7 +300,7 @@ class Config:
                    containers={name: ContainerClass.from_section(name, section)
                                for name, section in schema.containers.items()},
                    routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing,
-                   key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)))
+                   key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)), admin=schema.admin)
 
 
 def parse_config(raw: Any) -> Config:

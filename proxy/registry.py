@@ -31,6 +31,10 @@ class Registry:
                                                                 self.services)
         return manager
 
+    def peek(self, key: str, container: str) -> Manager | None:
+        """The manager for `key` if there is one (a read must not create managers)."""
+        return self.managers.get((container, key))
+
     def __iter__(self) -> Iterator[Manager]:
         return iter(list(self.managers.values()))
 

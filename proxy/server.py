@@ -229,17 +229,29 @@ class ProxyRunner(web.AppRunner):
         return FastServer(server, self.app[PROXY].fast_path(self.app))
 
 
-async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float) -> None:
-    """`web.run_app` for the fast path: serve until SIGTERM/SIGINT, then drain and clean up."""
+async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float,
+                admin: tuple[web.Application, str, int] | None = None) -> None:
+    """`web.run_app` for the fast path: serve until SIGTERM/SIGINT, then drain and clean up.
+
+    `admin` is the admin listener's app and address (proxy/admin.py): a plain aiohttp listener of its
+    own, closed before the proxied port drains (the proxy's lifecycle belongs to `app`)."""
     runner = ProxyRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
                          shutdown_timeout=shutdown_timeout)
+    admin_runner = None
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_address=True).start()
+        if admin is not None:
+            admin_app, admin_host, admin_port = admin
+            admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
+            await admin_runner.setup()
+            await web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True).start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
+        if admin_runner is not None:
+            await admin_runner.cleanup()
         await runner.cleanup()

@@ -38,10 +38,15 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+# The seed's endpoints stay on the proxied port in tests (as in the shipped config.yaml): tests read /metrics there.
+SEED_ON_PROXY_PORT = {"on_proxy_port": ["health", "info", "container-status", "metrics"]}
+
+
 def base_config(kind: str, image: str) -> dict[str, Any]:
     """A small config: one class `svc` running the model service with its debug routes."""
     return {
         "server": {"max_body_size": "1MiB", "upstream_timeout": "20s", "connect_timeout": "2s"},
+        "admin": dict(SEED_ON_PROXY_PORT),
         "metrics": {"key_label_limit": 1000},
         "containers": {
             "svc": {
@@ -119,7 +124,7 @@ def with_misbehaving_upstream(upstream_timeout: str, broken: bool = False) -> di
     if broken:
         containers["broken"] = {"image": "stub:no_such_module:create_app"}
         routes.append({"path": "/broken/{tail:.*}", "container": "broken", "key": "broken", "upstream_path": "/{tail}"})
-    return {"containers": containers, "routes": routes,
+    return {"containers": containers, "routes": routes, "admin": dict(SEED_ON_PROXY_PORT),
             "server": {"upstream_timeout": upstream_timeout, "max_body_size": "1MiB"}}
 
 
@@ -176,6 +181,24 @@ async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.Fix
 
         for backend in made:
             await engines.remove_all(backend)
+
+
+@pytest.fixture
+async def make_admin(make_proxy: Any, aiohttp_client: Any) -> Any:
+    """`make_admin(admin={...}, ...)`: make_proxy's proxy (with a token unless `admin` says otherwise) and an
+    admin listener on the same Proxy, on an ephemeral loopback port (tests/admin_support.py)."""
+    from proxy.admin import create_admin_app
+    from tests.admin_support import TOKEN, Admin
+
+    async def factory(admin: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+                      **kw: Any) -> Admin:
+        config = dict(config or {})
+        config["admin"] = {"token": TOKEN, **(admin or {})}
+        h = await make_proxy(config=config, **kw)
+        client = await aiohttp_client(TestServer(create_admin_app(h.proxy)))
+        return Admin(h, client, str(client.make_url("")).rstrip("/"))
+
+    return factory
 
 
 @pytest.fixture

@@ -43,7 +43,8 @@ def test_shipped_config_serves_a_prediction_and_drains_on_sigterm(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(config), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(config), "--port", str(port),
+                             "--admin-port", str(free_port())],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_up(port, proc)

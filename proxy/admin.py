@@ -1,0 +1,324 @@
+"""The admin listener: the proxy's own endpoints and a control API per key, apart from proxied traffic.
+
+Every operation goes through the key's `Manager`, the same object requests use, so an operator's start
+shares the one single-flight start and a stop waits for the requests in flight: there is no second path.
+The operations are declared once in `OPERATIONS` (method, path, handler, whether it mutates); the router
+and the OpenAPI description (proxy/admin_openapi.py) are both made from that table.
+
+Mutations need `Authorization: Bearer <admin token>` (compared in constant time); reads need it too
+unless the admin listener is on a loopback address. Each mutation and exec is logged as one JSON line
+(who: the token's id, never the token; what; which key; outcome) and emitted as an `admin` hook event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from backends.control import Executable
+from proxy.admin_openapi import openapi
+from proxy.app import PROXY, Proxy, add_seed_routes
+from proxy.config_admin import SEED_ROUTES
+from proxy.errors import (Conflict, Forbidden, InvalidInput, InvalidKey, NotFound, NotSupported, Refusal, Unauthorized,
+                          json_errors)
+from proxy.events import StopReason
+from proxy.keys import validate_key
+from proxy.manager import Manager
+from proxy.manager_pause import LIVE
+
+log = structlog.get_logger("proxy.admin")
+ANONYMOUS = "anonymous"
+MAX_BODY = 64 * 1024  # an admin request body is a small JSON object
+
+
+@dataclass(frozen=True)
+class Call:
+    """One admin request, authorized: who made it, on which key (created for mutations), with what body."""
+
+    request: web.Request
+    proxy: Proxy
+    who: str
+    manager: Manager
+    body: dict[str, Any]
+
+    def seconds(self, field: str, default: float, upper: float | None = None) -> float:
+        """A non-negative number of seconds from the body (`upper` bounds it)."""
+        value = self.body.get(field, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
+                or (upper is not None and value > upper):
+            bound = f" and at most {upper:g}" if upper is not None else ""
+            raise InvalidInput(f"{field} must be a number of seconds, at least 0{bound}")
+        return float(value)
+
+
+Handler = Callable[[Call], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: str
+    op: str  # the last path segment (or "" for the key itself)
+    handler: Handler
+    summary: str
+    mutates: bool = True
+    body: str | None = None  # the OpenAPI schema name of its request body
+
+    @property
+    def path(self) -> str:
+        return "/admin/keys/{class}/{key}" + (f"/{self.op}" if self.op else "")
+
+
+# ---------------------------------------------------------------- who may
+
+def token_id(token: str) -> str:
+    """How logs and hooks name a token: a short hash, enough to tell tokens apart, useless to replay."""
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:8]
+
+
+def authorize(request: web.Request, mutates: bool) -> str:
+    """Who is calling (the token's id, or `anonymous` for an open read); Unauthorized if they may not."""
+    admin = request.app[PROXY].config.admin
+    secret = admin.secret
+    given = request.headers.get("Authorization", "")
+    scheme, _, presented = given.partition(" ")
+    if secret is not None and scheme.lower() == "bearer" \
+            and hmac.compare_digest(presented.strip().encode(), secret.encode()):
+        return token_id(secret)
+    if not mutates and admin.loopback:
+        return ANONYMOUS
+    if secret is None:
+        raise Unauthorized("no admin token is configured (admin.token or admin.token_env): "
+                           + ("mutations are refused" if mutates else "reads off loopback are refused"))
+    raise Unauthorized("a valid 'Authorization: Bearer <admin token>' header is required" if given
+                       else "missing 'Authorization: Bearer <admin token>' header")
+
+
+def audit(call: Call, action: str, outcome: str, **detail: Any) -> None:
+    """One JSON line and one `admin` hook event per mutation or exec."""
+    manager = call.manager
+    log.info("admin", who=call.who, action=action, container=manager.klass.name, key=manager.key,
+             outcome=outcome, **detail)
+    call.proxy.hooks.emit({"event": "admin", "who": call.who, "action": action, "container": manager.klass.name,
+                           "key": manager.key, "outcome": outcome, "timestamp": time.time(), **detail})
+
+
+# ---------------------------------------------------------------- operations
+
+def status_of(proxy: Proxy, manager: Manager) -> dict[str, Any]:
+    entry = manager.status()
+    entry["usage"] = proxy.usage.report(manager.klass.name, manager.key)
+    return entry
+
+
+def answer(call: Call) -> web.Response:
+    return web.json_response(status_of(call.proxy, call.manager))
+
+
+async def op_state(call: Call) -> web.StreamResponse:
+    return answer(call)
+
+
+async def op_start(call: Call) -> web.StreamResponse:
+    await call.manager.ensure_running(reason="admin")
+    call.manager.touch()
+    return answer(call)
+
+
+def drain_of(call: Call) -> float:
+    return call.seconds("drain", call.proxy.config.admin.stop_drain)
+
+
+async def op_stop(call: Call) -> web.StreamResponse:
+    await call.manager.stop(StopReason.ADMIN, drain_of(call))
+    return answer(call)
+
+
+async def op_destroy(call: Call) -> web.StreamResponse:
+    await call.manager.stop(StopReason.ADMIN, drain_of(call), remove=True)
+    return answer(call)
+
+
+async def op_pause(call: Call) -> web.StreamResponse:
+    await call.manager.pause(drain_of(call))
+    return answer(call)
+
+
+async def op_resume(call: Call) -> web.StreamResponse:
+    await call.manager.resume()
+    return answer(call)
+
+
+async def op_renew(call: Call) -> web.StreamResponse:
+    call.manager.touch()
+    return answer(call)
+
+
+async def op_sleep_after(call: Call) -> web.StreamResponse:
+    upper = call.proxy.config.admin.max_sleep_after
+    if "seconds" not in call.body:
+        raise InvalidInput('expected {"seconds": N} (0 < N <= admin.max_sleep_after) or {"seconds": null}')
+    seconds = None if call.body["seconds"] is None else call.seconds("seconds", 0, upper)
+    if seconds == 0:
+        raise InvalidInput("seconds must be more than 0 (null: the class's sleep_after again)")
+    call.manager.set_sleep_after(seconds)
+    return answer(call)
+
+
+async def op_exec(call: Call) -> web.StreamResponse:
+    """Run a command in the instance, its output streamed back as NDJSON lines, the exit code last."""
+    admin, manager = call.proxy.config.admin, call.manager
+    if not admin.exec:
+        raise Forbidden("exec is disabled (admin.exec: false)", key=manager.key)
+    command = call.body.get("command")
+    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+        raise InvalidInput('expected {"command": ["argv0", "arg", ...]} (a non-empty list of strings)')
+    timeout = call.seconds("timeout", admin.exec_timeout, admin.exec_timeout)
+    backend = call.proxy.backend
+    if not isinstance(backend, Executable):
+        raise NotSupported(f"not supported by backend {backend.name}", key=manager.key)
+    if manager.state not in LIVE:
+        raise Conflict(f"{manager.key} is {manager.state.value}, not running", key=manager.key)
+    return await _run_exec(call, backend, command, timeout)
+
+
+async def _run_exec(call: Call, backend: Executable, command: list[str], timeout: float) -> web.StreamResponse:
+    request = call.request
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    began = time.monotonic()
+    result: dict[str, Any] = {"exit_code": None, "timed_out": False}
+    async with call.manager.lease() as lease:  # held like a request: no idle stop or admin stop mid-exec
+        await response.prepare(request)
+
+        async def output(stream: str, data: bytes) -> None:
+            line = {"stream": stream, "data": data.decode("utf-8", "replace")}
+            await response.write(json.dumps(line).encode() + b"\n")
+
+        try:
+            async with asyncio.timeout(timeout):
+                result["exit_code"] = await backend.exec(lease.instance, command, output)
+        except TimeoutError:
+            result["timed_out"] = True
+        except Exception as exc:  # noqa: BLE001 - the stream has begun: the error is its last line
+            result["error"] = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+    result["seconds"] = round(time.monotonic() - began, 3)
+    audit(call, "exec", "ok" if "error" not in result else "error", command=command, **result)
+    await response.write(json.dumps(result).encode() + b"\n")
+    await response.write_eof()
+    return response
+
+
+OPERATIONS = (
+    Operation("GET", "", op_state, "The key's state (the manager's status)", mutates=False),
+    Operation("POST", "state", op_state, "The key's state (as GET on the key)", mutates=False),
+    Operation("POST", "start", op_start, "Start the instance and wait until it is ready (single-flight with "
+                                         "requests)"),
+    Operation("POST", "stop", op_stop, "Stop the instance once the requests in flight end (`drain` seconds at "
+                                       "most)", body="Drain"),
+    Operation("POST", "pause", op_pause, "Freeze the instance (docker/podman); the next request resumes it",
+              body="Drain"),
+    Operation("POST", "resume", op_resume, "Thaw a paused instance"),
+    Operation("POST", "destroy", op_destroy, "Stop and remove the container (no warm restart reuses it); "
+                                             "forget the key's sleep_after", body="Drain"),
+    Operation("POST", "renew", op_renew, "Record activity now: the idle timer starts again"),
+    Operation("PUT", "sleep_after", op_sleep_after, "Override sleep_after for this key (null: the class's)",
+              body="SleepAfter"),
+    Operation("POST", "exec", op_exec, "Run a command in the running instance; NDJSON output, exit code last",
+              body="Exec"),
+)
+
+def _handler(operation: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        proxy = request.app[PROXY]
+        container, key = request.match_info["class"], request.match_info["key"]
+        try:
+            who = authorize(request, operation.mutates)
+        except Unauthorized as refusal:  # attempts are worth a line too (no hook: nothing happened)
+            log.warning("admin_refused", action=operation.op or "state", container=container, key=key,
+                        peer=request.remote, reason=refusal.reason)
+            raise
+        if container not in proxy.config.containers:
+            raise NotFound(f"unknown container class {container!r}")
+        if (reason := validate_key(key)) is not None and proxy.registry.peek(key, container) is None:
+            raise InvalidKey(reason)  # a key no URL can name (an lb member `lb#0`) is fine once it exists
+        manager = proxy.registry.peek(key, container)
+        if manager is None:
+            if not operation.mutates:
+                raise NotFound(f"no key {key!r} of class {container!r} has been used yet", state="stopped")
+            manager = proxy.registry.get(key, container)
+        call = Call(request, proxy, who, manager, await _body(request))
+        if not operation.mutates:
+            return await operation.handler(call)
+        try:
+            response = await operation.handler(call)
+        except Refusal as refusal:
+            audit(call, operation.op, refusal.error, reason=refusal.reason)
+            raise
+        if operation.op != "exec":  # an exec that ran audits itself, with its exit code
+            audit(call, operation.op, "ok", **_detail(call))
+        return response
+
+    return handle
+
+
+def _detail(call: Call) -> dict[str, Any]:
+    return {"state": call.manager.state.value, **{k: v for k, v in call.body.items() if k in ("drain", "seconds")}}
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise InvalidInput(f"body larger than {MAX_BODY} bytes")
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise InvalidInput("body is not JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("body must be a JSON object")
+    return body
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    authorize(request, mutates=False)
+    proxy = request.app[PROXY]
+    return web.json_response({"backend": proxy.backend.name, "classes": list(proxy.config.containers),
+                              "keys": [status_of(proxy, m) for m in proxy.registry]})
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(openapi(OPERATIONS))
+
+
+@web.middleware
+async def reads_guard(request: web.Request,
+                      handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    """The seed endpoints are reads: on a non-loopback admin listener they need the token too."""
+    if not request.path.startswith("/admin/"):
+        authorize(request, mutates=False)
+    return await handler(request)
+
+
+def create_admin_app(proxy: Proxy) -> web.Application:
+    """The admin listener's application, on the same `Proxy` as the proxied port's (its lifecycle is there)."""
+    app = web.Application(middlewares=[json_errors, reads_guard], client_max_size=MAX_BODY)
+    app[PROXY] = proxy
+    add_seed_routes(app, SEED_ROUTES)
+    app.router.add_get("/admin/openapi.json", openapi_json)
+    app.router.add_get("/admin/keys", list_keys)
+    for operation in OPERATIONS:
+        app.router.add_route(operation.method, operation.path, _handler(operation))
+    return app
+
+
+__all__ = ["OPERATIONS", "Operation", "authorize", "create_admin_app", "token_id"]
