@@ -125,3 +125,13 @@ def test_run_all_runs_the_modules() -> None:
     benches = [json.loads(line[len("SUMMARY "):])["bench"] for line in res.stdout.splitlines()
                if line.startswith("SUMMARY ")]
     assert benches == ["keys", "warm_restart"], res.stdout[-3000:]
+
+
+@pytest.mark.docker
+def test_faults() -> None:
+    """A stopped and a frozen container under traffic, on dockerd: nothing orphaned, the stop costs no request
+    sent after it, the frozen instance is replaced."""
+    rounds = {r["fault"]: r for r in bench("faults")["rounds"]}
+    assert set(rounds) == {"stop", "freeze"} and all(r["orphans"] == 0 for r in rounds.values())
+    assert rounds["stop"]["errors_sent_after_fault"] == 0 and rounds["stop"]["by_status"]["200"] > 0
+    assert rounds["freeze"]["by_status"]["200"] > 0 and set(rounds["freeze"]["by_status"]) <= {"200", "504"}
