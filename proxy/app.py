@@ -30,6 +30,7 @@ from proxy.probe import Prober
 from proxy.reconcile import Reconciler
 from proxy.registry import Registry
 from proxy.relay import Relays
+from proxy.retry_after import RetryAdvisor
 from proxy.reqlog import RequestLog
 from proxy.routes import RouteHandler
 from proxy.schedule import Clock, Scheduler
@@ -58,12 +59,13 @@ class Proxy:
         # The request line is an info line: `logging.level: warning` (or `logging.requests: false`) turns it off.
         self.reqlog = RequestLog() if config.log_requests and config.log_level in ("debug", "info") else None
         self.relays = Relays(config.max_body_size, config.upstream_timeout)
+        warms = schedule_prewarm(self.scheduler, config, self.registry)
+        self.retry_advisor = RetryAdvisor(self.registry, self.bus, warms, clock)
         self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.relays,
-                                      self.reqlog) for route in config.routes]
+                                      self.reqlog, self.retry_advisor) for route in config.routes]
         self._resources: dict[web.AbstractResource, RouteHandler] = {}
         self.started = time.time()
         self.bus.subscribe(_log_transition)
-        schedule_prewarm(self.scheduler, config, self.registry)
 
     async def startup(self) -> None:
         try:

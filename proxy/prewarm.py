@@ -10,7 +10,7 @@ from backends.base import ContainerSpec
 from proxy.balance import member_key
 from proxy.config import Config, ContainerClass
 from proxy.registry import Registry
-from proxy.schedule import Scheduler
+from proxy.schedule import Job, Scheduler
 
 
 def fixed_keys(config: Config, container: str) -> tuple[str, ...]:
@@ -24,15 +24,22 @@ def fixed_keys(config: Config, container: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def schedule_prewarm(scheduler: Scheduler, config: Config, registry: Registry) -> None:
+def schedule_prewarm(scheduler: Scheduler, config: Config, registry: Registry) -> dict[tuple[str, str], list[Job]]:
+    """Add each class's keepalive and cron jobs; which jobs start each (class, key) (for Retry-After)."""
+    warms: dict[tuple[str, str], list[Job]] = {}
     for klass in config.containers.values():
         if klass.keepalive is not None:
             keys = klass.keepalive.keys or fixed_keys(config, klass.name)
-            scheduler.add(f"keepalive:{klass.name}", klass.keepalive.schedule,
-                          partial(keepalive, registry, klass, keys))
+            added = scheduler.add(f"keepalive:{klass.name}", klass.keepalive.schedule,
+                                  partial(keepalive, registry, klass, keys))
+            for key in keys:
+                warms.setdefault((klass.name, key), []).append(added)
         for i, job in enumerate(klass.cron):
             spec = klass.spec.with_overrides(env=job.env, entrypoint=job.entrypoint, command=job.command)
-            scheduler.add(f"cron:{klass.name}:{i}", job.schedule, partial(prewarm, registry, klass, job.key, spec))
+            added = scheduler.add(f"cron:{klass.name}:{i}", job.schedule,
+                                  partial(prewarm, registry, klass, job.key, spec))
+            warms.setdefault((klass.name, job.key), []).append(added)
+    return warms
 
 
 async def keepalive(registry: Registry, klass: ContainerClass, keys: tuple[str, ...]) -> None:

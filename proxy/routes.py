@@ -30,14 +30,16 @@ from proxy.registry import Registry
 from proxy.relay import Relays
 from proxy.reqlog import RequestLog
 from proxy.responder import relay_request
+from proxy.retry_after import RetryAdvisor
 
 
 class RouteHandler:
     """Serves one configured route."""
 
     def __init__(self, route: Route, config: Config, registry: Registry, metrics: Metrics, pools: Pools,
-                 relays: Relays, reqlog: RequestLog | None) -> None:
+                 relays: Relays, reqlog: RequestLog | None, retry_advisor: RetryAdvisor | None = None) -> None:
         self.route = route
+        self.retry_advisor = retry_advisor
         self.relays = relays
         self.config = config
         self.registry = registry
@@ -121,6 +123,7 @@ class RouteHandler:
             self.record(key, request.method, request.path, status, time.perf_counter() - began)
 
     async def _serve(self, request: web.Request, key: str) -> web.StreamResponse:
+        manager: Manager | None = None
         try:
             if (reason := validate_key(key)) is not None:
                 raise InvalidKey(reason)
@@ -139,6 +142,8 @@ class RouteHandler:
                 target = self.target_for(request.raw_path, raw_variables)
                 return await self._forward(request, manager, lease.instance, target, headers)
         except Refusal as refusal:
+            if manager is not None and self.retry_advisor is not None:
+                self.retry_advisor.advise(refusal, manager)
             return refusal_response(refusal)
 
     async def _forward(self, request: web.Request, manager: Manager, instance: Instance, target: str,
