@@ -13,7 +13,7 @@ from typing import Callable, Mapping, cast
 
 from aiohttp import web
 
-from backends.base import BackendError, ContainerSpec, Instance, InstanceState
+from backends.base import BackendError, ContainerSpec, Instance, InstanceState, Phases
 
 DEFAULT_FACTORY = "model_service.app:create_app"
 AppFactory = Callable[[Mapping[str, str]], web.Application]
@@ -37,6 +37,7 @@ class StubBackend:
         self.specs: dict[str, ContainerSpec] = {}  # the spec each key was last started with
 
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
+        phases = Phases()
         factory = _resolve(spec.image)
         instance_id = f"stub-{key}-{next(self._ids)}"
         env = {**spec.env, "INSTANCE_ID": instance_id}
@@ -51,7 +52,8 @@ class StubBackend:
         port = runner.addresses[0][1]
         self._runners[instance_id] = runner
         self.specs[key] = spec
-        return Instance(key=key, container=spec.name, host="127.0.0.1", port=port, id=instance_id)
+        phases.mark("start")  # an in-process server has no create step or published port
+        return phases.on(Instance(key=key, container=spec.name, host="127.0.0.1", port=port, id=instance_id))
 
     async def stop(self, instance: Instance) -> None:
         runner = self._runners.pop(instance.id, None)

@@ -59,6 +59,9 @@ class Transition:
     instance: Instance | None = None
     happening: Happening | None = None  # set on the transitions that complete something
     stop_reason: StopReason | None = None  # with STOPPED and CRASHED
+    # With STARTED: the start's phases in order, e.g. (create, start, port, ready), seconds each; they add up to
+    # `duration` (see START_PHASES in proxy/metrics.py)
+    phases: tuple[tuple[str, float], ...] = ()
     timestamp: float = field(default_factory=time.time)
 
 

@@ -40,6 +40,7 @@ def hook_event(event: Event) -> dict[str, Any] | None:
         "from": event.old.value,
         "to": event.new.value,
         "duration_seconds": round(event.duration, 6),
+        **({"phases": {name: round(seconds, 6) for name, seconds in event.phases}} if event.phases else {}),
         "address": event.instance.url if event.instance else None,
     }
 

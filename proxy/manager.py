@@ -202,9 +202,11 @@ class Manager(Pausing):
 
     async def _run_start(self, spec: ContainerSpec) -> None:
         deadline = asyncio.timeout_at(self._start_deadline)
+        loop, probing = asyncio.get_running_loop(), 0.0
         try:
             async with deadline:
                 self.instance = await self.services.backend.start(self.key, spec)
+                probing = loop.time()
                 await self.services.prober.wait_ready(self.instance, self.klass.readiness)
         except TimeoutError as exc:
             if not deadline.expired():  # a TimeoutError of the backend's or prober's own: a failed start
@@ -223,8 +225,9 @@ class Manager(Pausing):
             raise StartFailed(self.last_error, key=self.key) from None
         self.start_count += 1
         self.last_error = ""
-        self.breaker.succeeded(asyncio.get_running_loop().time())
-        self._transition(State.RUNNING, "ready", Happening.STARTED)
+        self.breaker.succeeded(loop.time())
+        phases = (*self.instance.phases, ("ready", loop.time() - probing))  # the backend's steps, then readiness
+        self._transition(State.RUNNING, "ready", Happening.STARTED, phases=phases)
         self.touch()
 
     def _timeout_reason(self) -> str:
@@ -408,7 +411,7 @@ class Manager(Pausing):
     # ------------------------------------------------------------------ bookkeeping
 
     def _transition(self, new: State, reason: str, happening: Happening | None = None,
-                    stop_reason: StopReason | None = None) -> None:
+                    stop_reason: StopReason | None = None, phases: tuple[tuple[str, float], ...] = ()) -> None:
         """Change state; keep the capacity count and the instance's pools right; tell the observers."""
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -424,7 +427,7 @@ class Manager(Pausing):
             if instance is not None:
                 self.services.pools.forget(instance)
         self.services.bus.emit(Transition(self.key, name, old, new, duration, reason, instance, happening,
-                                          stop_reason))
+                                          stop_reason, phases))
 
     def status(self) -> dict[str, object]:
         loop = asyncio.get_running_loop()

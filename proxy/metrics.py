@@ -52,6 +52,12 @@ START_BUCKETS = (
     10.0, 12.5, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0,
 )
 
+# The phases of a start, in order, as `phase` label values: what the backend did (`create`, or `restart` of a
+# stopped container, or `unpause`; `start`; `port`: until the published port is known), then `ready` (the
+# readiness probe's first 2xx). Together they are the start's duration. `first_byte` comes after it: ready ->
+# the first byte of the response to a request that waited for the start.
+START_PHASES = ("create", "restart", "unpause", "start", "port", "ready", "first_byte")
+
 
 def named_keys(config: Config) -> dict[str, tuple[str, ...]]:
     """Per class, the keys config names, in config order: routes' fixed keys (lb pool members
@@ -116,6 +122,10 @@ class Metrics:
                                    [CLASS], registry=r)
         self.cold_wait = Histogram("proxy_cold_start_wait_seconds", "Time requests spent waiting for a start.",
                                    [CLASS], buckets=START_BUCKETS, registry=r)
+        self.start_phase = Histogram("proxy_container_start_phase_seconds", "Each phase of a start (create or "
+                                     "restart or unpause, start, port, ready; then first_byte, after it).",
+                                     [CLASS, "phase"], buckets=START_BUCKETS, registry=r)
+        self._first_byte_due: dict[tuple[str, str], float] = {}  # started keys whose first answer is to come
         for name, klass in config.containers.items():  # every series at zero before its first increment
             self.class_starts.labels(name)
             self.start_failures.labels(name)
@@ -123,6 +133,8 @@ class Metrics:
                 self.stops.labels(name, reason.value)
             self.start_duration.labels(name)
             self.cold_wait.labels(name)
+            for phase in START_PHASES:
+                self.start_phase.labels(name, phase)
             self.running.labels(name).set(0)
             self.max_instances.labels(name).set(klass.max_instances)
             for label in self.key_label.labels(name):
@@ -147,10 +159,20 @@ class Metrics:
             self.starts.labels(event.container, self.key_label(event.container, event.key)).inc()
             if happening is Happening.STARTED:
                 self.start_duration.labels(event.container).observe(event.duration)
+                for phase, seconds in event.phases:
+                    self.start_phase.labels(event.container, phase).observe(seconds)
+                self._first_byte_due[(event.container, event.key)] = time.monotonic()
         elif happening is Happening.START_FAILED:
             self.start_failures.labels(event.container).inc()
         elif event.stop_reason is not None:  # STOPPED or CRASHED
             self.stops.labels(event.container, event.stop_reason.value).inc()
+            self._first_byte_due.pop((event.container, event.key), None)
+
+    def first_byte(self, container: str, key: str) -> None:
+        """A request that waited for a start got its first response byte: the start's `first_byte` phase, once."""
+        ready = self._first_byte_due.pop((container, key), None)
+        if ready is not None:
+            self.start_phase.labels(container, "first_byte").observe(time.monotonic() - ready)
 
     def request_observer(self, route: str) -> Callable[[int, float, bool], None]:
         """The route's recorder: `observe(code, seconds, fast_path)`, a few integer additions per request."""

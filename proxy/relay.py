@@ -333,6 +333,8 @@ class Exchange:
         if not self.client.keeps_alive(self.message):
             lines.append(b"Connection: close\r\n")
         lines.append(self.extra_head + b"\r\n")
+        if self.extra_head:  # a request that waited for a start (the fast path never does): its first byte
+            self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
         self.out.append(b"".join(lines))
         self.head_sent = True
         return framed

@@ -113,6 +113,8 @@ async def test_dashboard_panels_match_the_truth(make_proxy, tmp_path):
             "p50": await evaluate(panel("Start duration (start requested -> ready)", "A"), container_class="churn"),
             "p99": await evaluate(panel("Start duration (start requested -> ready)", "C"), container_class="churn"),
             "wait_p50": await evaluate(panel("Cold-start wait seen by requests", "A"), container_class="churn"),
+            "phase_stack": sum([await evaluate(panel("Start phases (mean seconds per start, stacked)"), phase=p)
+                                for p in ("start", "ready")]),  # the stub's phases
             "running": await evaluate(panel("Running instances")),
             "running_by_class": {c: await evaluate(panel("Running instances by class", "A"), container_class=c)
                                  for c in ("churn", "steady")},
@@ -151,6 +153,8 @@ async def test_dashboard_panels_match_the_truth(make_proxy, tmp_path):
         assert results["starts_by_class"]["steady"] == pytest.approx(STEADY_KEYS, rel=0.02)
         assert results["p50"] == pytest.approx(true["p50"], rel=0.2)
         assert results["p99"] == pytest.approx(true["p99"], rel=0.2)
+        all_starts = durations["churn"] + durations["steady"]
+        assert results["phase_stack"] == pytest.approx(sum(all_starts) / len(all_starts), rel=0.02)
         assert results["running"] == STEADY_KEYS
         assert results["running_by_class"] == {"churn": 0, "steady": STEADY_KEYS} and results["max_instances"] == 100
         assert results["in_flight"] == 0
