@@ -60,6 +60,7 @@ class ContainerSpec:
     command: Sequence[str] | None = None
     resources: Resources = INSTANCE_TYPES["dev"]
     stop_timeout: float = DEFAULT_STOP_TIMEOUT  # SIGTERM, then SIGKILL after this many seconds
+    startup_cpus: float = 0.0  # CPU limit until ready when above the type's (inf: none); see backends/control.py
 
     def with_overrides(
         self,

@@ -6,10 +6,11 @@ with the image, port, env and resources folded into a `ContainerSpec` for the ba
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, model_validator
 
 from backends.base import DEFAULT_STOP_TIMEOUT, INSTANCE_DISK_GB, INSTANCE_TYPES, ContainerSpec, Resources
 from proxy.breaker import CrashLoopPolicy
@@ -28,6 +29,20 @@ from proxy.units import (
 )
 
 __all__ = ["ContainerClass", "ContainerSection", "CrashLoop", "CronJob", "CustomInstance", "Keepalive", "Readiness"]
+
+
+def _cpu_boost(value: Any) -> float:
+    """`true`/`unlimited` -> inf (no CPU limit while starting), `false`/`0` -> 0 (off), a number -> vCPUs."""
+    if value is True or value == "unlimited":
+        return math.inf
+    if value is False or value is None:
+        return 0.0
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1024:
+        return float(value)
+    raise ValueError("expected true, false, `unlimited` or a number of vCPUs (0-1024)")
+
+
+CpuBoost = Annotated[float, BeforeValidator(_cpu_boost)]
 
 
 class Readiness(Section):
@@ -138,6 +153,13 @@ class ContainerSection(Section):
         default="dev", description="`dev` (256 MiB, 1/16 vCPU), `basic` (1 GiB, 1/4), `standard` (4 GiB, 1/2) "
                                    "or `{memory, cpus}`")
     sleep_after: Duration = Field(default=300.0, description="idle time before the instance stops (`0`: never)")
+    pause_after: Duration = Field(
+        default=0.0, description="idle time before the instance is frozen: memory kept, no CPU, wakes in ~20 ms "
+                                 "(`0`: never; shorter than sleep_after; docker/podman, the stub cannot pause)")
+    startup_cpu_boost: CpuBoost = Field(
+        default=math.inf, description="CPU limit while the instance starts, lowered to the instance type's once "
+                                      "ready: `true`/`unlimited`, a number of vCPUs, or `false`",
+        json_schema_extra=shown("unlimited"))
     start_timeout: PositiveDuration = Field(default=30.0, description="start → ready, else 504")
     stop_timeout: Duration = Field(
         default=DEFAULT_STOP_TIMEOUT, description="a stop sends SIGTERM, then SIGKILL after this long (docker/podman "
@@ -157,6 +179,12 @@ class ContainerSection(Section):
     cron: TupleOf[CronJob] = Field(
         default=(), description="scheduled pre-warm starts; each may override `entrypoint`/`command`/`env`")
 
+    @model_validator(mode="after")
+    def _pause_before_sleep(self) -> ContainerSection:
+        if self.pause_after > 0 and 0 < self.sleep_after <= self.pause_after:
+            raise field_error(("pause_after",), "must be shorter than sleep_after (or sleep_after 0: never stop)")
+        return self
+
 
 @dataclass(frozen=True)
 class ContainerClass:
@@ -172,6 +200,7 @@ class ContainerClass:
     capacity_wait: float
     capacity_queue: int
     replace_after_timeouts: int
+    pause_after: float
     keepalive: Keepalive | None
     cron: tuple[CronJob, ...]
     crash_loop: CrashLoopPolicy
@@ -189,10 +218,11 @@ class ContainerClass:
             type_name, resources = kind, INSTANCE_TYPES[kind]
         spec = ContainerSpec(name=name, image=section.image, port=section.port, env=dict(section.env),
                              entrypoint=section.entrypoint, command=section.command, resources=resources,
-                             stop_timeout=section.stop_timeout)
+                             stop_timeout=section.stop_timeout,
+                             startup_cpus=section.startup_cpu_boost)
         return cls(spec=spec, instance_type=type_name, disk_gb=INSTANCE_DISK_GB.get(type_name, 2.0),
                    readiness=section.readiness, sleep_after=section.sleep_after,
                    start_timeout=section.start_timeout, max_instances=section.max_instances,
                    capacity_wait=section.capacity_wait, capacity_queue=section.capacity_queue,
-                   replace_after_timeouts=section.replace_after_timeouts,
+                   replace_after_timeouts=section.replace_after_timeouts, pause_after=section.pause_after,
                    keepalive=section.keepalive, cron=section.cron, crash_loop=section.crash_loop.policy())

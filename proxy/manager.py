@@ -17,7 +17,7 @@ from typing import AsyncIterator, Protocol
 import structlog
 
 from backends.base import Backend, BackendError, ContainerSpec, Instance, InstanceState
-from backends.control import Removable
+from backends.control import Pausable, Removable
 from proxy.breaker import Breaker
 from proxy.capacity import Capacity
 from proxy.config import ContainerClass, Readiness
@@ -264,6 +264,26 @@ class Manager(Pausing):
         """Override the class's sleep_after for this key (None: the class's again). Counted from the last
         activity, like the class's: a shorter one that has already passed stops the instance now."""
         self.sleep_after_override = seconds
+        self._rearm_idle()
+
+    @property
+    def pause_after(self) -> float:
+        """Idle seconds before a running instance is paused; 0 when it is not (off, or not before the stop)."""
+        pause_after = self.klass.pause_after
+        if pause_after <= 0 or (self.sleep_after and pause_after >= self.sleep_after):
+            return 0.0
+        if self.pause_refused_at == self.last_activity:
+            return 0.0  # refused since the last activity: asking again at once would only spin
+        return pause_after if isinstance(self.services.backend, Pausable) else 0.0
+
+    def _idle_deadline(self) -> float | None:
+        """When idleness acts next (loop time): the pause of a running instance, else the stop."""
+        if self.state is State.RUNNING and self.pause_after:
+            return self.last_activity + self.pause_after
+        return self.last_activity + self.sleep_after if self.sleep_after > 0 else None
+
+    def _rearm_idle(self) -> None:
+        """Set the idle timer afresh (its deadline moved earlier: a pause tier to come again)."""
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
@@ -271,18 +291,20 @@ class Manager(Pausing):
             self._arm_idle()
 
     def _arm_idle(self) -> None:
-        if self._idle_handle is None and self.state in LIVE and self.sleep_after > 0:
-            loop = asyncio.get_running_loop()
-            self._idle_handle = loop.call_at(self.last_activity + self.sleep_after, self._on_idle)
+        if self._idle_handle is None and self.state in LIVE and (deadline := self._idle_deadline()) is not None:
+            self._idle_handle = asyncio.get_running_loop().call_at(deadline, self._on_idle)
 
     def _on_idle(self) -> None:
         self._idle_handle = None
         if self.state not in LIVE or self.in_flight:
             return  # the last request's release re-arms the timer
-        if asyncio.get_running_loop().time() + 0.001 >= self.last_activity + self.sleep_after:
+        now = asyncio.get_running_loop().time() + 0.001
+        if self.sleep_after > 0 and now >= self.last_activity + self.sleep_after:
             self._begin_stop(StopReason.IDLE)
-        else:
-            self._arm_idle()
+            return
+        if self.state is State.RUNNING and self.pause_after and now >= self.last_activity + self.pause_after:
+            self._pause_when_idle()
+        self._arm_idle()  # for what comes next (the stop), or again after activity since the timer was set
 
     def _begin_stop(self, reason: StopReason, drain: float = 0.0, remove: bool = False) -> asyncio.Task[None] | None:
         """From running or paused (or, to `remove` a stopped container, from stopped or failed too)."""

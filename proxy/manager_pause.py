@@ -6,7 +6,8 @@ uses of the manager and the manager provides it. Kept apart so manager.py stays 
 A paused instance still exists (it counts against max_instances) but takes no requests: a request for
 a paused key resumes it through `ensure_running`, single-flight like a start, and is then served. Its
 idle time still counts: after sleep_after a paused instance is thawed and stopped like a running one
-(a frozen process cannot act on SIGTERM).
+(a frozen process cannot act on SIGTERM). The class's `pause_after` pauses an idle instance by itself
+(the manager's idle timer calls `_pause_when_idle`), a tier between running and stopped.
 """
 
 from __future__ import annotations
@@ -26,24 +27,29 @@ LIVE = frozenset({State.RUNNING, State.PAUSED})  # an instance exists and is not
 
 
 class Pausing:
-    __slots__ = ("_waiting", "_drained", "_pause_task", "_resume_task")
+    __slots__ = ("_waiting", "_drained", "_pause_task", "_resume_task", "pause_refused_at")
     # What the manager has (proxy/manager.py).
     key: str
     state: State
     instance: Instance | None
     services: Any
     in_flight: int
+    last_activity: float
 
     def __init__(self) -> None:
         self._waiting = 0  # requests held but waiting for the instance (not on it): a drain does not wait for them
         self._drained: asyncio.Future[None] | None = None  # set while a stop or pause waits for requests to end
         self._pause_task: asyncio.Task[None] | None = None
         self._resume_task: asyncio.Task[None] | None = None
+        self.pause_refused_at = -1.0  # the activity time at which the runtime last refused a pause
 
     def _transition(self, new: State, reason: str) -> None:
         raise NotImplementedError
 
     def touch(self, now: float | None = None) -> None:
+        raise NotImplementedError
+
+    def _rearm_idle(self) -> None:
         raise NotImplementedError
 
     def _begin_stop(self, reason: StopReason) -> asyncio.Task[None] | None:
@@ -68,11 +74,21 @@ class Pausing:
         instance = self.instance
         if self.state is not State.RUNNING or instance is None:
             raise Conflict(f"{self.key} is {self.state.value}, not running", key=self.key)
+        await asyncio.shield(self._begin_pause(backend, instance, drain, reason))
+
+    def _begin_pause(self, backend: Pausable, instance: Instance, drain: float, reason: str) -> asyncio.Task[None]:
+        """`paused` now, with no await before it: a request that comes later waits and resumes it."""
         self._transition(State.PAUSED, reason)
         self._pause_task = task = asyncio.create_task(self._run_pause(backend, instance, drain),
                                                       name=f"pause:{self.key}")
         task.add_done_callback(consume_exception)
-        await asyncio.shield(task)
+        return task
+
+    def _pause_when_idle(self) -> None:
+        """The idle timer's pause (`pause_after`): only from running with nothing in flight."""
+        backend = self.services.backend
+        if self.state is State.RUNNING and self.instance is not None and isinstance(backend, Pausable):
+            self._begin_pause(backend, self.instance, 0.0, "idle")
 
     async def _run_pause(self, backend: Pausable, instance: Instance, drain: float) -> None:
         await self._drain(drain)
@@ -80,9 +96,11 @@ class Pausing:
             await backend.pause(instance)
         except Exception as exc:  # noqa: BLE001 - the instance goes on running; the caller hears why
             error = f"pause failed: {type(exc).__name__}: {exc}"
+            log.warning("pause_failed", key=self.key, error=error)
             if self.state is State.PAUSED and self.instance is instance:
                 self._transition(State.RUNNING, error)
-                self.touch()
+                self.pause_refused_at = self.last_activity  # no idle pause again until there is activity
+                self._rearm_idle()
             raise ActionFailed(error, key=self.key) from None
 
     async def resume(self, reason: str = "admin") -> None:
@@ -116,6 +134,7 @@ class Pausing:
         if self.state is State.PAUSED and self.instance is instance:
             self._transition(State.RUNNING, reason)
             self.touch()
+            self._rearm_idle()  # the timer set for the paused instance's stop comes too late for the next pause
 
     async def _thaw(self, instance: Instance) -> None:
         """Before a paused instance is stopped: best effort, the stop follows whatever happens."""

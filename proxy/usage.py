@@ -1,7 +1,8 @@
 """The usage meter: what the seed's platform bills by, per key, from running time and instance type.
 
 Running time counts from ready (or adopted) until stopped. Counters are computed at scrape time,
-so an instance that is still running is billed up to the second.
+so an instance that is still running is billed up to the second. A paused instance (frozen: memory
+kept, no CPU) is billed for memory and disk but not for CPU while it is paused.
 
 State is bounded whatever keys clients invent:
 
@@ -24,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy.config import Config
-from proxy.events import Event, EventBus, Happening, Transition
+from proxy.events import Event, EventBus, Happening, State, Transition
 from proxy.metrics import CLASS, KeyLabels
 
 USAGE_RETENTION = 24 * 3600.0  # seconds per-key detail outlives the key's last stop
@@ -38,9 +39,25 @@ class Usage:
     seconds: float = 0.0
     running_since: float | None = None
     stopped_at: float = 0.0
+    paused: float = 0.0  # closed paused seconds, within `seconds`
+    paused_since: float | None = None
 
     def total(self, now: float) -> float:
         return self.seconds + (now - self.running_since if self.running_since is not None else 0.0)
+
+    def paused_total(self, now: float) -> float:
+        return self.paused + (now - self.paused_since if self.paused_since is not None else 0.0)
+
+    def pause(self, at: float) -> None:
+        if self.running_since is not None and self.paused_since is None:
+            self.paused_since = at
+
+    def unpause(self, at: float) -> float:
+        """Close the paused period; its length."""
+        since, self.paused_since = self.paused_since, None
+        ran = at - since if since is not None else 0.0
+        self.paused += ran
+        return ran
 
 
 # /container-status reports the seed's billing units (GiB-s, GB-s); Prometheus wants base units (bytes).
@@ -58,15 +75,23 @@ class UsageMeter(Collector):
         self.clock = clock
         self.running: dict[tuple[str, str], Usage] = {}  # (container class, key), while running
         self.stopped: OrderedDict[tuple[str, str], Usage] = OrderedDict()  # in the order they stopped
-        # Closed running seconds per (class, key label): what the counters export, with the open periods.
+        # Closed running seconds per (class, key label): what the counters export, with the open periods;
+        # `paused_totals` likewise for the paused seconds within them (no CPU billed).
         self.totals: dict[tuple[str, str], float] = {
             (name, label): 0.0 for name in config.containers for label in key_label.labels(name)}
+        self.paused_totals: dict[tuple[str, str], float] = dict.fromkeys(self.totals, 0.0)
         bus.subscribe(self._on_event)
 
     def _on_event(self, event: Event) -> None:
-        if not isinstance(event, Transition) or event.happening is None:
+        if not isinstance(event, Transition):
             return
         at = (event.container, event.key)
+        if event.new is State.PAUSED and (usage := self.running.get(at)) is not None:
+            usage.pause(event.timestamp)
+        elif event.old is State.PAUSED and (usage := self.running.get(at)) is not None:
+            self._unpause(event.container, event.key, usage, event.timestamp)
+        if event.happening is None:
+            return
         if event.happening in (Happening.STARTED, Happening.ADOPTED):
             usage = self.running.get(at) or self.stopped.pop(at, Usage())
             if usage.running_since is None:
@@ -76,6 +101,7 @@ class UsageMeter(Collector):
             ended = self.running.pop(at, None)
             if ended is None or ended.running_since is None:
                 return
+            self._unpause(event.container, event.key, ended, event.timestamp)
             ran = event.timestamp - ended.running_since
             ended.seconds += ran
             ended.running_since = None
@@ -84,6 +110,10 @@ class UsageMeter(Collector):
             self.totals[label] = self.totals.get(label, 0.0) + ran
             self.stopped[at] = ended
             self._expire(event.timestamp)
+
+    def _unpause(self, container: str, key: str, usage: Usage, at: float) -> None:
+        label = (container, self.key_label(container, key))
+        self.paused_totals[label] = self.paused_totals.get(label, 0.0) + usage.unpause(at)
 
     def _expire(self, now: float) -> None:
         """Drop per-key detail past its retention, and the longest-stopped keys beyond the cap."""
@@ -102,17 +132,18 @@ class UsageMeter(Collector):
         usage = self.running.get((container, key)) or self.stopped.get((container, key))
         if usage is None:
             return None
-        return self._bill(container, usage.total(self.clock() if now is None else now))
+        now = self.clock() if now is None else now
+        return self._bill(container, usage.total(now), usage.paused_total(now))
 
-    def _bill(self, container: str, seconds: float) -> dict[str, float]:
+    def _bill(self, container: str, seconds: float, paused: float = 0.0) -> dict[str, float]:
         cls = self.config.containers[container]
         prices = self.config.pricing
         memory = seconds * cls.spec.resources.memory_gib
-        vcpu = seconds * cls.spec.resources.cpus
+        vcpu = (seconds - paused) * cls.spec.resources.cpus
         disk = seconds * cls.disk_gb
         cost = memory * prices.memory_gib_second + vcpu * prices.vcpu_second + disk * prices.disk_gb_second
-        return {"running_seconds": seconds, "memory_gib_seconds": memory, "vcpu_seconds": vcpu,
-                "disk_gb_seconds": disk, "estimated_cost_usd": cost}
+        return {"running_seconds": seconds, "paused_seconds": paused, "memory_gib_seconds": memory,
+                "vcpu_seconds": vcpu, "disk_gb_seconds": disk, "estimated_cost_usd": cost}
 
     def describe(self) -> Iterable[CounterMetricFamily]:
         return list(self._families().values())
@@ -121,15 +152,17 @@ class UsageMeter(Collector):
         families = self._families()
         now = self.clock()
         self._expire(now)
-        seconds = dict(self.totals)
+        seconds, paused = dict(self.totals), dict(self.paused_totals)
         for (container, key), usage in list(self.running.items()):  # the open periods; closed ones are in totals
+            at = (container, self.key_label(container, key))
             if usage.running_since is not None:
-                at = (container, self.key_label(container, key))
                 seconds[at] = seconds.get(at, 0.0) + max(0.0, now - usage.running_since)
+            if usage.paused_since is not None:
+                paused[at] = paused.get(at, 0.0) + max(0.0, now - usage.paused_since)
         for (container, label), value in seconds.items():
             if container not in self.config.containers:
                 continue
-            row = self._bill(container, value)
+            row = self._bill(container, value, paused.get((container, label), 0.0))
             for field, family in families.items():
                 family.add_metric([container, label], row[field] * _TO_BASE_UNITS.get(field, 1.0))
         return families.values()
@@ -140,7 +173,8 @@ class UsageMeter(Collector):
             return CounterMetricFamily(f"proxy_container_usage_{name}", doc, labels=[CLASS, "key"])
 
         return {
-            "running_seconds": counter("running_seconds", "Seconds instances ran."),
+            "running_seconds": counter("running_seconds", "Seconds instances ran (paused or not)."),
+            "paused_seconds": counter("paused_seconds", "Seconds instances were paused (no CPU billed)."),
             "memory_gib_seconds": counter("memory_byte_seconds", "Memory billed, byte-seconds."),
             "vcpu_seconds": counter("vcpu_seconds", "CPU billed, vCPU-seconds."),
             "disk_gb_seconds": counter("disk_byte_seconds", "Disk billed, byte-seconds."),

@@ -134,3 +134,31 @@ def test_usage_detail_expires_and_is_capped_while_counters_keep_counting():
     bus.emit(_transition("k0", Happening.STOPPED, now[0] + 5))
     assert meter.report("w", "k0")["running_seconds"] == 5
     assert _running_seconds(meter)[OTHER] == pytest.approx(1005)
+
+
+def test_a_paused_instance_is_billed_for_memory_but_not_cpu():
+    config = parse_config({"containers": {"w": {"image": "x", "instance_type": "basic"}},
+                           "routes": [{"path": "/k/{id}", "container": "w", "key": "{id}"}]})
+    bus = EventBus()
+    now = [1000.0]
+    meter = UsageMeter(config, bus, KeyLabels.from_config(config), clock=lambda: now[0])
+
+    def pause(paused: bool, at: float) -> None:
+        old, new = (State.RUNNING, State.PAUSED) if paused else (State.PAUSED, State.RUNNING)
+        bus.emit(Transition("k", "w", old, new, 0.0, timestamp=at))
+
+    bus.emit(_transition("k", Happening.STARTED, 1000.0))
+    pause(True, 1010.0)
+    now[0] = 1040.0  # paused for 30 s so far: the open period is billed up to now
+    open_period = meter.report("w", "k")
+    assert open_period["running_seconds"] == 40 and open_period["paused_seconds"] == 30
+    assert open_period["vcpu_seconds"] == pytest.approx(10 * 0.25)
+    assert open_period["memory_gib_seconds"] == pytest.approx(40 * 1.0)
+    pause(False, 1050.0)
+    bus.emit(_transition("k", Happening.STOPPED, 1060.0))  # 60 s running, 40 of them paused
+    now[0] = 2000.0
+    closed = meter.report("w", "k")
+    assert closed["running_seconds"] == 60 and closed["paused_seconds"] == 40
+    assert closed["vcpu_seconds"] == pytest.approx(20 * 0.25)
+    family = next(f for f in meter.collect() if f.name == "proxy_container_usage_vcpu_seconds")
+    assert sum(s.value for s in family.samples if s.name.endswith("_total")) == pytest.approx(20 * 0.25)
