@@ -112,14 +112,8 @@ def audit(call: Call, action: str, outcome: str, **detail: Any) -> None:
 
 # ---------------------------------------------------------------- operations
 
-def status_of(proxy: Proxy, manager: Manager) -> dict[str, Any]:
-    entry = manager.status()
-    entry["usage"] = proxy.usage.report(manager.klass.name, manager.key)
-    return entry
-
-
 def answer(call: Call) -> web.Response:
-    return web.json_response(status_of(call.proxy, call.manager))
+    return web.json_response(call.proxy.key_status(call.manager))
 
 
 async def op_state(call: Call) -> web.StreamResponse:
@@ -292,8 +286,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 async def list_keys(request: web.Request) -> web.Response:
     authorize(request, mutates=False)
     proxy = request.app[PROXY]
-    return web.json_response({"backend": proxy.backend.name, "classes": list(proxy.config.containers),
-                              "keys": [status_of(proxy, m) for m in proxy.registry]})
+    return web.json_response({**proxy.status(), "classes": list(proxy.config.containers)})
 
 
 async def openapi_json(request: web.Request) -> web.Response:

@@ -106,13 +106,14 @@ class Proxy:
         if self.reqlog is not None:
             self.reqlog.flush()
 
+    def key_status(self, manager: Manager) -> dict[str, Any]:
+        """One key's status with its usage: an entry of /container-status and the admin API's answer."""
+        entry = manager.status()
+        entry["usage"] = self.usage.report(manager.klass.name, manager.key)
+        return entry
+
     def status(self) -> dict[str, Any]:
-        keys = []
-        for manager in self.registry:
-            entry = manager.status()
-            entry["usage"] = self.usage.report(manager.klass.name, manager.key)
-            keys.append(entry)
-        return {"backend": self.backend.name, "keys": keys}
+        return {"backend": self.backend.name, "keys": [self.key_status(manager) for manager in self.registry]}
 
 
 PROXY = web.AppKey("proxy", Proxy)
