@@ -261,7 +261,7 @@ class EngineBackend:
                             and state.get("Status") in ("exited", "created")):
                         log.info("restarting stopped container %s", name)
                         cid = info["Id"]
-                        await self._start_or_remove(cid)
+                        await self._start(cid, spec)
                         phases.mark("restart")
                         return await self._instance_from(await self.show(cid) or info, key, spec.name,
                                                          spec.port, phases)
@@ -277,7 +277,7 @@ class EngineBackend:
                         continue
                     raise
                 phases.mark("create")
-                await self._start_or_remove(container.id)
+                await self._start(container.id, spec)
                 phases.mark("start")
                 info = await self.show(container.id)
                 if info is None:
@@ -301,6 +301,10 @@ class EngineBackend:
                     removed.append(name)
                     log.info("removed stuck container %s", name)
         return removed
+
+    async def _start(self, cid: str, spec: ContainerSpec) -> None:
+        """Start a created or stopped container of `spec` (backends/_engine_boost.py adds the CPU boost)."""
+        await self._start_or_remove(cid)
 
     async def _start_or_remove(self, cid: str) -> None:
         docker = await self._client()

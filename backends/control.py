@@ -1,4 +1,4 @@
-"""Optional capabilities a backend may have beyond the `Backend` protocol: pause, remove, exec.
+"""Optional capabilities a backend may have beyond the `Backend` protocol: pause, remove, exec, CPU boost.
 
 Each is a small protocol of its own, checked with `isinstance`, so a backend that cannot (the stub
 cannot freeze an in-process server) simply does not have it and the core protocol stays the same for
@@ -41,4 +41,21 @@ class Executable(Protocol):
         """Run `command`, passing its output to `output` as it comes; its exit code (None if unknown).
 
         The caller bounds it with a timeout (cancellation ends the wait and the stream)."""
+        ...
+
+
+def startup_limit(spec: ContainerSpec, host_cpus: float) -> float | None:
+    """The CPU limit while `spec` starts on a host with `host_cpus` CPUs, or None for no boost: the class's
+    `startup_cpu_boost` (inf: the whole host) when it is above the instance type's."""
+    boost = min(spec.startup_cpus, host_cpus)
+    return boost if boost > spec.resources.cpus else None
+
+
+@runtime_checkable
+class Boostable(Protocol):
+    """Starts instances above their type's CPU limit (`startup_limit`) and can lower it once they are ready:
+    a cold start is CPU-bound (imports, loading a model), a served request mostly not."""
+
+    async def settle(self, instance: Instance, spec: ContainerSpec) -> None:
+        """Set the running instance's CPU limit to its instance type's (idempotent)."""
         ...

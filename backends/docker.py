@@ -1,12 +1,12 @@
 """Docker backend: dockerd through its API socket (aiodocker).
 
-All lifecycle logic is in _engine, pause/remove/exec in _engine_ops."""
+All lifecycle logic is in _engine, pause/remove/exec in _engine_ops, the CPU boost in _engine_boost."""
 
 from __future__ import annotations
 
 import os
 
-from backends._engine_ops import EngineOps
+from backends._engine_boost import EngineBoost
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 
@@ -16,7 +16,7 @@ def default_docker_socket() -> str:
     return os.environ.get("DOCKER_HOST") or DEFAULT_SOCKET
 
 
-class DockerBackend(EngineOps):
+class DockerBackend(EngineBoost):
     name = "docker"
     default_socket = DEFAULT_SOCKET
     daemon_label = "docker daemon"

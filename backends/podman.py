@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import os
 
-from backends._engine_ops import EngineOps
+from backends._engine_boost import EngineBoost
 
 DEFAULT_SOCKET = "unix:///run/podman/podman.sock"
+LIBPOD = "v4.0.0/libpod"  # podman's own API, on the same socket
+CPU_PERIOD_US = 100_000
 
 
-class PodmanBackend(EngineOps):
+class PodmanBackend(EngineBoost):
+    """Differences from dockerd: the CPU limit is changed through libpod, on a running container only."""
+
     name = "podman"
     default_socket = DEFAULT_SOCKET
     daemon_label = "podman service"
+    boost_after_start = True  # see backends/_engine_boost.py
 
     def _default_socket(self) -> str:
         return os.environ.get("PODMAN_HOST") or DEFAULT_SOCKET
+
+    async def _update_cpus(self, cid: str, nano_cpus: int) -> None:
+        resources = {"cpu": {"quota": nano_cpus // 10_000, "period": CPU_PERIOD_US}}
+        await (await self._client())._query_json(f"{LIBPOD}/containers/{cid}/update", "POST", data=resources,
+                                                 versioned_api=False)

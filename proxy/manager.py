@@ -18,6 +18,7 @@ import structlog
 
 from backends.base import Backend, BackendError, ContainerSpec, Instance, InstanceState
 from backends.control import Pausable, Removable
+from proxy.boost import settle, settle_soon
 from proxy.breaker import Breaker
 from proxy.capacity import Capacity
 from proxy.config import ContainerClass, Readiness
@@ -229,6 +230,7 @@ class Manager(Pausing):
         phases = (*self.instance.phases, ("ready", loop.time() - probing))  # the backend's steps, then readiness
         self._transition(State.RUNNING, "ready", Happening.STARTED, phases=phases)
         self.touch()
+        settle_soon(self, self.instance, spec)  # the startup CPU boost ends at ready
 
     def _timeout_reason(self) -> str:
         return f"not ready within start_timeout={self.klass.start_timeout:g}s"
@@ -241,7 +243,7 @@ class Manager(Pausing):
                 await asyncio.wait_for(self.services.backend.stop(self.instance),
                                        timeout=self.klass.spec.stop_timeout + 10)
             except Exception:  # noqa: BLE001 - best effort; the backend reuses or removes it next time
-                pass
+                await settle(self.services.backend, self.instance, self.klass.spec)  # not left boosted
         self._transition(State.FAILED, reason, Happening.START_FAILED)
         if failed:
             self._count_failure("failed start")
@@ -429,6 +431,7 @@ class Manager(Pausing):
         self.instance = instance
         self._transition(State.RUNNING, "adopted", Happening.ADOPTED)
         self.touch()
+        settle_soon(self, instance, self.klass.spec)  # its start may have ended with the proxy before ready
 
     # ------------------------------------------------------------------ bookkeeping
 
