@@ -272,6 +272,8 @@ class Exchange:
             self.replaced = True
             await self.manager.ensure_running(reason="request")
         except Refusal as refusal:
+            if self.handler.retry_advisor is not None:
+                self.handler.retry_advisor.advise(refusal, self.manager)
             self._fail(refusal)
             return False
         instance = self.manager.instance
