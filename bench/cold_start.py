@@ -2,6 +2,10 @@
 
     python -m bench.cold_start [--cycles 10] [--quick | --smoke] [--runtime docker podman stub]
                                [--intervals 20 5] [--poll-ms 5] [--sleep-after 0.5]
+    python -m bench.cold_start --boost [--cycles 5] [--runtime docker podman] [--types dev basic standard]
+
+`--boost` times the startup CPU boost instead: with and without it, per instance type (see
+bench/cold_start_boost.py).
 
 Two paths, each against its own floor, measured in the same run with floor and proxy cycles alternated:
 
@@ -565,6 +569,10 @@ async def amain(args: argparse.Namespace) -> int:
     logdir = os.path.join("/tmp", f"lazy-proxy-{bench_id}")
     os.makedirs(logdir, exist_ok=True)
     print(f"bench id {bench_id}; proxy logs in {logdir}")
+    if args.boost:
+        from bench import cold_start_boost
+
+        return await cold_start_boost.amain(args, bench_id, logdir)
     print(f"instance type for floor and proxy: custom {CPUS:g} CPU / {MEMORY // 2**20} MiB "
           f"(not 'dev' = 1/16 vCPU, so CPU throttling is not what is measured); "
           f"floor polls {READY_PATH} every {args.poll_ms:g} ms; {args.cycles} cycles, floor and proxy alternated")
@@ -636,7 +644,11 @@ def main() -> int:
     ap.add_argument("--poll-ms", type=float, default=5.0, help="floor readiness poll interval")
     ap.add_argument("--sleep-after", type=float, default=0.5, help="proxy sleep_after (s) to go cold between cycles")
     ap.add_argument("--no-diagnose", action="store_true", help="skip the in-process backend.start breakdown")
+    ap.add_argument("--boost", action="store_true", help="startup CPU boost on vs off per instance type instead")
+    ap.add_argument("--types", nargs="+", default=["dev", "basic", "standard"], help="instance types (--boost)")
     args = ap.parse_args()
+    if args.boost:
+        args.runtime = [r for r in args.runtime if r != "stub"]  # the stub has no CPU limits
     if args.quick:
         args.cycles = 5
     if args.smoke:

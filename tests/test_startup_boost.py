@@ -6,12 +6,12 @@ boosted with `startup_cpu_boost: false`. The limit is read where it acts, the co
 from __future__ import annotations
 
 import asyncio
-import glob
 import uuid
 from typing import Any
 
 import pytest
 
+from bench.cold_start_boost import cgroup_cpus
 from proxy.events import State, StopReason
 from tests.conftest import ENGINE_PARAMS
 
@@ -22,18 +22,6 @@ SVC = {"instance_type": {"memory": "512MiB", "cpus": TYPE_CPUS}}
 @pytest.fixture(params=ENGINE_PARAMS)
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def cgroup_cpus(cid: str) -> float:
-    """The CPU limit in force for container `cid` (cgroup v1 or v2); inf when none."""
-    for path in glob.glob(f"/sys/fs/cgroup/cpu/**/*{cid}*/cpu.cfs_quota_us", recursive=True):
-        quota = int(open(path).read())
-        period = int(open(path.replace("cfs_quota_us", "cfs_period_us")).read())
-        return float("inf") if quota < 0 else quota / period
-    for path in glob.glob(f"/sys/fs/cgroup/**/*{cid}*/cpu.max", recursive=True):
-        quota_s, period_s = open(path).read().split()
-        return float("inf") if quota_s == "max" else int(quota_s) / int(period_s)
-    raise AssertionError(f"no cgroup found for container {cid[:12]}")
 
 
 async def limits(kind: str, raw: Any, cid: str) -> list[float]:
