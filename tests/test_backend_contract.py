@@ -35,6 +35,8 @@ import pytest
 
 import backends
 from backends._engine import EngineBackend
+from backends._engine_boost import EngineBoost
+from backends._engine_ops import EngineOps
 from backends.base import Backend, ContainerSpec, Instance, InstanceState, MiB, Resources
 from backends.docker import DockerBackend
 from backends.podman import PodmanBackend
@@ -207,8 +209,8 @@ PROTOCOL_METHODS: dict[str, Callable[..., Any]] = {
     name: member for name, member in vars(Backend).items() if inspect.isfunction(member) and not name.startswith("_")
 }
 PROTOCOL_ATTRIBUTES: dict[str, Any] = typing.get_type_hints(Backend)
-IMPLEMENTATIONS: list[type] = [StubBackend, ProcessBackend, EngineBackend, DockerBackend, PodmanBackend,
-                               ExternalBackend]
+IMPLEMENTATIONS: list[type] = [StubBackend, ProcessBackend, EngineBackend, EngineOps, EngineBoost, DockerBackend,
+                               PodmanBackend, ExternalBackend]
 
 
 def signature_problems(name: str, proto: Callable[..., Any], impl: Callable[..., Any]) -> list[str]:
