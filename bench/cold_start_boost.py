@@ -124,7 +124,12 @@ async def amain(args: argparse.Namespace, bench_id: str, logdir: str) -> int:
     summary: dict[str, Any] = {"cycles": args.cycles, "results": []}
     for kind in args.runtime:
         print(f"\n== {kind}", flush=True)
-        res = await run_runtime(kind, args, bench_id, logdir)
+        try:
+            res = await run_runtime(kind, args, bench_id, logdir)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next runtime
+            print(f"{kind}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            summary["results"].append({"runtime": kind, "error": f"{type(exc).__name__}: {exc}"})
+            continue
         s = res["samples"]
         for itype in args.types:
             for path in ("create", "restart"):
@@ -139,6 +144,8 @@ async def amain(args: argparse.Namespace, bench_id: str, logdir: str) -> int:
                     "boost_p50_ms": round(1000 * statistics.median(on), 1),
                     "no_boost_ms": [round(1000 * x, 1) for x in off], "boost_ms": [round(1000 * x, 1) for x in on],
                     "settled_cpus": [list(t) for t in limits]})
+                print(f"{kind} {itype} {path}: no boost {rows[-1][3]:.0f} ms, boost {rows[-1][4]:.0f} ms, "
+                      f"{ratio:.1f}x; limit once ready {rows[-1][6]}", flush=True)
     common.table(["runtime", "type", "path", "no boost p50 ms", "boost p50 ms", "no boost / boost",
                   "limit once ready (cgroup/inspect)"], rows,
                  title=f"Cold start to first 200 through the proxy (median of {args.cycles})")
