@@ -162,7 +162,12 @@ def model_service(port: int, cpus: str | None = None, **env: str) -> Server:
                   f"http://127.0.0.1:{port}/v2/health/ready", env=env_with_root(**env), cpus=cpus)
 
 
+# The benches read the proxy's own endpoints on the proxied port, as the seed served them.
+SEED_ENDPOINTS = {"enabled": False, "on_proxy_port": ["health", "info", "container-status", "metrics"]}
+
+
 def write_config(raw: dict[str, Any]) -> str:
+    raw = {"admin": SEED_ENDPOINTS, **raw}
     fd, path = tempfile.mkstemp(prefix="bench-proxy-", suffix=".json")  # JSON is valid YAML
     with os.fdopen(fd, "w") as f:
         json.dump(raw, f)

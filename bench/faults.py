@@ -99,7 +99,6 @@ def config(runtime: str, proxy_id: str) -> dict[str, object]:
     return {
         "logging": {"level": "warning"},
         "server": {"upstream_timeout": "2s", "connect_timeout": "2s"},
-        "admin": {"enabled": False, "on_proxy_port": ["health"]},
         "backend": {"type": runtime, "proxy_id": proxy_id},
         "containers": {"svc": {"image": "lazy-proxy/model-service:latest", "instance_type": "basic",
                                "sleep_after": "3s", "start_timeout": "30s", "max_instances": 20,

@@ -601,6 +601,7 @@ class Front:
 LAZY_CONFIG = """\
 server: {{max_body_size: 1MiB, upstream_timeout: 10s, connect_timeout: 2s, drain_timeout: 1s}}
 logging: {{level: info}}
+admin: {{enabled: false, on_proxy_port: [health, info, container-status, metrics]}}
 containers:
   svc:
     image: x
