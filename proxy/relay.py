@@ -22,7 +22,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from proxy.errors import BodyTooLarge, Refusal, RuntimeUnreachable, UpstreamError, error_body, retry_after_header
 from proxy.forward import HOP_BY_HOP
-from proxy.upstream import UpstreamConnection, UpstreamPool
+from proxy.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
     from proxy.manager import Manager
@@ -34,7 +34,6 @@ _RESPONSE_SKIP = _HOP
 NEVER_PROCESSED = 0.1  # seconds: a connection lost this soon after the send took no request with it
 REFUSED_RETRY_PAUSES = (0.0, 0.0, 0.25, 0.5, 1.0)  # connect attempts after a refusal (the first two: at once)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # safe to send twice (RFC 9110)
-_HOP_LINE = re.compile(b"\\r\\n(?:" + b"|".join(re.escape(h) for h in sorted(_HOP)) + b")[ \\t]*:", re.IGNORECASE)
 _LENGTH_LINE = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
 
 
@@ -319,7 +318,7 @@ class Exchange:
             self.relays.timeouts.pop(self.pool, None)
 
     def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], raw_head: bytes | None) -> bool:
-        if raw_head is not None and raw_head.startswith(b"HTTP/1.1 ") and _HOP_LINE.search(raw_head) is None:
+        if raw_head is not None and raw_head.startswith(b"HTTP/1.1 ") and HOP_LINE.search(raw_head) is None:
             # The common case: nothing hop-by-hop in it, so the head goes out byte for byte as received.
             framed = status in (204, 304) or _LENGTH_LINE.search(raw_head) is not None
             chunked_in, lines = False, [raw_head]
@@ -365,6 +364,17 @@ class Exchange:
 
     def on_body(self, data: bytes) -> None:
         self.out.append(_chunk(data) if self.chunked_out else data)
+
+    def on_whole(self, status: int, data: bytes, head_end: int) -> None:
+        self.status, self.head_sent = status, True
+        keep_alive = self.client.keeps_alive(self.message)
+        if self.extra_head or not keep_alive:  # (on the fast path: neither) the same lines on_head adds
+            data = b"".join((data[:head_end], b"" if keep_alive else b"Connection: close\r\n", self.extra_head,
+                             data[head_end:]))
+            if self.extra_head:
+                self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
+        self.client.write(data)
+        self.on_end(True)
 
     def on_flush(self) -> None:
         if self.out:

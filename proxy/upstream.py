@@ -10,12 +10,22 @@ the pool is closed when the instance stops, so nothing is ever sent to a dead or
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Protocol
 
 import httptools
 
+from proxy.forward import HOP_BY_HOP
+
 MAX_IDLE = 64  # idle connections kept per instance; more are closed when they come back
 MAX_HEAD = 64 * 1024  # a response head kept whole for relaying as received
+# A header line whose name is hop-by-hop (in a head as received: "\r\n" starts each header line).
+HOP_LINE = re.compile(b"\r\n(?:" + b"|".join(re.escape(h.encode()) for h in sorted(HOP_BY_HOP)) + b")[ \t]*:",
+                      re.IGNORECASE)
+# On a lowered head: each Content-Length line (its digits captured) and each hop-by-hop header line (a
+# superset of HOP_BY_HOP: any proxy-*), in one pass. `_whole` wants exactly one match: the length.
+_FRAMING = re.compile(rb"\n(?:content-length[ \t]*:[ \t]*([0-9]{1,15})[ \t]*\r|(?:connection|keep-alive|proxy-[a-z-]*"
+                      rb"|te|trailers?|transfer-encoding|upgrade)[ \t]*:)")
 
 
 class Relay(Protocol):
@@ -32,6 +42,10 @@ class Relay(Protocol):
     def on_flush(self) -> None: ...
 
     def on_end(self, reusable: bool) -> None: ...
+
+    def on_whole(self, status: int, data: bytes, head_end: int) -> None:
+        """A whole answer came in one read and can go out as it came (see `UpstreamConnection._whole`):
+        `data[:head_end]` is the head without its blank line. The exchange ends with it (reusable)."""
 
     def on_upstream_data(self) -> None: ...
 
@@ -93,6 +107,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         relay.on_upstream_data()
         if not self._got_response:
+            if not self._head_buf and not self._bodyless and self._whole(relay, data):
+                return
             self._find_head(data)
         try:
             self._parser.feed_data(data)
@@ -106,6 +122,24 @@ class UpstreamConnection(asyncio.Protocol):
             relay.on_end(self._keep_alive)
         else:
             relay.on_flush()
+
+    def _whole(self, relay: Relay, data: bytes) -> bool:
+        """The common answer, whole in one read: HTTP/1.1, a final status with a body, one Content-Length that
+        matches what came, nothing hop-by-hop (so the connection stays open). It is relayed without the
+        parser's callbacks (a few µs per request); the parser, which has not seen it, stays at a message
+        boundary. Anything else (chunked, split reads, 1xx, odd framing) goes through the parser."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or not data.startswith(b"HTTP/1.1 ") or data[12:13] not in (b" ", b"\r"):
+            return False
+        status_text = data[9:12]
+        if not status_text.isdigit() or status_text in (b"204", b"304") or status_text[0] in b"01":
+            return False
+        found = _FRAMING.findall(data[:end + 2].lower())
+        if len(found) != 1 or not found[0] or int(found[0]) != len(data) - end - 4:
+            return False
+        self.relay = None
+        relay.on_whole(int(status_text), data, end + 2)
+        return True
 
     def _find_head(self, data: bytes) -> None:
         """Keep the head's bytes: a response starts its connection's next chunk (one request at a time)."""
