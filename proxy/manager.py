@@ -16,7 +16,7 @@ from typing import AsyncIterator, Protocol
 
 import structlog
 
-from backends.base import Backend, BackendError, ContainerSpec, Instance, InstanceState
+from backends.base import Backend, BackendError, ContainerSpec, Instance
 from backends.control import Pausable, Removable
 from proxy.boost import settle, settle_soon
 from proxy.breaker import Breaker
@@ -24,7 +24,8 @@ from proxy.capacity import Capacity
 from proxy.config import ContainerClass, Readiness
 from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, StartFailed, StartTimeout
 from proxy.events import ACTIVE, BreakerOpened, ColdWait, EventBus, Happening, State, StopReason, Transition
-from proxy.manager_pause import LIVE, Pausing, consume_exception
+from proxy.manager_health import Health
+from proxy.manager_pause import LIVE, consume_exception
 
 log = structlog.get_logger("proxy.manager")
 STOP_RETRY_DELAYS = (0.5, 2.0, 5.0)  # seconds between attempts to stop an instance before giving up
@@ -57,11 +58,10 @@ class Lease:
     cold_wait: float | None
 
 
-class Manager(Pausing):
+class Manager(Health):
     __slots__ = (
         "key", "klass", "services", "state", "instance", "in_flight", "start_count", "last_activity",
-        "_since", "_start_deadline", "_start_task", "_stop_task", "_idle_handle", "_check_task", "last_error",
-        "breaker", "sleep_after_override",
+        "_since", "_start_deadline", "_start_task", "_idle_handle", "breaker", "sleep_after_override",
     )
 
     def __init__(self, key: str, klass: ContainerClass, services: Services) -> None:
@@ -73,14 +73,11 @@ class Manager(Pausing):
         self.in_flight = 0
         self.start_count = 0
         self.last_activity = 0.0  # loop time
-        self.last_error = ""
         self.breaker = Breaker(klass.crash_loop)
         self._since = 0.0
         self._start_task: asyncio.Task[None] | None = None
         self._start_deadline = 0.0
-        self._stop_task: asyncio.Task[None] | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
-        self._check_task: asyncio.Task[None] | None = None
         self.sleep_after_override: float | None = None  # an operator's per-key sleep_after (admin API)
         super().__init__()
 
@@ -286,11 +283,14 @@ class Manager(Pausing):
 
     def _rearm_idle(self) -> None:
         """Set the idle timer afresh (its deadline moved earlier: a pause tier to come again)."""
+        self._cancel_idle()
+        if self.in_flight == 0:
+            self._arm_idle()
+
+    def _cancel_idle(self) -> None:
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
-        if self.in_flight == 0:
-            self._arm_idle()
 
     def _arm_idle(self) -> None:
         if self._idle_handle is None and self.state in LIVE and (deadline := self._idle_deadline()) is not None:
@@ -314,9 +314,7 @@ class Manager(Pausing):
             return self._stop_task
         if self.state not in LIVE and not (remove and self.state in (State.STOPPED, State.FAILED)):
             return None
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
+        self._cancel_idle()
         paused = self.state is State.PAUSED
         self._transition(State.STOPPING, reason.value)
         self._stop_task = asyncio.create_task(self._run_stop(reason, drain, paused, remove), name=f"stop:{self.key}")
@@ -384,48 +382,6 @@ class Manager(Pausing):
         if task is not None:
             await asyncio.shield(task)
 
-    def suspect(self) -> None:
-        """An upstream connection failed: find out in the background whether the instance died.
-
-        The runtime may report a killed container as running for a moment, so look a few times.
-        """
-        if self._check_task is None or self._check_task.done():
-            self._check_task = asyncio.create_task(self._recheck(), name=f"check:{self.key}")
-
-    async def _recheck(self) -> None:
-        for delay in (0.0, 0.2, 0.5, 1.0):
-            await asyncio.sleep(delay)
-            if not await self.check_alive():
-                return
-
-    async def check_alive(self) -> bool:
-        """After an upstream error: is the instance still there? If not, forget it (reason=error).
-
-        True when it is, or when the runtime cannot be asked (keep serving rather than flap)."""
-        return await self.liveness() is not False
-
-    async def liveness(self) -> bool | None:
-        """Ask the runtime: True alive, False gone (and forgotten, as a crash), None cannot tell."""
-        instance = self.instance
-        if self.state is not State.RUNNING or instance is None:
-            return False
-        backend = self.services.backend
-        try:
-            status = await backend.inspect(instance)
-            why = None if status is InstanceState.RUNNING else await backend.exit_reason(instance)
-        except BackendError:
-            return None
-        if status is InstanceState.RUNNING or self.instance is not instance or self.state is not State.RUNNING:
-            return status is InstanceState.RUNNING
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-        self.last_error = f"instance {status.value}" + (f": {why}" if why else "")
-        self._transition(State.STOPPED, why or "error", Happening.CRASHED, StopReason.ERROR)
-        log.warning("instance_gone", key=self.key, container=self.klass.name, reason=self.last_error)
-        self._count_failure("crash")
-        return False
-
     def adopt(self, instance: Instance) -> None:
         """Take over an instance a previous proxy process started (restart without double start)."""
         self.instance = instance
@@ -469,35 +425,3 @@ class Manager(Pausing):
             "breaker": self.breaker.status(loop.time()),
             "sleep_after": self.sleep_after,
         }
-
-    def retire(self, instance: Instance, reason: str, drained: asyncio.Future[None] | None = None) -> bool:
-        """Take a running instance that stopped answering out of service (stop reason `unhealthy`).
-
-        Only `instance`, and only while it is running: False otherwise (replaced or stopped already). It goes
-        to `stopping` at once, so no new request is sent to it: new ones wait and start a fresh instance, as
-        after an idle stop. The container is stopped in the background once `drained` is done (the exchanges
-        still on it have ended), or at once without one.
-        """
-        if self.instance is not instance or self.state is not State.RUNNING:
-            return False
-        self.last_error = f"instance stopped answering: {reason}"
-        log.warning("instance_unhealthy", key=self.key, container=self.klass.name, instance=instance.id,
-                    reason=reason, in_flight=self.in_flight)
-        if drained is None:
-            self._begin_stop(StopReason.UNHEALTHY)
-            return True
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-        self._transition(State.STOPPING, StopReason.UNHEALTHY.value)
-
-        async def drain_then_stop() -> None:
-            try:
-                await drained
-            except Exception:  # noqa: BLE001 - stop it anyway
-                pass
-            await self._run_stop(StopReason.UNHEALTHY)
-
-        self._stop_task = asyncio.create_task(drain_then_stop(), name=f"stop:{self.key}")
-        return True
-

@@ -20,7 +20,7 @@ import structlog
 from backends.base import Instance
 from backends.control import Pausable
 from proxy.errors import ActionFailed, Conflict, NotSupported
-from proxy.events import State, StopReason
+from proxy.events import Happening, State, StopReason
 
 log = structlog.get_logger("proxy.manager")
 LIVE = frozenset({State.RUNNING, State.PAUSED})  # an instance exists and is not on its way out
@@ -43,7 +43,8 @@ class Pausing:
         self._resume_task: asyncio.Task[None] | None = None
         self.pause_refused_at = -1.0  # the activity time at which the runtime last refused a pause
 
-    def _transition(self, new: State, reason: str) -> None:
+    def _transition(self, new: State, reason: str, happening: Happening | None = None,
+                    stop_reason: StopReason | None = None) -> None:
         raise NotImplementedError
 
     def touch(self, now: float | None = None) -> None:
