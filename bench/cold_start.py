@@ -3,9 +3,11 @@
     python -m bench.cold_start [--cycles 10] [--quick | --smoke] [--runtime docker podman stub]
                                [--intervals 20 5] [--poll-ms 5] [--sleep-after 0.5]
     python -m bench.cold_start --boost [--cycles 5] [--runtime docker podman] [--types dev basic standard]
+    python -m bench.cold_start --pause [--cycles 10] [--runtime docker podman]
 
 `--boost` times the startup CPU boost instead: with and without it, per instance type (see
-bench/cold_start_boost.py).
+bench/cold_start_boost.py). `--pause` times a wake from pause next to restart and create, and the
+runtime's own unpause as its floor (bench/cold_start_pause.py).
 
 Two paths, each against its own floor, measured in the same run with floor and proxy cycles alternated:
 
@@ -573,6 +575,10 @@ async def amain(args: argparse.Namespace) -> int:
         from bench import cold_start_boost
 
         return await cold_start_boost.amain(args, bench_id, logdir)
+    if args.pause:
+        from bench import cold_start_pause
+
+        return await cold_start_pause.amain(args, bench_id, logdir)
     print(f"instance type for floor and proxy: custom {CPUS:g} CPU / {MEMORY // 2**20} MiB "
           f"(not 'dev' = 1/16 vCPU, so CPU throttling is not what is measured); "
           f"floor polls {READY_PATH} every {args.poll_ms:g} ms; {args.cycles} cycles, floor and proxy alternated")
@@ -646,9 +652,10 @@ def main() -> int:
     ap.add_argument("--no-diagnose", action="store_true", help="skip the in-process backend.start breakdown")
     ap.add_argument("--boost", action="store_true", help="startup CPU boost on vs off per instance type instead")
     ap.add_argument("--types", nargs="+", default=["dev", "basic", "standard"], help="instance types (--boost)")
+    ap.add_argument("--pause", action="store_true", help="wake from pause vs restart vs create instead")
     args = ap.parse_args()
-    if args.boost:
-        args.runtime = [r for r in args.runtime if r != "stub"]  # the stub has no CPU limits
+    if args.boost or args.pause:
+        args.runtime = [r for r in args.runtime if r != "stub"]  # the stub has no CPU limits, cannot pause
     if args.quick:
         args.cycles = 5
     if args.smoke:

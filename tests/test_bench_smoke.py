@@ -79,6 +79,15 @@ def test_cold_start_stub() -> None:
     assert [(r["runtime"], r["path"], "error" in r) for r in s["results"]] == [("stub", "create", False)], s
 
 
+@pytest.mark.docker
+def test_cold_start_pause_docker() -> None:
+    """Wake from pause next to restart and create, through the proxy, on dockerd."""
+    s = bench("cold_start", "--pause", "--runtime", "docker")
+    paths = {r["path"]: r for r in s["results"]}
+    assert set(paths) == {"wake", "wake floor", "restart", "create"}, s
+    assert all("error" not in r and r["median_ms"] > 0 for r in s["results"]), s
+
+
 def test_warm_restart_stub() -> None:
     s = bench("warm_restart", "--runtime", "stub")
     assert s["errors"] == {} and s["results"]["stub"]["start"]["n"] == 3, s
