@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian tools the suite uses besides the daemons: nginx (the conformance reference), promtool (metrics
-# lint, from the prometheus package) and wrk (benchmark smoke runs). Idempotent; installs only what is missing.
+# lint, from the prometheus package), wrk (benchmark smoke runs) and etcd (the cluster tests start their own).
+# Idempotent; installs only what is missing.
 set -euo pipefail
 STATE_DIR=${LAZY_PROXY_DAEMONS_DIR:-/tmp/lazy-proxy-daemons}
 mkdir -p "$STATE_DIR"
@@ -11,6 +12,7 @@ missing=()
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)  # tests start their own (marker etcd)
 [ ${#missing[@]} -eq 0 ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 if [ ! -f "$STATE_DIR/apt-updated" ]; then
@@ -18,7 +20,7 @@ if [ ! -f "$STATE_DIR/apt-updated" ]; then
   touch "$STATE_DIR/apt-updated"
 fi
 log "installing ${missing[*]}"
-# policy-rc.d keeps the packages' own services (nginx on :80, prometheus on :9090) from starting.
+# policy-rc.d keeps the packages' own services (nginx on :80, prometheus on :9090, etcd on :2379) from starting.
 printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
 trap 'rm -f /usr/sbin/policy-rc.d' EXIT
 retry apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -19,6 +19,7 @@ from proxy.config import Config
 from proxy.config_admin import SeedRoute
 from proxy.errors import json_errors
 from proxy.capacity import Capacity
+from proxy.cluster.node import join
 from proxy.events import Event, EventBus, StopReason, Transition
 from proxy.fastpath import FastPath
 from proxy.hooks import Hooks
@@ -50,6 +51,7 @@ class Proxy:
         self.prober = Prober(backend)
         self.capacity = Capacity({name: c.max_instances for name, c in config.containers.items()})
         self.registry = Registry(config, Services(backend, self.bus, self.capacity, self.prober, self.pools))
+        self.node = join(config, self.registry, backend)  # None unless `cluster.store` names a store
         self.metrics = Metrics(self.registry)
         self.usage = UsageMeter(config, self.bus, self.metrics.key_label)
         self.metrics.prom.register(self.usage)
@@ -59,15 +61,20 @@ class Proxy:
         # The request line is an info line: `logging.level: warning` (or `logging.requests: false`) turns it off.
         self.reqlog = RequestLog() if config.log_requests and config.log_level in ("debug", "info") else None
         self.relays = Relays(config.max_body_size, config.upstream_timeout)
-        warms = schedule_prewarm(self.scheduler, config, self.registry)
+        warms = schedule_prewarm(self.scheduler, config, self.registry,
+                                 self.node.ownership.runs_here if self.node else None)
         self.retry_advisor = RetryAdvisor(self.registry, self.bus, warms, clock)
         self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.relays,
                                       self.reqlog, self.retry_advisor) for route in config.routes]
+        for handler in self.handlers:
+            handler.cluster = self.node.forwarder if self.node else None
         self._resources: dict[web.AbstractResource, RouteHandler] = {}
         self.started = time.time()
         self.bus.subscribe(_log_transition)
 
     async def startup(self) -> None:
+        if self.node is not None:
+            await self.node.start()  # before adoption: clustered, only keys owned here are adopted
         try:
             adopted = await self.registry.adopt_running()
             if adopted:
@@ -87,7 +94,7 @@ class Proxy:
             self._resources[resource] = handler
 
     def fast_path(self, app: web.Application) -> FastPath:
-        return FastPath(app, self._resources, self.relays)
+        return FastPath(app, self._resources, self.relays, self.node.ownership if self.node else None)
 
     async def close_websockets(self) -> None:
         """On SIGTERM: open WebSockets get 1001 (going away) rather than holding the drain open."""
@@ -99,6 +106,8 @@ class Proxy:
         await self.scheduler.stop()
         await self.reconciler.stop()
         await self.registry.stop_all(StopReason.SHUTDOWN)
+        if self.node is not None:
+            await self.node.close()
         await self.hooks.close()
         await self.prober.close()
         await self.pools.close()

@@ -28,6 +28,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from proxy.config_admin import Admin
+from proxy.config_cluster import Cluster
 from proxy.config_base import Section, config_error, field_error, none_means_default, shown
 from proxy.config_containers import ContainerClass, ContainerSection, CronJob, Keepalive, Readiness
 from proxy.units import (
@@ -44,8 +45,9 @@ from proxy.units import (
     check_key,
 )
 
-__all__ = ["Admin", "Backend", "BackendConfig", "Config", "ConfigError", "ConfigSchema", "ContainerClass", "CronJob",
-           "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook", "load_config", "parse_config"]
+__all__ = ["Admin", "Backend", "BackendConfig", "Cluster", "Config", "ConfigError", "ConfigSchema", "ContainerClass",
+           "CronJob", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook", "load_config",
+           "parse_config"]
 
 HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's action (proxy/admin.py)
 HOOK_EVENTS: tuple[HookEvent, ...] = ("start", "stop", "error")
@@ -254,6 +256,7 @@ class ConfigSchema(Section):
     routes: TupleOf[Route] = ()
     hooks: Hooks = Hooks()
     pricing: Pricing = Pricing()
+    cluster: Cluster = Cluster()
 
     @model_validator(mode="after")
     def _references(self) -> ConfigSchema:
@@ -288,6 +291,7 @@ class Config:
     pricing: Pricing
     key_labels: tuple[str, ...] = ()  # metrics.key_labels: the allowlist of per-key metric labels
     admin: Admin = Admin()
+    cluster: Cluster = Cluster()
 
     @classmethod
     def from_schema(cls, schema: ConfigSchema) -> Config:
@@ -300,7 +304,8 @@ class Config:
                    containers={name: ContainerClass.from_section(name, section)
                                for name, section in schema.containers.items()},
                    routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing,
-                   key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)), admin=schema.admin)
+                   key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)), admin=schema.admin,
+                   cluster=schema.cluster)
 
 
 def parse_config(raw: Any) -> Config:

@@ -11,7 +11,8 @@ once, in the aiohttp path:
 - an origin-form target whose path is plain (no `%`, no `/.`, no `\\`): aiohttp's router sees it as
   sent, so both paths pick the same route; any other target is checked and served by aiohttp;
 - it matches a proxied route (the proxy's own endpoints go to aiohttp), its key is valid, a declared
-  Content-Length is within max_body_size, and the key's instance is **running**.
+  Content-Length is within max_body_size, and the key's instance is **running** (and, clustered, the key
+  is owned here: one set lookup).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from proxy.relay import Exchange, Relays, request_head
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from proxy.cluster.owner import Ownership
     from proxy.routes import RouteHandler
     from proxy.server import FastProtocol
 
@@ -87,9 +89,11 @@ class FastRouter:
 class FastPath:
     """Decides per request head; holds what exchanges share."""
 
-    def __init__(self, app: web.Application, handlers: dict[Any, RouteHandler], relays: Relays) -> None:
+    def __init__(self, app: web.Application, handlers: dict[Any, RouteHandler], relays: Relays,
+                 ownership: Ownership | None = None) -> None:
         self.router = FastRouter(app, handlers)
         self.relays = relays
+        self.ownership = ownership
 
     def plan(self, message: RawRequestMessage, payload: StreamReader, proto: FastProtocol) -> Exchange | None:
         if message.method not in FAST_METHODS or message.version != HttpVersion11 or message.upgrade:
@@ -108,6 +112,8 @@ class FastPath:
         length = message.headers.get(hdrs.CONTENT_LENGTH)
         if length is not None and int(length) > self.relays.max_body:
             return None
+        if self.ownership is not None and not self.ownership.owns(handler.route.container, key):
+            return None  # clustered: a key not (or no longer certainly) owned here takes the aiohttp path
         manager = handler.manager_for(key)
         if manager.state is not State.RUNNING or manager.instance is None:
             return None

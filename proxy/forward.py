@@ -62,12 +62,17 @@ async def forward_websocket(
     on_message: Callable[[], None],
     connect_timeout: float,
     open_sockets: "set[web.WebSocketResponse]",
+    extra_headers: dict[str, str] | None = None,
 ) -> web.WebSocketResponse:
-    """Connect upstream first (so a dead instance still gets a JSON 502), then pump both ways."""
+    """Connect upstream first (so a dead instance still gets a JSON 502), then pump both ways.
+
+    `extra_headers`: added to the upstream handshake (a cluster peer's loop-stopping header)."""
     protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+    headers = upstream_headers(request, REQUEST_DROP | WS_HANDSHAKE)
+    headers.update(extra_headers or {})
     try:
         upstream = await session.ws_connect(
-            URL(url, encoded=True), headers=upstream_headers(request, REQUEST_DROP | WS_HANDSHAKE), protocols=protocols,
+            URL(url, encoded=True), headers=headers, protocols=protocols,
             timeout=aiohttp.ClientWSTimeout(ws_close=connect_timeout), autoping=True, max_msg_size=0,
         )
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:

@@ -8,7 +8,7 @@ Capacity, readiness probing and the lb policy live in their own modules; this is
 from __future__ import annotations
 
 import asyncio
-from typing import Iterator
+from typing import Callable, Iterator
 
 from backends.base import Instance
 from proxy.balance import least_loaded, member_key
@@ -22,6 +22,8 @@ class Registry:
         self.config = config
         self.services = services
         self.managers: dict[tuple[str, str], Manager] = {}
+        # In a cluster, only keys owned here may be adopted (proxy/cluster/owner.py); None: every key.
+        self.admits: Callable[[str, str], bool] | None = None
 
     def get(self, key: str, container: str) -> Manager:
         """The manager for `key` of class `container` (created on first use)."""
@@ -52,11 +54,15 @@ class Registry:
             await backend.cleanup_stopped()
         return self.adopt(await backend.list_instances())
 
-    def adopt(self, instances: list[Instance]) -> int:
-        """Take over listed running instances of known classes whose manager is `stopped`; how many."""
+    def adopt(self, instances: list[Instance], *, checked: bool = True) -> int:
+        """Take over listed running instances of known classes whose manager is `stopped`; how many.
+
+        `checked`: only of keys `admits` (a cluster's owner adopting a key it is claiming passes False)."""
         adopted = 0
         for instance in instances:
             if instance.container not in self.config.containers:
+                continue
+            if checked and self.admits is not None and not self.admits(instance.container, instance.key):
                 continue
             manager = self.get(instance.key, instance.container)
             if manager.state is State.STOPPED:

@@ -16,6 +16,7 @@ from typing import Mapping
 import aiohttp
 from aiohttp import web
 
+from proxy.cluster.forward import Forwarder
 from proxy.config import Config, Route
 from backends.base import Instance
 from proxy.errors import (BodyTooLarge, ExpectationFailed, InvalidKey, InvalidPath, Refusal, UpstreamError,
@@ -47,6 +48,7 @@ class RouteHandler:
         self.pools = pools
         self.reqlog = reqlog
         self.websockets: set[web.WebSocketResponse] = set()
+        self.cluster: Forwarder | None = None  # set by the Proxy when `cluster.store` is not none
         self.key_is_template = "{" in route.key
         self._pattern: re.Pattern[str] | None = None
         self._observe = metrics.request_observer(route.name)
@@ -133,6 +135,9 @@ class RouteHandler:
             if raw_variables is None:
                 raise InvalidPath("percent-encoded characters in the route's fixed part")
             self._check_length(request)
+            if self.cluster is not None and (answer := await self.cluster.elsewhere(
+                    request, self.route.container, key, self.websockets)) is not None:
+                return answer  # the key's owner is another replica (proxy/cluster/)
             manager = self.manager_for(key)
             async with manager.lease(start=self.route.mode != "warm") as lease:
                 headers = {}

@@ -1,0 +1,163 @@
+"""`EtcdStore`: the ownership store on etcd, through its v3 JSON gateway (`/v3/kv/*`, `/v3/lease/*`).
+
+Why the gateway over aiohttp rather than an etcd client library: it is part of every etcd since 3.3, needs no
+new dependency (aiohttp is already here) and is async; the maintained Python clients are gRPC-based and either
+sync (python-etcd3, unmaintained since 2020) or pull grpcio in for five unary calls. Keys and values are base64.
+
+Layout under `cluster.prefix`: `members/<id>` -> the member's URL and `owners/<unit>` -> the owner's id, both
+attached to the member's lease, so a replica that dies loses both after `lease_ttl` and nothing else has to
+clean up. One task renews the lease every ttl/3 and refreshes the member list on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from typing import Any
+
+import aiohttp
+import structlog
+
+from proxy.cluster.store import Member, OwnershipStore, StoreUnavailable
+
+log = structlog.get_logger("proxy.cluster")
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def _text(b64: str) -> str:
+    return base64.b64decode(b64).decode()
+
+
+def _prefix_end(prefix: str) -> str:
+    """etcd's range end for "every key starting with prefix" (the last byte plus one)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class EtcdStore(OwnershipStore):
+    def __init__(self, me: Member, endpoints: tuple[str, ...], lease_ttl: float = 5.0,
+                 prefix: str = "/lazy-proxy", timeout: float = 1.0) -> None:
+        super().__init__(me, lease_ttl)
+        self.endpoints = list(endpoints)
+        self.prefix = prefix.rstrip("/") + "/"
+        self.timeout = timeout
+        self.lease_id = ""
+        self._members: list[Member] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- the gateway
+
+    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST to the first endpoint that answers (the one that did stays first)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        last = ""
+        for i, endpoint in enumerate(list(self.endpoints)):
+            try:
+                async with self._session.post(endpoint + path, json=body) as response:
+                    payload: dict[str, Any] = await response.json(content_type=None)
+                    if response.status != 200:
+                        raise StoreUnavailable(f"etcd {path}: {response.status} {payload.get('error', '')}")
+                    if i:
+                        self.endpoints.insert(0, self.endpoints.pop(i))
+                    return payload
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+                last = f"{endpoint}: {type(exc).__name__}: {exc}"
+        raise StoreUnavailable(f"etcd unreachable ({last})")
+
+    async def _grant(self) -> None:
+        began = time.monotonic()
+        granted = await self._call("/v3/lease/grant", {"TTL": max(1, round(self.lease_ttl))})
+        self.lease_id = granted["ID"]
+        await self._call("/v3/kv/put", {"key": _b64(f"{self.prefix}members/{self.me.id}"), "value": _b64(self.me.url),
+                                        "lease": self.lease_id})
+        self.valid_until = began + self.lease_ttl
+        self.epoch += 1
+
+    async def _renew(self) -> None:
+        if not self.lease_id:  # etcd was away when we started
+            await self._grant()
+            return
+        began = time.monotonic()
+        answer = (await self._call("/v3/lease/keepalive", {"ID": self.lease_id})).get("result", {})
+        if int(answer.get("TTL", 0)) <= 0:  # expired while we could not renew it: every claim of it is gone
+            log.warning("cluster_lease_lost", replica=self.me.id)
+            self.void()
+            await self._grant()
+        else:
+            self.valid_until = began + self.lease_ttl
+
+    async def _refresh_members(self) -> None:
+        prefix = f"{self.prefix}members/"
+        found = await self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
+        self._members = sorted((Member(_text(kv["key"])[len(prefix):], _text(kv["value"]))
+                                for kv in found.get("kvs", ())), key=lambda m: m.id)
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                await self._renew()
+                await self._refresh_members()
+            except StoreUnavailable as exc:
+                log.warning("cluster_store_unavailable", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the renewal loop must outlive any one failure
+                log.warning("cluster_renew_failed", error=f"{type(exc).__name__}: {exc}")
+
+    # ---------------------------------------------------------------- the port
+
+    async def start(self) -> None:
+        try:
+            await self._grant()
+            await self._refresh_members()
+        except StoreUnavailable as exc:  # serve what needs no owner; the renewal loop joins when etcd is back
+            log.warning("cluster_store_unavailable", error=str(exc))
+        self._task = asyncio.create_task(self._keep_alive(), name="cluster-lease")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(StoreUnavailable):
+            if self.lease_id:
+                await self._call("/v3/lease/revoke", {"ID": self.lease_id})
+        self.valid_until = 0.0
+        if self._session is not None:
+            await self._session.close()
+
+    async def members(self) -> list[Member]:
+        if not self._members:
+            await self._refresh_members()
+        return self._members
+
+    async def refresh(self) -> list[Member]:
+        """The member list read now (a forward to a member failed: it may have left)."""
+        await self._refresh_members()
+        return self._members
+
+    async def owner(self, unit: str) -> str | None:
+        found = await self._call("/v3/kv/range", {"key": _b64(f"{self.prefix}owners/{unit}")})
+        kvs = found.get("kvs")
+        return _text(kvs[0]["value"]) if kvs else None
+
+    async def claim(self, unit: str) -> str:
+        key = _b64(f"{self.prefix}owners/{unit}")
+        answer = await self._call("/v3/kv/txn", {
+            "compare": [{"key": key, "target": "CREATE", "create_revision": "0"}],
+            "success": [{"request_put": {"key": key, "value": _b64(self.me.id), "lease": self.lease_id}}],
+            "failure": [{"request_range": {"key": key}}]})
+        if answer.get("succeeded"):
+            return self.me.id
+        kvs = answer["responses"][0]["response_range"].get("kvs")
+        if not kvs:  # released between the compare and the range: cannot happen in one txn, but be total
+            raise StoreUnavailable(f"claim of {unit} raced")
+        holder = _text(kvs[0]["value"])
+        if holder == self.me.id and kvs[0].get("lease") != self.lease_id:
+            raise StoreUnavailable(f"{unit} is held under our previous lease")  # expires within the ttl
+        return holder

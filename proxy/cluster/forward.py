@@ -1,0 +1,104 @@
+"""Requests for a key owned by a peer: one hop to the owner, streamed both ways (HTTP and WebSockets).
+
+The hop carries `X-Lazy-Proxy-Forwarded: <sender>`; a replica that receives it never forwards again (it
+serves the key, claiming it if free, or refuses with 503), so a stale view cannot make a loop. When the
+owner does not answer the connection (killed), its claim lives until its lease expires: the request waits,
+asking again, for up to two lease ttls and a second, then a new owner (which adopts the running container)
+serves it; only requests already sent to the dead owner fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from proxy.cluster.owner import OwnerMoving, Ownership
+from proxy.cluster.store import Member
+from proxy.errors import UpstreamError
+from proxy.forward import HOP_BY_HOP, forward_websocket, is_websocket, upstream_headers
+
+FORWARDED = "X-Lazy-Proxy-Forwarded"
+RETRY_EVERY = 0.2  # seconds between asking again while an unreachable owner's lease runs out
+
+
+class Forwarder:
+    def __init__(self, ownership: Ownership, connect_timeout: float, upstream_timeout: float) -> None:
+        self.ownership = ownership
+        self.connect_timeout = connect_timeout
+        self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=upstream_timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(auto_decompress=False, timeout=self._timeout,
+                                                  connector=aiohttp.TCPConnector(limit=0))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def elsewhere(self, request: web.Request, container: str, key: str,
+                        open_sockets: set[web.WebSocketResponse]) -> web.StreamResponse | None:
+        """The owner's answer when the key is owned by a peer; None when it is served here."""
+        forwarded = FORWARDED in request.headers
+        deadline = time.monotonic() + 2 * self.ownership.store.lease_ttl + 1.0  # expiry, then a member refresh
+        while True:
+            owner = await self.ownership.locate(container, key, forwarded)
+            if owner is None:
+                return None
+            try:
+                return await self._send(request, owner, open_sockets)
+            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+                if isinstance(exc, aiohttp.ServerDisconnectedError) and not _replayable(request):
+                    raise UpstreamError(502, f"owner {owner.id} went away", key=key) from None
+                # The owner is gone before answering: wait for its lease to hand the key on.
+                self.ownership.forget(container, key)
+                if time.monotonic() >= deadline:
+                    raise OwnerMoving(f"owner {owner.id} of {key} unreachable", key=key,
+                                      retry_after=self.ownership.store.lease_ttl) from None
+                await asyncio.sleep(RETRY_EVERY)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise UpstreamError(502, f"owner {owner.id}: {type(exc).__name__}: {exc}", key=key) from None
+
+    async def _send(self, request: web.Request, owner: Member, open_sockets: set[web.WebSocketResponse]
+                    ) -> web.StreamResponse:
+        url = owner.url + request.raw_path
+        mark = {FORWARDED: self.ownership.me.id}
+        if is_websocket(request):
+            return await forward_websocket(request, self.session, url, on_message=_nothing,
+                                           connect_timeout=self.connect_timeout, open_sockets=open_sockets,
+                                           extra_headers=mark)
+        headers = upstream_headers(request)
+        headers.update(mark)
+        body = request.content if request.body_exists else None
+        async with self.session.request(request.method, URL(url, encoded=True), headers=headers, data=body,
+                                        allow_redirects=False) as answer:
+            response = web.StreamResponse(status=answer.status, reason=answer.reason)
+            for name, value in answer.headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    response.headers.add(name, value)
+            await response.prepare(request)
+            try:
+                async for chunk in answer.content.iter_any():
+                    await response.write(chunk)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                # The head is sent: the client can only learn it by the connection closing early.
+                raise ConnectionResetError(f"owner {owner.id} broke off: {type(exc).__name__}") from exc
+            await response.write_eof()
+            return response
+
+
+def _replayable(request: web.Request) -> bool:
+    """Safe to send again after the owner dropped the connection unanswered (a pooled connection to a dead
+    owner fails this way): a bodiless GET, HEAD or OPTIONS."""
+    return request.method in ("GET", "HEAD", "OPTIONS") and not request.body_exists
+
+
+def _nothing() -> None:
+    """The owner's Manager sees the WebSocket's messages; nothing to touch here."""

@@ -1,0 +1,148 @@
+"""Who serves a key: this replica (it holds the key's claim) or a peer (forward there).
+
+The unit of ownership is (class, route key): an lb route's pool moves as one, so its balancing stays on one
+replica. `locate` is the one rule: a key claimed here is served here; a claimed key elsewhere is forwarded
+to its holder; a free key is claimed by the replica rendezvous hashing prefers (a request landing elsewhere
+is forwarded to that replica, which claims it on arrival). A replica that just claimed a key adopts the
+key's running containers by their labels first, so a failover never starts a second one.
+
+`owns` is the fast path's O(1) check; it turns false by itself once the lease could have expired (etcd away
+longer than the ttl), so a replica cut off from etcd stops serving keys another may have taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from backends.base import Backend, BackendError
+from proxy.balance import member_key
+from proxy.cluster.store import Member, OwnershipStore, StoreUnavailable, rendezvous
+from proxy.config import Config
+from proxy.errors import Refusal
+from proxy.registry import Registry
+
+log = structlog.get_logger("proxy.cluster")
+
+Unit = tuple[str, str]  # (class, route key)
+
+
+class ClusterUnavailable(Refusal):
+    """The ownership store cannot be asked and the key is not owned here: nobody can say who serves it."""
+
+    status, error, retry_after = 503, "cluster unavailable", 1.0
+
+
+class OwnerMoving(Refusal):
+    """The key's owner is unreachable or just changed; its lease expiry hands the key on."""
+
+    status, error, retry_after = 503, "owner moving", 1.0
+
+
+class Ownership:
+    def __init__(self, store: OwnershipStore, registry: Registry, backend: Backend, config: Config) -> None:
+        self.store = store
+        self.registry = registry
+        self.backend = backend
+        self.owned: set[Unit] = set()
+        self._owners: dict[Unit, tuple[Member, float]] = {}  # elsewhere, until (monotonic)
+        self._flights: dict[tuple[Unit, bool], asyncio.Future[Member | None]] = {}
+        store.on_void.append(self._void)
+        self._lb_members = {(r.container, member_key(r.key, i)): r.key
+                            for r in config.routes if r.mode == "lb" for i in range(r.instances)}
+        registry.admits = self.owns_instance
+
+    @property
+    def me(self) -> Member:
+        return self.store.me
+
+    def owns(self, container: str, key: str) -> bool:
+        """Served here without asking anyone (the fast path's check)."""
+        return (container, key) in self.owned and self.store.holds_lease()
+
+    def unit_of(self, container: str, key: str) -> Unit:
+        """The ownership unit a manager's key belongs to (an lb member's is its pool's route key)."""
+        return container, self._lb_members.get((container, key), key)
+
+    def owns_instance(self, container: str, key: str) -> bool:
+        """May this replica adopt a running instance of (class, key)? Only of keys it owns."""
+        unit = self.unit_of(container, key)
+        return self.owns(*unit)
+
+    def forget(self, container: str, key: str) -> None:
+        """The holder did not answer: ask the store again next time."""
+        self._owners.pop((container, key), None)
+
+    async def runs_here(self, container: str, key: str) -> bool:
+        """For schedules: fire on the key's owner only (claiming it here when this replica is its choice)."""
+        try:
+            return await self.locate(*self.unit_of(container, key)) is None
+        except Refusal:
+            return False
+
+    async def locate(self, container: str, key: str, forwarded: bool = False) -> Member | None:
+        """None: serve here. A member: forward there. Raises a Refusal when nobody can be resolved now.
+
+        `forwarded`: the request came from a peer; it is served here or refused, never forwarded again."""
+        unit = (container, key)
+        if unit in self.owned and self.store.holds_lease():
+            return None
+        if not forwarded and (cached := self._owners.get(unit)) is not None and cached[1] > time.monotonic():
+            return cached[0]
+        flight = self._flights.get((unit, forwarded))
+        if flight is None:
+            flight = self._flights[(unit, forwarded)] = asyncio.ensure_future(self._resolve(unit, forwarded))
+            flight.add_done_callback(lambda _: self._flights.pop((unit, forwarded), None))
+        return await asyncio.shield(flight)
+
+    async def _resolve(self, unit: Unit, forwarded: bool) -> Member | None:
+        name = f"{unit[0]}/{unit[1]}"
+        try:
+            holder = await self.store.owner(name)
+            if holder is None:
+                hint = rendezvous(name, await self.store.members())
+                if not forwarded and hint is not None and hint.id != self.me.id:
+                    return hint  # that replica claims it on arrival (not remembered: nobody holds it yet)
+                holder = await self.store.claim(name)
+            if holder == self.me.id:
+                await self._adopt(unit)
+                self.owned.add(unit)
+                self._owners.pop(unit, None)
+                return None
+            if forwarded:
+                raise OwnerMoving(f"{name} is owned by {holder}", key=unit[1])
+            member = await self._member(holder)
+        except StoreUnavailable as exc:
+            raise ClusterUnavailable(f"cannot resolve the owner of {name}: {exc}", key=unit[1]) from None
+        self._owners[unit] = (member, time.monotonic() + self.store.lease_ttl)
+        return member
+
+    async def _member(self, holder: str) -> Member:
+        for members in (await self.store.members(), await self.store.refresh()):
+            for member in members:
+                if member.id == holder:
+                    return member
+        raise OwnerMoving(f"owner {holder} is not a live member")
+
+    def _void(self) -> None:
+        """Our lease expired (etcd away too long): forget the claims and let go of their managers, without
+        stopping their instances (another replica may have adopted them); a later request claims again."""
+        lost, self.owned = self.owned, set()
+        for (container, key), manager in list(self.registry.managers.items()):
+            if self.unit_of(container, key) in lost:
+                del self.registry.managers[(container, key)]
+                manager.set_sleep_after(0)  # 0: never idle-stopped by this replica any more
+        log.warning("cluster_claims_void", replica=self.me.id, keys=len(lost))
+
+    async def _adopt(self, unit: Unit) -> None:
+        """Take over the unit's running containers (a previous owner's), before serving it here."""
+        try:
+            listed = await self.backend.list_instances()
+        except BackendError as exc:
+            log.warning("cluster_adopt_failed", key=unit[1], error=str(exc))
+            return
+        mine = [i for i in listed if self.unit_of(i.container, i.key) == unit]
+        if adopted := self.registry.adopt(mine, checked=False):
+            log.info("cluster_adopted", container=unit[0], key=unit[1], count=adopted, replica=self.me.id)

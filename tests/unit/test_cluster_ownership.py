@@ -1,0 +1,127 @@
+"""Key ownership rules (proxy/cluster/owner.py) on the in-memory store: two replicas share one claim table."""
+
+from __future__ import annotations
+
+import pytest
+
+from backends.base import Instance
+from proxy.cluster.owner import ClusterUnavailable, OwnerMoving, Ownership
+from proxy.cluster.store import Member, MemoryStore, StoreUnavailable, rendezvous
+from proxy.events import State
+
+A, B, C = Member("a", "http://a"), Member("b", "http://b"), Member("c", "http://c")
+
+
+def test_rendezvous_is_stable_and_moves_only_the_leavers_keys():
+    keys = [f"svc/k{i}" for i in range(300)]
+    before = {k: rendezvous(k, [A, B, C]) for k in keys}
+    assert {m for m in before.values()} == {A, B, C}  # every member gets some keys
+    assert before == {k: rendezvous(k, [C, A, B]) for k in keys}  # order does not matter
+    after = {k: rendezvous(k, [A, C]) for k in keys}
+    assert all(after[k] == before[k] for k in keys if before[k] != B)  # only B's keys move
+    assert rendezvous("svc/x", []) is None
+
+
+async def test_one_claim_per_key_between_two_stores():
+    claims: dict[str, str] = {}
+    peers: dict[str, Member] = {}
+    a, b = MemoryStore(A, shared=claims, peers=peers), MemoryStore(B, shared=claims, peers=peers)
+    await a.start()
+    await b.start()
+    assert await a.claim("svc/k") == "a"
+    assert await b.claim("svc/k") == "a"  # already held: B learns the holder, it does not take it
+    assert await b.owner("svc/k") == "a"
+    await a.close()  # the lease ends: the claim goes with it
+    assert await b.claim("svc/k") == "b"
+    assert [m.id for m in await b.members()] == ["b"]
+
+
+@pytest.fixture
+def replicas(make_world):
+    """Two replicas' ownership over one claim table, each with its own registry and fake backend."""
+    claims: dict[str, str] = {}
+    peers: dict[str, Member] = {}
+
+    async def make() -> tuple[Ownership, Ownership]:
+        made = []
+        for me in (A, B):
+            world = make_world(svc={})
+            store = MemoryStore(me, shared=claims, peers=peers)
+            await store.start()
+            made.append(Ownership(store, world.registry(), world.backend, world.config))
+        return made[0], made[1]
+
+    return make
+
+
+def preferred(member: Member, others: list[Member]) -> str:
+    """A key whose rendezvous choice among `others` is `member`."""
+    return next(k for i in range(1000) if rendezvous(f"svc/{(k := f'k{i}')}", others) == member)
+
+
+async def test_a_free_key_is_claimed_by_its_rendezvous_choice_and_forwarded_there(replicas):
+    a, b = await replicas()
+    key = preferred(B, [A, B])
+    assert await a.locate("svc", key) == B  # the hint: B claims it when the request arrives
+    assert await a.store.owner(f"svc/{key}") is None
+    assert await b.locate("svc", key, forwarded=True) is None  # served on B, now claimed there
+    assert b.owns("svc", key) and not a.owns("svc", key)
+    assert await a.locate("svc", key) == B  # held: forwarded to the holder
+
+
+async def test_a_forwarded_request_is_never_forwarded_again(replicas):
+    a, b = await replicas()
+    key = preferred(A, [A, B])
+    assert await a.locate("svc", key) is None  # A claims its own choice
+    with pytest.raises(OwnerMoving):
+        await b.locate("svc", key, forwarded=True)  # B holds no claim: refuse rather than loop
+
+
+async def test_the_new_owner_adopts_the_running_container_only_for_the_key_it_claims(replicas):
+    a, b = await replicas()
+    key = preferred(B, [A, B])
+    running = Instance(key, "svc", "127.0.0.1", 5001, "id-1")
+    other = Instance("someone-else", "svc", "127.0.0.1", 5002, "id-2")
+    b.backend.listed = [running, other]  # type: ignore[attr-defined]
+    assert b.registry.adopt([running, other]) == 0  # nothing owned yet: the reconciler adopts nothing
+    assert await b.locate("svc", key, forwarded=True) is None
+    assert b.registry.get(key, "svc").state is State.RUNNING
+    assert b.registry.peek("someone-else", "svc") is None
+    assert b.backend.start.args() == []  # type: ignore[attr-defined]  # adopted, never started
+
+
+async def test_schedules_run_on_the_owner_only(replicas):
+    a, b = await replicas()
+    key = preferred(A, [A, B])
+    assert [await a.runs_here("svc", key), await b.runs_here("svc", key)] == [True, False]
+
+
+async def test_store_away_refuses_unknown_keys_but_keeps_owned_ones(replicas):
+    a, _ = await replicas()
+    key = preferred(A, [A, B])
+    assert await a.locate("svc", key) is None
+
+    async def away(unit: str) -> str | None:
+        raise StoreUnavailable("etcd down")
+
+    a.store.owner = away  # type: ignore[method-assign]
+    assert await a.locate("svc", key) is None  # owned and the lease still counts
+    with pytest.raises(ClusterUnavailable) as refused:
+        await a.locate("svc", "never-seen")
+    assert refused.value.status == 503 and refused.value.retry_after == 1.0
+    a.store.valid_until = 0.0  # the lease could have expired meanwhile
+    assert not a.owns("svc", key)
+    with pytest.raises(ClusterUnavailable):
+        await a.locate("svc", key)
+
+
+async def test_a_void_lease_lets_go_of_the_keys_without_stopping_their_instances(replicas):
+    a, _ = await replicas()
+    key = preferred(A, [A, B])
+    assert await a.locate("svc", key) is None
+    manager = a.registry.get(key, "svc")
+    await manager.ensure_running()
+    a.store.void()
+    assert not a.owns("svc", key) and a.registry.peek(key, "svc") is None
+    assert manager.state is State.RUNNING and manager.sleep_after == 0  # never idle-stopped from here
+    assert a.backend.stop.args() == []  # type: ignore[attr-defined]
