@@ -1,11 +1,13 @@
 """A real etcd (one or three members on free 127.0.0.1 ports, in a temp dir) and proxy replicas joined to it.
 
-Shared by tests/test_cluster_etcd.py and bench/failover.py. etcd comes from Debian's etcd-server (.ci/etcd.sh).
+Shared by tests/test_cluster_etcd.py and bench/failover.py. etcd comes from Debian's etcd-server
+(.ci/tools.sh installs it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -15,7 +17,11 @@ import time
 import urllib.request
 from typing import Any
 
-from bench._common import SEED_ENDPOINTS, Server, free_port, module, write_config
+import aiodocker
+
+from backends.base import LABEL_PROXY_ID
+from bench._common import (SEED_ENDPOINTS, Server, free_port, http_text, metric_sum, metrics_samples, module,
+                           write_config)
 
 
 def etcd_binary() -> str | None:
@@ -28,7 +34,7 @@ class Etcd:
     def __init__(self, members: int = 1) -> None:
         binary = etcd_binary()
         if binary is None:
-            raise RuntimeError("etcd is not installed (bash .ci/etcd.sh)")
+            raise RuntimeError("etcd is not installed (bash .ci/tools.sh)")
         self.dir = tempfile.mkdtemp(prefix="lazy-proxy-etcd-")
         ports = [(free_port(), free_port()) for _ in range(members)]
         self.endpoints = [f"http://127.0.0.1:{client}" for client, _ in ports]
@@ -90,3 +96,62 @@ def replica(base: dict[str, Any], endpoints: list[str], port: int, lease_ttl: fl
                       log=log)
     finally:
         os.unlink(path)
+
+
+class Replicas:
+    """`count` replicas of `base` on one etcd, each logging to `logdir`."""
+
+    def __init__(self, base: dict[str, Any], endpoints: list[str], count: int, lease_ttl: float,
+                 logdir: str) -> None:
+        self.ports = [free_port() for _ in range(count)]
+        self.servers: list[Server] = []
+        for port in self.ports:
+            self.servers.append(replica(base, endpoints, port, lease_ttl, log=os.path.join(logdir, f"r{port}.log")))
+
+    def owner_of(self, key: str) -> int:
+        """The index of the live replica whose instance of `key` runs."""
+        found = [i for i, port in enumerate(self.ports) if self.servers[i].proc.poll() is None
+                 and key in running_keys(port)]
+        if len(found) != 1:
+            raise AssertionError(f"{key} runs on replicas {found}")
+        return found[0]
+
+    def kill(self, index: int) -> None:
+        """SIGKILL: no drain, no lease revoke (its keys move when the lease expires)."""
+        os.killpg(self.servers[index].pid, signal.SIGKILL)
+        self.servers[index].proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+
+def running_keys(port: int) -> set[str]:
+    status = json.loads(http_text(f"http://127.0.0.1:{port}/container-status"))
+    return {entry["key"] for entry in status["keys"] if entry["state"] == "running"}
+
+
+def starts(ports: list[int], metric: str = "proxy_container_starts_total") -> float:
+    """Summed over the replicas' /metrics (starts_total counts adoptions too; start_duration_seconds_count not)."""
+    return sum(metric_sum(metrics_samples(http_text(f"http://127.0.0.1:{p}/metrics")), metric) for p in ports)
+
+
+async def running_containers(socket: str, proxy_id: str) -> list[str]:
+    """Ids of the running containers labelled with `proxy_id`."""
+    docker = aiodocker.Docker(url=socket)
+    try:
+        listed = await docker.containers.list(filters=json.dumps({"label": [f"{LABEL_PROXY_ID}={proxy_id}"]}))
+        return sorted(c.id for c in listed)
+    finally:
+        await docker.close()
+
+
+async def remove_containers(socket: str, proxy_id: str) -> None:
+    """Remove every container labelled with `proxy_id`, running or not (the proxy only stops them)."""
+    docker = aiodocker.Docker(url=socket)
+    try:
+        for container in await docker.containers.list(
+                all=True, filters=json.dumps({"label": [f"{LABEL_PROXY_ID}={proxy_id}"]})):
+            await container.delete(force=True)
+    finally:
+        await docker.close()

@@ -54,8 +54,8 @@ class Forwarder:
                 return None
             try:
                 return await self._send(request, owner, open_sockets)
-            except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
-                if isinstance(exc, aiohttp.ServerDisconnectedError) and not _replayable(request):
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                if not isinstance(exc, aiohttp.ClientConnectorError) and not _replayable(request):
                     raise UpstreamError(502, f"owner {owner.id} went away", key=key) from None
                 # The owner is gone before answering: wait for its lease to hand the key on.
                 self.ownership.forget(container, key)
@@ -95,8 +95,8 @@ class Forwarder:
 
 
 def _replayable(request: web.Request) -> bool:
-    """Safe to send again after the owner dropped the connection unanswered (a pooled connection to a dead
-    owner fails this way): a bodiless GET, HEAD or OPTIONS."""
+    """Safe to send again after the owner dropped or reset the connection unanswered (a pooled connection to a
+    dead owner fails this way, and a request in flight when it died): a bodiless GET, HEAD or OPTIONS."""
     return request.method in ("GET", "HEAD", "OPTIONS") and not request.body_exists
 
 

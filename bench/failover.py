@@ -1,0 +1,141 @@
+"""The owner replica SIGKILLed under steady traffic: how long until another replica serves its key, and what failed.
+
+    python -m bench.failover [--rounds 3] [--ttl 2 5] [--quick | --smoke]
+
+Per round: a 3-member etcd on 127.0.0.1, three `python -m proxy` replicas on it (docker backend, the same
+`backend.proxy_id`), one key warmed, then `CLIENTS` clients loop requests for it through the two replicas that
+do not own it (forwarded to the owner). After `KILL_AT` seconds the owner is SIGKILLed (no drain, no lease
+revoke). Reported: requests and answers by status, failures in flight at the kill (sent before, answered
+after) and sent after it, the gap (kill -> first 200 to a request sent after the kill), the longest wait of a
+request sent after the kill, the key's running containers before and after (the same one: adopted), and real
+starts (not adoptions) on the survivors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import aiohttp
+
+from backends.docker import default_docker_socket
+from backends.image import DEFAULT_TAG, ensure_image
+from bench._cluster import Etcd, Replicas, remove_containers, running_containers, starts
+from bench._common import summary, table
+
+CLIENTS = 8
+KILL_AT = 3.0  # seconds of traffic before the kill
+PATH = "/s/v2/health/ready"
+
+
+def config(socket: str, proxy_id: str) -> dict[str, Any]:
+    return {
+        "logging": {"level": "warning"},
+        "server": {"upstream_timeout": "5s", "connect_timeout": "2s"},
+        "backend": {"type": "docker", "proxy_id": proxy_id, "docker": {"socket": socket}},
+        "containers": {"svc": {"image": DEFAULT_TAG, "port": 8080, "instance_type": {"memory": "512MiB", "cpus": 1.0},
+                               "readiness": {"path": "/v2/health/ready", "interval": "20ms"},
+                               "sleep_after": "120s", "start_timeout": "40s"}},
+        "routes": [{"path": "/s/{tail:.*}", "container": "svc", "key": "shared", "upstream_path": "/{tail}"}],
+    }
+
+
+async def _traffic(session: aiohttp.ClientSession, port: int, stop: asyncio.Event,
+                   log: list[tuple[float, float, int]]) -> None:
+    while not stop.is_set():
+        sent = time.monotonic()
+        try:
+            async with session.get(f"http://127.0.0.1:{port}{PATH}") as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            status = 0
+        log.append((sent, time.monotonic(), status))
+        await asyncio.sleep(0.01)
+
+
+async def run_round(lease_ttl: float, after: float | None = None, logdir: str | None = None) -> dict[str, Any]:
+    """One failover; `after`: seconds of traffic after the kill (default two ttls and 6 s)."""
+    await ensure_image("docker")
+    socket = default_docker_socket()
+    proxy_id = f"fo{uuid.uuid4().hex[:8]}"
+    base = config(socket, proxy_id)
+    logdir = logdir or tempfile.mkdtemp(prefix="bench-failover-")
+    with Etcd(3) as etcd:
+        replicas = Replicas(base, etcd.endpoints, 3, lease_ttl, logdir)
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+                async with session.get(f"http://127.0.0.1:{replicas.ports[0]}{PATH}") as response:
+                    assert response.status == 200, await response.text()
+                owner = replicas.owner_of("shared")
+                before = await running_containers(socket, proxy_id)
+                entries = [port for i, port in enumerate(replicas.ports) if i != owner]
+                log: list[tuple[float, float, int]] = []
+                stop = asyncio.Event()
+                clients = [asyncio.create_task(_traffic(session, entries[i % 2], stop, log)) for i in range(CLIENTS)]
+                await asyncio.sleep(KILL_AT)
+                killed = time.monotonic()
+                replicas.kill(owner)
+                await asyncio.sleep(after if after is not None else 2 * lease_ttl + 6)
+                stop.set()
+                await asyncio.gather(*clients)
+            after_kill = [(s - killed, d - killed, code) for s, d, code in log if d > killed]
+            sent_after = [(s, d, code) for s, d, code in after_kill if s >= 0]
+            served = [d for s, d, code in sent_after if code == 200]
+            return {
+                "lease_ttl": lease_ttl,
+                "requests": len(log),
+                "by_status": dict(sorted(Counter(code for _, _, code in log).items())),
+                "failed_in_flight": sum(1 for s, _, code in after_kill if s < 0 and code != 200),
+                "failed_sent_after": sum(1 for _, _, code in sent_after if code != 200),
+                "gap_s": round(min(served), 3) if served else None,
+                "longest_wait_s": round(max(d - s for s, d, _ in sent_after), 3) if sent_after else None,
+                "containers_before": len(before),
+                "same_container_after": await running_containers(socket, proxy_id) == before,
+                "survivor_starts": starts(entries, "proxy_container_start_duration_seconds_count"),
+                "survivor_adoptions": starts(entries) - starts(entries, "proxy_container_start_duration_seconds_count"),
+            }
+        finally:
+            replicas.stop()
+            await remove_containers(socket, proxy_id)
+
+
+async def main_async(ttls: list[float], rounds: int, after: float | None) -> list[dict[str, Any]]:
+    reports = []
+    for ttl in ttls:
+        for _ in range(rounds):
+            reports.append(await run_round(ttl, after))
+            print(f"# ttl {ttl:g}s: {reports[-1]}", flush=True)
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.failover")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--ttl", type=float, nargs="+", default=[2.0, 5.0], help="cluster.lease_ttl values")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="one round per ttl")
+    size.add_argument("--smoke", action="store_true", help="one round, ttl 2 s, 6 s after the kill")
+    args = parser.parse_args(argv)
+    ttls, rounds, after = ([2.0], 1, 6.0) if args.smoke else (args.ttl, 1 if args.quick else args.rounds, None)
+    reports = asyncio.run(main_async(ttls, rounds, after))
+    table(["lease_ttl s", "requests", "by status", "failed in flight", "failed sent after", "gap s",
+           "longest wait s", "same container", "survivor starts"],
+          [[r["lease_ttl"], r["requests"], " ".join(f"{k or 'conn'}:{v}" for k, v in r["by_status"].items()),
+            r["failed_in_flight"], r["failed_sent_after"], r["gap_s"], r["longest_wait_s"],
+            r["same_container_after"], r["survivor_starts"]] for r in reports],
+          title=f"owner SIGKILLed under traffic ({CLIENTS} clients through the two other replicas)")
+    summary("failover", {"rounds": reports})
+    ok = all(r["failed_sent_after"] == 0 and r["same_container_after"] and r["survivor_starts"] == 0
+             and r["gap_s"] is not None and r["gap_s"] < r["lease_ttl"] + 5 for r in reports)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
