@@ -242,6 +242,10 @@ def _handler(operation: Operation) -> Callable[[web.Request], Awaitable[web.Stre
             raise NotFound(f"unknown container class {container!r}")
         if (reason := validate_key(key)) is not None and proxy.registry.peek(key, container) is None:
             raise InvalidKey(reason)  # a key no URL can name (an lb member `lb#0`) is fine once it exists
+        if operation.mutates and proxy.node is not None:
+            ownership = proxy.node.ownership
+            if (owner := await ownership.locate(*ownership.unit_of(container, key))) is not None:
+                raise Conflict(f"{key} is owned by replica {owner.id}: ask its admin API", owner=owner.url)
         manager = proxy.registry.peek(key, container)
         if manager is None:
             if not operation.mutates:

@@ -13,8 +13,10 @@ from typing import Any, AsyncIterator, Iterator
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from bench._cluster import Etcd, Replicas, etcd_binary, running_containers, running_keys, starts
+from bench._common import free_port
 from bench.failover import run_round
 from proxy.cluster.etcd import EtcdStore
 from proxy.cluster.store import Member
@@ -210,3 +212,36 @@ async def test_etcd_away_owned_keys_served_until_the_lease_would_expire_others_5
         assert (await _get(session, f"http://127.0.0.1:{owner}/k/kept/v2/health/ready"))[0] == 503
         for port in replicas.ports:
             assert (await _get(session, f"http://127.0.0.1:{port}/health"))[0] == 200  # nothing crashed
+
+
+async def test_three_replicas_send_one_start_hook_and_meter_one_instance(etcd, tmp_path):
+    """Hooks and usage follow the owner's Manager: one start event and one metered instance cluster-wide."""
+    events: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        events.append(await request.json())
+        return web.Response()
+
+    receiver = web.Application()
+    receiver.router.add_post("/hook", hook)
+    runner = web.AppRunner(receiver)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = base_config("stub", "stub")
+    base["hooks"] = {"webhooks": [{"url": f"http://127.0.0.1:{port}/hook", "events": ["start"]}]}
+    replicas = await asyncio.to_thread(Replicas, base, etcd.endpoints, 3, 2.0, str(tmp_path))
+    try:
+        async with aiohttp.ClientSession() as session:
+            urls = [f"http://127.0.0.1:{replicas.ports[i % 3]}/k/hooked/api/health" for i in range(60)]
+            answers = await asyncio.gather(*(_get(session, url) for url in urls))
+            assert [status for status, _, _ in answers] == [200] * 60
+            await asyncio.sleep(0.5)
+            assert [(e["event"], e["key"]) for e in events] == [("start", "hooked")]
+            usage = [entry["usage"] for p in replicas.ports
+                     for entry in (await _get(session, f"http://127.0.0.1:{p}/container-status"))[1]["keys"]  # type: ignore[index]
+                     if entry["key"] == "hooked"]
+            assert len(usage) == 1  # only the owner has the key (and meters it)
+    finally:
+        await asyncio.to_thread(replicas.stop)
+        await runner.cleanup()
