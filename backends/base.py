@@ -35,14 +35,22 @@ class Resources:
 MiB = 2**20
 GiB = 2**30
 
+# Cloudflare's instance types today, then the seed's names for three of them (dev = lite, standard = standard-1).
 INSTANCE_TYPES: dict[str, Resources] = {
-    "dev": Resources(memory_bytes=256 * MiB, cpus=1 / 16),
+    "lite": Resources(memory_bytes=256 * MiB, cpus=1 / 16),
     "basic": Resources(memory_bytes=1 * GiB, cpus=1 / 4),
-    "standard": Resources(memory_bytes=4 * GiB, cpus=1 / 2),
+    "standard-1": Resources(memory_bytes=4 * GiB, cpus=1 / 2),
+    "standard-2": Resources(memory_bytes=6 * GiB, cpus=1.0),
+    "standard-3": Resources(memory_bytes=8 * GiB, cpus=2.0),
+    "standard-4": Resources(memory_bytes=12 * GiB, cpus=4.0),
 }
+INSTANCE_ALIASES = {"dev": "lite", "standard": "standard-1"}  # the same type under its old name
+INSTANCE_TYPES.update({alias: INSTANCE_TYPES[name] for alias, name in INSTANCE_ALIASES.items()})
 
 # Disk per instance type in GB, used only by the usage meter (the seed bills disk too).
-INSTANCE_DISK_GB: dict[str, float] = {"dev": 2.0, "basic": 4.0, "standard": 4.0}
+INSTANCE_DISK_GB: dict[str, float] = {"lite": 2.0, "basic": 4.0, "standard-1": 8.0, "standard-2": 12.0,
+                                      "standard-3": 16.0, "standard-4": 20.0}
+INSTANCE_DISK_GB.update({alias: INSTANCE_DISK_GB[name] for alias, name in INSTANCE_ALIASES.items()})
 
 # Seconds a stop waits after SIGTERM before SIGKILL (a class's `stop_timeout`; the config's default is this).
 DEFAULT_STOP_TIMEOUT = 5.0

@@ -65,7 +65,7 @@ class Proxy:
                                  self.node.ownership.runs_here if self.node else None)
         self.retry_advisor = RetryAdvisor(self.registry, self.bus, warms, clock)
         self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.relays,
-                                      self.reqlog, self.retry_advisor) for route in config.routes]
+                                      self.reqlog, self.retry_advisor, self.usage.egress) for route in config.routes]
         for handler in self.handlers:
             handler.cluster = self.node.forwarder if self.node else None
         self._resources: dict[web.AbstractResource, RouteHandler] = {}

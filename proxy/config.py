@@ -242,6 +242,8 @@ class Pricing(Section):
     memory_gib_second: float = Field(default=0.0000025, ge=0, description="USD per GiB-second")
     vcpu_second: float = Field(default=0.000020, ge=0, description="USD per vCPU-second")
     disk_gb_second: float = Field(default=0.00000007, ge=0, description="USD per GB-second")
+    egress_per_gb: float = Field(default=0.025, ge=0, description="USD per GB of response bytes (the seed's "
+                                                                   "regions: 0.025, 0.050, 0.040)")
 
 
 class ConfigSchema(Section):

@@ -150,11 +150,13 @@ class ContainerSection(Section):
                           json_schema_extra=shown("image's"))
     readiness: Readiness = Readiness()
     instance_type: InstanceType = Field(
-        default="dev", description="`dev` (256 MiB, 1/16 vCPU), `basic` (1 GiB, 1/4), `standard` (4 GiB, 1/2) "
-                                   "or `{memory, cpus}`")
+        default="dev", description="`lite` (256 MiB, 1/16 vCPU, 2 GB disk), `basic` (1 GiB, 1/4, 4 GB), "
+                                   "`standard-1` (4 GiB, 1/2, 8 GB), `standard-2` (6 GiB, 1, 12 GB), `standard-3` "
+                                   "(8 GiB, 2, 16 GB), `standard-4` (12 GiB, 4, 20 GB); the seed's `dev` = `lite`, "
+                                   "`standard` = `standard-1`; or `{memory, cpus}`")
     sleep_after: Duration = Field(default=300.0, description="idle time before the instance stops (`0`: never)")
     pause_after: Duration = Field(
-        default=0.0, description="idle time before the instance is frozen: memory kept, no CPU, wakes in ~20 ms "
+        default=0.0, description="idle time before the instance is frozen: memory kept, no CPU, wakes in ~25 ms "
                                  "(`0`: never; shorter than sleep_after; docker/podman, the stub cannot pause)")
     startup_cpu_boost: CpuBoost = Field(
         default=math.inf, description="CPU limit while the instance starts, lowered to the instance type's once "

@@ -62,6 +62,7 @@ async def forward_websocket(
     on_message: Callable[[], None],
     connect_timeout: float,
     open_sockets: "set[web.WebSocketResponse]",
+    on_egress: Callable[[int], None] = lambda nbytes: None,
     extra_headers: dict[str, str] | None = None,
 ) -> web.WebSocketResponse:
     """Connect upstream first (so a dead instance still gets a JSON 502), then pump both ways.
@@ -82,7 +83,7 @@ async def forward_websocket(
         await client.prepare(request)
         open_sockets.add(client)  # so shutdown can close it with 1001 instead of waiting it out
         pumps = [asyncio.create_task(_pump(client, upstream, on_message)),
-                 asyncio.create_task(_pump(upstream, client, on_message))]
+                 asyncio.create_task(_pump(upstream, client, on_message, on_egress))]
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -104,15 +105,21 @@ async def _pump(
     src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
     on_message: Callable[[], None],
+    on_sent: Callable[[int], None] | None = None,
 ) -> tuple[int, bytes]:
-    """Relay messages one way until `src` closes; return the close code and reason it sent."""
+    """Relay messages one way until `src` closes; return the close code and reason it sent. `on_sent` hears
+    each message's payload size (the client's side: the key's egress)."""
     while True:
         msg = await src.receive()
         on_message()
         if msg.type is WSMsgType.TEXT:
             await dst.send_str(msg.data)
+            if on_sent is not None:
+                on_sent(len(msg.data.encode()))
         elif msg.type is WSMsgType.BINARY:
             await dst.send_bytes(msg.data)
+            if on_sent is not None:
+                on_sent(len(msg.data))
         elif msg.type is WSMsgType.CLOSE:
             return msg.data or 1000, (msg.extra or "").encode()
         elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):

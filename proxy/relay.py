@@ -177,7 +177,7 @@ class Exchange:
 
     __slots__ = ("relays", "client", "handler", "manager", "pool", "message", "payload", "key", "head", "request",
                  "streaming", "conn", "sent_at", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
-                 "pump", "began", "retried", "replaced", "extra_head", "fast", "bodyless")
+                 "pump", "began", "retried", "replaced", "extra_head", "fast", "bodyless", "sent")
 
     def __init__(self, relays: Relays, client: Client, handler: RouteHandler, manager: Manager,
                  pool: UpstreamPool, message: RawRequestMessage, payload: StreamReader, key: str,
@@ -206,6 +206,7 @@ class Exchange:
         self.pump: asyncio.Task[None] | None = None
         self.retried = False  # a stale pooled connection was retried on a fresh one
         self.replaced = False  # a refused connect led to a new instance
+        self.sent = 0  # bytes written to the client: the key's egress, metered once in _finish
         self.began = self.last_rx = client.loop.time()
         manager.hold()
         relays.track(self)
@@ -373,13 +374,18 @@ class Exchange:
                              data[head_end:]))
             if self.extra_head:
                 self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
-        self.client.write(data)
+        self._write(data)
         self.on_end(True)
 
     def on_flush(self) -> None:
         if self.out:
-            self.client.write(b"".join(self.out))
+            self._write(b"".join(self.out))
             self.out.clear()
+
+    def _write(self, data: bytes) -> None:
+        """Every byte to the client goes through here, so egress is counted in one place."""
+        self.sent += len(data)
+        self.client.write(data)
 
     def on_end(self, reusable: bool) -> None:
         if self.chunked_out:
@@ -430,7 +436,7 @@ class Exchange:
             close = close or not self.client.keeps_alive(self.message)
             if isinstance(refusal, UpstreamError):
                 refusal.extra["key"] = self.key
-            self.client.write(refusal_bytes(refusal, close))
+            self._write(refusal_bytes(refusal, close))
             if close:
                 self.client.close_after_write()
         self._finish(refusal.status)
@@ -453,7 +459,10 @@ class Exchange:
         if self.pump is not None and not self.pump.done():
             self.pump.cancel()
         now = self.client.loop.time()
-        self.manager.release(now)
+        manager = self.manager
+        manager.release(now)
+        if self.sent:
+            self.handler.egress(manager.klass.name, manager.key, self.sent)
         if self.fast:
             path = self.message.path.partition("?")[0]
             self.handler.record(self.key, self.message.method, path, status, now - self.began, fast=True)

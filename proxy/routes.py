@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Mapping
+from typing import Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -38,8 +38,11 @@ class RouteHandler:
     """Serves one configured route."""
 
     def __init__(self, route: Route, config: Config, registry: Registry, metrics: Metrics, pools: Pools,
-                 relays: Relays, reqlog: RequestLog | None, retry_advisor: RetryAdvisor | None = None) -> None:
+                 relays: Relays, reqlog: RequestLog | None, retry_advisor: RetryAdvisor | None = None,
+                 egress: Callable[[str, str, int], None] | None = None) -> None:
         self.route = route
+        # (class, key, bytes) once per relayed request: the usage meter's egress (UsageMeter.egress)
+        self.egress = egress or _no_egress
         self.retry_advisor = retry_advisor
         self.relays = relays
         self.config = config
@@ -158,8 +161,13 @@ class RouteHandler:
         try:
             return await forward_websocket(request, self.pools.session(instance), instance.url + target,
                                            on_message=manager.touch, connect_timeout=self.config.connect_timeout,
-                                           open_sockets=self.websockets)
+                                           open_sockets=self.websockets,
+                                           on_egress=lambda n: self.egress(manager.klass.name, manager.key, n))
         except UpstreamError as exc:
             manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
             exc.extra["key"] = manager.key
             raise
+
+
+def _no_egress(container: str, key: str, nbytes: int) -> None:
+    """Egress is not metered (no usage meter)."""

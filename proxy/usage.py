@@ -1,6 +1,7 @@
 """The usage meter: what the seed's platform bills by, per key, from running time and instance type.
 
-Running time counts from ready (or adopted) until stopped. Counters are computed at scrape time,
+Running time counts from ready (or adopted) until stopped; egress is the response bytes sent to
+clients (`egress`, once per finished request, from the relay). Counters are computed at scrape time,
 so an instance that is still running is billed up to the second. A paused instance (frozen: memory
 kept, no CPU) is billed for memory and disk but not for CPU while it is paused.
 
@@ -41,6 +42,7 @@ class Usage:
     stopped_at: float = 0.0
     paused: float = 0.0  # closed paused seconds, within `seconds`
     paused_since: float | None = None
+    egress: int = 0  # response bytes sent to clients
 
     def total(self, now: float) -> float:
         return self.seconds + (now - self.running_since if self.running_since is not None else 0.0)
@@ -80,6 +82,7 @@ class UsageMeter(Collector):
         self.totals: dict[tuple[str, str], float] = {
             (name, label): 0.0 for name in config.containers for label in key_label.labels(name)}
         self.paused_totals: dict[tuple[str, str], float] = dict.fromkeys(self.totals, 0.0)
+        self.egress_totals: dict[tuple[str, str], int] = dict.fromkeys(self.totals, 0)
         bus.subscribe(self._on_event)
 
     def _on_event(self, event: Event) -> None:
@@ -111,6 +114,15 @@ class UsageMeter(Collector):
             self.stopped[at] = ended
             self._expire(event.timestamp)
 
+    def egress(self, container: str, key: str, nbytes: int) -> None:
+        """Response bytes one request sent to its client (called once per request: a few dict operations)."""
+        at = (container, key)
+        usage = self.running.get(at) or self.stopped.get(at)
+        if usage is not None:
+            usage.egress += nbytes
+        label = (container, self.key_label(container, key))
+        self.egress_totals[label] = self.egress_totals.get(label, 0) + nbytes
+
     def _unpause(self, container: str, key: str, usage: Usage, at: float) -> None:
         label = (container, self.key_label(container, key))
         self.paused_totals[label] = self.paused_totals.get(label, 0.0) + usage.unpause(at)
@@ -133,17 +145,18 @@ class UsageMeter(Collector):
         if usage is None:
             return None
         now = self.clock() if now is None else now
-        return self._bill(container, usage.total(now), usage.paused_total(now))
+        return self._bill(container, usage.total(now), usage.paused_total(now), usage.egress)
 
-    def _bill(self, container: str, seconds: float, paused: float = 0.0) -> dict[str, float]:
+    def _bill(self, container: str, seconds: float, paused: float = 0.0, egress: int = 0) -> dict[str, float]:
         cls = self.config.containers[container]
         prices = self.config.pricing
         memory = seconds * cls.spec.resources.memory_gib
         vcpu = (seconds - paused) * cls.spec.resources.cpus
         disk = seconds * cls.disk_gb
-        cost = memory * prices.memory_gib_second + vcpu * prices.vcpu_second + disk * prices.disk_gb_second
+        cost = (memory * prices.memory_gib_second + vcpu * prices.vcpu_second + disk * prices.disk_gb_second
+                + egress / 1e9 * prices.egress_per_gb)
         return {"running_seconds": seconds, "paused_seconds": paused, "memory_gib_seconds": memory,
-                "vcpu_seconds": vcpu, "disk_gb_seconds": disk, "estimated_cost_usd": cost}
+                "vcpu_seconds": vcpu, "disk_gb_seconds": disk, "egress_bytes": egress, "estimated_cost_usd": cost}
 
     def describe(self) -> Iterable[CounterMetricFamily]:
         return list(self._families().values())
@@ -162,15 +175,16 @@ class UsageMeter(Collector):
         for (container, label), value in seconds.items():
             if container not in self.config.containers:
                 continue
-            row = self._bill(container, value, paused.get((container, label), 0.0))
+            row = self._bill(container, value, paused.get((container, label), 0.0),
+                             self.egress_totals.get((container, label), 0))
             for field, family in families.items():
                 family.add_metric([container, label], row[field] * _TO_BASE_UNITS.get(field, 1.0))
         return families.values()
 
     @staticmethod
     def _families() -> dict[str, CounterMetricFamily]:
-        def counter(name: str, doc: str) -> CounterMetricFamily:
-            return CounterMetricFamily(f"proxy_container_usage_{name}", doc, labels=[CLASS, "key"])
+        def counter(name: str, doc: str, prefix: str = "proxy_container_usage_") -> CounterMetricFamily:
+            return CounterMetricFamily(prefix + name, doc, labels=[CLASS, "key"])
 
         return {
             "running_seconds": counter("running_seconds", "Seconds instances ran (paused or not)."),
@@ -178,5 +192,6 @@ class UsageMeter(Collector):
             "memory_gib_seconds": counter("memory_byte_seconds", "Memory billed, byte-seconds."),
             "vcpu_seconds": counter("vcpu_seconds", "CPU billed, vCPU-seconds."),
             "disk_gb_seconds": counter("disk_byte_seconds", "Disk billed, byte-seconds."),
+            "egress_bytes": counter("egress_bytes", "Response bytes sent to clients.", "proxy_container_"),
             "estimated_cost_usd": counter("estimated_cost_usd", "Estimated cost at the configured prices."),
         }

@@ -128,7 +128,7 @@ async def test_created_container_and_adoption_of_a_running_one(make_backend, raw
     await b.stop(inst)
 
 
-@pytest.mark.parametrize("itype", ["dev", "basic"])
+@pytest.mark.parametrize("itype", ["dev", "basic", "lite", "standard-2"])
 async def test_instance_type_limits(make_backend, raw, itype):
     b = make_backend()
     inst = await b.start(f"type-{itype}", spec(resources=INSTANCE_TYPES[itype]))

@@ -138,7 +138,9 @@ async def test_usage_counters_match_running_time(make_proxy):
     assert m[("proxy_container_usage_memory_byte_seconds_total", labels)] == pytest.approx(seconds * 0.25 * 2**30)
     assert m[("proxy_container_usage_vcpu_seconds_total", labels)] == pytest.approx(seconds / 16)
     assert m[("proxy_container_usage_disk_byte_seconds_total", labels)] == pytest.approx(seconds * 2.0e9)
-    cost = seconds * (0.25 * 0.0000025 + 0.000020 / 16 + 2.0 * 0.00000007)
+    egress = m[("proxy_container_egress_bytes_total", labels)]
+    assert egress > 0  # the health answer's bytes, at 0.025 USD per GB
+    cost = seconds * (0.25 * 0.0000025 + 0.000020 / 16 + 2.0 * 0.00000007) + egress / 1e9 * 0.025
     assert m[("proxy_container_usage_estimated_cost_usd_total", labels)] == pytest.approx(cost)
     status = await (await h.client.get("/container-status")).json()
     entry = next(e for e in status["keys"] if e["key"] == "metered")
