@@ -40,6 +40,7 @@ class Etcd:
         self.endpoints = [f"http://127.0.0.1:{client}" for client, _ in ports]
         initial = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.argvs: list[list[str]] = []
         for i, (_, peer) in enumerate(ports):
             argv = [binary, "--name", f"m{i}", "--data-dir", os.path.join(self.dir, f"m{i}"),
                     "--listen-client-urls", self.endpoints[i], "--advertise-client-urls", self.endpoints[i],
@@ -47,8 +48,17 @@ class Etcd:
                     "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
                     "--initial-cluster", initial, "--initial-cluster-state", "new",
                     "--initial-cluster-token", os.path.basename(self.dir)]
-            log = open(os.path.join(self.dir, f"m{i}.log"), "wb")
-            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            self.argvs.append(argv)
+            self.procs.append(self._launch(i))
+        self.wait_healthy()
+
+    def _launch(self, index: int) -> subprocess.Popen[bytes]:
+        log = open(os.path.join(self.dir, f"m{index}.log"), "ab")
+        return subprocess.Popen(self.argvs[index], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def restart(self, index: int) -> None:
+        """Start a killed member again on its data dir (it rejoins with what it had)."""
+        self.procs[index] = self._launch(index)
         self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 20.0) -> None:

@@ -212,6 +212,15 @@ async def test_etcd_away_owned_keys_served_until_the_lease_would_expire_others_5
         assert (await _get(session, f"http://127.0.0.1:{owner}/k/kept/v2/health/ready"))[0] == 503
         for port in replicas.ports:
             assert (await _get(session, f"http://127.0.0.1:{port}/health"))[0] == 200  # nothing crashed
+        await asyncio.to_thread(etcd.restart, 0)
+        began = time.monotonic()
+        while (await _get(session, f"http://127.0.0.1:{owner}/k/kept/v2/health/ready"))[0] != 200:
+            assert time.monotonic() - began < 2 * ttl + 3, "not served again after etcd came back"
+            await asyncio.sleep(0.2)
+        for port in replicas.ports:  # new keys resolve again, from every replica
+            assert (await _get(session, f"http://127.0.0.1:{port}/k/after-{port}/v2/health/ready"))[0] == 200
+    # `kept` started once (kept or adopted after etcd came back, never started again), each after-* once
+    assert starts(replicas.ports, "proxy_container_start_duration_seconds_count") == 1 + len(replicas.ports)
 
 
 async def test_three_replicas_send_one_start_hook_and_meter_one_instance(etcd, tmp_path):
