@@ -254,3 +254,12 @@ async def test_three_replicas_send_one_start_hook_and_meter_one_instance(etcd, t
     finally:
         await asyncio.to_thread(replicas.stop)
         await runner.cleanup()
+
+
+async def test_an_lb_pool_is_owned_as_one_unit(stub_cluster):
+    replicas = stub_cluster()
+    async with aiohttp.ClientSession() as session:
+        urls = [f"http://127.0.0.1:{replicas.ports[i % 2]}/lb/v2/health/ready" for i in range(30)]
+        assert [status for status, _, _ in await asyncio.gather(*(_get(session, url) for url in urls))] == [200] * 30
+    pools = [{key for key in running_keys(port) if key.startswith("lb")} for port in replicas.ports]
+    assert sorted(map(bool, pools)) == [False, True]  # every member on one replica, balanced there
