@@ -30,7 +30,7 @@ from proxy.prewarm import schedule_prewarm
 from proxy.probe import Prober
 from proxy.reconcile import Reconciler
 from proxy.registry import Registry
-from proxy.relay import Relays
+from proxy.relays import Relays
 from proxy.retry_after import RetryAdvisor
 from proxy.reqlog import RequestLog
 from proxy.routes import RouteHandler

@@ -27,7 +27,8 @@ from aiohttp.streams import StreamReader
 from proxy.events import State
 from proxy.keys import validate_key
 from proxy.paths import is_plain
-from proxy.relay import Exchange, Relays, request_head
+from proxy.relay import Exchange, request_head
+from proxy.relays import Relays
 
 if TYPE_CHECKING:
     from aiohttp import web

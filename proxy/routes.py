@@ -28,7 +28,7 @@ from proxy.metrics import Metrics
 from proxy.paths import escape_reason, fill, upstream_target
 from proxy.pools import Pools
 from proxy.registry import Registry
-from proxy.relay import Relays
+from proxy.relays import Relays
 from proxy.reqlog import RequestLog
 from proxy.responder import relay_request
 from proxy.retry_after import RetryAdvisor

@@ -10,7 +10,7 @@ from typing import Any
 from backends.base import Instance
 from proxy.events import Happening, State, StopReason
 from proxy.manager import Manager
-from proxy.relay import Relays
+from proxy.relays import Relays
 from proxy.upstream import UpstreamPool
 
 UPSTREAM_TIMEOUT = 5.0
