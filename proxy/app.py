@@ -18,6 +18,7 @@ from backends.base import Backend, Instance
 from proxy.config import Config
 from proxy.config_admin import SeedRoute
 from proxy.errors import json_errors
+from proxy.autoscale import ScaleCollector
 from proxy.capacity import Capacity
 from proxy.cluster.node import join
 from proxy.events import Event, EventBus, StopReason, Transition
@@ -68,6 +69,8 @@ class Proxy:
                                       self.reqlog, self.retry_advisor, self.usage.egress) for route in config.routes]
         for handler in self.handlers:
             handler.cluster = self.node.forwarder if self.node else None
+        self.scalers = [handler.scaler for handler in self.handlers if handler.scaler is not None]
+        self.metrics.prom.register(ScaleCollector(self.scalers))
         self._resources: dict[web.AbstractResource, RouteHandler] = {}
         self.started = time.time()
         self.bus.subscribe(_log_transition)
@@ -83,6 +86,8 @@ class Proxy:
             log.warning("adopt_failed", error=f"{type(exc).__name__}: {exc}")
         self.scheduler.start()
         self.reconciler.start()
+        for scaler in self.scalers:
+            scaler.start()
 
     def add_routes(self, app: web.Application) -> None:
         """Register each configured route (the fast path resolves against the same resources)."""
@@ -103,6 +108,8 @@ class Proxy:
                                for ws in sockets), return_exceptions=True)
 
     async def shutdown(self) -> None:
+        for scaler in self.scalers:
+            scaler.stop()
         await self.scheduler.stop()
         await self.reconciler.stop()
         await self.registry.stop_all(StopReason.SHUTDOWN)

@@ -186,6 +186,17 @@ class Route(Section):
         json_schema_extra=shown("the request path"))
     instances: int = Field(
         default=1, ge=1, le=1000, description="lb only: pool size (keys `<key>-0` … `<key>-N-1`)")
+    target_concurrency: float = Field(
+        default=0.0, ge=0, le=10_000, description="lb only: autoscale the pool to this many requests in flight per "
+                                                  "ready instance (`0`: off, a fixed pool of `instances`)")
+    min_instances: int = Field(default=0, ge=0, le=1000,
+                               description="autoscaled lb: instances kept running with no load")
+    max_instances: int = Field(default=0, ge=0, le=1000, description="autoscaled lb: pool size at most (also "
+                                                                     "bounded by the class's max_instances)",
+                               json_schema_extra=shown("`instances`"))
+    scale_window: PositiveDuration = Field(
+        default=60.0, description="autoscaled lb: the stable window the average in-flight is taken over (scale "
+                                  "down after it); the panic window, for bursts, is a tenth of it")
     name: str = Field(default="", description="`route` label in metrics", json_schema_extra=shown("the path"))
 
     @model_validator(mode="before")
@@ -216,7 +227,16 @@ class Route(Section):
             raise field_error(("key",), "an lb route balances over fixed keys; templates are not allowed")
         if self.instances > 1 and self.mode != "lb":
             raise field_error(("instances",), "only lb routes run several instances")
+        if self.target_concurrency and self.mode != "lb":
+            raise field_error(("target_concurrency",), "only lb routes autoscale")
+        if self.min_instances > self.pool_size:
+            raise field_error(("min_instances",), "must be at most max_instances")
         return self
+
+    @property
+    def pool_size(self) -> int:
+        """Pool members: `max_instances` of an autoscaled route (default `instances`), else `instances`."""
+        return (self.max_instances or self.instances) if self.target_concurrency else self.instances
 
 
 def _http_url(value: str) -> str:

@@ -22,7 +22,7 @@ def fixed_keys(config: Config, container: str) -> tuple[str, ...]:
     for route in config.routes:
         if route.container != container or "{" in route.key:
             continue
-        names = [member_key(route.key, i) for i in range(route.instances)] if route.mode == "lb" else [route.key]
+        names = [member_key(route.key, i) for i in range(route.pool_size)] if route.mode == "lb" else [route.key]
         keys += [k for k in names if k not in keys]
     return tuple(keys)
 

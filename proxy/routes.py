@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.cluster.forward import Forwarder
+from proxy.autoscale import scaler_for
 from proxy.config import Config, Route
 from backends.base import Instance
 from proxy.errors import (BodyTooLarge, ExpectationFailed, InvalidKey, InvalidPath, Refusal, UpstreamError,
@@ -41,6 +42,7 @@ class RouteHandler:
                  relays: Relays, reqlog: RequestLog | None, retry_advisor: RetryAdvisor | None = None,
                  egress: Callable[[str, str, int], None] | None = None) -> None:
         self.route = route
+        self.scaler = scaler_for(route, registry)  # an autoscaled lb route's pool and picking rule
         # (class, key, bytes) once per relayed request: the usage meter's egress (UsageMeter.egress)
         self.egress = egress or _no_egress
         self.retry_advisor = retry_advisor
@@ -70,6 +72,8 @@ class RouteHandler:
         return upstream_target(self.route.upstream_path, raw_target, raw_variables)
 
     def manager_for(self, key: str) -> Manager:
+        if self.scaler is not None:
+            return self.scaler.pick()
         if self.route.mode == "lb":
             return self.registry.pick_lb(key, self.route.container, self.route.instances)
         return self.registry.get(key, self.route.container)

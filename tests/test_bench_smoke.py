@@ -69,6 +69,11 @@ def test_herd() -> None:
     assert s["starts"] == [1] and s["errors"] == 0, s
 
 
+def test_autoscale() -> None:
+    s = bench("autoscale")
+    assert s["errors_auto"] == 0 and s["peak_ready_auto"] > 1 and s["back_to_1_s_auto"] is not None, s
+
+
 def test_keys() -> None:
     s = bench("keys")
     assert s["sizes"]["2000"]["get_ns"] > 0, s

@@ -1,0 +1,70 @@
+"""Autoscaling decisions (proxy/autoscale.py) on the virtual clock: the KPA-like count, then a real pool."""
+
+from __future__ import annotations
+
+from proxy.autoscale import Autoscaler, RouteScaler, ScalePolicy
+from proxy.config import Route
+from proxy.events import State
+
+POLICY = ScalePolicy(target=8, min_instances=1, max_instances=10, stable_window=60.0)  # panic window 6 s, ticks 1 s
+
+
+def feed(scaler: Autoscaler, start: float, seconds: int, in_flight: int, ready: int) -> list[int]:
+    """One sample a second; the desired count after each."""
+    return [scaler.observe(start + i, in_flight, ready) for i in range(1, seconds + 1)]
+
+
+async def test_steady_load_wants_load_over_target():
+    scaler = Autoscaler(POLICY)
+    assert feed(scaler, 0, 120, 20, 3)[-1] == 3  # ceil(20 / 8)
+    assert not scaler.panicking(120)
+
+
+async def test_a_burst_panics_and_scales_within_the_panic_window_then_down_after_the_stable_window():
+    scaler = Autoscaler(POLICY)
+    assert feed(scaler, 0, 60, 1, 1)[-1] == 1
+    burst = feed(scaler, 60, 10, 64, 1)
+    assert burst[0] >= 2 and scaler.panicking(61)  # the first tick of the burst already asks for more
+    assert burst[5] == 8  # within the panic window (6 s): 64 / 8
+    calm = feed(scaler, 70, 120, 1, 8)
+    assert calm[30] == 8  # panic mode never scales down
+    assert calm[-1] == 1  # a stable window after the burst: back to the load's count
+    assert not scaler.panicking(190)
+
+
+async def test_bounds():
+    scaler = Autoscaler(POLICY)
+    assert feed(scaler, 0, 10, 0, 0)[-1] == 1  # min_instances with no load
+    assert feed(scaler, 10, 70, 500, 10)[-1] == 10  # max_instances
+
+
+def lb_route(**kw):
+    return Route.model_validate({"path": "/lb/{tail:.*}", "container": "svc", "key": "lb", "mode": "lb",
+                                 "target_concurrency": 2, "max_instances": 8, "scale_window": "12s", **kw})
+
+
+async def test_pool_grows_before_saturation_picks_least_loaded_and_shrinks_idle(make_world, clock):
+    world = make_world(svc={"max_instances": 4})
+    scaler = RouteScaler(lb_route(min_instances=1), world.registry())
+    assert len(scaler.members) == 4  # the class's max_instances bounds the pool
+    scaler.start()
+    await clock.advance(0.5)
+    assert scaler.ready == 1 and scaler.members[0].state is State.RUNNING  # min_instances, started at once
+    first = scaler.pick()
+    for _ in range(6):  # 6 in flight at a target of 2: three instances
+        scaler.pick().hold()
+    assert first.in_flight == 6  # the only ready member takes them; the rest start in the background
+    await clock.advance(3)
+    assert scaler.desired == 3 and scaler.ready == 3
+    assert scaler.pick() is not first  # the least loaded ready member
+    for _ in range(6):
+        first.release()
+    await clock.advance(13)  # a stable window with nothing in flight
+    assert scaler.desired == 1 and scaler.ready == 1 and scaler.members[0].state is State.RUNNING
+    scaler.stop()
+
+
+async def test_no_ready_member_a_request_starts_the_first(make_world, clock):
+    world = make_world(svc={"max_instances": 4})
+    scaler = RouteScaler(lb_route(), world.registry())
+    assert scaler.desired == 0 and scaler.pick() is scaler.members[0]
