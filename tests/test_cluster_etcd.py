@@ -252,7 +252,10 @@ async def test_three_replicas_send_one_start_hook_and_meter_one_instance(etcd, t
             urls = [f"http://127.0.0.1:{replicas.ports[i % 3]}/k/hooked/api/health" for i in range(60)]
             answers = await asyncio.gather(*(_get(session, url) for url in urls))
             assert [status for status, _, _ in answers] == [200] * 60
-            await asyncio.sleep(0.5)
+            began = time.monotonic()
+            while not events and time.monotonic() - began < 10:  # hooks are sent in the background
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # time for a second one, were there any
             assert [(e["event"], e["key"]) for e in events] == [("start", "hooked")]
             usage = [entry["usage"] for p in replicas.ports
                      for entry in (await _get(session, f"http://127.0.0.1:{p}/container-status"))[1]["keys"]  # type: ignore[index]
