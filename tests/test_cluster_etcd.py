@@ -19,6 +19,7 @@ from bench._cluster import Etcd, Replicas, etcd_binary, running_containers, runn
 from bench._common import free_port
 from bench.failover import run_round
 from proxy.cluster.etcd import EtcdStore
+from proxy.cluster.node import SWEEP_EVERY
 from proxy.cluster.store import Member, StoreUnavailable
 from tests.conftest import base_config
 from tests.engines import ensure_image, make_backend, remove_all, socket_for
@@ -273,3 +274,21 @@ async def test_an_lb_pool_is_owned_as_one_unit(stub_cluster):
         assert [status for status, _, _ in await asyncio.gather(*(_get(session, url) for url in urls))] == [200] * 30
     pools = [{key for key in running_keys(port) if key.startswith("lb")} for port in replicas.ports]
     assert sorted(map(bool, pools)) == [False, True]  # every member on one replica, balanced there
+
+
+@pytest.mark.docker
+async def test_a_dead_owners_container_is_adopted_without_a_request(docker_cluster):
+    """No orphan: with no traffic after the kill, the sweep of the key's next owner adopts the container."""
+    ttl = 2.0
+    replicas = docker_cluster(count=2, lease_ttl=ttl)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        assert (await _get(session, f"http://127.0.0.1:{replicas.ports[0]}/s/v2/health/ready"))[0] == 200
+    owner = replicas.owner_of("shared")
+    before = await running_containers(socket_for("docker"), docker_cluster.proxy_id)
+    replicas.kill(owner)
+    survivor = replicas.ports[1 - owner]
+    began = time.monotonic()
+    while "shared" not in running_keys(survivor):
+        assert time.monotonic() - began < ttl + SWEEP_EVERY + 5, "the dead owner's container was not adopted"
+        await asyncio.sleep(0.5)
+    assert await running_containers(socket_for("docker"), docker_cluster.proxy_id) == before

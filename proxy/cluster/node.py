@@ -1,8 +1,13 @@
-"""This replica as a cluster member: its store, ownership rules and forwarder, started and closed with the proxy."""
+"""This replica as a cluster member: its store, ownership rules and forwarder, started and closed with the proxy,
+and the sweep that claims instances whose owner died when no request for them came since."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+
+import structlog
 
 from backends.base import Backend
 from proxy.cluster.etcd import EtcdStore
@@ -11,6 +16,10 @@ from proxy.cluster.owner import Ownership
 from proxy.cluster.store import Member
 from proxy.config import Config
 from proxy.registry import Registry
+
+log = structlog.get_logger("proxy.cluster")
+
+SWEEP_EVERY = 5.0  # seconds between looks for running instances nobody owns (a dead owner's, no request since)
 
 
 class Node:
@@ -21,14 +30,29 @@ class Node:
         self.store = EtcdStore(me, cluster.endpoints, cluster.lease_ttl, cluster.prefix)
         self.ownership = Ownership(self.store, registry, backend, config)
         self.forwarder = Forwarder(self.ownership, config.connect_timeout, config.upstream_timeout)
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.start()
+        self._sweeper = asyncio.create_task(self._sweep(), name="cluster-sweep")
 
     async def close(self) -> None:
         """Give the lease up (after the owned keys' instances were stopped): peers take the keys at once."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         await self.store.close()
         await self.forwarder.close()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_EVERY)
+            try:
+                if taken := await self.ownership.sweep():
+                    log.info("cluster_orphans_adopted", count=taken, replica=self.store.me.id)
+            except Exception as exc:  # noqa: BLE001 - the sweep must outlive any one failure
+                log.warning("cluster_sweep_failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def join(config: Config, registry: Registry, backend: Backend) -> Node | None:

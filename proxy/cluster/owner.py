@@ -126,6 +126,22 @@ class Ownership:
                     return member
         raise OwnerMoving(f"owner {holder} is not a live member")
 
+    async def sweep(self) -> int:
+        """Claim orphans: running instances whose key nobody owns (the owner died and no request came since)
+        are claimed and adopted by their rendezvous choice, so none runs on without an idle timer; how many."""
+        try:
+            listed = await self.backend.list_instances()
+        except BackendError:
+            return 0  # the runtime cannot be asked now; next round
+        units = {self.unit_of(i.container, i.key) for i in listed if i.container in self.registry.config.containers}
+        taken = 0
+        for unit in units - self.owned:
+            try:
+                taken += await self.locate(*unit) is None
+            except Refusal:
+                pass  # the store is away or the owner moving: next round
+        return taken
+
     def _void(self) -> None:
         """Our lease expired (etcd away too long): forget the claims and let go of their managers, without
         stopping their instances (another replica may have adopted them); a later request claims again."""

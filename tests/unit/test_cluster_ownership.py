@@ -125,3 +125,14 @@ async def test_a_void_lease_lets_go_of_the_keys_without_stopping_their_instances
     assert not a.owns("svc", key) and a.registry.peek(key, "svc") is None
     assert manager.state is State.RUNNING and manager.sleep_after == 0  # never idle-stopped from here
     assert a.backend.stop.args() == []  # type: ignore[attr-defined]
+
+
+async def test_the_sweep_claims_orphans_it_is_the_choice_for(replicas):
+    a, _ = await replicas()
+    mine, theirs = preferred(A, [A, B]), preferred(B, [A, B])
+    a.backend.listed = [Instance(mine, "svc", "127.0.0.1", 5001, "id-1"),  # type: ignore[attr-defined]
+                        Instance(theirs, "svc", "127.0.0.1", 5002, "id-2")]
+    assert await a.sweep() == 1
+    assert a.owns("svc", mine) and a.registry.get(mine, "svc").state is State.RUNNING  # adopted: its idle timer runs
+    assert not a.owns("svc", theirs) and a.registry.peek(theirs, "svc") is None  # B's sweep takes that one
+    assert await a.sweep() == 0
