@@ -18,6 +18,7 @@ from backends.base import Backend, Instance
 from proxy.config import Config
 from proxy.config_admin import SeedRoute
 from proxy.errors import json_errors
+from proxy.adaptive import AdaptivePrewarm
 from proxy.autoscale import ScaleCollector
 from proxy.capacity import Capacity
 from proxy.cluster.node import join
@@ -70,6 +71,7 @@ class Proxy:
         for handler in self.handlers:
             handler.cluster = self.node.forwarder if self.node else None
         self.scalers = [handler.scaler for handler in self.handlers if handler.scaler is not None]
+        self.adaptive = AdaptivePrewarm(config, self.registry, clock)
         self.metrics.prom.register(ScaleCollector(self.scalers))
         self._resources: dict[web.AbstractResource, RouteHandler] = {}
         self.started = time.time()
@@ -88,6 +90,7 @@ class Proxy:
         self.reconciler.start()
         for scaler in self.scalers:
             scaler.start()
+        self.adaptive.start()
 
     def add_routes(self, app: web.Application) -> None:
         """Register each configured route (the fast path resolves against the same resources)."""
@@ -110,6 +113,7 @@ class Proxy:
     async def shutdown(self) -> None:
         for scaler in self.scalers:
             scaler.stop()
+        self.adaptive.stop()
         await self.scheduler.stop()
         await self.reconciler.stop()
         await self.registry.stop_all(StopReason.SHUTDOWN)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, model_validator
 
@@ -27,6 +27,8 @@ from proxy.units import (
     TupleOf,
     UrlPath,
 )
+
+PREWARM_BUDGET = 7200.0  # adaptive pre-warm: running seconds per key per day its pre-warms may cost
 
 __all__ = ["ContainerClass", "ContainerSection", "CrashLoop", "CronJob", "CustomInstance", "Keepalive", "Readiness"]
 
@@ -180,6 +182,12 @@ class ContainerSection(Section):
         default=None, description='`"*/2 * * * *"`, `"30s"`, or `{schedule, keys}`', json_schema_extra=shown("none"))
     cron: TupleOf[CronJob] = Field(
         default=(), description="scheduled pre-warm starts; each may override `entrypoint`/`command`/`env`")
+    prewarm: Literal["none", "adaptive"] = Field(
+        default="none", description="`adaptive`: learn each key's busy times of day from its traffic and start its "
+                                    "instance a start's duration before a likely one (proxy/adaptive.py)")
+    prewarm_budget: Duration = Field(
+        default=PREWARM_BUDGET, description="adaptive pre-warm: running seconds per key per day its pre-warms may cost "
+                                    "(each unused one is charged sleep_after)")
 
     @model_validator(mode="after")
     def _pause_before_sleep(self) -> ContainerSection:
@@ -206,6 +214,8 @@ class ContainerClass:
     keepalive: Keepalive | None
     cron: tuple[CronJob, ...]
     crash_loop: CrashLoopPolicy
+    prewarm: str = "none"
+    prewarm_budget: float = PREWARM_BUDGET
 
     @property
     def name(self) -> str:
@@ -227,4 +237,5 @@ class ContainerClass:
                    start_timeout=section.start_timeout, max_instances=section.max_instances,
                    capacity_wait=section.capacity_wait, capacity_queue=section.capacity_queue,
                    replace_after_timeouts=section.replace_after_timeouts, pause_after=section.pause_after,
-                   keepalive=section.keepalive, cron=section.cron, crash_loop=section.crash_loop.policy())
+                   keepalive=section.keepalive, cron=section.cron, crash_loop=section.crash_loop.policy(),
+                   prewarm=section.prewarm, prewarm_budget=section.prewarm_budget)

@@ -74,6 +74,11 @@ def test_autoscale() -> None:
     assert s["errors_auto"] == 0 and s["peak_ready_auto"] > 1 and s["back_to_1_s_auto"] is not None, s
 
 
+def test_prewarm() -> None:
+    s = bench("prewarm")
+    assert s["prewarms_adaptive"] > 0 and s["waited_adaptive"] < s["waited_none"], s
+
+
 def test_keys() -> None:
     s = bench("keys")
     assert s["sizes"]["2000"]["get_ns"] > 0, s
