@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 from proxy.config import Config
 from proxy.config_containers import PREWARM_BUDGET
 from proxy.events import ACTIVE, Event, Happening, Transition
+from proxy.prewarm import Gate
 from proxy.registry import Registry
 
 SLOT = 300.0  # seconds per time-of-day slot
@@ -133,9 +134,11 @@ class Planner:
 class AdaptivePrewarm:
     """`prewarm: adaptive` classes of one proxy: learns from their managers' activity, starts what is due."""
 
-    def __init__(self, config: Config, registry: Registry, clock: Callable[[], float]) -> None:
+    def __init__(self, config: Config, registry: Registry, clock: Callable[[], float],
+                 gate: Gate | None = None) -> None:
         self.registry = registry
         self.clock = clock
+        self.gate = gate  # clustered: a key is pre-warmed by its owner only (as schedules are)
         self.classes = {name for name, c in config.containers.items() if c.prewarm == "adaptive"}
         self.planners = {name: Planner(budget=config.containers[name].prewarm_budget) for name in self.classes}
         self.lead = {name: 0.0 for name in self.classes}  # observed start duration per class (weighted)
@@ -180,6 +183,8 @@ class AdaptivePrewarm:
 
     async def _warm(self, name: str, key: str) -> None:
         """Start the key's instance, or keep a running one through the slot (its idle timer from now)."""
+        if self.gate is not None and not await self.gate(name, key):
+            return
         manager = self.registry.get(key, name)
         if manager.state in ACTIVE:
             manager.touch()

@@ -71,7 +71,10 @@ class Proxy:
         for handler in self.handlers:
             handler.cluster = self.node.forwarder if self.node else None
         self.scalers = [handler.scaler for handler in self.handlers if handler.scaler is not None]
-        self.adaptive = AdaptivePrewarm(config, self.registry, clock)
+        for scaler in self.scalers:
+            scaler.owns = self.node.ownership.owns_instance if self.node else None
+        self.adaptive = AdaptivePrewarm(config, self.registry, clock,
+                                        self.node.ownership.runs_here if self.node else None)
         self.metrics.prom.register(ScaleCollector(self.scalers))
         self._resources: dict[web.AbstractResource, RouteHandler] = {}
         self.started = time.time()

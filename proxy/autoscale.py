@@ -17,7 +17,7 @@ import asyncio
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Awaitable, Iterable
+from typing import Awaitable, Callable, Iterable
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -31,6 +31,7 @@ from proxy.registry import Registry
 PANIC_THRESHOLD = 2.0  # the panic window's desired count over the ready count that starts panic mode
 PANIC_SHARE = 0.1  # the panic window, as a share of the stable window (Knative's default: 10%)
 SAMPLES_PER_PANIC_WINDOW = 6  # ticks per panic window (Knative: 6 s panic window, 1 s ticks)
+SERVING = frozenset({State.STARTING, State.RUNNING})  # members that take (or are about to take) requests
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,9 @@ class RouteScaler:
                                                  route.scale_window))
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # Clustered: whether this replica owns (class, member key) (the pool is owned as one unit); a replica
+        # that does not own it leaves the pool alone (its requests are forwarded to the owner).
+        self.owns: Callable[[str, str], bool] | None = None
 
     @property
     def ready(self) -> int:
@@ -104,7 +108,7 @@ class RouteScaler:
         return self.autoscaler.desired
 
     def pick(self) -> Manager:
-        """The least-loaded ready member; with none ready, a starting one, else the first cold one."""
+        """The least-loaded ready member; with none ready, a starting (or paused) one, else the first cold one."""
         best: Manager | None = None
         for m in self.members:
             if m.state is State.RUNNING and (best is None or m.in_flight < best.in_flight):
@@ -128,25 +132,34 @@ class RouteScaler:
     def tick(self) -> None:
         loop = asyncio.get_running_loop()
         in_flight = sum(m.in_flight for m in self.members)
-        desired = self.autoscaler.observe(loop.time(), in_flight, self.ready)
-        self.apply(desired)
+        if self.owns is None or self.owns(self.route.container, self.members[0].key):
+            self.apply(self.autoscaler.observe(loop.time(), in_flight, self.ready), loaded=in_flight > 0)
         self._timer = loop.call_later(self.autoscaler.policy.tick, self.tick)
 
-    def apply(self, desired: int) -> None:
-        """Start cold members up to `desired` (while the class has room); stop idle ones beyond it."""
-        active = [m for m in self.members if m.state in ACTIVE]
+    def apply(self, desired: int, loaded: bool = True) -> None:
+        """Up to `desired` warm members: under load (`loaded`) paused ones are woken to serve, then cold ones
+        started while the class has room (a paused member is warm: with no load it stays paused); idle ones
+        beyond it are stopped."""
+        serving = [m for m in self.members if m.state in SERVING]
+        warm = [m for m in self.members if m.state in SERVING or m.state is State.PAUSED]
+        for m in self.members:
+            if not loaded or len(serving) >= desired:
+                break
+            if m.state is State.PAUSED:
+                serving.append(m)
+                self._spawn(m.ensure_running(reason="autoscale"))
         capacity = self.registry.services.capacity
         for m in self.members:
-            if len(active) >= desired or not capacity.may_start(self.route.container):
+            if len(warm) >= desired:
                 break
-            if m.state not in ACTIVE and not m.breaker.is_open:
-                active.append(m)
+            if m.state not in ACTIVE and not m.breaker.is_open and capacity.may_start(m.klass.name):
+                warm.append(m)
                 self._spawn(m.ensure_running(reason="autoscale"))
-        surplus = len(active) - desired
-        for m in reversed(active):  # the highest members go first: the low ones stay warm
+        surplus = len(warm) - desired
+        for m in reversed(warm):  # the highest members go first: the low ones stay warm
             if surplus <= 0:
                 break
-            if m.state is State.RUNNING and not m.in_flight:
+            if m.state in (State.RUNNING, State.PAUSED) and not m.in_flight:
                 surplus -= 1
                 self._spawn(m.stop(StopReason.IDLE, drain=self.registry.config.upstream_timeout))
 

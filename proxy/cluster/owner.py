@@ -51,7 +51,7 @@ class Ownership:
         self._flights: dict[tuple[Unit, bool], asyncio.Future[Member | None]] = {}
         store.on_void.append(self._void)
         self._lb_members = {(r.container, member_key(r.key, i)): r.key
-                            for r in config.routes if r.mode == "lb" for i in range(r.instances)}
+                            for r in config.routes if r.mode == "lb" for i in range(r.pool_size)}
         registry.admits = self.owns_instance
 
     @property

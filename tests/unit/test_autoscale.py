@@ -68,3 +68,22 @@ async def test_no_ready_member_a_request_starts_the_first(make_world, clock):
     world = make_world(svc={"max_instances": 4})
     scaler = RouteScaler(lb_route(), world.registry())
     assert scaler.desired == 0 and scaler.pick() is scaler.members[0]
+
+
+async def test_paused_members_are_woken_before_cold_ones_are_started(make_world, clock):
+    from tests.unit.test_manager_control import pausable
+
+    world = pausable(make_world(svc={"max_instances": 4, "pause_after": "3s", "sleep_after": "600s"}))
+    scaler = RouteScaler(lb_route(min_instances=2), world.registry())  # panic window 1.2 s
+    scaler.start()
+    await clock.advance(5)
+    assert [m.state for m in scaler.members] == [State.PAUSED, State.PAUSED, State.STOPPED, State.STOPPED]
+    busy = scaler.pick()  # a paused member (none is ready): the request wakes it
+    assert busy in scaler.members[:2]
+    for _ in range(8):
+        busy.hold()
+    await busy.ensure_running()
+    await clock.advance(1.5)  # (each idle one pauses again 3 s after it was woken: no request goes to it here)
+    assert all(m.state is State.RUNNING for m in scaler.members)  # the other paused one woken, two started
+    assert world.backend.start.count == 4 and world.backend.resume.count >= 1
+    scaler.stop()
