@@ -41,3 +41,19 @@ async def test_egress_bytes_match_what_the_client_received(make_proxy):
     assert usage["egress_bytes"] == received
     without_egress = h.proxy.usage._bill("svc", usage["running_seconds"], usage["paused_seconds"])
     assert usage["estimated_cost_usd"] - without_egress["estimated_cost_usd"] == pytest.approx(received / 1e9 * 1000)
+
+
+async def test_websocket_messages_to_the_client_are_egress(make_proxy):
+    h = await make_proxy()
+    labels = (("container_class", "svc"), ("key", "shared"))
+    await h.client.get("/s/v2/health/ready")  # started (its answer's bytes are egress too)
+    before = (await h.metrics())[("proxy_container_egress_bytes_total", labels)]
+    ws = await h.client.ws_connect("/s/debug/ws")
+    for message in ("héllo", "x" * 1000):
+        await ws.send_str(message)
+        assert (await ws.receive()).data == message
+    await ws.send_bytes(b"\x00" * 300)
+    assert (await ws.receive()).data == b"\x00" * 300
+    await ws.close()
+    after = (await h.metrics())[("proxy_container_egress_bytes_total", labels)]
+    assert after - before == len("héllo".encode()) + 1000 + 300  # message payloads, as sent to the client
