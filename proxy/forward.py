@@ -24,7 +24,10 @@ HOP_BY_HOP = frozenset(
 # The WebSocket handshake is redone on each hop by aiohttp.
 WS_HANDSHAKE = frozenset({"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
                           "sec-websocket-protocol", "sec-websocket-accept"})
-REQUEST_DROP = HOP_BY_HOP | {"host"}
+# A replica's mark on a request it forwarded to the key's owner (proxy/cluster/forward.py): between
+# replicas only, never passed on to an instance.
+PEER_MARK = "x-lazy-proxy-forwarded"
+REQUEST_DROP = HOP_BY_HOP | {"host", PEER_MARK}
 
 
 def _strip(headers: "CIMultiDictProxy[str]", drop: frozenset[str]) -> CIMultiDict[str]:

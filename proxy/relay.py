@@ -21,7 +21,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from proxy.errors import BodyTooLarge, Refusal, RuntimeUnreachable, UpstreamError, error_body, retry_after_header
-from proxy.forward import HOP_BY_HOP
+from proxy.forward import HOP_BY_HOP, PEER_MARK
 from proxy.relays import Relays
 from proxy.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from proxy.routes import RouteHandler
 
 _HOP = frozenset(h.encode() for h in HOP_BY_HOP)
-_REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+_REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", PEER_MARK.encode()}
 _RESPONSE_SKIP = _HOP
 NEVER_PROCESSED = 0.1  # seconds: a connection lost this soon after the send took no request with it
 REFUSED_RETRY_PAUSES = (0.0, 0.0, 0.25, 0.5, 1.0)  # connect attempts after a refusal (the first two: at once)

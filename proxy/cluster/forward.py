@@ -1,6 +1,7 @@
 """Requests for a key owned by a peer: one hop to the owner, streamed both ways (HTTP and WebSockets).
 
-The hop carries `X-Lazy-Proxy-Forwarded: <sender>`; a replica that receives it never forwards again (it
+The hop carries `X-Lazy-Proxy-Forwarded: <sender>` (dropped by the owner before the instance) and the
+client's Host; a replica that receives it never forwards again (it
 serves the key, claiming it if free, or refuses with 503), so a stale view cannot make a loop. When the
 owner does not answer the connection (killed), its claim lives until its lease expires: the request waits,
 asking again, for up to two lease ttls and a second, then a new owner (which adopts the running container)
@@ -19,9 +20,9 @@ from yarl import URL
 from proxy.cluster.owner import OwnerMoving, Ownership
 from proxy.cluster.store import Member
 from proxy.errors import UpstreamError
-from proxy.forward import HOP_BY_HOP, forward_websocket, is_websocket, upstream_headers
+from proxy.forward import HOP_BY_HOP, PEER_MARK, forward_websocket, is_websocket, upstream_headers
 
-FORWARDED = "X-Lazy-Proxy-Forwarded"
+FORWARDED = PEER_MARK  # the owner drops it before the instance (proxy.forward.REQUEST_DROP, relay's skip list)
 RETRY_EVERY = 0.2  # seconds between asking again while an unreachable owner's lease runs out
 
 
@@ -76,6 +77,7 @@ class Forwarder:
                                            extra_headers=mark)
         headers = upstream_headers(request)
         headers.update(mark)
+        headers["Host"] = request.host  # the owner relays the client's Host, as if the client had come to it
         body = request.content if request.body_exists else None
         async with self.session.request(request.method, URL(url, encoded=True), headers=headers, data=body,
                                         allow_redirects=False) as answer:
