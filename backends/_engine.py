@@ -21,12 +21,14 @@ from typing import Any, AsyncIterator
 import aiodocker
 import aiohttp
 
+from backends._address import Addressing
 from backends._names import STUCK_STATUSES, Names
 from backends.base import (
     DEFAULT_STOP_TIMEOUT,
     LABEL_CONTAINER,
     LABEL_KEY,
     LABEL_MANAGED,
+    LABEL_PORT,
     LABEL_PROXY_ID,
     LABEL_SPEC,
     BackendError,
@@ -56,7 +58,9 @@ def stop_seconds(stop_timeout: float) -> int:
     return int(math.ceil(stop_timeout))
 
 
-def spec_hash(spec: ContainerSpec) -> str:
+def spec_hash(spec: ContainerSpec, extra: dict[str, Any] | None = None) -> str:
+    """The label that decides whether a stopped container may be restarted for `spec`; `extra` is what the
+    backend adds beyond the spec (its network mode, see backends/_address.py)."""
     doc = {
         "image": spec.image,
         "port": spec.port,
@@ -66,6 +70,7 @@ def spec_hash(spec: ContainerSpec) -> str:
         "memory": spec.resources.memory_bytes,
         "cpus": spec.resources.cpus,
         "stop_timeout": stop_seconds(spec.stop_timeout),
+        **(extra or {}),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -82,6 +87,7 @@ class EngineBackend:
         socket: str | None = None,
         proxy_id: str = "default",
         network_host: str = "127.0.0.1",
+        network: str | None = None,
         reuse_stopped: bool = REUSE_STOPPED_DEFAULT,
         request_timeout: float = 60.0,
         connect_timeout: float = 5.0,
@@ -89,6 +95,7 @@ class EngineBackend:
         self.socket = socket or self._default_socket()
         self.proxy_id = proxy_id
         self.network_host = network_host
+        self.address = Addressing(network_host, network)
         self.reuse_stopped = reuse_stopped
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=connect_timeout)
         self._docker: aiodocker.Docker | None = None
@@ -162,8 +169,12 @@ class EngineBackend:
             LABEL_KEY: key,
             LABEL_CONTAINER: spec.name,
             LABEL_PROXY_ID: self.proxy_id,
-            LABEL_SPEC: spec_hash(spec),
+            LABEL_SPEC: self.spec_hash(spec),
+            LABEL_PORT: str(spec.port),
         }
+
+    def spec_hash(self, spec: ContainerSpec) -> str:
+        return spec_hash(spec, self.address.hash_fields())
 
     def _resource_config(self, res: Resources) -> dict[str, Any]:
         """HostConfig fields for the limits. Podman overrides this (see backends/podman.py)."""
@@ -182,9 +193,10 @@ class EngineBackend:
             "StopTimeout": stop_seconds(spec.stop_timeout),
             "HostConfig": {
                 "Init": True,
-                "PortBindings": {port: [{"HostIp": self.network_host, "HostPort": ""}]},
+                **self.address.host_config(spec.port),
                 **self._resource_config(spec.resources),
             },
+            **self.address.create_fields(),
         }
         if spec.entrypoint is not None:
             config["Entrypoint"] = list(spec.entrypoint)
@@ -192,23 +204,16 @@ class EngineBackend:
             config["Cmd"] = list(spec.command)
         return config
 
-    def _host_port(self, info: dict[str, Any], port: int) -> int | None:
-        ports = ((info.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
-        for b in ports:
-            hp = b.get("HostPort")
-            if hp and str(hp).isdigit() and int(hp) > 0:
-                return int(hp)
-        return None
-
     async def _instance_from(self, info: dict[str, Any], key: str, cls: str, port: int,
                              phases: Phases | None = None) -> Instance:
-        """Read the published port; it can lag a moment behind `start` on some engines. `phases` (of a start)
-        gets its `port` phase."""
+        """Read the address (backends/_address.py); it can lag a moment behind `start` on some engines.
+        `phases` (of a start) gets its `port` phase."""
         for _ in range(20):
-            hp = self._host_port(info, port)
+            address = self.address.address(info, port)
             state = info.get("State") or {}
-            if hp is not None and state.get("Running"):
-                instance = Instance(key=key, container=cls, host=self.network_host, port=hp, id=info["Id"])
+            if address is not None and state.get("Running"):
+                host, hp = address
+                instance = Instance(key=key, container=cls, host=host, port=hp, id=info["Id"])
                 if phases is None:
                     return instance
                 phases.mark("port")
@@ -220,7 +225,7 @@ class EngineBackend:
                 )
             await asyncio.sleep(0.1)
             info = await self.show(info["Id"]) or info
-        raise BackendError(f"container {info.get('Name', '').lstrip('/')} has no published port {port}/tcp")
+        raise BackendError(f"container {info.get('Name', '').lstrip('/')} has {self.address.missing(port)}")
 
     async def _remove(self, ref: str, force: bool = True) -> None:
         docker = await self._client()
@@ -233,7 +238,7 @@ class EngineBackend:
     # ------------------------------------------------------------------ Backend protocol
 
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
-        want_hash = spec_hash(spec)
+        want_hash = self.spec_hash(spec)
         phases = Phases()  # create (or restart, unpause), start, port: each from the end of the one before
         async with self._errors():
             docker = await self._client()
@@ -270,6 +275,7 @@ class EngineBackend:
                     except aiodocker.DockerError as e:  # the runtime cannot free the name
                         self._move_on(key, spec, info["Id"], e.message or str(e))
                         continue
+                await self.address.check(docker, self.daemon_label)
                 try:
                     container = await docker.containers.create(self.create_config(key, spec), name=name)
                 except aiodocker.DockerError as e:
@@ -406,17 +412,11 @@ class EngineBackend:
         async with self._errors():
             for info in await self._ours(running_only=True):
                 labels = info["Config"]["Labels"]
-                ports = ((info.get("NetworkSettings") or {}).get("Ports") or {})
-                port = None
-                for spec_port in sorted(ports):
-                    if spec_port.endswith("/tcp"):
-                        port = self._host_port(info, int(spec_port.split("/")[0]))
-                        if port:
-                            break
-                if port is None:
+                address = self.address.found(info)
+                if address is None:
                     continue
                 out.append(Instance(key=labels.get(LABEL_KEY, ""), container=labels.get(LABEL_CONTAINER, ""),
-                                    host=self.network_host, port=port, id=info["Id"]))
+                                    host=address[0], port=address[1], id=info["Id"]))
         return out
 
     async def cleanup_stopped(self) -> list[str]:

@@ -18,6 +18,7 @@ LABEL_KEY = "proxy.key"
 LABEL_CONTAINER = "proxy.container"
 LABEL_PROXY_ID = "proxy.instance"
 LABEL_SPEC = "proxy.spec"
+LABEL_PORT = "proxy.port"  # the container's port, for adoption when none is published (backends/_address.py)
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,11 @@ class DockerOptions(Section):
         json_schema_extra=shown("`$DOCKER_HOST` or `unix:///var/run/docker.sock`"))
     reuse_stopped: bool = Field(
         default=True, description="restart a stopped container of the same spec instead of recreating it")
+    network: NonEmptyStr | None = Field(
+        default=None,
+        description="an existing user network: each instance joins it and is addressed by its IP there, with no "
+                    "host port published (for a proxy that itself runs in a container on that network)",
+        json_schema_extra=shown("none: a port published on 127.0.0.1"))
 
 
 class PodmanOptions(DockerOptions):

@@ -196,11 +196,11 @@ def test_backend_sections_and_the_flat_form():
     raw["backend"] = {"type": "podman", "proxy_id": "p1", "podman": {"socket": "unix:///tmp/p.sock"},
                       "docker": {"reuse_stopped": False}}
     backend = parse_config(raw).backend
-    assert backend.options == {"socket": "unix:///tmp/p.sock", "reuse_stopped": True}
+    assert backend.options == {"socket": "unix:///tmp/p.sock", "reuse_stopped": True, "network": None}
     assert backend.socket == "unix:///tmp/p.sock" and backend.reuse_stopped is True
     raw["backend"] = {"type": "docker", "socket": "tcp://h:2375", "reuse_stopped": False}  # the older flat form
     backend = parse_config(raw).backend
-    assert backend.options == {"socket": "tcp://h:2375", "reuse_stopped": False}
+    assert backend.options == {"socket": "tcp://h:2375", "reuse_stopped": False, "network": None}
     raw["backend"] = {"proxy_id": "x", "reuse_stopped": False}  # stub: flat values still readable
     backend = parse_config(raw).backend
     assert backend.options == {} and backend.reuse_stopped is False
