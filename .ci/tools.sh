@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Debian tools the suite uses besides the daemons: nginx (the conformance reference), promtool (metrics
-# lint, from the prometheus package), wrk (benchmark smoke runs) and etcd (the cluster tests start their own).
+# lint, from the prometheus package), wrk (benchmark smoke runs), etcd (the cluster tests start their own) and
+# docker-compose (tests/test_compose.py runs deploy/compose.yaml's proxy).
 # Idempotent; installs only what is missing.
 set -euo pipefail
 STATE_DIR=${LAZY_PROXY_DAEMONS_DIR:-/tmp/lazy-proxy-daemons}
@@ -13,6 +14,7 @@ command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)  # tests start their own (marker etcd)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ ${#missing[@]} -eq 0 ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 if [ ! -f "$STATE_DIR/apt-updated" ]; then
