@@ -1,7 +1,7 @@
 """Build the model-service image without any registry: a rootfs tar imported through the API socket.
 
-    python -m backends.image build --runtime docker|podman [--tag T] [--socket S] [--force]
-    python -m backends.image plan          # show what would be packed (no daemon needed)
+    python -m backends.image build --runtime docker|podman [--app model-service|proxy] [--tag T] [--socket S] [--force]
+    python -m backends.image plan [--app proxy]   # show what would be packed (no daemon needed)
 
 The rootfs is the host's Debian CPython (/usr/bin/python3.11 and its stdlib), the shared libraries
 `ldd` reports for the interpreter and for every extension module packed, the runtime subset of the
@@ -33,9 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.rootfs import (
+    APPS,
     CONTENT_LABEL,
     DEFAULT_TAG,
     INPUTS_LABEL,
+    MODEL_SERVICE,
+    App,
     image_changes,
     inputs_fingerprint,
     make_plan,
@@ -134,16 +137,17 @@ class BuildResult:
     seconds: float
 
 
-async def build_image(runtime: str = "docker", tag: str = DEFAULT_TAG, socket: str | None = None,
-                      force: bool = False, verbose: bool = True) -> BuildResult:
+async def build_image(runtime: str = "docker", tag: str | None = None, socket: str | None = None,
+                      force: bool = False, verbose: bool = True, app: App = MODEL_SERVICE) -> BuildResult:
     import aiodocker
 
     t0 = time.monotonic()
+    tag = tag or app.tag
     socket = socket or default_socket(runtime)
-    plan = make_plan(verbose=verbose)
+    plan = make_plan(verbose=verbose, app=app)
     with tempfile.TemporaryDirectory(prefix="lp-image-") as tmp:
         tar_path = Path(tmp) / "rootfs.tar"
-        inputs = inputs_fingerprint(plan)
+        inputs = inputs_fingerprint(plan, app)
         if not force:
             hit = await _cached(runtime, socket, tag, inputs)
             if hit is not None:
@@ -153,7 +157,7 @@ async def build_image(runtime: str = "docker", tag: str = DEFAULT_TAG, socket: s
                           f"size {hit.size / 2**20:.1f} MiB in {hit.seconds:.1f}s")
                 return hit
         tar_hash = write_tar(plan, tar_path)
-        cfg_hash = hashlib.sha256(json.dumps(image_changes(""), sort_keys=True).encode()).hexdigest()
+        cfg_hash = hashlib.sha256(json.dumps(image_changes("", app=app), sort_keys=True).encode()).hexdigest()
         content_hash = hashlib.sha256(f"{tar_hash}:{cfg_hash}".encode()).hexdigest()[:32]
         if verbose:
             print(f"rootfs tar {tar_path.stat().st_size / 2**20:.1f} MiB, content {content_hash} "
@@ -162,7 +166,7 @@ async def build_image(runtime: str = "docker", tag: str = DEFAULT_TAG, socket: s
         try:
             built = False
             if force or await _existing_label(docker, tag) != content_hash:
-                changes = image_changes(content_hash, inputs)
+                changes = image_changes(content_hash, inputs, app)
                 while True:
                     try:
                         await import_tar(docker, tar_path, tag, changes)
@@ -190,28 +194,31 @@ async def build_image(runtime: str = "docker", tag: str = DEFAULT_TAG, socket: s
     return res
 
 
-async def ensure_image(runtime: str, tag: str = DEFAULT_TAG, socket: str | None = None) -> BuildResult:
+async def ensure_image(runtime: str, tag: str | None = None, socket: str | None = None,
+                       app: App = MODEL_SERVICE) -> BuildResult:
     """Build if needed, quietly (test fixtures, CI)."""
-    return await build_image(runtime, tag=tag, socket=socket, verbose=False)
+    return await build_image(runtime, tag=tag, socket=socket, verbose=False, app=app)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m backends.image", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build and import the model-service image")
+    b = sub.add_parser("build", help="build and import an image (the model service, or the proxy)")
     b.add_argument("--runtime", choices=["docker", "podman"], default="docker")
-    b.add_argument("--tag", default=DEFAULT_TAG)
+    b.add_argument("--app", choices=sorted(APPS), default="model-service", help="which image")
+    b.add_argument("--tag", default=None, help=f"default: the app's ({DEFAULT_TAG}, {APPS['proxy'].tag})")
     b.add_argument("--socket", default=None, help="API socket URL (default: the runtime's)")
     b.add_argument("--force", action="store_true", help="import even if the same content is tagged")
-    sub.add_parser("plan", help="print the packed distributions and sizes, do not build")
+    p = sub.add_parser("plan", help="print the packed distributions and sizes, do not build")
+    p.add_argument("--app", choices=sorted(APPS), default="model-service")
     args = ap.parse_args(argv)
     if args.cmd == "plan":
-        plan = make_plan(verbose=True)
+        plan = make_plan(verbose=True, app=APPS[args.app])
         total = sum(p.stat().st_size for p in plan.files.values())
         print(f"{len(plan.files)} files, {total / 2**20:.1f} MiB uncompressed (before .pyc)")
         return 0
-    asyncio.run(build_image(args.runtime, tag=args.tag, socket=args.socket, force=args.force))
+    asyncio.run(build_image(args.runtime, tag=args.tag, socket=args.socket, force=args.force, app=APPS[args.app]))
     return 0
 
 

@@ -1,9 +1,10 @@
-"""The rootfs of the model-service image: what to pack and the deterministic tar.
+"""The rootfs of the project's images: what to pack and the deterministic tar.
 
 The host's Debian CPython (/usr/bin/python3.11 and its stdlib), the shared libraries `ldd` reports
 for the interpreter and every extension module packed, the runtime subset of the current venv's
-site-packages (decided by actually importing `model_service` with the Debian interpreter) and
-`model_service/` itself. No daemon is needed here; `backends.image` imports the tar.
+site-packages (decided by actually importing the app with the Debian interpreter) and the app's own
+packages. Two apps (`App`): the model service, and the proxy itself (for deploy/compose.yaml). No daemon
+is needed here; `backends.image` imports the tar.
 """
 
 from __future__ import annotations
@@ -45,7 +46,61 @@ STDLIB_SKIP_DIRS = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "li
                     "config-3.11-x86_64-linux-gnu", "pydoc_data", "unittest/test", "distutils/tests"}
 SITE_SKIP_DIRS = {"__pycache__", "tests"}
 
-IMAGE_CMD = ["/usr/bin/python3.11", "-m", "model_service", "--host", "0.0.0.0", "--port", "8080"]
+
+
+@dataclass(frozen=True)
+class App:
+    """One image: this repo's packages under /app, the seeds of its dependency closure, the imports that
+    decide which of those are packed, and how it runs."""
+
+    tag: str
+    packages: tuple[str, ...]
+    roots: tuple[str, ...]
+    probe: str  # Python run against the staged site-packages; whatever it imports is packed
+    cmd: tuple[str, ...]
+    port: int
+    stop_signal: str
+
+
+MODEL_SERVICE = App(
+    tag=DEFAULT_TAG,
+    packages=("model_service",),
+    roots=tuple(RUNTIME_ROOTS),
+    probe=(
+        "import sys, json\n"
+        "import model_service.__main__, model_service.app, model_service.model\n"
+        "try:\n"
+        "    from model_service.model import get_model\n"
+        "    get_model()\n"
+        "except Exception as e:\n"
+        "    print('probe: get_model failed:', repr(e), file=sys.stderr)\n"
+        "try:\n"
+        "    from model_service.app import create_app\n"
+        "    create_app({})\n"
+        "except Exception as e:\n"
+        "    print('probe: create_app failed:', repr(e), file=sys.stderr)\n"
+    ),
+    cmd=("/usr/bin/python3.11", "-m", "model_service", "--host", "0.0.0.0", "--port", "8080"),
+    port=8080,
+    stop_signal="SIGINT",
+)
+# The proxy with the engine backends (not the stub's in-process model service). It needs the engine's socket
+# (run it as a user that may open it: deploy/compose.yaml runs it as root) and a config (`--config`).
+PROXY = App(
+    tag="lazy-proxy/proxy:latest",
+    packages=("proxy", "backends"),
+    roots=("aiohttp", "aiodocker", "structlog", "prometheus_client", "PyYAML", "pydantic", "croniter",
+           "httptools", "uvloop"),
+    probe=(
+        "import sys, json\n"
+        "import proxy.__main__, proxy.app, proxy.server, proxy.cluster, backends.docker, backends.podman\n"
+        "import uvloop, httptools\n"
+    ),
+    cmd=("/usr/bin/python3.11", "-m", "proxy", "--host", "0.0.0.0", "--port", "8787"),
+    port=8787,
+    stop_signal="SIGTERM",
+)
+APPS = {"model-service": MODEL_SERVICE, "proxy": PROXY}
 IMAGE_ENV = {
     "PYTHONPATH": "/app/site-packages:/app",
     "PYTHONDONTWRITEBYTECODE": "1",
@@ -113,8 +168,8 @@ def _dist_files(dist: metadata.Distribution) -> list[Path]:
     return out
 
 
-def _probe_imported_files(site_files: dict[str, list[Path]], site: Path) -> set[str]:
-    """Import model_service with the Debian python against a staged site-packages; return the dists used."""
+def _probe_imported_files(site_files: dict[str, list[Path]], site: Path, app: App) -> set[str]:
+    """Import the app with the Debian python against a staged site-packages; return the dists used."""
     with tempfile.TemporaryDirectory(prefix="lp-probe-") as tmp:
         stage = Path(tmp) / "site-packages"
         for files in site_files.values():
@@ -122,21 +177,7 @@ def _probe_imported_files(site_files: dict[str, list[Path]], site: Path) -> set[
                 dst = stage / f.relative_to(site)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.symlink(f, dst)
-        code = (
-            "import sys, json\n"
-            "import model_service.__main__, model_service.app, model_service.model\n"
-            "try:\n"
-            "    from model_service.model import get_model\n"
-            "    get_model()\n"
-            "except Exception as e:\n"
-            "    print('probe: get_model failed:', repr(e), file=sys.stderr)\n"
-            "try:\n"
-            "    from model_service.app import create_app\n"
-            "    create_app({})\n"
-            "except Exception as e:\n"
-            "    print('probe: create_app failed:', repr(e), file=sys.stderr)\n"
-            "print(json.dumps(sorted(m for m in sys.modules)))\n"
-        )
+        code = app.probe + "print(json.dumps(sorted(m for m in sys.modules)))\n"
         env = {"PYTHONPATH": f"{stage}:{REPO_ROOT}", "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1"}
         proc = subprocess.run([HOST_PYTHON, "-S", "-c", code], env=env, capture_output=True, text=True,
                               cwd=tmp, timeout=120)
@@ -223,12 +264,12 @@ def _ldd(paths: list[Path]) -> set[str]:
     return libs
 
 
-def make_plan(verbose: bool = False) -> Plan:
+def make_plan(verbose: bool = False, app: App = MODEL_SERVICE) -> Plan:
     plan = Plan()
     site = Path(sysconfig.get_paths()["purelib"]).resolve()
-    closure = _dist_closure(RUNTIME_ROOTS)
+    closure = _dist_closure(app.roots)
     site_files = {k: _dist_files(d) for k, d in closure.items()}
-    used = _probe_imported_files(site_files, site)
+    used = _probe_imported_files(site_files, site, app)
     plan.dists = sorted(f"{closure[k].metadata['Name']}=={closure[k].version}" for k in used)
     plan.dropped = sorted(closure[k].metadata["Name"] for k in closure if k not in used)
 
@@ -255,10 +296,11 @@ def make_plan(verbose: bool = False) -> Plan:
     for k in sorted(used):
         for f in site_files[k]:
             plan.add_file(f"app/site-packages/{f.relative_to(site)}", f)
-    app_src = REPO_ROOT / "model_service"
-    for p in sorted(app_src.rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
-            plan.add_file(f"app/model_service/{p.relative_to(app_src)}", p)
+    for package in app.packages:
+        app_src = REPO_ROOT / package
+        for p in sorted(app_src.rglob("*")):
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
+                plan.add_file(f"app/{package}/{p.relative_to(app_src)}", p)
 
     # shared libraries of the interpreter and of every extension module (wheel-bundled .libs stay put)
     exts = [src for arc, src in plan.files.items() if ".so" in Path(arc).name or arc == "usr/bin/python3.11"]
@@ -366,7 +408,7 @@ def write_tar(plan: Plan, out: Path, pyc: bool = True) -> str:
 # --------------------------------------------------------------------------- import through the API
 
 
-def inputs_fingerprint(plan: Plan) -> str:
+def inputs_fingerprint(plan: Plan, app: App = MODEL_SERVICE) -> str:
     """Cheap fingerprint of what goes into the tar (paths, sizes, mtimes, literal files, config), so an
     unchanged tree skips packing entirely; the content hash of the tar itself is the second line of defence."""
     h = hashlib.sha256()
@@ -379,19 +421,19 @@ def inputs_fingerprint(plan: Plan) -> str:
         h.update(b"b " + arc.encode() + b" " + hashlib.sha256(plan.data[arc]).digest() + b"\n")
     for arc in sorted(plan.dirs):
         h.update(f"d {arc} {plan.dirs[arc]:o}\n".encode())
-    h.update(json.dumps(image_changes("")).encode())
+    h.update(json.dumps(image_changes("", app=app)).encode())
     h.update(Path(__file__).read_bytes())  # the packing code itself
     return h.hexdigest()[:32]
 
 
-def image_changes(content_hash: str, inputs: str = "") -> list[str]:
+def image_changes(content_hash: str, inputs: str = "", app: App = MODEL_SERVICE) -> list[str]:
     env = [f"ENV {k}={v}" for k, v in IMAGE_ENV.items()]
     return [
-        f"CMD {json.dumps(IMAGE_CMD)}",
+        f"CMD {json.dumps(list(app.cmd))}",
         "WORKDIR /app",
         *env,
-        "EXPOSE 8080/tcp",
-        "STOPSIGNAL SIGINT",
+        f"EXPOSE {app.port}/tcp",
+        f"STOPSIGNAL {app.stop_signal}",
         f"USER {APP_UID}:{APP_UID}",
         f"LABEL {CONTENT_LABEL}={content_hash}",
         *([f"LABEL {INPUTS_LABEL}={inputs}"] if inputs else []),

@@ -2,8 +2,9 @@
 
 The file is checked without a daemon (its proxy config parses and names the compose network, the socket and
 Prometheus' files are where the config says); with docker-compose (Debian's package, .ci/tools.sh) it is
-validated and the proxy service is run for real: a request to its published port starts an instance on the
-network, with no host port. Prometheus' image is not run here (nothing is pulled in CI).
+validated and the proxy service is run for real from the proxy's own image (`backends.image --app proxy`): a
+request to its published port starts an instance on the network, with no host port. Prometheus' image is not
+run here (nothing is pulled in CI).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import pytest
 import yaml
 
 from backends.base import LABEL_PROXY_ID
+from backends.image import DEFAULT_TAG, ensure_image
+from backends.rootfs import PROXY
 from proxy.config import Config, parse_config
 from tests import engines
 from tests.conftest import ci
@@ -37,10 +40,11 @@ def compose() -> dict[str, Any]:
 
 
 def proxy_config() -> Config:
-    """The config the proxy service's command names (relative to its working_dir, the mounted work tree)."""
-    command = compose()["services"]["proxy"]["command"]
-    path = command[command.index("--config") + 1]
-    return parse_config(yaml.safe_load((ROOT / path).read_text()))
+    """The config the proxy service's command names, read from the file mounted there."""
+    proxy = compose()["services"]["proxy"]
+    inside = proxy["command"][proxy["command"].index("--config") + 1]
+    [source] = [v.split(":")[0] for v in proxy["volumes"] if v.split(":")[1] == inside]
+    return parse_config(yaml.safe_load((COMPOSE.parent / source).read_text()))
 
 
 def test_the_proxy_service_puts_its_instances_on_the_compose_network_through_the_mounted_socket():
@@ -51,7 +55,8 @@ def test_the_proxy_service_puts_its_instances_on_the_compose_network_through_the
     assert "lazy-proxy" in proxy["networks"]
     socket_path = config.backend.options["socket"].removeprefix("unix://")
     assert any(volume.split(":")[1] == socket_path for volume in proxy["volumes"])
-    assert all(cls.spec.image == proxy["image"] for cls in config.containers.values())
+    assert proxy["image"] == PROXY.tag  # the images backends.image builds
+    assert all(cls.spec.image == DEFAULT_TAG for cls in config.containers.values())
 
 
 def test_prometheus_scrapes_the_proxy_in_its_network_namespace_with_the_shipped_files():
@@ -92,7 +97,8 @@ def docker_compose() -> str:
 @pytest.mark.slow
 async def test_the_proxy_runs_as_a_container_and_serves_an_instance_on_the_compose_network():
     binary = docker_compose()
-    await engines.ensure_image("docker")
+    await engines.ensure_image("docker")  # the instances'
+    await ensure_image("docker", socket=engines.socket_for("docker"), app=PROXY)
     port = free_port()
     env = {**os.environ, "LAZY_PROXY_PORT": str(port), "PROMETHEUS_PORT": str(free_port())}
     project = f"lpt{uuid.uuid4().hex[:8]}"
