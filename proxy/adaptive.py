@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 from proxy.config import Config
 from proxy.config_containers import PREWARM_BUDGET
 from proxy.events import ACTIVE, Event, Happening, Transition
+from proxy.periodic import Periodic
 from proxy.prewarm import Gate
 from proxy.registry import Registry
 
@@ -131,11 +132,12 @@ class Planner:
         return out
 
 
-class AdaptivePrewarm:
+class AdaptivePrewarm(Periodic):
     """`prewarm: adaptive` classes of one proxy: learns from their managers' activity, starts what is due."""
 
     def __init__(self, config: Config, registry: Registry, clock: Callable[[], float],
                  gate: Gate | None = None) -> None:
+        super().__init__()
         self.registry = registry
         self.clock = clock
         self.gate = gate  # clustered: a key is pre-warmed by its owner only (as schedules are)
@@ -143,8 +145,6 @@ class AdaptivePrewarm:
         self.planners = {name: Planner(budget=config.containers[name].prewarm_budget) for name in self.classes}
         self.lead = {name: 0.0 for name in self.classes}  # observed start duration per class (weighted)
         self.seen: dict[tuple[str, str], float] = {}  # last_activity already learned (or our own start's)
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         registry.services.bus.subscribe(self._on_event)
 
     def _on_event(self, event: Event) -> None:
@@ -154,14 +154,7 @@ class AdaptivePrewarm:
 
     def start(self) -> None:
         if self.classes:
-            self._timer = asyncio.get_running_loop().call_later(0, self.tick)
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for task in self._tasks:
-            task.cancel()
+            super().start()
 
     def tick(self) -> None:
         now = self.clock()
@@ -176,10 +169,8 @@ class AdaptivePrewarm:
             klass = self.registry.config.containers[name]
 
             for key in planner.due(now, self.lead[name], klass.sleep_after):
-                task = loop.create_task(self._warm(name, key))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        self._timer = loop.call_later(TICK, self.tick)
+                self.spawn(self._warm(name, key))
+        self.again(TICK)
 
     async def _warm(self, name: str, key: str) -> None:
         """Start the key's instance, or keep a running one through the slot (its idle timer from now)."""

@@ -26,6 +26,7 @@ from proxy.balance import member_key
 from proxy.config import Route
 from proxy.events import ACTIVE, State, StopReason
 from proxy.manager import Manager
+from proxy.periodic import Periodic
 from proxy.registry import Registry
 
 PANIC_THRESHOLD = 2.0  # the panic window's desired count over the ready count that starts panic mode
@@ -82,10 +83,11 @@ class Autoscaler:
         return math.ceil(sum(window) / len(window) / self.policy.target) if window else 0
 
 
-class RouteScaler:
+class RouteScaler(Periodic):
     """One autoscaled lb route: its pool members, the timer that samples them, and the picking rule."""
 
     def __init__(self, route: Route, registry: Registry) -> None:
+        super().__init__()
         self.route = route
         self.registry = registry
         limit = registry.config.containers[route.container].max_instances
@@ -93,8 +95,6 @@ class RouteScaler:
         self.members = [registry.get(member_key(route.key, i), route.container) for i in range(size)]
         self.autoscaler = Autoscaler(ScalePolicy(route.target_concurrency, min(route.min_instances, size), size,
                                                  route.scale_window))
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
         # Clustered: whether this replica owns (class, member key) (the pool is owned as one unit); a replica
         # that does not own it leaves the pool alone (its requests are forwarded to the owner).
         self.owns: Callable[[str, str], bool] | None = None
@@ -119,22 +119,12 @@ class RouteScaler:
             return best
         return next((m for m in self.members if m.state in ACTIVE), self.members[0])
 
-    def start(self) -> None:
-        self._timer = asyncio.get_running_loop().call_later(0, self.tick)
-
-    def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for task in self._tasks:
-            task.cancel()
-
     def tick(self) -> None:
         loop = asyncio.get_running_loop()
         in_flight = sum(m.in_flight for m in self.members)
         if self.owns is None or self.owns(self.route.container, self.members[0].key):
             self.apply(self.autoscaler.observe(loop.time(), in_flight, self.ready), loaded=in_flight > 0)
-        self._timer = loop.call_later(self.autoscaler.policy.tick, self.tick)
+        self.again(self.autoscaler.policy.tick)
 
     def apply(self, desired: int, loaded: bool = True) -> None:
         """Up to `desired` warm members: under load (`loaded`) paused ones are woken to serve, then cold ones
@@ -170,9 +160,7 @@ class RouteScaler:
             except Exception:  # noqa: BLE001 - a failed start shows on the key (last_error, breaker)
                 pass
 
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.spawn(run())
 
 
 def scaler_for(route: Route, registry: Registry) -> RouteScaler | None:
