@@ -47,7 +47,7 @@ import statistics
 import sys
 import time
 import uuid
-from typing import Any
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiodocker
 import aiohttp
@@ -566,6 +566,21 @@ def _diff_ci(floor: list[float], proxy: list[float], n: int = 4000) -> tuple[flo
     return _ms(diffs[int(0.025 * n)]), _ms(diffs[int(0.975 * n) - 1])
 
 
+async def each_runtime(kinds: list[str], run: Callable[[str], Awaitable[Any]],
+                       results: list[dict[str, Any]]) -> AsyncIterator[tuple[str, Any]]:
+    """Each runtime's result in turn. One that fails is reported (printed, and an `error` row in `results`)
+    and the next one runs: the cold_start modes (plain, --boost, --pause) all go through here."""
+    for kind in kinds:
+        print(f"\n== {kind}", flush=True)
+        try:
+            res = await run(kind)
+        except Exception as exc:  # noqa: BLE001 - report and go on with the next runtime
+            print(f"{kind}: FAILED {type(exc).__name__}: {exc}", flush=True)
+            results.append({"runtime": kind, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        yield kind, res
+
+
 async def amain(args: argparse.Namespace) -> int:
     bench_id = "cs" + uuid.uuid4().hex[:8]
     logdir = os.path.join("/tmp", f"lazy-proxy-{bench_id}")
@@ -585,14 +600,8 @@ async def amain(args: argparse.Namespace) -> int:
     rows: list[list[Any]] = []
     breakdown: list[list[Any]] = []
     summary: dict[str, Any] = {"cycles": args.cycles, "smoke": args.smoke, "goal_ms": GOAL_MS, "results": []}
-    for kind in args.runtime:
-        print(f"\n== {kind}", flush=True)
-        try:
-            res = await run_runtime(kind, args, bench_id, logdir)
-        except Exception as exc:  # noqa: BLE001 - report and go on with the next runtime
-            print(f"{kind}: FAILED {type(exc).__name__}: {exc}", flush=True)
-            summary["results"].append({"runtime": kind, "error": f"{type(exc).__name__}: {exc}"})
-            continue
+    async for kind, res in each_runtime(args.runtime, lambda k: run_runtime(k, args, bench_id, logdir),
+                                        summary["results"]):
         s = res["samples"]
         for path in res["paths"]:
             floor = _med(s[("floor", path)])

@@ -21,7 +21,7 @@ import sys
 from typing import Any, cast
 
 from bench import _common as common
-from bench.cold_start import ProxyUnderTest, cleanup
+from bench.cold_start import ProxyUnderTest, cleanup, each_runtime
 
 SETTLE_WAIT = 1.0  # seconds the bench waits for the settled limit after the first 200
 
@@ -122,14 +122,8 @@ async def amain(args: argparse.Namespace, bench_id: str, logdir: str) -> int:
           "boost = the default (unlimited while starting), no boost = startup_cpu_boost: false")
     rows: list[list[Any]] = []
     summary: dict[str, Any] = {"cycles": args.cycles, "results": []}
-    for kind in args.runtime:
-        print(f"\n== {kind}", flush=True)
-        try:
-            res = await run_runtime(kind, args, bench_id, logdir)
-        except Exception as exc:  # noqa: BLE001 - report and go on with the next runtime
-            print(f"{kind}: FAILED {type(exc).__name__}: {exc}", flush=True)
-            summary["results"].append({"runtime": kind, "error": f"{type(exc).__name__}: {exc}"})
-            continue
+    async for kind, res in each_runtime(args.runtime, lambda k: run_runtime(k, args, bench_id, logdir),
+                                        summary["results"]):
         s = res["samples"]
         for itype in args.types:
             for path in ("create", "restart"):

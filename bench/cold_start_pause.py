@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any, Awaitable, Callable
 
-from bench.cold_start import READY_PATH, EngineFloor, ProxyUnderTest, cleanup, poll_ready
+from bench.cold_start import READY_PATH, EngineFloor, ProxyUnderTest, cleanup, each_runtime, poll_ready
 
 PAUSE_AFTER = 0.3  # s: the waking proxy's pause_after
 WAKE_POLL = 0.001  # s: the floor's readiness poll while it wakes
@@ -117,14 +117,8 @@ async def amain(args: argparse.Namespace, bench_id: str, logdir: str) -> int:
     print(f"wake from pause vs restart vs create: {args.cycles} cycles per runtime, order rotated per cycle")
     rows: list[list[Any]] = []
     results: list[dict[str, Any]] = []
-    for kind in args.runtime:
-        print(f"\n== {kind}", flush=True)
-        try:
-            s = await run_runtime(kind, args.cycles, bench_id, logdir)
-        except Exception as exc:  # noqa: BLE001 - report and go on with the next runtime
-            print(f"{kind}: FAILED {type(exc).__name__}: {exc}", flush=True)
-            results.append({"runtime": kind, "error": f"{type(exc).__name__}: {exc}"})
-            continue
+    async for kind, s in each_runtime(args.runtime, lambda k: run_runtime(k, args.cycles, bench_id, logdir),
+                                      results):
         wake = statistics.median(s["wake"])
         for name, values in s.items():
             med = statistics.median(values)
