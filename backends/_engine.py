@@ -19,9 +19,9 @@ import math
 from typing import Any, AsyncIterator
 
 import aiodocker
-import aiohttp
 
 from backends._address import Addressing
+from backends._api import ApiClient
 from backends._names import STUCK_STATUSES, Names
 from backends.base import (
     DEFAULT_STOP_TIMEOUT,
@@ -32,7 +32,6 @@ from backends.base import (
     LABEL_PROXY_ID,
     LABEL_SPEC,
     BackendError,
-    BackendUnavailable,
     ContainerSpec,
     Instance,
     InstanceState,
@@ -75,12 +74,10 @@ def spec_hash(spec: ContainerSpec, extra: dict[str, Any] | None = None) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class EngineBackend:
-    """A Backend over a Docker-compatible API socket."""
+class EngineBackend(ApiClient):
+    """A Backend over a Docker-compatible API socket (its client and error mapping: backends/_api.py)."""
 
     name = "engine"
-    default_socket = "unix:///var/run/docker.sock"
-    daemon_label = "docker daemon"
 
     def __init__(
         self,
@@ -92,56 +89,12 @@ class EngineBackend:
         request_timeout: float = 60.0,
         connect_timeout: float = 5.0,
     ) -> None:
-        self.socket = socket or self._default_socket()
+        super().__init__(socket, request_timeout, connect_timeout)
         self.proxy_id = proxy_id
         self.network_host = network_host
         self.address = Addressing(network_host, network)
         self.reuse_stopped = reuse_stopped
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=connect_timeout)
-        self._docker: aiodocker.Docker | None = None
-        self._lock = asyncio.Lock()
         self.names = Names(proxy_id)
-
-    def _default_socket(self) -> str:
-        return self.default_socket
-
-    # ------------------------------------------------------------------ client + error mapping
-
-    async def _client(self) -> aiodocker.Docker:
-        if self._docker is None:
-            async with self._lock:
-                if self._docker is None:
-                    self._docker = aiodocker.Docker(url=self.socket, timeout=self._timeout)
-        return self._docker
-
-    async def _reset_client(self) -> None:
-        docker, self._docker = self._docker, None
-        if docker is not None:
-            with contextlib.suppress(Exception):
-                await docker.close()
-
-    def _unavailable(self, detail: str) -> BackendUnavailable:
-        return BackendUnavailable(f"{self.daemon_label} unreachable at {self.socket}: {detail}", retry_after=2)
-
-    @contextlib.asynccontextmanager
-    async def _errors(self) -> AsyncIterator[None]:
-        """Map aiodocker/aiohttp failures to BackendError/BackendUnavailable; drop a broken client so
-        the next call reconnects by itself when the daemon is back."""
-        try:
-            yield
-        except BackendError:
-            raise
-        except aiodocker.DockerError as e:
-            if e.status == 900:  # aiodocker's "Cannot connect to Docker Engine"
-                await self._reset_client()
-                raise self._unavailable(e.message) from e
-            raise BackendError(e.message or str(e)) from e
-        except asyncio.TimeoutError as e:
-            await self._reset_client()
-            raise self._unavailable("request timed out") from e
-        except (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError, OSError) as e:
-            await self._reset_client()
-            raise self._unavailable(f"{type(e).__name__}: {e}") from e
 
     async def show(self, ref: str) -> dict[str, Any] | None:
         """Container inspect JSON, or None if it does not exist."""
@@ -437,5 +390,3 @@ class EngineBackend:
                 removed.append(info.get("Name", "").lstrip("/"))
         return removed
 
-    async def close(self) -> None:
-        await self._reset_client()
