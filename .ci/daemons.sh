@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Bring up (or down) a Docker daemon and a Podman API service on a bare Debian 12 machine (root).
+# Bring up (or down) a Docker daemon and a Podman API service on a bare Debian 12 machine (root), and for the
+# swarm backend a single-node swarm on dockerd plus a local registry (Debian docker-registry) on 127.0.0.1:5000.
 #
 #   bash .ci/daemons.sh up     # install if needed, start both, wait for GET /_ping on both sockets
 #   bash .ci/daemons.sh down [docker|podman]   # stop both (or one) by recorded PID
@@ -14,6 +15,7 @@ STATE_DIR=${LAZY_PROXY_DAEMONS_DIR:-/tmp/lazy-proxy-daemons}
 DOCKER_SOCK=/var/run/docker.sock
 PODMAN_SOCK=/run/podman/podman.sock
 WAIT_SECONDS=${DAEMONS_WAIT_SECONDS:-60}
+REGISTRY_ADDR=${LAZY_PROXY_REGISTRY:-127.0.0.1:5000}
 
 mkdir -p "$STATE_DIR"
 
@@ -40,6 +42,7 @@ install_packages() {
   # podman's Init=true (HostConfig.Init) needs catatonit; Debian's podman only recommends it.
   [ -x /usr/libexec/podman/catatonit ] || missing+=(catatonit)
   command -v curl >/dev/null 2>&1 || missing+=(curl)
+  command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
   [ ${#missing[@]} -eq 0 ] && return 0
   export DEBIAN_FRONTEND=noninteractive
   if [ ! -f "$STATE_DIR/apt-updated" ]; then
@@ -57,6 +60,10 @@ install_packages() {
     retry apt-get install -y -qq podman runc catatonit >/dev/null
   fi
   command -v curl >/dev/null 2>&1 || retry apt-get install -y -qq --no-install-recommends curl >/dev/null
+  if ! command -v docker-registry >/dev/null 2>&1; then
+    log "installing docker-registry"
+    retry apt-get install -y -qq --no-install-recommends docker-registry >/dev/null
+  fi
 }
 
 write_containers_conf() {
@@ -101,6 +108,39 @@ start_podman() {
   echo $! >"$STATE_DIR/podman.pid"
 }
 
+start_registry() {  # swarm resolves every image in a registry: this one, on loopback only, no auth
+  if curl -fsS --max-time 2 "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; then log "registry already answering"; return 0; fi
+  mkdir -p "$STATE_DIR/registry"
+  cat >"$STATE_DIR/registry.yml" <<CONF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $STATE_DIR/registry
+  delete:
+    enabled: true
+http:
+  addr: $REGISTRY_ADDR
+CONF
+  log "starting docker-registry on $REGISTRY_ADDR (log: $STATE_DIR/registry.log)"
+  nohup docker-registry serve "$STATE_DIR/registry.yml" >"$STATE_DIR/registry.log" 2>&1 </dev/null &
+  echo $! >"$STATE_DIR/registry.pid"
+  local deadline=$(( $(date +%s) + WAIT_SECONDS ))
+  until curl -fsS --max-time 2 "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then log "registry did not answer; log tail:"; tail -n 20 "$STATE_DIR/registry.log" >&2; return 1; fi
+    sleep 0.2
+  done
+}
+
+init_swarm() {  # a single-node swarm on dockerd, advertised on loopback (idempotent)
+  local state
+  state=$(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown)
+  if [ "$state" = active ]; then log "swarm already active"; return 0; fi
+  log "docker swarm init (was $state)"
+  docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+}
+
 wait_for() {  # wait_for <name> <socket> <logfile>
   local deadline=$(( $(date +%s) + WAIT_SECONDS ))
   until ping "$2"; do
@@ -135,15 +175,20 @@ case "${1:-up}" in
     rc=0
     wait_for dockerd "$DOCKER_SOCK" "$STATE_DIR/dockerd.log" || rc=1
     wait_for podman "$PODMAN_SOCK" "$STATE_DIR/podman.log" || rc=1
+    start_registry || rc=1
+    if [ $rc = 0 ]; then init_swarm || rc=1; fi
     exit $rc
     ;;
-  down)  # down [docker|podman]: both by default
+  down)  # down [docker|podman]: both (and the registry) by default
+    if [ "${2:-all}" = all ]; then stop_one "$STATE_DIR/registry.pid" docker-registry; fi
     if [ "${2:-all}" != docker ]; then stop_one "$STATE_DIR/podman.pid" podman; fi
     if [ "${2:-all}" != podman ]; then stop_one "$STATE_DIR/dockerd.pid" dockerd; fi
     ;;
   status)
     ping "$DOCKER_SOCK" && echo "docker: up ($DOCKER_SOCK)" || echo "docker: down"
     ping "$PODMAN_SOCK" && echo "podman: up ($PODMAN_SOCK)" || echo "podman: down"
+    curl -fsS --max-time 2 "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1 && echo "registry: up ($REGISTRY_ADDR)" || echo "registry: down"
+    echo "swarm: $(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown)"
     ;;
   *)
     echo "usage: $0 up|down|status" >&2; exit 2 ;;

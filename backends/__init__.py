@@ -1,4 +1,4 @@
-"""Runtimes behind one `Backend` protocol: stub (in-process), process (child processes), docker, podman."""
+"""Runtimes behind one `Backend` protocol: stub (in-process), process (child processes), docker, podman, swarm."""
 
 from __future__ import annotations
 
@@ -11,11 +11,13 @@ if TYPE_CHECKING:  # mypy proves every backend class satisfies the protocol; no 
     from backends.podman import PodmanBackend
     from backends.process import ProcessBackend
     from backends.stub import StubBackend
+    from backends.swarm import SwarmBackend
 
     _stub: type[Backend] = StubBackend
     _docker: type[Backend] = DockerBackend
     _podman: type[Backend] = PodmanBackend
     _process: type[Backend] = ProcessBackend
+    _swarm: type[Backend] = SwarmBackend
 
 
 def create_backend(kind: str, *, proxy_id: str = "default", **options: Any) -> Backend:
@@ -41,4 +43,8 @@ def create_backend(kind: str, *, proxy_id: str = "default", **options: Any) -> B
         from backends.podman import PodmanBackend
 
         return PodmanBackend(proxy_id=proxy_id, **options)
+    if kind == "swarm":
+        from backends.swarm import SwarmBackend
+
+        return SwarmBackend(proxy_id=proxy_id, **options)
     raise ValueError(f"unknown backend {kind!r}")

@@ -32,6 +32,17 @@ def container_name(proxy_id: str, cls: str, key: str) -> str:
     return f"lp-{_sanitise(cls, 40)}-{_sanitise(key, 64)}-{digest}"
 
 
+_DNS = re.compile(r"[^a-z0-9]+")
+
+
+def service_name(proxy_id: str, cls: str, key: str) -> str:
+    """`lp-{class}-{key}-{hash}` within swarm's rule for service names (a DNS label: [a-z0-9-], at most 63
+    characters), collision-free like `container_name`."""
+    digest = hashlib.sha256(json.dumps([proxy_id, cls, key]).encode()).hexdigest()[:12]
+    part = [_DNS.sub("-", s.lower()).strip("-")[:limit].strip("-") or "x" for s, limit in ((cls, 16), (key, 28))]
+    return f"lp-{part[0]}-{part[1]}-{digest}"
+
+
 class Names:
     """The current name of each key's container, and the stuck containers left behind."""
 

@@ -2,6 +2,10 @@
 
     python -m backends.image build --runtime docker|podman [--app model-service|proxy] [--tag T] [--socket S] [--force]
     python -m backends.image plan [--app proxy]   # show what would be packed (no daemon needed)
+    python -m backends.image push --registry 127.0.0.1:5000 [--app ...]  # build (docker), then push there
+
+A swarm resolves the image in a registry on every start, so `push` puts the docker build into one (a local
+`docker-registry` on 127.0.0.1 in .ci) and prints the name a swarm class uses (`<registry>/<tag>`).
 
 The rootfs is the host's Debian CPython (/usr/bin/python3.11 and its stdlib), the shared libraries
 `ldd` reports for the interpreter and for every extension module packed, the runtime subset of the
@@ -200,6 +204,25 @@ async def ensure_image(runtime: str, tag: str | None = None, socket: str | None 
     return await build_image(runtime, tag=tag, socket=socket, verbose=False, app=app)
 
 
+async def push_image(registry: str, socket: str | None = None, app: App = MODEL_SERVICE,
+                     verbose: bool = True) -> str:
+    """Build the app's image on dockerd if needed, tag it `<registry>/<tag>` and push it; that name."""
+    import aiodocker
+
+    built = await build_image("docker", socket=socket, verbose=verbose, app=app)
+    remote = f"{registry.rstrip('/')}/{built.tag}"
+    repo, _, tag = remote.rpartition(":")
+    docker = aiodocker.Docker(url=socket or default_socket("docker"))
+    try:
+        await docker.images.tag(built.tag, repo, tag=tag)
+        await docker.images.push(repo, tag=tag)  # a refused push raises (DockerStreamError)
+    finally:
+        await docker.close()
+    if verbose:
+        print(f"pushed {remote}")
+    return remote
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m backends.image", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -210,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--tag", default=None, help=f"default: the app's ({DEFAULT_TAG}, {APPS['proxy'].tag})")
     b.add_argument("--socket", default=None, help="API socket URL (default: the runtime's)")
     b.add_argument("--force", action="store_true", help="import even if the same content is tagged")
+    u = sub.add_parser("push", help="build on dockerd and push to a registry (what a swarm starts from)")
+    u.add_argument("--registry", required=True, help="host:port of the registry, e.g. 127.0.0.1:5000")
+    u.add_argument("--app", choices=sorted(APPS), default="model-service")
+    u.add_argument("--socket", default=None, help="dockerd's API socket URL (default: $DOCKER_HOST or the standard)")
     p = sub.add_parser("plan", help="print the packed distributions and sizes, do not build")
     p.add_argument("--app", choices=sorted(APPS), default="model-service")
     args = ap.parse_args(argv)
@@ -217,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(verbose=True, app=APPS[args.app])
         total = sum(p.stat().st_size for p in plan.files.values())
         print(f"{len(plan.files)} files, {total / 2**20:.1f} MiB uncompressed (before .pyc)")
+        return 0
+    if args.cmd == "push":
+        asyncio.run(push_image(args.registry, socket=args.socket, app=APPS[args.app]))
         return 0
     asyncio.run(build_image(args.runtime, tag=args.tag, socket=args.socket, force=args.force, app=APPS[args.app]))
     return 0

@@ -99,6 +99,25 @@ class PodmanOptions(DockerOptions):
         json_schema_extra=shown("`$PODMAN_HOST` or `unix:///run/podman/podman.sock`"))
 
 
+class SwarmOptions(Section):
+    """`backend.swarm`: keyword arguments of SwarmBackend (one service per key on a swarm manager)."""
+
+    socket: Socket | None = Field(
+        default=None, description="a swarm manager's API socket",
+        json_schema_extra=shown("`$DOCKER_HOST` or `unix:///var/run/docker.sock`"))
+    reuse_stopped: bool = Field(
+        default=True, description="keep a stopped key's service (scaled to 0) for its next start instead of "
+                                  "removing it")
+    network: NonEmptyStr | None = Field(
+        default=None,
+        description="an existing attachable overlay network: each instance joins it and is addressed by its IP "
+                    "there, with no port published (for a proxy attached to that network)",
+        json_schema_extra=shown("none: a port published in host mode on the task's node"))
+    network_host: NonEmptyStr | None = Field(
+        default=None, description="the host to dial a published port on",
+        json_schema_extra=shown("the task's node address, as the swarm reports it"))
+
+
 class Backend(Section):
     """`backend`: shared fields, then one section per backend type (a new backend adds a section).
 
@@ -106,14 +125,15 @@ class Backend(Section):
     overrides the selected section's value.
     """
 
-    type: Literal["stub", "process", "docker", "podman"] = Field(
+    type: Literal["stub", "process", "docker", "podman", "swarm"] = Field(
         default="stub", description="`stub`, `process` (each instance a child process running `command`), "
-                                    "`docker` or `podman`")
+                                    "`docker`, `podman` or `swarm` (one service per key)")
     proxy_id: Name = Field(
         default="default",
         description="label value marking containers as this proxy's (keep it stable across restarts)")
     docker: DockerOptions = DockerOptions()
     podman: PodmanOptions = PodmanOptions()
+    swarm: SwarmOptions = SwarmOptions()
     flat_socket: Socket | None = Field(default=None, alias="socket", json_schema_extra={"doc_hidden": True})
     flat_reuse_stopped: bool | None = Field(
         default=None, alias="reuse_stopped", json_schema_extra={"doc_hidden": True})

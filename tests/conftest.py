@@ -110,6 +110,9 @@ MakeProxy = Callable[..., Awaitable[Harness]]
 ENGINE_PARAMS = [p for p in BACKEND_PARAMS if p.id != "stub"]  # real daemons only
 # Lifecycle and contract tests also run on the process backend (modules opt in by overriding `backend_kind`).
 WITH_PROCESS_PARAMS = [BACKEND_PARAMS[0], pytest.param("process", id="process"), *ENGINE_PARAMS]
+# The backend contract and the lifecycle tests also run on a real single-node swarm (one service per key).
+SWARM_PARAM = pytest.param("swarm", id="swarm", marks=pytest.mark.swarm)
+LIFECYCLE_PARAMS = [*WITH_PROCESS_PARAMS, SWARM_PARAM]
 
 
 def with_misbehaving_upstream(upstream_timeout: str, broken: bool = False) -> dict[str, Any]:

@@ -1,6 +1,6 @@
-"""The Backend contract: what every runtime owes the manager, run against stub, process, docker and podman.
+"""The Backend contract: what every runtime owes the manager, run against stub, process, docker, podman and swarm.
 
-Behaviour (parametrised by `backend_kind`: docker/podman params carry their marks, skip when the daemon is
+Behaviour (parametrised by `backend_kind`: docker/podman/swarm params carry their marks, skip when the daemon is
 missing, and fail instead under CI=true):
   - start(key, spec) returns an Instance for that key and class whose readiness path answers 2xx within a
     bound; inspect says RUNNING; stop -> not RUNNING and the address stops answering; stopping twice is fine;
@@ -42,9 +42,10 @@ from backends.docker import DockerBackend
 from backends.podman import PodmanBackend
 from backends.process import ProcessBackend
 from backends.stub import StubBackend
+from backends.swarm import SwarmBackend
 from bench._proxy_launcher import ExternalBackend
 from tests import engines
-from tests.conftest import WITH_PROCESS_PARAMS
+from tests.conftest import LIFECYCLE_PARAMS
 
 READY_PATH = "/v2/health/ready"
 CLASS = "Titanic"
@@ -61,7 +62,7 @@ class Runtime:
     new: Callable[[str], Backend]  # proxy id -> a fresh backend
 
 
-@pytest.fixture(params=WITH_PROCESS_PARAMS)
+@pytest.fixture(params=LIFECYCLE_PARAMS)
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -82,7 +83,7 @@ async def runtime(backend_kind: str) -> Runtime:
 @pytest.fixture
 async def new_backend(runtime: Runtime) -> AsyncIterator[Callable[..., Backend]]:
     """`new_backend(proxy_id=...)`: a backend of this runtime (one proxy id per test by default). At the end
-    each is closed (again) and, on docker/podman, every container of its proxy id is removed."""
+    each is closed (again) and, on docker/podman/swarm, every container (service) of its proxy id is removed."""
     default_id = f"contract-{uuid.uuid4().hex[:8]}"
     made: dict[str, list[Backend]] = {}  # proxy id -> backends
 
@@ -210,7 +211,7 @@ PROTOCOL_METHODS: dict[str, Callable[..., Any]] = {
 }
 PROTOCOL_ATTRIBUTES: dict[str, Any] = typing.get_type_hints(Backend)
 IMPLEMENTATIONS: list[type] = [StubBackend, ProcessBackend, EngineBackend, EngineOps, EngineBoost, DockerBackend,
-                               PodmanBackend, ExternalBackend]
+                               PodmanBackend, SwarmBackend, ExternalBackend]
 
 
 def signature_problems(name: str, proto: Callable[..., Any], impl: Callable[..., Any]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Manager lifecycle under real concurrency, on every backend (stub, process, docker, podman)."""
+"""Manager lifecycle under real concurrency, on every backend (stub, process, docker, podman, swarm)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import asyncio
 import pytest
 
 from proxy.events import State, StopReason
-from tests.conftest import WITH_PROCESS_PARAMS
+from tests.conftest import LIFECYCLE_PARAMS
 
 PASSENGER = {"sex": "female", "age": 29, "pclass": 1}
 
 
-@pytest.fixture(params=WITH_PROCESS_PARAMS)
+@pytest.fixture(params=LIFECYCLE_PARAMS)
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
