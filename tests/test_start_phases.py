@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 
 from proxy.metrics import START_PHASES
-from tests.conftest import WITH_PROCESS_PARAMS, MakeProxy
+from tests.conftest import LIFECYCLE_PARAMS, MakeProxy
 
 # What each backend's start is made of (a first start: nothing to restart or unpause yet).
 EXPECTED = {"stub": ["start"], "process": ["start"], "docker": ["create", "start", "port"],
-            "podman": ["create", "start", "port"]}
+            "podman": ["create", "start", "port"], "swarm": ["create", "start", "port"]}
 
 
-@pytest.fixture(params=WITH_PROCESS_PARAMS)
+@pytest.fixture(params=LIFECYCLE_PARAMS)
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
