@@ -115,8 +115,14 @@ class Replicas:
                  logdir: str) -> None:
         self.ports = [free_port() for _ in range(count)]
         self.servers: list[Server] = []
-        for port in self.ports:
-            self.servers.append(replica(base, endpoints, port, lease_ttl, log=os.path.join(logdir, f"r{port}.log")))
+        try:
+            for port in self.ports:
+                self.servers.append(replica(base, endpoints, port, lease_ttl,
+                                            log=os.path.join(logdir, f"r{port}.log")))
+            wait_members(self.ports, timeout=5 + 2 * lease_ttl)
+        except BaseException:
+            self.stop()
+            raise
 
     def owner_of(self, key: str) -> int:
         """The index of the live replica whose instance of `key` runs."""
@@ -134,6 +140,22 @@ class Replicas:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+
+def wait_members(ports: list[int], timeout: float) -> None:
+    """Until every replica has joined (holds its lease) and sees all of them as members (its /health): a replica
+    answering /health may still have an older member list, refreshed every lease_ttl/3."""
+    want = sorted(f"r{port}" for port in ports)
+    deadline = time.monotonic() + timeout
+    for port in ports:
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                cluster = json.loads(http_text(f"http://127.0.0.1:{port}/health")).get("cluster", {})
+                if cluster.get("joined") and sorted(cluster.get("members", ())) == want:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica r{port} did not see all of {want} within {timeout}s")
+            time.sleep(0.05)
 
 
 def running_keys(port: int) -> set[str]:

@@ -150,7 +150,8 @@ def _log_transition(event: Event) -> None:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    node = request.app[PROXY].node
+    return web.json_response({"status": "ok"} if node is None else {"status": "ok", "cluster": node.status()})
 
 
 async def metrics(request: web.Request) -> web.Response:

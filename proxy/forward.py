@@ -80,7 +80,7 @@ async def forward_websocket(
             timeout=aiohttp.ClientWSTimeout(ws_close=connect_timeout), autoping=True, max_msg_size=0,
         )
     except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        raise UpstreamError(502, f"upstream WebSocket failed: {type(exc).__name__}: {exc}") from None
+        raise UpstreamError(502, f"upstream WebSocket failed: {type(exc).__name__}: {exc}") from exc
     client = web.WebSocketResponse(protocols=[upstream.protocol] if upstream.protocol else (), max_msg_size=0)
     async with upstream:
         await client.prepare(request)

@@ -137,8 +137,11 @@ class EtcdStore(OwnershipStore):
         return self._members
 
     async def refresh(self) -> list[Member]:
-        """The member list read now (a forward to a member failed: it may have left)."""
+        """The member list read now (a forward to a member failed, or a free key's owner is chosen)."""
         await self._refresh_members()
+        return self._members
+
+    def view(self) -> list[Member]:
         return self._members
 
     async def owner(self, unit: str) -> str | None:

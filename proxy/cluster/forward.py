@@ -2,7 +2,10 @@
 
 The hop carries `X-Lazy-Proxy-Forwarded: <sender>` (dropped by the owner before the instance) and the
 client's Host; a replica that receives it never forwards again (it
-serves the key, claiming it if free, or refuses with 503), so a stale view cannot make a loop. When the
+serves the key, claiming it if free, or refuses with 503), so a stale view cannot make a loop. A refusal
+because another replica holds the key (a stale member view, a claim race at start-up) carries
+`X-Lazy-Proxy-Owner`: the sender asks the store for the holder and sends a bodiless request there instead,
+so the views converge rather than every request of the burst failing. When the
 owner does not answer the connection (killed), its claim lives until its lease expires: the request waits,
 asking again, for up to two lease ttls and a second, then a new owner (which adopts the running container)
 serves it; only requests already sent to the dead owner fail.
@@ -17,13 +20,22 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from proxy.cluster.owner import OwnerMoving, Ownership
+from proxy.cluster.owner import NotOwner, OwnerMoving, Ownership
 from proxy.cluster.store import Member
-from proxy.errors import UpstreamError
+from proxy.errors import UpstreamError, refusal_response
 from proxy.forward import HOP_BY_HOP, PEER_MARK, forward_websocket, is_websocket, upstream_headers
 
 FORWARDED = PEER_MARK  # the owner drops it before the instance (proxy.forward.REQUEST_DROP, relay's skip list)
+OWNER_HEADER = "X-Lazy-Proxy-Owner"  # on a peer's 503: it is not the key's owner, this replica is
 RETRY_EVERY = 0.2  # seconds between asking again while an unreachable owner's lease runs out
+
+
+class Misdirected(Exception):
+    """The peer we forwarded to refused: another replica (`holder`) owns the key."""
+
+    def __init__(self, peer: str, holder: str) -> None:
+        super().__init__(f"{peer} says {holder} owns the key")
+        self.holder = holder
 
 
 class Forwarder:
@@ -49,12 +61,26 @@ class Forwarder:
         """The owner's answer when the key is owned by a peer; None when it is served here."""
         forwarded = FORWARDED in request.headers
         deadline = time.monotonic() + 2 * self.ownership.store.lease_ttl + 1.0  # expiry, then a member refresh
+        misdirected = 0
         while True:
-            owner = await self.ownership.locate(container, key, forwarded)
+            try:
+                owner = await self.ownership.locate(container, key, forwarded)
+            except NotOwner as refusal:  # from a peer: it asks the store and sends the request on itself
+                answer = refusal_response(refusal)
+                answer.headers[OWNER_HEADER] = refusal.holder
+                return answer
             if owner is None:
                 return None
             try:
                 return await self._send(request, owner, open_sockets)
+            except Misdirected as exc:
+                # Our view was stale (or another replica claimed first): the store knows the holder now.
+                self.ownership.forget(container, key)
+                misdirected += 1
+                if time.monotonic() >= deadline:
+                    raise OwnerMoving(f"{owner.id} is not the owner of {key} ({exc})", key=key) from None
+                if misdirected > 1:
+                    await asyncio.sleep(RETRY_EVERY)
             except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
                 if not isinstance(exc, aiohttp.ClientConnectorError) and not _replayable(request):
                     raise UpstreamError(502, f"owner {owner.id} went away", key=key) from None
@@ -72,15 +98,25 @@ class Forwarder:
         url = owner.url + request.raw_path
         mark = {FORWARDED: self.ownership.me.id}
         if is_websocket(request):
-            return await forward_websocket(request, self.session, url, on_message=_nothing,
-                                           connect_timeout=self.connect_timeout, open_sockets=open_sockets,
-                                           extra_headers=mark)
+            try:
+                return await forward_websocket(request, self.session, url, on_message=_nothing,
+                                               connect_timeout=self.connect_timeout, open_sockets=open_sockets,
+                                               extra_headers=mark)
+            except UpstreamError as exc:
+                refused = exc.__cause__
+                if isinstance(refused, aiohttp.WSServerHandshakeError) and refused.headers is not None \
+                        and (holder := refused.headers.get(OWNER_HEADER)) is not None:
+                    raise Misdirected(owner.id, holder) from None
+                raise
         headers = upstream_headers(request)
         headers.update(mark)
         headers["Host"] = request.host  # the owner relays the client's Host, as if the client had come to it
         body = request.content if request.body_exists else None
         async with self.session.request(request.method, URL(url, encoded=True), headers=headers, data=body,
                                         allow_redirects=False) as answer:
+            if (holder := answer.headers.get(OWNER_HEADER)) is not None and answer.status == 503 \
+                    and body is None:  # a bodiless request is sent again, to the holder
+                raise Misdirected(owner.id, holder)
             response = web.StreamResponse(status=answer.status, reason=answer.reason)
             for name, value in answer.headers.items():
                 if name.lower() not in HOP_BY_HOP:

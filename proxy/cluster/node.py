@@ -45,6 +45,12 @@ class Node:
         await self.store.close()
         await self.forwarder.close()
 
+    def status(self) -> dict[str, object]:
+        """This replica in the cluster as /health shows it: joined (it holds its lease) and the members it sees
+        (a harness waits for every replica to see all of them before it sends traffic)."""
+        return {"replica": self.store.me.id, "joined": self.store.holds_lease(),
+                "members": [member.id for member in self.store.view()]}
+
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_EVERY)

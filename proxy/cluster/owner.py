@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import structlog
 
@@ -39,6 +40,16 @@ class OwnerMoving(Refusal):
     """The key's owner is unreachable or just changed; its lease expiry hands the key on."""
 
     status, error, retry_after = 503, "owner moving", 1.0
+
+
+class NotOwner(OwnerMoving):
+    """A peer forwarded a request here but another replica holds the key (the peer's member view was stale,
+    or another replica claimed the free key first). Never forwarded again from here: the peer asks the store
+    for the holder and sends it there (proxy/cluster/forward.py), so a start-up race converges."""
+
+    def __init__(self, reason: str, holder: str, **extra: Any) -> None:
+        super().__init__(reason, owner=holder, **extra)
+        self.holder = holder
 
 
 class Ownership:
@@ -102,9 +113,10 @@ class Ownership:
         try:
             holder = await self.store.owner(name)
             if holder is None:
-                hint = rendezvous(name, await self.store.members())
-                if not forwarded and hint is not None and hint.id != self.me.id:
-                    return hint  # that replica claims it on arrival (not remembered: nobody holds it yet)
+                if not forwarded:  # the hint from the member list read now: a replica that joined since counts
+                    hint = rendezvous(name, await self.store.refresh())
+                    if hint is not None and hint.id != self.me.id:
+                        return hint  # that replica claims it on arrival (not remembered: nobody holds it yet)
                 holder = await self.store.claim(name)
             if holder == self.me.id:
                 await self._adopt(unit)
@@ -112,7 +124,7 @@ class Ownership:
                 self._owners.pop(unit, None)
                 return None
             if forwarded:
-                raise OwnerMoving(f"{name} is owned by {holder}", key=unit[1])
+                raise NotOwner(f"{name} is owned by {holder}", holder, key=unit[1])
             member = await self._member(holder)
         except StoreUnavailable as exc:
             raise ClusterUnavailable(f"cannot resolve the owner of {name}: {exc}", key=unit[1]) from None

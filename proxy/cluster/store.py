@@ -69,8 +69,12 @@ class OwnershipStore(ABC):
         """The live members (a recent view; the claim, not this list, decides ownership)."""
 
     async def refresh(self) -> list[Member]:
-        """The member list read now (a forward to a member failed: it may have left)."""
+        """The member list read now (a forward to a member failed, or a free key's owner is chosen)."""
         return await self.members()
+
+    @abstractmethod
+    def view(self) -> list[Member]:
+        """The member list as last read, without asking anyone (for /health: has this replica seen its peers)."""
 
     @abstractmethod
     async def owner(self, unit: str) -> str | None:
@@ -101,6 +105,9 @@ class MemoryStore(OwnershipStore):
         self.valid_until = 0.0
 
     async def members(self) -> list[Member]:
+        return list(self.peers.values())
+
+    def view(self) -> list[Member]:
         return list(self.peers.values())
 
     async def owner(self, unit: str) -> str | None:
