@@ -6,6 +6,7 @@ Shared by tests/test_cluster_etcd.py and bench/failover.py. etcd comes from Debi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -132,10 +133,16 @@ class Replicas:
             raise AssertionError(f"{key} runs on replicas {found}")
         return found[0]
 
-    def kill(self, index: int) -> None:
-        """SIGKILL: no drain, no lease revoke (its keys move when the lease expires)."""
-        os.killpg(self.servers[index].pid, signal.SIGKILL)
-        self.servers[index].proc.wait(timeout=10)
+    def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
+        """SIGKILL: no drain, no lease revoke (its keys move when the lease expires); waits for the exit.
+        SIGTERM: the replica drains and hands over (or stops) its keys; `exited` waits for that."""
+        os.killpg(self.servers[index].pid, sig)
+        if sig == signal.SIGKILL:
+            self.servers[index].proc.wait(timeout=10)
+
+    async def exited(self, index: int, timeout: float = 60.0) -> int:
+        """The replica's exit code, waited for without blocking the event loop."""
+        return await asyncio.to_thread(self.servers[index].proc.wait, timeout)
 
     def stop(self) -> None:
         for server in self.servers:

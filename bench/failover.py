@@ -1,6 +1,10 @@
-"""The owner replica SIGKILLed under steady traffic: how long until another replica serves its key, and what failed.
+"""The owner replica SIGKILLed (or SIGTERMed) under steady traffic: how long until another replica serves its key,
+and what failed.
 
-    python -m bench.failover [--rounds 3] [--ttl 2 5] [--quick | --smoke]
+    python -m bench.failover [--rounds 3] [--ttl 2 5] [--signal kill|term] [--quick | --smoke]
+
+`--signal term` is a rolling restart's step instead: the owner drains, hands its running container over
+(`cluster.handover`) and revokes its lease, so the gap is a drain and an adoption, not a lease expiry.
 
 Per round: a 3-member etcd on 127.0.0.1, three `python -m proxy` replicas on it (docker backend, the same
 `backend.proxy_id`), one key warmed, then `CLIENTS` clients loop requests for it through the two replicas that
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 import tempfile
 import time
@@ -60,7 +65,8 @@ async def _traffic(session: aiohttp.ClientSession, port: int, stop: asyncio.Even
         await asyncio.sleep(0.01)
 
 
-async def run_round(lease_ttl: float, after: float | None = None, logdir: str | None = None) -> dict[str, Any]:
+async def run_round(lease_ttl: float, after: float | None = None, logdir: str | None = None,
+                    sig: int = signal.SIGKILL) -> dict[str, Any]:
     """One failover; `after`: seconds of traffic after the kill (default two ttls and 6 s)."""
     await ensure_image("docker")
     socket = default_docker_socket()
@@ -81,14 +87,17 @@ async def run_round(lease_ttl: float, after: float | None = None, logdir: str | 
                 clients = [asyncio.create_task(_traffic(session, entries[i % 2], stop, log)) for i in range(CLIENTS)]
                 await asyncio.sleep(KILL_AT)
                 killed = time.monotonic()
-                replicas.kill(owner)
+                replicas.kill(owner, sig)
                 await asyncio.sleep(after if after is not None else 2 * lease_ttl + 6)
                 stop.set()
                 await asyncio.gather(*clients)
+                exit_code = await replicas.exited(owner)
             after_kill = [(s - killed, d - killed, code) for s, d, code in log if d > killed]
             sent_after = [(s, d, code) for s, d, code in after_kill if s >= 0]
             served = [d for s, d, code in sent_after if code == 200]
             return {
+                "signal": signal.Signals(sig).name,
+                "owner_exit_code": exit_code,
                 "lease_ttl": lease_ttl,
                 "requests": len(log),
                 "by_status": dict(sorted(Counter(code for _, _, code in log).items())),
@@ -106,11 +115,11 @@ async def run_round(lease_ttl: float, after: float | None = None, logdir: str | 
             await remove_containers(socket, proxy_id)
 
 
-async def main_async(ttls: list[float], rounds: int, after: float | None) -> list[dict[str, Any]]:
+async def main_async(ttls: list[float], rounds: int, after: float | None, sig: int) -> list[dict[str, Any]]:
     reports = []
     for ttl in ttls:
         for _ in range(rounds):
-            reports.append(await run_round(ttl, after))
+            reports.append(await run_round(ttl, after, sig=sig))
             print(f"# ttl {ttl:g}s: {reports[-1]}", flush=True)
     return reports
 
@@ -119,19 +128,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.failover")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ttl", type=float, nargs="+", default=[2.0, 5.0], help="cluster.lease_ttl values")
+    parser.add_argument("--signal", choices=["kill", "term"], default="kill",
+                        help="SIGKILL the owner (failover by lease expiry) or SIGTERM it (drain and handover)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="one round per ttl")
     size.add_argument("--smoke", action="store_true", help="one round, ttl 2 s, 6 s after the kill")
     args = parser.parse_args(argv)
     ttls, rounds, after = ([2.0], 1, 6.0) if args.smoke else (args.ttl, 1 if args.quick else args.rounds, None)
-    reports = asyncio.run(main_async(ttls, rounds, after))
+    sig = signal.SIGTERM if args.signal == "term" else signal.SIGKILL
+    reports = asyncio.run(main_async(ttls, rounds, after, sig))
     table(["lease_ttl s", "requests", "by status", "failed in flight", "failed sent after", "gap s",
            "longest wait s", "same container", "survivor starts"],
           [[r["lease_ttl"], r["requests"], " ".join(f"{k or 'conn'}:{v}" for k, v in r["by_status"].items()),
             r["failed_in_flight"], r["failed_sent_after"], r["gap_s"], r["longest_wait_s"],
             r["same_container_after"], r["survivor_starts"]] for r in reports],
-          title=f"owner SIGKILLed under traffic ({CLIENTS} clients through the two other replicas)")
-    summary("failover", {"rounds": reports})
+          title=f"owner {signal.Signals(sig).name}ed under traffic ({CLIENTS} clients through the two other replicas)")
+    summary("failover", {"signal": signal.Signals(sig).name, "rounds": reports})
     ok = all(r["failed_sent_after"] == 0 and r["same_container_after"] and r["survivor_starts"] == 0
              and r["gap_s"] is not None and r["gap_s"] < r["lease_ttl"] + 5 for r in reports)
     return 0 if ok else 1

@@ -119,6 +119,8 @@ class Proxy:
         self.adaptive.stop()
         await self.scheduler.stop()
         await self.reconciler.stop()
+        if self.node is not None:
+            await self.node.hand_over()  # clustered: running keys go to the peers, not stopped (if any is alive)
         await self.registry.stop_all(StopReason.SHUTDOWN)
         if self.node is not None:
             await self.node.close()

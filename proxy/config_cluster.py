@@ -39,6 +39,9 @@ class Cluster(Section):
     lease_ttl: PositiveDuration = Field(
         default=5.0, description="etcd lease: how long a dead replica keeps its keys (failover time)")
     prefix: str = Field(default="/lazy-proxy", description="etcd key prefix (one cluster per prefix)")
+    handover: bool = Field(
+        default=True, description="on SIGTERM, leave the running instances to the other replicas (they adopt "
+                                  "them: a rolling restart starts nothing cold); the last replica stops its own")
 
     @model_validator(mode="after")
     def _endpoints(self) -> Cluster:

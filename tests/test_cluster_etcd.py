@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 import uuid
 from typing import Any, AsyncIterator, Iterator
@@ -175,6 +176,30 @@ async def test_sigkill_of_the_owner_hands_the_running_container_to_a_survivor(tm
     assert report["gap_s"] is not None and report["gap_s"] < ttl + 5, report  # lease_ttl + a start at most
     assert report["same_container_after"] and report["containers_before"] == 1, report  # adopted, no second
     assert (report["survivor_starts"], report["survivor_adoptions"]) == (0, 1), report
+
+
+@pytest.mark.docker
+async def test_sigterm_of_the_owner_hands_the_running_container_over_and_nothing_fails(tmp_path):
+    """A rolling restart's step: the owner drains, lets go of its running container and revokes its lease; a
+    survivor adopts the same container on the next request. No request fails and nothing starts cold."""
+    _need_etcd()
+    report = await run_round(2.0, after=3.0, logdir=str(tmp_path), sig=signal.SIGTERM)
+    assert report["owner_exit_code"] == 0, report
+    assert (report["failed_in_flight"], report["failed_sent_after"]) == (0, 0), report
+    assert report["same_container_after"] and report["containers_before"] == 1, report
+    assert (report["survivor_starts"], report["survivor_adoptions"]) == (0, 1), report
+
+
+@pytest.mark.docker
+async def test_the_last_replica_stops_its_own_containers_on_sigterm(docker_cluster):
+    """No peer to hand over to: the containers are stopped, not left running without an owner."""
+    replicas = docker_cluster(count=1)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        assert (await _get(session, f"http://127.0.0.1:{replicas.ports[0]}/s/v2/health/ready"))[0] == 200
+    assert len(await running_containers(socket_for("docker"), docker_cluster.proxy_id)) == 1
+    replicas.kill(0, signal.SIGTERM)
+    assert await replicas.exited(0) == 0
+    assert await running_containers(socket_for("docker"), docker_cluster.proxy_id) == []
 
 
 async def test_an_idle_stop_on_the_owner_waits_for_a_request_that_came_through_a_peer(stub_cluster):

@@ -13,7 +13,7 @@ from backends.base import Backend
 from proxy.cluster.etcd import EtcdStore
 from proxy.cluster.forward import Forwarder
 from proxy.cluster.owner import Ownership
-from proxy.cluster.store import Member
+from proxy.cluster.store import Member, StoreUnavailable
 from proxy.config import Config
 from proxy.registry import Registry
 
@@ -31,13 +31,30 @@ class Node:
         self.ownership = Ownership(self.store, registry, backend, config)
         self.forwarder = Forwarder(self.ownership, config.connect_timeout, config.upstream_timeout)
         self._sweeper: asyncio.Task[None] | None = None
+        self.handover = cluster.handover
 
     async def start(self) -> None:
         await self.store.start()
         self._sweeper = asyncio.create_task(self._sweep(), name="cluster-sweep")
 
+    async def hand_over(self) -> bool:
+        """On shutdown, after the drain: True when this replica let go of its running keys for its peers to
+        adopt (`cluster.handover`, and some peer is alive); False when the proxy must stop them itself."""
+        if not self.handover:
+            return False
+        try:
+            peers = [m for m in await self.store.refresh() if m.id != self.store.me.id]
+        except StoreUnavailable:
+            return False  # nobody can be told: stop them, leave no instance without an owner
+        if not peers:
+            return False
+        keys = self.ownership.release()
+        log.info("cluster_handover", replica=self.store.me.id, keys=keys, peers=len(peers))
+        return True
+
     async def close(self) -> None:
-        """Give the lease up (after the owned keys' instances were stopped): peers take the keys at once."""
+        """Give the lease up (after the owned keys' instances were stopped or handed over): peers take the keys
+        at once."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
@@ -23,6 +23,8 @@ from proxy.balance import member_key
 from proxy.cluster.store import Member, OwnershipStore, StoreUnavailable, rendezvous
 from proxy.config import Config
 from proxy.errors import Refusal
+from proxy.events import State
+from proxy.manager import Manager
 from proxy.registry import Registry
 
 log = structlog.get_logger("proxy.cluster")
@@ -154,15 +156,27 @@ class Ownership:
                 pass  # the store is away or the owner moving: next round
         return taken
 
+    def release(self) -> int:
+        """Hand the owned keys over (a shutdown with live peers): let go of their running managers without
+        stopping the instances, which the next owner adopts by their labels. A paused instance is not
+        listed for adoption, so it stays with its manager (and is stopped by the shutdown); how many."""
+        return self._let_go(lambda manager: manager.state is State.RUNNING)
+
     def _void(self) -> None:
         """Our lease expired (etcd away too long): forget the claims and let go of their managers, without
         stopping their instances (another replica may have adopted them); a later request claims again."""
+        lost = self._let_go(lambda _manager: True)
+        log.warning("cluster_claims_void", replica=self.me.id, keys=lost)
+
+    def _let_go(self, which: Callable[[Manager], bool]) -> int:
+        """Forget every claim; drop the owned units' managers that `which` picks (never idle-stopped here any
+        more); how many keys were owned."""
         lost, self.owned = self.owned, set()
         for (container, key), manager in list(self.registry.managers.items()):
-            if self.unit_of(container, key) in lost:
+            if self.unit_of(container, key) in lost and which(manager):
                 del self.registry.managers[(container, key)]
                 manager.set_sleep_after(0)  # 0: never idle-stopped by this replica any more
-        log.warning("cluster_claims_void", replica=self.me.id, keys=len(lost))
+        return len(lost)
 
     async def _adopt(self, unit: Unit) -> None:
         """Take over the unit's running containers (a previous owner's), before serving it here."""

@@ -8,6 +8,7 @@ from backends.base import Instance
 from proxy.cluster.owner import ClusterUnavailable, OwnerMoving, Ownership
 from proxy.cluster.store import Member, MemoryStore, StoreUnavailable, rendezvous
 from proxy.events import State
+from tests.unit.test_manager_control import pausable
 
 A, B, C = Member("a", "http://a"), Member("b", "http://b"), Member("c", "http://c")
 
@@ -136,3 +137,24 @@ async def test_the_sweep_claims_orphans_it_is_the_choice_for(replicas):
     assert a.owns("svc", mine) and a.registry.get(mine, "svc").state is State.RUNNING  # adopted: its idle timer runs
     assert not a.owns("svc", theirs) and a.registry.peek(theirs, "svc") is None  # B's sweep takes that one
     assert await a.sweep() == 0
+
+
+async def test_a_handover_lets_go_of_running_keys_and_keeps_a_paused_one_to_stop(make_world, clock):
+    """SIGTERM with live peers: running keys are let go of, not stopped (the next owner adopts them); a paused
+    instance is not listed for adoption, so its manager stays and the shutdown stops it."""
+    world = pausable(make_world(svc={"pause_after": "10s", "sleep_after": "60s"}))
+    store = MemoryStore(A)
+    await store.start()
+    own = Ownership(store, world.registry(), world.backend, world.config)
+    for key in ("k-run", "k-nap"):
+        assert await own.locate("svc", key) is None
+    nap = own.registry.get("k-nap", "svc")
+    await nap.ensure_running()
+    await clock.advance(11)
+    run = own.registry.get("k-run", "svc")
+    await run.ensure_running()
+    assert (nap.state, run.state) == (State.PAUSED, State.RUNNING)
+    assert own.release() == 2
+    assert own.registry.peek("k-run", "svc") is None and run.state is State.RUNNING and run.sleep_after == 0
+    assert own.registry.peek("k-nap", "svc") is nap
+    assert not own.owns("svc", "k-run") and world.backend.stop.args() == []
