@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import structlog
 
-from backends.base import Backend, BackendError
+from backends.base import Backend, BackendError, Instance
 from proxy.balance import member_key
 from proxy.cluster.store import Member, OwnershipStore, StoreUnavailable, rendezvous
 from proxy.config import Config
@@ -30,6 +30,7 @@ from proxy.registry import Registry
 log = structlog.get_logger("proxy.cluster")
 
 Unit = tuple[str, str]  # (class, route key)
+LIST_FRESH = 1.0  # seconds a listing of the runtime's instances serves the claims made meanwhile
 
 
 class ClusterUnavailable(Refusal):
@@ -62,6 +63,7 @@ class Ownership:
         self.owned: set[Unit] = set()
         self._owners: dict[Unit, tuple[Member, float]] = {}  # elsewhere, until (monotonic)
         self._flights: dict[tuple[Unit, bool], asyncio.Future[Member | None]] = {}
+        self._listing: tuple[float, asyncio.Future[list[Instance]]] | None = None  # (when, list_instances)
         store.on_void.append(self._void)
         self._lb_members = {(r.container, member_key(r.key, i)): r.key
                             for r in config.routes if r.mode == "lb" for i in range(r.pool_size)}
@@ -178,10 +180,20 @@ class Ownership:
                 manager.set_sleep_after(0)  # 0: never idle-stopped by this replica any more
         return len(lost)
 
+    async def _listed(self) -> list[Instance]:
+        """The runtime's running instances: one call shared by the claims made within LIST_FRESH seconds, so a
+        burst of new keys lists once rather than once per key. A container missed by a list that old is still
+        found by the backend's start (by its name) or by the sweep, never started twice."""
+        now = time.monotonic()
+        if self._listing is None or now - self._listing[0] > LIST_FRESH or (
+                self._listing[1].done() and self._listing[1].exception() is not None):
+            self._listing = (now, asyncio.ensure_future(self.backend.list_instances()))
+        return await asyncio.shield(self._listing[1])
+
     async def _adopt(self, unit: Unit) -> None:
         """Take over the unit's running containers (a previous owner's), before serving it here."""
         try:
-            listed = await self.backend.list_instances()
+            listed = await self._listed()
         except BackendError as exc:
             log.warning("cluster_adopt_failed", key=unit[1], error=str(exc))
             return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from backends.base import Instance
@@ -158,3 +160,21 @@ async def test_a_handover_lets_go_of_running_keys_and_keeps_a_paused_one_to_stop
     assert own.registry.peek("k-run", "svc") is None and run.state is State.RUNNING and run.sleep_after == 0
     assert own.registry.peek("k-nap", "svc") is nap
     assert not own.owns("svc", "k-run") and world.backend.stop.args() == []
+
+
+async def test_a_burst_of_claims_lists_the_runtime_once(replicas):
+    a, _ = await replicas()
+    keys = [k for k in (f"k{i}" for i in range(200)) if rendezvous(f"svc/{k}", [A, B]) == A][:20]
+    calls = 0
+    listed = a.backend.list_instances
+
+    async def counted():
+        nonlocal calls
+        calls += 1
+        return await listed()
+
+    a.backend.list_instances = counted  # type: ignore[method-assign]
+    a.backend.listed = [Instance(keys[-1], "svc", "127.0.0.1", 5001, "id-1")]  # type: ignore[attr-defined]
+    assert await asyncio.gather(*(a.locate("svc", k) for k in keys)) == [None] * len(keys)
+    assert calls == 1
+    assert a.registry.get(keys[-1], "svc").state is State.RUNNING  # what that one listing showed was adopted
