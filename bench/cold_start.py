@@ -4,6 +4,7 @@
                                [--intervals 20 5] [--poll-ms 5] [--sleep-after 0.5]
     python -m bench.cold_start --boost [--cycles 5] [--runtime docker podman] [--types dev basic standard]
     python -m bench.cold_start --pause [--cycles 10] [--runtime docker podman]
+    python -m bench.cold_start --runtime swarm [docker]   (one service per key: bench/cold_start_swarm.py)
 
 `--boost` times the startup CPU boost instead: with and without it, per instance type (see
 bench/cold_start_boost.py). `--pause` times a wake from pause next to restart and create, and the
@@ -67,7 +68,7 @@ def _socket(kind: str) -> str:
     from backends.docker import default_docker_socket
     from backends.podman import DEFAULT_SOCKET as PODMAN_SOCKET
 
-    return default_docker_socket() if kind == "docker" else os.environ.get("PODMAN_HOST") or PODMAN_SOCKET
+    return default_docker_socket() if kind in ("docker", "swarm") else os.environ.get("PODMAN_HOST") or PODMAN_SOCKET
 
 
 def _engine_backend(kind: str, proxy_id: str) -> Any:
@@ -477,6 +478,10 @@ async def cleanup(kind: str, bench_id: str) -> int:
 
 
 async def run_runtime(kind: str, args: argparse.Namespace, bench_id: str, logdir: str) -> dict[str, Any]:
+    if kind == "swarm":  # one service per key: its own floor and proxy (bench/cold_start_swarm.py)
+        from bench import cold_start_swarm
+
+        return await cold_start_swarm.run_runtime(args, bench_id, logdir)
     poll = args.poll_ms / 1000.0
     floor: EngineFloor | StubFloor = StubFloor(poll) if kind == "stub" else EngineFloor(kind, bench_id, poll)
     proxies = [ProxyUnderTest(kind, bench_id, ms, args.sleep_after, logdir) for ms in args.intervals]
@@ -653,7 +658,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="5 cycles")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny, for CI: 2 cycles, one 5 ms readiness interval, sleep_after 0.2 s, no diagnosis")
-    ap.add_argument("--runtime", nargs="+", default=["docker", "podman", "stub"], choices=["docker", "podman", "stub"])
+    ap.add_argument("--runtime", nargs="+", default=["docker", "podman", "stub"],
+                    choices=["docker", "podman", "stub", "swarm"])
     ap.add_argument("--intervals", nargs="+", type=float, default=[20.0, 5.0],
                     help="proxy readiness.interval values in ms, one proxy each (default: 20 (the default) and 5)")
     ap.add_argument("--poll-ms", type=float, default=5.0, help="floor readiness poll interval")
