@@ -1,0 +1,106 @@
+"""The swarm backend across hosts: a two-node swarm of two dockerds, each in its own network namespace with its
+own address (.ci/swarm_nodes.sh), so the scheduler really places tasks on two hosts and the proxy really reaches
+each at its node's address. Real daemons, a real swarm join, the registry on the hosts' bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from typing import Any, AsyncIterator
+
+import aiodocker
+import aiohttp
+import pytest
+
+from backends.base import ContainerSpec, MiB, Resources
+from backends.image import DEFAULT_TAG
+from backends.swarm import SwarmBackend
+from proxy.events import State
+from tests import engines
+from tests.conftest import ci
+
+pytestmark = pytest.mark.swarm
+NODES_SOCKET = os.environ.get("LAZY_PROXY_SWARM_NODES", "unix:///tmp/lazy-proxy-nodes/node2/docker.sock")
+NODES_IMAGE = f"10.231.0.1:5000/{DEFAULT_TAG}"  # the loopback registry's storage, served on the nodes' bridge
+READY = "/v2/health/ready"
+
+
+@pytest.fixture
+def backend_kind() -> str:
+    return "swarm"
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[dict[str, str]]:
+    """Node id -> the address swarm reports for it; two Ready nodes, else skip (fail under CI=true)."""
+    await engines.ensure_image("swarm")  # pushed to 127.0.0.1:5000: the same storage the nodes pull from
+    docker = aiodocker.Docker(url=NODES_SOCKET)
+    try:
+        listed = await docker.nodes.list()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no two-node swarm here"
+        listed, why = [], f"{type(exc).__name__}: {exc}"
+    else:
+        why = f"{len(listed)} node(s)"
+    finally:
+        await docker.close()
+    ready = {n["ID"]: n["Status"]["Addr"] for n in listed if n["Status"]["State"] == "ready"}
+    if len(ready) < 2:
+        message = f"no two-node swarm at {NODES_SOCKET} ({why}); run: bash .ci/swarm_nodes.sh up"
+        if ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    yield ready
+
+
+async def node_of(backend: SwarmBackend, task_id: str) -> str:
+    task: dict[str, Any] = await backend._get(f"tasks/{task_id}")
+    return str(task["NodeID"])
+
+
+async def answers(url: str) -> bool:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+        for _ in range(600):
+            try:
+                async with session.get(url + READY) as resp:
+                    if resp.status == 200:
+                        return True
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                pass
+            await asyncio.sleep(0.05)
+    return False
+
+
+async def test_tasks_spread_over_two_hosts_each_reached_at_its_node_and_adopted_from_anywhere(nodes):
+    proxy_id = f"nodes-{uuid.uuid4().hex[:8]}"
+    backend = SwarmBackend(socket=NODES_SOCKET, proxy_id=proxy_id)
+    spec = ContainerSpec(name="Titanic", image=NODES_IMAGE, resources=Resources(512 * MiB, 1.0))
+    try:
+        started = await asyncio.gather(*(backend.start(f"k{i}", spec) for i in range(4)))
+        placed = {i.key: await node_of(backend, i.id) for i in started}
+        assert set(placed.values()) == set(nodes), f"both hosts run tasks: {placed}"
+        for instance in started:
+            assert instance.host == nodes[placed[instance.key]], "dialled at its own node's address"
+        assert all(await asyncio.gather(*(answers(i.url) for i in started)))
+        again = SwarmBackend(socket=NODES_SOCKET, proxy_id=proxy_id)  # a proxy restarted: it adopts them all
+        assert {(i.key, i.id, i.url) for i in await again.list_instances()} == {(i.key, i.id, i.url) for i in started}
+        await again.close()
+        await asyncio.gather(*(backend.stop(i) for i in started))
+        assert await backend.list_instances() == []
+    finally:
+        await engines.remove_all(backend)
+        await backend.close()
+
+
+async def test_the_proxy_serves_keys_whose_instances_run_on_either_host(nodes, make_proxy):
+    h = await make_proxy(svc={"image": NODES_IMAGE},
+                         backend=SwarmBackend(socket=NODES_SOCKET, proxy_id=f"nodes-{uuid.uuid4().hex[:8]}"))
+    keys = [f"n{i}" for i in range(4)]
+    answered = await asyncio.gather(*(h.client.get(f"/k/{k}/v2/health/ready") for k in keys))
+    assert [r.status for r in answered] == [200] * len(keys)
+    hosts = {h.manager(k).instance.host for k in keys}  # type: ignore[union-attr]
+    assert hosts == set(nodes.values())
+    await h.proxy.registry.stop_all()
+    assert all(h.manager(k).state is State.STOPPED for k in keys)
+    assert await h.backend.list_instances() == []
