@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 TASK_LABEL = "com.docker.swarm.task.id"  # on the task's container: maps a container event to its task
 LIVE = ("new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
-POLL = 0.05  # seconds between looks at a task that is starting or stopping
+POLL = 0.01  # seconds between looks at a task that is starting or stopping (one API call each)
 START_WITHIN = 120.0  # a task not running by then is given up (the manager's own start_timeout is shorter)
 STOP_MARGIN = 10.0  # seconds beyond the stop timeout to wait for the task to be gone
 
@@ -223,7 +223,7 @@ class SwarmBackend(ApiClient):
                         body = self.service_spec(key, spec, name)
                         body["TaskTemplate"]["ContainerSpec"]["Image"] = await self._pinned(spec.image)
                         created = await self._post("services/create", body)
-                        service_id, since = str(created["ID"]), ""
+                        service_id, old = str(created["ID"]), set[str]()
                         phases.mark("create")
                     else:
                         service_id = service["ID"]
@@ -235,9 +235,9 @@ class SwarmBackend(ApiClient):
                                 adopted = await self._instance(service, live[0])
                                 if adopted is not None:
                                     return adopted
-                            since = ""  # still starting: wait for it
+                            old = set[str]()  # still starting: wait for it
                         else:  # scaled to 0, or its task ended: a new task
-                            since = tasks[0].get("CreatedAt", "") if tasks else ""
+                            old = {t["ID"] for t in tasks}
                             await self._scale(service, 1, force=True)
                             phases.mark("restart")
                 except aiodocker.DockerError as e:
@@ -245,28 +245,32 @@ class SwarmBackend(ApiClient):
                                                     in str(e.message)):
                         continue  # a concurrent create or update won the race: look again
                     raise
-                return await self._running(name, service_id, since, phases)
+                return await self._running(name, service_id, old, phases)
             raise BackendError(f"service {name} keeps changing under us; giving up")
 
-    async def _running(self, name: str, service_id: str, since: str, phases: Phases) -> Instance:
-        """Wait for the service's new task to run and have an address; scale back to 0 if it never does."""
+    async def _running(self, name: str, service_id: str, old: set[str], phases: Phases) -> Instance:
+        """Wait for the service's new task (none of the `old` ones) to run and have an address; scale back to
+        0 if it never does. One tasks call per look, every POLL."""
         deadline = time.monotonic() + START_WITHIN
         started = False
         try:
             while time.monotonic() < deadline:
-                service = await self._maybe(f"services/{service_id}")
-                if service is None:
-                    raise BackendError(f"service {name} was removed while starting")
-                task = next((t for t in await self._tasks(service_id) if t.get("CreatedAt", "") > since), None)
+                try:
+                    task = next((t for t in await self._tasks(service_id) if t["ID"] not in old), None)
+                except aiodocker.DockerError as e:
+                    if e.status == 404:
+                        raise BackendError(f"service {name} was removed while starting") from e
+                    raise
                 status = (task or {}).get("Status") or {}
                 state = status.get("State")
                 if task is not None and state not in LIVE:
                     raise BackendError(f"service {name}: task {state}: {status.get('Err') or status.get('Message')}")
-                if state == "running":
+                if task is not None and state == "running":
                     if not started:
                         phases.mark("start")
                         started = True
-                    instance = await self._instance(service, task or {})
+                    service = await self._maybe(f"services/{service_id}") or {}
+                    instance = await self._instance(service, task)
                     if instance is not None:
                         phases.mark("port")
                         return phases.on(instance)
