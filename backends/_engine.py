@@ -74,6 +74,19 @@ def spec_hash(spec: ContainerSpec, extra: dict[str, Any] | None = None) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _stopped_because(info: dict[str, Any]) -> str:
+    """Why a stopped container stopped, from its inspect JSON (also when it dies before its port is read)."""
+    state = info.get("State") or {}
+    limit = int((info.get("HostConfig") or {}).get("Memory") or 0)
+    memory = f"limit {limit / 2**20:g} MiB" if limit else "no limit"
+    code = state.get("ExitCode")
+    if state.get("OOMKilled"):
+        return f"out of memory ({memory})"
+    if code == 137 and limit:  # SIGKILL: the kernel's OOM killer, as some runtimes report it, or a kill
+        return f"killed (exit 137): out of memory? ({memory})"
+    return f"exited with code {code}" + (f": {state['Error']}" if state.get("Error") else "")
+
+
 class EngineBackend(ApiClient):
     """A Backend over a Docker-compatible API socket (its client and error mapping: backends/_api.py)."""
 
@@ -172,10 +185,8 @@ class EngineBackend(ApiClient):
                 phases.mark("port")
                 return phases.on(instance)
             if not state.get("Running") and state.get("Status") in ("exited", "dead"):
-                raise BackendError(
-                    f"container {info.get('Name', '').lstrip('/')} exited right after start "
-                    f"(exit code {state.get('ExitCode')}{': ' + state['Error'] if state.get('Error') else ''})"
-                )
+                raise BackendError(f"container {info.get('Name', '').lstrip('/')} exited right after start: "
+                                   f"{_stopped_because(info)}")
             await asyncio.sleep(0.1)
             info = await self.show(info["Id"]) or info
         raise BackendError(f"container {info.get('Name', '').lstrip('/')} has {self.address.missing(port)}")
@@ -311,17 +322,9 @@ class EngineBackend(ApiClient):
             info = await self.show(instance.id)
         if info is None:
             return "removed"
-        state = info.get("State") or {}
-        if state.get("Running"):
+        if (info.get("State") or {}).get("Running"):
             return None
-        limit = int((info.get("HostConfig") or {}).get("Memory") or 0)
-        memory = f"limit {limit / 2**20:g} MiB" if limit else "no limit"
-        code = state.get("ExitCode")
-        if state.get("OOMKilled"):
-            return f"out of memory ({memory})"
-        if code == 137 and limit:  # SIGKILL: the kernel's OOM killer, as some runtimes report it, or a kill
-            return f"killed (exit 137): out of memory? ({memory})"
-        return f"exited with code {code}" + (f": {state['Error']}" if state.get("Error") else "")
+        return _stopped_because(info)
 
     async def watch(self) -> AsyncIterator[str]:
         """Ids of this proxy's containers as they die, stop, are OOM-killed or removed: the runtime's event
