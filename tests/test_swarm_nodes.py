@@ -17,9 +17,10 @@ import pytest
 from backends.base import ContainerSpec, MiB, Resources
 from backends.image import DEFAULT_TAG
 from backends.swarm import SwarmBackend
+from bench._cluster import Etcd, Replicas, etcd_binary, running_keys
 from proxy.events import State
 from tests import engines
-from tests.conftest import ci
+from tests.conftest import base_config, ci
 
 pytestmark = pytest.mark.swarm
 NODES_SOCKET = os.environ.get("LAZY_PROXY_SWARM_NODES", "unix:///tmp/lazy-proxy-nodes/node2/docker.sock")
@@ -104,3 +105,46 @@ async def test_the_proxy_serves_keys_whose_instances_run_on_either_host(nodes, m
     await h.proxy.registry.stop_all()
     assert all(h.manager(k).state is State.STOPPED for k in keys)
     assert await h.backend.list_instances() == []
+
+
+@pytest.mark.etcd
+async def test_several_proxies_and_several_hosts_the_owners_tasks_adopted_across_hosts(nodes, tmp_path):
+    """Both halves of the issue at once: two proxy replicas own the keys on etcd, the keys' tasks run on two swarm
+    nodes. The owner of one key is SIGKILLed: every key answers through the survivor, with the very same tasks
+    (adopted by their labels, wherever they run), and nothing started twice."""
+    if etcd_binary() is None:
+        message = "etcd not installed; run: bash .ci/tools.sh"
+        if ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    proxy_id = f"nodes-{uuid.uuid4().hex[:8]}"
+    base = base_config("swarm", NODES_IMAGE)
+    base["backend"] = {"type": "swarm", "proxy_id": proxy_id, "swarm": {"socket": NODES_SOCKET}}
+    backend = SwarmBackend(socket=NODES_SOCKET, proxy_id=proxy_id)
+    keys = [f"m{i}" for i in range(4)]
+    try:
+        with Etcd(1) as etcd:
+            replicas = Replicas(base, etcd.endpoints, 2, 2.0, str(tmp_path))
+            try:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+                    async def get(port: int, key: str) -> int:
+                        async with session.get(f"http://127.0.0.1:{port}/k/{key}{READY}") as resp:
+                            await resp.read()
+                            return resp.status
+
+                    assert await asyncio.gather(*(get(replicas.ports[i % 2], k) for i, k in enumerate(keys))) \
+                        == [200] * len(keys)
+                    before = {i.key: (i.id, i.host) for i in await backend.list_instances()}
+                    assert set(before) == set(keys) and {host for _, host in before.values()} == set(nodes.values())
+                    owner = replicas.owner_of(keys[0])
+                    replicas.kill(owner)
+                    survivor = replicas.ports[1 - owner]
+                    assert await asyncio.gather(*(get(survivor, k) for k in keys)) == [200] * len(keys)
+                assert {i.key: (i.id, i.host) for i in await backend.list_instances()} == before  # the same tasks
+                assert running_keys(survivor) == set(keys)  # its own, and the dead owner's adopted
+            finally:
+                replicas.stop()
+    finally:
+        await engines.remove_all(backend)
+        await backend.close()
