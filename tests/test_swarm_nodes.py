@@ -14,7 +14,7 @@ import aiodocker
 import aiohttp
 import pytest
 
-from backends.base import ContainerSpec, MiB, Resources
+from backends.base import LABEL_PROXY_ID, ContainerSpec, MiB, Resources
 from backends.image import DEFAULT_TAG
 from backends.swarm import SwarmBackend
 from bench._cluster import Etcd, Replicas, etcd_binary, running_keys
@@ -148,3 +148,47 @@ async def test_several_proxies_and_several_hosts_the_owners_tasks_adopted_across
     finally:
         await engines.remove_all(backend)
         await backend.close()
+
+
+async def test_network_mode_across_hosts_on_an_attachable_overlay(nodes):
+    """The sidecar deployment across hosts: instances on an attachable overlay publish nothing and are reached at
+    their overlay IPs from a container on the manager's host, also the one whose task runs on the other host."""
+    proxy_id = f"nodes-{uuid.uuid4().hex[:8]}"
+    network = f"lp-ovl-{uuid.uuid4().hex[:6]}"
+    docker = aiodocker.Docker(url=NODES_SOCKET)
+    await docker.networks.create({"Name": network, "Driver": "overlay", "Attachable": True})
+    backend = SwarmBackend(socket=NODES_SOCKET, proxy_id=proxy_id, network=network)
+    spec = ContainerSpec(name="Titanic", image=NODES_IMAGE, resources=Resources(512 * MiB, 1.0))
+    try:
+        started = await asyncio.gather(*(backend.start(f"o{i}", spec) for i in range(4)))
+        assert {await node_of(backend, i.id) for i in started} == set(nodes), "tasks on both hosts"
+        assert all(i.port == spec.port and i.host not in nodes.values() for i in started), "overlay IPs"
+        probe = ("import sys, time, urllib.request\n"
+                 "for url in sys.argv[1:]:\n"
+                 "    for _ in range(300):\n"
+                 "        try:\n"
+                 f"            assert urllib.request.urlopen(url + '{READY}').status == 200\n"
+                 "            break\n"
+                 "        except OSError:\n"
+                 "            time.sleep(0.1)\n"
+                 "    else:\n"
+                 "        raise SystemExit(f'{url} unreachable')\n")
+        repo, _, tag = NODES_IMAGE.rpartition(":")
+        await docker.images.pull(repo, tag=tag)  # the manager host runs the client container from the same image
+        client = await docker.containers.create({
+            "Image": NODES_IMAGE, "Entrypoint": ["python3", "-c", probe, *(i.url for i in started)],
+            "Labels": {LABEL_PROXY_ID: proxy_id}, "HostConfig": {"NetworkMode": network}})
+        await client.start()
+        assert (await client.wait())["StatusCode"] == 0, await client.log(stdout=True, stderr=True)
+    finally:
+        await engines.remove_all(backend)
+        await backend.close()
+        for _ in range(50):  # its tasks must be gone before the network can go
+            try:
+                await (await docker.networks.get(network)).delete()
+                break
+            except aiodocker.DockerError as e:
+                if e.status == 404:
+                    break
+                await asyncio.sleep(0.2)
+        await docker.close()
