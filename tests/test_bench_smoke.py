@@ -2,13 +2,15 @@
 
 Smoke parameters are tiny (a few seconds each, the numbers mean nothing); each run must exit 0 and end with a
 `SUMMARY {json}` line that parses, naming the bench, plus a check or two on what the bench is about. Benches
-that need a container daemon run their stub variant only (cold_start, warm_restart: `--runtime stub`).
+that need a container daemon run their stub variant only (cold_start, warm_restart: `--runtime stub`), but for
+cold_start's pause mode on docker and its swarm run, marked for their daemons.
 Benches that need wrk (overhead, inference) or nginx (overhead's reference) skip without them, or fail under
 CI=true, where .ci/ installs them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -97,6 +99,18 @@ def test_cold_start_pause_docker() -> None:
     paths = {r["path"]: r for r in s["results"]}
     assert set(paths) == {"wake", "wake floor", "restart", "create"}, s
     assert all("error" not in r and r["median_ms"] > 0 for r in s["results"]), s
+
+
+@pytest.mark.swarm
+def test_cold_start_swarm() -> None:
+    """The swarm cold start against its floor (the raw API), both paths, on the single-node swarm (~15-30 s)."""
+    from tests import engines
+
+    asyncio.run(engines.ensure_image("swarm"))  # the bench starts what the local registry serves: push it there
+    s = bench("cold_start", "--runtime", "swarm")
+    rows = [(r["runtime"], r["path"]) for r in s["results"]]
+    assert rows == [("swarm", "create"), ("swarm", "restart")], s
+    assert all("error" not in r and r["floor_p50_ms"] > 0 and r["proxy_p50_ms"] > 0 for r in s["results"]), s
 
 
 def test_warm_restart_stub() -> None:
