@@ -1,30 +1,47 @@
-"""One Docker-API socket: the aiodocker client, and the one mapping of its failures to BackendError.
+"""One Docker-API socket as this proxy uses it: the aiodocker client, the one mapping of its failures to
+BackendError, the labels that mark what this proxy owns, and the events after which an owned container may
+have left `running`.
 
 Shared by the container engines (backends/_engine.py: dockerd, podman) and the swarm backend
-(backends/swarm.py), so a daemon outage reads the same and recovers the same on every one of them.
+(backends/swarm.py), so a daemon outage reads the same, and ownership means the same, on every one of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+import json
+from typing import Any, AsyncIterator, Mapping
 
 import aiodocker
 import aiohttp
 
-from backends.base import BackendError, BackendUnavailable
+from backends.base import (
+    LABEL_CONTAINER,
+    LABEL_KEY,
+    LABEL_MANAGED,
+    LABEL_PORT,
+    LABEL_PROXY_ID,
+    LABEL_SPEC,
+    BackendError,
+    BackendUnavailable,
+    ContainerSpec,
+)
+
+# Events after which an instance may have left `running` (podman's names beside docker's).
+WATCHED_EVENTS = ("die", "died", "stop", "kill", "oom", "destroy", "remove", "cleanup")
 
 
 class ApiClient:
     """A lazily made aiodocker client on `socket`, dropped after a transport failure so the next call
-    reconnects by itself when the daemon is back."""
+    reconnects by itself when the daemon is back; and what `proxy_id` owns there."""
 
     default_socket = "unix:///var/run/docker.sock"
     daemon_label = "docker daemon"
 
-    def __init__(self, socket: str | None, request_timeout: float, connect_timeout: float) -> None:
+    def __init__(self, socket: str | None, proxy_id: str, request_timeout: float, connect_timeout: float) -> None:
         self.socket = socket or self._default_socket()
+        self.proxy_id = proxy_id
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=connect_timeout)
         self._docker: aiodocker.Docker | None = None
         self._lock = asyncio.Lock()
@@ -66,6 +83,38 @@ class ApiClient:
         except (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError, OSError) as e:
             await self._reset_client()
             raise self._unavailable(f"{type(e).__name__}: {e}") from e
+
+    # ------------------------------------------------------------------ ownership
+
+    def owner_filter(self) -> list[str]:
+        """The API's label filter for what this proxy owns (never trusted alone: see `owns`)."""
+        return [f"{LABEL_MANAGED}=true", f"{LABEL_PROXY_ID}={self.proxy_id}"]
+
+    def owns(self, labels: Mapping[str, str]) -> bool:
+        """Whether an object with these labels is ours: nothing else is ever stopped, removed or adopted."""
+        return labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_PROXY_ID) == self.proxy_id
+
+    def labels_for(self, key: str, spec: ContainerSpec, spec_hash: str) -> dict[str, str]:
+        """The labels of the instance of (key, spec); `spec_hash` decides whether a stopped one may be reused."""
+        return {LABEL_MANAGED: "true", LABEL_KEY: key, LABEL_CONTAINER: spec.name, LABEL_PROXY_ID: self.proxy_id,
+                LABEL_SPEC: spec_hash, LABEL_PORT: str(spec.port)}
+
+    async def _deaths(self) -> AsyncIterator[dict[str, Any]]:
+        """The runtime's events after which one of our containers may have left `running`, on a client of
+        its own. Ends when the stream breaks (daemon down); the caller reconnects."""
+        filters = json.dumps({"type": ["container"], "event": list(WATCHED_EVENTS), "label": self.owner_filter()})
+        docker = aiodocker.Docker(url=self.socket)
+        try:
+            subscriber = docker.events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
+            stream = asyncio.ensure_future(docker.events.run(filters=filters))
+            try:
+                while (event := await subscriber.get()) is not None:
+                    yield event
+            finally:
+                stream.cancel()
+                await asyncio.gather(stream, return_exceptions=True)
+        finally:
+            await docker.close()
 
     async def close(self) -> None:
         """Release the API connection (not the instances)."""

@@ -27,9 +27,6 @@ from backends.base import (
     DEFAULT_STOP_TIMEOUT,
     LABEL_CONTAINER,
     LABEL_KEY,
-    LABEL_MANAGED,
-    LABEL_PORT,
-    LABEL_PROXY_ID,
     LABEL_SPEC,
     BackendError,
     ContainerSpec,
@@ -48,8 +45,6 @@ log = logging.getLogger(__name__)
 # spec hash matches (a different spec is removed and recreated). `reuse_stopped=False` removes on stop.
 REUSE_STOPPED_DEFAULT = True
 
-# Events after which an instance may have left `running` (podman's names beside docker's).
-WATCHED_EVENTS = ("die", "died", "stop", "kill", "oom", "destroy", "remove", "cleanup")
 
 
 def stop_seconds(stop_timeout: float) -> int:
@@ -102,8 +97,7 @@ class EngineBackend(ApiClient):
         request_timeout: float = 60.0,
         connect_timeout: float = 5.0,
     ) -> None:
-        super().__init__(socket, request_timeout, connect_timeout)
-        self.proxy_id = proxy_id
+        super().__init__(socket, proxy_id, request_timeout, connect_timeout)
         self.network_host = network_host
         self.address = Addressing(network_host, network)
         self.reuse_stopped = reuse_stopped
@@ -126,18 +120,7 @@ class EngineBackend(ApiClient):
         return self.names.current(spec.name, key)
 
     def _is_ours(self, info: dict[str, Any]) -> bool:
-        labels = (info.get("Config") or {}).get("Labels") or info.get("Labels") or {}
-        return labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_PROXY_ID) == self.proxy_id
-
-    def _labels(self, key: str, spec: ContainerSpec) -> dict[str, str]:
-        return {
-            LABEL_MANAGED: "true",
-            LABEL_KEY: key,
-            LABEL_CONTAINER: spec.name,
-            LABEL_PROXY_ID: self.proxy_id,
-            LABEL_SPEC: self.spec_hash(spec),
-            LABEL_PORT: str(spec.port),
-        }
+        return self.owns((info.get("Config") or {}).get("Labels") or info.get("Labels") or {})
 
     def spec_hash(self, spec: ContainerSpec) -> str:
         return spec_hash(spec, self.address.hash_fields())
@@ -151,7 +134,7 @@ class EngineBackend(ApiClient):
         config: dict[str, Any] = {
             "Image": spec.image,
             "Env": [f"{k}={v}" for k, v in sorted(dict(spec.env).items())],
-            "Labels": self._labels(key, spec),
+            "Labels": self.labels_for(key, spec, self.spec_hash(spec)),
             "ExposedPorts": {port: {}},
             # A stop is SIGTERM, then SIGKILL after the class's stop_timeout (`stop` reads it back, so adopted
             # containers keep theirs). The signal is explicit: podman's imported images default to SIGINT.
@@ -327,28 +310,14 @@ class EngineBackend(ApiClient):
         return _stopped_because(info)
 
     async def watch(self) -> AsyncIterator[str]:
-        """Ids of this proxy's containers as they die, stop, are OOM-killed or removed: the runtime's event
-        stream, on a client of its own. Ends when the stream breaks (daemon down); the caller reconnects."""
-        filters = json.dumps({"type": ["container"], "event": list(WATCHED_EVENTS),
-                              "label": [f"{LABEL_MANAGED}=true", f"{LABEL_PROXY_ID}={self.proxy_id}"]})
-        docker = aiodocker.Docker(url=self.socket)
-        try:
-            subscriber = docker.events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
-            stream = asyncio.ensure_future(docker.events.run(filters=filters))
-            try:
-                while (event := await subscriber.get()) is not None:
-                    cid = (event.get("Actor") or {}).get("ID") or event.get("id")
-                    if cid:
-                        yield str(cid)
-            finally:
-                stream.cancel()
-                await asyncio.gather(stream, return_exceptions=True)
-        finally:
-            await docker.close()
+        """Ids of this proxy's containers as they die, stop, are OOM-killed or removed (the runtime's events)."""
+        async for event in self._deaths():
+            if cid := (event.get("Actor") or {}).get("ID") or event.get("id"):
+                yield str(cid)
 
     async def _ours(self, running_only: bool) -> list[dict[str, Any]]:
         docker = await self._client()
-        filters: dict[str, list[str]] = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_PROXY_ID}={self.proxy_id}"]}
+        filters: dict[str, list[str]] = {"label": self.owner_filter()}
         if running_only:
             filters["status"] = ["running"]
         listed = await docker.containers.list(all=True, filters=json.dumps(filters))

@@ -31,14 +31,12 @@ from typing import Any, AsyncIterator
 import aiodocker
 
 from backends._api import ApiClient
-from backends._engine import REUSE_STOPPED_DEFAULT, WATCHED_EVENTS, spec_hash, stop_seconds
+from backends._engine import REUSE_STOPPED_DEFAULT, spec_hash, stop_seconds
 from backends._names import service_name
 from backends.base import (
     LABEL_CONTAINER,
     LABEL_KEY,
-    LABEL_MANAGED,
     LABEL_PORT,
-    LABEL_PROXY_ID,
     LABEL_SPEC,
     BackendError,
     ContainerSpec,
@@ -76,8 +74,7 @@ class SwarmBackend(ApiClient):
         request_timeout: float = 60.0,
         connect_timeout: float = 5.0,
     ) -> None:
-        super().__init__(socket, request_timeout, connect_timeout)
-        self.proxy_id = proxy_id
+        super().__init__(socket, proxy_id, request_timeout, connect_timeout)
         self.network_host = network_host
         self.network = network
         self.reuse_stopped = reuse_stopped
@@ -109,18 +106,13 @@ class SwarmBackend(ApiClient):
             raise
 
     def _is_ours(self, service: dict[str, Any]) -> bool:
-        labels = _labels(service)
-        return labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_PROXY_ID) == self.proxy_id
-
-    def _labels_for(self, key: str, spec: ContainerSpec) -> dict[str, str]:
-        return {LABEL_MANAGED: "true", LABEL_KEY: key, LABEL_CONTAINER: spec.name, LABEL_PROXY_ID: self.proxy_id,
-                LABEL_SPEC: self.spec_hash(spec), LABEL_PORT: str(spec.port)}
+        return self.owns(_labels(service))
 
     def spec_hash(self, spec: ContainerSpec) -> str:
         return spec_hash(spec, {"swarm": True, **({"network": self.network} if self.network else {})})
 
     def service_spec(self, key: str, spec: ContainerSpec, name: str) -> dict[str, Any]:
-        labels = self._labels_for(key, spec)
+        labels = self.labels_for(key, spec, self.spec_hash(spec))
         container: dict[str, Any] = {
             "Image": spec.image,
             "Env": [f"{k}={v}" for k, v in sorted(dict(spec.env).items())],
@@ -352,27 +344,13 @@ class SwarmBackend(ApiClient):
 
     async def watch(self) -> AsyncIterator[str]:
         """Task ids of this proxy's instances whose containers die on this node (the manager's own; other
-        nodes' are caught by the periodic reconcile). Ends when the stream breaks."""
-        filters = json.dumps({"type": ["container"], "event": list(WATCHED_EVENTS),
-                              "label": [f"{LABEL_MANAGED}=true", f"{LABEL_PROXY_ID}={self.proxy_id}"]})
-        docker = aiodocker.Docker(url=self.socket)
-        try:
-            subscriber = docker.events.subscribe(create_task=False)  # type: ignore[no-untyped-call]
-            stream = asyncio.ensure_future(docker.events.run(filters=filters))
-            try:
-                while (event := await subscriber.get()) is not None:
-                    task_id = ((event.get("Actor") or {}).get("Attributes") or {}).get(TASK_LABEL)
-                    if task_id:
-                        yield str(task_id)
-            finally:
-                stream.cancel()
-                await asyncio.gather(stream, return_exceptions=True)
-        finally:
-            await docker.close()
+        nodes' are caught by the periodic reconcile)."""
+        async for event in self._deaths():
+            if task_id := ((event.get("Actor") or {}).get("Attributes") or {}).get(TASK_LABEL):
+                yield str(task_id)
 
     async def _services(self) -> list[dict[str, Any]]:
-        listed = await self._get("services", filters={
-            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_PROXY_ID}={self.proxy_id}"]})
+        listed = await self._get("services", filters={"label": self.owner_filter()})
         return [s for s in listed if self._is_ours(s)]  # never trust the filter alone
 
     async def list_instances(self) -> list[Instance]:
