@@ -307,15 +307,19 @@ class ProxyUnderTest:
         filters = json.dumps({"label": [f"proxy.instance={self.proxy_id}", f"proxy.key={key}"]})
         return await self.docker.containers.list(all=True, filters=filters)
 
+    async def _remove_key(self, key: str) -> None:
+        """Keep the host tidy: a fresh key leaves a stopped container (swarm: a service) behind."""
+        for c in await self._containers(key):
+            with contextlib.suppress(aiodocker.DockerError):
+                await c.delete(force=True, v=True)
+
     async def create(self) -> dict[str, float]:
         self.n += 1
         key = f"c{self.n}"
         total = await self._get(key)
         await self.wait_stopped(key)
-        if self.docker is not None:  # keep the host tidy: fresh keys leave a stopped container each
-            for c in await self._containers(key):
-                with contextlib.suppress(aiodocker.DockerError):
-                    await c.delete(force=True, v=True)
+        if self.docker is not None:
+            await self._remove_key(key)
         return {"total": total, "key": key}  # type: ignore[dict-item]
 
     async def prime_restart(self) -> None:
@@ -366,9 +370,7 @@ class ProxyUnderTest:
                 request.cancel()
         await self.wait_stopped(key)
         if path == "create":
-            for c in await self._containers(key):
-                with contextlib.suppress(aiodocker.DockerError):
-                    await c.delete(force=True, v=True)
+            await self._remove_key(key)
         return t1 - t_ready
 
     def server_start_durations(self) -> dict[str, list[float]]:

@@ -198,14 +198,6 @@ class SwarmProxy(cs.ProxyUnderTest):
             if ((service.get("Spec") or {}).get("Labels") or {}).get(LABEL_KEY) == key:
                 await _remove_service(self.docker, service_id)
 
-    async def create(self) -> dict[str, float]:
-        self.n += 1
-        key = f"c{self.n}"
-        total = await self._get(key)
-        await self.wait_stopped(key)
-        await self._remove_key(key)
-        return {"total": total, "key": key}  # type: ignore[dict-item]
-
     async def prime_restart(self) -> None:
         await self._get(self.restart_key)
         await self.wait_stopped(self.restart_key)
@@ -214,39 +206,6 @@ class SwarmProxy(cs.ProxyUnderTest):
         total = await self._get(self.restart_key)
         await self.wait_stopped(self.restart_key)
         return {"total": total, "key": self.restart_key}  # type: ignore[dict-item]
-
-    async def paired(self, path: str, poll: float) -> float:
-        """As ProxyUnderTest.paired, watching the key's running task (via its container's published port)."""
-        assert self.docker is not None and self.session is not None
-        if path == "create":
-            self.n += 1
-            key = f"p{self.n}"
-        else:
-            key = self.restart_key
-        request = asyncio.create_task(self._get_times(key))
-        observer = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-        try:
-            port = None
-            deadline = time.perf_counter() + 60
-            while port is None:
-                for c in await self._containers(key):
-                    if cs._listed(c, "State") == "running":
-                        port = cs._host_port(await c.show(), 8080)
-                if port is None:
-                    if time.perf_counter() > deadline or request.done():
-                        raise RuntimeError(f"observer never saw {key} running with a port")
-                    await asyncio.sleep(poll)
-            await cs.poll_ready(observer, f"http://127.0.0.1:{port}{cs.READY_PATH}", poll, deadline)
-            t_ready = time.perf_counter()
-            _, t1 = await request
-        finally:
-            await observer.close()
-            if not request.done():
-                request.cancel()
-        await self.wait_stopped(key)
-        if path == "create":
-            await self._remove_key(key)
-        return t1 - t_ready
 
 
 # ---------------------------------------------------------------------------- clean-up
