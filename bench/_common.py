@@ -6,6 +6,7 @@ Benchmarks are not tests: they print medians and ratios measured in the same run
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -101,6 +104,19 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
 def http_json(url: str, timeout: float = 10.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as resp:
         return json.loads(resp.read())
+
+
+async def timed_get(session: aiohttp.ClientSession, url: str) -> tuple[float, float, int]:
+    """One GET as a load client sees it: (sent, answered) in `time.monotonic()` seconds and the status, 0 when
+    the connection failed (an error of its own: the benches count it apart from HTTP errors)."""
+    sent = time.monotonic()
+    try:
+        async with session.get(url) as response:
+            await response.read()
+            status = response.status
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        status = 0
+    return sent, time.monotonic(), status
 
 
 def http_text(url: str, timeout: float = 10.0) -> str:

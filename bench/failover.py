@@ -32,7 +32,7 @@ import aiohttp
 from backends.docker import default_docker_socket
 from backends.image import DEFAULT_TAG, ensure_image
 from bench._cluster import Etcd, Replicas, remove_containers, running_containers, starts
-from bench._common import summary, table
+from bench._common import summary, table, timed_get
 
 CLIENTS = 8
 KILL_AT = 3.0  # seconds of traffic before the kill
@@ -54,14 +54,7 @@ def config(socket: str, proxy_id: str) -> dict[str, Any]:
 async def _traffic(session: aiohttp.ClientSession, port: int, stop: asyncio.Event,
                    log: list[tuple[float, float, int]]) -> None:
     while not stop.is_set():
-        sent = time.monotonic()
-        try:
-            async with session.get(f"http://127.0.0.1:{port}{PATH}") as response:
-                await response.read()
-                status = response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            status = 0
-        log.append((sent, time.monotonic(), status))
+        log.append(await timed_get(session, f"http://127.0.0.1:{port}{PATH}"))
         await asyncio.sleep(0.01)
 
 

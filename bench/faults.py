@@ -27,7 +27,7 @@ from typing import Awaitable, Callable
 import aiodocker
 import aiohttp
 
-from bench._common import ROOT, free_port, proxy, summary, table
+from bench._common import ROOT, free_port, proxy, summary, table, timed_get
 
 KEYS = [f"f{i}" for i in range(10)]
 VICTIM = KEYS[0]
@@ -108,35 +108,27 @@ def config(runtime: str, proxy_id: str) -> dict[str, object]:
 
 
 async def traffic(base: str, seconds: float, inject: Callable[[], Awaitable[None]]) -> Round:
-    loop = asyncio.get_running_loop()
     out = Round()
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=CLIENTS)) as session:
         async def client(i: int) -> None:
             n = i
-            while loop.time() < end:
+            while time.monotonic() < end:
                 key = KEYS[n % len(KEYS)]
                 n += 1
-                sent = loop.time()
-                try:
-                    async with session.get(f"{base}/k/{key}/api/health") as resp:
-                        await resp.read()
-                        status = resp.status
-                except (aiohttp.ClientError, asyncio.TimeoutError):
-                    status = 0  # the connection failed: counted as an error of its own
-                out.results.append((sent, loop.time(), status))
+                out.results.append(await timed_get(session, f"{base}/k/{key}/api/health"))
 
         async def warm(key: str) -> None:
             async with session.get(f"{base}/k/{key}/api/health") as resp:
                 await resp.read()
 
         await asyncio.gather(*(warm(key) for key in KEYS))
-        end = loop.time() + seconds
+        end = time.monotonic() + seconds
         clients = [asyncio.create_task(client(i)) for i in range(CLIENTS)]
         await asyncio.sleep(seconds / 3)
-        out.began = loop.time()
+        out.began = time.monotonic()
         await inject()
-        out.applied = loop.time()
+        out.applied = time.monotonic()
         await asyncio.gather(*clients)
     return out
 
