@@ -5,6 +5,7 @@ A daemon that does not answer skips the test locally and fails it under CI=true.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 
@@ -83,3 +84,15 @@ async def remove_all(backend: Backend) -> None:
                     raise
     finally:
         await docker.close()
+
+
+async def remove_network(docker: aiodocker.Docker, name: str) -> None:
+    """Remove a test's network once what ran on it is gone (a service's tasks leave it a moment later)."""
+    for _ in range(50):
+        try:
+            await (await docker.networks.get(name)).delete()
+            return
+        except aiodocker.DockerError as e:
+            if e.status == 404:
+                return
+            await asyncio.sleep(0.2)

@@ -144,11 +144,4 @@ async def test_network_mode_reaches_the_task_on_an_attachable_overlay(env):
     finally:
         await engines.remove_all(on_net)
         await on_net.close()
-        for _ in range(50):  # the service's task must be gone before its network can go
-            try:
-                await (await docker.networks.get(network)).delete()
-                break
-            except aiodocker.DockerError as e:
-                if e.status == 404:
-                    break
-                await asyncio.sleep(0.2)
+        await engines.remove_network(docker, network)

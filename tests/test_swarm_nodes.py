@@ -183,12 +183,5 @@ async def test_network_mode_across_hosts_on_an_attachable_overlay(nodes):
     finally:
         await engines.remove_all(backend)
         await backend.close()
-        for _ in range(50):  # its tasks must be gone before the network can go
-            try:
-                await (await docker.networks.get(network)).delete()
-                break
-            except aiodocker.DockerError as e:
-                if e.status == 404:
-                    break
-                await asyncio.sleep(0.2)
+        await engines.remove_network(docker, network)
         await docker.close()
