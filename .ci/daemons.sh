@@ -5,6 +5,7 @@
 #   bash .ci/daemons.sh up     # install if needed, start both, wait for GET /_ping on both sockets
 #   bash .ci/daemons.sh down [docker|podman]   # stop both (or one) by recorded PID
 #   bash .ci/daemons.sh status
+#   bash .ci/daemons.sh registry ADDR NAME   # one more registry serving the same storage on ADDR
 #
 # Idempotent and quick when already done. Nothing is ever pulled from a registry.
 # Notes for this kind of VM: raising rlimits is forbidden and crun rejects the hybrid cgroup
@@ -108,10 +109,11 @@ start_podman() {
   echo $! >"$STATE_DIR/podman.pid"
 }
 
-start_registry() {  # swarm resolves every image in a registry: this one, on loopback only, no auth
-  if curl -fsS --max-time 2 "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; then log "registry already answering"; return 0; fi
+start_registry() {  # start_registry <addr> <name>: swarm resolves every image in a registry; no auth, the one storage
+  local addr=$1 name=$2
+  if curl -fs --max-time 2 "http://$addr/v2/" >/dev/null 2>&1; then log "$name already answering on $addr"; return 0; fi
   mkdir -p "$STATE_DIR/registry"
-  cat >"$STATE_DIR/registry.yml" <<CONF
+  cat >"$STATE_DIR/$name.yml" <<CONF
 version: 0.1
 log:
   level: warn
@@ -121,14 +123,14 @@ storage:
   delete:
     enabled: true
 http:
-  addr: $REGISTRY_ADDR
+  addr: $addr
 CONF
-  log "starting docker-registry on $REGISTRY_ADDR (log: $STATE_DIR/registry.log)"
-  nohup docker-registry serve "$STATE_DIR/registry.yml" >"$STATE_DIR/registry.log" 2>&1 </dev/null &
-  echo $! >"$STATE_DIR/registry.pid"
+  log "starting docker-registry $name on $addr (log: $STATE_DIR/$name.log)"
+  nohup docker-registry serve "$STATE_DIR/$name.yml" >"$STATE_DIR/$name.log" 2>&1 </dev/null &
+  echo $! >"$STATE_DIR/$name.pid"
   local deadline=$(( $(date +%s) + WAIT_SECONDS ))
-  until curl -fsS --max-time 2 "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then log "registry did not answer; log tail:"; tail -n 20 "$STATE_DIR/registry.log" >&2; return 1; fi
+  until curl -fs --max-time 2 "http://$addr/v2/" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then log "$name did not answer; log tail:"; tail -n 20 "$STATE_DIR/$name.log" >&2; return 1; fi
     sleep 0.2
   done
 }
@@ -175,7 +177,7 @@ case "${1:-up}" in
     rc=0
     wait_for dockerd "$DOCKER_SOCK" "$STATE_DIR/dockerd.log" || rc=1
     wait_for podman "$PODMAN_SOCK" "$STATE_DIR/podman.log" || rc=1
-    start_registry || rc=1
+    start_registry "$REGISTRY_ADDR" registry || rc=1
     if [ $rc = 0 ]; then init_swarm || rc=1; fi
     exit $rc
     ;;
@@ -184,6 +186,9 @@ case "${1:-up}" in
     if [ "${2:-all}" != docker ]; then stop_one "$STATE_DIR/podman.pid" podman; fi
     if [ "${2:-all}" != podman ]; then stop_one "$STATE_DIR/dockerd.pid" dockerd; fi
     ;;
+  registry)  # registry <addr> <name>: one more registry on the same storage (.ci/swarm_nodes.sh: on its bridge)
+    start_registry "$2" "$3"
+    ;;
   status)
     ping "$DOCKER_SOCK" && echo "docker: up ($DOCKER_SOCK)" || echo "docker: down"
     ping "$PODMAN_SOCK" && echo "podman: up ($PODMAN_SOCK)" || echo "podman: down"
@@ -191,5 +196,5 @@ case "${1:-up}" in
     echo "swarm: $(docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null || echo unknown)"
     ;;
   *)
-    echo "usage: $0 up|down|status" >&2; exit 2 ;;
+    echo "usage: $0 up|down|status|registry ADDR NAME" >&2; exit 2 ;;
 esac

@@ -70,23 +70,8 @@ dockerd_up() {  # dockerd_up <n>
     -H "unix://$(sock "$n")" --bip "172.3$n.0.1/16" >"$dir/dockerd.log" 2>&1 </dev/null &
 }
 
-registry_up() {
-  if curl -fsS --max-time 2 "http://$REGISTRY_ADDR/v2/" >/dev/null 2>&1; then return 0; fi
-  mkdir -p "$DAEMONS_DIR/registry"
-  cat >"$STATE_DIR/registry.yml" <<CONF
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $DAEMONS_DIR/registry
-http:
-  addr: $REGISTRY_ADDR
-CONF
-  log "registry on $REGISTRY_ADDR (storage $DAEMONS_DIR/registry)"
-  nohup docker-registry serve "$STATE_DIR/registry.yml" >"$STATE_DIR/registry.log" 2>&1 </dev/null &
-  echo $! >"$STATE_DIR/registry.pid"
-  until_true "registry on $REGISTRY_ADDR" curl -fs --max-time 2 "http://$REGISTRY_ADDR/v2/" -o /dev/null
+registry_up() {  # the nodes pull from the bridge address; the same storage as the loopback registry
+  bash "$(dirname "$0")/daemons.sh" registry "$REGISTRY_ADDR" registry-nodes
 }
 
 ready_nodes() { [ "$(dk 2 node ls --format '{{.Status}}' 2>/dev/null | grep -c Ready)" -ge "${#NODES[@]}" ]; }
@@ -129,7 +114,7 @@ case "${1:-up}" in
       stop_pid "$STATE_DIR/node$n/docker.pid"
       ip netns del "lpnode$n" 2>/dev/null || true
     done
-    stop_pid "$STATE_DIR/registry.pid"
+    stop_pid "$DAEMONS_DIR/registry-nodes.pid"
     iptables -D FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null || true
     ip link del "$BRIDGE" 2>/dev/null || true
     ;;
