@@ -100,7 +100,8 @@ class ApiClient:
         try:
             async with self._errors():
                 docker = await self._client()
-                async with docker._query("_ping", timeout=timeout, versioned_api=False) as response:
+                async with docker._query("_ping", timeout=aiohttp.ClientTimeout(total=timeout),
+                                         versioned_api=False) as response:
                     await response.read()
         except BackendUnavailable as exc:
             raise self._unavailable(_short_reason(str(exc))) from exc

@@ -125,6 +125,8 @@ class Proxy:
         await self.reconciler.stop()
         if self.node is not None:
             await self.node.hand_over()  # clustered: running keys go to the peers, not stopped (if any is alive)
+        for manager in self.registry:  # the drain is over: a start nobody waits for is given up, not waited out
+            manager.cancel_start()
         await self.registry.stop_all(StopReason.SHUTDOWN)
         if self.node is not None:
             await self.node.close()
