@@ -32,6 +32,16 @@ from backends.base import (
 WATCHED_EVENTS = ("die", "died", "stop", "kill", "oom", "destroy", "remove", "cleanup")
 
 
+# What an unreachable socket's error text says, in the words an operator acts on.
+_REASONS = (("Permission denied", "permission denied (is this user allowed to use the socket?)"),
+            ("No such file or directory", "no such socket"), ("Connection refused", "connection refused"),
+            ("Connect call failed", "connection refused"), ("timed out", "timed out"))
+
+
+def _short_reason(text: str) -> str:
+    return next((short for words, short in _REASONS if words in text), text)
+
+
 class ApiClient:
     """A lazily made aiodocker client on `socket`, dropped after a transport failure so the next call
     reconnects by itself when the daemon is back; and what `proxy_id` owns there."""
@@ -83,6 +93,30 @@ class ApiClient:
         except (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError, OSError) as e:
             await self._reset_client()
             raise self._unavailable(f"{type(e).__name__}: {e}") from e
+
+    async def ping(self, timeout: float = 2.0) -> None:
+        """`GET /_ping`: returns when the daemon answers, else BackendUnavailable saying why (no socket,
+        permission denied, timed out). For the start-up line, `--check` and `/ready`."""
+        try:
+            async with self._errors():
+                docker = await self._client()
+                async with docker._query("_ping", timeout=aiohttp.ClientTimeout(total=timeout),
+                                         versioned_api=False) as response:
+                    await response.read()
+        except BackendUnavailable as exc:
+            raise self._unavailable(_short_reason(str(exc))) from exc
+
+    async def has_image(self, ref: str) -> bool:
+        """Whether the daemon holds image `ref` locally (`--check` reports it; nothing is pulled here)."""
+        async with self._errors():
+            docker = await self._client()
+            try:
+                await docker.images.inspect(ref)
+            except aiodocker.DockerError as e:
+                if e.status == 404:
+                    return False
+                raise
+        return True
 
     # ------------------------------------------------------------------ ownership
 

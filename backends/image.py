@@ -4,6 +4,9 @@
     python -m backends.image plan [--app proxy]   # show what would be packed (no daemon needed)
     python -m backends.image push --registry 127.0.0.1:5000 [--app ...]  # build (docker), then push there
 
+Progress goes to stdout as it happens (packing, importing, done). A daemon that cannot be reached (no such
+socket, permission denied, refused) or an import it refuses is one line on stderr and exit code 1.
+
 A swarm resolves the image in a registry on every start, so `push` puts the docker build into one (a local
 `docker-registry` on 127.0.0.1 in .ci) and prints the name a swarm class uses (`<registry>/<tag>`).
 
@@ -79,6 +82,19 @@ async def _cached(runtime: str, socket: str, tag: str, inputs: str) -> "BuildRes
                        content_hash=labels.get(CONTENT_LABEL, ""), built=False, seconds=0.0)
 
 
+async def reachable(runtime: str, socket: str) -> None:
+    """BackendUnavailable naming the socket and why (no such socket, permission denied, refused) unless the
+    runtime's API answers `GET /_ping`."""
+    from backends._api import ApiClient
+
+    client = ApiClient(socket, "image-build", request_timeout=10.0, connect_timeout=5.0)
+    client.daemon_label = f"{runtime} API"
+    try:
+        await client.ping()
+    finally:
+        await client.close()
+
+
 def default_socket(runtime: str) -> str:
     if runtime == "podman":
         from backends.podman import DEFAULT_SOCKET as sock
@@ -148,6 +164,9 @@ async def build_image(runtime: str = "docker", tag: str | None = None, socket: s
     t0 = time.monotonic()
     tag = tag or app.tag
     socket = socket or default_socket(runtime)
+    await reachable(runtime, socket)  # before minutes of packing: no daemon is one line, at once
+    if verbose:
+        print(f"packing {app.tag} ...", flush=True)
     plan = make_plan(verbose=verbose, app=app)
     with tempfile.TemporaryDirectory(prefix="lp-image-") as tmp:
         tar_path = Path(tmp) / "rootfs.tar"
@@ -170,6 +189,8 @@ async def build_image(runtime: str = "docker", tag: str | None = None, socket: s
         try:
             built = False
             if force or await _existing_label(docker, tag) != content_hash:
+                if verbose:
+                    print(f"importing into {runtime} as {tag} ...", flush=True)
                 changes = image_changes(content_hash, inputs, app)
                 while True:
                     try:
@@ -245,11 +266,30 @@ def main(argv: list[str] | None = None) -> int:
         total = sum(p.stat().st_size for p in plan.files.values())
         print(f"{len(plan.files)} files, {total / 2**20:.1f} MiB uncompressed (before .pyc)")
         return 0
-    if args.cmd == "push":
-        asyncio.run(push_image(args.registry, socket=args.socket, app=APPS[args.app]))
-        return 0
-    asyncio.run(build_image(args.runtime, tag=args.tag, socket=args.socket, force=args.force, app=APPS[args.app]))
+    try:
+        if args.cmd == "push":
+            asyncio.run(push_image(args.registry, socket=args.socket, app=APPS[args.app]))
+        else:
+            asyncio.run(build_image(args.runtime, tag=args.tag, socket=args.socket, force=args.force,
+                                    app=APPS[args.app]))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for a person, never a traceback (see FAILED)
+        print(f"python -m backends.image {args.cmd}: {_one_line(exc)}", file=sys.stderr)
+        return FAILED
     return 0
+
+
+FAILED = 1  # the daemon is unreachable or refused the import/push (a usage mistake is argparse's 2)
+
+
+def _one_line(exc: BaseException) -> str:
+    from backends.base import BackendError
+
+    if isinstance(exc, BackendError):
+        return exc.reason
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'failed'}"
 
 
 if __name__ == "__main__":

@@ -1,45 +1,72 @@
-"""`python -m proxy --config config.yaml [--host H] [--port P] [--admin-port A]`; `python -m proxy ctl ...`.
+"""`python -m proxy --config config.yaml [--host H] [--port P] [--admin-port A] [--log-level L] [--check]`;
+`python -m proxy ctl ...` (the admin API's command line, proxy/ctl.py). Installed as `lazy-proxy` too.
 
-`ctl` is the admin API's command line (proxy/ctl.py).
-
-A bad config prints the offending field and exits 2. SIGTERM/SIGINT stop accepting, drain in-flight
-requests for up to server.drain_timeout, stop the instances this proxy started, and exit 0.
+Every mistake an operator makes is one line on stderr, never a traceback. Exit codes: 0 done; 1 an
+unexpected error (its traceback only with `--log-level debug`), or `--check` found the backend
+unreachable; 2 a config error: a bad field, a port in use (`server.port`, `admin.port`); 130 a second
+SIGTERM/SIGINT while draining. SIGTERM/SIGINT stop accepting, drain in-flight requests for up to
+server.drain_timeout, stop the instances this proxy started, and exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from dataclasses import replace
+from typing import Any, Coroutine
 
+
+from proxy import __version__
 from proxy.admin import create_admin_app
 from proxy.app import PROXY, create_app
+from proxy.banner import announce
+from proxy.check import check
 from proxy.config import Config, ConfigError, load_config
 from proxy.ctl import main as ctl
-from proxy.logs import configure
+from proxy.logs import FORMATS, configure
 from proxy.server import serve
+
+CONFIG_ERROR, UNEXPECTED = 2, 1
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lazy-proxy", description="Lazy-start reverse proxy for containers.")
+    p.add_argument("--config", default="config.yaml", help="path to config.yaml")
+    p.add_argument("--host", help="listen address (overrides server.host)")
+    p.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    p.add_argument("--admin-port", type=int, help="admin listen port (overrides admin.port)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides logging.level")
+    p.add_argument("--log-format", choices=FORMATS, help="overrides logging.format")
+    p.add_argument("--check", action="store_true",
+                   help="validate the config and probe the backend, without binding ports; exit 0, 1 or 2")
+    p.add_argument("--version", action="version", version=f"lazy-proxy {__version__}")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ctl"]:
         return ctl(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m proxy", description="Lazy-start reverse proxy for containers.")
-    parser.add_argument("--config", default="config.yaml", help="path to config.yaml")
-    parser.add_argument("--host", help="listen address (overrides server.host)")
-    parser.add_argument("--port", type=int, help="listen port (overrides server.port)")
-    parser.add_argument("--admin-port", type=int, help="admin listen port (overrides admin.port)")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    config = replace(config, host=args.host or config.host, port=config.port if args.port is None else args.port)
+        return CONFIG_ERROR
+    config = replace(config, host=args.host or config.host, port=config.port if args.port is None else args.port,
+                     log_level=args.log_level or config.log_level, log_format=args.log_format or config.log_format)
     if args.admin_port is not None:
         config = replace(config, admin=config.admin.model_copy(update={"port": args.admin_port}))
-    configure(config.log_level)
+    if args.check:
+        return _run(check(config), config.log_level)
+    configure(config.log_level, config.log_format)
+    return _run(_serve(config), config.log_level)
+
+
+def _run(main: Coroutine[Any, Any, int | None], level: str) -> int:
+    """Run on uvloop (where there is one); every failure is one line on stderr and an exit code."""
     run = asyncio.run
     try:
         import uvloop
@@ -47,8 +74,18 @@ def main(argv: list[str] | None = None) -> int:
         run = uvloop.run
     except ImportError:  # platforms without uvloop run on asyncio's loop
         pass
-    run(_serve(config))
-    return 0
+    try:
+        return run(main) or 0
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return CONFIG_ERROR
+    except KeyboardInterrupt:  # before the signal handlers were in place
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback; the traceback at debug level
+        if level == "debug":
+            logging.getLogger("proxy").debug("unexpected error", exc_info=True)
+        print(f"lazy-proxy: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return UNEXPECTED
 
 
 async def _serve(config: Config) -> None:
@@ -56,7 +93,11 @@ async def _serve(config: Config) -> None:
     admin = None
     if config.admin.enabled:
         admin = (create_admin_app(app[PROXY]), config.admin.host, config.admin.port)
-    await serve(app, config.host, config.port, config.drain_timeout, admin)
+
+    async def started(listen: list[Any], admin_listen: list[Any]) -> None:
+        await announce(app[PROXY], listen, admin_listen)
+
+    await serve(app, config.host, config.port, config.drain_timeout, admin, started)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,16 @@ from proxy.adaptive import AdaptivePrewarm
 from proxy.autoscale import ScaleCollector
 from proxy.capacity import Capacity
 from proxy.cluster.node import join
-from proxy.events import Event, EventBus, StopReason, Transition
+from proxy.events import Event, EventBus, State, StopReason, Transition
 from proxy.fastpath import FastPath
 from proxy.hooks import Hooks
 from proxy.manager import Manager, Services
 from proxy.metrics import Metrics
 from proxy.pools import Pools
+from proxy.logs import resolve_format
 from proxy.prewarm import schedule_prewarm
 from proxy.probe import Prober
+from proxy.ready import BackendCheck, readiness
 from proxy.reconcile import Reconciler
 from proxy.registry import Registry
 from proxy.relays import Relays
@@ -61,7 +63,9 @@ class Proxy:
         self.scheduler = Scheduler(clock)
         self.reconciler = Reconciler(self.registry, backend)
         # The request line is an info line: `logging.level: warning` (or `logging.requests: false`) turns it off.
-        self.reqlog = RequestLog() if config.log_requests and config.log_level in ("debug", "info") else None
+        self.reqlog = RequestLog(console=resolve_format(config.log_format) == "console") \
+            if config.log_requests and config.log_level in ("debug", "info") else None
+        self.backend_check = BackendCheck(backend)  # /ready and the start-up line: a cached ping
         self.relays = Relays(config.max_body_size, config.upstream_timeout)
         warms = schedule_prewarm(self.scheduler, config, self.registry,
                                  self.node.ownership.runs_here if self.node else None)
@@ -121,6 +125,8 @@ class Proxy:
         await self.reconciler.stop()
         if self.node is not None:
             await self.node.hand_over()  # clustered: running keys go to the peers, not stopped (if any is alive)
+        for manager in self.registry:  # the drain is over: a start nobody waits for is given up, not waited out
+            manager.cancel_start()
         await self.registry.stop_all(StopReason.SHUTDOWN)
         if self.node is not None:
             await self.node.close()
@@ -147,13 +153,23 @@ PROXY = web.AppKey("proxy", Proxy)
 def _log_transition(event: Event) -> None:
     if not isinstance(event, Transition):
         return
-    log.info("state", key=event.key, container=event.container, **{"from": event.old.value},
-             to=event.new.value, duration=round(event.duration, 4), reason=event.reason)
+    # A failed start is something to look at; every other transition is routine.
+    emit = log.warning if event.new is State.FAILED else log.info
+    emit("state", key=event.key, container=event.container, **{"from": event.old.value},
+         to=event.new.value, duration=round(event.duration, 4), reason=event.reason)
 
 
 async def health(request: web.Request) -> web.Response:
     node = request.app[PROXY].node
     return web.json_response({"status": "ok"} if node is None else {"status": "ok", "cluster": node.status()})
+
+
+async def ready(request: web.Request) -> web.Response:
+    """Readiness (compose healthchecks, Kubernetes probes): 503 while the backend does not answer (a ping
+    cached for a second or two) or, clustered, before this replica has joined; /health stays liveness."""
+    proxy = request.app[PROXY]
+    ok, body = await readiness(proxy.backend_check, proxy.node)
+    return web.json_response(body, status=200 if ok else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -203,7 +219,8 @@ async def info(request: web.Request) -> web.Response:
     })
 
 
-SEED_HANDLERS = {"health": health, "metrics": metrics, "container-status": container_status, "info": info}
+SEED_HANDLERS = {"health": health, "ready": ready, "metrics": metrics, "container-status": container_status,
+                 "info": info}
 
 
 def add_seed_routes(app: web.Application, names: tuple[SeedRoute, ...]) -> None:

@@ -190,6 +190,9 @@ class Logging(Section):
     requests: bool = Field(
         default=True,
         description="one JSON line per proxied request (turn off for the last ~15% of throughput)")
+    format: Literal["console", "json"] | None = Field(
+        default=None, description="`console` (a line for people) or `json` (one object a line, for shippers)",
+        json_schema_extra=shown("console on a terminal, json otherwise"))
 
 
 # ---------------------------------------------------------------- routes, hooks, pricing
@@ -339,6 +342,7 @@ class Config:
     key_labels: tuple[str, ...] = ()  # metrics.key_labels: the allowlist of per-key metric labels
     admin: Admin = Admin()
     cluster: Cluster = Cluster()
+    log_format: str | None = None  # logging.format; None: console on a terminal, JSON otherwise (proxy/logs.py)
 
     @classmethod
     def from_schema(cls, schema: ConfigSchema) -> Config:
@@ -352,7 +356,7 @@ class Config:
                                for name, section in schema.containers.items()},
                    routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing,
                    key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)), admin=schema.admin,
-                   cluster=schema.cluster)
+                   cluster=schema.cluster, log_format=schema.logging.format)
 
 
 def parse_config(raw: Any) -> Config:

@@ -17,8 +17,8 @@ from proxy.units import Duration, NonEmptyStr, PositiveDuration, TupleOf
 
 __all__ = ["Admin", "SEED_ROUTES", "SeedRoute"]
 
-SeedRoute = Literal["health", "info", "container-status", "metrics"]
-SEED_ROUTES: tuple[SeedRoute, ...] = ("health", "info", "container-status", "metrics")
+SeedRoute = Literal["health", "ready", "info", "container-status", "metrics"]
+SEED_ROUTES: tuple[SeedRoute, ...] = ("health", "ready", "info", "container-status", "metrics")
 LOOPBACK = ("127.", "::1", "localhost")
 
 
@@ -28,7 +28,7 @@ class Admin(Section):
         default="127.0.0.1", description="admin listen address; reads need no token only on a loopback address")
     port: int = Field(default=8788, ge=0, le=65535, description="admin listen port")
     on_proxy_port: TupleOf[SeedRoute] = Field(
-        default=(), description="seed endpoints also served on the proxied port: `health`, `info`, "
+        default=(), description="seed endpoints also served on the proxied port: `health`, `ready`, `info`, "
                                 "`container-status`, `metrics` (each shadows the upstream's path)")
     token: str | None = Field(
         default=None, min_length=16, repr=False,

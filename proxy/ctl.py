@@ -2,8 +2,9 @@
 
 KEY is `class/key`, or a bare `key` when the proxy has one container class (or only one class has
 used that key). The token comes from the environment (`$LAZY_PROXY_ADMIN_TOKEN`, or `--token-env`),
-never from the command line, where `ps` would show it. Every answer is printed as JSON on stdout;
-`exec` writes the command's output to stdout/stderr as it comes and exits with its exit code.
+never from the command line, where `ps` would show it. `status` prints a table (`-o json`: the admin
+API's JSON, for scripts); every other answer is printed as JSON on stdout; `exec` writes the command's
+output to stdout/stderr as it comes and exits with its exit code.
 
 Exit codes: 0 done; 1 the operation failed (the runtime refused, a start failed); 2 usage; 3 no or
 wrong token, or exec disabled; 4 unknown class or key; 5 the key's state does not allow it, or the
@@ -16,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from typing import IO, Any
@@ -114,6 +116,7 @@ def parser() -> argparse.ArgumentParser:
     commands = p.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="every key, or one key's state")
     status.add_argument("key", nargs="?")
+    status.add_argument("-o", "--output", choices=("table", "json"), default="table", help="table (default) or json")
     for name in (*SIMPLE, *DRAINING):
         sub = commands.add_parser(name)
         sub.add_argument("key")
@@ -130,7 +133,8 @@ def parser() -> argparse.ArgumentParser:
 
 def dispatch(args: argparse.Namespace, client: Client) -> int:
     if args.command == "status" and args.key is None:
-        print(json.dumps(client.json("GET", "/admin/keys"), indent=2))
+        listing = client.json("GET", "/admin/keys")
+        print(json.dumps(listing, indent=2) if args.output == "json" else table(listing["keys"]))
         return OK
     path = "/admin/keys/" + resolve(client, args.key)
     if args.command == "exec":
@@ -139,6 +143,9 @@ def dispatch(args: argparse.Namespace, client: Client) -> int:
         return run_exec(client, path, args.argv, args.timeout)
     if args.command == "status":
         answer = client.json("GET", path)
+        if args.output == "table":
+            print(table([answer]))
+            return OK
     elif args.command == "sleep-after":
         seconds = None if args.seconds == "default" else _number(args.seconds)
         answer = client.json("PUT", path + "/sleep_after", {"seconds": seconds})
@@ -147,6 +154,31 @@ def dispatch(args: argparse.Namespace, client: Client) -> int:
         answer = client.json("POST", f"{path}/{args.command}", {} if drain is None else {"drain": drain})
     print(json.dumps(answer, indent=2))
     return OK
+
+
+COLUMNS = ("KEY", "CLASS", "STATE", "IN-FLIGHT", "IDLE", "STARTS")
+
+
+def table(keys: list[dict[str, Any]], now: float | None = None) -> str:
+    """`ctl status` for a person: one row per key, idle as a duration (`-`: never used)."""
+    now = time.time() if now is None else now
+    rows = [COLUMNS] + [(str(k["key"]), str(k["container"]), str(k["state"]), str(k["in_flight"]),
+                         "-" if k.get("last_activity") is None else duration(now - float(k["last_activity"])),
+                         str(k["start_count"])) for k in sorted(keys, key=lambda k: (k["container"], k["key"]))]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def duration(seconds: float) -> str:
+    """`42s`, `3m05s`, `2h10m`, `3d4h`: the two largest units."""
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
 
 
 def _number(text: str) -> float:

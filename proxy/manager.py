@@ -356,6 +356,14 @@ class Manager(Health):
                     return
                 await asyncio.sleep(delay)
 
+    def cancel_start(self) -> bool:
+        """Give up a start in progress (at shutdown, after the drain: nobody waits for it any more); its
+        half-started instance is stopped by `_abandon_start`. True when there was one."""
+        if self._start_task is None or self._start_task.done():
+            return False
+        self._start_task.cancel()
+        return True
+
     async def stop(self, reason: StopReason, drain: float = 0.0, *, remove: bool = False) -> None:
         """Stop now (shutdown, admin). Waits for a start in progress first; a wait for a capacity slot is
         given up (else the slots this very shutdown frees would start an instance nobody asked for).

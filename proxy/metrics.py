@@ -24,11 +24,12 @@ from typing import Callable, Iterable, Mapping
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
-                               generate_latest)
+from prometheus_client import (GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry, Counter,
+                               Gauge, Histogram, disable_created_metrics, generate_latest)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from proxy import __version__
 from proxy.config import Config
 from proxy.events import ColdWait, Event, Happening, State, StopReason, Transition
 from proxy.prewarm import fixed_keys
@@ -96,12 +97,22 @@ class KeyLabels:
         return self._order.get(container, (OTHER,))
 
 
+def standard_series(r: CollectorRegistry) -> None:
+    """What every Prometheus exporter shows: process_* (CPU, memory, open fds), python_gc_*, python_info
+    (prometheus_client's default collectors, put on this registry too) and `lazy_proxy_build_info{version}`."""
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        r.register(collector)
+    Gauge("lazy_proxy_build_info", "The running lazy-proxy's version (always 1).", ["version"],
+          registry=r).labels(__version__).set(1)
+
+
 class Metrics:
     def __init__(self, registry: Registry) -> None:
         config = registry.config
         self.prom = CollectorRegistry(auto_describe=True)
         self.key_label = KeyLabels.from_config(config)
         r = self.prom
+        standard_series(r)
         self.requests = RequestCollector()
         r.register(self.requests)
         self.class_starts = Counter("proxy_container_class_starts", "Instances that became ready, per class.",

@@ -4,13 +4,17 @@ structlog's processor chain, a JSON encoder and one unbuffered write per request
 relaying the request itself. The line keeps structlog's shape and field names (`event`, `level`,
 `timestamp` plus the request's fields), so log shippers see no difference; it is assembled from
 pre-escaped parts and written in batches, flushed on a short timer, when the batch grows, and at exit.
+With `logging.format: console` each line is rewritten for a person at flush time (`console_line`), so
+the fast JSON path stays the one place the fields are decided.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
+from datetime import datetime
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import TextIO
 
@@ -22,8 +26,9 @@ _METHODS = {m: _json_str(m) for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "
 class RequestLog:
     """Buffered writer of `{"event": "request", ...}` lines."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, console: bool = False) -> None:
         self._stream = stream
+        self.console = console
         self._lines: list[str] = []
         self._size = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -60,10 +65,28 @@ class RequestLog:
             self._timer = None
         if not self._lines:
             return
-        data, self._lines, self._size = "".join(self._lines), [], 0
+        lines, self._lines, self._size = self._lines, [], 0
+        data = "".join(map(console_line, lines) if self.console else lines)
         stream = self._stream or sys.stderr  # looked up late: tests and daemons swap stderr
         try:
             stream.write(data)
             stream.flush()
         except (OSError, ValueError):  # a closed stderr must not take the data path down
             pass
+
+
+_FIRST = ("method", "path", "status", "ms")
+_SKIP = {"event", "level", "timestamp"}
+
+
+def console_line(line: str) -> str:
+    """A JSON request line as `HH:MM:SS [info] request method=GET path=/x status=200 ms=1.23 route=... key=...`
+    (local time, like the console renderer of every other line: proxy/logs.py)."""
+    fields = json.loads(line)
+    try:
+        stamp = datetime.fromisoformat(fields["timestamp"]).astimezone().strftime("%H:%M:%S")
+    except (KeyError, TypeError, ValueError):
+        stamp = time.strftime("%H:%M:%S")
+    order = [k for k in _FIRST if k in fields] + [k for k in fields if k not in _FIRST and k not in _SKIP]
+    pairs = " ".join(f"{k}={fields[k]}" for k in order)
+    return f"{stamp} [{fields.get('level', 'info')}] {fields.get('event', 'request')} {pairs}\n"

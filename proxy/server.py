@@ -15,9 +15,14 @@ and the same request-smuggling defences. httptools parses the instances' respons
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import os
 import signal
+import socket
+import sys
 from collections import deque
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import structlog
 from aiohttp import web
@@ -30,6 +35,7 @@ from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
 from proxy.errors import json_error
+from proxy.units import ConfigError
 from proxy.fastpath import FastPath
 from proxy.relay import Exchange
 
@@ -213,6 +219,21 @@ class FastServer(Server):
     def __init__(self, base: Server, fast: FastPath) -> None:
         self.__dict__.update(base.__dict__)
         self.fast = fast
+        self.deadline: float | None = None  # loop time by which the drain ends (serve sets it at the signal)
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """aiohttp's drain (each connection: wait, then cancel, each up to `timeout`), bounded as a whole by
+        `deadline`: connections still busy then are closed, which cancels their handlers and cold waits."""
+        remaining = None if self.deadline is None else max(0.0, self.deadline - self._loop.time())
+        try:
+            await asyncio.wait_for(super().shutdown(timeout), remaining)
+        except asyncio.TimeoutError:
+            busy = list(self._connections)
+            log.warning("drain_timeout", connections_closed=len(busy))
+            for conn in busy:
+                if conn.transport is not None:
+                    conn.transport.abort()
+            self._connections.clear()
 
     def __call__(self) -> RequestHandler:
         # Bodies pass through as sent: a gzip body stays gzip, under its own Content-Encoding.
@@ -229,29 +250,114 @@ class ProxyRunner(web.AppRunner):
         return FastServer(server, self.app[PROXY].fast_path(self.app))
 
 
+Announce = Callable[[list[Any], list[Any]], Awaitable[None]]
+SECOND_SIGNAL_EXIT = 130  # a second SIGTERM/SIGINT: exit at once, with the shell's code for an interrupt
+
+
+def check_free(host: str, port: int, field: str) -> None:
+    """ConfigError naming `field` when (host, port) cannot be bound: in use, not allowed, not an address
+    here. Checked before the proxy starts (adopting instances, joining a cluster), so a proxy that cannot
+    listen changes nothing; binding itself is still checked (`_listen`)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(field.replace("port", "host"), f"cannot resolve {host!r}: {exc.strerror}") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                raise _bind_error(host, port, field, exc) from None
+
+
+def _bind_error(host: str, port: int, field: str, exc: OSError) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(field, f"{port} on {host} is in use")
+    if exc.errno == errno.EACCES:
+        return ConfigError(field, f"{port} on {host}: permission denied (ports below 1024 need privileges)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(field.replace("port", "host"), f"{host} is not an address of this machine")
+    return ConfigError(field, f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+async def _listen(runner: web.BaseRunner, host: str, port: int, field: str) -> None:
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError as exc:
+        raise _bind_error(host, port, field, exc) from None
+
+
 async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float,
-                admin: tuple[web.Application, str, int] | None = None) -> None:
+                admin: tuple[web.Application, str, int] | None = None, announce: Announce | None = None) -> None:
     """`web.run_app` for the fast path: serve until SIGTERM/SIGINT, then drain and clean up.
 
     `admin` is the admin listener's app and address (proxy/admin.py): a plain aiohttp listener of its
-    own, closed before the proxied port drains (the proxy's lifecycle belongs to `app`)."""
+    own, closed before the proxied port drains (the proxy's lifecycle belongs to `app`). A port that
+    cannot be bound raises ConfigError naming `server.port` or `admin.port`. `announce` gets the bound
+    addresses (proxied, admin) once both listen: the start-up line.
+
+    The drain, requests waiting for a cold start included, ends `shutdown_timeout` after the signal
+    (connections still busy then are closed); then the proxy stops its instances. A second signal exits
+    at once (code 130)."""
+    check_free(host, port, "server.port")
+    if admin is not None:
+        check_free(admin[1], admin[2], "admin.port")
     runner = ProxyRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
                          shutdown_timeout=shutdown_timeout)
     admin_runner = None
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await _listen(runner, host, port, "server.port")
         if admin is not None:
             admin_app, admin_host, admin_port = admin
             admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
             await admin_runner.setup()
-            await web.TCPSite(admin_runner, admin_host, admin_port, reuse_address=True).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+            await _listen(admin_runner, admin_host, admin_port, "admin.port")
+        if announce is not None:
+            await announce(runner.addresses, admin_runner.addresses if admin_runner is not None else [])
+        signum = await _first_signal(lambda _: _on_second_signal(app))
+        from proxy.app import PROXY
+
+        in_flight = sum(manager.in_flight for manager in app[PROXY].registry)
+        log.info(f"shutting down on {signal.Signals(signum).name}: draining {in_flight} "
+                 f"request{'' if in_flight == 1 else 's'} for up to {shutdown_timeout:g}s")
+        if isinstance(runner.server, FastServer):
+            runner.server.deadline = asyncio.get_running_loop().time() + shutdown_timeout
     finally:
         if admin_runner is not None:
             await admin_runner.cleanup()
         await runner.cleanup()
+
+
+async def _first_signal(on_second: Callable[[int], None]) -> int:
+    """Wait for SIGTERM or SIGINT; the signal's number. Later ones call `on_second`."""
+    loop = asyncio.get_running_loop()
+    first: asyncio.Future[int] = loop.create_future()
+
+    def received(signum: int) -> None:
+        if first.done():
+            on_second(signum)
+        else:
+            first.set_result(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, received, sig)
+    return await first
+
+
+def _on_second_signal(app: web.Application) -> None:
+    """A second signal while draining: the operator wants out now. Instances keep running (the next start
+    of the proxy adopts them)."""
+    from proxy.app import PROXY
+
+    log.warning("second signal: exiting now without waiting for the drain (running instances are left "
+                "for the next start to adopt)")
+    reqlog = app[PROXY].reqlog
+    if reqlog is not None:
+        reqlog.flush()
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    os._exit(SECOND_SIGNAL_EXIT)

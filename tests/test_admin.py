@@ -154,10 +154,15 @@ async def test_state_renew_sleep_after_and_audit(make_admin):
     before = a.h.manager("k2").last_activity
     code, out, _ = await a.ctl("renew", "k2")
     assert code == 0 and a.h.manager("k2").last_activity > before
-    code, out, _ = await a.ctl("status", "k2")
+    code, out, _ = await a.ctl("status", "k2", "-o", "json")
     assert code == 0 and json.loads(out)["key"] == "k2"
-    code, out, _ = await a.ctl("status")
+    code, out, _ = await a.ctl("status", "-o", "json")
     assert code == 0 and "k2" in {e["key"] for e in json.loads(out)["keys"]}
+    code, out, _ = await a.ctl("status")  # for people: a table, idle as a duration
+    header, *rows = out.splitlines()
+    assert header.split() == ["KEY", "CLASS", "STATE", "IN-FLIGHT", "IDLE", "STARTS"]
+    row = next(r.split() for r in rows if r.split()[0] == "k2")
+    assert row[1:4] == ["svc", "running", "0"] and row[4].endswith("s") and row[5] == "1"
     code, _, err = await a.ctl("pause", "k2")  # the stub cannot
     assert code == 5 and "not supported by backend stub" in err
     code, _, err = await a.ctl("status", "svc/missing")
