@@ -119,6 +119,9 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("key")
         if name in DRAINING:
             sub.add_argument("--drain", type=float, help="seconds requests in flight get to end")
+        if name == "start":
+            sub.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                             help="environment added to this start (repeatable; the key must be stopped)")
     sleep = commands.add_parser("sleep-after", help="per-key sleep_after (seconds, or `default`)")
     sleep.add_argument("key")
     sleep.add_argument("seconds")
@@ -142,11 +145,24 @@ def dispatch(args: argparse.Namespace, client: Client) -> int:
     elif args.command == "sleep-after":
         seconds = None if args.seconds == "default" else _number(args.seconds)
         answer = client.json("PUT", path + "/sleep_after", {"seconds": seconds})
+    elif args.command == "start" and args.env:
+        answer = client.json("POST", path + "/start", {"env": _env(args.env)})
     else:
         drain = getattr(args, "drain", None)
         answer = client.json("POST", f"{path}/{args.command}", {} if drain is None else {"drain": drain})
     print(json.dumps(answer, indent=2))
     return OK
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    """`--env NAME=VALUE` options as the start's env (the proxy checks the names)."""
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise Failure(USAGE, f"--env expects NAME=VALUE, got {pair!r}")
+        env[name] = value
+    return env
 
 
 def _number(text: str) -> float:

@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator
 
 __all__ = ["DURATION_HINT", "Argv", "ConfigError", "Duration", "EnvMap", "Key", "Name", "NonEmptyStr",
            "PositiveDuration", "Schedule", "ScheduleValue", "Size", "TupleOf", "Unit", "UrlPath", "check_key",
-           "env_value", "format_value", "parse_duration", "parse_schedule", "parse_size"]
+           "env_name", "env_value", "format_value", "parse_duration", "parse_schedule", "parse_size"]
 
 
 class ConfigError(ValueError):
@@ -138,7 +138,7 @@ def _argv(value: Any) -> tuple[str, ...] | None:
     raise ValueError("expected a list of strings (or one string, split with shell quoting)")
 
 
-def _env_name(name: str) -> str:
+def env_name(name: str) -> str:
     if not _ENV_NAME.match(name):
         raise ValueError("invalid environment variable name")
     return name
@@ -187,7 +187,7 @@ Size = Annotated[int, PlainValidator(parse_size), Unit("size")]
 ScheduleValue = Annotated[Schedule, PlainValidator(parse_schedule)]
 Argv = Annotated[tuple[str, ...] | None, PlainValidator(_argv)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
-EnvMap = dict[Annotated[str, AfterValidator(_env_name)], Annotated[str, PlainValidator(env_value)]]
+EnvMap = dict[Annotated[str, AfterValidator(env_name)], Annotated[str, PlainValidator(env_value)]]
 Name = Annotated[str, AfterValidator(_name)]
 Key = Annotated[str, AfterValidator(check_key)]
 UrlPath = Annotated[str, AfterValidator(_url_path)]
