@@ -22,11 +22,12 @@ import pytest
 import yaml
 
 from backends.base import LABEL_OWNER, ContainerSpec, Instance
+from backends._names import service_name
 from proxy.config import load_config
 from tests import engines
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.parametrize("kind", ["docker", "podman"])
+ENGINES = pytest.mark.parametrize("kind", ["docker", "podman"])
 
 
 async def run(backend: Any, instance: Instance, *argv: str) -> tuple[int | None, str]:
@@ -64,13 +65,18 @@ async def setup(kind: str, tmp_path: Path) -> Any:
     finally:
         await engines.remove_all(backend)
         await backend.close()
-        try:
-            await docker._query_json(f"volumes/{volume}", "DELETE")
-        except aiodocker.DockerError:
-            pass
+        for _ in range(40):  # a swarm task's container may still hold it a moment after its service is gone
+            try:
+                await docker._query_json(f"volumes/{volume}", "DELETE")
+                break
+            except aiodocker.DockerError as e:
+                if e.status == 404:
+                    break
+                await asyncio.sleep(0.25)
         await docker.close()
 
 
+@ENGINES
 async def test_volumes_user_labels_env_file_ports_reach_the_container(setup: Any, tmp_path: Path) -> None:
     backend, docker, image, volume = setup
     spec = load_config(write_config(tmp_path, image, volume)).containers["app"].spec
@@ -95,6 +101,7 @@ async def test_volumes_user_labels_env_file_ports_reach_the_container(setup: Any
     assert code != 0 and "Read-only file system" in out
 
 
+@ENGINES
 async def test_a_changed_option_recreates_the_stopped_container(setup: Any, tmp_path: Path) -> None:
     backend, docker, image, volume = setup
     spec = load_config(write_config(tmp_path, image, volume)).containers["app"].spec
@@ -124,6 +131,7 @@ asyncio.run(main())
 """
 
 
+@ENGINES
 async def test_containers_another_live_proxy_created_are_named(setup: Any, kind: str) -> None:
     backend, docker, image, _volume = setup
     assert await backend.claimed_elsewhere() == []
@@ -140,3 +148,25 @@ async def test_containers_another_live_proxy_created_are_named(setup: Any, kind:
     assert [i.key for i in listed] == ["k1"]
     info = json.dumps(await docker.containers.container(listed[0].id).show())
     assert LABEL_OWNER in info
+
+
+@pytest.mark.swarm
+@pytest.mark.parametrize("kind", ["swarm"])
+async def test_swarm_service_gets_mounts_user_labels_and_the_extra_port(setup: Any, tmp_path: Path) -> None:
+    backend, docker, image, volume = setup
+    spec = load_config(write_config(tmp_path, image, volume)).containers["app"].spec
+    instance = await backend.start("k1", spec.with_overrides(env={"PER_START": "yes"}))
+    service = dict(await docker.services.inspect(service_name(backend.proxy_id, "app", "k1")))
+    container = service["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert container["User"] == "1000:1000" and container["Labels"]["com.example.team"] == "web"
+    assert service["Spec"]["Labels"][LABEL_OWNER].endswith(f":{os.getpid()}")
+    assert {"FROM_FILE=file-value", "SHARED=from env", "PER_START=yes"} <= set(container["Env"])
+    mounts = {m["Target"]: m for m in container["Mounts"]}
+    assert mounts["/data"]["Type"] == "volume" and mounts["/data"]["Source"] == volume
+    assert mounts["/srv/site"]["Type"] == "bind" and mounts["/srv/site"]["ReadOnly"] is True
+    ports = {(p["TargetPort"], p["Protocol"]) for p in service["Spec"]["EndpointSpec"]["Ports"]}
+    assert ports == {(8080, "tcp"), (9090, "tcp")}
+    task = await docker._query_json(f"tasks/{instance.id}")
+    info = await docker.containers.container(task["Status"]["ContainerStatus"]["ContainerID"]).show()
+    assert info["Config"]["User"] == "1000:1000"
+    assert {m["Destination"]: m["RW"] for m in info["Mounts"]} == {"/data": True, "/srv/site": False}
