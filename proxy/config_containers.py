@@ -160,8 +160,9 @@ class ContainerSection(Section):
                                 "`/host/path:/path` or `./rel:/path` (a bind mount, relative to the config file), "
                                 "each optionally `:ro`; docker, podman, swarm")
     ports: TupleOf[Port] = Field(
-        default=(), description="more container ports (`9090`, `9091/udp`) beyond `port`: exposed, and published "
-                                "on the backend's loopback address like `port` (not proxied)")
+        default=(), description="more container ports (`9090`, `9091/udp`) beyond `port`, not proxied: exposed, and "
+                                "published like `port` (on 127.0.0.1, a port the engine picks; nothing is published "
+                                "in network mode, where the instance's IP serves them)")
     user: User | None = Field(default=None, description="`uid[:gid]` or `name[:group]` the process runs as",
                               json_schema_extra=shown("image's"))
     labels: dict[Label, Annotated[str, PlainValidator(env_value)]] = Field(
