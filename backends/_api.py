@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import socket
 from typing import Any, AsyncIterator, Mapping
 
 import aiodocker
@@ -20,6 +22,7 @@ from backends.base import (
     LABEL_CONTAINER,
     LABEL_KEY,
     LABEL_MANAGED,
+    LABEL_OWNER,
     LABEL_PORT,
     LABEL_PROXY_ID,
     LABEL_SPEC,
@@ -27,6 +30,26 @@ from backends.base import (
     BackendUnavailable,
     ContainerSpec,
 )
+
+def owner() -> str:
+    """The `proxy.owner` label of what this process creates: `<hostname>:<pid>`."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def held_elsewhere(labels: Mapping[str, str]) -> bool:
+    """Whether the object's `proxy.owner` names another process of this host that is alive: two proxies with one
+    proxy id (two deployments sharing a daemon) would adopt and stop each other's instances."""
+    host, _, pid = labels.get(LABEL_OWNER, "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
 
 # Events after which an instance may have left `running` (podman's names beside docker's).
 WATCHED_EVENTS = ("die", "died", "stop", "kill", "oom", "destroy", "remove", "cleanup")
@@ -130,8 +153,8 @@ class ApiClient:
 
     def labels_for(self, key: str, spec: ContainerSpec, spec_hash: str) -> dict[str, str]:
         """The labels of the instance of (key, spec); `spec_hash` decides whether a stopped one may be reused."""
-        return {LABEL_MANAGED: "true", LABEL_KEY: key, LABEL_CONTAINER: spec.name, LABEL_PROXY_ID: self.proxy_id,
-                LABEL_SPEC: spec_hash, LABEL_PORT: str(spec.port)}
+        return {**spec.labels, LABEL_MANAGED: "true", LABEL_KEY: key, LABEL_CONTAINER: spec.name,
+                LABEL_PROXY_ID: self.proxy_id, LABEL_SPEC: spec_hash, LABEL_PORT: str(spec.port), LABEL_OWNER: owner()}
 
     async def _deaths(self) -> AsyncIterator[dict[str, Any]]:
         """The runtime's events after which one of our containers may have left `running`, on a client of

@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator
 import aiodocker
 
 from backends._address import Addressing
-from backends._api import ApiClient
+from backends._api import ApiClient, held_elsewhere
 from backends._names import STUCK_STATUSES, Names
 from backends.base import (
     DEFAULT_STOP_TIMEOUT,
@@ -64,9 +64,18 @@ def spec_hash(spec: ContainerSpec, extra: dict[str, Any] | None = None) -> str:
         "memory": spec.resources.memory_bytes,
         "cpus": spec.resources.cpus,
         "stop_timeout": stop_seconds(spec.stop_timeout),
+        **compose_fields(spec),
         **(extra or {}),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def compose_fields(spec: ContainerSpec) -> dict[str, Any]:
+    """The spec hash's part for the compose options (volumes, ports, user, labels): only those set, so the
+    containers of a class that sets none keep the hash they had before these options existed."""
+    fields = {"volumes": [str(v) for v in spec.volumes], "ports": list(spec.ports), "user": spec.user,
+              "labels": sorted(dict(spec.labels).items())}
+    return {name: value for name, value in fields.items() if value}
 
 
 def _stopped_because(info: dict[str, Any]) -> str:
@@ -131,22 +140,29 @@ class EngineBackend(ApiClient):
 
     def create_config(self, key: str, spec: ContainerSpec) -> dict[str, Any]:
         port = f"{spec.port}/tcp"
+        host_config = self.address.host_config(spec.port)
+        if "PortBindings" in host_config:  # published: the extra ports too, on the same loopback address
+            host_config["PortBindings"] = {**host_config["PortBindings"], **{
+                extra: [{"HostIp": self.network_host, "HostPort": ""}] for extra in spec.ports}}
         config: dict[str, Any] = {
             "Image": spec.image,
             "Env": [f"{k}={v}" for k, v in sorted(dict(spec.env).items())],
             "Labels": self.labels_for(key, spec, self.spec_hash(spec)),
-            "ExposedPorts": {port: {}},
+            "ExposedPorts": {port: {}, **{extra: {} for extra in spec.ports}},
             # A stop is SIGTERM, then SIGKILL after the class's stop_timeout (`stop` reads it back, so adopted
             # containers keep theirs). The signal is explicit: podman's imported images default to SIGINT.
             "StopSignal": "SIGTERM",
             "StopTimeout": stop_seconds(spec.stop_timeout),
             "HostConfig": {
                 "Init": True,
-                **self.address.host_config(spec.port),
+                **host_config,
                 **self._resource_config(spec.resources),
+                **({"Binds": [str(v) for v in spec.volumes]} if spec.volumes else {}),
             },
             **self.address.create_fields(),
         }
+        if spec.user is not None:
+            config["User"] = spec.user
         if spec.entrypoint is not None:
             config["Entrypoint"] = list(spec.entrypoint)
         if spec.command is not None:
@@ -331,6 +347,15 @@ class EngineBackend(ApiClient):
                 continue
             out.append(info)
         return out
+
+    async def claimed_elsewhere(self) -> list[str]:
+        """Our running containers that another live proxy process on this host created (one list call)."""
+        async with self._errors():
+            docker = await self._client()
+            filters = json.dumps({"label": self.owner_filter(), "status": ["running"]})
+            listed = await docker.containers.list(filters=filters)
+        return sorted(str((c["Names"] or ["?"])[0]).lstrip("/") for c in listed
+                      if self.owns(c["Labels"] or {}) and held_elsewhere(c["Labels"] or {}))
 
     async def list_instances(self) -> list[Instance]:
         out: list[Instance] = []

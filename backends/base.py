@@ -19,6 +19,7 @@ LABEL_CONTAINER = "proxy.container"
 LABEL_PROXY_ID = "proxy.instance"
 LABEL_SPEC = "proxy.spec"
 LABEL_PORT = "proxy.port"  # the container's port, for adoption when none is published (backends/_address.py)
+LABEL_OWNER = "proxy.owner"  # `<hostname>:<pid>` of the proxy process that created it (backends/_api.py)
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,24 @@ DEFAULT_STOP_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
+class Volume:
+    """One compose short-syntax volume: a named volume (`data:/var/lib/x`, created by the runtime when missing) or
+    a bind mount of an absolute host path (`/srv/site:/usr/share/html:ro`)."""
+
+    source: str  # a volume name, or an absolute host path (a bind mount)
+    target: str  # an absolute path in the container
+    read_only: bool = False
+
+    @property
+    def bind(self) -> bool:
+        return self.source.startswith("/")
+
+    def __str__(self) -> str:
+        """As the engines' `Binds` take it: `source:target[:ro]`."""
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """What to run for one container class; everything a backend needs and nothing it does not."""
 
@@ -70,6 +89,10 @@ class ContainerSpec:
     resources: Resources = INSTANCE_TYPES["dev"]
     stop_timeout: float = DEFAULT_STOP_TIMEOUT  # SIGTERM, then SIGKILL after this many seconds
     startup_cpus: float = 0.0  # CPU limit until ready when above the type's (inf: none); see backends/control.py
+    volumes: tuple[Volume, ...] = ()
+    ports: tuple[str, ...] = ()  # more container ports beyond `port`, as `N/tcp` or `N/udp` (exposed, published)
+    user: str | None = None  # `uid[:gid]` or `name[:group]`; None: the image's
+    labels: Mapping[str, str] = field(default_factory=dict)  # the user's labels (never `proxy.*`)
 
     def with_overrides(
         self,
@@ -142,6 +165,15 @@ class BackendError(Exception):
 
 class BackendUnavailable(BackendError):
     """The runtime itself cannot be reached (daemon socket down)."""
+
+
+@runtime_checkable
+class Owned(Protocol):
+    """A backend that can tell which of its instances another live proxy process seems to own as well."""
+
+    async def claimed_elsewhere(self) -> list[str]:
+        """Names of this proxy id's running instances created by another live proxy process on this host."""
+        ...
 
 
 @runtime_checkable

@@ -30,7 +30,7 @@ from typing import Any, AsyncIterator
 
 import aiodocker
 
-from backends._api import ApiClient
+from backends._api import ApiClient, held_elsewhere
 from backends._engine import REUSE_STOPPED_DEFAULT, spec_hash, stop_seconds
 from backends._names import service_name
 from backends.base import (
@@ -125,6 +125,11 @@ class SwarmBackend(ApiClient):
             container["Command"] = list(spec.entrypoint)
         if spec.command is not None:
             container["Args"] = list(spec.command)
+        if spec.user is not None:
+            container["User"] = spec.user
+        if spec.volumes:  # a named volume is created on the task's node when missing; a bind needs the path there
+            container["Mounts"] = [{"Type": "bind" if v.bind else "volume", "Source": v.source, "Target": v.target,
+                                    "ReadOnly": v.read_only} for v in spec.volumes]
         task: dict[str, Any] = {
             "ContainerSpec": container,
             "Resources": {"Limits": {"NanoCPUs": int(round(spec.resources.cpus * 1e9)),
@@ -136,7 +141,8 @@ class SwarmBackend(ApiClient):
                                "Mode": {"Replicated": {"Replicas": 1}}}
         if self.network is None:
             out["EndpointSpec"] = {"Mode": "vip", "Ports": [
-                {"Protocol": "tcp", "TargetPort": spec.port, "PublishMode": "host"}]}
+                {"Protocol": protocol, "TargetPort": int(number), "PublishMode": "host"}
+                for number, _, protocol in (p.partition("/") for p in (f"{spec.port}/tcp", *spec.ports))]}
         else:
             task["Networks"] = [{"Target": self.network}]
         return out
@@ -175,7 +181,7 @@ class SwarmBackend(ApiClient):
                         return str(cidr).split("/")[0], port
             return None
         for p in ((task.get("Status") or {}).get("PortStatus") or {}).get("Ports") or []:
-            if p.get("TargetPort") == port and p.get("PublishedPort"):
+            if p.get("TargetPort") == port and p.get("Protocol", "tcp") == "tcp" and p.get("PublishedPort"):
                 return await self._node_host(task.get("NodeID", "")), int(p["PublishedPort"])
         return None
 
@@ -352,6 +358,13 @@ class SwarmBackend(ApiClient):
     async def _services(self) -> list[dict[str, Any]]:
         listed = await self._get("services", filters={"label": self.owner_filter()})
         return [s for s in listed if self._is_ours(s)]  # never trust the filter alone
+
+    async def claimed_elsewhere(self) -> list[str]:
+        """Our running services that another live proxy process on this host created."""
+        async with self._errors():
+            services = await self._services()
+        return sorted(str(s["Spec"].get("Name", "")) for s in services
+                      if s["Spec"]["Mode"].get("Replicated", {}).get("Replicas") and held_elsewhere(_labels(s)))
 
     async def list_instances(self) -> list[Instance]:
         out: list[Instance] = []

@@ -29,10 +29,11 @@ from proxy.app import PROXY, Proxy, add_seed_routes
 from proxy.config_admin import SEED_ROUTES
 from proxy.errors import (Conflict, Forbidden, InvalidInput, InvalidKey, NotFound, NotSupported, Refusal, Unauthorized,
                           json_errors)
-from proxy.events import StopReason
+from proxy.events import State, StopReason
 from proxy.keys import validate_key
 from proxy.manager import Manager
 from proxy.manager_pause import LIVE
+from proxy.units import env_name
 
 log = structlog.get_logger("proxy.admin")
 ANONYMOUS = "anonymous"
@@ -120,9 +121,33 @@ async def op_state(call: Call) -> web.StreamResponse:
     return answer(call)
 
 
+def start_env(call: Call) -> dict[str, str] | None:
+    """`{"env": {"NAME": "value"}}`: environment added to this one start (as Cloudflare's
+    `startAndWaitForPorts({envVars})`); None without it."""
+    env = call.body.get("env")
+    if env is None:
+        return None
+    if not isinstance(env, dict) or not all(isinstance(v, str) and "\0" not in v for v in env.values()):
+        raise InvalidInput('env must be an object of strings, e.g. {"env": {"MODE": "batch"}}')
+    for name in env:
+        try:
+            env_name(name)
+        except ValueError:
+            raise InvalidInput(f"env: invalid variable name {name!r} (letters, digits, '_'; not a digit first)") \
+                from None
+    return env
+
+
 async def op_start(call: Call) -> web.StreamResponse:
-    await call.manager.ensure_running(reason="admin")
-    call.manager.touch()
+    manager, env = call.manager, start_env(call)
+    if env is None:
+        await manager.ensure_running(reason="admin")
+    else:  # a start with its own env: only from stopped, so the env surely reaches the instance
+        if manager.state not in (State.STOPPED, State.FAILED):
+            raise Conflict(f"{manager.key} is {manager.state.value}: env applies to a new start only (stop it "
+                           f"first)", key=manager.key)
+        await manager.ensure_running(reason="admin", spec=manager.klass.spec.with_overrides(env=env))
+    manager.touch()
     return answer(call)
 
 
@@ -213,7 +238,8 @@ OPERATIONS = (
     Operation("GET", "", op_state, "The key's state (the manager's status)", mutates=False),
     Operation("POST", "state", op_state, "The key's state (as GET on the key)", mutates=False),
     Operation("POST", "start", op_start, "Start the instance and wait until it is ready (single-flight with "
-                                         "requests)"),
+                                         "requests); `env` is added to this start's environment (409 unless the "
+                                         "key is stopped)", body="Start"),
     Operation("POST", "stop", op_stop, "Stop the instance once the requests in flight end (`drain` seconds at "
                                        "most)", body="Drain"),
     Operation("POST", "pause", op_pause, "Freeze the instance (docker/podman); the next request resumes it",
@@ -267,7 +293,10 @@ def _handler(operation: Operation) -> Callable[[web.Request], Awaitable[web.Stre
 
 
 def _detail(call: Call) -> dict[str, Any]:
-    return {"state": call.manager.state.value, **{k: v for k, v in call.body.items() if k in ("drain", "seconds")}}
+    env = call.body.get("env")
+    names = {"env": sorted(env)} if isinstance(env, dict) else {}  # the names only: values may be secrets
+    return {"state": call.manager.state.value, **{k: v for k, v in call.body.items() if k in ("drain", "seconds")},
+            **names}
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

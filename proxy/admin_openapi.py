@@ -36,6 +36,11 @@ SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "properties": {
         "error": {"type": "string"}, "reason": {"type": "string"}, "status": {"type": "integer"}},
         "required": ["error", "reason", "status"]},
+    "Start": {"type": "object", "properties": {
+        "env": {"type": "object", "additionalProperties": {"type": "string"},
+                "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                "description": "environment added to this start (over the class's `env`); only when the key is "
+                               "stopped (else 409): a running instance keeps its environment"}}},
     "Drain": {"type": "object", "properties": {
         "drain": {**SECONDS, "description": "seconds the requests in flight get to end (default admin.stop_drain)"}}},
     "SleepAfter": {"type": "object", "required": ["seconds"], "properties": {

@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from backends import create_backend
-from backends.base import Backend, Instance
+from backends.base import Backend, Instance, Owned
 from proxy.config import Config
 from proxy.config_admin import SeedRoute
 from proxy.errors import json_errors
@@ -88,6 +88,11 @@ class Proxy:
         if self.node is not None:
             await self.node.start()  # before adoption: clustered, only keys owned here are adopted
         try:
+            if self.node is None and isinstance(self.backend, Owned):  # replicas of a cluster share ids by design
+                if shared := await self.backend.claimed_elsewhere():
+                    log.warning("proxy_id_shared", proxy_id=self.config.backend.proxy_id, containers=shared,
+                                hint="another live proxy on this host created these; give each deployment its "
+                                     "own backend.proxy_id")
             adopted = await self.registry.adopt_running()
             if adopted:
                 log.info("adopted", count=adopted)

@@ -18,7 +18,12 @@ Layout: scalar types in proxy/units.py, the strict base model and error paths in
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +36,7 @@ from proxy.config_admin import Admin
 from proxy.config_cluster import Cluster
 from proxy.config_base import Section, config_error, field_error, none_means_default, shown
 from proxy.config_containers import ContainerClass, ContainerSection, CronJob, Keepalive, Readiness
+from proxy.interpolate import interpolate, typed
 from proxy.units import (
     ConfigError,
     Duration,
@@ -46,11 +52,13 @@ from proxy.units import (
 )
 
 __all__ = ["Admin", "Backend", "BackendConfig", "Cluster", "Config", "ConfigError", "ConfigSchema", "ContainerClass",
-           "CronJob", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook", "load_config",
-           "parse_config"]
+           "CronJob", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook", "derived_proxy_id",
+           "load_config", "parse_config"]
 
 HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's action (proxy/admin.py)
 HOOK_EVENTS: tuple[HookEvent, ...] = ("start", "stop", "error")
+CONTAINER_ONLY = ("volumes", "ports", "user", "labels")  # class options a process cannot honour
+log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------- server, backend, metrics, logging
@@ -130,7 +138,10 @@ class Backend(Section):
                                     "`docker`, `podman` or `swarm` (one service per key)")
     proxy_id: Name = Field(
         default="default",
-        description="label value marking containers as this proxy's (keep it stable across restarts)")
+        description="label value marking containers as this proxy's (keep it stable across restarts; set it to "
+                    "`default` to keep containers of a version before the derived default)",
+        json_schema_extra=shown("`<host>-<8 hex of the config file's path>`; clustered: `cluster-<8 hex of the "
+                                "etcd endpoints and prefix>`"))
     docker: DockerOptions = DockerOptions()
     podman: PodmanOptions = PodmanOptions()
     swarm: SwarmOptions = SwarmOptions()
@@ -317,6 +328,19 @@ class ConfigSchema(Section):
                 raise field_error(("routes", i, "container"), f"unknown container class {route.container!r}")
         return self
 
+    @model_validator(mode="after")
+    def _isolation(self) -> ConfigSchema:
+        """The stub and process backends run plain processes: options only a container has are refused, not
+        silently dropped."""
+        if self.backend.type in ("stub", "process"):
+            for name, section in self.containers.items():
+                for option in CONTAINER_ONLY:
+                    if getattr(section, option):
+                        raise field_error(("containers", name, option),
+                                          f"the {self.backend.type} backend runs plain processes and cannot apply "
+                                          f"{option} (docker, podman and swarm can)")
+        return self
+
 
 # ---------------------------------------------------------------- the runtime view
 
@@ -361,16 +385,64 @@ class Config:
 
 def parse_config(raw: Any) -> Config:
     """Validate a config.yaml document (as loaded by PyYAML); raises ConfigError naming the field."""
+    return Config.from_schema(_validate(raw))
+
+
+def _validate(raw: Any, base: Path | None = None, interpolated: frozenset[tuple[str | int, ...]] = frozenset()
+              ) -> ConfigSchema:
+    """The schema of `raw`; relative paths resolve against `base` (the config file's directory).
+
+    A value `${...}` made (a path in `interpolated`) that its field rejects as a string is tried once more as
+    the number or boolean it spells, as compose casts interpolated values by its schema."""
+    context = {"base": base or Path.cwd()}
     try:
-        schema = ConfigSchema.model_validate(raw)
+        return ConfigSchema.model_validate(raw, context=context)
+    except ValidationError as exc:
+        retyped = _retyped(raw, exc, interpolated)
+        if retyped is None:
+            raise config_error(exc) from None
+    try:
+        return ConfigSchema.model_validate(retyped, context=context)
     except ValidationError as exc:
         raise config_error(exc) from None
-    return Config.from_schema(schema)
 
 
-def load_config(path: str | Path) -> Config:
+def _retyped(raw: Any, exc: ValidationError, interpolated: frozenset[tuple[str | int, ...]]) -> Any | None:
+    """`raw` with each interpolated value an error names replaced by its typed form; None if there is none."""
+    changed = False
+    for error in exc.errors(include_url=False):
+        loc = tuple(p for p in error["loc"] if not (isinstance(p, str) and (p.startswith("<") or p == "[key]")))
+        path = next((p for p in interpolated if loc[:len(p)] == p), None)
+        if path is None:
+            continue
+        *parents, last = path
+        node = raw
+        for part in parents:
+            node = node[part]
+        if isinstance(node[last], str) and (value := typed(node[last])) != node[last]:
+            node[last], changed = value, True
+    return raw if changed else None
+
+
+def derived_proxy_id(config_path: Path, cluster: Cluster) -> str:
+    """`backend.proxy_id` when the config leaves it out: what two deployments on one daemon do not share.
+
+    One proxy: `<host>-<8 hex of the config file's absolute path>` (another config file, or another host, is
+    another id; a restart keeps it). Clustered: `cluster-<8 hex of the etcd endpoints and prefix>`, the same on
+    every replica, which adopt each other's instances."""
+    if cluster.store != "none":
+        seed = json.dumps([cluster.prefix, sorted(cluster.endpoints)])
+        return f"cluster-{hashlib.sha256(seed.encode()).hexdigest()[:8]}"
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0]).lstrip("_.-")[:54] or "proxy"
+    return f"{host}-{hashlib.sha256(str(config_path.resolve()).encode()).hexdigest()[:8]}"
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, interpolate (`${VAR}` from `environ`, default the process's environment) and validate a config
+    file; relative paths in it are relative to its directory."""
+    path = Path(path)
     try:
-        text = Path(path).read_text()
+        text = path.read_text()
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror or exc}") from exc
     try:
@@ -379,4 +451,11 @@ def load_config(path: str | Path) -> Config:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "config"
         raise ConfigError(where, f"invalid YAML: {getattr(exc, 'problem', exc)}") from exc
-    return parse_config(raw)
+    result = interpolate(raw, os.environ if environ is None else environ)
+    if result.unset:
+        log.warning("config %s: variables not set, taken as blank: %s", path, ", ".join(result.unset))
+    schema = _validate(result.data, path.resolve().parent, frozenset(result.paths))
+    if "proxy_id" not in schema.backend.model_fields_set:
+        backend = schema.backend.model_copy(update={"proxy_id": derived_proxy_id(path, schema.cluster)})
+        schema = schema.model_copy(update={"backend": backend})
+    return Config.from_schema(schema)

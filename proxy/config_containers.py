@@ -10,11 +10,12 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, PlainValidator, Tag, model_validator
 
 from backends.base import DEFAULT_STOP_TIMEOUT, INSTANCE_DISK_GB, INSTANCE_TYPES, ContainerSpec, Resources
 from proxy.breaker import CrashLoopPolicy
 from proxy.config_base import Section, field_error, none_means_default, shown
+from proxy.config_compose import EnvFile, Label, Port, User, Volumes
 from proxy.units import (
     Argv,
     Duration,
@@ -26,6 +27,7 @@ from proxy.units import (
     Size,
     TupleOf,
     UrlPath,
+    env_value,
 )
 
 PREWARM_BUDGET = 7200.0  # adaptive pre-warm: running seconds per key per day its pre-warms may cost
@@ -146,10 +148,25 @@ class ContainerSection(Section):
         description="image (stub: `stub:module:factory` picks an in-process app; anything else serves the model)")
     port: int = Field(default=8080, ge=1, le=65535, description="the container's port")
     env: EnvMap = Field(default_factory=dict, description="environment")
-    entrypoint: Argv = Field(default=None, description="list of strings (or one string split on spaces)",
-                             json_schema_extra=shown("image's"))
-    command: Argv = Field(default=None, description="list of strings (or one string split on spaces)",
-                          json_schema_extra=shown("image's"))
+    env_file: EnvFile = Field(
+        default=(), description="a file of `KEY=VALUE` lines (compose's format), or a list of them, relative to the "
+                                "config file; read at start-up, `env` wins over it")
+    entrypoint: Argv = Field(default=None, description="list of strings (or one string, split like a shell: "
+                                                       "`sh -c 'echo hi'`)", json_schema_extra=shown("image's"))
+    command: Argv = Field(default=None, description="list of strings (or one string, split like a shell: "
+                                                    "`sh -c 'echo hi'`)", json_schema_extra=shown("image's"))
+    volumes: Volumes = Field(
+        default=(), description="compose's short syntax: `name:/path` (a named volume, created when missing), "
+                                "`/host/path:/path` or `./rel:/path` (a bind mount, relative to the config file), "
+                                "each optionally `:ro`; docker, podman, swarm")
+    ports: TupleOf[Port] = Field(
+        default=(), description="more container ports (`9090`, `9091/udp`) beyond `port`, not proxied: exposed, and "
+                                "published like `port` (on 127.0.0.1, a port the engine picks; nothing is published "
+                                "in network mode, where the instance's IP serves them)")
+    user: User | None = Field(default=None, description="`uid[:gid]` or `name[:group]` the process runs as",
+                              json_schema_extra=shown("image's"))
+    labels: dict[Label, Annotated[str, PlainValidator(env_value)]] = Field(
+        default_factory=dict, description="more labels on each instance (not `proxy.*`: those are the proxy's)")
     readiness: Readiness = Readiness()
     instance_type: InstanceType = Field(
         default="dev", description="`lite` (256 MiB, 1/16 vCPU, 2 GB disk), `basic` (1 GiB, 1/4, 4 GB), "
@@ -228,10 +245,14 @@ class ContainerClass:
             type_name, resources = "custom", Resources(memory_bytes=kind.memory, cpus=float(kind.cpus))
         else:
             type_name, resources = kind, INSTANCE_TYPES[kind]
-        spec = ContainerSpec(name=name, image=section.image, port=section.port, env=dict(section.env),
+        from_files = {k: v for _path, pairs in section.env_file for k, v in pairs}
+        spec = ContainerSpec(name=name, image=section.image, port=section.port,
+                             env={**from_files, **section.env},
                              entrypoint=section.entrypoint, command=section.command, resources=resources,
                              stop_timeout=section.stop_timeout,
-                             startup_cpus=section.startup_cpu_boost)
+                             startup_cpus=section.startup_cpu_boost, volumes=section.volumes,
+                             ports=tuple(dict.fromkeys(p for p in section.ports if p != f"{section.port}/tcp")),
+                             user=section.user, labels=dict(section.labels))
         return cls(spec=spec, instance_type=type_name, disk_gb=INSTANCE_DISK_GB.get(type_name, 2.0),
                    readiness=section.readiness, sleep_after=section.sleep_after,
                    start_timeout=section.start_timeout, max_instances=section.max_instances,

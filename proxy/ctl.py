@@ -122,6 +122,9 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("key")
         if name in DRAINING:
             sub.add_argument("--drain", type=float, help="seconds requests in flight get to end")
+        if name == "start":
+            sub.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                             help="environment added to this start (repeatable; the key must be stopped)")
     sleep = commands.add_parser("sleep-after", help="per-key sleep_after (seconds, or `default`)")
     sleep.add_argument("key")
     sleep.add_argument("seconds")
@@ -149,6 +152,8 @@ def dispatch(args: argparse.Namespace, client: Client) -> int:
     elif args.command == "sleep-after":
         seconds = None if args.seconds == "default" else _number(args.seconds)
         answer = client.json("PUT", path + "/sleep_after", {"seconds": seconds})
+    elif args.command == "start" and args.env:
+        answer = client.json("POST", path + "/start", {"env": _env(args.env)})
     else:
         drain = getattr(args, "drain", None)
         answer = client.json("POST", f"{path}/{args.command}", {} if drain is None else {"drain": drain})
@@ -179,6 +184,17 @@ def duration(seconds: float) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    """`--env NAME=VALUE` options as the start's env (the proxy checks the names)."""
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise Failure(USAGE, f"--env expects NAME=VALUE, got {pair!r}")
+        env[name] = value
+    return env
 
 
 def _number(text: str) -> float:

@@ -8,15 +8,16 @@ user writes them (`5ms`, `10MiB`). `ConfigError` lives here so the parsers and t
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 from croniter import croniter
 from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator
 
-__all__ = ["Argv", "ConfigError", "Duration", "EnvMap", "Key", "Name", "NonEmptyStr", "PositiveDuration",
-           "Schedule", "ScheduleValue", "Size", "TupleOf", "Unit", "UrlPath", "check_key", "format_value",
-           "parse_duration", "parse_schedule", "parse_size"]
+__all__ = ["DURATION_HINT", "Argv", "ConfigError", "Duration", "EnvMap", "Key", "Name", "NonEmptyStr",
+           "PositiveDuration", "Schedule", "ScheduleValue", "Size", "TupleOf", "Unit", "UrlPath", "check_key",
+           "env_name", "env_value", "format_value", "parse_duration", "parse_schedule", "parse_size"]
 
 
 class ConfigError(ValueError):
@@ -47,8 +48,15 @@ class Unit:
     kind: str  # "duration" or "size"
 
 
-_DURATION = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_DURATION_SCALE = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# Go's time.ParseDuration: one or more <number><unit> (`1h30m`, `1.5h`, `2h45m10s`, `500ms`, `300us`); a plain
+# number (or a number and one unit with a space, `30 s`) as before. A number alone is seconds.
+_DURATION_PART = r"(?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|\u00b5s|\u03bcs|ms|s|m|h)"
+_DURATION = re.compile(rf"^\s*(-?)((?:{_DURATION_PART})+)\s*$")
+_DURATION_PLAIN = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h)?\s*$")
+_DURATION_TERM = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+_DURATION_SCALE = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0,
+                   "h": 3600.0, None: 1.0}
+DURATION_HINT = "expected a duration like 30, '500ms', '1h30m'"
 _SIZE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"b": 1, "kb": 10**3, "kib": 2**10, "mb": 10**6, "mib": 2**20, "gb": 10**9, "gib": 2**30}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -56,19 +64,26 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from `30`, `2.5`, `"500ms"`, `"30s"`, `"5m"`, `"1h"`; never negative."""
+    """Seconds from `30`, `2.5`, `"500ms"`, `"30s"`, `"5m"`, `"1h30m"`, `"1.5h"` (Go's forms); never negative."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"expected a duration like 30, '500ms', '5m', got {value!r}")
+        raise ValueError(f"{DURATION_HINT}, got {value!r}")
     if isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"expected a duration like 30, '500ms', '5m', got {value!r}")
-        seconds = float(match.group(1)) * _DURATION_SCALE[match.group(2)]
+        seconds = _duration_text(value)
     else:
         seconds = float(value)
     if seconds < 0:
         raise ValueError("a duration must not be negative")
     return seconds
+
+
+def _duration_text(value: str) -> float:
+    if plain := _DURATION_PLAIN.match(value):
+        return float(plain.group(1)) * _DURATION_SCALE[plain.group(2)]
+    match = _DURATION.match(value)
+    if not match:
+        raise ValueError(f"{DURATION_HINT}, got {value!r}")
+    seconds = sum(float(number) * _DURATION_SCALE[unit] for number, unit in _DURATION_TERM.findall(match.group(2)))
+    return -seconds if match.group(1) else seconds
 
 
 def parse_size(value: Any) -> int:
@@ -88,14 +103,23 @@ def parse_size(value: Any) -> int:
 
 
 def parse_schedule(value: Any) -> Schedule:
-    """`"*/2 * * * *"` (cron, checked by croniter) or `"30s"` / `30` (a positive interval)."""
+    """`"*/2 * * * *"` (cron, checked by croniter) or `"30s"` / `30` (a positive interval).
+
+    A string of several fields that is no duration is taken for a cron expression with the wrong field count,
+    which is what its writer most likely meant (`"*/5 * * *"`), and reported so."""
     if isinstance(value, Schedule):
         return value
-    if isinstance(value, str) and len(value.split()) == 5:
+    fields = value.split() if isinstance(value, str) else []
+    if len(fields) == 5:
         if not croniter.is_valid(value):
             raise ValueError(f"invalid cron expression {value!r}")
         return Schedule(cron=value)
-    every = parse_duration(value)
+    try:
+        every = parse_duration(value)
+    except ValueError:
+        if len(fields) > 1:
+            raise ValueError(f"a cron expression has 5 fields, got {len(fields)}: {value!r}") from None
+        raise
     if every <= 0:
         raise ValueError("an interval must be positive")
     return Schedule(every=every)
@@ -105,19 +129,22 @@ def _argv(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return tuple(value.split())
+        try:
+            return tuple(shlex.split(value))  # as compose does: `sh -c 'echo hi; sleep 1'` is three words
+        except ValueError as exc:  # shlex: "No closing quotation", "No escaped character"
+            raise ValueError(f"cannot split {value!r} like a shell: {str(exc).lower()}") from None
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
         return tuple(value)
-    raise ValueError("expected a list of strings (or one string split on spaces)")
+    raise ValueError("expected a list of strings (or one string, split with shell quoting)")
 
 
-def _env_name(name: str) -> str:
+def env_name(name: str) -> str:
     if not _ENV_NAME.match(name):
         raise ValueError("invalid environment variable name")
     return name
 
 
-def _env_value(value: Any) -> str:
+def env_value(value: Any) -> str:
     """YAML scalars become the strings a process sees; booleans as `true`/`false`, not `True`."""
     if isinstance(value, bool):
         return str(value).lower()
@@ -160,7 +187,7 @@ Size = Annotated[int, PlainValidator(parse_size), Unit("size")]
 ScheduleValue = Annotated[Schedule, PlainValidator(parse_schedule)]
 Argv = Annotated[tuple[str, ...] | None, PlainValidator(_argv)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
-EnvMap = dict[Annotated[str, AfterValidator(_env_name)], Annotated[str, PlainValidator(_env_value)]]
+EnvMap = dict[Annotated[str, AfterValidator(env_name)], Annotated[str, PlainValidator(env_value)]]
 Name = Annotated[str, AfterValidator(_name)]
 Key = Annotated[str, AfterValidator(check_key)]
 UrlPath = Annotated[str, AfterValidator(_url_path)]
