@@ -160,15 +160,18 @@ class KeyTemplate:
         self.from_request = [(kind, text) for kind, text in self.parts if kind in ("header", "cookie")]
 
     def fill(self, variables: Mapping[str, str], headers: Headers | None = None) -> str:
-        """The key; a missing header or cookie leaves its part empty (the key then fails validation)."""
+        """The key; "" (an invalid key, see `missing`) when a header or cookie it is made of is missing or empty."""
         out = []
         for kind, text in self.parts:
             if not kind:
                 out.append(text)
             elif kind == "var":
                 out.append(variables.get(text, ""))
-            elif headers is not None:
-                out.append((headers.get(text) if kind == "header" else cookie(headers, text)) or "")
+            else:
+                value = None if headers is None else headers.get(text) if kind == "header" else cookie(headers, text)
+                if not value:
+                    return ""
+                out.append(value)
         return "".join(out)
 
     def missing(self, headers: Headers) -> str | None:
@@ -182,10 +185,20 @@ class KeyTemplate:
 # ---------------------------------------------------------------- user agents
 
 
-def agent_matcher(patterns: Iterable[str]) -> re.Pattern[str] | None:
-    """One regex for a route's `ignore_user_agents` (searched, case-sensitively as written); None when empty."""
-    patterns = list(patterns)
-    return re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+class AgentMatcher:
+    """A route's `ignore_user_agents`: each regex searched in the User-Agent (each may carry its own `(?i)`)."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = [re.compile(p) for p in patterns]
+
+    def search(self, agent: str) -> bool:
+        return any(p.search(agent) for p in self.patterns)
+
+
+def agent_matcher(patterns: Iterable[str]) -> AgentMatcher | None:
+    """None when there is nothing to ignore (the request path then looks at no User-Agent)."""
+    matcher = AgentMatcher(patterns)
+    return matcher if matcher.patterns else None
 
 
 # ---------------------------------------------------------------- one path, several hosts

@@ -96,7 +96,7 @@ class RouteHandler:
         if self.route.mode == "warm":
             return False
         agents = self._ignored_agents
-        return agents is None or agents.search(request.headers.get(hdrs.USER_AGENT, "")) is None
+        return agents is None or not agents.search(request.headers.get(hdrs.USER_AGENT, ""))
 
     def target_for(self, raw_target: str, raw_variables: Mapping[str, str]) -> str:
         return upstream_target(self.route.upstream_path, raw_target, raw_variables)
