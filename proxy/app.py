@@ -37,6 +37,7 @@ from proxy.registry import Registry
 from proxy.relays import Relays
 from proxy.retry_after import RetryAdvisor
 from proxy.reqlog import RequestLog
+from proxy.route_match import RouteGroup
 from proxy.routes import RouteHandler
 from proxy.schedule import Clock, Scheduler
 from proxy.usage import UsageMeter
@@ -80,7 +81,7 @@ class Proxy:
         self.adaptive = AdaptivePrewarm(config, self.registry, clock,
                                         self.node.ownership.runs_here if self.node else None)
         self.metrics.prom.register(ScaleCollector(self.scalers))
-        self._resources: dict[web.AbstractResource, RouteHandler] = {}
+        self._resources: dict[web.AbstractResource, RouteGroup[RouteHandler]] = {}
         self.started = time.time()
         self.bus.subscribe(_log_transition)
 
@@ -105,13 +106,19 @@ class Proxy:
         self.adaptive.start()
 
     def add_routes(self, app: web.Application) -> None:
-        """Register each configured route (the fast path resolves against the same resources)."""
+        """Register each configured path once (the fast path resolves against the same resources); routes that
+        share a path (with different hosts) share its resource, and the Host picks one (proxy/route_match.py)."""
+        by_path: dict[str, list[RouteHandler]] = {}
         for handler in self.handlers:
-            resource = app.router.add_route("*", handler.route.path, handler.handle,
-                                            expect_handler=handler.expect).resource
+            by_path.setdefault(handler.route.path, []).append(handler)
+        for path, handlers in by_path.items():
+            group = RouteGroup(handlers)
+            serve = group.only or group
+            resource = app.router.add_route("*", path, serve.handle, expect_handler=serve.expect).resource
             assert resource is not None
-            handler.bind(resource)
-            self._resources[resource] = handler
+            for handler in handlers:
+                handler.bind(resource)
+            self._resources[resource] = group
 
     def fast_path(self, app: web.Application) -> FastPath:
         return FastPath(app, self._resources, self.relays, self.node.ownership if self.node else None)

@@ -37,6 +37,7 @@ from proxy.config_cluster import Cluster
 from proxy.config_base import Section, config_error, field_error, none_means_default, shown
 from proxy.config_containers import ContainerClass, ContainerSection, CronJob, Keepalive, Readiness
 from proxy.interpolate import interpolate, typed
+from proxy.route_match import HostPattern, KeyTemplate, check_path, path_signature, path_variables
 from proxy.units import (
     ConfigError,
     Duration,
@@ -209,14 +210,19 @@ class Logging(Section):
 # ---------------------------------------------------------------- routes, hooks, pricing
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
-_PATH_VARIABLE = re.compile(r"\{(\w+)(?::[^}]*)?\}")
 
 
 class Route(Section):
     path: UrlPath = Field(description="aiohttp path pattern, e.g. `/container/{id}/api/{tail:.*}`")
     container: NonEmptyStr = Field(description="container class")
-    key: str = Field(default="", description='fixed key or a template of path variables (`"{id}"`)',
-                     json_schema_extra=shown("the class name"))
+    host: NonEmptyStr | None = Field(
+        default=None, description='match the Host too: `"{id}.apps.example.com"` (a variable is one label, usable '
+                                  'in `key` and `upstream_path`), `"*.example.com"` or a literal host; any case, '
+                                  'port ignored. A Host no route of this path matches falls through to the one '
+                                  'without `host`', json_schema_extra=shown("any host"))
+    key: str = Field(default="", description='fixed key or a template of path/host variables (`"{id}"`), headers '
+                                             '(`"{header:X-Tenant}"`) and cookies (`"{cookie:session}"`); a missing '
+                                             'header or cookie is a 400', json_schema_extra=shown("the class name"))
     mode: Literal["start", "warm", "lb"] = Field(
         default="start",
         description="`start` (start if needed), `warm` (only if running, else 503), `lb` (balance over `instances`)")
@@ -237,6 +243,10 @@ class Route(Section):
         default=60.0, description="autoscaled lb: the stable window the average in-flight is taken over (scale "
                                   "down after it); the panic window, for bursts, is a tenth of it")
     name: str = Field(default="", description="`route` label in metrics", json_schema_extra=shown("the path"))
+    ignore_user_agents: TupleOf[str] = Field(
+        default=(), description="regular expressions (searched in the User-Agent): a matching request never "
+                                "starts an instance (served if running, else 503 `not warm`), so health checkers "
+                                "and crawlers do not wake keys, e.g. `[\"kube-probe\", \"(?i)bot\"]`")
 
     @model_validator(mode="before")
     @classmethod
@@ -251,17 +261,39 @@ class Route(Section):
 
     @model_validator(mode="after")
     def _templates(self) -> Route:
-        path_vars = set(_PATH_VARIABLE.findall(self.path))
-        placeholders = _PLACEHOLDER.findall(self.key)
-        for field, template in (("key", self.key), ("upstream_path", self.upstream_path or "")):
-            for var in _PLACEHOLDER.findall(template):
-                if var not in path_vars:
-                    raise field_error((field,), f"placeholder {{{var}}} is not a variable of the path")
+        if (problem := check_path(self.path)) is not None:
+            raise field_error(("path",), problem)
+        path_vars = set(path_variables(self.path))
+        host_vars: set[str] = set()
+        if self.host is not None:
+            try:
+                host_vars = set(HostPattern(self.host).variables)
+            except ValueError as exc:
+                raise field_error(("host",), str(exc)) from None
+            if clash := sorted(host_vars & path_vars):
+                raise field_error(("host",), f"{{{clash[0]}}} is a path variable too")
+        try:
+            template = KeyTemplate(self.key)
+        except ValueError as exc:
+            raise field_error(("key",), str(exc)) from None
+        for field, names in (("key", template.variables), ("upstream_path", _PLACEHOLDER.findall(
+                self.upstream_path or ""))):
+            for var in names:
+                if var not in path_vars | host_vars:
+                    raise field_error((field,), f"placeholder {{{var}}} is not a variable of the path or host")
+        if re.search(r"\{(header|cookie):", self.upstream_path or ""):
+            raise field_error(("upstream_path",), "only `key` may use {header:...} and {cookie:...}")
+        placeholders = template.variables or template.from_request
         if not placeholders:
             try:
                 check_key(self.key)
             except ValueError as exc:
                 raise field_error(("key",), str(exc)) from None
+        for i, pattern in enumerate(self.ignore_user_agents):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise field_error(("ignore_user_agents", i), f"invalid regular expression: {exc}") from None
         if self.mode == "lb" and placeholders:
             raise field_error(("key",), "an lb route balances over fixed keys; templates are not allowed")
         if self.instances > 1 and self.mode != "lb":
@@ -339,6 +371,22 @@ class ConfigSchema(Section):
                         raise field_error(("containers", name, option),
                                           f"the {self.backend.type} backend runs plain processes and cannot apply "
                                           f"{option} (docker, podman and swarm can)")
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_routes(self) -> ConfigSchema:
+        """Two routes of one path need different hosts (else the second is never served), spelled alike."""
+        seen: dict[tuple[str, str], int] = {}
+        spelled: dict[str, str] = {}
+        for i, route in enumerate(self.routes):
+            signature = path_signature(route.path)
+            host = route.host.lower().rstrip(".") if route.host else ""
+            if (first := seen.setdefault((signature, host), i)) != i:
+                raise field_error(("routes", i, "path"), f"duplicate of routes[{first}]"
+                                  + (f" (same host {route.host})" if route.host else ""))
+            if spelled.setdefault(signature, route.path) != route.path:
+                raise field_error(("routes", i, "path"), f"matches what {spelled[signature]!r} matches: routes of "
+                                                         "one path (differing by host) must name its variables alike")
         return self
 
 

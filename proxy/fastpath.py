@@ -10,7 +10,9 @@ once, in the aiohttp path:
   no `Expect` (100-continue is answered by the aiohttp path, after the body-size check);
 - an origin-form target whose path is plain (no `%`, no `/.`, no `\\`): aiohttp's router sees it as
   sent, so both paths pick the same route; any other target is checked and served by aiohttp;
-- it matches a proxied route (the proxy's own endpoints go to aiohttp), its key is valid, a declared
+- it matches a proxied route (the proxy's own endpoints go to aiohttp); where routes of that path differ
+  by host, the Host picks one exactly as on the aiohttp path (`RouteGroup.pick`), and a Host none takes
+  goes to aiohttp (404); the key, from the path, host, headers or cookies (`KeyTemplate`), is valid, a declared
   Content-Length is within max_body_size, and the key's instance is **running** (and, clustered, the key
   is owned here: one set lookup).
 """
@@ -34,11 +36,14 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from proxy.cluster.owner import Ownership
+    from proxy.route_match import RouteGroup
     from proxy.routes import RouteHandler
     from proxy.server import FastProtocol
 
+    _Group = RouteGroup[RouteHandler]
+    _Candidate = tuple[str | None, re.Pattern[str] | None, _Group | None]
+
 FAST_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_Candidate = tuple[str | None, "re.Pattern[str] | None", "RouteHandler | None"]
 
 
 class FastRouter:
@@ -50,8 +55,8 @@ class FastRouter:
 
     CACHE = 4096  # resolved paths remembered (per-key routes have one path per key)
 
-    def __init__(self, app: web.Application, handlers: dict[Any, RouteHandler]) -> None:
-        self._cache: dict[str, tuple[RouteHandler, dict[str, str]] | None] = {}
+    def __init__(self, app: web.Application, handlers: dict[Any, _Group]) -> None:
+        self._cache: dict[str, tuple[_Group, dict[str, str]] | None] = {}
         self._index: dict[str, list[_Candidate]] = {}
         for resource in app.router.resources():
             info = resource.get_info()
@@ -61,8 +66,8 @@ class FastRouter:
             self._index.setdefault(canonical.rstrip("/") or "/", []).append(
                 (info.get("path"), info.get("pattern"), handlers.get(resource)))
 
-    def resolve(self, path: str) -> tuple[RouteHandler, dict[str, str]] | None:
-        """The proxied route for `path` and its variables; None for own endpoints and no match."""
+    def resolve(self, path: str) -> tuple[_Group, dict[str, str]] | None:
+        """The proxied routes of `path` and its variables; None for own endpoints and no match."""
         try:
             return self._cache[path]
         except KeyError:
@@ -72,7 +77,7 @@ class FastRouter:
         found = self._cache[path] = self._resolve(path)
         return found
 
-    def _resolve(self, path: str) -> tuple[RouteHandler, dict[str, str]] | None:
+    def _resolve(self, path: str) -> tuple[_Group, dict[str, str]] | None:
         part = path
         while part:
             for plain, pattern, handler in self._index.get(part, ()):
@@ -90,7 +95,7 @@ class FastRouter:
 class FastPath:
     """Decides per request head; holds what exchanges share."""
 
-    def __init__(self, app: web.Application, handlers: dict[Any, RouteHandler], relays: Relays,
+    def __init__(self, app: web.Application, handlers: dict[Any, _Group], relays: Relays,
                  ownership: Ownership | None = None) -> None:
         self.router = FastRouter(app, handlers)
         self.relays = relays
@@ -106,8 +111,16 @@ class FastPath:
         found = self.router.resolve(path)
         if found is None:
             return None
-        handler, variables = found
-        key = handler.key_for(variables)
+        group, variables = found
+        handler = group.only
+        if handler is None:  # routes by host share this path: pick as RouteGroup.handle does
+            picked = group.pick(message.headers.get(hdrs.HOST))
+            if picked is None:
+                return None
+            handler, host_variables = picked
+            if host_variables:
+                variables = {**variables, **host_variables}
+        key = handler.key_for(variables, message.headers)
         if handler.key_is_template and validate_key(key) is not None:
             return None
         length = message.headers.get(hdrs.CONTENT_LENGTH)

@@ -14,7 +14,7 @@ import time
 from typing import Callable, Mapping
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from proxy.cluster.forward import Forwarder
 from proxy.autoscale import scaler_for
@@ -26,13 +26,14 @@ from proxy.forward import forward_websocket, is_websocket
 from proxy.keys import validate_key
 from proxy.manager import Manager
 from proxy.metrics import Metrics
-from proxy.paths import escape_reason, fill, upstream_target
+from proxy.paths import escape_reason, upstream_target
 from proxy.pools import Pools
 from proxy.registry import Registry
 from proxy.relays import Relays
 from proxy.reqlog import RequestLog
 from proxy.responder import relay_request
 from proxy.retry_after import RetryAdvisor
+from proxy.route_match import Headers, HostPattern, KeyTemplate, agent_matcher, normalize_host
 
 
 class RouteHandler:
@@ -55,6 +56,9 @@ class RouteHandler:
         self.websockets: set[web.WebSocketResponse] = set()
         self.cluster: Forwarder | None = None  # set by the Proxy when `cluster.store` is not none
         self.key_is_template = "{" in route.key
+        self.key_template = KeyTemplate(route.key)
+        self.host = HostPattern(route.host) if route.host is not None else None
+        self._ignored_agents = agent_matcher(route.ignore_user_agents)
         self._pattern: re.Pattern[str] | None = None
         self._observe = metrics.request_observer(route.name)
         self._log_prefix = RequestLog.prefix(route.name, route.key)  # the line start of a fixed-key route
@@ -65,8 +69,34 @@ class RouteHandler:
 
     # ---------------------------------------------------------------- rules shared with the fast path
 
-    def key_for(self, variables: Mapping[str, str]) -> str:
-        return fill(self.route.key, variables) if self.key_is_template else self.route.key
+    def key_for(self, variables: Mapping[str, str], headers: Headers | None = None) -> str:
+        """The key from the path's and host's variables and, for `{header:..}`/`{cookie:..}`, the headers."""
+        return self.key_template.fill(variables, headers) if self.key_is_template else self.route.key
+
+    def host_variables(self, host_header: str | None) -> dict[str, str]:
+        """The variables of the route's `host` (the route was picked for this Host, so it matches)."""
+        return {} if self.host is None else self.host.match(normalize_host(host_header)) or {}
+
+    def request_key(self, request: web.Request) -> str:
+        if not self.key_is_template:
+            return self.route.key
+        variables: Mapping[str, str] = request.match_info
+        if self.host is not None:
+            variables = {**variables, **self.host_variables(request.headers.get(hdrs.HOST))}
+        return self.key_for(variables, request.headers)
+
+    def key_problem(self, request: web.Request, key: str) -> str | None:
+        """Why `key` cannot serve (400): a header or cookie it is made of is missing, or it is not a valid key."""
+        if (reason := validate_key(key)) is None:
+            return None
+        return self.key_template.missing(request.headers) or reason
+
+    def starts(self, request: web.Request) -> bool:
+        """Whether this request may start the key: never on a warm route, nor for an ignored User-Agent."""
+        if self.route.mode == "warm":
+            return False
+        agents = self._ignored_agents
+        return agents is None or not agents.search(request.headers.get(hdrs.USER_AGENT, ""))
 
     def target_for(self, raw_target: str, raw_variables: Mapping[str, str]) -> str:
         return upstream_target(self.route.upstream_path, raw_target, raw_variables)
@@ -90,7 +120,11 @@ class RouteHandler:
         if self._pattern is None:
             return {}
         match = self._pattern.fullmatch(request.raw_path.partition("?")[0])
-        return match.groupdict() if match else None
+        if match is None:
+            return None
+        if self.host is None:
+            return match.groupdict()
+        return {**match.groupdict(), **self.host_variables(request.headers.get(hdrs.HOST))}
 
     async def expect(self, request: web.Request) -> web.StreamResponse | None:
         """`Expect: 100-continue`: refuse an over-limit body *before* inviting the client to send it."""
@@ -115,7 +149,7 @@ class RouteHandler:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         began = time.perf_counter()
-        key = self.key_for(request.match_info)
+        key = self.request_key(request)
         status = 500
         try:
             response = await self._serve(request, key)
@@ -134,7 +168,7 @@ class RouteHandler:
     async def _serve(self, request: web.Request, key: str) -> web.StreamResponse:
         manager: Manager | None = None
         try:
-            if (reason := validate_key(key)) is not None:
+            if (reason := self.key_problem(request, key)) is not None:
                 raise InvalidKey(reason)
             if (reason := escape_reason(request.raw_path.partition("?")[0])) is not None:
                 raise InvalidPath(reason)
@@ -146,7 +180,7 @@ class RouteHandler:
                     request, self.route.container, key, self.websockets)) is not None:
                 return answer  # the key's owner is another replica (proxy/cluster/)
             manager = self.manager_for(key)
-            async with manager.lease(start=self.route.mode != "warm") as lease:
+            async with manager.lease(start=self.starts(request)) as lease:
                 headers = {}
                 if lease.cold_wait is not None:
                     headers = {"X-Proxy-Cold-Start": "1",
