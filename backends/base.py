@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 # Labels that mark a container as ours. A backend never stops, removes or adopts anything without them.
 LABEL_MANAGED = "proxy.managed"
@@ -56,6 +56,10 @@ INSTANCE_DISK_GB.update({alias: INSTANCE_DISK_GB[name] for alias, name in INSTAN
 # Seconds a stop waits after SIGTERM before SIGKILL (a class's `stop_timeout`; the config's default is this).
 DEFAULT_STOP_TIMEOUT = 5.0
 
+# When an engine pulls a class's image (backends/_pull.py): when the daemon lacks it, before every create, never.
+PullPolicy = Literal["missing", "always", "never"]
+DEFAULT_PULL: PullPolicy = "missing"
+
 
 @dataclass(frozen=True)
 class ContainerSpec:
@@ -70,6 +74,7 @@ class ContainerSpec:
     resources: Resources = INSTANCE_TYPES["dev"]
     stop_timeout: float = DEFAULT_STOP_TIMEOUT  # SIGTERM, then SIGKILL after this many seconds
     startup_cpus: float = 0.0  # CPU limit until ready when above the type's (inf: none); see backends/control.py
+    pull: PullPolicy = DEFAULT_PULL  # not in the spec hash: how the image gets here, not what runs
 
     def with_overrides(
         self,
