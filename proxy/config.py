@@ -155,9 +155,10 @@ class Backend(Section):
         if section is None:
             return {}
         flat = {"socket": self.flat_socket, "reuse_stopped": self.flat_reuse_stopped}
-        logins = {"registries": {host: {"username": login.username, "password": login.password.get_secret_value()}
-                                 for host, login in self.registries.items()}}
-        return {**section.model_dump(), **logins, **{k: v for k, v in flat.items() if v is not None}}
+        logins = {host: {"username": login.username, "password": login.password.get_secret_value()}
+                  for host, login in self.registries.items()}
+        return {**section.model_dump(), **({"registries": logins} if logins else {}),
+                **{k: v for k, v in flat.items() if v is not None}}
 
     @property
     def socket(self) -> str | None:
