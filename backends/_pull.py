@@ -171,12 +171,6 @@ class Progress:
 Stream = Callable[[str, Mapping[str, str]], AsyncIterator[Mapping[str, Any]]]
 
 
-def _stream_message(e: BaseException) -> str:
-    if isinstance(e, aiodocker.DockerError):
-        return str(e.message or e).strip()
-    return f"{type(e).__name__}: {e}".rstrip(": ")
-
-
 class Puller:
     """One pull per image reference at a time: every start that needs it waits on the same pull (which goes on
     when one of them is cancelled). `pulls` counts the pulls begun, for tests and the log."""
@@ -209,7 +203,8 @@ class Puller:
                     next_line = time.monotonic() + PROGRESS_EVERY
                     log.info("pulling image %s: %s after %.0fs", ref, progress.summary(), time.monotonic() - t0)
         except (aiodocker.DockerError, asyncio.TimeoutError) as e:
-            reason = _stream_message(e) if isinstance(e, aiodocker.DockerError) else "stalled"
+            reason = (str(e.message).strip() if isinstance(e, aiodocker.DockerError)
+                      else f"the daemon said nothing for {PULL_STALL:g}s")
             log.warning("pull of %s failed after %.1fs: %s", ref, time.monotonic() - t0, reason)
             raise BackendError(f"pull of {ref} failed: {reason}", retry_after=PULL_RETRY_AFTER) from None
         log.info("pulled image %s in %.1fs (%s)", ref, time.monotonic() - t0, progress.summary())
