@@ -16,13 +16,14 @@ import hashlib
 import json
 import logging
 import math
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import aiodocker
 
 from backends._address import Addressing
-from backends._api import ApiClient, held_elsewhere
+from backends._api import held_elsewhere
 from backends._names import STUCK_STATUSES, Names
+from backends._pull import EnginePulls
 from backends.base import (
     DEFAULT_STOP_TIMEOUT,
     LABEL_CONTAINER,
@@ -91,8 +92,9 @@ def _stopped_because(info: dict[str, Any]) -> str:
     return f"exited with code {code}" + (f": {state['Error']}" if state.get("Error") else "")
 
 
-class EngineBackend(ApiClient):
-    """A Backend over a Docker-compatible API socket (its client and error mapping: backends/_api.py)."""
+class EngineBackend(EnginePulls):
+    """A Backend over a Docker-compatible API socket (its client and error mapping: backends/_api.py; image
+    pulls: backends/_pull.py)."""
 
     name = "engine"
 
@@ -105,8 +107,9 @@ class EngineBackend(ApiClient):
         reuse_stopped: bool = REUSE_STOPPED_DEFAULT,
         request_timeout: float = 60.0,
         connect_timeout: float = 5.0,
+        registries: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
-        super().__init__(socket, proxy_id, request_timeout, connect_timeout)
+        super().__init__(socket, proxy_id, request_timeout, connect_timeout, registries)
         self.network_host = network_host
         self.address = Addressing(network_host, network)
         self.reuse_stopped = reuse_stopped
@@ -202,7 +205,7 @@ class EngineBackend(ApiClient):
 
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
         want_hash = self.spec_hash(spec)
-        phases = Phases()  # create (or restart, unpause), start, port: each from the end of the one before
+        phases = Phases()  # [pull], create (or restart, unpause), start, port: each from the end of the one before
         async with self._errors():
             docker = await self._client()
             for _attempt in range(4):
@@ -240,7 +243,7 @@ class EngineBackend(ApiClient):
                         continue
                 await self.address.check(docker, self.daemon_label)
                 try:
-                    container = await docker.containers.create(self.create_config(key, spec), name=name)
+                    container = await self.create(self.create_config(key, spec), name, spec, phases)
                 except aiodocker.DockerError as e:
                     if e.status == 409:  # a concurrent create won the race: look again
                         continue

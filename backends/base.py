@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field, replace
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 # Labels that mark a container as ours. A backend never stops, removes or adopts anything without them.
 LABEL_MANAGED = "proxy.managed"
@@ -57,6 +57,10 @@ INSTANCE_DISK_GB.update({alias: INSTANCE_DISK_GB[name] for alias, name in INSTAN
 # Seconds a stop waits after SIGTERM before SIGKILL (a class's `stop_timeout`; the config's default is this).
 DEFAULT_STOP_TIMEOUT = 5.0
 
+# When an engine pulls a class's image (backends/_pull.py): when the daemon lacks it, before every create, never.
+PullPolicy = Literal["missing", "always", "never"]
+DEFAULT_PULL: PullPolicy = "missing"
+
 
 @dataclass(frozen=True)
 class Volume:
@@ -93,6 +97,7 @@ class ContainerSpec:
     ports: tuple[str, ...] = ()  # more container ports beyond `port`, as `N/tcp` or `N/udp` (exposed, published)
     user: str | None = None  # `uid[:gid]` or `name[:group]`; None: the image's
     labels: Mapping[str, str] = field(default_factory=dict)  # the user's labels (never `proxy.*`)
+    pull: PullPolicy = DEFAULT_PULL  # not in the spec hash: how the image gets here, not what runs
 
     def with_overrides(
         self,

@@ -16,12 +16,14 @@ CPU_PERIOD_US = 100_000
 
 
 class PodmanBackend(EngineBoost):
-    """Differences from dockerd: the CPU limit is changed through libpod, on a running container only."""
+    """Differences from dockerd: the CPU limit is changed through libpod, on a running container only; images
+    are pulled through libpod (backends/_pull.py)."""
 
     name = "podman"
     default_socket = DEFAULT_SOCKET
     daemon_label = "podman service"
     boost_after_start = True  # see backends/_engine_boost.py
+    libpod_pull = True  # its compat pull ignores tlsVerify, so a loopback (plain HTTP) registry fails there
 
     def _default_socket(self) -> str:
         return os.environ.get("PODMAN_HOST") or DEFAULT_SOCKET

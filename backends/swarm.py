@@ -13,6 +13,11 @@ Where an instance is reached (the trade-off, also in the README):
 
 Swarm resolves the image in a registry on every start (a ~45 s stall per start when none answers): give the
 class an image a reachable registry serves, e.g. `python -m backends.image push --registry 127.0.0.1:5000`.
+The class's `pull` policy: `missing` and `always` look the tag up in the registry at each create and pin its
+digest (each node then pulls that digest when it lacks it: the pull is in the task's start); `never` skips the
+lookup and gives swarm the name as it is, for images already on the nodes (no pinning: nodes may run different
+builds of a tag, and dockerd still tries a pull of a tag at task start but runs its local image when that fails).
+Registry credentials (backends/_pull.py) go with the lookup and the service, so nodes can pull private images.
 
 Lifecycle rules: the restart policy is `none`, so a task that dies stays dead and the proxy decides (its
 crash-loop breaker, its restart on the next request); a start of a service that has no live task forces a
@@ -26,13 +31,14 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Mapping
 
 import aiodocker
 
 from backends._api import ApiClient, held_elsewhere
 from backends._engine import REUSE_STOPPED_DEFAULT, spec_hash, stop_seconds
 from backends._names import service_name
+from backends._pull import Credentials
 from backends.base import (
     LABEL_CONTAINER,
     LABEL_KEY,
@@ -73,8 +79,10 @@ class SwarmBackend(ApiClient):
         reuse_stopped: bool = REUSE_STOPPED_DEFAULT,
         request_timeout: float = 60.0,
         connect_timeout: float = 5.0,
+        registries: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         super().__init__(socket, proxy_id, request_timeout, connect_timeout)
+        self.credentials = Credentials(registries)
         self.network_host = network_host
         self.network = network
         self.reuse_stopped = reuse_stopped
@@ -92,9 +100,9 @@ class SwarmBackend(ApiClient):
         query = {k: json.dumps(v) if isinstance(v, dict) else v for k, v in params.items()}
         return await docker._query_json(path, "GET", params=query or None)
 
-    async def _post(self, path: str, body: Any, **params: Any) -> Any:
+    async def _post(self, path: str, body: Any, headers: Mapping[str, str] | None = None, **params: Any) -> Any:
         docker = await self._client()
-        return await docker._query_json(path, "POST", data=json.dumps(body), params=params or None)
+        return await docker._query_json(path, "POST", data=json.dumps(body), params=params or None, headers=headers)
 
     async def _maybe(self, path: str) -> dict[str, Any] | None:
         """GET a service, task or node; None when it does not exist."""
@@ -151,7 +159,8 @@ class SwarmBackend(ApiClient):
         """`image@digest` as the registry has it now (what `docker service create` does): every node runs the
         same image, and an image no registry serves is a clear 503 at once, not a task stuck preparing."""
         try:
-            found = await self._get(f"distribution/{image}/json")
+            docker = await self._client()
+            found = await docker._query_json(f"distribution/{image}/json", headers=self.credentials.header(image))
         except aiodocker.DockerError as e:
             raise BackendError(f"image {image} cannot be resolved in a registry (a swarm starts only images a "
                                f"registry serves): {e.message}") from e
@@ -219,8 +228,9 @@ class SwarmBackend(ApiClient):
                 try:
                     if service is None:
                         body = self.service_spec(key, spec, name)
-                        body["TaskTemplate"]["ContainerSpec"]["Image"] = await self._pinned(spec.image)
-                        created = await self._post("services/create", body)
+                        if spec.pull != "never":  # never: no registry lookup, the nodes' own image as named
+                            body["TaskTemplate"]["ContainerSpec"]["Image"] = await self._pinned(spec.image)
+                        created = await self._post("services/create", body, self.credentials.header(spec.image))
                         service_id, old = str(created["ID"]), set[str]()
                         phases.mark("create")
                     else:

@@ -99,6 +99,9 @@ class Proxy:
                 log.info("adopted", count=adopted)
         except Exception as exc:  # noqa: BLE001 - a daemon that is down now may be up by the first request
             log.warning("adopt_failed", error=f"{type(exc).__name__}: {exc}")
+        check = getattr(self.backend, "missing_images", None)  # docker/podman: `pull: never` images not there
+        for name, image in await check(c.spec for c in self.config.containers.values()) if check else []:
+            log.warning("image_missing", container_class=name, image=image, pull="never")
         self.scheduler.start()
         self.reconciler.start()
         for scaler in self.scalers:

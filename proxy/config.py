@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, SecretStr, ValidationError, model_validator
 
 from proxy.config_admin import Admin
 from proxy.config_cluster import Cluster
@@ -127,6 +127,13 @@ class SwarmOptions(Section):
         json_schema_extra=shown("the task's node address, as the swarm reports it"))
 
 
+class RegistryLogin(Section):
+    """`backend.registries.<host[:port]>`: who docker/podman/swarm are at that registry when pulling."""
+
+    username: NonEmptyStr = Field(description="user name")
+    password: SecretStr = Field(description="password or token (write `${VAR}`, not the secret itself)")
+
+
 class Backend(Section):
     """`backend`: shared fields, then one section per backend type (a new backend adds a section).
 
@@ -146,6 +153,9 @@ class Backend(Section):
     docker: DockerOptions = DockerOptions()
     podman: PodmanOptions = PodmanOptions()
     swarm: SwarmOptions = SwarmOptions()
+    registries: dict[str, RegistryLogin] = Field(
+        default_factory=dict, description="registry credentials by `host[:port]` (`docker.io` for Docker Hub), "
+                                          "before those of the Docker config file (`$DOCKER_CONFIG/config.json`)")
     flat_socket: Socket | None = Field(default=None, alias="socket", json_schema_extra={"doc_hidden": True})
     flat_reuse_stopped: bool | None = Field(
         default=None, alias="reuse_stopped", json_schema_extra={"doc_hidden": True})
@@ -157,7 +167,10 @@ class Backend(Section):
         if section is None:
             return {}
         flat = {"socket": self.flat_socket, "reuse_stopped": self.flat_reuse_stopped}
-        return {**section.model_dump(), **{k: v for k, v in flat.items() if v is not None}}
+        logins = {host: {"username": login.username, "password": login.password.get_secret_value()}
+                  for host, login in self.registries.items()}
+        return {**section.model_dump(), **({"registries": logins} if logins else {}),
+                **{k: v for k, v in flat.items() if v is not None}}
 
     @property
     def socket(self) -> str | None:

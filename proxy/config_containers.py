@@ -12,7 +12,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Discriminator, Field, PlainValidator, Tag, model_validator
 
-from backends.base import DEFAULT_STOP_TIMEOUT, INSTANCE_DISK_GB, INSTANCE_TYPES, ContainerSpec, Resources
+from backends.base import (
+    DEFAULT_PULL,
+    DEFAULT_STOP_TIMEOUT,
+    INSTANCE_DISK_GB,
+    INSTANCE_TYPES,
+    ContainerSpec,
+    PullPolicy,
+    Resources,
+)
 from proxy.breaker import CrashLoopPolicy
 from proxy.config_base import Section, field_error, none_means_default, shown
 from proxy.config_compose import EnvFile, Label, Port, User, Volumes
@@ -147,6 +155,10 @@ class ContainerSection(Section):
         default="lazy-proxy/model-service:latest",
         description="image (stub: `stub:module:factory` picks an in-process app; anything else serves the model)")
     port: int = Field(default=8080, ge=1, le=65535, description="the container's port")
+    pull: PullPolicy = Field(
+        default=DEFAULT_PULL, description="docker/podman/swarm: `missing` pulls the image when the daemon lacks it, "
+                                          "`always` before each new container, `never` (a missing image fails the "
+                                          "start, and is a warning at start-up)")
     env: EnvMap = Field(default_factory=dict, description="environment")
     env_file: EnvFile = Field(
         default=(), description="a file of `KEY=VALUE` lines (compose's format), or a list of them, relative to the "
@@ -252,7 +264,7 @@ class ContainerClass:
                              stop_timeout=section.stop_timeout,
                              startup_cpus=section.startup_cpu_boost, volumes=section.volumes,
                              ports=tuple(dict.fromkeys(p for p in section.ports if p != f"{section.port}/tcp")),
-                             user=section.user, labels=dict(section.labels))
+                             user=section.user, labels=dict(section.labels), pull=section.pull)
         return cls(spec=spec, instance_type=type_name, disk_gb=INSTANCE_DISK_GB.get(type_name, 2.0),
                    readiness=section.readiness, sleep_after=section.sleep_after,
                    start_timeout=section.start_timeout, max_instances=section.max_instances,

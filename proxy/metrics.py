@@ -53,11 +53,12 @@ START_BUCKETS = (
     10.0, 12.5, 15.0, 20.0, 25.0, 30.0, 40.0, 50.0, 60.0,
 )
 
-# The phases of a start, in order, as `phase` label values: what the backend did (`create`, or `restart` of a
-# stopped container, or `unpause`; `start`; `port`: until the published port is known), then `ready` (the
+# The phases of a start, in order, as `phase` label values: what the backend did (`pull` of the image, only when
+# one happened; `create`, or `restart` of a stopped container, or `unpause`; `start`; `port`: until the published
+# port is known), then `ready` (the
 # readiness probe's first 2xx). Together they are the start's duration. `first_byte` comes after it: ready ->
 # the first byte of the response to a request that waited for the start.
-START_PHASES = ("create", "restart", "unpause", "start", "port", "ready", "first_byte")
+START_PHASES = ("pull", "create", "restart", "unpause", "start", "port", "ready", "first_byte")
 
 
 def named_keys(config: Config) -> dict[str, tuple[str, ...]]:
@@ -133,8 +134,8 @@ class Metrics:
                                    [CLASS], registry=r)
         self.cold_wait = Histogram("proxy_cold_start_wait_seconds", "Time requests spent waiting for a start.",
                                    [CLASS], buckets=START_BUCKETS, registry=r)
-        self.start_phase = Histogram("proxy_container_start_phase_seconds", "Each phase of a start (create or "
-                                     "restart or unpause, start, port, ready; then first_byte, after it).",
+        self.start_phase = Histogram("proxy_container_start_phase_seconds", "Each phase of a start (pull, create "
+                                     "or restart or unpause, start, port, ready; then first_byte, after it).",
                                      [CLASS, "phase"], buckets=START_BUCKETS, registry=r)
         self._first_byte_due: dict[tuple[str, str], float] = {}  # started keys whose first answer is to come
         for name, klass in config.containers.items():  # every series at zero before its first increment
