@@ -258,8 +258,10 @@ class ContainerClass:
         else:
             type_name, resources = kind, INSTANCE_TYPES[kind]
         from_files = {k: v for _path, pairs in section.env_file for k, v in pairs}
+        # `PORT` tells the app where to listen, as Knative and Cloud Run do (the process backend sets its own).
+        port_env = {"PORT": str(section.port)}
         spec = ContainerSpec(name=name, image=section.image, port=section.port,
-                             env={**from_files, **section.env},
+                             env={**port_env, **from_files, **section.env},
                              entrypoint=section.entrypoint, command=section.command, resources=resources,
                              stop_timeout=section.stop_timeout,
                              startup_cpus=section.startup_cpu_boost, volumes=section.volumes,

@@ -186,7 +186,8 @@ def test_empty_sections_and_defaults():
     raw["routes"][0].pop("key")
     assert parse_config(raw).routes[0].key == "w"
     cls = parse_config(minimal(env={"A": True, "B": 1.5}, entrypoint="a b", keepalive="*/2 * * * *")).containers["w"]
-    assert cls.spec.env == {"A": "true", "B": "1.5"} and cls.spec.entrypoint == ("a", "b")
+    assert cls.spec.env == {"PORT": "8080", "A": "true", "B": "1.5"} and cls.spec.entrypoint == ("a", "b")
+    assert parse_config(minimal(port=9000, env={"PORT": "7"})).containers["w"].spec.env == {"PORT": "7"}  # env wins
     assert cls.keepalive is not None and cls.keepalive.schedule.cron == "*/2 * * * *" and cls.keepalive.keys == ()
     assert cls.readiness.interval == 0.005 and cls.instance_type == "dev" and cls.disk_gb == 2.0
 

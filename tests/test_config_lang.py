@@ -95,7 +95,7 @@ containers:
     assert config.port == 9999 and config.drain_timeout == 5400 and config.log_requests is False
     spec = config.containers["w"].spec
     assert spec.image == "registry/app:latest" and config.containers["w"].max_instances == 7
-    assert spec.env == {"TOKEN": "0123", "LIT": "$HOME", "N": "5"}  # strings stay the text they were
+    assert spec.env == {"PORT": "8080", "TOKEN": "0123", "LIT": "$HOME", "N": "5"}  # strings stay the text they were
 
 
 def test_a_missing_required_variable_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -286,9 +286,9 @@ def test_env_files_merge_under_env_relative_to_the_config(tmp_path: Path) -> Non
     (tmp_path / "conf" / "a.env").write_text("A=from-a\nB=from-a\nC=from-a\n")
     (tmp_path / "conf" / "b.env").write_text("B=from-b\n")
     path = write(tmp_path / "conf", {"containers": {"w": {"env_file": ["a.env", "b.env"], "env": {"C": "env"}}}})
-    assert load_config(path).containers["w"].spec.env == {"A": "from-a", "B": "from-b", "C": "env"}
+    assert load_config(path).containers["w"].spec.env == {"PORT": "8080", "A": "from-a", "B": "from-b", "C": "env"}
     one = write(tmp_path / "conf", {"containers": {"w": {"env_file": "b.env"}}}, "one.yaml")
-    assert load_config(one).containers["w"].spec.env == {"B": "from-b"}
+    assert load_config(one).containers["w"].spec.env == {"PORT": "8080", "B": "from-b"}
 
 
 def test_a_missing_env_file_is_a_config_error(tmp_path: Path) -> None:
