@@ -46,7 +46,7 @@ from proxy.units import (
 )
 
 __all__ = ["Admin", "Backend", "BackendConfig", "Cluster", "Config", "ConfigError", "ConfigSchema", "ContainerClass",
-           "CronJob", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook", "load_config",
+           "CronJob", "Errors", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook", "load_config",
            "parse_config"]
 
 HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's action (proxy/admin.py)
@@ -184,6 +184,12 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
+class Errors(Section):
+    detail: Literal["public", "full"] = Field(
+        default="public", description="error bodies: `public` says what happened in plain words (the detail goes "
+        "to the log, with the request id); `full` adds the internal detail (socket paths, exception texts)")
+
+
 class Logging(Section):
     level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = Field(
         default="info", description="`debug`, `info`, `warning`, `error`")
@@ -304,6 +310,7 @@ class ConfigSchema(Section):
     hooks: Hooks = Hooks()
     pricing: Pricing = Pricing()
     cluster: Cluster = Cluster()
+    errors: Errors = Errors()
 
     @model_validator(mode="after")
     def _references(self) -> ConfigSchema:
@@ -339,6 +346,7 @@ class Config:
     key_labels: tuple[str, ...] = ()  # metrics.key_labels: the allowlist of per-key metric labels
     admin: Admin = Admin()
     cluster: Cluster = Cluster()
+    errors: Errors = Errors()
 
     @classmethod
     def from_schema(cls, schema: ConfigSchema) -> Config:
@@ -352,7 +360,7 @@ class Config:
                                for name, section in schema.containers.items()},
                    routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing,
                    key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)), admin=schema.admin,
-                   cluster=schema.cluster)
+                   cluster=schema.cluster, errors=schema.errors)
 
 
 def parse_config(raw: Any) -> Config:

@@ -153,7 +153,7 @@ class Manager(Health):
                     await asyncio.shield(self._start_task)
             except TimeoutError:  # the start's deadline passed; its cleanup goes on in the start task
                 if not self._start_task.done():
-                    raise StartTimeout(self._timeout_reason(), key=self.key) from None
+                    raise StartTimeout(self._timeout_reason(), seconds=self.klass.start_timeout, key=self.key) from None
                 self._start_task.result()  # its own outcome: raises its failure, or it made it just in time
         if not waited:
             return None
@@ -211,7 +211,7 @@ class Manager(Health):
                 await self._abandon_start(f"{type(exc).__name__}: {exc}")
                 raise StartFailed(self.last_error, key=self.key) from None
             await self._abandon_start(self._timeout_reason())
-            raise StartTimeout(self.last_error, key=self.key) from None
+            raise StartTimeout(self.last_error, seconds=self.klass.start_timeout, key=self.key) from None
         except BackendError as exc:
             await self._abandon_start(exc.reason)
             raise StartFailed(exc.reason, retry_after=exc.retry_after, key=self.key) from None
