@@ -16,13 +16,13 @@ from typing import AsyncIterator, Protocol
 
 import structlog
 
-from backends.base import Backend, BackendError, ContainerSpec, Instance
+from backends.base import Backend, BackendError, BackendUnavailable, ContainerSpec, Instance
 from backends.control import Pausable, Removable
 from proxy.boost import settle, settle_soon
 from proxy.breaker import Breaker
 from proxy.capacity import Capacity
 from proxy.config import ContainerClass, Readiness
-from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, StartFailed, StartTimeout
+from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, RuntimeUnreachable, StartFailed, StartTimeout
 from proxy.events import ACTIVE, BreakerOpened, ColdWait, EventBus, Happening, State, StopReason, Transition
 from proxy.manager_health import Health
 from proxy.manager_pause import LIVE, consume_exception
@@ -214,7 +214,8 @@ class Manager(Health):
             raise StartTimeout(self.last_error, seconds=self.klass.start_timeout, key=self.key) from None
         except BackendError as exc:
             await self._abandon_start(exc.reason)
-            raise StartFailed(exc.reason, retry_after=exc.retry_after, key=self.key) from None
+            down = RuntimeUnreachable.public if isinstance(exc, BackendUnavailable) else None  # the public words
+            raise StartFailed(exc.reason, retry_after=exc.retry_after, key=self.key, public=down) from None
         except asyncio.CancelledError:
             await self._abandon_start("start cancelled", failed=False)
             raise

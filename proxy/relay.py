@@ -308,7 +308,7 @@ class Exchange:
     def on_whole(self, status: int, data: bytes, head_end: int) -> None:
         self.status, self.head_sent = status, True
         keep_alive = self.client.keeps_alive(self.message)
-        self.head_len = head_end
+        self.head_len = head_end + 2  # (head_end: before the blank line)
         if self.extra_head or not keep_alive:  # (on the fast path: neither) the same lines on_head adds
             data = b"".join((data[:head_end], b"" if keep_alive else b"Connection: close\r\n", self.extra_head,
                              data[head_end:]))

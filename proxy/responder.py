@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 
 BODY_BYTES = web.RequestKey("body_bytes", int)  # response body bytes of an answer written on the aiohttp path itself
+# (status, body bytes) of a relay whose handler was cancelled (the client's connection closed): a relay that had
+# ended whole keeps its status; one cut short is 499.
+OUTCOME = web.RequestKey("relay_outcome", tuple[int, int])
 
 
 class RequestClient:
@@ -101,6 +104,7 @@ async def relay_request(request: web.Request, handler: RouteHandler, manager: Ma
     try:
         keep_alive = await asyncio.shield(client.finished)
     except asyncio.CancelledError:
-        exchange.client_lost()
+        exchange.client_lost()  # (nothing if it had ended: the client read it all, then closed)
+        request[OUTCOME] = (exchange.status, exchange.body_bytes)
         raise
     return Relayed(max(exchange.status, 100), keep_alive, exchange.body_bytes)

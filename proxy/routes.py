@@ -32,7 +32,7 @@ from proxy.registry import Registry
 from proxy.relays import Relays
 from proxy.reqlog import RequestLog
 from proxy.request_id import of as request_id_of
-from proxy.responder import BODY_BYTES, Relayed, relay_request
+from proxy.responder import BODY_BYTES, OUTCOME, Relayed, relay_request
 from proxy.retry_after import RetryAdvisor
 
 
@@ -131,7 +131,7 @@ class RouteHandler:
             status = exc.status
             raise
         except (ConnectionResetError, asyncio.CancelledError):
-            status = 499  # client went away; nothing to answer
+            status, sent = request.get(OUTCOME, (499, 0))  # the client went away (after a whole relay: its status)
             raise
         finally:
             self.record(key, request.method, request.path, status, time.perf_counter() - began, False,
