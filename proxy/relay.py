@@ -87,7 +87,7 @@ def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, pe
     if host:
         lines.append(b"X-Forwarded-Host: %s\r\n" % host)
     if not given:
-        lines.append(b"X-Request-Id: %s\r\n" % rid.encode())
+        lines += (b"X-Request-Id: ", rid.encode(), b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
 
