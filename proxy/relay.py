@@ -67,6 +67,7 @@ def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, pe
     if hdrs.CONNECTION in message.headers:  # headers the client named as hop-by-hop stay on this hop
         named = {t.strip().lower().encode() for v in message.headers.getall(hdrs.CONNECTION) for t in v.split(",")}
         skip = skip | named
+        given = given and HEADER_LOWER not in named  # an id named hop-by-hop still goes on: appended below
     lines = [f"{message.method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape"),
              b"Host: %s\r\n" % pool.authority]
     forwarded: list[bytes] = []

@@ -63,6 +63,12 @@ async def test_an_insane_client_id_is_replaced_and_sent_once(h):
     assert await fast_count(h, ROUTE) == 5  # all but the first
 
 
+async def test_an_id_the_client_names_hop_by_hop_still_reaches_the_instance(h):
+    for _ in range(2):  # cold, then warm
+        assert await seen_id(h, "/k/hop/debug/headers", **{"X-Request-Id": "hop-1",
+                                                            "Connection": "keep-alive, X-Request-Id"}) == "hop-1"
+
+
 async def test_the_websocket_handshake_carries_the_id(h):
     for sent in ("ws-id-1", None):
         headers = {"X-Request-Id": sent} if sent else {}
