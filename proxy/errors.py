@@ -1,9 +1,8 @@
 """Refusals and their answers: every error the proxy gives is a `Refusal`, mapped to JSON in one place.
 
 A refusal knows its status, its error name and (for 503s) how long a client should wait; the
-handler only raises, and `refusal_response` (aiohttp path) or `refusal_body` (fast path, via
-proxy/relay.py) renders it, always in the same shape: `{"error": ..., "reason": ..., "status": ...,
-"request_id": ..., ...}`.
+handler only raises, and `refusal_response` (aiohttp path) or `refusal_bytes` (fast path) renders
+it, always in the same shape: `{"error": ..., "reason": ..., "status": ..., "request_id": ..., ...}`.
 
 A refusal's `reason` may carry internal detail (socket paths, etcd URLs, exception texts, exit codes).
 Those classes have a `public` sentence: with `errors.detail: public` (the default) the client reads that
@@ -13,6 +12,8 @@ Refusals about the client's own input (400, 413, 417) and the operator's admin A
 
 from __future__ import annotations
 
+import json
+from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Literal, Mapping
 
 import structlog
@@ -190,9 +191,21 @@ def refusal_headers(refusal: Refusal, rid: str = "") -> dict[str, str]:
 
 
 def refusal_response(refusal: Refusal, rid: str = "", detail: str = "public") -> web.Response:
-    """A refusal on the aiohttp path (the fast path writes the same bytes: proxy.relay.refusal_bytes)."""
+    """A refusal on the aiohttp path (the fast path writes the same as bytes: `refusal_bytes`)."""
     return web.json_response(refusal_body(refusal, rid, detail), status=refusal.status,
                              headers=refusal_headers(refusal, rid))
+
+
+def refusal_bytes(refusal: Refusal, close: bool, rid: str = "", detail: str = "public") -> tuple[bytes, int]:
+    """A refusal as raw bytes for the fast path (and its head's length): what `refusal_response` answers."""
+    body = json.dumps(refusal_body(refusal, rid, detail)).encode()
+    head = [f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}",
+            "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(body)}"]
+    head += [f"{name}: {value}" for name, value in refusal_headers(refusal, rid).items()]
+    if close:
+        head.append("Connection: close")
+    raw = ("\r\n".join(head) + "\r\n\r\n").encode()
+    return raw + body, len(raw)
 
 
 def json_error(status: int, error: str, reason: str, *, headers: Mapping[str, str] | None = None,

@@ -11,16 +11,14 @@ Its `Client` is the connection it answers on: the fast path's protocol, or the a
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
-from proxy.errors import BodyTooLarge, Refusal, RuntimeUnreachable, UpstreamError, refusal_body, refusal_headers
+from proxy.errors import BodyTooLarge, Refusal, RuntimeUnreachable, UpstreamError, refusal_bytes
 from proxy.forward import HOP_BY_HOP, PEER_MARK
 from proxy.request_id import HEADER_LOWER
 from proxy.relays import Relays
@@ -91,19 +89,6 @@ def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, pe
         lines += (b"X-Request-Id: ", rid.encode(), b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
-
-
-def refusal_bytes(refusal: Refusal, close: bool, rid: str = "", detail: str = "public") -> tuple[bytes, int]:
-    """A refusal as raw bytes (and its head's length): the same JSON body and headers `refusal_response`
-    gives on the aiohttp path."""
-    body = json.dumps(refusal_body(refusal, rid, detail)).encode()
-    head = [f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}",
-            "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(body)}"]
-    head += [f"{name}: {value}" for name, value in refusal_headers(refusal, rid).items()]
-    if close:
-        head.append("Connection: close")
-    raw = ("\r\n".join(head) + "\r\n\r\n").encode()
-    return raw + body, len(raw)
 
 
 class Exchange:

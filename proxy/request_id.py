@@ -3,7 +3,7 @@
 The id goes to the instance (the only header the proxy adds besides X-Forwarded-*), into the access
 line and into every error body the proxy answers with, so one id ties a client's report, the proxy's
 log and the app's log together. A made id is a per-process random prefix plus a counter: 32 hex
-characters, like nginx's `$request_id`, for a few tens of nanoseconds instead of uuid4's microsecond.
+characters, like nginx's `$request_id`, for ~0.25 us where uuid4().hex costs ~3 us.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _next = count(1).__next__
 
 
 def new_id() -> str:
-    """A fresh id, unique per process (random prefix) and within it (counter): ~0.2 us, uuid4().hex ~3 us."""
+    """A fresh id, unique per process (random prefix) and within it (counter)."""
     return "%032x" % (_BASE + _next())
 
 
