@@ -17,7 +17,7 @@ from backends import create_backend
 from backends.base import Backend, Instance, Owned
 from proxy.config import Config
 from proxy.config_admin import SeedRoute
-from proxy.errors import json_errors
+from proxy.errors import DETAIL, json_errors
 from proxy.adaptive import AdaptivePrewarm
 from proxy.autoscale import ScaleCollector
 from proxy.capacity import Capacity
@@ -252,6 +252,7 @@ def create_app(config: Config, backend: Backend | None = None, *, clock: Clock =
     app = web.Application(middlewares=[proxy.metrics.unmatched_middleware, json_errors],
                           client_max_size=config.max_body_size)
     app[PROXY] = proxy
+    app[DETAIL] = config.errors.detail  # the admin listener's app has none: it answers operators in full
     add_seed_routes(app, config.admin.on_proxy_port)
     proxy.add_routes(app)
 

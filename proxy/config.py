@@ -53,8 +53,8 @@ from proxy.units import (
 )
 
 __all__ = ["Admin", "Backend", "BackendConfig", "Cluster", "Config", "ConfigError", "ConfigSchema", "ContainerClass",
-           "CronJob", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook", "derived_proxy_id",
-           "load_config", "parse_config"]
+           "CronJob", "Errors", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook",
+           "derived_proxy_id", "load_config", "parse_config"]
 
 HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's action (proxy/admin.py)
 HOOK_EVENTS: tuple[HookEvent, ...] = ("start", "stop", "error")
@@ -207,6 +207,12 @@ class Metrics(Section):
 
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
+
+
+class Errors(Section):
+    detail: Literal["public", "full"] = Field(
+        default="public", description="error bodies: `public` says what happened in plain words (the detail goes "
+        "to the log, with the request id); `full` adds the internal detail (socket paths, exception texts)")
 
 
 class Logging(Section):
@@ -363,6 +369,7 @@ class ConfigSchema(Section):
     hooks: Hooks = Hooks()
     pricing: Pricing = Pricing()
     cluster: Cluster = Cluster()
+    errors: Errors = Errors()
 
     @model_validator(mode="after")
     def _references(self) -> ConfigSchema:
@@ -428,6 +435,7 @@ class Config:
     admin: Admin = Admin()
     cluster: Cluster = Cluster()
     log_format: str | None = None  # logging.format; None: console on a terminal, JSON otherwise (proxy/logs.py)
+    errors: Errors = Errors()
 
     @classmethod
     def from_schema(cls, schema: ConfigSchema) -> Config:
@@ -441,7 +449,7 @@ class Config:
                                for name, section in schema.containers.items()},
                    routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing,
                    key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)), admin=schema.admin,
-                   cluster=schema.cluster, log_format=schema.logging.format)
+                   cluster=schema.cluster, log_format=schema.logging.format, errors=schema.errors)
 
 
 def parse_config(raw: Any) -> Config:

@@ -1,16 +1,29 @@
 """Refusals and their answers: every error the proxy gives is a `Refusal`, mapped to JSON in one place.
 
 A refusal knows its status, its error name and (for 503s) how long a client should wait; the
-handler only raises, and `refusal_response` (aiohttp path) or `error_body` (fast path) renders it,
-always in the same shape: `{"error": ..., "reason": ..., "status": ..., ...}`.
+handler only raises, and `refusal_response` (aiohttp path) or `refusal_bytes` (fast path) renders
+it, always in the same shape: `{"error": ..., "reason": ..., "status": ..., "request_id": ..., ...}`.
+
+A refusal's `reason` may carry internal detail (socket paths, etcd URLs, exception texts, exit codes).
+Those classes have a `public` sentence: with `errors.detail: public` (the default) the client reads that
+and the detail goes to the log, one JSON line with the request id; `full` answers with the detail.
+Refusals about the client's own input (400, 413, 417) and the operator's admin API keep their reason.
 """
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Mapping
+import json
+from http import HTTPStatus
+from typing import Any, Awaitable, Callable, Literal, Mapping
 
 import structlog
 from aiohttp import web
+
+from proxy import request_id
+
+ErrorDetail = Literal["public", "full"]
+DETAIL = web.AppKey("error_detail", str)  # an app's `errors.detail`; an app without it (admin) answers in full
+log = structlog.get_logger("proxy.errors")
 
 
 class Refusal(Exception):
@@ -19,13 +32,17 @@ class Refusal(Exception):
     status: int = 500
     error: str = "internal error"
     retry_after: float | None = None  # seconds, for the Retry-After header
+    public: str | None = None  # what a client reads instead of `reason` (None: the reason is public)
 
-    def __init__(self, reason: str, *, retry_after: float | None = None, **extra: Any) -> None:
+    def __init__(self, reason: str, *, retry_after: float | None = None, public: str | None = None,
+                 **extra: Any) -> None:
         super().__init__(reason)
         self.reason = reason
         self.extra = extra
         if retry_after is not None:
             self.retry_after = retry_after  # per instance, over the class default
+        if public is not None:
+            self.public = public
 
 
 class InvalidKey(Refusal):
@@ -60,30 +77,40 @@ class StartFailed(Refusal):
     """The backend refused or the instance died while starting; the next request retries."""
 
     status, error, retry_after = 503, "start failed", 1.0
+    public = "the app could not be started"
 
 
 class CapacityExceeded(Refusal):
     """Starting would exceed the class's max_instances."""
 
     status, error, retry_after = 503, "capacity exceeded", 5.0
+    public = "no capacity is free to start the app"
 
 
 class BreakerOpen(Refusal):
     """The key's crash-loop breaker is open: its starts failed or crashed too often (proxy/breaker.py)."""
 
     status, error = 503, "crash loop"
+    public = "the app keeps failing to start; starts are paused for a while"
 
 
 class RuntimeUnreachable(Refusal):
     """The instance refused the connection and the container runtime cannot be asked why (daemon down)."""
 
     status, error, retry_after = 503, "runtime unreachable", 2.0
+    public = "the container runtime is unavailable"
 
 
 class StartTimeout(Refusal):
     """The instance was not ready within start_timeout."""
 
     status, error = 504, "start timeout"
+    public = "the app did not become ready in time"
+
+    def __init__(self, reason: str, *, seconds: float | None = None, **extra: Any) -> None:
+        if seconds is not None:
+            extra.setdefault("public", f"the app did not become ready within {seconds:g}s")
+        super().__init__(reason, **extra)
 
 
 class Unauthorized(Refusal):
@@ -128,6 +155,8 @@ class UpstreamError(Refusal):
     error = "upstream error"
 
     def __init__(self, status: int, reason: str, **extra: Any) -> None:
+        extra.setdefault("public", "the app did not answer in time" if status == 504
+                         else "the app's connection failed")
         super().__init__(reason, **extra)
         self.status = status
 
@@ -137,13 +166,46 @@ def error_body(status: int, error: str, reason: str, **extra: Any) -> dict[str, 
     return {"error": error, "reason": reason, "status": status, **extra}
 
 
-def retry_after_header(refusal: Refusal) -> dict[str, str]:
-    return {} if refusal.retry_after is None else {"Retry-After": str(max(1, round(refusal.retry_after)))}
+def refusal_body(refusal: Refusal, rid: str = "", detail: str = "public") -> dict[str, Any]:
+    """The refusal's JSON body: its public sentence or (`detail="full"`) its reason, plus the request id.
+
+    The one place the public/full choice is made; a hidden detail is logged here, once, with the id."""
+    reason = refusal.reason
+    if refusal.public is not None and refusal.public != reason:
+        log.warning("refused", status=refusal.status, error=refusal.error, reason=reason, request_id=rid or None,
+                    **refusal.extra)
+        if detail != "full":
+            reason = refusal.public
+    body = error_body(refusal.status, refusal.error, reason, **refusal.extra)
+    if rid:
+        body["request_id"] = rid
+    return body
 
 
-def refusal_response(refusal: Refusal) -> web.Response:
-    return json_error(refusal.status, refusal.error, refusal.reason, headers=retry_after_header(refusal),
-                      **refusal.extra)
+def refusal_headers(refusal: Refusal, rid: str = "") -> dict[str, str]:
+    """Retry-After for a refusal that has one, and the request id (the proxy's own answers carry it)."""
+    headers = {} if refusal.retry_after is None else {"Retry-After": str(max(1, round(refusal.retry_after)))}
+    if rid:
+        headers[request_id.HEADER] = rid
+    return headers
+
+
+def refusal_response(refusal: Refusal, rid: str = "", detail: str = "public") -> web.Response:
+    """A refusal on the aiohttp path (the fast path writes the same as bytes: `refusal_bytes`)."""
+    return web.json_response(refusal_body(refusal, rid, detail), status=refusal.status,
+                             headers=refusal_headers(refusal, rid))
+
+
+def refusal_bytes(refusal: Refusal, close: bool, rid: str = "", detail: str = "public") -> tuple[bytes, int]:
+    """A refusal as raw bytes for the fast path (and its head's length): what `refusal_response` answers."""
+    body = json.dumps(refusal_body(refusal, rid, detail)).encode()
+    head = [f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}",
+            "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(body)}"]
+    head += [f"{name}: {value}" for name, value in refusal_headers(refusal, rid).items()]
+    if close:
+        head.append("Connection: close")
+    raw = ("\r\n".join(head) + "\r\n\r\n").encode()
+    return raw + body, len(raw)
 
 
 def json_error(status: int, error: str, reason: str, *, headers: Mapping[str, str] | None = None,
@@ -158,7 +220,7 @@ async def json_errors(request: web.Request,
     try:
         return await handler(request)
     except Refusal as refusal:
-        return refusal_response(refusal)
+        return refusal_response(refusal, request_id.of(request), request.app.get(DETAIL, "full"))
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -167,5 +229,8 @@ async def json_errors(request: web.Request,
     except ConnectionError:
         raise
     except Exception as exc:  # noqa: BLE001 - a bug answers 500 JSON and the proxy stays up
-        structlog.get_logger("proxy").exception("unhandled", path=request.path)
-        return json_error(500, "internal error", f"{type(exc).__name__}")
+        rid = request_id.of(request)
+        structlog.get_logger("proxy").exception("unhandled", path=request.path, request_id=rid)
+        full = request.app.get(DETAIL, "full") == "full"
+        return json_error(500, "internal error", type(exc).__name__ if full else "an unexpected error occurred",
+                          headers={request_id.HEADER: rid}, request_id=rid)

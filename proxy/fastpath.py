@@ -31,6 +31,7 @@ from proxy.keys import validate_key
 from proxy.paths import is_plain
 from proxy.relay import Exchange, request_head
 from proxy.relays import Relays
+from proxy.request_id import request_id
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -132,7 +133,9 @@ class FastPath:
         if manager.state is not State.RUNNING or manager.instance is None:
             return None
         pool = handler.pools.upstream(manager.instance)
-        head = request_head(message, handler.target_for(target, variables), pool, proto.peer_host, proto.scheme)
-        return Exchange(self.relays, proto, handler, manager, pool, message, payload, key, head)
+        rid, given = request_id(message.headers)
+        head = request_head(message, handler.target_for(target, variables), pool, proto.peer_host, proto.scheme,
+                            rid, given)
+        return Exchange(self.relays, proto, handler, manager, pool, message, payload, key, head, rid)
 
 

@@ -15,6 +15,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.errors import UpstreamError
+from proxy.request_id import HEADER as REQUEST_ID
+from proxy.request_id import of as request_id_of
 
 HOP_BY_HOP = frozenset(
     h.lower()
@@ -40,8 +42,10 @@ def _strip(headers: "CIMultiDictProxy[str]", drop: frozenset[str]) -> CIMultiDic
 
 def upstream_headers(request: web.Request, drop: frozenset[str] = REQUEST_DROP) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones, with X-Forwarded-* set as nginx's
-    `$proxy_add_x_forwarded_for` does: every earlier X-Forwarded-For value, in order, then the peer."""
+    `$proxy_add_x_forwarded_for` does: every earlier X-Forwarded-For value, in order, then the peer; and
+    the request id (the client's X-Request-Id where it stands, or the one that replaces it)."""
     headers = _strip(request.headers, drop)
+    headers[REQUEST_ID] = request_id_of(request)
     peer = request.remote or ""
     prior = ", ".join(request.headers.getall("X-Forwarded-For", ()))
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer

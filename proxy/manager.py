@@ -16,13 +16,13 @@ from typing import AsyncIterator, Protocol
 
 import structlog
 
-from backends.base import Backend, BackendError, ContainerSpec, Instance
+from backends.base import Backend, BackendError, BackendUnavailable, ContainerSpec, Instance
 from backends.control import Pausable, Removable
 from proxy.boost import settle, settle_soon
 from proxy.breaker import Breaker
 from proxy.capacity import Capacity
 from proxy.config import ContainerClass, Readiness
-from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, StartFailed, StartTimeout
+from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, RuntimeUnreachable, StartFailed, StartTimeout
 from proxy.events import ACTIVE, BreakerOpened, ColdWait, EventBus, Happening, State, StopReason, Transition
 from proxy.manager_health import Health
 from proxy.manager_pause import LIVE, consume_exception
@@ -153,7 +153,7 @@ class Manager(Health):
                     await asyncio.shield(self._start_task)
             except TimeoutError:  # the start's deadline passed; its cleanup goes on in the start task
                 if not self._start_task.done():
-                    raise StartTimeout(self._timeout_reason(), key=self.key) from None
+                    raise StartTimeout(self._timeout_reason(), seconds=self.klass.start_timeout, key=self.key) from None
                 self._start_task.result()  # its own outcome: raises its failure, or it made it just in time
         if not waited:
             return None
@@ -211,10 +211,11 @@ class Manager(Health):
                 await self._abandon_start(f"{type(exc).__name__}: {exc}")
                 raise StartFailed(self.last_error, key=self.key) from None
             await self._abandon_start(self._timeout_reason())
-            raise StartTimeout(self.last_error, key=self.key) from None
+            raise StartTimeout(self.last_error, seconds=self.klass.start_timeout, key=self.key) from None
         except BackendError as exc:
             await self._abandon_start(exc.reason)
-            raise StartFailed(exc.reason, retry_after=exc.retry_after, key=self.key) from None
+            down = RuntimeUnreachable.public if isinstance(exc, BackendUnavailable) else None  # the public words
+            raise StartFailed(exc.reason, retry_after=exc.retry_after, key=self.key, public=down) from None
         except asyncio.CancelledError:
             await self._abandon_start("start cancelled", failed=False)
             raise

@@ -11,17 +11,16 @@ Its `Client` is the connection it answers on: the fast path's protocol, or the a
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
-from proxy.errors import BodyTooLarge, Refusal, RuntimeUnreachable, UpstreamError, error_body, retry_after_header
+from proxy.errors import BodyTooLarge, Refusal, RuntimeUnreachable, UpstreamError, refusal_bytes
 from proxy.forward import HOP_BY_HOP, PEER_MARK
+from proxy.request_id import HEADER_LOWER
 from proxy.relays import Relays
 from proxy.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
 
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
 
 _HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 _REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", PEER_MARK.encode()}
+_REQUEST_SKIP_ID = _REQUEST_SKIP | {HEADER_LOWER}  # a client's X-Request-Id that is replaced
 _RESPONSE_SKIP = _HOP
 NEVER_PROCESSED = 0.1  # seconds: a connection lost this soon after the send took no request with it
 REFUSED_RETRY_PAUSES = (0.0, 0.0, 0.25, 0.5, 1.0)  # connect attempts after a refusal (the first two: at once)
@@ -56,13 +56,16 @@ class Client(Protocol):
     def relay_done(self, exchange: Exchange, clean: bool) -> None: ...
 
 
-def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, peer: str, scheme: str) -> bytes:
+def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, peer: str, scheme: str,
+                 rid: str, given: bool) -> bytes:
     """The request as the instance receives it: the client's headers in order, hop-by-hop removed,
-    Host set to the instance, X-Forwarded-For/-Proto/-Host set (earlier X-Forwarded-For kept)."""
-    skip = _REQUEST_SKIP
+    Host set to the instance, X-Forwarded-For/-Proto/-Host set (earlier X-Forwarded-For kept), and the
+    request id: the client's X-Request-Id where it stands when `given`, else `rid` added at the end."""
+    skip = _REQUEST_SKIP if given else _REQUEST_SKIP_ID
     if hdrs.CONNECTION in message.headers:  # headers the client named as hop-by-hop stay on this hop
         named = {t.strip().lower().encode() for v in message.headers.getall(hdrs.CONNECTION) for t in v.split(",")}
         skip = skip | named
+        given = given and HEADER_LOWER not in named  # an id named hop-by-hop still goes on: appended below
     lines = [f"{message.method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape"),
              b"Host: %s\r\n" % pool.authority]
     forwarded: list[bytes] = []
@@ -82,19 +85,10 @@ def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, pe
     lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (b", ".join(forwarded), scheme.encode()))
     if host:
         lines.append(b"X-Forwarded-Host: %s\r\n" % host)
+    if not given:
+        lines += (b"X-Request-Id: ", rid.encode(), b"\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
-
-
-def refusal_bytes(refusal: Refusal, close: bool) -> bytes:
-    """A refusal as raw bytes: the same JSON body and headers `refusal_response` gives on the aiohttp path."""
-    body = json.dumps(error_body(refusal.status, refusal.error, refusal.reason, **refusal.extra)).encode()
-    head = [f"HTTP/1.1 {refusal.status} {HTTPStatus(refusal.status).phrase}",
-            "Content-Type: application/json; charset=utf-8", f"Content-Length: {len(body)}"]
-    head += [f"{name}: {value}" for name, value in retry_after_header(refusal).items()]
-    if close:
-        head.append("Connection: close")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 class Exchange:
@@ -102,11 +96,12 @@ class Exchange:
 
     __slots__ = ("relays", "client", "handler", "manager", "pool", "message", "payload", "key", "head", "request",
                  "streaming", "conn", "sent_at", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
-                 "pump", "began", "retried", "replaced", "extra_head", "fast", "bodyless", "sent")
+                 "pump", "began", "retried", "replaced", "extra_head", "fast", "bodyless", "sent", "rid",
+                 "head_len")
 
     def __init__(self, relays: Relays, client: Client, handler: RouteHandler, manager: Manager,
                  pool: UpstreamPool, message: RawRequestMessage, payload: StreamReader, key: str,
-                 head: bytes, *, extra_head: bytes = b"", fast: bool = True) -> None:
+                 head: bytes, rid: str, *, extra_head: bytes = b"", fast: bool = True) -> None:
         self.relays = relays
         self.client = client
         self.extra_head = extra_head  # response headers of the proxy's own (X-Proxy-Cold-Start)
@@ -132,8 +127,11 @@ class Exchange:
         self.retried = False  # a stale pooled connection was retried on a fresh one
         self.replaced = False  # a refused connect led to a new instance
         self.sent = 0  # bytes written to the client: the key's egress, metered once in _finish
+        self.head_len = 0  # of those, the response head's (the access line counts body bytes)
+        self.rid = rid  # the request id (proxy/request_id.py)
         self.began = self.last_rx = client.loop.time()
-        manager.hold()
+        if fast:  # the aiohttp path's lease holds the key already: one request is one in flight
+            manager.hold()
         relays.track(self)
 
     # ---------------------------------------------------------------- sending
@@ -262,7 +260,9 @@ class Exchange:
         lines.append(self.extra_head + b"\r\n")
         if self.extra_head:  # a request that waited for a start (the fast path never does): its first byte
             self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
-        self.out.append(b"".join(lines))
+        head = b"".join(lines)
+        self.head_len = len(head)
+        self.out.append(head)
         self.head_sent = True
         return framed
 
@@ -294,9 +294,11 @@ class Exchange:
     def on_whole(self, status: int, data: bytes, head_end: int) -> None:
         self.status, self.head_sent = status, True
         keep_alive = self.client.keeps_alive(self.message)
+        self.head_len = head_end + 2  # (head_end: before the blank line)
         if self.extra_head or not keep_alive:  # (on the fast path: neither) the same lines on_head adds
             data = b"".join((data[:head_end], b"" if keep_alive else b"Connection: close\r\n", self.extra_head,
                              data[head_end:]))
+            self.head_len += len(self.extra_head) + (0 if keep_alive else len(b"Connection: close\r\n"))
             if self.extra_head:
                 self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
         self._write(data)
@@ -361,7 +363,8 @@ class Exchange:
             close = close or not self.client.keeps_alive(self.message)
             if isinstance(refusal, UpstreamError):
                 refusal.extra["key"] = self.key
-            self._write(refusal_bytes(refusal, close))
+            data, self.head_len = refusal_bytes(refusal, close, self.rid, self.handler.error_detail)
+            self._write(data)
             if close:
                 self.client.close_after_write()
         self._finish(refusal.status)
@@ -385,13 +388,21 @@ class Exchange:
             self.pump.cancel()
         now = self.client.loop.time()
         manager = self.manager
-        manager.release(now)
+        if self.fast:
+            manager.release(now)  # (the aiohttp path's lease releases its own hold)
         if self.sent:
             self.handler.egress(manager.klass.name, manager.key, self.sent)
         if self.fast:
             path = self.message.path.partition("?")[0]
-            self.handler.record(self.key, self.message.method, path, status, now - self.began, fast=True)
+            self.handler.record(self.key, self.message.method, path, status, now - self.began, True,
+                                self.client.peer_host, self.rid, self.body_bytes, self.payload.total_bytes)
         self.client.relay_done(self, clean=self.payload.is_eof())
+
+
+    @property
+    def body_bytes(self) -> int:
+        """Response body bytes written to the client (chunk framing included, as nginx's $body_bytes_sent)."""
+        return max(0, self.sent - self.head_len)
 
 
 def _chunk(data: bytes) -> bytes:

@@ -46,12 +46,16 @@ class RequestLog:
         """The start of a line, the same for every request of one route and key (callers may keep it)."""
         return f'{{"route": {_json_str(route)}, "key": {_json_str(key)}, '
 
-    def request(self, prefix: str, method: str, path: str, status: int, seconds: float) -> None:
+    def request(self, prefix: str, method: str, path: str, status: int, seconds: float, client: str = "",
+                request_id: str = "", sent: int = 0, received: int = 0) -> None:
+        """One line: `client` the peer's IP address (nothing to escape), `bytes`/`request_bytes` the
+        response/request body bytes, `request_id` as proxy/request_id.py chose it."""
         now = time.time()
         stamp = self._stamp if int(now) == self._second else self._new_second(now)
         line = (f'{prefix}"method": {_METHODS.get(method) or _json_str(method)}, "path": {_json_str(path)}, '
-                f'"status": {status}, "ms": {seconds * 1000:.2f}, "event": "request", "level": "info", '
-                f'"timestamp": "{stamp}.{int((now % 1) * 1e6):06d}Z"}}\n')
+                f'"status": {status}, "ms": {seconds * 1000:.2f}, "bytes": {sent}, "request_bytes": {received}, '
+                f'"client": "{client}", "request_id": {_json_str(request_id)}, "event": "request", '
+                f'"level": "info", "timestamp": "{stamp}.{int((now % 1) * 1e6):06d}Z"}}\n')
         self._lines.append(line)
         self._size += len(line)
         if self._size >= FLUSH_BYTES:

@@ -15,10 +15,17 @@ from aiohttp.http_parser import RawRequestMessage
 
 from backends.base import Instance
 from proxy.relay import Exchange, request_head
+from proxy.request_id import HEADER
 
 if TYPE_CHECKING:
     from proxy.manager import Manager
     from proxy.routes import RouteHandler
+
+
+BODY_BYTES = web.RequestKey("body_bytes", int)  # response body bytes of an answer written on the aiohttp path itself
+# (status, body bytes) of a relay whose handler was cancelled (the client's connection closed): a relay that had
+# ended whole keeps its status; one cut short is 499.
+OUTCOME = web.RequestKey("relay_outcome", tuple[int, int])
 
 
 class RequestClient:
@@ -52,11 +59,14 @@ class RequestClient:
 
 
 class Relayed(web.StreamResponse):
-    """A response the relay already wrote on the connection: aiohttp keeps its books and writes nothing."""
+    """A response the relay already wrote on the connection: aiohttp keeps its books and writes nothing.
 
-    def __init__(self, status: int, keep_alive: bool) -> None:
+    Its status is the one the client saw (499 when the client left before the end)."""
+
+    def __init__(self, status: int, keep_alive: bool, body_bytes: int = 0) -> None:
         super().__init__(status=status)
         self._relayed_keep_alive = keep_alive
+        self.body_bytes = body_bytes
 
     @property
     def keep_alive(self) -> bool:
@@ -77,13 +87,15 @@ def message_of(request: web.Request) -> RawRequestMessage:
 
 
 async def relay_request(request: web.Request, handler: RouteHandler, manager: Manager, instance: Instance,
-                        target: str, headers: dict[str, str]) -> web.StreamResponse:
+                        target: str, headers: dict[str, str], rid: str) -> Relayed:
+    """Relay through an Exchange; `rid` is the request id (the client's own when it equals its header)."""
     client = RequestClient(request)
     message = message_of(request)
     pool = handler.pools.upstream(instance)
     extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items()).encode()
+    given = request.headers.get(HEADER) == rid
     exchange = Exchange(handler.relays, client, handler, manager, pool, message, request.content, manager.key,
-                        request_head(message, target, pool, client.peer_host, client.scheme),
+                        request_head(message, target, pool, client.peer_host, client.scheme, rid, given), rid,
                         extra_head=extra, fast=False)
     watch = getattr(request.protocol, "watch", None)  # the connection's flow control follows this exchange
     if watch is not None:
@@ -92,6 +104,7 @@ async def relay_request(request: web.Request, handler: RouteHandler, manager: Ma
     try:
         keep_alive = await asyncio.shield(client.finished)
     except asyncio.CancelledError:
-        exchange.client_lost()
+        exchange.client_lost()  # (nothing if it had ended: the client read it all, then closed)
+        request[OUTCOME] = (exchange.status, exchange.body_bytes)
         raise
-    return Relayed(max(exchange.status, 100), keep_alive)
+    return Relayed(max(exchange.status, 100), keep_alive, exchange.body_bytes)

@@ -31,7 +31,8 @@ from proxy.pools import Pools
 from proxy.registry import Registry
 from proxy.relays import Relays
 from proxy.reqlog import RequestLog
-from proxy.responder import relay_request
+from proxy.request_id import of as request_id_of
+from proxy.responder import BODY_BYTES, OUTCOME, Relayed, relay_request
 from proxy.retry_after import RetryAdvisor
 from proxy.route_match import Headers, HostPattern, KeyTemplate, agent_matcher, normalize_host
 
@@ -53,6 +54,7 @@ class RouteHandler:
         self.metrics = metrics
         self.pools = pools
         self.reqlog = reqlog
+        self.error_detail = config.errors.detail  # refusal bodies: public sentences or full detail
         self.websockets: set[web.WebSocketResponse] = set()
         self.cluster: Forwarder | None = None  # set by the Proxy when `cluster.store` is not none
         self.key_is_template = "{" in route.key
@@ -108,12 +110,14 @@ class RouteHandler:
             return self.registry.pick_lb(key, self.route.container, self.route.instances)
         return self.registry.get(key, self.route.container)
 
-    def record(self, key: str, method: str, path: str, status: int, seconds: float, fast: bool = False) -> None:
-        """Metrics and the request log line for one finished request, whichever path served it."""
+    def record(self, key: str, method: str, path: str, status: int, seconds: float, fast: bool = False,
+               client: str = "", rid: str = "", sent: int = 0, received: int = 0) -> None:
+        """Metrics and the request log line for one finished request, whichever path served it: `client` the
+        peer address, `rid` the request id, `sent`/`received` the response/request body bytes."""
         self._observe(status, seconds, fast)
         if self.reqlog is not None:
             prefix = RequestLog.prefix(self.route.name, key) if self.key_is_template else self._log_prefix
-            self.reqlog.request(prefix, method, path, status, seconds)
+            self.reqlog.request(prefix, method, path, status, seconds, client, rid, sent, received)
 
     def _raw_variables(self, request: web.Request) -> dict[str, str] | None:
         """The route's variables as the client wrote them (None: the raw path does not spell the route)."""
@@ -131,14 +135,15 @@ class RouteHandler:
         try:
             self._check_length(request)
         except BodyTooLarge as refusal:
-            response = refusal_response(refusal)
+            response = refusal_response(refusal, request_id_of(request), self.error_detail)
             response.force_close()  # the body is never read, so the connection cannot carry another request
             return response
         if request.version == aiohttp.HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0  # the interim line is not part of the response
             return None
-        return refusal_response(ExpectationFailed(f"unsupported Expect: {request.headers.get('Expect')}"))
+        return refusal_response(ExpectationFailed(f"unsupported Expect: {request.headers.get('Expect')}"),
+                                request_id_of(request), self.error_detail)
 
     def _check_length(self, request: web.Request) -> None:
         if request.content_length is not None and request.content_length > self.config.max_body_size:
@@ -150,22 +155,23 @@ class RouteHandler:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         began = time.perf_counter()
         key = self.request_key(request)
-        status = 500
+        rid = request_id_of(request)
+        status, sent = 500, 0
         try:
-            response = await self._serve(request, key)
-            gone = request.transport is None or request.transport.is_closing()
-            status = 499 if gone else response.status  # 499: the client left before the end
+            response = await self._serve(request, key, rid)
+            status, sent = _as_seen(request, response)
             return response
         except web.HTTPException as exc:
             status = exc.status
             raise
         except (ConnectionResetError, asyncio.CancelledError):
-            status = 499  # client went away; nothing to answer
+            status, sent = request.get(OUTCOME, (499, 0))  # the client went away (after a whole relay: its status)
             raise
         finally:
-            self.record(key, request.method, request.path, status, time.perf_counter() - began)
+            self.record(key, request.method, request.path, status, time.perf_counter() - began, False,
+                        request.remote or "", rid, sent or request.get(BODY_BYTES, 0), request.content.total_bytes)
 
-    async def _serve(self, request: web.Request, key: str) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, key: str, rid: str) -> web.StreamResponse:
         manager: Manager | None = None
         try:
             if (reason := self.key_problem(request, key)) is not None:
@@ -186,25 +192,42 @@ class RouteHandler:
                     headers = {"X-Proxy-Cold-Start": "1",
                                "X-Proxy-Cold-Start-Wait-Ms": f"{lease.cold_wait * 1000:.1f}"}
                 target = self.target_for(request.raw_path, raw_variables)
-                return await self._forward(request, manager, lease.instance, target, headers)
+                return await self._forward(request, manager, lease.instance, target, headers, rid)
         except Refusal as refusal:
             if manager is not None and self.retry_advisor is not None:
                 self.retry_advisor.advise(refusal, manager)
-            return refusal_response(refusal)
+            return refusal_response(refusal, rid, self.error_detail)
 
     async def _forward(self, request: web.Request, manager: Manager, instance: Instance, target: str,
-                       headers: dict[str, str]) -> web.StreamResponse:
+                       headers: dict[str, str], rid: str) -> web.StreamResponse:
         if not is_websocket(request):
-            return await relay_request(request, self, manager, instance, target, headers)
+            return await relay_request(request, self, manager, instance, target, headers, rid)
+
+        def egress(nbytes: int) -> None:  # the key's egress meter, and the access line's byte count
+            request[BODY_BYTES] = request.get(BODY_BYTES, 0) + nbytes
+            self.egress(manager.klass.name, manager.key, nbytes)
+
         try:
             return await forward_websocket(request, self.pools.session(instance), instance.url + target,
                                            on_message=manager.touch, connect_timeout=self.config.connect_timeout,
-                                           open_sockets=self.websockets,
-                                           on_egress=lambda n: self.egress(manager.klass.name, manager.key, n))
+                                           open_sockets=self.websockets, on_egress=egress)
         except UpstreamError as exc:
             manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
             exc.extra["key"] = manager.key
             raise
+
+
+def _as_seen(request: web.Request, response: web.StreamResponse) -> tuple[int, int]:
+    """The status the client saw and the body bytes it got. A relayed response knows both (499 only when
+    the client left before its end); one already written (a WebSocket, a peer's streamed answer) ended
+    before this; only an answer aiohttp has yet to write is lost when the client has gone meanwhile."""
+    if isinstance(response, Relayed):
+        return response.status, response.body_bytes
+    if response.prepared:
+        return response.status, 0
+    gone = request.transport is None or request.transport.is_closing()
+    body = response.body if isinstance(response, web.Response) else None
+    return 499 if gone else response.status, len(body) if isinstance(body, bytes) else 0
 
 
 def _no_egress(container: str, key: str, nbytes: int) -> None:

@@ -42,6 +42,10 @@ Headers = list[tuple[bytes, bytes]]
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
                         "upgrade", "proxy-authenticate", "proxy-authorization"})
 FORWARDED = frozenset({"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"})
+# Every header a front sets on the way: X-Forwarded-*, and X-Request-Id (the client's passed through, else one
+# made). lazy-proxy always sends the id; the reference nginx does it with the usual `map $http_x_request_id`
+# recipe (below), so both fronts are held to the same rule rather than excused from it.
+FRONT_SET = FORWARDED | {"x-request-id"}
 
 
 def free_port() -> int:
@@ -643,6 +647,7 @@ _NGINX_FORWARD = """\
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Request-Id $req_id;
 """
 
 NGINX_CONFIG = r"""{user}
@@ -664,6 +669,12 @@ http {{
     upstream up {{
         server 127.0.0.1:{upstream};
         keepalive 16;
+    }}
+
+    # The client's X-Request-Id, else nginx's own 32-hex $request_id (lazy-proxy's rule, proxy/request_id.py).
+    map $http_x_request_id $req_id {{
+        default $http_x_request_id;
+        "" $request_id;
     }}
 
     # The prefix rewrite must hand the upstream the tail *as the client sent it*: location captures

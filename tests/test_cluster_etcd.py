@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -231,6 +232,11 @@ async def test_websockets_and_streams_are_forwarded_to_the_owner(stub_cluster):
         seen = {name.lower(): value for name, value in body["headers"].items()}
         assert "x-lazy-proxy-forwarded" not in seen  # between replicas only: the instance sees what nginx sends
         assert seen["x-forwarded-host"] == f"127.0.0.1:{peer}"  # the Host the client sent, to the peer
+        assert re.fullmatch("[0-9a-f]{32}", seen["x-request-id"])  # made by the peer, kept by the owner: one id
+        async with session.get(f"http://127.0.0.1:{peer}/k/ws/debug/headers",
+                               headers={"X-Request-Id": "cluster-rid-1"}) as response:
+            seen = {name.lower(): value for name, value in (await response.json())["headers"].items()}
+        assert seen["x-request-id"] == "cluster-rid-1"  # the client's own, through both replicas
     assert starts(replicas.ports) == 1
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 from collections.abc import Iterator
 
@@ -27,7 +28,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from tests.conformance import (
-    FORWARDED,
+    FRONT_SET,
     HOP_BY_HOP,
     Front,
     RawConnection,
@@ -117,8 +118,9 @@ def send(front: Front, upstream: RecordingUpstream, request: bytes, method: str 
 
 
 def end_to_end(record: Recorded) -> list[tuple[str, str]]:
-    """The request headers the client is responsible for: minus Host, X-Forwarded-*, hop-by-hop, framing."""
-    drop = HOP_BY_HOP | FORWARDED | {"host", "content-length"}
+    """The request headers the client is responsible for: minus Host, X-Forwarded-*, X-Request-Id, hop-by-hop,
+    framing."""
+    drop = HOP_BY_HOP | FRONT_SET | {"host", "content-length"}
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in record.headers if k.decode().lower() not in drop]
 
 
@@ -232,6 +234,17 @@ def test_a_bare_request_gains_only_host_and_forwarded_headers(front, upstream, r
     assert seen.values("X-Forwarded-For") == ["127.0.0.1"]
     assert seen.values("X-Forwarded-Proto") == ["http"]
     assert seen.values("X-Forwarded-Host") == ["conformance.test"]
+
+
+@WARM_COLD
+def test_the_request_id_is_passed_through_or_made(front, upstream, route):
+    # The one header a front adds besides X-Forwarded-*: the client's id unchanged, else a fresh 32-hex one.
+    _, seen = send(front, upstream, build_request("GET", entry(route) + "rid", [("X-Request-Id", "conf-id-1")]))
+    assert seen.values("X-Request-Id") == ["conf-id-1"], bad(front, f"ids: {seen.values('X-Request-Id')}")
+    ids = [send(front, upstream, build_request("GET", entry(route) + "rid"))[1].values("X-Request-Id")
+           for _ in range(2)]
+    assert all(len(i) == 1 and re.fullmatch("[0-9a-f]{32}", i[0]) for i in ids) and ids[0] != ids[1], bad(
+        front, f"made ids: {ids}")
 
 
 CLIENT_HEADERS = [("X-Zeta", "1"), ("accept", "text/plain"), ("X-alpha", "2"), ("User-Agent", "conformance/1"),

@@ -50,7 +50,7 @@ async def test_daemon_down_gives_503_then_recovers(make_proxy, raw, backend_kind
         resps = await asyncio.gather(*(h.client.get("/k/outage/api/health") for _ in range(5)))
         for resp in resps:
             body = await resp.json()
-            assert resp.status == 503 and "unreachable" in body["reason"], body
+            assert resp.status == 503 and body["reason"] == "the container runtime is unavailable", body
             assert int(resp.headers["Retry-After"]) >= 1
         assert (await h.client.get("/health")).status == 200  # the proxy itself is fine
     finally:
@@ -85,7 +85,7 @@ async def test_proxy_restart_adopts_running_container(make_proxy, raw, backend_k
 
 
 async def test_unlabelled_container_with_colliding_name_is_untouched(make_proxy, raw):
-    h = await make_proxy()
+    h = await make_proxy(config={"errors": {"detail": "full"}})  # the backend's own words in the body
     name = h.backend.name_for("squatter", h.proxy.config.containers["svc"].spec)
     foreign = await raw.containers.create_or_replace(name=name, config={
         "Image": engines.DEFAULT_TAG, "Cmd": ["/usr/bin/python3.11", "-c", "pass"]})

@@ -10,6 +10,7 @@ import json
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from proxy.reqlog import RequestLog
 from tests.conftest import base_config, with_misbehaving_upstream
@@ -146,9 +147,13 @@ async def test_upstream_reset_timeout_and_garbage(h):
     resp = await h.client.get("/bad/garbage")
     assert resp.status == 502 and (await resp.json())["error"] == "upstream error"
     assert (await h.client.get("/s/api/health")).status == 200
-    resp = await h.client.get("/s/debug/sleep?seconds=3")  # upstream_timeout is 1s
-    body = await resp.json()
-    assert resp.status == 504 and "upstream_timeout" in body["reason"]
+    with capture_logs() as logs:
+        resp = await h.client.get("/s/debug/sleep?seconds=3")  # upstream_timeout is 1s
+        body = await resp.json()
+    assert resp.status == 504 and body["reason"] == "the app did not answer in time"
+    assert body["request_id"] == resp.headers["X-Request-Id"]  # the detail is in the log, under that id
+    assert [e["reason"] for e in logs if e.get("request_id") == body["request_id"]] == [
+        "upstream did not answer within upstream_timeout"]
     await h.wait_for(lambda: all(m.in_flight == 0 for m in h.proxy.registry))
     assert await fast_count(h, "/bad/{tail:.*}") >= 2
 
@@ -240,7 +245,7 @@ async def test_an_instance_that_stops_answering_is_replaced(h_replace):
     first = m.instance
     for _ in range(2):  # the instance never answers this path within upstream_timeout (1s)
         resp = await h.client.get("/s/debug/sleep?seconds=30")
-        assert resp.status == 504 and "upstream_timeout" in (await resp.json())["reason"]
+        assert resp.status == 504 and (await resp.json())["reason"] == "the app did not answer in time"
     await h.wait_for(lambda: m.state.value == "stopped")
     assert await h.metric("proxy_container_stops_total", container_class="svc", reason="unhealthy") == 1
     resp = await h.client.get("/s/api/health")

@@ -86,7 +86,7 @@ async def test_an_idle_instance_stopped_from_outside_leaves_running_at_once(make
 async def test_out_of_memory_is_named_in_the_refusal(make_proxy, raw):
     hog = ["/usr/bin/python3.11", "-c", "x = bytearray(256 * 2**20); import time; time.sleep(60)"]
     h = await make_proxy(svc={"command": hog, "instance_type": {"memory": "32MiB", "cpus": 1.0},
-                              "start_timeout": "30s"})
+                              "start_timeout": "30s"}, config={"errors": {"detail": "full"}})  # the detail in the body
     resp = await h.client.get("/k/hog/api/health")
     body = await resp.json()
     assert resp.status == 503 and "memory" in body["reason"] and "32 MiB" in body["reason"], body

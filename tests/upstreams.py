@@ -46,6 +46,15 @@ async def once_per_connection(request: web.Request) -> web.StreamResponse:
     return web.json_response({"ok": True})
 
 
+async def ws_request_id(request: web.Request) -> web.WebSocketResponse:
+    """A WebSocket that tells the client which X-Request-Id its handshake carried, then closes."""
+    ws = web.WebSocketResponse()
+    await ws.prepare(request)
+    await ws.send_str(request.headers.get("X-Request-Id", ""))
+    await ws.close()
+    return ws
+
+
 async def ok(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -57,4 +66,5 @@ def create_app(env: Mapping[str, str]) -> web.Application:
     app.router.add_get("/v2/health/ready", ok)
     app.router.add_get("/ok", ok)
     app.router.add_get("/once", once_per_connection)
+    app.router.add_get("/ws-request-id", ws_request_id)
     return app

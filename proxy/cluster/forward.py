@@ -24,10 +24,13 @@ from proxy.cluster.owner import NotOwner, OwnerMoving, Ownership
 from proxy.cluster.store import Member
 from proxy.errors import UpstreamError, refusal_response
 from proxy.forward import HOP_BY_HOP, PEER_MARK, forward_websocket, is_websocket, upstream_headers
+from proxy.request_id import of as request_id_of
+from proxy.responder import BODY_BYTES
 
 FORWARDED = PEER_MARK  # the owner drops it before the instance (proxy.forward.REQUEST_DROP, relay's skip list)
 OWNER_HEADER = "X-Lazy-Proxy-Owner"  # on a peer's 503: it is not the key's owner, this replica is
 RETRY_EVERY = 0.2  # seconds between asking again while an unreachable owner's lease runs out
+UNREACHABLE = "the replica serving this app could not be reached"  # the public words for a failed hop
 
 
 class Misdirected(Exception):
@@ -66,7 +69,7 @@ class Forwarder:
             try:
                 owner = await self.ownership.locate(container, key, forwarded)
             except NotOwner as refusal:  # from a peer: it asks the store and sends the request on itself
-                answer = refusal_response(refusal)
+                answer = refusal_response(refusal, request_id_of(request))
                 answer.headers[OWNER_HEADER] = refusal.holder
                 return answer
             if owner is None:
@@ -83,7 +86,7 @@ class Forwarder:
                     await asyncio.sleep(RETRY_EVERY)
             except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
                 if not isinstance(exc, aiohttp.ClientConnectorError) and not _replayable(request):
-                    raise UpstreamError(502, f"owner {owner.id} went away", key=key) from None
+                    raise UpstreamError(502, f"owner {owner.id} went away", key=key, public=UNREACHABLE) from None
                 # The owner is gone before answering: wait for its lease to hand the key on.
                 self.ownership.forget(container, key)
                 if time.monotonic() >= deadline:
@@ -91,7 +94,8 @@ class Forwarder:
                                       retry_after=self.ownership.store.lease_ttl) from None
                 await asyncio.sleep(RETRY_EVERY)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise UpstreamError(502, f"owner {owner.id}: {type(exc).__name__}: {exc}", key=key) from None
+                raise UpstreamError(502, f"owner {owner.id}: {type(exc).__name__}: {exc}", key=key,
+                                    public=UNREACHABLE) from None
 
     async def _send(self, request: web.Request, owner: Member, open_sockets: set[web.WebSocketResponse]
                     ) -> web.StreamResponse:
@@ -125,6 +129,7 @@ class Forwarder:
             try:
                 async for chunk in answer.content.iter_any():
                     await response.write(chunk)
+                    request[BODY_BYTES] = request.get(BODY_BYTES, 0) + len(chunk)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 # The head is sent: the client can only learn it by the connection closing early.
                 raise ConnectionResetError(f"owner {owner.id} broke off: {type(exc).__name__}") from exc

@@ -37,12 +37,14 @@ class ClusterUnavailable(Refusal):
     """The ownership store cannot be asked and the key is not owned here: nobody can say who serves it."""
 
     status, error, retry_after = 503, "cluster unavailable", 1.0
+    public = "the cluster cannot tell which replica serves this app"
 
 
 class OwnerMoving(Refusal):
     """The key's owner is unreachable or just changed; its lease expiry hands the key on."""
 
     status, error, retry_after = 503, "owner moving", 1.0
+    public = "the replica serving this app is changing; try again shortly"
 
 
 class NotOwner(OwnerMoving):
