@@ -30,14 +30,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, SecretStr, ValidationError, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 
 from proxy.config_admin import Admin
 from proxy.config_cluster import Cluster
-from proxy.config_base import Section, config_error, field_error, none_means_default, shown
+from proxy.config_base import Section, config_error, field_error, shown
 from proxy.config_containers import ContainerClass, ContainerSection, CronJob, Keepalive, Readiness
 from proxy.interpolate import interpolate, typed
-from proxy.route_match import HostPattern, KeyTemplate, check_path, path_signature, path_variables
+from proxy.config_backend import Backend, BackendConfig
+from proxy.config_routes import Route, check_distinct
 from proxy.units import (
     ConfigError,
     Duration,
@@ -48,8 +49,6 @@ from proxy.units import (
     Schedule,
     Size,
     TupleOf,
-    UrlPath,
-    check_key,
 )
 
 __all__ = ["Admin", "Backend", "BackendConfig", "Cluster", "Config", "ConfigError", "ConfigSchema", "ContainerClass",
@@ -62,7 +61,7 @@ CONTAINER_ONLY = ("volumes", "ports", "user", "labels")  # class options a proce
 log = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------- server, backend, metrics, logging
+# ---------------------------------------------------------------- server, metrics, logging, errors
 
 
 class Server(Section):
@@ -76,114 +75,6 @@ class Server(Section):
         default=30.0, description="on SIGTERM, time in-flight requests get to finish")
 
 
-def _socket(value: str) -> str:
-    if not value.startswith(("unix://", "tcp://", "http://", "npipe://")):
-        raise ValueError("expected unix:///path or tcp://host:port")
-    return value
-
-
-Socket = Annotated[str, AfterValidator(_socket)]
-
-
-class DockerOptions(Section):
-    """`backend.docker`: keyword arguments of DockerBackend."""
-
-    socket: Socket | None = Field(
-        default=None, description="API socket",
-        json_schema_extra=shown("`$DOCKER_HOST` or `unix:///var/run/docker.sock`"))
-    reuse_stopped: bool = Field(
-        default=True, description="restart a stopped container of the same spec instead of recreating it")
-    network: NonEmptyStr | None = Field(
-        default=None,
-        description="an existing user network: each instance joins it and is addressed by its IP there, with no "
-                    "host port published (for a proxy that itself runs in a container on that network)",
-        json_schema_extra=shown("none: a port published on 127.0.0.1"))
-
-
-class PodmanOptions(DockerOptions):
-    """`backend.podman`: keyword arguments of PodmanBackend."""
-
-    socket: Socket | None = Field(
-        default=None, description="API socket",
-        json_schema_extra=shown("`$PODMAN_HOST` or `unix:///run/podman/podman.sock`"))
-
-
-class SwarmOptions(Section):
-    """`backend.swarm`: keyword arguments of SwarmBackend (one service per key on a swarm manager)."""
-
-    socket: Socket | None = Field(
-        default=None, description="a swarm manager's API socket",
-        json_schema_extra=shown("`$DOCKER_HOST` or `unix:///var/run/docker.sock`"))
-    reuse_stopped: bool = Field(
-        default=True, description="keep a stopped key's service (scaled to 0) for its next start instead of "
-                                  "removing it")
-    network: NonEmptyStr | None = Field(
-        default=None,
-        description="an existing attachable overlay network: each instance joins it and is addressed by its IP "
-                    "there, with no port published (for a proxy attached to that network)",
-        json_schema_extra=shown("none: a port published in host mode on the task's node"))
-    network_host: NonEmptyStr | None = Field(
-        default=None, description="the host to dial a published port on",
-        json_schema_extra=shown("the task's node address, as the swarm reports it"))
-
-
-class RegistryLogin(Section):
-    """`backend.registries.<host[:port]>`: who docker/podman/swarm are at that registry when pulling."""
-
-    username: NonEmptyStr = Field(description="user name")
-    password: SecretStr = Field(description="password or token (write `${VAR}`, not the secret itself)")
-
-
-class Backend(Section):
-    """`backend`: shared fields, then one section per backend type (a new backend adds a section).
-
-    The flat form of older configs (`backend.socket`, `backend.reuse_stopped`) is still accepted and
-    overrides the selected section's value.
-    """
-
-    type: Literal["stub", "process", "docker", "podman", "swarm"] = Field(
-        default="stub", description="`stub`, `process` (each instance a child process running `command`), "
-                                    "`docker`, `podman` or `swarm` (one service per key)")
-    proxy_id: Name = Field(
-        default="default",
-        description="label value marking containers as this proxy's (keep it stable across restarts; set it to "
-                    "`default` to keep containers of a version before the derived default)",
-        json_schema_extra=shown("`<host>-<8 hex of the config file's path>`; clustered: `cluster-<8 hex of the "
-                                "etcd endpoints and prefix>`"))
-    docker: DockerOptions = DockerOptions()
-    podman: PodmanOptions = PodmanOptions()
-    swarm: SwarmOptions = SwarmOptions()
-    registries: dict[str, RegistryLogin] = Field(
-        default_factory=dict, description="registry credentials by `host[:port]` (`docker.io` for Docker Hub), "
-                                          "before those of the Docker config file (`$DOCKER_CONFIG/config.json`)")
-    flat_socket: Socket | None = Field(default=None, alias="socket", json_schema_extra={"doc_hidden": True})
-    flat_reuse_stopped: bool | None = Field(
-        default=None, alias="reuse_stopped", json_schema_extra={"doc_hidden": True})
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """Keyword arguments for the selected backend's constructor (empty for the stub)."""
-        section: BaseModel | None = getattr(self, self.type, None)
-        if section is None:
-            return {}
-        flat = {"socket": self.flat_socket, "reuse_stopped": self.flat_reuse_stopped}
-        logins = {host: {"username": login.username, "password": login.password.get_secret_value()}
-                  for host, login in self.registries.items()}
-        return {**section.model_dump(), **({"registries": logins} if logins else {}),
-                **{k: v for k, v in flat.items() if v is not None}}
-
-    @property
-    def socket(self) -> str | None:
-        return self.options.get("socket", self.flat_socket)
-
-    @property
-    def reuse_stopped(self) -> bool:
-        """Keep stopped containers for a warm restart (the stub has none: True unless set flat)."""
-        reuse = self.options.get("reuse_stopped", self.flat_reuse_stopped)
-        return True if reuse is None else bool(reuse)
-
-
-BackendConfig = Backend  # the name earlier code imported
 
 
 class Metrics(Section):
@@ -226,108 +117,7 @@ class Logging(Section):
         json_schema_extra=shown("console on a terminal, json otherwise"))
 
 
-# ---------------------------------------------------------------- routes, hooks, pricing
-
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
-
-
-class Route(Section):
-    path: UrlPath = Field(description="aiohttp path pattern, e.g. `/container/{id}/api/{tail:.*}`")
-    container: NonEmptyStr = Field(description="container class")
-    host: NonEmptyStr | None = Field(
-        default=None, description='match the Host too: `"{id}.apps.example.com"` (a variable is one label, usable '
-                                  'in `key` and `upstream_path`), `"*.example.com"` or a literal host; any case, '
-                                  'port ignored. A Host no route of this path matches falls through to the one '
-                                  'without `host`', json_schema_extra=shown("any host"))
-    key: str = Field(default="", description='fixed key or a template of path/host variables (`"{id}"`), headers '
-                                             '(`"{header:X-Tenant}"`) and cookies (`"{cookie:session}"`); a missing '
-                                             'header or cookie is a 400', json_schema_extra=shown("the class name"))
-    mode: Literal["start", "warm", "lb"] = Field(
-        default="start",
-        description="`start` (start if needed), `warm` (only if running, else 503), `lb` (balance over `instances`)")
-    upstream_path: NonEmptyStr | None = Field(
-        default=None, description="template, e.g. `/api/{tail}` (strips a prefix); the query string is kept",
-        json_schema_extra=shown("the request path"))
-    instances: int = Field(
-        default=1, ge=1, le=1000, description="lb only: pool size (keys `<key>-0` … `<key>-N-1`)")
-    target_concurrency: float = Field(
-        default=0.0, ge=0, le=10_000, description="lb only: autoscale the pool to this many requests in flight per "
-                                                  "ready instance (`0`: off, a fixed pool of `instances`)")
-    min_instances: int = Field(default=0, ge=0, le=1000,
-                               description="autoscaled lb: instances kept running with no load")
-    max_instances: int = Field(default=0, ge=0, le=1000, description="autoscaled lb: pool size at most (also "
-                                                                     "bounded by the class's max_instances)",
-                               json_schema_extra=shown("`instances`"))
-    scale_window: PositiveDuration = Field(
-        default=60.0, description="autoscaled lb: the stable window the average in-flight is taken over (scale "
-                                  "down after it); the panic window, for bursts, is a tenth of it")
-    name: str = Field(default="", description="`route` label in metrics", json_schema_extra=shown("the path"))
-    ignore_user_agents: TupleOf[str] = Field(
-        default=(), description="regular expressions (searched in the User-Agent): a matching request never "
-                                "starts an instance (served if running, else 503 `not warm`), so health checkers "
-                                "and crawlers do not wake keys, e.g. `[\"kube-probe\", \"(?i)bot\"]`")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _prepare(cls, data: Any) -> Any:
-        data = none_means_default(data)
-        if isinstance(data, dict):
-            if isinstance(data.get("container"), str):
-                data.setdefault("key", data["container"])
-            if isinstance(data.get("path"), str) and not data.get("name"):
-                data["name"] = data["path"]
-        return data
-
-    @model_validator(mode="after")
-    def _templates(self) -> Route:
-        if (problem := check_path(self.path)) is not None:
-            raise field_error(("path",), problem)
-        path_vars = set(path_variables(self.path))
-        host_vars: set[str] = set()
-        if self.host is not None:
-            try:
-                host_vars = set(HostPattern(self.host).variables)
-            except ValueError as exc:
-                raise field_error(("host",), str(exc)) from None
-            if clash := sorted(host_vars & path_vars):
-                raise field_error(("host",), f"{{{clash[0]}}} is a path variable too")
-        try:
-            template = KeyTemplate(self.key)
-        except ValueError as exc:
-            raise field_error(("key",), str(exc)) from None
-        for field, names in (("key", template.variables), ("upstream_path", _PLACEHOLDER.findall(
-                self.upstream_path or ""))):
-            for var in names:
-                if var not in path_vars | host_vars:
-                    raise field_error((field,), f"placeholder {{{var}}} is not a variable of the path or host")
-        if re.search(r"\{(header|cookie):", self.upstream_path or ""):
-            raise field_error(("upstream_path",), "only `key` may use {header:...} and {cookie:...}")
-        placeholders = template.variables or template.from_request
-        if not placeholders:
-            try:
-                check_key(self.key)
-            except ValueError as exc:
-                raise field_error(("key",), str(exc)) from None
-        for i, pattern in enumerate(self.ignore_user_agents):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise field_error(("ignore_user_agents", i), f"invalid regular expression: {exc}") from None
-        if self.mode == "lb" and placeholders:
-            raise field_error(("key",), "an lb route balances over fixed keys; templates are not allowed")
-        if self.instances > 1 and self.mode != "lb":
-            raise field_error(("instances",), "only lb routes run several instances")
-        if self.target_concurrency and self.mode != "lb":
-            raise field_error(("target_concurrency",), "only lb routes autoscale")
-        if self.min_instances > self.pool_size:
-            raise field_error(("min_instances",), "must be at most max_instances")
-        return self
-
-    @property
-    def pool_size(self) -> int:
-        """Pool members: `max_instances` of an autoscaled route (default `instances`), else `instances`."""
-        return (self.max_instances or self.instances) if self.target_concurrency else self.instances
-
+# ---------------------------------------------------------------- hooks, pricing
 
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
@@ -395,20 +185,8 @@ class ConfigSchema(Section):
 
     @model_validator(mode="after")
     def _distinct_routes(self) -> ConfigSchema:
-        """Two routes of one path need different hosts (else the second is never served), spelled alike."""
-        seen: dict[tuple[str, str], int] = {}
-        spelled: dict[str, str] = {}
-        for i, route in enumerate(self.routes):
-            signature = path_signature(route.path)
-            host = route.host.lower().rstrip(".") if route.host else ""
-            if (first := seen.setdefault((signature, host), i)) != i:
-                raise field_error(("routes", i, "path"), f"duplicate of routes[{first}]"
-                                  + (f" (same host {route.host})" if route.host else ""))
-            if spelled.setdefault(signature, route.path) != route.path:
-                raise field_error(("routes", i, "path"), f"matches what {spelled[signature]!r} matches: routes of "
-                                                         "one path (differing by host) must name its variables alike")
+        check_distinct(self.routes)
         return self
-
 
 # ---------------------------------------------------------------- the runtime view
 
