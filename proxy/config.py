@@ -30,7 +30,14 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, Validati
 from proxy.config_admin import Admin
 from proxy.config_cluster import Cluster
 from proxy.config_base import Section, config_error, field_error, none_means_default, shown
-from proxy.config_containers import ContainerClass, ContainerSection, CronJob, Keepalive, Readiness
+from proxy.config_containers import (
+    HEALTHCHECK_BACKENDS,
+    ContainerClass,
+    ContainerSection,
+    CronJob,
+    Keepalive,
+    Readiness,
+)
 from proxy.units import (
     ConfigError,
     Duration,
@@ -312,6 +319,16 @@ class ConfigSchema(Section):
         for i, route in enumerate(self.routes):
             if route.container not in self.containers:
                 raise field_error(("routes", i, "container"), f"unknown container class {route.container!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _readiness_backend(self) -> ConfigSchema:
+        """`readiness: healthcheck` needs a runtime that runs the image's HEALTHCHECK."""
+        if self.backend.type not in HEALTHCHECK_BACKENDS:
+            for name, section in self.containers.items():
+                if section.readiness.kind == "healthcheck":
+                    raise field_error(("containers", name, "readiness"),
+                                      f"healthcheck readiness needs backend docker or podman, not {self.backend.type}")
         return self
 
 
