@@ -23,9 +23,14 @@ INSPECT_EVERY = 0.5  # while waiting: how often to ask the runtime whether the i
 # Each wait between probes is this fraction of the time waited so far (at least `interval`, at most
 # `max_interval`): polling then adds at most 1/40 (on average 1/80) to a start's readiness wait.
 BACKOFF = 1 / 40
-# A TCP probe that connects still waits this long for the peer to hang up: a published port on docker is
-# docker-proxy's, which accepts every connection and closes it at once (~0.5 ms) while nothing listens behind.
+# A TCP probe that connects still waits a moment for the peer to hang up: a published port on docker is
+# docker-proxy's, which accepts every connection and closes it at once (p99 0.8 ms here) while nothing listens
+# behind it. How long: HANGUP_GRACE while nothing is known of the address; nothing once a refusal showed there
+# is no such forwarder (podman, process, swarm); HANGUP_FACTOR times the slowest hang-up seen, within
+# HANGUP_BOUNDS, once hang-ups showed there is one (so a loaded host, slower to hang up, waits longer).
 HANGUP_GRACE = 0.01
+HANGUP_FACTOR = 5.0
+HANGUP_BOUNDS = (0.003, 0.03)
 HUNG_UP = "connection closed at once (nothing listening behind the published port yet)"
 
 
@@ -39,6 +44,20 @@ class LastSeen:
     """What one start's readiness wait last saw (empty until a probe failed); the manager owns one per start."""
 
     what: str = ""
+
+
+@dataclass
+class Forwarding:
+    """What one readiness wait learnt about its TCP address: is something in front that accepts for the app?"""
+
+    refused: bool = False  # a connection was refused: nothing accepts in the app's place
+    slowest_hangup: float | None = None  # seconds from connect to the peer's close, when it hung up at once
+
+    def grace(self) -> float:
+        if self.slowest_hangup is not None:
+            low, high = HANGUP_BOUNDS
+            return min(high, max(low, HANGUP_FACTOR * self.slowest_hangup))
+        return 0.0 if self.refused else HANGUP_GRACE
 
 
 @dataclass(frozen=True)
@@ -79,31 +98,44 @@ class Prober:
                                      allow_redirects=False) as resp:
             return resp.status
 
-    async def check(self, instance: Instance, readiness: Readiness, timeout: float | None = None) -> Check:
-        """One probe of `readiness`'s kind (bounded by `timeout`, else the readiness's own)."""
+    async def check(self, instance: Instance, readiness: Readiness, timeout: float | None = None,
+                    forwarding: Forwarding | None = None) -> Check:
+        """One probe of `readiness`'s kind (bounded by `timeout`, else the readiness's own); `forwarding`:
+        what earlier TCP probes of the same wait learnt, and this one adds to."""
         timeout = readiness.timeout if timeout is None else timeout
+        forwarding = Forwarding() if forwarding is None else forwarding
         try:
             if readiness.kind == "http":
                 assert readiness.path is not None  # the config requires it for kind http
                 status = await self.probe(instance, readiness.path, timeout)
                 return Check(200 <= status < 300, f"GET {readiness.path} answered {status}", status)
             if readiness.kind == "tcp":
-                return await asyncio.wait_for(self._tcp(instance), timeout)
+                return await asyncio.wait_for(self._tcp(instance, forwarding), timeout)
             return await asyncio.wait_for(self._health(instance), timeout)
         except BackendError as exc:
             return Check(False, exc.reason)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if isinstance(exc, ConnectionRefusedError):
+                forwarding.refused = True
             return Check(False, _failure(exc, readiness, timeout))
 
     @staticmethod
-    async def _tcp(instance: Instance) -> Check:
+    async def _tcp(instance: Instance, forwarding: Forwarding) -> Check:
         reader, writer = await asyncio.open_connection(instance.host, instance.port)
         try:
+            if (grace := forwarding.grace()) <= 0:
+                return Check(True, "connected")
+            loop = asyncio.get_running_loop()
+            connected = loop.time()
             try:
-                data = await asyncio.wait_for(reader.read(1), HANGUP_GRACE)
+                data = await asyncio.wait_for(reader.read(1), grace)
             except asyncio.TimeoutError:  # held open: something listens
                 return Check(True, "connected")
-            return Check(True, "connected") if data else Check(False, HUNG_UP)
+            if data:  # the app spoke first
+                return Check(True, "connected")
+            hangup = loop.time() - connected
+            forwarding.slowest_hangup = max(hangup, forwarding.slowest_hangup or 0.0)
+            return Check(False, HUNG_UP)
         finally:
             writer.close()
 
@@ -125,8 +157,9 @@ class Prober:
         loop = asyncio.get_running_loop()
         began = loop.time()
         next_inspect = began + INSPECT_EVERY
+        forwarding = Forwarding()
         while True:
-            result = await self.check(instance, readiness)
+            result = await self.check(instance, readiness, forwarding=forwarding)
             if result.ok:
                 return
             if seen is not None:

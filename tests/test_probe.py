@@ -17,7 +17,7 @@ from aiohttp import web
 from backends.base import BackendError, Instance, InstanceState
 from backends.control import Health
 from proxy.config import Readiness, parse_config
-from proxy.probe import BACKOFF, HUNG_UP, LastSeen, Prober, next_wait
+from proxy.probe import BACKOFF, HANGUP_BOUNDS, HANGUP_GRACE, HUNG_UP, Forwarding, LastSeen, Prober, next_wait
 from proxy.units import ConfigError
 
 
@@ -131,16 +131,28 @@ async def test_tcp_ready_when_the_port_accepts(prober: Prober) -> None:
 
 
 async def test_tcp_not_ready_when_refused_or_hung_up_at_once(prober: Prober) -> None:
-    refused = await prober.check(instance(closed_port()), readiness())
+    learnt = Forwarding()
+    refused = await prober.check(instance(closed_port()), readiness(), forwarding=learnt)
     assert not refused.ok and refused.what == "connection refused"
+    assert learnt.refused and learnt.grace() == 0  # nothing accepts in the app's place: a connect is ready
 
     def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.close()  # what docker-proxy does while nothing listens behind the published port
 
     server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
     async with server:
-        hung = await prober.check(instance(server.sockets[0].getsockname()[1]), readiness())
+        learnt = Forwarding()
+        hung = await prober.check(instance(server.sockets[0].getsockname()[1]), readiness(), forwarding=learnt)
     assert not hung.ok and hung.what == HUNG_UP
+    assert learnt.slowest_hangup is not None and HANGUP_BOUNDS[0] <= learnt.grace() <= HANGUP_BOUNDS[1]
+
+
+def test_hangup_grace_follows_what_the_wait_learnt() -> None:
+    assert Forwarding().grace() == HANGUP_GRACE  # nothing known yet
+    assert Forwarding(refused=True).grace() == 0
+    assert Forwarding(slowest_hangup=0.0001).grace() == HANGUP_BOUNDS[0]
+    assert Forwarding(slowest_hangup=0.004).grace() == pytest.approx(0.02)
+    assert Forwarding(refused=True, slowest_hangup=1.0).grace() == HANGUP_BOUNDS[1]  # a hang-up outweighs
 
 
 # ------------------------------------------------------------------ http
