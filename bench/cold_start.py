@@ -1,7 +1,7 @@
 """Cold start through the proxy vs the raw runtime floor, on docker and podman (stub as a reference).
 
     python -m bench.cold_start [--cycles 10] [--quick | --smoke] [--runtime docker podman stub]
-                               [--intervals 20 5] [--poll-ms 5] [--sleep-after 0.5]
+                               [--readiness tcp http flat] [--intervals 5] [--poll-ms 5] [--sleep-after 0.5]
     python -m bench.cold_start --boost [--cycles 5] [--runtime docker podman] [--types dev basic standard]
     python -m bench.cold_start --pause [--cycles 10] [--runtime docker podman]
     python -m bench.cold_start --runtime swarm [docker]   (one service per key: bench/cold_start_swarm.py)
@@ -24,15 +24,17 @@ Both floor and proxy run the instance with the HostConfig the backend builds (it
 127.0.0.1 ephemeral port, limits) with a custom instance type of 1 CPU / 512 MiB, so that CPU
 throttling (the `dev` type has 1/16 vCPU) is not what is measured. The proxy runs as a subprocess
 (`python -m bench._proxy_launcher`, the same as `python -m proxy`, uvloop if installed); the client runs
-here. One proxy per readiness interval in `--intervals` runs side by side, so the default 20 ms and a
-finer interval are compared in the same run. The proxy's own log gives its server-side start
-duration (starting -> running), which splits the difference into "start + readiness" and "the rest".
+here. One proxy per readiness kind in `--readiness` and interval in `--intervals` runs side by side,
+interleaved: `tcp` (the default kind: the port accepts), `http` (GET /v2/health/ready answers 2xx), `flat`
+(http polled every interval without backoff, as before readiness backed off); `ratio` lines compare their
+medians. The proxy's own log gives its server-side start duration (starting -> running), which splits the
+difference into "start + readiness" and "the rest".
 
 Every container carries `proxy.instance=<bench id>` (proxy ones) or `lazy-proxy.bench=<bench id>`
 (floor ones, named `lpbench-<bench id>-...`) and is removed at the end, also on Ctrl-C or an error.
 
 Not a test: it prints medians and differences measured in the same run, and one SUMMARY JSON line.
-`--smoke` (CI: does it still run?): 2 cycles, one proxy at a 5 ms readiness interval, sleep_after 0.2 s,
+`--smoke` (CI: does it still run?): 2 cycles, a tcp and an http proxy at 5 ms, sleep_after 0.2 s,
 no diagnosis; use it with `--runtime stub` where no daemon runs.
 """
 
@@ -697,7 +699,7 @@ def main() -> int:
     ap.add_argument("--cycles", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="5 cycles")
     ap.add_argument("--smoke", action="store_true",
-                    help="tiny, for CI: 2 cycles, one 5 ms readiness interval, sleep_after 0.2 s, no diagnosis")
+                    help="tiny, for CI: 2 cycles, a 5 ms readiness interval, sleep_after 0.2 s, no diagnosis")
     ap.add_argument("--runtime", nargs="+", default=["docker", "podman", "stub"],
                     choices=["docker", "podman", "stub", "swarm"])
     ap.add_argument("--intervals", nargs="+", type=float, default=[5.0],
