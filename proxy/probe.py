@@ -147,6 +147,8 @@ class Prober:
             return Check(False, "readiness healthcheck: the image has no HEALTHCHECK (add one, or use readiness "
                                 "tcp or a path)", final=True)
         output = f" (last output: {health.output})" if health.output else ""
+        if health.status == "starting" and not health.output:  # docker's first check runs an `interval` in;
+            output = " (no check has run yet)"  # podman runs them only with systemd
         return Check(health.status == "healthy", f"healthcheck: {health.status}{output}")
 
     async def wait_ready(self, instance: Instance, readiness: Readiness, seen: LastSeen | None = None) -> None:

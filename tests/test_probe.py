@@ -199,6 +199,9 @@ async def test_healthcheck_waits_for_healthy_and_says_unhealthy() -> None:
     seen = LastSeen()
     await asyncio.wait_for(prober.wait_ready(instance(1), readiness("healthcheck"), seen), 30)
     assert backend.asked == 3 and seen.what == "healthcheck: unhealthy (last output: curl: (7) refused)"
+    assert (await prober.check(instance(1), readiness("healthcheck"))).what == "healthcheck: healthy"
+    first = await Prober(Checked(Health("starting"))).check(instance(1), readiness("healthcheck"))  # type: ignore[arg-type]
+    assert not first.ok and first.what == "healthcheck: starting (no check has run yet)"
 
 
 async def test_healthcheck_without_one_in_the_image_fails_at_once() -> None:
