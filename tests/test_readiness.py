@@ -2,7 +2,8 @@
 ready says what its probe last saw.
 
 - A plain app (`python3 -m http.server`, 404 on the model's readiness path) is served with the default TCP
-  readiness: as a child process, and in the model image (it ships python) on docker.
+  readiness: as a child process, and in the model image (it ships python) on docker (where docker-proxy accepts
+  the published port before the app listens) and podman.
 - Failed starts: `GET /nope answered 404` (stub), `connection refused` (a process that never listens).
 - `readiness: healthcheck` on docker: an image built FROM the model image with a HEALTHCHECK is served once
   docker reports it healthy; the model image itself (no HEALTHCHECK) fails the start at once, not at
@@ -30,7 +31,8 @@ HEALTHY = ("import urllib.request as u; u.urlopen('http://127.0.0.1:8080/v2/heal
 
 
 @pytest.fixture(params=[pytest.param("stub", id="stub"), pytest.param("process", id="process"),
-                        pytest.param("docker", id="docker", marks=pytest.mark.docker)])
+                        pytest.param("docker", id="docker", marks=pytest.mark.docker),
+                        pytest.param("podman", id="podman", marks=pytest.mark.podman)])
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -41,7 +43,7 @@ def only(backend_kind: str, *kinds: str) -> None:
 
 
 async def test_plain_app_is_served_with_tcp_readiness(make_proxy: MakeProxy, backend_kind: str) -> None:
-    only(backend_kind, "process", "docker")
+    only(backend_kind, "process", "docker", "podman")
     if backend_kind == "process":
         svc: dict[str, Any] = {"entrypoint": ["sh", "-c", HTTP_SERVER.format(python=sys.executable, host="$HOST",
                                                                             port="$PORT")]}
