@@ -11,12 +11,12 @@ start that times out can say why (`GET /v2/health/ready answered 404`, `connecti
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 
 from backends.base import Backend, BackendError, Instance, InstanceState
-from backends.control import HealthReporting
+from backends.control import DirectlyReachable, HealthReporting
 from proxy.config import Readiness
 
 INSPECT_EVERY = 0.5  # while waiting: how often to ask the runtime whether the instance died
@@ -27,7 +27,10 @@ BACKOFF = 1 / 40
 # docker-proxy's, which accepts every connection and closes it at once (p99 0.8 ms here) while nothing listens
 # behind it. How long: HANGUP_GRACE while nothing is known of the address; nothing once a refusal showed there
 # is no such forwarder (podman, process, swarm); HANGUP_FACTOR times the slowest hang-up seen, within
-# HANGUP_BOUNDS, once hang-ups showed there is one (so a loaded host, slower to hang up, waits longer).
+# HANGUP_BOUNDS, once hang-ups showed there is one (so a loaded host, slower to hang up, waits longer). On a
+# loaded host docker-proxy can still be slower than that (its dial waits for the new container's network), so
+# once it showed itself, a backend that knows the container's own address (DirectlyReachable) is probed
+# there instead, where a connection is the app's.
 HANGUP_GRACE = 0.01
 HANGUP_FACTOR = 5.0
 HANGUP_BOUNDS = (0.003, 0.03)
@@ -159,15 +162,21 @@ class Prober:
         loop = asyncio.get_running_loop()
         began = loop.time()
         next_inspect = began + INSPECT_EVERY
-        forwarding = Forwarding()
+        forwarding, target, direct, looked = Forwarding(), instance, None, False
         while True:
-            result = await self.check(instance, readiness, forwarding=forwarding)
+            result = await self.check(target, readiness, forwarding=forwarding)
             if result.ok:
                 return
             if seen is not None:
                 seen.what = result.what
             if result.final:
                 raise BackendError(result.what)
+            if result.what == HUNG_UP and not looked:  # a forwarder answers: probe behind it if we can
+                direct, looked = await self._direct(instance), True
+                if direct is not None:
+                    target, forwarding = direct, Forwarding(refused=True)  # nothing in between there
+            elif target is direct and result.what != "connection refused":  # not reachable from here after all
+                target, forwarding = instance, Forwarding(slowest_hangup=HANGUP_BOUNDS[1])
             if loop.time() >= next_inspect:
                 next_inspect = loop.time() + INSPECT_EVERY
                 if await self.backend.inspect(instance) is not InstanceState.RUNNING:
@@ -175,6 +184,16 @@ class Prober:
                     raise BackendError(f"instance exited before it was ready ({instance.id[:12]}"
                                        + (f": {why})" if why else ")"))
             await asyncio.sleep(next_wait(readiness, loop.time() - began))
+
+    async def _direct(self, instance: Instance) -> Instance | None:
+        """`instance` at the container's own address, when the backend knows it (else None)."""
+        if not isinstance(self.backend, DirectlyReachable):
+            return None
+        try:
+            address = await self.backend.direct_address(instance)
+        except BackendError:
+            return None
+        return None if address is None else replace(instance, host=address[0], port=address[1])
 
     async def close(self) -> None:
         if self._session is not None:

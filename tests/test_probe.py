@@ -214,3 +214,47 @@ async def test_healthcheck_without_one_in_the_image_fails_at_once() -> None:
 async def test_healthcheck_on_a_backend_that_cannot_report_one(prober: Prober) -> None:
     check = await prober.check(instance(1), readiness("healthcheck"))
     assert not check.ok and check.final and "cannot report one" in check.what
+
+
+class Forwarded(Alive):
+    """A backend whose instance's address is a forwarder's (docker-proxy) and knows the app's own address."""
+
+    def __init__(self, direct: tuple[str, int] | None) -> None:
+        self.direct = direct
+        self.lookups = 0
+
+    async def direct_address(self, instance: Instance) -> tuple[str, int] | None:
+        self.lookups += 1
+        return self.direct
+
+
+async def hang_up_server(accepted: list[int] | None = None) -> asyncio.Server:
+    """docker-proxy with nothing behind it: accepts, and closes at once (counting into `accepted`)."""
+    def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if accepted is not None:
+            accepted.append(1)
+        writer.close()
+
+    return await asyncio.start_server(hang_up, "127.0.0.1", 0)
+
+
+async def test_tcp_behind_a_forwarder_probes_the_direct_address() -> None:
+    app = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    async with await hang_up_server() as forwarder, app:
+        backend = Forwarded(("127.0.0.1", app.sockets[0].getsockname()[1]))
+        seen = LastSeen()
+        await asyncio.wait_for(Prober(backend).wait_ready(  # type: ignore[arg-type]
+            instance(forwarder.sockets[0].getsockname()[1]), readiness(), seen), 30)
+    assert backend.lookups == 1 and seen.what == HUNG_UP  # once the forwarder showed itself, never again
+
+
+async def test_tcp_behind_a_forwarder_goes_back_when_the_direct_address_is_unreachable() -> None:
+    accepted: list[int] = []
+    async with await hang_up_server(accepted) as forwarder:
+        backend = Forwarded(("no-such-host.invalid", 80))
+        waiting = asyncio.create_task(Prober(backend).wait_ready(  # type: ignore[arg-type]
+            instance(forwarder.sockets[0].getsockname()[1]), readiness()))
+        while len(accepted) < 3:  # the first probe, then (after the direct one failed) back at the forwarder
+            await asyncio.sleep(0.01)
+        waiting.cancel()
+    assert backend.lookups == 1
