@@ -36,6 +36,7 @@ from backends.base import (
     Phases,
     Resources,
 )
+from backends.control import Health
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +328,32 @@ class EngineBackend(EnginePulls):
         if (info.get("State") or {}).get("Running"):
             return None
         return _stopped_because(info)
+
+    async def health(self, instance: Instance) -> Health:
+        """The image's HEALTHCHECK as the engine runs it (`State.Health`; backends/control.py's HealthReporting)."""
+        async with self._errors():
+            info = await self.show(instance.id)
+        if info is None:
+            raise BackendError(f"container {instance.id[:12]} is gone")
+        check = ((info.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
+        state = (info.get("State") or {}).get("Health") or {}
+        if not check or check[0] == "NONE" or not state.get("Status"):
+            return Health(None)
+        last = (state.get("Log") or [{}])[-1]
+        return Health(str(state["Status"]), " ".join(str(last.get("Output") or "").split())[:200])
+
+    async def direct_address(self, instance: Instance) -> tuple[str, int] | None:
+        """The container's IP and port behind its published port (backends/control.py's DirectlyReachable)."""
+        if self.address.network is not None:  # the instance's address is the container's own already
+            return None
+        async with self._errors():
+            info = await self.show(instance.id)
+        settings = (info or {}).get("NetworkSettings") or {}
+        ip = next((n["IPAddress"] for n in (settings.get("Networks") or {}).values() if n.get("IPAddress")), None)
+        for port, bindings in (settings.get("Ports") or {}).items():
+            if ip and any(str(b.get("HostPort")) == str(instance.port) for b in bindings or []):
+                return str(ip), int(port.split("/")[0])
+        return None
 
     async def watch(self) -> AsyncIterator[str]:
         """Ids of this proxy's containers as they die, stop, are OOM-killed or removed (the runtime's events)."""

@@ -1,4 +1,5 @@
-"""Optional capabilities a backend may have beyond the `Backend` protocol: pause, remove, exec, CPU boost.
+"""Optional capabilities a backend may have beyond the `Backend` protocol: pause, remove, exec, CPU boost,
+the image's own HEALTHCHECK, the container's own address.
 
 Each is a small protocol of its own, checked with `isinstance`, so a backend that cannot (the stub
 cannot freeze an in-process server) simply does not have it and the core protocol stays the same for
@@ -7,6 +8,7 @@ everyone. The admin API (proxy/admin.py) answers 409 "not supported by backend X
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol, Sequence, runtime_checkable
 
 from backends.base import ContainerSpec, Instance
@@ -58,4 +60,31 @@ class Boostable(Protocol):
 
     async def settle(self, instance: Instance, spec: ContainerSpec) -> None:
         """Set the running instance's CPU limit to its instance type's (idempotent)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Health:
+    """What the runtime says of an instance's HEALTHCHECK: `starting`, `healthy` or `unhealthy`, and the last
+    check's output; `status` None when the image (or its container) has no HEALTHCHECK at all."""
+
+    status: str | None
+    output: str = ""
+
+
+@runtime_checkable
+class HealthReporting(Protocol):
+    """Reports the image's own HEALTHCHECK as the runtime runs it (`readiness: healthcheck`)."""
+
+    async def health(self, instance: Instance) -> Health: ...
+
+
+@runtime_checkable
+class DirectlyReachable(Protocol):
+    """Knows where an instance's port is inside the runtime's network (the container's own IP and port), for a
+    TCP readiness probe that a port forwarder in front (docker-proxy accepts for a port nothing listens on
+    yet) must not answer."""
+
+    async def direct_address(self, instance: Instance) -> tuple[str, int] | None:
+        """(host, port) of the container itself, or None when unknown or no different from the instance's."""
         ...

@@ -1,7 +1,7 @@
 """Cold start through the proxy vs the raw runtime floor, on docker and podman (stub as a reference).
 
     python -m bench.cold_start [--cycles 10] [--quick | --smoke] [--runtime docker podman stub]
-                               [--intervals 20 5] [--poll-ms 5] [--sleep-after 0.5]
+                               [--readiness tcp http flat] [--intervals 5] [--poll-ms 5] [--sleep-after 0.5]
     python -m bench.cold_start --boost [--cycles 5] [--runtime docker podman] [--types dev basic standard]
     python -m bench.cold_start --pause [--cycles 10] [--runtime docker podman]
     python -m bench.cold_start --runtime swarm [docker]   (one service per key: bench/cold_start_swarm.py)
@@ -24,15 +24,17 @@ Both floor and proxy run the instance with the HostConfig the backend builds (it
 127.0.0.1 ephemeral port, limits) with a custom instance type of 1 CPU / 512 MiB, so that CPU
 throttling (the `dev` type has 1/16 vCPU) is not what is measured. The proxy runs as a subprocess
 (`python -m bench._proxy_launcher`, the same as `python -m proxy`, uvloop if installed); the client runs
-here. One proxy per readiness interval in `--intervals` runs side by side, so the default 20 ms and a
-finer interval are compared in the same run. The proxy's own log gives its server-side start
-duration (starting -> running), which splits the difference into "start + readiness" and "the rest".
+here. One proxy per readiness kind in `--readiness` and interval in `--intervals` runs side by side,
+interleaved: `tcp` (the default kind: the port accepts), `http` (GET /v2/health/ready answers 2xx), `flat`
+(http polled every interval without backoff, as before readiness backed off); `ratio` lines compare their
+medians. The proxy's own log gives its server-side start duration (starting -> running), which splits the
+difference into "start + readiness" and "the rest".
 
 Every container carries `proxy.instance=<bench id>` (proxy ones) or `lazy-proxy.bench=<bench id>`
 (floor ones, named `lpbench-<bench id>-...`) and is removed at the end, also on Ctrl-C or an error.
 
 Not a test: it prints medians and differences measured in the same run, and one SUMMARY JSON line.
-`--smoke` (CI: does it still run?): 2 cycles, one proxy at a 5 ms readiness interval, sleep_after 0.2 s,
+`--smoke` (CI: does it still run?): 2 cycles, a tcp and an http proxy at 5 ms, sleep_after 0.2 s,
 no diagnosis; use it with `--runtime stub` where no daemon runs.
 """
 
@@ -225,17 +227,31 @@ class StubFloor:
 # ---------------------------------------------------------------------------- proxy (subprocess)
 
 
+def readiness_config(mode: str, interval_ms: float) -> dict[str, Any]:
+    """`containers.svc.readiness` for a `--readiness` mode: `tcp` (the default kind), `http` (the model's path),
+    `flat` (http polled every `interval`, no backoff: the proxy before readiness backed off)."""
+    out: dict[str, Any] = {"interval": f"{interval_ms:g}ms", "timeout": "2s"}
+    if mode in ("http", "flat"):
+        out["path"] = READY_PATH
+    if mode == "flat":
+        out["max_interval"] = out["interval"]
+    return out
+
+
 class ProxyUnderTest:
-    def __init__(self, kind: str, bench_id: str, interval_ms: float, sleep_after: float, logdir: str) -> None:
+    def __init__(self, kind: str, bench_id: str, interval_ms: float, sleep_after: float, logdir: str,
+                 readiness: str = "http") -> None:
         self.kind = kind
         self.interval_ms = interval_ms
-        self.proxy_id = f"{bench_id}-i{interval_ms:g}".replace(".", "_")
+        self.readiness = readiness
+        self.label = f"{readiness}/{interval_ms:g}ms"  # `proxy@<label>` in tables and the summary
+        self.proxy_id = f"{bench_id}-{readiness}{interval_ms:g}".replace(".", "_")
         self.port = common.free_port()
-        self.log = os.path.join(logdir, f"proxy-{kind}-{interval_ms:g}ms.log")
+        self.log = os.path.join(logdir, f"proxy-{kind}-{readiness}-{interval_ms:g}ms.log")
         svc: dict[str, Any] = {
             "image": IMAGE if kind != "stub" else "model_service",
             "port": 8080,
-            "readiness": {"path": READY_PATH, "interval": f"{interval_ms:g}ms", "timeout": "2s"},
+            "readiness": readiness_config(readiness, interval_ms),
             "sleep_after": f"{sleep_after:g}s",
             "start_timeout": "60s",
             "max_instances": 100,
@@ -486,7 +502,8 @@ async def run_runtime(kind: str, args: argparse.Namespace, bench_id: str, logdir
         return await cold_start_swarm.run_runtime(args, bench_id, logdir)
     poll = args.poll_ms / 1000.0
     floor: EngineFloor | StubFloor = StubFloor(poll) if kind == "stub" else EngineFloor(kind, bench_id, poll)
-    proxies = [ProxyUnderTest(kind, bench_id, ms, args.sleep_after, logdir) for ms in args.intervals]
+    proxies = [ProxyUnderTest(kind, bench_id, ms, args.sleep_after, logdir, mode)
+               for ms in args.intervals for mode in args.readiness]
     paths = ["create"] if kind == "stub" else ["create", "restart"]
     samples: dict[tuple[str, str], list[float]] = {}
     extra: dict[str, Any] = {}
@@ -511,7 +528,7 @@ async def run_runtime(kind: str, args: argparse.Namespace, bench_id: str, logdir
         for path in paths:
             runners.append(("floor", path, getattr(floor, path)))
             for p in proxies:
-                runners.append((f"proxy@{p.interval_ms:g}ms", path, getattr(p, path)))
+                runners.append((f"proxy@{p.label}", path, getattr(p, path)))
         keys_by_proxy: dict[str, dict[str, list[str]]] = {}
         for cycle in range(args.cycles):
             shift = cycle % len(runners)  # rotate who goes first, to spread drift and noise
@@ -525,7 +542,7 @@ async def run_runtime(kind: str, args: argparse.Namespace, bench_id: str, logdir
             print(f"  {kind} cycle {cycle + 1}/{args.cycles} done", file=sys.stderr, flush=True)
         # Server-side start duration (starting -> running) of the measured cycles, from each proxy's log.
         for p in proxies:
-            who = f"proxy@{p.interval_ms:g}ms"
+            who = f"proxy@{p.label}"
             durations = p.server_start_durations()
             for path, keys in keys_by_proxy.get(who, {}).items():
                 if path == "create":
@@ -540,7 +557,7 @@ async def run_runtime(kind: str, args: argparse.Namespace, bench_id: str, logdir
             for p in proxies:
                 for path in paths:
                     vals = [await p.paired(path, poll) for _ in range(rounds)]
-                    extra.setdefault("paired", {})[f"{p.interval_ms:g}ms {path}"] = _med(vals)
+                    extra.setdefault("paired", {})[f"{p.label} {path}"] = _med(vals)
             extra["diagnosis"] = await diagnose(kind, bench_id, rounds)
         if isinstance(floor, EngineFloor):
             extra["host_config"] = floor.host_config()
@@ -553,7 +570,7 @@ async def run_runtime(kind: str, args: argparse.Namespace, bench_id: str, logdir
             await floor.close()
         extra["removed"] = await cleanup(kind, bench_id)
     return {"samples": samples, "extra": extra, "paths": paths,
-            "proxies": [f"proxy@{p.interval_ms:g}ms" for p in proxies]}
+            "proxies": [f"proxy@{p.label}" for p in proxies]}
 
 
 # ---------------------------------------------------------------------------- main
@@ -586,6 +603,25 @@ async def each_runtime(kinds: list[str], run: Callable[[str], Awaitable[Any]],
             results.append({"runtime": kind, "error": f"{type(exc).__name__}: {exc}"})
             continue
         yield kind, res
+
+
+RATIOS = (("tcp", "http"), ("http", "flat"), ("tcp", "flat"))  # readiness modes compared, when both ran
+
+
+def readiness_ratios(results: list[dict[str, Any]]) -> list[str]:
+    """One line per runtime, path and interval: the proxy's median cold start of one readiness mode over
+    another's, measured in the same interleaved run (`tcp/http = 0.98`: TCP readiness 2 % faster)."""
+    by: dict[tuple[str, str, float], dict[str, float]] = {}
+    for r in results:
+        if "readiness" in r:
+            by.setdefault((r["runtime"], r["path"], r["readiness_interval_ms"]), {})[r["readiness"]] = r["proxy_p50_ms"]
+    lines = []
+    for (kind, path, interval), medians in by.items():
+        for a, b in RATIOS:
+            if a in medians and b in medians and medians[b] > 0:
+                lines.append(f"ratio {kind} {path} @{interval:g}ms: {a}/{b} = {medians[a] / medians[b]:.3f} "
+                             f"({medians[a]:.1f} / {medians[b]:.1f} ms, medians of the same run)")
+    return lines
 
 
 async def amain(args: argparse.Namespace) -> int:
@@ -624,7 +660,8 @@ async def amain(args: argparse.Namespace) -> int:
                              ("yes" if met else "NO") + ("" if sure else " (within noise)")])
                 breakdown.append([kind, path, who.split("@")[1], floor_started, floor, server, proxy - server])
                 summary["results"].append({
-                    "runtime": kind, "path": path, "readiness_interval_ms": float(who.split("@")[1][:-2]),
+                    "runtime": kind, "path": path, "readiness": who.split("@")[1].split("/")[0],
+                    "readiness_interval_ms": float(who.split("/")[-1][:-2]),
                     "floor_p50_ms": round(floor, 1), "proxy_p50_ms": round(proxy, 1), "diff_ms": round(diff, 1),
                     "goal_met": met, "diff_ci95_ms": [round(lo, 1), round(hi, 1)], "goal_decided_by_ci": sure,
                     "floor_started_p50_ms": round(floor_started, 1),
@@ -649,6 +686,9 @@ async def amain(args: argparse.Namespace) -> int:
     common.table(["runtime", "path", "readiness", "floor: started+port", "floor: ready",
                   "proxy: server start->running", "proxy: client - server"], breakdown,
                  title="Where the time goes (median ms; server = proxy log's starting->running duration)")
+    summary["readiness_ratios"] = readiness_ratios(summary["results"])
+    for line in summary["readiness_ratios"]:
+        print(line)
     summary["all_goals_met"] = all(r.get("goal_met", False) for r in summary["results"])
     common.summary("cold_start", summary)
     return 0
@@ -659,11 +699,15 @@ def main() -> int:
     ap.add_argument("--cycles", type=int, default=10)
     ap.add_argument("--quick", action="store_true", help="5 cycles")
     ap.add_argument("--smoke", action="store_true",
-                    help="tiny, for CI: 2 cycles, one 5 ms readiness interval, sleep_after 0.2 s, no diagnosis")
+                    help="tiny, for CI: 2 cycles, a 5 ms readiness interval, sleep_after 0.2 s, no diagnosis")
     ap.add_argument("--runtime", nargs="+", default=["docker", "podman", "stub"],
                     choices=["docker", "podman", "stub", "swarm"])
-    ap.add_argument("--intervals", nargs="+", type=float, default=[20.0, 5.0],
-                    help="proxy readiness.interval values in ms, one proxy each (default: 20 (the default) and 5)")
+    ap.add_argument("--intervals", nargs="+", type=float, default=[5.0],
+                    help="proxy readiness.interval values in ms (default: 5, the default), one proxy each per "
+                         "--readiness mode")
+    ap.add_argument("--readiness", nargs="+", default=["tcp", "http"], choices=["tcp", "http", "flat"],
+                    help="readiness kinds, one proxy each, interleaved: tcp (the default kind), http (GET "
+                         f"{READY_PATH}), flat (http without backoff); ratio lines compare them")
     ap.add_argument("--poll-ms", type=float, default=5.0, help="floor readiness poll interval")
     ap.add_argument("--sleep-after", type=float, default=0.5, help="proxy sleep_after (s) to go cold between cycles")
     ap.add_argument("--no-diagnose", action="store_true", help="skip the in-process backend.start breakdown")

@@ -256,7 +256,7 @@ async def run_runtime(args: argparse.Namespace, bench_id: str, logdir: str) -> d
         runners: list[tuple[str, str, Any]] = []
         for path in paths:
             runners.append(("floor", path, getattr(floor, path)))
-            runners.extend((f"proxy@{p.interval_ms:g}ms", path, getattr(p, path)) for p in proxies)
+            runners.extend((f"proxy@{p.label}", path, getattr(p, path)) for p in proxies)
         keys: dict[tuple[str, str], list[str]] = {}
         for cycle in range(args.cycles):
             shift = cycle % len(runners)  # rotate who goes first, to spread drift and noise
@@ -269,7 +269,7 @@ async def run_runtime(args: argparse.Namespace, bench_id: str, logdir: str) -> d
                     keys.setdefault((who, path), []).append(result["key"])
             print(f"  swarm cycle {cycle + 1}/{args.cycles} done", file=sys.stderr, flush=True)
         for p in proxies:  # server-side start duration (starting -> running), from each proxy's log
-            who = f"proxy@{p.interval_ms:g}ms"
+            who = f"proxy@{p.label}"
             durations = p.server_start_durations()
             samples[(who + "-server", "create")] = [durations[k][-1] for k in keys.get((who, "create"), [])
                                                     if durations.get(k)]
@@ -281,7 +281,7 @@ async def run_runtime(args: argparse.Namespace, bench_id: str, logdir: str) -> d
             for p in proxies:
                 for path in paths:
                     vals = [await p.paired(path, floor.poll) for _ in range(rounds)]
-                    extra.setdefault("paired", {})[f"{p.interval_ms:g}ms {path}"] = cs._med(vals)
+                    extra.setdefault("paired", {})[f"{p.label} {path}"] = cs._med(vals)
         extra["task_template"] = floor.host_config()
     finally:
         for p in proxies:
@@ -292,4 +292,4 @@ async def run_runtime(args: argparse.Namespace, bench_id: str, logdir: str) -> d
             await floor.close()
         extra["removed"] = await cleanup(bench_id)
     return {"samples": samples, "extra": extra, "paths": paths,
-            "proxies": [f"proxy@{p.interval_ms:g}ms" for p in proxies]}
+            "proxies": [f"proxy@{p.label}" for p in proxies]}

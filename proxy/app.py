@@ -205,13 +205,13 @@ async def container_status(request: web.Request) -> web.Response:
 
 
 async def _probe(proxy: Proxy, manager: Manager, instance: Instance) -> dict[str, Any]:
-    """A live readiness probe of a running instance, like the seed's status page."""
+    """A live probe of a running instance with its class's readiness check, like the seed's status page."""
     began = time.perf_counter()
-    try:
-        code = await proxy.prober.probe(instance, manager.klass.readiness.path, timeout=1.0)
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        return {"ok": False, "error": type(exc).__name__}
-    return {"ok": 200 <= code < 300, "status": code, "ms": round((time.perf_counter() - began) * 1000, 2)}
+    check = await proxy.prober.check(instance, manager.klass.readiness, timeout=1.0)
+    out: dict[str, Any] = {"ok": check.ok, "check": manager.klass.readiness.describe(), "seen": check.what}
+    if check.status is not None:
+        out["status"] = check.status
+    return {**out, "ms": round((time.perf_counter() - began) * 1000, 2)}
 
 
 async def info(request: web.Request) -> web.Response:
@@ -227,7 +227,7 @@ async def info(request: web.Request) -> web.Response:
         "containers": {name: {"image": c.spec.image, "port": c.spec.port, "instance_type": c.instance_type,
                               "memory_bytes": c.spec.resources.memory_bytes, "cpus": c.spec.resources.cpus,
                               "sleep_after": c.sleep_after, "start_timeout": c.start_timeout,
-                              "max_instances": c.max_instances, "readiness": c.readiness.path,
+                              "max_instances": c.max_instances, "readiness": c.readiness.describe(),
                               "keepalive": bool(c.keepalive), "cron_jobs": len(c.cron)}
                        for name, c in config.containers.items()},
         "max_body_size": config.max_body_size,

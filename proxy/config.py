@@ -34,11 +34,18 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, mo
 
 from proxy.config_admin import Admin
 from proxy.config_cluster import Cluster
-from proxy.config_base import Section, config_error, field_error, shown
-from proxy.config_containers import ContainerClass, ContainerSection, CronJob, Keepalive, Readiness
-from proxy.interpolate import interpolate, typed
 from proxy.config_backend import Backend, BackendConfig
+from proxy.config_base import Section, config_error, field_error, shown
+from proxy.config_containers import (
+    HEALTHCHECK_BACKENDS,
+    ContainerClass,
+    ContainerSection,
+    CronJob,
+    Keepalive,
+    Readiness,
+)
 from proxy.config_routes import Route, check_distinct
+from proxy.interpolate import interpolate, typed
 from proxy.units import (
     ConfigError,
     Duration,
@@ -186,6 +193,16 @@ class ConfigSchema(Section):
     @model_validator(mode="after")
     def _distinct_routes(self) -> ConfigSchema:
         check_distinct(self.routes)
+        return self
+
+    @model_validator(mode="after")
+    def _readiness_backend(self) -> ConfigSchema:
+        """`readiness: healthcheck` needs a runtime that runs the image's HEALTHCHECK."""
+        if self.backend.type not in HEALTHCHECK_BACKENDS:
+            for name, section in self.containers.items():
+                if section.readiness.kind == "healthcheck":
+                    raise field_error(("containers", name, "readiness"),
+                                      f"healthcheck readiness needs backend docker or podman, not {self.backend.type}")
         return self
 
 # ---------------------------------------------------------------- the runtime view

@@ -40,7 +40,8 @@ from proxy.units import (
 
 PREWARM_BUDGET = 7200.0  # adaptive pre-warm: running seconds per key per day its pre-warms may cost
 
-__all__ = ["ContainerClass", "ContainerSection", "CrashLoop", "CronJob", "CustomInstance", "Keepalive", "Readiness"]
+__all__ = ["HEALTHCHECK_BACKENDS", "ContainerClass", "ContainerSection", "CrashLoop", "CronJob", "CustomInstance",
+           "Keepalive", "Readiness"]
 
 
 def _cpu_boost(value: Any) -> float:
@@ -57,13 +58,55 @@ def _cpu_boost(value: Any) -> float:
 CpuBoost = Annotated[float, BeforeValidator(_cpu_boost)]
 
 
+# Backends whose runtime runs an image's HEALTHCHECK and reports it (backends/control.py's HealthReporting).
+HEALTHCHECK_BACKENDS = ("docker", "podman")
+
+
 class Readiness(Section):
-    path: UrlPath = Field(
-        default="/v2/health/ready", description="must answer 2xx before requests are forwarded")
+    """When a started instance may take requests (proxy/probe.py probes it). `kind` is `tcp` unless a `path`
+    makes it `http`; a bare string is shorthand: `tcp`, `healthcheck`, or a path (`/healthz`)."""
+
+    kind: Literal["tcp", "http", "healthcheck"] = Field(
+        default="tcp", description="`tcp`: the port accepts a connection; `http`: GET `path` answers 2xx; "
+                                   "`healthcheck`: the image's own HEALTHCHECK reports healthy (docker, podman)",
+        json_schema_extra=shown("`http` with a path, else `tcp`"))
+    path: UrlPath | None = Field(
+        default=None, description="`http`: the path that must answer 2xx before requests are forwarded",
+        json_schema_extra=shown("none"))
     interval: PositiveDuration = Field(
-        default=0.005, description="probe interval (each probe is one short request; a slower poll adds up to "
-                                   "this much to every cold start)")
+        default=0.005, description="the first wait between probes; later waits grow with the time waited "
+                                   "(1/40 of it: polling adds at most 2.5% to a start) up to `max_interval`")
+    max_interval: PositiveDuration = Field(
+        default=0.1, description="the longest wait between probes (when not set and `interval` is longer: `interval`)")
     timeout: PositiveDuration = Field(default=2.0, description="one probe's timeout")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _prepare(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            data = {"path": data} if data.startswith("/") else {"kind": data}
+        data = none_means_default(data)
+        if isinstance(data, dict) and "kind" not in data and "path" in data:
+            data = {**data, "kind": "http"}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Readiness:
+        if self.kind == "http" and self.path is None:
+            raise field_error(("path",), "required for kind http")
+        if self.kind != "http" and self.path is not None:
+            raise field_error(("path",), f"only for kind http (kind is {self.kind})")
+        if "max_interval" in self.model_fields_set and self.max_interval < self.interval:
+            raise field_error(("max_interval",), "must be at least interval")
+        return self
+
+    def describe(self) -> str:
+        """The check in words, for status pages and reasons: `GET /healthz`, `TCP connect`, `healthcheck`."""
+        return f"GET {self.path}" if self.kind == "http" else "TCP connect" if self.kind == "tcp" else "healthcheck"
+
+    @property
+    def longest_wait(self) -> float:
+        return max(self.interval, self.max_interval)
 
 
 def _min_memory(value: int) -> int:

@@ -26,13 +26,14 @@ from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, RuntimeUnreacha
 from proxy.events import ACTIVE, BreakerOpened, ColdWait, EventBus, Happening, State, StopReason, Transition
 from proxy.manager_health import Health
 from proxy.manager_pause import LIVE, consume_exception
+from proxy.probe import LastSeen
 
 log = structlog.get_logger("proxy.manager")
 STOP_RETRY_DELAYS = (0.5, 2.0, 5.0)  # seconds between attempts to stop an instance before giving up
 
 
 class Prober(Protocol):
-    async def wait_ready(self, instance: Instance, readiness: Readiness) -> None: ...
+    async def wait_ready(self, instance: Instance, readiness: Readiness, seen: LastSeen) -> None: ...
 
 
 class InstancePools(Protocol):
@@ -62,6 +63,7 @@ class Manager(Health):
     __slots__ = (
         "key", "klass", "services", "state", "instance", "in_flight", "start_count", "last_activity",
         "_since", "_start_deadline", "_start_task", "_idle_handle", "breaker", "sleep_after_override",
+        "_seen",
     )
 
     def __init__(self, key: str, klass: ContainerClass, services: Services) -> None:
@@ -77,6 +79,7 @@ class Manager(Health):
         self._since = 0.0
         self._start_task: asyncio.Task[None] | None = None
         self._start_deadline = 0.0
+        self._seen = LastSeen()  # the current (or last) start's readiness observation
         self._idle_handle: asyncio.TimerHandle | None = None
         self.sleep_after_override: float | None = None  # an operator's per-key sleep_after (admin API)
         super().__init__()
@@ -201,11 +204,12 @@ class Manager(Health):
     async def _run_start(self, spec: ContainerSpec) -> None:
         deadline = asyncio.timeout_at(self._start_deadline)
         loop, probing = asyncio.get_running_loop(), 0.0
+        self._seen = LastSeen()  # this start's: what its readiness probes saw last
         try:
             async with deadline:
                 self.instance = await self.services.backend.start(self.key, spec)
                 probing = loop.time()
-                await self.services.prober.wait_ready(self.instance, self.klass.readiness)
+                await self.services.prober.wait_ready(self.instance, self.klass.readiness, self._seen)
         except TimeoutError as exc:
             if not deadline.expired():  # a TimeoutError of the backend's or prober's own: a failed start
                 await self._abandon_start(f"{type(exc).__name__}: {exc}")
@@ -231,7 +235,8 @@ class Manager(Health):
         settle_soon(self, self.instance, spec)  # the startup CPU boost ends at ready
 
     def _timeout_reason(self) -> str:
-        return f"not ready within start_timeout={self.klass.start_timeout:g}s"
+        seen = f": {self._seen.what}" if self._seen.what else ""
+        return f"not ready within start_timeout={self.klass.start_timeout:g}s{seen}"
 
     async def _abandon_start(self, reason: str, failed: bool = True) -> None:
         """A start that failed must not leave a half-started instance behind."""

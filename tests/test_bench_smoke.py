@@ -89,7 +89,9 @@ def test_keys() -> None:
 
 def test_cold_start_stub() -> None:
     s = bench("cold_start", "--runtime", "stub")
-    assert [(r["runtime"], r["path"], "error" in r) for r in s["results"]] == [("stub", "create", False)], s
+    rows = [(r["runtime"], r["path"], r.get("readiness"), "error" in r) for r in s["results"]]
+    assert rows == [("stub", "create", "tcp", False), ("stub", "create", "http", False)], s  # one proxy per kind
+    assert [line.split(":")[0] for line in s["readiness_ratios"]] == ["ratio stub create @5ms"], s
 
 
 @pytest.mark.docker

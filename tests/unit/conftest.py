@@ -190,7 +190,7 @@ class FakeBackend:
 
 class FakeProber:
     def __init__(self) -> None:
-        self.wait_ready = FakeMethod("wait_ready", auto=lambda instance, readiness: None)
+        self.wait_ready = FakeMethod("wait_ready", auto=lambda instance, readiness, seen: None)
 
 
 class FakePools:

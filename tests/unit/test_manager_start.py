@@ -30,7 +30,7 @@ async def test_concurrent_ensure_running_makes_one_start(world, clock):
     await clock.advance(1.5)
     instance = world.backend.started()
     await clock.until(lambda: world.prober.wait_ready.count == 1)
-    assert world.prober.wait_ready.last.args == (instance, world.readiness)
+    assert world.prober.wait_ready.last.args[:2] == (instance, world.readiness)
     assert m.state is State.STARTING and not any(t.done() for t in tasks)  # not before it is ready
 
     await clock.advance(1.0)
@@ -163,6 +163,25 @@ async def test_start_timeout_stops_half_started_instance_and_releases_capacity(m
     assert world.events.happenings("k") == [(Happening.START_FAILED, None)]
     assert world.events.at(Happening.START_FAILED) == [t0 + 5]
     assert world.backend.start.count == 1
+
+
+async def test_start_timeout_says_what_the_probe_last_saw(make_world, clock):
+    world = make_world(svc={"start_timeout": "5s"})
+    world.prober.wait_ready.hold()
+    m = world.manager("k")
+    first = asyncio.create_task(m.ensure_running())
+    await clock.until(lambda: world.prober.wait_ready.count == 1)
+    seen = world.prober.wait_ready.last.args[2]  # this start's LastSeen, which the prober fills in
+    seen.what = "GET /ready answered 404"
+    await clock.advance(5)
+    [error] = await gather_outcomes([first])
+    assert isinstance(error, StartTimeout)
+    assert error.reason == "not ready within start_timeout=5s: GET /ready answered 404"
+    assert m.last_error == error.reason
+
+    world.prober.wait_ready.reset_answer()  # the next start is ready at once: it starts with nothing seen
+    await m.ensure_running()
+    assert world.prober.wait_ready.last.args[2] is not seen and world.prober.wait_ready.last.args[2].what == ""
 
 
 async def test_start_timeout_while_backend_still_starting(make_world, clock):
