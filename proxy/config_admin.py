@@ -20,6 +20,7 @@ __all__ = ["Admin", "SEED_ROUTES", "SeedRoute"]
 SeedRoute = Literal["health", "ready", "info", "container-status", "metrics"]
 SEED_ROUTES: tuple[SeedRoute, ...] = ("health", "ready", "info", "container-status", "metrics")
 LOOPBACK = ("127.", "::1", "localhost")
+DAY = 86400.0
 
 
 class Admin(Section):
@@ -38,14 +39,19 @@ class Admin(Section):
         default=None, description="environment variable holding the token instead (must be set)",
         json_schema_extra=shown("none"))
     exec: bool = Field(default=False, description="allow `POST /admin/keys/{class}/{key}/exec`")
-    exec_timeout: PositiveDuration = Field(default=60.0, description="an exec's default and longest timeout")
+    exec_timeout: PositiveDuration = Field(default=60.0, le=DAY, description="an exec's default and longest timeout")
     max_sleep_after: PositiveDuration = Field(
-        default=6 * 3600.0, description="upper bound of a per-key `sleep_after` override")
+        default=6 * 3600.0, ge=1, le=30 * DAY, description="upper bound of a per-key `sleep_after` override "
+                                                           "(the lower is 1s)")
     stop_drain: Duration = Field(
         default=30.0, description="how long an admin stop/pause/destroy waits for requests in flight by default")
+    max_drain: Duration = Field(default=3600.0, le=DAY, description="longest `drain` an admin stop/pause/destroy "
+                                                                     "may ask for")
 
     @model_validator(mode="after")
     def _token_source(self) -> Admin:
+        if self.stop_drain > self.max_drain:
+            raise field_error(("stop_drain",), f"must be at most max_drain ({self.max_drain:g}s)")
         if self.token is not None and self.token_env is not None:
             raise field_error(("token_env",), "set either token or token_env, not both")
         if self.token_env is not None:
