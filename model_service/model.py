@@ -30,6 +30,7 @@ PCLASSES = (1, 2, 3)
 AGE_MIN, AGE_MAX = 0.0, 120.0
 MAX_BATCH_ROWS = 1_000_000  # V2 rows per request; the default 1 MiB body limit allows about 170k
 FP32_MAX = float(np.finfo(np.float32).max)
+BLANKS = " \t\r\n"  # around a `sex` (which is case-insensitive); the OpenAPI pattern says the same
 
 
 class ValidationError(ValueError):
@@ -78,7 +79,7 @@ def parse_passenger(payload: Any) -> dict[str, Any]:
     sex = payload["sex"]
     if not isinstance(sex, str):
         raise ValidationError("sex", f"must be a string, got {type(sex).__name__}")
-    sex_norm = sex.strip().lower()
+    sex_norm = sex.strip(BLANKS).lower()
     if sex_norm not in SEX_CODES:
         raise ValidationError("sex", "must be 'female' or 'male'")
     age = _number(payload, "age")
@@ -111,10 +112,14 @@ def parse_v2_input(body: Any) -> np.ndarray:
 def _v2_tensor(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ValidationError("body", "must be a JSON object")
+    if not isinstance(body.get("id", ""), str):
+        raise ValidationError("id", "must be a string")
     inputs = body.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise ValidationError("inputs", "must be a list with exactly one tensor")
     tensor: dict[str, Any] = inputs[0]
+    if not isinstance(tensor.get("name", ""), str):
+        raise ValidationError("inputs[0].name", "must be a string")
     if tensor.get("datatype", "FP32") != "FP32":
         raise ValidationError("inputs[0].datatype", "must be FP32")
     return tensor

@@ -1,9 +1,16 @@
-"""Hand-written OpenAPI 3 document for the service and a dependency-free HTML page rendering it."""
+"""The service's OpenAPI 3.1 document and a dependency-free HTML page rendering it.
+
+The request schemas state what model_service/model.py enforces, from its constants (tensor count, shape,
+batch rows, FP32 range, age range, classes); what JSON Schema cannot say (`data` holds N*3 numbers) is in
+the descriptions. tests/test_openapi_truth.py checks the document and fuzzes the service against it.
+"""
 
 from __future__ import annotations
 
 import html
 from typing import Any
+
+from model_service.model import AGE_MAX, AGE_MIN, BLANKS, FP32_MAX, MAX_BATCH_ROWS, N_FEATURES, PCLASSES, SEX_CODES
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -19,7 +26,7 @@ def _bad_request() -> dict[str, Any]:
 def build_openapi(version: str, title: str) -> dict[str, Any]:
     obj = {"type": "object"}
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": title, "version": version,
                  "description": "Titanic survival prediction (ONNX, onnxruntime) with a KServe V2 compatible API."},
         "paths": {
@@ -54,9 +61,10 @@ def build_openapi(version: str, title: str) -> dict[str, Any]:
         },
         "components": {"schemas": {
             "Passenger": {"type": "object", "required": ["sex", "age", "pclass"], "properties": {
-                "sex": {"type": "string", "enum": ["female", "male"]},
-                "age": {"type": "number", "minimum": 0, "maximum": 120},
-                "pclass": {"type": "integer", "enum": [1, 2, 3]},
+                "sex": {"type": "string", "pattern": _sex_pattern(),
+                        "description": "female or male, any case (answered lower-case)"},
+                "age": {"type": "number", "minimum": AGE_MIN, "maximum": AGE_MAX},
+                "pclass": {"type": "integer", "enum": list(PCLASSES)},
             }, "example": {"sex": "female", "age": 29, "pclass": 1}},
             "Prediction": {"type": "object", "properties": {
                 "prediction": {"type": "integer", "enum": [0, 1]},
@@ -69,9 +77,19 @@ def build_openapi(version: str, title: str) -> dict[str, Any]:
             "V2Tensor": {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
                 "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
                 "datatype": {"type": "string"}, "data": {"type": "array", "items": {}}}},
+            "V2Input": {"type": "object", "required": ["shape", "data"], "properties": {
+                "name": {"type": "string"},
+                "shape": {"type": "array", "prefixItems": [
+                    {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_ROWS, "description": "rows (N)"},
+                    {"const": N_FEATURES, "description": "sex_encoded, age, pclass"}],
+                    "minItems": 2, "maxItems": 2, "items": False},
+                "datatype": {"const": "FP32"},
+                "data": {"type": "array", "items": {"anyOf": [_FP32, {"type": "array"}]},
+                         "description": f"N*{N_FEATURES} finite FP32 numbers, flat or nested by row"}}},
             "V2InferRequest": {"type": "object", "required": ["inputs"], "properties": {
-                "id": {"type": "string"},
-                "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}}},
+                "id": {"type": "string", "description": "echoed in the answer"},
+                "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Input"},
+                           "minItems": 1, "maxItems": 1}},
                 "example": {"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP32",
                                         "data": [0, 29, 1, 1, 30, 3]}]}},
             "V2InferResponse": {"type": "object", "properties": {
@@ -79,6 +97,16 @@ def build_openapi(version: str, title: str) -> dict[str, Any]:
                 "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/V2Tensor"}}}},
         }},
     }
+
+
+_FP32 = {"type": "number", "minimum": -FP32_MAX, "maximum": FP32_MAX}
+
+
+def _sex_pattern() -> str:
+    """`female`/`male` in any case with blanks around, as an ECMAScript regex (no inline flags)."""
+    blank = "[" + BLANKS.encode("unicode_escape").decode() + "]*"
+    either = "|".join("".join(f"[{c.upper()}{c}]" for c in name) for name in SEX_CODES)
+    return f"^{blank}(?:{either}){blank}$"
 
 
 def render_docs(doc: dict[str, Any]) -> str:

@@ -17,13 +17,15 @@ import hashlib
 import hmac
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable
 
 import structlog
 from aiohttp import web
+from pydantic import BaseModel
 
 from backends.control import Executable
+from proxy.admin_bodies import bodies_for, validate
 from proxy.admin_openapi import openapi
 from proxy.app import PROXY, Proxy, add_seed_routes
 from proxy.config_admin import SEED_ROUTES
@@ -33,7 +35,6 @@ from proxy.events import State, StopReason
 from proxy.keys import validate_key
 from proxy.manager import Manager
 from proxy.manager_pause import LIVE
-from proxy.units import env_name
 
 log = structlog.get_logger("proxy.admin")
 ANONYMOUS = "anonymous"
@@ -49,15 +50,10 @@ class Call:
     who: str
     manager: Manager
     body: dict[str, Any]
+    args: BaseModel | None = None  # the body, validated by its operation's model (proxy/admin_bodies.py)
 
-    def seconds(self, field: str, default: float, upper: float | None = None) -> float:
-        """A non-negative number of seconds from the body (`upper` bounds it)."""
-        value = self.body.get(field, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
-                or (upper is not None and value > upper):
-            bound = f" and at most {upper:g}" if upper is not None else ""
-            raise InvalidInput(f"{field} must be a number of seconds, at least 0{bound}")
-        return float(value)
+    def arg(self, name: str) -> Any:
+        return getattr(self.args, name)
 
 
 Handler = Callable[[Call], Awaitable[web.StreamResponse]]
@@ -85,13 +81,16 @@ def token_id(token: str) -> str:
 
 
 def authorize(request: web.Request, mutates: bool) -> str:
-    """Who is calling (the token's id, or `anonymous` for an open read); Unauthorized if they may not."""
+    """Who is calling (the token's id, or `anonymous` for an open read); Unauthorized if they may not.
+
+    The token is compared as bytes: a header that is not UTF-8 (aiohttp keeps its bytes as surrogates) is
+    just a wrong token."""
     admin = request.app[PROXY].config.admin
     secret = admin.secret
     given = request.headers.get("Authorization", "")
     scheme, _, presented = given.partition(" ")
     if secret is not None and scheme.lower() == "bearer" \
-            and hmac.compare_digest(presented.strip().encode(), secret.encode()):
+            and hmac.compare_digest(presented.strip().encode("utf-8", "surrogateescape"), secret.encode()):
         return token_id(secret)
     if not mutates and admin.loopback:
         return ANONYMOUS
@@ -124,17 +123,7 @@ async def op_state(call: Call) -> web.StreamResponse:
 def start_env(call: Call) -> dict[str, str] | None:
     """`{"env": {"NAME": "value"}}`: environment added to this one start (as Cloudflare's
     `startAndWaitForPorts({envVars})`); None without it."""
-    env = call.body.get("env")
-    if env is None:
-        return None
-    if not isinstance(env, dict) or not all(isinstance(v, str) and "\0" not in v for v in env.values()):
-        raise InvalidInput('env must be an object of strings, e.g. {"env": {"MODE": "batch"}}')
-    for name in env:
-        try:
-            env_name(name)
-        except ValueError:
-            raise InvalidInput(f"env: invalid variable name {name!r} (letters, digits, '_'; not a digit first)") \
-                from None
+    env: dict[str, str] | None = call.arg("env")
     return env
 
 
@@ -152,7 +141,7 @@ async def op_start(call: Call) -> web.StreamResponse:
 
 
 def drain_of(call: Call) -> float:
-    return call.seconds("drain", call.proxy.config.admin.stop_drain)
+    return float(call.arg("drain"))
 
 
 async def op_stop(call: Call) -> web.StreamResponse:
@@ -181,13 +170,7 @@ async def op_renew(call: Call) -> web.StreamResponse:
 
 
 async def op_sleep_after(call: Call) -> web.StreamResponse:
-    upper = call.proxy.config.admin.max_sleep_after
-    if "seconds" not in call.body:
-        raise InvalidInput('expected {"seconds": N} (0 < N <= admin.max_sleep_after) or {"seconds": null}')
-    seconds = None if call.body["seconds"] is None else call.seconds("seconds", 0, upper)
-    if seconds == 0:
-        raise InvalidInput("seconds must be more than 0 (null: the class's sleep_after again)")
-    call.manager.set_sleep_after(seconds)
+    call.manager.set_sleep_after(call.arg("seconds"))
     return answer(call)
 
 
@@ -196,10 +179,8 @@ async def op_exec(call: Call) -> web.StreamResponse:
     admin, manager = call.proxy.config.admin, call.manager
     if not admin.exec:
         raise Forbidden("exec is disabled (admin.exec: false)", key=manager.key)
-    command = call.body.get("command")
-    if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
-        raise InvalidInput('expected {"command": ["argv0", "arg", ...]} (a non-empty list of strings)')
-    timeout = call.seconds("timeout", admin.exec_timeout, admin.exec_timeout)
+    command: list[str] = call.arg("command")
+    timeout = float(call.arg("timeout"))
     backend = call.proxy.backend
     if not isinstance(backend, Executable):
         raise NotSupported(f"not supported by backend {backend.name}", key=manager.key)
@@ -281,6 +262,8 @@ def _handler(operation: Operation) -> Callable[[web.Request], Awaitable[web.Stre
         if not operation.mutates:
             return await operation.handler(call)
         try:
+            if operation.body is not None:
+                call = replace(call, args=validate(bodies_for(proxy.config.admin), operation.body, call.body))
             response = await operation.handler(call)
         except Refusal as refusal:
             audit(call, operation.op, refusal.error, reason=refusal.reason)
@@ -323,7 +306,8 @@ async def list_keys(request: web.Request) -> web.Response:
 
 
 async def openapi_json(request: web.Request) -> web.Response:
-    return web.json_response(openapi(OPERATIONS))
+    config = request.app[PROXY].config
+    return web.json_response(openapi(OPERATIONS, bodies_for(config.admin), tuple(config.containers)))
 
 
 @web.middleware

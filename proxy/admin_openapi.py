@@ -1,16 +1,21 @@
 """The admin API's OpenAPI 3.1 description, made from the same table the router is (proxy/admin.py).
 
-Served at `GET /admin/openapi.json` on the admin listener. Only the shapes are written here; which
-paths exist, their methods and whether they need the token come from `OPERATIONS`, so the description
-cannot drift from the routes.
+Served at `GET /admin/openapi.json` on the admin listener. Only the response shapes are written here;
+which paths exist, their methods and whether they need the token come from `OPERATIONS`, the request
+bodies from the models that validate them (proxy/admin_bodies.py, with this config's bounds), the
+`{key}` rule from proxy/keys.py and `{class}` from the configured classes, so the description cannot
+drift from what the code enforces.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Iterable
 
+from proxy.keys import KEY_SCHEMA
+
 if TYPE_CHECKING:
     from proxy.admin import Operation
+    from proxy.admin_bodies import Bodies
 
 STATES = ["stopped", "starting", "running", "stopping", "failed", "paused"]
 SECONDS = {"type": "number", "minimum": 0}
@@ -36,19 +41,6 @@ SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "properties": {
         "error": {"type": "string"}, "reason": {"type": "string"}, "status": {"type": "integer"}},
         "required": ["error", "reason", "status"]},
-    "Start": {"type": "object", "properties": {
-        "env": {"type": "object", "additionalProperties": {"type": "string"},
-                "propertyNames": {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
-                "description": "environment added to this start (over the class's `env`); only when the key is "
-                               "stopped (else 409): a running instance keeps its environment"}}},
-    "Drain": {"type": "object", "properties": {
-        "drain": {**SECONDS, "description": "seconds the requests in flight get to end (default admin.stop_drain)"}}},
-    "SleepAfter": {"type": "object", "required": ["seconds"], "properties": {
-        "seconds": {"type": ["number", "null"], "exclusiveMinimum": 0,
-                    "description": "at most admin.max_sleep_after; null: the class's sleep_after"}}},
-    "Exec": {"type": "object", "required": ["command"], "properties": {
-        "command": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        "timeout": {**SECONDS, "description": "default and upper bound: admin.exec_timeout"}}},
     "ExecLine": {"description": "one NDJSON line: output as it comes, then the result", "oneOf": [
         {"type": "object", "properties": {"stream": {"enum": ["stdout", "stderr"]}, "data": {"type": "string"}}},
         {"type": "object", "properties": {"exit_code": {"type": ["integer", "null"]}, "timed_out": {"type": "boolean"},
@@ -61,6 +53,16 @@ ERRORS = {
     "by the backend", "502": "the runtime refused", "503": "the start failed or capacity is exhausted",
     "504": "not ready within start_timeout",
 }
+
+
+# Stateful fuzzing follows these: a key started is then read, renewed, given a sleep_after, stopped.
+LINKS = {"post_start": ("get_key", "post_renew", "put_sleep_after", "post_stop"),
+         "post_stop": ("get_key", "post_start")}
+
+
+def _links(operation_id: str) -> dict[str, Any]:
+    same_key = {"class": "$request.path.class", "key": "$request.path.key"}
+    return {target: {"operationId": target, "parameters": same_key} for target in LINKS.get(operation_id, ())}
 
 
 def _json(schema: str) -> dict[str, Any]:
@@ -76,7 +78,10 @@ def _operation(op: Operation) -> dict[str, Any]:
     if op.op == "exec":
         ok = {"description": "output, then the exit code",
               "content": {"application/x-ndjson": {"schema": {"$ref": REF + "ExecLine"}}}}
-    spec: dict[str, Any] = {"summary": op.summary, "operationId": f"{op.method.lower()}_{op.op or 'key'}",
+    operation_id = f"{op.method.lower()}_{op.op or 'key'}"
+    if links := _links(operation_id):
+        ok["links"] = links
+    spec: dict[str, Any] = {"summary": op.summary, "operationId": operation_id,
                             "responses": {"200": ok, **_errors()}}
     if op.mutates:
         spec["security"] = [{"bearer": []}]
@@ -85,8 +90,14 @@ def _operation(op: Operation) -> dict[str, Any]:
     return spec
 
 
-def openapi(operations: Iterable[Operation]) -> dict[str, Any]:
-    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}} for name in ("class", "key")]
+def _body_schemas(bodies: Bodies) -> dict[str, Any]:
+    return {name: model.model_json_schema(ref_template=REF + "{model}") for name, model in bodies.models.items()}
+
+
+def openapi(operations: Iterable[Operation], bodies: Bodies, classes: tuple[str, ...]) -> dict[str, Any]:
+    params = [{"name": "class", "in": "path", "required": True, "schema": {"type": "string", "enum": list(classes)},
+               "description": "a configured container class"},
+              {"name": "key", "in": "path", "required": True, "schema": KEY_SCHEMA}]
     paths: dict[str, Any] = {
         "/admin/keys": {"get": {"summary": "Every key the proxy has a manager for", "operationId": "list_keys",
                                 "responses": {"200": {"description": "keys", "content": _json("Keys")}}}},
@@ -99,6 +110,6 @@ def openapi(operations: Iterable[Operation]) -> dict[str, Any]:
                  "description": "Operate keys by hand. Mutations need `Authorization: Bearer <admin token>`; "
                                 "reads need it too unless the admin listener is on a loopback address."},
         "paths": paths,
-        "components": {"schemas": SCHEMAS,
+        "components": {"schemas": {**SCHEMAS, **_body_schemas(bodies)},
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

@@ -126,6 +126,24 @@ class Logging(Section):
 
 # ---------------------------------------------------------------- hooks, pricing
 
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP field name (RFC 9110)
+SIGNED_HEADERS = ("x-lazy-proxy-timestamp", "x-lazy-proxy-signature", "content-type")
+
+
+def _header_name(name: str) -> str:
+    if not _TOKEN.match(name):
+        raise ValueError(f"invalid header name {name!r}")
+    if name.lower() in SIGNED_HEADERS:
+        raise ValueError(f"{name} is set by the proxy")
+    return name
+
+
+def _header_value(value: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("a header value must not contain CR, LF or NUL")
+    return value
+
+
 def _http_url(value: str) -> str:
     if not value.startswith(("http://", "https://")):
         raise ValueError("expected an http(s) URL")
@@ -137,6 +155,30 @@ class Webhook(Section):
     events: TupleOf[HookEvent] = Field(default=HOOK_EVENTS, description="events to send")
     timeout: PositiveDuration = Field(default=2.0, description="one attempt's timeout")
     retries: int = Field(default=2, ge=0, le=10, description="retries after a failed attempt (no answer or a 5xx)")
+    secret: str | None = Field(
+        default=None, min_length=16, repr=False, json_schema_extra=shown("none: unsigned"),
+        description="HMAC-SHA256 key: each POST carries `X-Lazy-Proxy-Timestamp` and `X-Lazy-Proxy-Signature: "
+                    "v1=<hex of HMAC(secret, \"<timestamp>.<body>\")>` (at least 16 characters)")
+    secret_env: NonEmptyStr | None = Field(
+        default=None, description="environment variable holding the secret instead (must be set)",
+        json_schema_extra=shown("none"))
+    headers: dict[Annotated[str, AfterValidator(_header_name)], Annotated[str, AfterValidator(_header_value)]] = \
+        Field(default_factory=dict, description="extra request headers (`Authorization: Bearer ${HOOK_TOKEN}`)")
+
+    @model_validator(mode="after")
+    def _secret_source(self) -> Webhook:
+        if self.secret is not None and self.secret_env is not None:
+            raise field_error(("secret_env",), "set either secret or secret_env, not both")
+        if self.secret_env is not None and len(value := os.environ.get(self.secret_env, "")) < 16:
+            problem = "shorter than 16 characters" if value else "not set"
+            raise field_error(("secret_env",), f"environment variable {self.secret_env} is {problem}")
+        return self
+
+    @property
+    def signing_key(self) -> bytes | None:
+        """The secret (from config or the environment) as bytes; None: deliveries are not signed."""
+        secret = os.environ.get(self.secret_env) if self.secret_env is not None else self.secret
+        return secret.encode() if secret else None
 
 
 class Hooks(Section):

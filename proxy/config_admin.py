@@ -8,18 +8,20 @@ too. The token is written in config or, better, read from an environment variabl
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from proxy.config_base import Section, field_error, shown
-from proxy.units import Duration, NonEmptyStr, PositiveDuration, TupleOf
+from proxy.units import Duration, NonEmptyStr, TupleOf
 
 __all__ = ["Admin", "SEED_ROUTES", "SeedRoute"]
 
 SeedRoute = Literal["health", "ready", "info", "container-status", "metrics"]
 SEED_ROUTES: tuple[SeedRoute, ...] = ("health", "ready", "info", "container-status", "metrics")
 LOOPBACK = ("127.", "::1", "localhost")
+DAY = 86400.0
+UpToADay = Annotated[Duration, Field(gt=0, le=DAY)]
 
 
 class Admin(Section):
@@ -38,14 +40,19 @@ class Admin(Section):
         default=None, description="environment variable holding the token instead (must be set)",
         json_schema_extra=shown("none"))
     exec: bool = Field(default=False, description="allow `POST /admin/keys/{class}/{key}/exec`")
-    exec_timeout: PositiveDuration = Field(default=60.0, description="an exec's default and longest timeout")
-    max_sleep_after: PositiveDuration = Field(
-        default=6 * 3600.0, description="upper bound of a per-key `sleep_after` override")
+    exec_timeout: UpToADay = Field(default=60.0, description="an exec's default and longest timeout (at most 1 day)")
+    max_sleep_after: Annotated[Duration, Field(ge=1, le=30 * DAY)] = Field(
+        default=6 * 3600.0, description="upper bound of a per-key `sleep_after` override "
+                                                           "(1s to 30 days; the lower bound is 1s)")
     stop_drain: Duration = Field(
         default=30.0, description="how long an admin stop/pause/destroy waits for requests in flight by default")
+    max_drain: UpToADay = Field(default=3600.0, description="longest `drain` an admin stop/pause/destroy may ask "
+                                                             "for (at most 1 day)")
 
     @model_validator(mode="after")
     def _token_source(self) -> Admin:
+        if self.stop_drain > self.max_drain:
+            raise field_error(("stop_drain",), f"must be at most max_drain ({self.max_drain:g}s)")
         if self.token is not None and self.token_env is not None:
             raise field_error(("token_env",), "set either token or token_env, not both")
         if self.token_env is not None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import re
 
 MAX_KEY_LENGTH = 63
-_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# ASCII letters, digits, '_', '.', '-'; a letter or digit first; never '..' (every '.' is followed by another
+# character or ends the key). No lookahead, so the OpenAPI document states it as is (`KEY_SCHEMA`).
+KEY_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
+KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN}
+_KEY = re.compile(KEY_PATTERN)
 
 
 def validate_key(key: str) -> str | None:
@@ -16,6 +20,6 @@ def validate_key(key: str) -> str | None:
         return f"key is longer than {MAX_KEY_LENGTH} characters"
     if ".." in key:
         return "key must not contain '..'"
-    if not _KEY.match(key) or not key.isascii():
+    if not _KEY.fullmatch(key):
         return "key may contain only ASCII letters, digits, '_', '.', '-' and must start with a letter or digit"
     return None

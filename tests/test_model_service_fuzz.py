@@ -205,7 +205,7 @@ def test_right_keys_any_values(service: Service, error_log: ErrorLog, payload: d
 @FUZZ
 @given(request=v2_requests)
 def test_v2_any_tensor(service: Service, error_log: ErrorLog, request: dict[str, Any]) -> None:
-    body = check(service.post(V2, dumps(request)), {"body", "inputs"})
+    body = check(service.post(V2, dumps(request)), {"body", "id", "inputs"})
     if "outputs" in body:
         n = body["outputs"][0]["shape"][0]
         assert len(body["outputs"][0]["data"]) == len(body["outputs"][1]["data"]) == n >= 1
