@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import structlog
@@ -70,6 +71,37 @@ class Ownership:
         self._lb_members = {(r.container, member_key(r.key, i)): r.key
                             for r in config.routes if r.mode == "lb" for i in range(r.pool_size)}
         registry.admits = self.owns_instance
+        registry.services = replace(registry.services, fence=self)  # before any manager is made
+        self.forwarded = 0  # requests sent on to their owner (a metric)
+
+    # ---------------------------------------------------------------- the fence (proxy/manager.py's Fence)
+
+    def holds(self, manager: Manager) -> bool:
+        """May this replica act on the manager's key now: the lease is valid, the key's unit is claimed under
+        it and the manager is the registry's (not one let go of). Synchronous: read when the caller runs,
+        so an idle timer firing after a freeze sees the lapse before anything else could tell it. A lapse
+        seen here drops every owned key to passive at once."""
+        if not self.store.valid():
+            if self.owned:
+                self._void()
+            return False
+        unit = self.unit_of(manager.klass.name, manager.key)
+        return unit in self.owned and self.registry.managers.get((manager.klass.name, manager.key)) is manager
+
+    async def confirm(self, manager: Manager) -> bool:
+        """Right before a stop or pause: the store's owner record is ours under our lease (one transaction).
+        Not confirmed: the key is let go of here, its instance untouched (another replica's now, or the sweep's)."""
+        unit = self.unit_of(manager.klass.name, manager.key)
+        if self.holds(manager) and await self.store.confirm(f"{unit[0]}/{unit[1]}") and self.holds(manager):
+            return True
+        log.warning("cluster_action_not_confirmed", container=unit[0], key=unit[1], replica=self.me.id)
+        self._drop(unit)
+        return False
+
+    def _drop(self, unit: Unit) -> None:
+        """Forget one unit's claim and let go of its managers (untouched)."""
+        self.owned.discard(unit)
+        self._detach({unit}, lambda _manager: True)
 
     @property
     def me(self) -> Member:
@@ -77,7 +109,7 @@ class Ownership:
 
     def owns(self, container: str, key: str) -> bool:
         """Served here without asking anyone (the fast path's check)."""
-        return (container, key) in self.owned and self.store.holds_lease()
+        return (container, key) in self.owned and self.store.valid()
 
     def unit_of(self, container: str, key: str) -> Unit:
         """The ownership unit a manager's key belongs to (an lb member's is its pool's route key)."""
@@ -104,7 +136,7 @@ class Ownership:
 
         `forwarded`: the request came from a peer; it is served here or refused, never forwarded again."""
         unit = (container, key)
-        if unit in self.owned and self.store.holds_lease():
+        if unit in self.owned and self.store.valid():
             return None
         if not forwarded and (cached := self._owners.get(unit)) is not None and cached[1] > time.monotonic():
             return cached[0]
@@ -126,6 +158,8 @@ class Ownership:
                 holder = await self.store.claim(name)
             if holder == self.me.id:
                 await self._adopt(unit)
+                if not self.store.valid():  # the lease lapsed while we listed: nothing is certainly ours
+                    raise StoreUnavailable("the lease lapsed while claiming")
                 self.owned.add(unit)
                 self._owners.pop(unit, None)
                 return None
@@ -176,11 +210,22 @@ class Ownership:
         """Forget every claim; drop the owned units' managers that `which` picks (never idle-stopped here any
         more); how many keys were owned."""
         lost, self.owned = self.owned, set()
+        kept = self._detach(lost, which)
+        self.owned = kept  # a key whose manager stays (paused, at a handover) is still this replica's to stop
+        return len(lost)
+
+    def _detach(self, units: set[Unit], which: Callable[[Manager], bool]) -> set[Unit]:
+        """Let go of the managers of `units` that `which` picks; the units of those it did not pick."""
+        kept: set[Unit] = set()
         for (container, key), manager in list(self.registry.managers.items()):
-            if self.unit_of(container, key) in lost and which(manager):
+            if (unit := self.unit_of(container, key)) not in units:
+                continue
+            if which(manager):
                 del self.registry.managers[(container, key)]
                 manager.set_sleep_after(0)  # 0: never idle-stopped by this replica any more
-        return len(lost)
+            elif manager.state is not State.STOPPED:
+                kept.add(unit)
+        return kept
 
     async def _listed(self) -> list[Instance]:
         """The runtime's running instances: one call shared by the claims made within LIST_FRESH seconds, so a
