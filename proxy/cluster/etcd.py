@@ -129,9 +129,8 @@ class EtcdStore(OwnershipStore):
                 log.warning("cluster_store_unavailable", error=str(exc))
             except Exception as exc:  # noqa: BLE001 - the renewal loop must outlive any one failure
                 log.warning("cluster_renew_failed", error=f"{type(exc).__name__}: {exc}")
-            if self.lease_id and not self.valid() and self.valid_until:  # lapsed: our claims may be another's
-                log.warning("cluster_lease_invalid", replica=self.me.id)
-                self.void()
+            if self.lease_id and not self.valid():  # lapsed: our claims may be another's by now
+                self.lapsed()
 
     # ---------------------------------------------------------------- the port
 

@@ -68,6 +68,7 @@ class Ownership:
         self._flights: dict[tuple[Unit, bool], asyncio.Future[Member | None]] = {}
         self._listing: tuple[float, asyncio.Future[list[Instance]]] | None = None  # (when, list_instances)
         store.on_void.append(self._void)
+        store.on_lapse.append(self._lapse)
         self._lb_members = {(r.container, member_key(r.key, i)): r.key
                             for r in config.routes if r.mode == "lb" for i in range(r.pool_size)}
         registry.admits = self.owns_instance
@@ -82,8 +83,7 @@ class Ownership:
         so an idle timer firing after a freeze sees the lapse before anything else could tell it. A lapse
         seen here drops every owned key to passive at once."""
         if not self.store.valid():
-            if self.owned:
-                self._void()
+            self._lapse()
             return False
         unit = self.unit_of(manager.klass.name, manager.key)
         return unit in self.owned and self.registry.managers.get((manager.klass.name, manager.key)) is manager
@@ -161,6 +161,7 @@ class Ownership:
                 if not self.store.valid():  # the lease lapsed while we listed: nothing is certainly ours
                     raise StoreUnavailable("the lease lapsed while claiming")
                 self.owned.add(unit)
+                self._resume_passive(unit)
                 self._owners.pop(unit, None)
                 return None
             if forwarded:
@@ -200,11 +201,30 @@ class Ownership:
         listed for adoption, so it stays with its manager (and is stopped by the shutdown); how many."""
         return self._let_go(lambda manager: manager.state is State.RUNNING)
 
+    def _lapse(self) -> None:
+        """The lease's validity ran out: every key goes passive (its manager stays, acts on nothing, its
+        instance untouched). A request or the sweep claims it again: under the same lease (it never expired
+        in etcd, so nobody else can have owned the key meanwhile) the manager carries on; if the lease was
+        lost, `_void` lets go of the managers first."""
+        if self.owned:
+            log.warning("cluster_lease_invalid", replica=self.me.id, keys=len(self.owned))
+            self.owned = set()
+
+    def _resume_passive(self, unit: Unit) -> None:
+        """A unit claimed again under the lease it was held by: its managers' idle timers run again, counted
+        from now (the claim is activity: a request claiming it is about to use the instance)."""
+        for (container, key), manager in list(self.registry.managers.items()):
+            if self.unit_of(container, key) == unit and manager.state is not State.STOPPED:
+                manager.touch()
+
     def _void(self) -> None:
         """Our lease expired (etcd away too long): forget the claims and let go of their managers, without
-        stopping their instances (another replica may have adopted them); a later request claims again."""
-        lost = self._let_go(lambda _manager: True)
-        log.warning("cluster_claims_void", replica=self.me.id, keys=lost)
+        stopping their instances (another replica may have adopted them); a later request claims again. Every
+        manager goes, passive ones too (their claims went with the lease)."""
+        self.owned = set()
+        units = {self.unit_of(container, key) for container, key in self.registry.managers}
+        self._detach(units, lambda _manager: True)
+        log.warning("cluster_claims_void", replica=self.me.id, keys=len(units))
 
     def _let_go(self, which: Callable[[Manager], bool]) -> int:
         """Forget every claim; drop the owned units' managers that `which` picks (never idle-stopped here any

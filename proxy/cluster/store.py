@@ -64,6 +64,7 @@ class OwnershipStore(ABC):
         self.epoch = 0  # bumped with each lease taken
         self.errors = 0  # failed calls to the store (a metric)
         self.on_void: list[Callable[[], None]] = []  # told when the lease was lost: every claim under it is void
+        self.on_lapse: list[Callable[[], None]] = []  # told when the validity ran out (the lease may still live)
 
     def renewed(self, sent_at: float) -> None:
         """The store confirmed the lease for a request sent at `sent_at` (loop time): valid for a ttl from then,
@@ -74,6 +75,11 @@ class OwnershipStore(ABC):
         """The lease expired before we could renew it: our claims are gone (another replica may hold them)."""
         self.valid_until = 0.0
         for listener in self.on_void:
+            listener()
+
+    def lapsed(self) -> None:
+        """The validity ran out without a renewal (etcd slow or away, or this process was frozen)."""
+        for listener in self.on_lapse:
             listener()
 
     def valid(self) -> bool:

@@ -112,11 +112,30 @@ async def test_a_freeze_longer_than_the_ttl_is_seen_before_the_idle_timer_acts(o
     await clock.settle()
     assert seen and seen[0] is False  # the first ask, by the idle timer, already saw the lapse
     assert backend.stop.args() == []  # type: ignore[attr-defined]
-    assert manager.state is State.RUNNING  # let go of, untouched: the peer that adopted it serves it
-    assert own.registry.peek("k", "svc") is None and not own.owns("svc", "k")
+    assert manager.state is State.RUNNING and not own.owns("svc", "k")  # passive: untouched, claim forgotten
+    await clock.advance(2 * RTT)  # the keepalive's answer: the lease is gone
+    assert own.registry.peek("k", "svc") is None  # let go of: the peer that adopted the container serves it
     await clock.advance(10)
     assert backend.stop.args() == []  # type: ignore[attr-defined]  # never, however long the wait
     assert own.store.valid()  # a new lease was taken meanwhile; a request claims the key again
+
+
+async def test_a_lapse_under_a_lease_that_lived_on_resumes_the_same_manager(owned, clock):
+    """etcd slow for longer than the validity but not the lease (its keepalives arrive, their answers do not):
+    passive meanwhile, then the same manager carries on (nobody else can have owned the key)."""
+    own, manager = await owned()
+    store = own.store
+    store.task.cancel()  # no answer comes back
+    store.expires = float("inf")  # while etcd keeps the lease alive
+    await clock.advance(6)  # the idle stop falls due after the validity ran out: nothing is stopped
+    assert own.backend.stop.args() == [] and not own.owns("svc", "k")  # type: ignore[attr-defined]
+    store.task = asyncio.create_task(store._keep_alive())  # answers again
+    await clock.advance(1)
+    assert await own.locate("svc", "k") is None  # a request claims it again, under the same lease
+    assert own.registry.get("k", "svc") is manager and manager.state is State.RUNNING
+    instance = manager.instance
+    await clock.advance(6)
+    assert own.backend.stop.args() == [(instance,)]  # type: ignore[attr-defined]  # idle again: its owner stops it
 
 
 async def test_a_stop_the_store_does_not_confirm_leaves_the_instance_alone(owned, clock):
