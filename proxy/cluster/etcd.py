@@ -149,10 +149,11 @@ class EtcdStore(OwnershipStore):
                 await self._task
         with contextlib.suppress(StoreUnavailable):
             if self.lease_id:
-                await self._call("/v3/lease/revoke", {"ID": self.lease_id})
-        self.valid_until = 0.0
+                await self._call("/v3/lease/revoke", {"ID": self.lease_id}, budget=self.timeout)
+        self.lease_id, self.valid_until = "", 0.0
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
     async def members(self) -> list[Member]:
         if not self._members:
