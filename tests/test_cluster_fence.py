@@ -6,17 +6,21 @@ show."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from typing import Iterator
 
 import aiohttp
 import pytest
 
-from bench._cluster import Etcd, etcd_binary
-from bench._fence import healthy, run_fault
+from backends.docker import default_docker_socket
+from backends.image import ensure_image
+from bench._cluster import Etcd, Replicas, etcd_binary, remove_containers, running_containers
+from bench._fence import config, healthy, run_fault
 from proxy.cluster.etcd import EtcdStore
-from proxy.cluster.store import Member
+from proxy.cluster.store import Member, rendezvous
 from proxy.ctl import members_table
+from tests.conftest import base_config
 
 pytestmark = pytest.mark.etcd
 
@@ -109,9 +113,6 @@ async def test_etcds_leader_killed_costs_no_request(tmp_path):
 
 
 async def test_info_metrics_and_ready_show_the_cluster(etcd, tmp_path):
-    from bench._cluster import Replicas
-    from tests.conftest import base_config
-
     replicas = await asyncio.to_thread(Replicas, base_config("stub", "stub"), etcd.endpoints, 2, 2.0, str(tmp_path))
     try:
         async with aiohttp.ClientSession() as session:
@@ -136,3 +137,32 @@ async def test_info_metrics_and_ready_show_the_cluster(etcd, tmp_path):
                 assert "proxy_cluster_lease_valid 0.0" in await response.text()
     finally:
         await asyncio.to_thread(replicas.stop)
+
+
+@pytest.mark.docker
+async def test_all_replicas_leaving_at_once_leave_no_container_running(tmp_path):
+    """SIGTERM to every replica at the same moment: each marks itself leaving in etcd before it looks for a
+    taker, so the last to mark hands nothing to a leaver; it claims what the others let go of and stops it."""
+    if etcd_binary() is None:
+        pytest.skip("etcd not installed")
+    await ensure_image("docker")
+    socket, proxy_id = default_docker_socket(), f"fa{uuid.uuid4().hex[:8]}"
+    with Etcd(3) as etcd:
+        replicas = await asyncio.to_thread(Replicas, config(socket, proxy_id, 60.0), etcd.endpoints, 3, 2.0,
+                                           str(tmp_path))
+        try:
+            members = [Member(f"r{port}", "") for port in replicas.ports]
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+                for i, port in enumerate(replicas.ports):  # one key owned by each replica
+                    key = next(k for k in (f"a{n}" for n in range(500))
+                               if rendezvous(f"svc/{k}", members) == members[i])
+                    async with session.get(f"http://127.0.0.1:{port}/k/{key}/v2/health/ready") as response:
+                        assert response.status == 200
+            assert len(await running_containers(socket, proxy_id)) == 3
+            for i in range(3):
+                replicas.kill(i, signal.SIGTERM)
+            assert [await replicas.exited(i) for i in range(3)] == [0, 0, 0]
+            assert await running_containers(socket, proxy_id) == []
+        finally:
+            await asyncio.to_thread(replicas.stop)
+            await remove_containers(socket, proxy_id)

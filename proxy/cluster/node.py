@@ -61,7 +61,7 @@ class Node:
         try:
             while (leavers := await self.store.leavers()) and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.2)
-            taken = await self.ownership.sweep()
+            taken = await self.ownership.sweep(fresh=True)
         except StoreUnavailable:
             return
         log.info("cluster_last_out", replica=self.store.me.id, orphans=taken, still_leaving=sorted(leavers))

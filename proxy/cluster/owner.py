@@ -179,9 +179,12 @@ class Ownership:
                     return member
         raise OwnerMoving(f"owner {holder} is not a live member")
 
-    async def sweep(self) -> int:
+    async def sweep(self, fresh: bool = False) -> int:
         """Claim orphans: running instances whose key nobody owns (the owner died and no request came since)
-        are claimed and adopted by their rendezvous choice, so none runs on without an idle timer; how many."""
+        are claimed and adopted by their rendezvous choice, so none runs on without an idle timer; how many.
+        `fresh`: the owners remembered from forwarding are forgotten first (the last replica out asks etcd)."""
+        if fresh:
+            self._owners.clear()
         try:
             listed = await self.backend.list_instances()
         except BackendError:
