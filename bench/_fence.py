@@ -113,7 +113,7 @@ async def _events(socket: str, proxy_id: str, since: float, until: float) -> lis
     filters = json.dumps({"type": ["container"], "label": [f"{LABEL_PROXY_ID}={proxy_id}"]})
     connector = aiohttp.UnixConnector(path=socket.removeprefix("unix://"))
     async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.get("http://docker/events", params={"since": str(int(since)), "until": str(int(until) + 1),
+        async with session.get("http://docker/events", params={"since": f"{since:.3f}", "until": f"{until + 1:.3f}",
                                                                "filters": filters}) as response:
             return [json.loads(line) for line in (await response.read()).decode().splitlines() if line.strip()]
 

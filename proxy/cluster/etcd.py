@@ -96,8 +96,8 @@ class EtcdStore(OwnershipStore):
             await self._grant()
             return
         began = now()
-        answer = (await self._call("/v3/lease/keepalive", {"ID": self.lease_id},
-                                   budget=self.lease_ttl / 3)).get("result", {})
+        budget = max(self.lease_ttl / 3, self.valid_until - began)  # keep trying while the validity lasts
+        answer = (await self._call("/v3/lease/keepalive", {"ID": self.lease_id}, budget=budget)).get("result", {})
         if int(answer.get("TTL", 0)) <= 0:  # expired while we could not renew it: every claim of it is gone
             log.warning("cluster_lease_lost", replica=self.me.id)
             self.void()
@@ -120,10 +120,13 @@ class EtcdStore(OwnershipStore):
                                key=lambda m: m.id)
 
     async def _keep_alive(self) -> None:
+        failed = False
         while True:
-            await asyncio.sleep(self.lease_ttl / 3)
+            await asyncio.sleep(RETRY_PAUSE if failed else self.lease_ttl / 3)  # after a failure: again at once
+            failed = True
             try:
                 await self._renew()
+                failed = False
                 await self._refresh_members()
             except StoreUnavailable as exc:
                 log.warning("cluster_store_unavailable", error=str(exc))
