@@ -242,6 +242,7 @@ async def _round(fault: str, replicas: Replicas, etcd: Etcd, relays: list[Relay]
         "first_200_after_s": round(min(served), 3) if served else None,  # after the fault ended
         "last_failure_s": round(max(d - began for s, d, c in log if c != 200), 3)  # after the fault began
         if any(c != 200 for *_, c in log) else None,
+        "longest_wait_s": round(max((d - s for s, d, _ in log), default=0.0), 3),  # held through the fault
         "max_running_per_key": max(peak.values(), default=0),
         "stops_or_pauses": sum(acted[a] for a in ("stop", "kill", "die", "pause")),
         "starts": acted["start"], "ws_echo_after": all(ws_ok),

@@ -163,10 +163,11 @@ def fault_main(fault: str, ttls: list[float], rounds: int) -> int:
 
     reports = asyncio.run(run())
     table(["lease_ttl s", "fault s", "requests", "by status", "failed before end", "failed sent after",
-           "last failure s", "max running/key", "stops+pauses", "starts", "ws after"],
+           "last failure s", "longest wait s", "max running/key", "stops+pauses", "starts", "ws after"],
           [[r["lease_ttl"], r["fault_s"], r["requests"],
             " ".join(f"{k or 'conn'}:{v}" for k, v in r["by_status"].items()),
-            r["failed_before_end"], r["failed_sent_after"], r["last_failure_s"], r["max_running_per_key"],
+            r["failed_before_end"], r["failed_sent_after"], r["last_failure_s"], r["longest_wait_s"],
+            r["max_running_per_key"],
             r["stops_or_pauses"], r["starts"], r["ws_echo_after"]] for r in reports],
           title=f"fault {fault} on the owner of {reports[0]['keys']} keys under traffic through the two other replicas")
     summary("failover", {"fault": fault, "rounds": reports})
