@@ -94,7 +94,8 @@ class Etcd:
 
 def replica_config(base: dict[str, Any], endpoints: list[str], port: int, lease_ttl: float = 2.0) -> dict[str, Any]:
     """`base` joined to the etcd cluster as the replica listening on `port`."""
-    return {**base, "admin": SEED_ENDPOINTS, "cluster": {"store": "etcd", "endpoints": endpoints, "advertise": f"http://127.0.0.1:{port}",
+    admin = {**SEED_ENDPOINTS, "on_proxy_port": [*SEED_ENDPOINTS["on_proxy_port"], "ready"]}
+    return {**base, "admin": admin, "cluster": {"store": "etcd", "endpoints": endpoints, "advertise": f"http://127.0.0.1:{port}",
                                 "replica_id": f"r{port}", "lease_ttl": f"{lease_ttl}s"}}
 
 
@@ -113,12 +114,13 @@ class Replicas:
     """`count` replicas of `base` on one etcd, each logging to `logdir`."""
 
     def __init__(self, base: dict[str, Any], endpoints: list[str], count: int, lease_ttl: float,
-                 logdir: str) -> None:
+                 logdir: str, endpoints_of: dict[int, list[str]] | None = None) -> None:
+        """`endpoints_of`: other etcd endpoints for some replicas, by index (a relay a test can cut)."""
         self.ports = [free_port() for _ in range(count)]
         self.servers: list[Server] = []
         try:
-            for port in self.ports:
-                self.servers.append(replica(base, endpoints, port, lease_ttl,
+            for i, port in enumerate(self.ports):
+                self.servers.append(replica(base, (endpoints_of or {}).get(i, endpoints), port, lease_ttl,
                                             log=os.path.join(logdir, f"r{port}.log")))
             wait_members(self.ports, timeout=5 + 2 * lease_ttl)
         except BaseException:

@@ -2,6 +2,11 @@
 and what failed.
 
     python -m bench.failover [--rounds 3] [--ttl 2 5] [--signal kill|term] [--quick | --smoke]
+    python -m bench.failover --fault freeze|partition|leader [--rounds 1] [--ttl 2]
+
+`--fault`: the owner frozen (SIGSTOP/SIGCONT) or cut off etcd (a relay blackholed) for three lease ttls, or
+etcd's leader killed, under traffic over three keys with sleep_after shorter than the fault (bench/_fence.py):
+failed requests, time to serve again, containers per key, stops or pauses by anyone during the round.
 
 `--signal term` is a rolling restart's step instead: the owner drains, hands its running container over
 (`cluster.handover`) and revokes its lease, so the gap is a drain and an adoption, not a lease expiry.
@@ -33,6 +38,7 @@ from backends.docker import default_docker_socket
 from backends.image import DEFAULT_TAG, ensure_image
 from bench._cluster import Etcd, Replicas, remove_containers, running_containers, starts
 from bench._common import summary, table, timed_get
+from bench._fence import FAULTS, healthy, run_fault
 
 CLIENTS = 8
 KILL_AT = 3.0  # seconds of traffic before the kill
@@ -123,10 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ttl", type=float, nargs="+", default=[2.0, 5.0], help="cluster.lease_ttl values")
     parser.add_argument("--signal", choices=["kill", "term"], default="kill",
                         help="SIGKILL the owner (failover by lease expiry) or SIGTERM it (drain and handover)")
+    parser.add_argument("--fault", choices=FAULTS, help="a fault on the owner (or etcd's leader) instead of a kill")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="one round per ttl")
     size.add_argument("--smoke", action="store_true", help="one round, ttl 2 s, 6 s after the kill")
     args = parser.parse_args(argv)
+    if args.fault:
+        return fault_main(args.fault, args.ttl if args.ttl != [2.0, 5.0] else [2.0], 1 if args.quick or args.smoke
+                          else args.rounds)
     ttls, rounds, after = ([2.0], 1, 6.0) if args.smoke else (args.ttl, 1 if args.quick else args.rounds, None)
     sig = signal.SIGTERM if args.signal == "term" else signal.SIGKILL
     reports = asyncio.run(main_async(ttls, rounds, after, sig))
@@ -140,6 +150,28 @@ def main(argv: list[str] | None = None) -> int:
     ok = all(r["failed_sent_after"] == 0 and r["same_container_after"] and r["survivor_starts"] == 0
              and r["gap_s"] is not None and r["gap_s"] < r["lease_ttl"] + 5 for r in reports)
     return 0 if ok else 1
+
+
+def fault_main(fault: str, ttls: list[float], rounds: int) -> int:
+    async def run() -> list[dict[str, Any]]:
+        reports = []
+        for ttl in ttls:
+            for _ in range(rounds):
+                reports.append(await run_fault(fault, ttl))
+                print(f"# {fault} ttl {ttl:g}s: {reports[-1]}", flush=True)
+        return reports
+
+    reports = asyncio.run(run())
+    table(["lease_ttl s", "fault s", "requests", "by status", "failed before end", "failed sent after",
+           "last failure s", "longest wait s", "max running/key", "stops+pauses", "starts", "ws after"],
+          [[r["lease_ttl"], r["fault_s"], r["requests"],
+            " ".join(f"{k or 'conn'}:{v}" for k, v in r["by_status"].items()),
+            r["failed_before_end"], r["failed_sent_after"], r["last_failure_s"], r["longest_wait_s"],
+            r["max_running_per_key"],
+            r["stops_or_pauses"], r["starts"], r["ws_echo_after"]] for r in reports],
+          title=f"fault {fault} on the owner of {reports[0]['keys']} keys under traffic through the two other replicas")
+    summary("failover", {"fault": fault, "rounds": reports})
+    return 0 if all(healthy(r) for r in reports) else 1
 
 
 if __name__ == "__main__":

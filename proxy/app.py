@@ -21,6 +21,7 @@ from proxy.errors import DETAIL, json_errors
 from proxy.adaptive import AdaptivePrewarm
 from proxy.autoscale import ScaleCollector
 from proxy.capacity import Capacity
+from proxy.cluster.metrics import ClusterCollector
 from proxy.cluster.node import join
 from proxy.events import Event, EventBus, State, StopReason, Transition
 from proxy.fastpath import FastPath
@@ -81,6 +82,8 @@ class Proxy:
         self.adaptive = AdaptivePrewarm(config, self.registry, clock,
                                         self.node.ownership.runs_here if self.node else None)
         self.metrics.prom.register(ScaleCollector(self.scalers))
+        if self.node is not None:
+            self.metrics.prom.register(ClusterCollector(self.node.ownership))
         self._resources: dict[web.AbstractResource, RouteGroup[RouteHandler]] = {}
         self.started = time.time()
         self.bus.subscribe(_log_transition)
@@ -231,6 +234,7 @@ async def info(request: web.Request) -> web.Response:
                               "keepalive": bool(c.keepalive), "cron_jobs": len(c.cron)}
                        for name, c in config.containers.items()},
         "max_body_size": config.max_body_size,
+        **({"cluster": proxy.node.info()} if proxy.node is not None else {}),
     })
 
 

@@ -128,6 +128,8 @@ def parser() -> argparse.ArgumentParser:
     sleep = commands.add_parser("sleep-after", help="per-key sleep_after (seconds, or `default`)")
     sleep.add_argument("key")
     sleep.add_argument("seconds")
+    members = commands.add_parser("members", help="the cluster's live replicas, as this one sees them")
+    members.add_argument("-o", "--output", choices=("table", "json"), default="table", help="table (default) or json")
     run = commands.add_parser("exec", help="run a command in the instance: ctl exec KEY [--timeout S] -- argv...")
     run.add_argument("key")
     run.add_argument("--timeout", type=float)
@@ -135,6 +137,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def dispatch(args: argparse.Namespace, client: Client) -> int:
+    if args.command == "members":
+        cluster = client.json("GET", "/info").get("cluster")
+        if cluster is None:
+            raise Failure(USAGE, "this proxy is not clustered (cluster.store: none)")
+        print(json.dumps(cluster, indent=2) if args.output == "json" else members_table(cluster))
+        return OK
     if args.command == "status" and args.key is None:
         listing = client.json("GET", "/admin/keys")
         print(json.dumps(listing, indent=2) if args.output == "json" else table(listing["keys"]))
@@ -172,6 +180,20 @@ def table(keys: list[dict[str, Any]], now: float | None = None) -> str:
                          str(k["start_count"])) for k in sorted(keys, key=lambda k: (k["container"], k["key"]))]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def members_table(cluster: dict[str, Any]) -> str:
+    """`ctl members` for a person: one row per live member (`*`: the replica asked), then its lease."""
+    me = cluster["replica"]
+    rows = [("MEMBER", "URL")] + [(("* " if m["id"] == me else "  ") + m["id"], m["url"])
+                                  for m in cluster["members"]]
+    width = max(len(row[0]) for row in rows)
+    lease = (f"valid for {cluster['lease_valid_for']:g}s" if cluster["lease_valid"] else "NOT VALID")
+    lines = [f"{a.ljust(width)}  {b}" for a, b in rows]
+    lines.append(f"replica {me}: lease {lease} (ttl {cluster['lease_ttl']:g}s, epoch {cluster['epoch']}), "
+                 f"{len(cluster['owned_keys'])} keys owned, {cluster['forwarded_requests']} requests forwarded, "
+                 f"{cluster['store_errors']} etcd errors")
+    return "\n".join(lines)
 
 
 def duration(seconds: float) -> str:

@@ -73,6 +73,14 @@ class NotWarm(Refusal):
     status, error, retry_after = 503, "not warm", 1.0
 
 
+class Fenced(Refusal):
+    """Clustered: this replica's lease is not certainly valid, so it may not act on the key (another replica
+    may own it now); the request is asked again once the ownership is resolved."""
+
+    status, error, retry_after = 503, "owner moving", 1.0
+    public = "the replica serving this app is changing; try again shortly"
+
+
 class StartFailed(Refusal):
     """The backend refused or the instance died while starting; the next request retries."""
 

@@ -22,7 +22,8 @@ from proxy.boost import settle, settle_soon
 from proxy.breaker import Breaker
 from proxy.capacity import Capacity
 from proxy.config import ContainerClass, Readiness
-from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, RuntimeUnreachable, StartFailed, StartTimeout
+from proxy.errors import (BreakerOpen, CapacityExceeded, Fenced, NotWarm, RuntimeUnreachable, StartFailed,
+                          StartTimeout)
 from proxy.events import ACTIVE, BreakerOpened, ColdWait, EventBus, Happening, State, StopReason, Transition
 from proxy.manager_health import Health
 from proxy.manager_pause import LIVE, consume_exception
@@ -40,6 +41,16 @@ class InstancePools(Protocol):
     def forget(self, instance: Instance) -> None: ...
 
 
+class Fence(Protocol):
+    """Clustered only (proxy/cluster/owner.py): may this replica act on the manager's key now. `holds` is
+    asked, without awaiting, before every start, resume, pause and idle stop; `confirm` asks the store right
+    before a running instance is stopped or paused. Unclustered there is no fence and nothing is asked."""
+
+    def holds(self, manager: Manager) -> bool: ...
+
+    async def confirm(self, manager: Manager) -> bool: ...
+
+
 @dataclass(frozen=True)
 class Services:
     """What every manager shares: the runtime, the event bus, the capacity count, readiness, pools."""
@@ -49,6 +60,7 @@ class Services:
     capacity: Capacity
     prober: Prober
     pools: InstancePools
+    fence: Fence | None = None
 
 
 @dataclass(slots=True)
@@ -171,12 +183,14 @@ class Manager(Health):
         order) for a slot and then begins it. Until then the state stays stopped/failed and that task is
         `_start_task`, which every request for this key shares. start_timeout counts from the start."""
         capacity, name = self.services.capacity, self.klass.name
+        self.fenced()
         if (backoff := self.breaker.wait(asyncio.get_running_loop().time())) > 0:  # no backend call at all
             raise BreakerOpen(f"{self.key} keeps failing ({self.last_error}); starts refused for {backoff:.1f}s",
                               retry_after=backoff, key=self.key)
         full = f"container class {name} is at max_instances={self.klass.max_instances}"
 
         def begin() -> None:  # no await between a slot found free (or handed over) and its claim
+            self.fenced()  # a wait for a slot may have outlasted this replica's lease
             self._start_deadline = asyncio.get_running_loop().time() + self.klass.start_timeout
             self._transition(State.STARTING, reason)  # claims the slot
             self._start_task = asyncio.create_task(self._run_start(spec or self.klass.spec),
@@ -306,6 +320,8 @@ class Manager(Health):
         self._idle_handle = None
         if self.state not in LIVE or self.in_flight:
             return  # the last request's release re-arms the timer
+        if (fence := self.services.fence) is not None and not fence.holds(self):
+            return  # clustered, and the key may be another replica's now: its instance is left alone
         now = asyncio.get_running_loop().time() + 0.001
         if self.sleep_after > 0 and now >= self.last_activity + self.sleep_after:
             self._begin_stop(StopReason.IDLE)
@@ -331,6 +347,9 @@ class Manager(Health):
         instance = self.instance
         try:
             await self._drain(drain)
+            if instance is not None and not await self.confirmed():
+                log.warning("stop_not_confirmed", key=self.key, container=self.klass.name, reason=reason.value)
+                instance = None  # not this replica's to stop any more: the manager lets go of it untouched
             if instance is not None:
                 if paused:
                     await self._thaw(instance)
@@ -361,6 +380,16 @@ class Manager(Health):
                 if delay is None:
                     return
                 await asyncio.sleep(delay)
+
+    def fenced(self) -> None:
+        """Raise `Fenced` when clustered and this replica may not act on the key now."""
+        if (fence := self.services.fence) is not None and not fence.holds(self):
+            raise Fenced(f"{self.key} is not certainly owned by this replica", key=self.key)
+
+    async def confirmed(self) -> bool:
+        """Right before a stop or pause of a running instance: still this replica's (unclustered: always)."""
+        fence = self.services.fence
+        return fence is None or await fence.confirm(self)
 
     def cancel_start(self) -> bool:
         """Give up a start in progress (at shutdown, after the drain: nobody waits for it any more); its

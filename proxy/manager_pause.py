@@ -56,6 +56,12 @@ class Pausing:
     def _begin_stop(self, reason: StopReason) -> asyncio.Task[None] | None:
         raise NotImplementedError
 
+    def fenced(self) -> None:
+        raise NotImplementedError
+
+    async def confirmed(self) -> bool:
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ pause
 
     def _pausable(self) -> Pausable:
@@ -79,6 +85,7 @@ class Pausing:
 
     def _begin_pause(self, backend: Pausable, instance: Instance, drain: float, reason: str) -> asyncio.Task[None]:
         """`paused` now, with no await before it: a request that comes later waits and resumes it."""
+        self.fenced()
         self._transition(State.PAUSED, reason)
         self._pause_task = task = asyncio.create_task(self._run_pause(backend, instance, drain),
                                                       name=f"pause:{self.key}")
@@ -94,6 +101,8 @@ class Pausing:
     async def _run_pause(self, backend: Pausable, instance: Instance, drain: float) -> None:
         await self._drain(drain)
         try:
+            if not await self.confirmed():
+                raise RuntimeError("not confirmed as the key's owner")  # clustered: not ours to pause any more
             await backend.pause(instance)
         except Exception as exc:  # noqa: BLE001 - the instance goes on running; the caller hears why
             error = f"pause failed: {type(exc).__name__}: {exc}"
@@ -115,6 +124,7 @@ class Pausing:
         """The one resume of this pause, which every request for the key shares."""
         if self._resume_task is None or self._resume_task.done():
             assert self.instance is not None
+            self.fenced()
             self._resume_task = asyncio.create_task(self._run_resume(self.instance, reason),
                                                     name=f"resume:{self.key}")
             self._resume_task.add_done_callback(consume_exception)

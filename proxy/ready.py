@@ -1,4 +1,5 @@
-"""Whether this proxy can serve: the backend answers (a cached ping) and, clustered, the replica has joined.
+"""Whether this proxy can serve: the backend answers (a cached ping) and, clustered, the replica holds a valid
+lease (it has joined and etcd confirmed the lease within its ttl: it may act on its keys).
 
 `/health` is liveness (the process answers); `/ready` is this, for compose healthchecks and Kubernetes
 readiness probes. The ping is cached for `REFRESH` seconds and shared by concurrent probes, so a probe
@@ -80,7 +81,7 @@ async def readiness(backend: BackendCheck, node: Any) -> tuple[bool, dict[str, A
         cluster = node.status()
         body["cluster"] = cluster
         if not cluster.get("joined") and reason is None:
-            body["reason"] = "not joined to the cluster yet"
+            body["reason"] = "cluster lease not valid (not joined yet, or etcd unreachable)"
     ready = "reason" not in body
     body["status"] = "ready" if ready else "unavailable"
     return ready, body

@@ -14,15 +14,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import time
 from typing import Any
 
 import aiohttp
 import structlog
 
-from proxy.cluster.store import Member, OwnershipStore, StoreUnavailable
+from proxy.cluster.store import Member, OwnershipStore, StoreUnavailable, now
 
 log = structlog.get_logger("proxy.cluster")
+RETRY_PAUSE = 0.1  # seconds between rounds over the endpoints (an election takes a few hundred ms)
 
 
 def _b64(text: str) -> str:
@@ -52,62 +52,88 @@ class EtcdStore(OwnershipStore):
 
     # ---------------------------------------------------------------- the gateway
 
-    async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST to the first endpoint that answers (the one that did stays first)."""
+    async def _call(self, path: str, body: dict[str, Any], budget: float | None = None) -> dict[str, Any]:
+        """POST to the first endpoint that answers (the one that did stays first). An endpoint that fails (down,
+        or a member without a leader while one is elected) is followed by the next one, round after round,
+        within `budget` seconds (a lease ttl by default): the death of etcd's leader costs a retry, not a 503."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+        deadline = now() + (self.lease_ttl if budget is None else budget)
         last = ""
-        for i, endpoint in enumerate(list(self.endpoints)):
-            try:
-                async with self._session.post(endpoint + path, json=body) as response:
-                    payload: dict[str, Any] = await response.json(content_type=None)
-                    if response.status != 200:
-                        raise StoreUnavailable(f"etcd {path}: {response.status} {payload.get('error', '')}")
-                    if i:
-                        self.endpoints.insert(0, self.endpoints.pop(i))
-                    return payload
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
-                last = f"{endpoint}: {type(exc).__name__}: {exc}"
-        raise StoreUnavailable(f"etcd unreachable ({last})")
+        while True:
+            for i, endpoint in enumerate(list(self.endpoints)):
+                left = deadline - now()
+                if left <= 0:
+                    self.errors += 1
+                    raise StoreUnavailable(f"etcd unreachable ({last})")
+                try:
+                    async with self._session.post(endpoint + path, json=body,
+                                                  timeout=aiohttp.ClientTimeout(total=min(self.timeout, left))
+                                                  ) as response:
+                        payload: dict[str, Any] = await response.json(content_type=None)
+                        if response.status != 200:
+                            last = f"{endpoint}: {response.status} {payload.get('error', '')}"
+                            continue
+                        if i:
+                            self.endpoints.insert(0, self.endpoints.pop(i))
+                        return payload
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+                    last = f"{endpoint}: {type(exc).__name__}: {exc}"
+            await asyncio.sleep(min(RETRY_PAUSE, max(0.0, deadline - now())))
 
     async def _grant(self) -> None:
-        began = time.monotonic()
+        began = now()
         granted = await self._call("/v3/lease/grant", {"TTL": max(1, round(self.lease_ttl))})
         self.lease_id = granted["ID"]
         await self._call("/v3/kv/put", {"key": _b64(f"{self.prefix}members/{self.me.id}"), "value": _b64(self.me.url),
                                         "lease": self.lease_id})
-        self.valid_until = began + self.lease_ttl
+        self.valid_until = 0.0
+        self.renewed(began)
         self.epoch += 1
 
     async def _renew(self) -> None:
         if not self.lease_id:  # etcd was away when we started
             await self._grant()
             return
-        began = time.monotonic()
-        answer = (await self._call("/v3/lease/keepalive", {"ID": self.lease_id})).get("result", {})
+        began = now()
+        budget = max(self.lease_ttl / 3, self.valid_until - began)  # keep trying while the validity lasts
+        answer = (await self._call("/v3/lease/keepalive", {"ID": self.lease_id}, budget=budget)).get("result", {})
         if int(answer.get("TTL", 0)) <= 0:  # expired while we could not renew it: every claim of it is gone
             log.warning("cluster_lease_lost", replica=self.me.id)
             self.void()
             await self._grant()
         else:
-            self.valid_until = began + self.lease_ttl
+            self.renewed(began)
+
+    def _range(self, folder: str) -> dict[str, Any]:
+        prefix = f"{self.prefix}{folder}/"
+        return {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))}
+
+    def _listed(self, folder: str, found: dict[str, Any]) -> dict[str, str]:
+        """{name: value} of a range over `folder`."""
+        cut = len(f"{self.prefix}{folder}/")
+        return {_text(kv["key"])[cut:]: _text(kv.get("value", "")) for kv in found.get("kvs", ())}
 
     async def _refresh_members(self) -> None:
-        prefix = f"{self.prefix}members/"
-        found = await self._call("/v3/kv/range", {"key": _b64(prefix), "range_end": _b64(_prefix_end(prefix))})
-        self._members = sorted((Member(_text(kv["key"])[len(prefix):], _text(kv["value"]))
-                                for kv in found.get("kvs", ())), key=lambda m: m.id)
+        found = await self._call("/v3/kv/range", self._range("members"))
+        self._members = sorted((Member(i, url) for i, url in self._listed("members", found).items()),
+                               key=lambda m: m.id)
 
     async def _keep_alive(self) -> None:
+        failed = False
         while True:
-            await asyncio.sleep(self.lease_ttl / 3)
+            await asyncio.sleep(RETRY_PAUSE if failed else self.lease_ttl / 3)  # after a failure: again at once
+            failed = True
             try:
                 await self._renew()
+                failed = False
                 await self._refresh_members()
             except StoreUnavailable as exc:
                 log.warning("cluster_store_unavailable", error=str(exc))
             except Exception as exc:  # noqa: BLE001 - the renewal loop must outlive any one failure
                 log.warning("cluster_renew_failed", error=f"{type(exc).__name__}: {exc}")
+            if self.lease_id and not self.valid():  # lapsed: our claims may be another's by now
+                self.lapsed()
 
     # ---------------------------------------------------------------- the port
 
@@ -126,10 +152,11 @@ class EtcdStore(OwnershipStore):
                 await self._task
         with contextlib.suppress(StoreUnavailable):
             if self.lease_id:
-                await self._call("/v3/lease/revoke", {"ID": self.lease_id})
-        self.valid_until = 0.0
+                await self._call("/v3/lease/revoke", {"ID": self.lease_id}, budget=self.timeout)
+        self.lease_id, self.valid_until = "", 0.0
         if self._session is not None:
             await self._session.close()
+            self._session = None
 
     async def members(self) -> list[Member]:
         if not self._members:
@@ -143,6 +170,38 @@ class EtcdStore(OwnershipStore):
 
     def view(self) -> list[Member]:
         return self._members
+
+    async def confirm(self, unit: str) -> bool:
+        """One transaction: the key's owner record names us and is attached to our current lease."""
+        if not self.valid():
+            return False
+        key = _b64(f"{self.prefix}owners/{unit}")
+        try:
+            answer = await self._call("/v3/kv/txn", {
+                "compare": [{"key": key, "target": "VALUE", "result": "EQUAL", "value": _b64(self.me.id)},
+                            {"key": key, "target": "LEASE", "result": "EQUAL", "lease": self.lease_id}],
+                "success": [], "failure": []}, budget=self.lease_ttl / 2)
+        except StoreUnavailable as exc:
+            log.warning("cluster_confirm_failed", key=unit, error=str(exc))
+            return False
+        return bool(answer.get("succeeded")) and self.valid()
+
+    async def leave(self) -> list[Member]:
+        """Mark `leaving/<me>` under our lease and read members and marks in the same transaction."""
+        if not self.lease_id:
+            raise StoreUnavailable("never joined")
+        mark = _b64(f"{self.prefix}leaving/{self.me.id}")
+        answer = await self._call("/v3/kv/txn", {"compare": [], "success": [
+            {"request_put": {"key": mark, "value": _b64(self.me.url), "lease": self.lease_id}},
+            {"request_range": self._range("members")}, {"request_range": self._range("leaving")}]})
+        members, leaving = (self._listed(folder, answer["responses"][i]["response_range"])
+                            for i, folder in ((1, "members"), (2, "leaving")))
+        return [Member(i, url) for i, url in sorted(members.items()) if i not in leaving and i != self.me.id]
+
+    async def leavers(self) -> set[str]:
+        """The other replicas marked leaving whose lease still lives (still shutting down)."""
+        found = await self._call("/v3/kv/range", self._range("leaving"))
+        return set(self._listed("leaving", found)) - {self.me.id}
 
     async def owner(self, unit: str) -> str | None:
         found = await self._call("/v3/kv/range", {"key": _b64(f"{self.prefix}owners/{unit}")})

@@ -20,7 +20,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from proxy.cluster.owner import NotOwner, OwnerMoving, Ownership
+from proxy.cluster.owner import ClusterUnavailable, NotOwner, OwnerMoving, Ownership
 from proxy.cluster.store import Member
 from proxy.errors import UpstreamError, refusal_response
 from proxy.forward import HOP_BY_HOP, PEER_MARK, forward_websocket, is_websocket, upstream_headers
@@ -68,19 +68,24 @@ class Forwarder:
         while True:
             try:
                 owner = await self.ownership.locate(container, key, forwarded)
-            except NotOwner as refusal:  # from a peer: it asks the store and sends the request on itself
+            except (NotOwner, ClusterUnavailable, OwnerMoving) as refusal:
+                if not forwarded:
+                    raise
+                # From a peer: it asks the store (or waits for it) and sends the request on itself; an empty
+                # holder says "not here, nobody certain yet" (this replica cannot confirm its ownership).
                 answer = refusal_response(refusal, request_id_of(request))
-                answer.headers[OWNER_HEADER] = refusal.holder
+                answer.headers[OWNER_HEADER] = refusal.holder if isinstance(refusal, NotOwner) else ""
                 return answer
             if owner is None:
                 return None
             try:
+                self.ownership.forwarded += 1
                 return await self._send(request, owner, open_sockets)
             except Misdirected as exc:
                 # Our view was stale (or another replica claimed first): the store knows the holder now.
                 self.ownership.forget(container, key)
                 misdirected += 1
-                if time.monotonic() >= deadline:
+                if misdirected > 2 and time.monotonic() >= deadline:  # a first answer may come late (a freeze)
                     raise OwnerMoving(f"{owner.id} is not the owner of {key} ({exc})", key=key) from None
                 if misdirected > 1:
                     await asyncio.sleep(RETRY_EVERY)
@@ -111,6 +116,8 @@ class Forwarder:
                 if isinstance(refused, aiohttp.WSServerHandshakeError) and refused.headers is not None \
                         and (holder := refused.headers.get(OWNER_HEADER)) is not None:
                     raise Misdirected(owner.id, holder) from None
+                if isinstance(refused, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)):
+                    raise refused from None  # no handshake happened: held and sent again, like a GET
                 raise
         headers = upstream_headers(request)
         headers.update(mark)

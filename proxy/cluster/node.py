@@ -20,6 +20,7 @@ from proxy.registry import Registry
 log = structlog.get_logger("proxy.cluster")
 
 SWEEP_EVERY = 5.0  # seconds between looks for running instances nobody owns (a dead owner's, no request since)
+ORPHAN_WAIT = 3  # lease ttls the last replica out waits for the other leavers to be gone
 
 
 class Node:
@@ -43,14 +44,27 @@ class Node:
         if not self.handover:
             return False
         try:
-            peers = [m for m in await self.store.refresh() if m.id != self.store.me.id]
+            peers = await self.store.leave()  # marked leaving in etcd first: a peer leaving too is not a taker
         except StoreUnavailable:
-            return False  # nobody can be told: stop them, leave no instance without an owner
-        if not peers:
+            return False  # nobody can be told: stop what etcd confirms is ours
+        if not peers:  # the last one out: it stops the instances, those the other leavers let go of too
+            await self._take_orphans()
             return False
         keys = self.ownership.release()
         log.info("cluster_handover", replica=self.store.me.id, keys=keys, peers=len(peers))
         return True
+
+    async def _take_orphans(self) -> None:
+        """The last replica out: once the other leavers are gone (their leases revoked or expired, at most
+        ORPHAN_WAIT lease ttls), claim every running instance nobody owns, so the shutdown's stop stops it."""
+        deadline = asyncio.get_running_loop().time() + ORPHAN_WAIT * self.store.lease_ttl
+        try:
+            while (leavers := await self.store.leavers()) and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.2)
+            taken = await self.ownership.sweep(fresh=True)
+        except StoreUnavailable:
+            return
+        log.info("cluster_last_out", replica=self.store.me.id, orphans=taken, still_leaving=sorted(leavers))
 
     async def close(self) -> None:
         """Give the lease up (after the owned keys' instances were stopped or handed over): peers take the keys
@@ -65,8 +79,19 @@ class Node:
     def status(self) -> dict[str, object]:
         """This replica in the cluster as /health shows it: joined (it holds its lease) and the members it sees
         (a harness waits for every replica to see all of them before it sends traffic)."""
-        return {"replica": self.store.me.id, "joined": self.store.holds_lease(),
+        return {"replica": self.store.me.id, "joined": self.store.valid(),
                 "members": [member.id for member in self.store.view()]}
+
+    def info(self) -> dict[str, object]:
+        """The cluster section of /info and `ctl members`: this replica, its lease and what it owns."""
+        loop = asyncio.get_running_loop()
+        store = self.store
+        return {"replica": store.me.id, "url": store.me.url, "store": "etcd", "endpoints": list(store.endpoints),
+                "lease_ttl": store.lease_ttl, "lease_valid": store.valid(), "epoch": store.epoch,
+                "lease_valid_for": round(max(0.0, store.valid_until - loop.time()), 3),
+                "members": [{"id": m.id, "url": m.url} for m in store.view()],
+                "owned_keys": sorted(f"{c}/{k}" for c, k in self.ownership.owned),
+                "forwarded_requests": self.ownership.forwarded, "store_errors": store.errors}
 
     async def _sweep(self) -> None:
         while True:

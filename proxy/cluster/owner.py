@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import structlog
@@ -67,9 +68,40 @@ class Ownership:
         self._flights: dict[tuple[Unit, bool], asyncio.Future[Member | None]] = {}
         self._listing: tuple[float, asyncio.Future[list[Instance]]] | None = None  # (when, list_instances)
         store.on_void.append(self._void)
+        store.on_lapse.append(self._lapse)
         self._lb_members = {(r.container, member_key(r.key, i)): r.key
                             for r in config.routes if r.mode == "lb" for i in range(r.pool_size)}
         registry.admits = self.owns_instance
+        registry.services = replace(registry.services, fence=self)  # before any manager is made
+        self.forwarded = 0  # requests sent on to their owner (a metric)
+
+    # ---------------------------------------------------------------- the fence (proxy/manager.py's Fence)
+
+    def holds(self, manager: Manager) -> bool:
+        """May this replica act on the manager's key now: the lease is valid, the key's unit is claimed under
+        it and the manager is the registry's (not one let go of). Synchronous: read when the caller runs,
+        so an idle timer firing after a freeze sees the lapse before anything else could tell it. A lapse
+        seen here drops every owned key to passive at once."""
+        if not self.store.valid():
+            self._lapse()
+            return False
+        unit = self.unit_of(manager.klass.name, manager.key)
+        return unit in self.owned and self.registry.managers.get((manager.klass.name, manager.key)) is manager
+
+    async def confirm(self, manager: Manager) -> bool:
+        """Right before a stop or pause: the store's owner record is ours under our lease (one transaction).
+        Not confirmed: the key is let go of here, its instance untouched (another replica's now, or the sweep's)."""
+        unit = self.unit_of(manager.klass.name, manager.key)
+        if self.holds(manager) and await self.store.confirm(f"{unit[0]}/{unit[1]}") and self.holds(manager):
+            return True
+        log.warning("cluster_action_not_confirmed", container=unit[0], key=unit[1], replica=self.me.id)
+        self._drop(unit)
+        return False
+
+    def _drop(self, unit: Unit) -> None:
+        """Forget one unit's claim and let go of its managers (untouched)."""
+        self.owned.discard(unit)
+        self._detach({unit}, lambda _manager: True)
 
     @property
     def me(self) -> Member:
@@ -77,7 +109,7 @@ class Ownership:
 
     def owns(self, container: str, key: str) -> bool:
         """Served here without asking anyone (the fast path's check)."""
-        return (container, key) in self.owned and self.store.holds_lease()
+        return (container, key) in self.owned and self.store.valid()
 
     def unit_of(self, container: str, key: str) -> Unit:
         """The ownership unit a manager's key belongs to (an lb member's is its pool's route key)."""
@@ -104,7 +136,7 @@ class Ownership:
 
         `forwarded`: the request came from a peer; it is served here or refused, never forwarded again."""
         unit = (container, key)
-        if unit in self.owned and self.store.holds_lease():
+        if unit in self.owned and self.store.valid():
             return None
         if not forwarded and (cached := self._owners.get(unit)) is not None and cached[1] > time.monotonic():
             return cached[0]
@@ -126,7 +158,10 @@ class Ownership:
                 holder = await self.store.claim(name)
             if holder == self.me.id:
                 await self._adopt(unit)
+                if not self.store.valid():  # the lease lapsed while we listed: nothing is certainly ours
+                    raise StoreUnavailable("the lease lapsed while claiming")
                 self.owned.add(unit)
+                self._resume_passive(unit)
                 self._owners.pop(unit, None)
                 return None
             if forwarded:
@@ -144,9 +179,12 @@ class Ownership:
                     return member
         raise OwnerMoving(f"owner {holder} is not a live member")
 
-    async def sweep(self) -> int:
+    async def sweep(self, fresh: bool = False) -> int:
         """Claim orphans: running instances whose key nobody owns (the owner died and no request came since)
-        are claimed and adopted by their rendezvous choice, so none runs on without an idle timer; how many."""
+        are claimed and adopted by their rendezvous choice, so none runs on without an idle timer; how many.
+        `fresh`: the owners remembered from forwarding are forgotten first (the last replica out asks etcd)."""
+        if fresh:
+            self._owners.clear()
         try:
             listed = await self.backend.list_instances()
         except BackendError:
@@ -166,21 +204,51 @@ class Ownership:
         listed for adoption, so it stays with its manager (and is stopped by the shutdown); how many."""
         return self._let_go(lambda manager: manager.state is State.RUNNING)
 
+    def _lapse(self) -> None:
+        """The lease's validity ran out: every key goes passive (its manager stays, acts on nothing, its
+        instance untouched). A request or the sweep claims it again: under the same lease (it never expired
+        in etcd, so nobody else can have owned the key meanwhile) the manager carries on; if the lease was
+        lost, `_void` lets go of the managers first."""
+        if self.owned:
+            log.warning("cluster_lease_invalid", replica=self.me.id, keys=len(self.owned))
+            self.owned = set()
+
+    def _resume_passive(self, unit: Unit) -> None:
+        """A unit claimed again under the lease it was held by: its managers' idle timers run again, counted
+        from now (the claim is activity: a request claiming it is about to use the instance)."""
+        for (container, key), manager in list(self.registry.managers.items()):
+            if self.unit_of(container, key) == unit and manager.state is not State.STOPPED:
+                manager.touch()
+
     def _void(self) -> None:
         """Our lease expired (etcd away too long): forget the claims and let go of their managers, without
-        stopping their instances (another replica may have adopted them); a later request claims again."""
-        lost = self._let_go(lambda _manager: True)
-        log.warning("cluster_claims_void", replica=self.me.id, keys=lost)
+        stopping their instances (another replica may have adopted them); a later request claims again. Every
+        manager goes, passive ones too (their claims went with the lease)."""
+        self.owned = set()
+        units = {self.unit_of(container, key) for container, key in self.registry.managers}
+        self._detach(units, lambda _manager: True)
+        log.warning("cluster_claims_void", replica=self.me.id, keys=len(units))
 
     def _let_go(self, which: Callable[[Manager], bool]) -> int:
         """Forget every claim; drop the owned units' managers that `which` picks (never idle-stopped here any
         more); how many keys were owned."""
         lost, self.owned = self.owned, set()
+        kept = self._detach(lost, which)
+        self.owned = kept  # a key whose manager stays (paused, at a handover) is still this replica's to stop
+        return len(lost)
+
+    def _detach(self, units: set[Unit], which: Callable[[Manager], bool]) -> set[Unit]:
+        """Let go of the managers of `units` that `which` picks; the units of those it did not pick."""
+        kept: set[Unit] = set()
         for (container, key), manager in list(self.registry.managers.items()):
-            if self.unit_of(container, key) in lost and which(manager):
+            if (unit := self.unit_of(container, key)) not in units:
+                continue
+            if which(manager):
                 del self.registry.managers[(container, key)]
                 manager.set_sleep_after(0)  # 0: never idle-stopped by this replica any more
-        return len(lost)
+            elif manager.state is not State.STOPPED:
+                kept.add(unit)
+        return kept
 
     async def _listed(self) -> list[Instance]:
         """The runtime's running instances: one call shared by the claims made within LIST_FRESH seconds, so a
