@@ -180,6 +180,7 @@ async def test_a_frozen_instance_is_replaced_after_the_configured_timeouts(make_
     assert (await h.client.get("/k/frozen/api/health")).status == 200
     m = h.manager("frozen")
     frozen = m.instance.id
+    started_at = (await raw.containers.container(frozen).show())["State"]["StartedAt"]
     events: list[object] = []
     h.proxy.bus.subscribe(events.append)
     await raw.containers.container(frozen).pause()
@@ -188,10 +189,34 @@ async def test_a_frozen_instance_is_replaced_after_the_configured_timeouts(make_
     resp = await h.client.get("/k/frozen/api/health")  # the next one waits for a fresh start
     assert resp.status == 200, await resp.text()
     assert m.start_count == 2
+    # The frozen one was thawed and stopped (podman refuses to stop a paused container) at the first try, then
+    # started afresh (its stopped container restarted: a new StartedAt), not merely unpaused once a stop gave up.
+    assert not m.last_error.startswith("stop failed"), m.last_error
+    if m.instance.id == frozen:
+        assert (await raw.containers.container(frozen).show())["State"]["StartedAt"] != started_at
     assert [e.reason for e in events if isinstance(e, Transition) and e.new is State.STOPPING] == ["unhealthy"]
     info = await raw.containers.container(m.instance.id).show()
     assert info["State"]["Running"] and not info["State"]["Paused"]
     assert all(s == 200 for s in [(await h.client.get("/k/frozen/api/health")).status for _ in range(5)])
+
+
+@pytest.mark.parametrize("reason", ["idle", "admin", "shutdown"])
+async def test_an_instance_paused_from_outside_stops_at_the_first_try(make_proxy, raw, reason):
+    """Every stop path thaws a container someone paused behind the proxy's back (podman refuses to stop one)."""
+    from proxy.events import StopReason
+
+    h = await make_proxy(svc={"sleep_after": "1s"} if reason == "idle" else {})
+    assert (await h.client.get(f"/k/paused-{reason}/api/health")).status == 200
+    m = h.manager(f"paused-{reason}")
+    cid = m.instance.id
+    await raw.containers.container(cid).pause()
+    if reason == "idle":
+        await h.wait_for(lambda: m.state is State.STOPPED, timeout=10)
+    else:
+        await asyncio.wait_for(m.stop(StopReason(reason)), 30)
+    assert m.state is State.STOPPED and not m.last_error.startswith("stop failed"), m.last_error
+    state = (await raw.containers.container(cid).show())["State"]
+    assert not state["Running"] and not state["Paused"], state
 
 
 async def test_a_stop_that_fails_during_an_outage_is_retried_and_leaves_no_orphan(make_proxy, raw, backend_kind):
