@@ -116,12 +116,13 @@ class EngineBackend(EnginePulls):
         self.names = Names(proxy_id)
 
     async def show(self, ref: str) -> dict[str, Any] | None:
-        """Container inspect JSON, or None if it does not exist."""
+        """Container inspect JSON, or None if it does not exist (podman, while it cleans up after a stop or
+        removal, can say so with a 500: "does not exist in database: no such container")."""
         docker = await self._client()
         try:
             return await docker.containers.container(ref).show()
         except aiodocker.DockerError as e:
-            if e.status == 404:
+            if e.status == 404 or "no such container" in str(e.message).lower():
                 return None
             raise
 
