@@ -536,6 +536,16 @@ def test_a_client_that_wants_to_close_is_answered_and_the_connection_closed(fron
     assert len(seen) == 1 and seen[0].body == (body or b""), bad(front, f"upstream saw {len(seen)} requests")
 
 
+@WARM_COLD
+def test_a_chunked_answer_to_an_http10_client_is_unframed_and_ends_with_the_close(front, upstream, route):
+    # HTTP/1.0 knows no chunks: the body is sent as is and its end is the connection's.
+    raw = build_request("GET", entry(route) + "resp?resp=chunked").replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+    answer = read_to_eof(front, raw)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"chunked" not in head.lower(), bad(front, f"{head!r}")
+    assert body == b"".join(RecordingUpstream.CHUNKS), bad(front, f"{body[:200]!r}")
+
+
 AFTER_A_GOOD_REQUEST = [
     pytest.param(b"\x01\x02 not http\r\n\r\n", id="garbage"),
     pytest.param(b"GET /api/b HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", id="bad-content-length"),

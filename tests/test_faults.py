@@ -1,9 +1,15 @@
 """Faults injected from outside the proxy, under concurrent traffic, on real dockerd and podman.
 
-A container stopped or removed behind the proxy's back costs only the requests in flight on it; an idle
-one leaves `running` at once (the runtime's event stream); a daemon outage gives quick 503s, never 502s
-for requests that were not in flight, and leaves nothing `running` at a dead address; an instance that
-runs out of memory says so.
+A container stopped or removed behind the proxy's back costs only the requests in flight on it, and those
+arriving while it stops are held for the restart; an idle one leaves `running` at once (the runtime's event
+stream); a paused (frozen) one is thawed before every stop (podman refuses to stop it paused); a daemon
+outage gives quick 503s with Retry-After, never 502s for requests that were not in flight, and leaves
+nothing `running` at a dead address; an instance that runs out of memory says so.
+
+The tests named `daemon_outage` or `during_an_outage` stop a shared daemon (.ci/daemons.sh): run them alone,
+never while other tests use dockerd/podman. The rest are bounded to well under a minute each:
+
+    pytest -m faults tests/test_faults.py -k "not daemon_outage and not during_an_outage"
 """
 
 from __future__ import annotations
@@ -203,6 +209,40 @@ async def test_daemon_outage_gives_quick_503s_and_nothing_stays_running_at_a_dea
     resp = await h.client.get("/k/warm/api/health")
     assert resp.status == 200, await resp.text()
     assert m.state is State.RUNNING
+
+
+async def test_daemon_outage_under_traffic_gives_503s_not_502s(make_proxy, raw, backend_kind):
+    """The runtime's daemon (dockerd; podman's API service) stopped under traffic over a few keys. dockerd takes
+    its containers with it: a request sent once it is down gets the outage's 503 with Retry-After, never a 502
+    (the instance refused, was silent or dropped the connection, and the runtime cannot be asked why); podman's
+    containers outlive the service and keep serving. Afterwards every key is served again.
+
+    Stops a shared daemon: run it alone (`-k daemon_outage`), never beside other tests."""
+    h = await make_proxy()
+    paths = [f"/k/outage{i}/api/health" for i in range(4)]
+    for path in paths:
+        assert (await h.client.get(path)).status == 200
+    refusals: list[tuple[float, int, str | None]] = []
+    daemons = ["bash", str(ROOT / ".ci/daemons.sh")]
+
+    async def fault() -> None:
+        await asyncio.to_thread(subprocess.run, [*daemons, "down", backend_kind], check=True, timeout=60)
+
+    try:
+        results, began, applied = await traffic(h, paths, 15.0, fault, refusals)
+    finally:
+        await asyncio.to_thread(subprocess.run, [*daemons, "up"], check=True, timeout=300)
+    late = [(status, retry_after) for sent, status, retry_after in refusals if sent > applied]
+    if backend_kind == "podman":
+        assert late == [], late
+    else:
+        assert late and {status for status, _ in late} == {503}, sorted(set(late))
+        assert all(retry_after is not None and int(retry_after) >= 1 for _, retry_after in late), late
+    await h.proxy.reconciler.reconcile_once()
+    for path in paths:
+        resp = await h.client.get(path)
+        assert resp.status == 200, await resp.text()
+    assert await believed_stopped_but_running(h, raw) == []
 
 
 DOCKER = [p for p in ENGINE_PARAMS if p.id == "docker"]
