@@ -96,8 +96,8 @@ class Reconnect:
         try:
             alive = await self.manager.liveness()
             if alive is None:  # the runtime is down too: its containers likely with it; try again soon
-                raise RuntimeUnreachable("the instance refused the connection and the container runtime "
-                                         "cannot be reached", key=self.key)
+                raise RuntimeUnreachable("the instance refused, dropped or ignored the connection and the container "
+                                         "runtime cannot be reached", key=self.key)
             if alive or self.replaced:
                 return ALIVE  # alive after all (or replaced once already): the caller tries again shortly
             self.replaced = True
