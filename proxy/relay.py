@@ -202,8 +202,7 @@ class Exchange(Reconnect):
                 lines.append(b"Transfer-Encoding: chunked\r\n")
             else:  # an HTTP/1.0 client knows no chunks: the body ends with the connection
                 self.client.close_after_write()
-        if not self.client.keeps_alive(self.message):
-            lines.append(b"Connection: close\r\n")
+        lines.append(self._connection_line(self.client.keeps_alive(self.message)))
         lines.append(self.extra_head + b"\r\n")
         if self.extra_head:  # a request that waited for a start (the fast path never does): its first byte
             self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
@@ -242,14 +241,21 @@ class Exchange(Reconnect):
         self.status, self.head_sent = status, True
         keep_alive = self.client.keeps_alive(self.message)
         self.head_len = head_end + 2  # (head_end: before the blank line)
-        if self.extra_head or not keep_alive:  # (on the fast path: neither) the same lines on_head adds
-            data = b"".join((data[:head_end], b"" if keep_alive else b"Connection: close\r\n", self.extra_head,
-                             data[head_end:]))
-            self.head_len += len(self.extra_head) + (0 if keep_alive else len(b"Connection: close\r\n"))
+        if self.extra_head or not keep_alive or not self.fast:  # (on the fast path: none) the lines on_head adds
+            connection = self._connection_line(keep_alive)
+            data = b"".join((data[:head_end], connection, self.extra_head, data[head_end:]))
+            self.head_len += len(self.extra_head) + len(connection)
             if self.extra_head:
                 self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
         self._write(data)
         self.on_end(True)
+
+    def _connection_line(self, keep_alive: bool) -> bytes:
+        """`Connection: close` when the connection ends after this answer; `keep-alive` for an HTTP/1.0 client
+        that asked for it (it keeps a connection only when told so, as nginx tells it); else none."""
+        if not keep_alive:
+            return b"Connection: close\r\n"
+        return b"Connection: keep-alive\r\n" if self.message.version < HttpVersion11 else b""
 
     def on_flush(self) -> None:
         if self.out:
@@ -310,7 +316,8 @@ class Exchange(Reconnect):
         if self.head_sent:
             self.client.close_now()
         else:
-            close = close or not self.client.keeps_alive(self.message)
+            # (an HTTP/1.0 client would not know a refusal's connection stays: it is closed after it)
+            close = close or not self.client.keeps_alive(self.message) or self.message.version < HttpVersion11
             if isinstance(refusal, UpstreamError):
                 refusal.extra["key"] = self.key
             data, self.head_len = refusal_bytes(refusal, close, self.rid, self.handler.error_detail)

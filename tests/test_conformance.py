@@ -547,6 +547,19 @@ def test_a_chunked_answer_to_an_http10_client_is_unframed_and_ends_with_the_clos
     assert body == b"".join(RecordingUpstream.CHUNKS), bad(front, f"{body[:200]!r}")
 
 
+@WARM_COLD
+def test_an_http10_client_asking_for_keep_alive_is_told_and_kept(front, upstream, route):
+    # An HTTP/1.0 client keeps a connection only when the answer says `Connection: keep-alive` (ApacheBench -k
+    # waits for the close otherwise); nginx says it.
+    with RawConnection(front.port) as conn:
+        for n in range(2):
+            conn.send(build_request("GET", entry(route) + f"ka10/{n}", [("Connection", "keep-alive")])
+                      .replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1))
+            response = conn.read_response()
+            assert response.status == 200 and response.json()["target"] == f"/api/ka10/{n}", bad(front, f"{n}")
+            assert [v.lower() for v in response.values("Connection")] == ["keep-alive"], bad(front, f"{response}")
+
+
 AFTER_A_GOOD_REQUEST = [
     pytest.param(b"\x01\x02 not http\r\n\r\n", id="garbage"),
     pytest.param(b"GET /api/b HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", id="bad-content-length"),
