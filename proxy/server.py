@@ -87,8 +87,10 @@ class FastProtocol(RequestHandler):
                                       data) if self._boundary else []
             messages.append((_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD))
             upgraded, tail, self._refused = False, b"", True
-        else:  # a GET-like request ending the packet leaves nothing behind in the parser
-            self._boundary = bool(messages) and messages[-1][1] is EMPTY_PAYLOAD and data[-4:] == b"\r\n\r\n"
+        else:  # a GET-like request ending the packet leaves nothing behind in the parser, unless a pipelining
+            # flood paused it (it keeps the rest then: up to 32 requests not yet taken)
+            self._boundary = (data[-4:] == b"\r\n\r\n" and bool(messages) and messages[-1][1] is EMPTY_PAYLOAD
+                              and len(messages) + len(self._queue) + len(self._messages) < self._msg_queue_resume_size)
         self._upgraded = upgraded
         if upgraded and tail:
             self._message_tail = tail
