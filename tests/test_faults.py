@@ -217,8 +217,9 @@ async def test_daemon_outage_under_traffic_gives_503s_not_502s(make_proxy, raw, 
     (the instance refused, was silent or dropped the connection, and the runtime cannot be asked why); podman's
     containers outlive the service and keep serving. Afterwards every key is served again.
 
-    Stops a shared daemon: run it alone (`-k daemon_outage`), never beside other tests."""
-    h = await make_proxy()
+    Stops a shared daemon: run it alone (`-k daemon_outage`), never beside other tests. (The crash-loop breaker
+    is off: the starts that fail during the outage would open it, a policy of its own.)"""
+    h = await make_proxy(svc={"crash_loop": {"failures": 0}})
     paths = [f"/k/outage{i}/api/health" for i in range(4)]
     for path in paths:
         assert (await h.client.get(path)).status == 200
@@ -229,7 +230,7 @@ async def test_daemon_outage_under_traffic_gives_503s_not_502s(make_proxy, raw, 
         await asyncio.to_thread(subprocess.run, [*daemons, "down", backend_kind], check=True, timeout=60)
 
     try:
-        results, began, applied = await traffic(h, paths, 15.0, fault, refusals)
+        results, began, applied = await traffic(h, paths, 20.0, fault, refusals)
     finally:
         await asyncio.to_thread(subprocess.run, [*daemons, "up"], check=True, timeout=300)
     late = [(status, retry_after) for sent, status, retry_after in refusals if sent > applied]
