@@ -117,12 +117,13 @@ class EngineBackend(EnginePulls):
         self.names = Names(proxy_id)
 
     async def show(self, ref: str) -> dict[str, Any] | None:
-        """Container inspect JSON, or None if it does not exist."""
+        """Container inspect JSON, or None if it does not exist (podman, while it cleans up after a stop or
+        removal, can say so with a 500: "does not exist in database: no such container")."""
         docker = await self._client()
         try:
             return await docker.containers.container(ref).show()
         except aiodocker.DockerError as e:
-            if e.status == 404:
+            if e.status == 404 or "no such container" in str(e.message).lower():
                 return None
             raise
 
@@ -299,6 +300,7 @@ class EngineBackend(EnginePulls):
             if not self._is_ours(info):
                 raise BackendError(f"refusing to stop container {instance.id[:12]}: not managed by this proxy")
             c = docker.containers.container(info["Id"])
+            await self._thaw(c, info)
             # SIGTERM, SIGKILL after the class's stop_timeout (as created; the engines' own default is 10 s)
             t = (info.get("Config") or {}).get("StopTimeout")
             try:
@@ -308,6 +310,16 @@ class EngineBackend(EnginePulls):
                     raise
             if not self.reuse_stopped:
                 await self._remove(info["Id"], force=True)
+
+    @staticmethod
+    async def _thaw(container: Any, info: dict[str, Any]) -> None:
+        """A paused (frozen) container is unpaused before its stop: podman refuses to stop one ("is running or
+        paused"), and a frozen process cannot act on SIGTERM anyway. Every stop goes through `stop` (replace
+        after timeouts, idle, admin, shutdown), so this is the one place. A failed unpause (unpaused or gone
+        meanwhile, the runtime away) is left to the stop that follows: it reports what is wrong."""
+        if (info.get("State") or {}).get("Paused"):
+            with contextlib.suppress(aiodocker.DockerError):
+                await container.unpause()
 
     async def inspect(self, instance: Instance) -> InstanceState:
         async with self._errors():

@@ -1,14 +1,15 @@
 """Faults injected from outside under steady traffic, on real dockerd and podman.
 
-    python -m bench.faults [--runtime docker|podman|both] [--quick | --smoke]
+    python -m bench.faults [--runtime docker|podman|both] [--fault NAME ...] [--quick | --smoke]
 
 Per runtime and fault, a fresh proxy (its own process, `basic` instances, sleep_after 3 s, upstream_timeout
 2 s, replace_after_timeouts 2) serves 20 clients looping over 10 warm keys. A third of the way in, one
-fault is injected from outside the proxy: the victim key's container is stopped (`stop`), removed
-(`rm -f`), killed (SIGKILL) or frozen (`pause`), or the runtime's daemon/API service is down for 5 s
-(`daemon`). Reported per fault: requests, answers by status, errors among requests *sent after* the fault
-had been applied (the ones a proxy could have saved), recovery time (fault began -> the last failed answer),
-and containers left running that the proxy had stopped once it exits (orphans).
+fault is injected from outside the proxy: the victim key's container is stopped (`stop`, 1 s grace;
+`stop-grace`, the CLI's default 10 s), removed (`rm -f`), killed (SIGKILL) or frozen (`pause`), or the
+runtime's daemon/API service is down for 5 s (`daemon`). Reported per fault: requests, answers by status,
+errors among requests *sent after* the fault had been applied (the ones a proxy could have saved), the 502s
+among those (a proxy that cannot ask its runtime owes the outage's 503), recovery time (fault began -> the
+last failed answer), and containers left running that the proxy had stopped once it exits (orphans).
 `--smoke` (CI) runs `stop` and `freeze` on docker for a few seconds each.
 """
 
@@ -47,9 +48,11 @@ class Round:
         statuses = Counter(status for _, _, status in self.results)
         failed = [(sent, done) for sent, done, status in self.results if status != 200]
         late = sum(1 for sent, _ in failed if sent > self.applied)
+        late_502 = sum(1 for sent, _, status in self.results if status == 502 and sent > self.applied)
         last_failure = max((done for _, done in failed), default=self.began)
         return {"requests": len(self.results), "by_status": dict(sorted(statuses.items())),
-                "errors_sent_after_fault": late, "recovery_s": round(max(0.0, last_failure - self.began), 3)}
+                "errors_sent_after_fault": late,
+                "502_sent_after_fault": late_502, "recovery_s": round(max(0.0, last_failure - self.began), 3)}
 
 
 Fault = Callable[[aiodocker.Docker, str, str], Awaitable[None]]
@@ -65,6 +68,11 @@ async def _victim(raw: aiodocker.Docker, proxy_id: str) -> aiodocker.containers.
 
 async def stop(raw: aiodocker.Docker, proxy_id: str, runtime: str) -> None:
     await (await _victim(raw, proxy_id)).stop(t=1)
+
+
+async def stop_grace(raw: aiodocker.Docker, proxy_id: str, runtime: str) -> None:
+    """`docker stop` as typed at a shell: the default 10 s grace (the model service leaves at SIGTERM)."""
+    await (await _victim(raw, proxy_id)).stop(t=10)
 
 
 async def remove(raw: aiodocker.Docker, proxy_id: str, runtime: str) -> None:
@@ -92,7 +100,8 @@ async def _daemons(*args: str) -> None:
         raise RuntimeError(f".ci/daemons.sh {' '.join(args)} failed")
 
 
-FAULTS: dict[str, Fault] = {"stop": stop, "remove": remove, "kill": kill, "freeze": freeze, "daemon": daemon}
+FAULTS: dict[str, Fault] = {"stop": stop, "stop-grace": stop_grace, "remove": remove, "kill": kill,
+                            "freeze": freeze, "daemon": daemon}
 
 
 def config(runtime: str, proxy_id: str) -> dict[str, object]:
@@ -177,21 +186,22 @@ async def main_async(runtimes: list[str], faults: list[str], seconds: float) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.faults")
     parser.add_argument("--runtime", choices=["docker", "podman", "both"], default="both")
+    parser.add_argument("--fault", choices=list(FAULTS), action="append", help="only these (repeatable)")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="12 s of traffic per fault")
     size.add_argument("--smoke", action="store_true", help="stop and freeze on docker, 4 s each (CI)")
     args = parser.parse_args(argv)
     runtimes = ["docker", "podman"] if args.runtime == "both" else [args.runtime]
-    faults = list(FAULTS)
+    faults = args.fault or list(FAULTS)
     seconds = 12.0 if args.quick else 20.0
     if args.smoke:
         runtimes, faults, seconds = ["docker"], ["stop", "freeze"], 4.0
     reports = asyncio.run(main_async(runtimes, faults, seconds))
     statuses = sorted({s for r in reports for s in r["by_status"]})  # type: ignore[attr-defined]
     table(["runtime", "fault", "requests", *[f"{s or 'conn err'}" for s in statuses], "errors sent after",
-           "recovery s", "orphans"],
+           "502 sent after", "recovery s", "orphans"],
           [[r["runtime"], r["fault"], r["requests"], *[r["by_status"].get(s, 0) for s in statuses],  # type: ignore[attr-defined]
-            r["errors_sent_after_fault"], r["recovery_s"], r["orphans"]] for r in reports],
+            r["errors_sent_after_fault"], r["502_sent_after_fault"], r["recovery_s"], r["orphans"]] for r in reports],
           title=f"faults under traffic ({CLIENTS} clients, {len(KEYS)} keys, {seconds:g} s per fault)")
     summary("faults", {"rounds": reports})
     return 0 if all(r["orphans"] == 0 and r["proxy_exit"] == 0 for r in reports) else 1

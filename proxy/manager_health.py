@@ -76,9 +76,14 @@ class Health(Pausing):
         backend = self.services.backend
         try:
             status = await backend.inspect(instance)
-            why = None if status is InstanceState.RUNNING else await backend.exit_reason(instance)
         except BackendError:
             return None
+        why = None
+        if status is not InstanceState.RUNNING:
+            try:
+                why = await backend.exit_reason(instance)
+            except BackendError:  # gone is gone: the runtime's word on why is a detail, not a reason to doubt
+                why = "exited" if status is InstanceState.EXITED else "removed"
         if status is InstanceState.RUNNING or self.instance is not instance or self.state is not State.RUNNING:
             return status is InstanceState.RUNNING
         self._cancel_idle()

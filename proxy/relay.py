@@ -18,7 +18,8 @@ from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
-from proxy.errors import BodyTooLarge, Refusal, RuntimeUnreachable, UpstreamError, refusal_bytes
+from proxy.errors import BodyTooLarge, Refusal, UpstreamError, refusal_bytes
+from proxy.reconnect import Reconnect
 from proxy.forward import HOP_BY_HOP, PEER_MARK
 from proxy.request_id import HEADER_LOWER
 from proxy.relays import Relays
@@ -33,7 +34,6 @@ _REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-f
 _REQUEST_SKIP_ID = _REQUEST_SKIP | {HEADER_LOWER}  # a client's X-Request-Id that is replaced
 _RESPONSE_SKIP = _HOP
 NEVER_PROCESSED = 0.1  # seconds: a connection lost this soon after the send took no request with it
-REFUSED_RETRY_PAUSES = (0.0, 0.0, 0.25, 0.5, 1.0)  # connect attempts after a refusal (the first two: at once)
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # safe to send twice (RFC 9110)
 _LENGTH_LINE = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
 
@@ -91,12 +91,12 @@ def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, pe
     return b"".join(lines)
 
 
-class Exchange:
+class Exchange(Reconnect):
     """One relayed request: lease held, request sent, response relayed, everything released once."""
 
-    __slots__ = ("relays", "client", "handler", "manager", "pool", "message", "payload", "key", "head", "request",
+    __slots__ = ("relays", "client", "handler", "manager", "message", "payload", "key", "head",
                  "streaming", "conn", "sent_at", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
-                 "pump", "began", "retried", "replaced", "extra_head", "fast", "bodyless", "sent", "rid",
+                 "pump", "began", "retried", "extra_head", "fast", "bodyless", "sent", "rid",
                  "head_len")
 
     def __init__(self, relays: Relays, client: Client, handler: RouteHandler, manager: Manager,
@@ -126,6 +126,7 @@ class Exchange:
         self.pump: asyncio.Task[None] | None = None
         self.retried = False  # a stale pooled connection was retried on a fresh one
         self.replaced = False  # a refused connect led to a new instance
+        self.attempts = 0  # fresh connections tried (proxy/reconnect.py)
         self.sent = 0  # bytes written to the client: the key's egress, metered once in _finish
         self.head_len = 0  # of those, the response head's (the access line counts body bytes)
         self.rid = rid  # the request id (proxy/request_id.py)
@@ -153,60 +154,6 @@ class Exchange:
             self._send(conn)
         else:
             self.client.loop.create_task(self._connect())
-
-    async def _connect(self) -> None:
-        """A fresh connection. A refused one never carried the request, so it is safe to find out why: an
-        instance the runtime reports gone (stopped or removed from outside) is started again and the request
-        sent there, once; one it reports alive may be starting or shutting down, so it is tried again a few
-        times over ~2 s before the 502 (nginx's `proxy_next_upstream error`, with one upstream)."""
-        error = ""
-        for pause in REFUSED_RETRY_PAUSES:
-            if pause:
-                await asyncio.sleep(pause)
-            if self.done:
-                return
-            try:
-                conn = await self.pool.connect()
-            except asyncio.TimeoutError:
-                error = f"no connection within connect_timeout={self.pool.connect_timeout:g}s"
-                break  # silence is not a refusal: do not wait that long again
-            except OSError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                if not await self._after_refusal():
-                    return  # answered (the runtime is down, or a restart failed)
-                continue
-            if self.done:
-                self.pool.put(conn)
-            else:
-                self._send(conn)
-            return
-        self.manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
-        self._fail(UpstreamError(502, f"upstream connection failed: {error}"))
-
-    async def _after_refusal(self) -> bool:
-        """Ask the runtime about a refusing instance; restart it if gone. False when this answered already."""
-        try:
-            alive = await self.manager.liveness()
-            if alive is None:  # the runtime is down too: its containers likely with it; try again soon
-                raise RuntimeUnreachable("the instance refused the connection and the container runtime "
-                                         "cannot be reached", key=self.key)
-            if alive or self.replaced:
-                return True  # alive after all (or replaced once already): the caller tries again shortly
-            self.replaced = True
-            await self.manager.ensure_running(reason="request")
-        except Refusal as refusal:
-            if self.handler.retry_advisor is not None:
-                self.handler.retry_advisor.advise(refusal, self.manager)
-            self._fail(refusal)
-            return False
-        instance = self.manager.instance
-        if self.done or instance is None:
-            return not self.done
-        pool = self.handler.pools.upstream(instance)
-        self.request = self.request.replace(b"\r\nHost: %s\r\n" % self.pool.authority,
-                                            b"\r\nHost: %s\r\n" % pool.authority, 1)
-        self.pool = pool
-        return True
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn, self.sent_at = conn, self.client.loop.time()
@@ -255,8 +202,7 @@ class Exchange:
                 lines.append(b"Transfer-Encoding: chunked\r\n")
             else:  # an HTTP/1.0 client knows no chunks: the body ends with the connection
                 self.client.close_after_write()
-        if not self.client.keeps_alive(self.message):
-            lines.append(b"Connection: close\r\n")
+        lines.append(self._connection_line(self.client.keeps_alive(self.message)))
         lines.append(self.extra_head + b"\r\n")
         if self.extra_head:  # a request that waited for a start (the fast path never does): its first byte
             self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
@@ -295,14 +241,21 @@ class Exchange:
         self.status, self.head_sent = status, True
         keep_alive = self.client.keeps_alive(self.message)
         self.head_len = head_end + 2  # (head_end: before the blank line)
-        if self.extra_head or not keep_alive:  # (on the fast path: neither) the same lines on_head adds
-            data = b"".join((data[:head_end], b"" if keep_alive else b"Connection: close\r\n", self.extra_head,
-                             data[head_end:]))
-            self.head_len += len(self.extra_head) + (0 if keep_alive else len(b"Connection: close\r\n"))
+        if self.extra_head or not keep_alive or not self.fast:  # (on the fast path: none) the lines on_head adds
+            connection = self._connection_line(keep_alive)
+            data = b"".join((data[:head_end], connection, self.extra_head, data[head_end:]))
+            self.head_len += len(self.extra_head) + len(connection)
             if self.extra_head:
                 self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
         self._write(data)
         self.on_end(True)
+
+    def _connection_line(self, keep_alive: bool) -> bytes:
+        """`Connection: close` when the connection ends after this answer; `keep-alive` for an HTTP/1.0 client
+        that asked for it (it keeps a connection only when told so, as nginx tells it); else none."""
+        if not keep_alive:
+            return b"Connection: close\r\n"
+        return b"Connection: keep-alive\r\n" if self.message.version < HttpVersion11 else b""
 
     def on_flush(self) -> None:
         if self.out:
@@ -328,13 +281,16 @@ class Exchange:
 
     def on_upstream_lost(self, error: str, got_response: bool) -> None:
         self.conn = None
-        if (not got_response and not self.streaming and not self.retried and self.message.method in _IDEMPOTENT
+        if (not got_response and not self.streaming and self.message.method in _IDEMPOTENT
                 and self.client.loop.time() - self.sent_at < NEVER_PROCESSED):
             # Closed with no answer right after we sent: a pooled connection the instance had just closed (the
             # keep-alive race), or a port proxy that accepted for an instance that is going. The request most
             # likely never reached it: once more, on a fresh connection (which finds out what happened to the
             # instance), for idempotent requests only. A request that was on the instance longer is not sent
             # twice: that one gets its 502.
+            if self.retried:  # the retry's fresh connection too: ask the runtime, as after a refusal
+                self.client.loop.create_task(self._lost_again(error))
+                return
             self.retried = True
             self.client.loop.create_task(self._connect())
             return
@@ -360,7 +316,8 @@ class Exchange:
         if self.head_sent:
             self.client.close_now()
         else:
-            close = close or not self.client.keeps_alive(self.message)
+            # (an HTTP/1.0 client would not know a refusal's connection stays: it is closed after it)
+            close = close or not self.client.keeps_alive(self.message) or self.message.version < HttpVersion11
             if isinstance(refusal, UpstreamError):
                 refusal.extra["key"] = self.key
             data, self.head_len = refusal_bytes(refusal, close, self.rid, self.handler.error_detail)

@@ -54,8 +54,10 @@ class RequestClient:
         return not (message.should_close or self.closing)
 
     def relay_done(self, exchange: Exchange, clean: bool) -> None:
+        """Keep the connection only when the client wants it kept (HTTP/1.0 without keep-alive, `Connection:
+        close`: closed at once, as the relay's `Connection: close` said) and nothing is left unread."""
         if not self.finished.done():
-            self.finished.set_result(clean and not self.closing)
+            self.finished.set_result(clean and self.keeps_alive(exchange.message))
 
 
 class Relayed(web.StreamResponse):

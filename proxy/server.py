@@ -38,13 +38,15 @@ from proxy.errors import json_error
 from proxy.units import ConfigError
 from proxy.fastpath import FastPath
 from proxy.relay import Exchange
+from proxy.salvage import parser_factory, whole_requests
 
 log = structlog.get_logger("proxy.server")
 _Message = tuple[Any, StreamReader]
 
 
 class FastProtocol(RequestHandler):
-    __slots__ = ("fast", "loop", "peer_host", "scheme", "_queue", "_exchange", "_relaying", "_aiohttp_busy", "_idle")
+    __slots__ = ("fast", "loop", "peer_host", "scheme", "_queue", "_exchange", "_relaying", "_aiohttp_busy", "_idle",
+                 "_boundary", "_refused", "_settings")
 
     def __init__(self, manager: Server, *, fast: FastPath, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
@@ -57,6 +59,9 @@ class FastProtocol(RequestHandler):
         self._relaying: Exchange | None = None  # whichever exchange writes on this connection (either path)
         self._aiohttp_busy = False
         self._idle: asyncio.Future[None] | None = None
+        self._boundary = True  # the parser holds nothing of an unfinished request (a packet parses alone)
+        self._refused = False  # bytes that do not parse came: the 400 ends the connection, nothing more is read
+        self._settings = kwargs  # the parser's limits, for parsing a bad packet again (proxy/salvage.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -68,7 +73,7 @@ class FastProtocol(RequestHandler):
     # ---------------------------------------------------------------- parsing and dispatch
 
     def data_received(self, data: bytes) -> None:
-        if self._force_close or self._close:
+        if self._force_close or self._close or self._refused:
             return
         if self._upgraded or self._payload_parser is not None or self._parser is None:
             super().data_received(data)  # a WebSocket (or a declined upgrade): aiohttp's from here on
@@ -77,7 +82,15 @@ class FastProtocol(RequestHandler):
         try:
             messages, upgraded, tail = self._parser.feed_data(data)
         except HttpProcessingError as exc:
-            messages, upgraded, tail = [(_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD)], False, b""
+            # The whole requests before the bad bytes are answered first, then the 400 (nginx does the same).
+            messages = whole_requests(parser_factory(self, type(self._parser), self._settings, self._read_bufsize),
+                                      data) if self._boundary else []
+            messages.append((_ErrInfo(status=400, exc=exc, message=exc.message), EMPTY_PAYLOAD))
+            upgraded, tail, self._refused = False, b"", True
+        else:  # a GET-like request ending the packet leaves nothing behind in the parser, unless a pipelining
+            # flood paused it (it keeps the rest then: up to 32 requests not yet taken)
+            self._boundary = (data[-4:] == b"\r\n\r\n" and bool(messages) and messages[-1][1] is EMPTY_PAYLOAD
+                              and len(messages) + len(self._queue) + len(self._messages) < self._msg_queue_resume_size)
         self._upgraded = upgraded
         if upgraded and tail:
             self._message_tail = tail

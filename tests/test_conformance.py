@@ -21,6 +21,7 @@ import itertools
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -492,6 +493,141 @@ def test_pipelined_requests_are_answered_in_order(front, upstream, routes):
         answers = [conn.read_response() for _ in sent]
     assert [r.status for r in answers] == [200, 200, 200], bad(front, str([r.status for r in answers]))
     assert [r.json()["target"] for r in answers] == [f"/api/pipe/{i}" for i in range(3)]
+
+
+# ---------------------------------------------------------------- 9b. closing, and bad bytes after a request
+
+
+def read_to_eof(front: Front, raw: bytes) -> bytes:
+    """Everything the front sends for `raw` until it closes the connection (fails if it stays open)."""
+    with RawConnection(front.port) as conn:
+        conn.send(raw)
+        try:
+            return conn._to_eof()
+        except TimeoutError:
+            pytest.fail(bad(front, f"connection still open after {bytes(conn.buf)[:300]!r}"))
+
+
+CLOSING_REQUESTS = [
+    pytest.param("GET", "HTTP/1.0", [], id="http10"),
+    pytest.param("HEAD", "HTTP/1.0", [], id="http10-head"),
+    pytest.param("POST", "HTTP/1.0", [], id="http10-post"),
+    pytest.param("GET", "HTTP/1.1", [("Connection", "close")], id="http11-close"),
+]
+
+
+@pytest.mark.parametrize(("method", "version", "headers"), CLOSING_REQUESTS)
+@WARM_COLD
+def test_a_client_that_wants_to_close_is_answered_and_the_connection_closed(front, upstream, route, method,
+                                                                             version, headers):
+    # HTTP/1.0 without keep-alive, or Connection: close: one answer, then EOF at once (ApacheBench and old
+    # health checkers read to the end). nginx answers HTTP/1.0 with an HTTP/1.1 status line and Connection: close.
+    body = b"closing" if method == "POST" else None
+    raw = build_request(method, entry(route) + "closing", headers, body).replace(b" HTTP/1.1\r\n",
+                                                                               f" {version}\r\n".encode(), 1)
+    mark = upstream.mark()
+    answer = read_to_eof(front, raw)
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.split(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 200 "), bad(front, f"{answer[:300]!r}")
+    assert b"connection: close" in [line.lower() for line in lines], bad(front, f"no Connection: close in {head!r}")
+    length = int(next(line.split(b":")[1] for line in lines if line.lower().startswith(b"content-length:")))
+    assert len(rest) == (0 if method == "HEAD" else length), bad(front, f"bytes after the answer: {rest!r}")
+    seen = upstream.since(mark)
+    assert len(seen) == 1 and seen[0].body == (body or b""), bad(front, f"upstream saw {len(seen)} requests")
+
+
+@WARM_COLD
+def test_a_chunked_answer_to_an_http10_client_is_unframed_and_ends_with_the_close(front, upstream, route):
+    # HTTP/1.0 knows no chunks: the body is sent as is and its end is the connection's.
+    raw = build_request("GET", entry(route) + "resp?resp=chunked").replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1)
+    answer = read_to_eof(front, raw)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"chunked" not in head.lower(), bad(front, f"{head!r}")
+    assert body == b"".join(RecordingUpstream.CHUNKS), bad(front, f"{body[:200]!r}")
+
+
+@WARM_COLD
+def test_an_http10_client_asking_for_keep_alive_is_told_and_kept(front, upstream, route):
+    # An HTTP/1.0 client keeps a connection only when the answer says `Connection: keep-alive` (ApacheBench -k
+    # waits for the close otherwise); nginx says it.
+    with RawConnection(front.port) as conn:
+        for n in range(2):
+            conn.send(build_request("GET", entry(route) + f"ka10/{n}", [("Connection", "keep-alive")])
+                      .replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1))
+            response = conn.read_response()
+            assert response.status == 200 and response.json()["target"] == f"/api/ka10/{n}", bad(front, f"{n}")
+            assert [v.lower() for v in response.values("Connection")] == ["keep-alive"], bad(front, f"{response}")
+
+
+AFTER_A_GOOD_REQUEST = [
+    pytest.param(b"\x01\x02 not http\r\n\r\n", id="garbage"),
+    pytest.param(b"GET /api/b HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", id="bad-content-length"),
+    pytest.param(b"GET /api/b\x00c HTTP/1.1\r\nHost: a\r\n\r\n", id="nul-in-target"),
+]
+
+
+@pytest.mark.parametrize("post", [False, True], ids=["get", "post"])
+@pytest.mark.parametrize("garbage", AFTER_A_GOOD_REQUEST)
+@WARM_COLD
+def test_a_whole_request_before_bad_bytes_in_one_packet_is_answered_then_400(front, upstream, route, garbage,
+                                                                              post):
+    # As nginx: the first request is forwarded and answered, the bytes after it get a 400, then the close.
+    target = entry(route) + "before-garbage"
+    method, body = ("POST", b"whole body") if post else ("GET", None)
+    mark = upstream.mark()
+    with RawConnection(front.port) as conn:
+        conn.send(build_request(method, target, body=body) + garbage)  # one write
+        first = conn.read_response(method)
+        second = conn.read_response()
+        try:
+            rest = conn._to_eof()
+        except TimeoutError:
+            pytest.fail(bad(front, "connection still open after the 400"))
+    assert first.status == 200 and first.json()["target"] == "/api/before-garbage", bad(front, f"{first}")
+    assert second.status == 400 and rest == b"", bad(front, f"then {second.status} and {rest[:200]!r}")
+    seen = upstream.since(mark)
+    assert [(r.target, r.body) for r in seen] == [(b"/api/before-garbage", body or b"")], bad(front, f"{seen}")
+
+
+@WARM_COLD
+def test_bad_bytes_inside_a_body_from_an_earlier_packet_smuggle_nothing(front, upstream, route):
+    # A packet that begins inside a chunked body is not a request boundary: a request-looking chunk size is
+    # not forwarded (the rest answered 400 or the connection closed), neither the POST whose body it broke.
+    target = entry(route) + "chunked-post"
+    mark = upstream.mark()
+    with RawConnection(front.port) as conn:
+        conn.send(build_request("POST", target, chunks=[b"hello"]).removesuffix(b"0\r\n\r\n"))
+        time.sleep(0.2)  # a packet of its own
+        conn.send(b"GET /api/smuggled HTTP/1.1\r\nHost: a\r\n\r\nzz\r\n")
+        conn.sock.settimeout(1.0)  # the answer (a 400) or none: the front may wait for the rest of the body
+        try:
+            conn._to_eof()
+        except (TimeoutError, OSError):
+            pass
+    seen = upstream.settle(mark)
+    assert b"/api/smuggled" not in [r.target for r in seen], bad(front, f"forwarded {[r.target for r in seen]}")
+
+
+def test_bad_bytes_after_a_pipelining_flood_smuggle_nothing(front, upstream):
+    # 40 pipelined requests pause aiohttp's parser, which keeps the rest of the packet (here a POST head) for
+    # later: the next packet (its body, request-looking, then bad bytes) does not begin at a request boundary.
+    # The POST is answered with that body, then the 400 (both fronts).
+    flood = b"".join(build_request("GET", f"/api/flood/{n}") for n in range(40))
+    body = b"GET /api/smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+    post = build_request("POST", "/api/flood-post", [("Content-Length", str(len(body)))])
+    mark = upstream.mark()
+    with RawConnection(front.port) as conn:
+        conn.send(flood + post)
+        time.sleep(0.2)  # a packet of its own
+        conn.send(body + b"\x01\x02 not http\r\n\r\n")
+        conn.sock.settimeout(2.0)
+        try:
+            conn._to_eof()
+        except (TimeoutError, OSError):
+            pass
+    seen = upstream.settle(mark)
+    assert b"/api/smuggled" not in [r.target for r in seen], bad(front, f"forwarded {[r.target for r in seen]}")
 
 
 # ---------------------------------------------------------------- 10. WebSocket close codes

@@ -115,3 +115,17 @@ async def test_suspect_of_a_live_instance_looks_four_times_then_gives_up(world, 
     m.suspect()  # a finished check allows a new one
     await clock.settle()
     assert world.backend.inspect.count == 5 and m.state is State.RUNNING
+
+
+async def test_a_gone_instance_whose_exit_the_runtime_cannot_explain_is_still_gone(world, clock):
+    # podman answers "no such container" (a 500) while it cleans up after a stop from outside: the instance was
+    # seen gone, so it is forgotten (the next request restarts it), not taken for a runtime that cannot be asked.
+    m = await running(world)
+    world.backend.inspect.returns(InstanceState.EXITED)
+
+    async def unexplained(instance):
+        raise BackendError("container x does not exist in database: no such container")
+
+    world.backend.exit_reason = unexplained
+    assert await m.liveness() is False
+    assert m.state is State.STOPPED and m.last_error == "instance exited: exited"
