@@ -72,6 +72,13 @@ class Proxy:
                 assert time.monotonic() < deadline, "the proxy did not come up"
                 time.sleep(0.05)
 
+    def __enter__(self) -> "Proxy":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        err = self.stop()
+        assert "Traceback" not in err, err
+
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
@@ -125,17 +132,13 @@ def cleanup() -> Iterator[list[str]]:
 async def test_static_site_from_scratch_is_started_on_the_first_request(tmp_path, cleanup, model_image):
     tag = build("static-site", f"lazy-proxy-example/my-site:{RUN}", tmp_path, model_image)
     cleanup.append(tag)
-    proxy = Proxy("static-site", {"SITE_IMAGE": tag})
-    try:
+    with Proxy("static-site", {"SITE_IMAGE": tag}) as proxy:
         status, body = get(proxy.url("/"))
         assert status == 200 and "Hello from a FROM scratch image" in body
         status, _ = get(proxy.url("/no-such-page.html"))
         assert status == 404  # the app's own 404, relayed
         running = docker("ps", "-q", "--filter", f"ancestor={tag}").split()
         assert len(running) == 1
-    finally:
-        err = proxy.stop()
-    assert "Traceback" not in err
 
 
 async def test_an_image_only_a_registry_has_is_pulled_on_the_first_request(tmp_path, cleanup, model_image):
@@ -146,21 +149,16 @@ async def test_an_image_only_a_registry_has_is_pulled_on_the_first_request(tmp_p
     docker("push", remote)
     docker("rmi", remote, local)  # only the registry has it now
     assert subprocess.run(["docker", "image", "inspect", remote], capture_output=True).returncode != 0
-    proxy = Proxy("static-site", {"SITE_IMAGE": remote})
-    try:
+    with Proxy("static-site", {"SITE_IMAGE": remote}) as proxy:
         status, body = get(proxy.url("/"))
         assert status == 200 and "Hello from a FROM scratch image" in body
         docker("image", "inspect", remote)  # pulled
-    finally:
-        err = proxy.stop()
-    assert "Traceback" not in err
 
 
 async def test_python_app_on_port_one_instance_per_user(tmp_path, cleanup, model_image):
     tag = build("python-app", f"lazy-proxy-example/my-python-app:{RUN}", tmp_path, model_image)
     cleanup.append(tag)
-    proxy = Proxy("python-app", {"APP_IMAGE": tag, "GREETING": "hi"})
-    try:
+    with Proxy("python-app", {"APP_IMAGE": tag, "GREETING": "hi"}) as proxy:
         answers = {}
         for user in ("alice", "bob", "alice"):
             status, body = get(proxy.url(f"/u/{user}/hello?x=1"))
@@ -169,9 +167,6 @@ async def test_python_app_on_port_one_instance_per_user(tmp_path, cleanup, model
             assert json.loads(body)["greeting"] == "hi" and json.loads(body)["path"] == "/hello?x=1"
         assert len(answers["alice"]) == 1 and answers["alice"] != answers["bob"]  # two instances, each kept
         assert len(docker("ps", "-q", "--filter", f"ancestor={tag}").split()) == 2
-    finally:
-        err = proxy.stop()
-    assert "Traceback" not in err
 
 
 async def test_websocket_app_started_by_the_upgrade(tmp_path, cleanup, model_image):
@@ -179,13 +174,9 @@ async def test_websocket_app_started_by_the_upgrade(tmp_path, cleanup, model_ima
 
     tag = build("websocket-app", f"lazy-proxy-example/my-ws-app:{RUN}", tmp_path, model_image)
     cleanup.append(tag)
-    proxy = Proxy("websocket-app", {"WS_IMAGE": tag})
-    try:
+    with Proxy("websocket-app", {"WS_IMAGE": tag}) as proxy:
         async with websockets.connect(f"ws://127.0.0.1:{proxy.port}/chat/lobby", open_timeout=60) as ws:
             await ws.send("hello")
             assert await ws.recv() == "hello"
             await ws.send(b"\x00" * 100_000)
             assert await ws.recv() == b"\x00" * 100_000
-    finally:
-        err = proxy.stop()
-    assert "Traceback" not in err
