@@ -27,7 +27,7 @@ from proxy.fastpath import FastPath
 from proxy.hooks import Hooks
 from proxy.manager import Manager, Services
 from proxy.metrics import Metrics
-from proxy.pools import Pools
+from proxy.wire.pools import Pools
 from proxy.logs import resolve_format
 from proxy.prewarm import schedule_prewarm
 from proxy.probe import Prober
@@ -37,7 +37,7 @@ from proxy.registry import Registry
 from proxy.relays import Relays
 from proxy.retry_after import RetryAdvisor
 from proxy.reqlog import RequestLog
-from proxy.route_match import RouteGroup
+from proxy.wire.route_match import RouteGroup
 from proxy.routes import RouteHandler
 from proxy.schedule import Clock, Scheduler
 from proxy.usage import UsageMeter

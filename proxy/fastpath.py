@@ -28,7 +28,7 @@ from aiohttp.streams import StreamReader
 
 from proxy.events import State
 from proxy.keys import validate_key
-from proxy.paths import is_plain
+from proxy.wire.paths import is_plain
 from proxy.relay import Exchange, request_head
 from proxy.relays import Relays
 from proxy.request_id import request_id
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from proxy.cluster.owner import Ownership
-    from proxy.route_match import RouteGroup
+    from proxy.wire.route_match import RouteGroup
     from proxy.routes import RouteHandler
     from proxy.server import FastProtocol
 

@@ -19,10 +19,10 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from proxy.errors import BodyTooLarge, Refusal, RuntimeUnreachable, UpstreamError, refusal_bytes
-from proxy.forward import HOP_BY_HOP, PEER_MARK
+from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK
 from proxy.request_id import HEADER_LOWER
 from proxy.relays import Relays
-from proxy.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
+from proxy.wire.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
     from proxy.manager import Manager

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from proxy.upstream import UpstreamPool
+from proxy.wire.upstream import UpstreamPool
 
 if TYPE_CHECKING:
     from proxy.relay import Exchange

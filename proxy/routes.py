@@ -22,19 +22,19 @@ from proxy.config import Config, Route
 from backends.base import Instance
 from proxy.errors import (BodyTooLarge, ExpectationFailed, InvalidKey, InvalidPath, Refusal, UpstreamError,
                           refusal_response)
-from proxy.forward import forward_websocket, is_websocket
+from proxy.wire.websocket import forward_websocket, is_websocket
 from proxy.keys import validate_key
 from proxy.manager import Manager
 from proxy.metrics import Metrics
-from proxy.paths import escape_reason, upstream_target
-from proxy.pools import Pools
+from proxy.wire.paths import escape_reason, upstream_target
+from proxy.wire.pools import Pools
 from proxy.registry import Registry
 from proxy.relays import Relays
 from proxy.reqlog import RequestLog
 from proxy.request_id import of as request_id_of
 from proxy.responder import BODY_BYTES, OUTCOME, Relayed, relay_request
 from proxy.retry_after import RetryAdvisor
-from proxy.route_match import Headers, HostPattern, KeyTemplate, agent_matcher, normalize_host
+from proxy.wire.route_match import Headers, HostPattern, KeyTemplate, agent_matcher, normalize_host
 
 
 class RouteHandler:

@@ -25,20 +25,17 @@ TOP = {
     "proxy.__main__": "entry", "proxy.banner": "entry", "proxy.check": "entry", "proxy.config_doc": "entry",
 }
 # Modules not yet moved into their wing (emptied one wing at a time).
-FLAT: dict[str, str] = {
-    **{f"proxy.{m}": "wire" for m in ("forward", "upstream", "pools", "paths", "route_match")},
-    **{f"proxy.{m}": "config" for m in ("config", "config_base", "config_containers", "config_backend",
-                                          "config_routes", "config_admin", "config_cluster", "config_compose",
-                                          "units", "interpolate")},
-    **{f"proxy.{m}": "lifecycle" for m in ("manager", "manager_pause", "manager_health", "boost", "breaker",
-                                             "capacity", "probe", "registry", "reconcile", "events", "balance")},
-    **{f"proxy.{m}": "scale" for m in ("autoscale", "adaptive", "schedule", "prewarm", "periodic")},
-    **{f"proxy.{m}": "observe" for m in ("metrics", "request_metrics", "usage", "hooks", "reqlog", "logs",
-                                           "ready")},
-    **{f"proxy.{m}": "http" for m in ("server", "fastpath", "routes", "relay", "relays", "responder",
-                                        "retry_after")},
-    **{f"proxy.{m}": "admin" for m in ("admin", "admin_openapi", "admin_bodies", "ctl")},
+_FLAT_WINGS: dict[str, tuple[str, ...]] = {
+    "config": ("config", "config_base", "config_containers", "config_backend", "config_routes", "config_admin",
+               "config_cluster", "config_compose", "units", "interpolate"),
+    "lifecycle": ("manager", "manager_pause", "manager_health", "boost", "breaker", "capacity", "probe",
+                  "registry", "reconcile", "events", "balance"),
+    "scale": ("autoscale", "adaptive", "schedule", "prewarm", "periodic"),
+    "observe": ("metrics", "request_metrics", "usage", "hooks", "reqlog", "logs", "ready"),
+    "http": ("server", "fastpath", "routes", "relay", "relays", "responder", "retry_after"),
+    "admin": ("admin", "admin_openapi", "admin_bodies", "ctl"),
 }
+FLAT = {f"proxy.{m}": w for w, names in _FLAT_WINGS.items() for m in names}
 
 _BASE = {"leaf", "backends"}
 # Which wings a wing may import (besides itself). backends/ sits below everything and imports no proxy/.

@@ -23,7 +23,7 @@ from yarl import URL
 from proxy.cluster.owner import NotOwner, OwnerMoving, Ownership
 from proxy.cluster.store import Member
 from proxy.errors import UpstreamError, refusal_response
-from proxy.forward import HOP_BY_HOP, PEER_MARK, forward_websocket, is_websocket, upstream_headers
+from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK, forward_websocket, is_websocket, upstream_headers
 from proxy.request_id import of as request_id_of
 from proxy.responder import BODY_BYTES
 

@@ -11,7 +11,7 @@ from backends.base import Instance
 from proxy.events import Happening, State, StopReason
 from proxy.manager import Manager
 from proxy.relays import Relays
-from proxy.upstream import UpstreamPool
+from proxy.wire.upstream import UpstreamPool
 
 UPSTREAM_TIMEOUT = 5.0
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.route_match import (HostPattern, KeyTemplate, RouteGroup, agent_matcher, check_path, cookie,
+from proxy.wire.route_match import (HostPattern, KeyTemplate, RouteGroup, agent_matcher, check_path, cookie,
                                normalize_host, path_signature)
 
 

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import httptools
 
-from proxy.forward import HOP_BY_HOP
+from proxy.wire.websocket import HOP_BY_HOP
 
 MAX_IDLE = 64  # idle connections kept per instance; more are closed when they come back
 MAX_HEAD = 64 * 1024  # a response head kept whole for relaying as received

@@ -13,7 +13,7 @@ import asyncio
 import aiohttp
 
 from backends.base import Instance
-from proxy.upstream import UpstreamPool
+from proxy.wire.upstream import UpstreamPool
 
 # aiohttp's client adds these when absent; a proxy must not send headers the client did not.
 NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
