@@ -26,7 +26,7 @@ from aiohttp import web
 
 from backends.base import ContainerSpec, Instance, InstanceState
 from proxy.app import PROXY, create_app
-from proxy.config import load_config
+from proxy.config.schema import load_config
 from proxy.logs import configure
 from proxy.server import serve
 

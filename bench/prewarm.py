@@ -23,7 +23,7 @@ from typing import Iterable
 
 from bench._common import summary, table
 from proxy.adaptive import DAY, TICK, Learner, Planner
-from proxy.config_containers import PREWARM_BUDGET
+from proxy.config.containers import PREWARM_BUDGET
 
 START = 2.0  # seconds from start to ready
 SLEEP_AFTER = 300.0

@@ -23,7 +23,7 @@ from proxy.admin import create_admin_app
 from proxy.app import PROXY, create_app
 from proxy.banner import announce
 from proxy.check import check
-from proxy.config import Config, ConfigError, load_config
+from proxy.config.schema import Config, ConfigError, load_config
 from proxy.ctl import main as ctl
 from proxy.logs import FORMATS, configure
 from proxy.server import serve

@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from proxy.config import Config
-from proxy.config_containers import PREWARM_BUDGET
+from proxy.config.schema import Config
+from proxy.config.containers import PREWARM_BUDGET
 from proxy.events import ACTIVE, Event, Happening, Transition
 from proxy.periodic import Periodic
 from proxy.prewarm import Gate

@@ -28,7 +28,7 @@ from backends.control import Executable
 from proxy.admin_bodies import bodies_for, validate
 from proxy.admin_openapi import openapi
 from proxy.app import PROXY, Proxy, add_seed_routes
-from proxy.config_admin import SEED_ROUTES
+from proxy.config.admin import SEED_ROUTES
 from proxy.errors import (Conflict, Forbidden, InvalidInput, InvalidKey, NotFound, NotSupported, Refusal, Unauthorized,
                           json_errors)
 from proxy.events import State, StopReason

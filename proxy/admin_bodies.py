@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from proxy.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from proxy.config_admin import Admin
+    from proxy.config.admin import Admin
 
 __all__ = ["Bodies", "EXEC_TIMEOUT_MIN", "SLEEP_AFTER_MIN", "bodies_for", "validate"]
 

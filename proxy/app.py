@@ -15,8 +15,8 @@ from aiohttp import web
 
 from backends import create_backend
 from backends.base import Backend, Instance, Owned
-from proxy.config import Config
-from proxy.config_admin import SeedRoute
+from proxy.config.schema import Config
+from proxy.config.admin import SeedRoute
 from proxy.errors import DETAIL, json_errors
 from proxy.adaptive import AdaptivePrewarm
 from proxy.autoscale import ScaleCollector

@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy.balance import member_key
-from proxy.config import Route
+from proxy.config.schema import Route
 from proxy.events import ACTIVE, State, StopReason
 from proxy.manager import Manager
 from proxy.periodic import Periodic

@@ -9,7 +9,7 @@ from __future__ import annotations
 from backends import create_backend
 from proxy import __version__
 from proxy.banner import plural
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.ready import ping
 
 OK, UNREACHABLE = 0, 1

@@ -20,8 +20,8 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from proxy.config import ConfigSchema
-from proxy.units import Unit, format_value
+from proxy.config.schema import ConfigSchema
+from proxy.config.units import Unit, format_value
 
 BEGIN = "<!-- config-reference:begin (generated: python -m proxy.config_doc --write README.md) -->"
 END = "<!-- config-reference:end -->"

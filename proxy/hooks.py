@@ -18,7 +18,7 @@ from typing import Any, Callable
 import aiohttp
 import structlog
 
-from proxy.config import Webhook
+from proxy.config.schema import Webhook
 from proxy.events import BreakerOpened, Event, EventBus, Happening, Transition
 
 log = structlog.get_logger("proxy.hooks")

@@ -21,7 +21,7 @@ from backends.control import Pausable, Removable
 from proxy.boost import settle, settle_soon
 from proxy.breaker import Breaker
 from proxy.capacity import Capacity
-from proxy.config import ContainerClass, Readiness
+from proxy.config.schema import ContainerClass, Readiness
 from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, RuntimeUnreachable, StartFailed, StartTimeout
 from proxy.events import ACTIVE, BreakerOpened, ColdWait, EventBus, Happening, State, StopReason, Transition
 from proxy.manager_health import Health

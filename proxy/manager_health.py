@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from backends.base import BackendError, Instance, InstanceState
-from proxy.config import ContainerClass
+from proxy.config.schema import ContainerClass
 from proxy.events import Happening, State, StopReason
 from proxy.manager_pause import Pausing
 

@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy import __version__
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.events import ColdWait, Event, Happening, State, StopReason, Transition
 from proxy.prewarm import fixed_keys
 from proxy.registry import Registry

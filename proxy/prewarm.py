@@ -9,7 +9,7 @@ from typing import Awaitable, Callable
 
 from backends.base import ContainerSpec
 from proxy.balance import member_key
-from proxy.config import Config, ContainerClass
+from proxy.config.schema import Config, ContainerClass
 from proxy.registry import Registry
 from proxy.schedule import Job, Scheduler
 

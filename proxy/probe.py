@@ -17,7 +17,7 @@ import aiohttp
 
 from backends.base import Backend, BackendError, Instance, InstanceState
 from backends.control import DirectlyReachable, HealthReporting
-from proxy.config import Readiness
+from proxy.config.schema import Readiness
 
 INSPECT_EVERY = 0.5  # while waiting: how often to ask the runtime whether the instance died
 # Each wait between probes is this fraction of the time waited so far (at least `interval`, at most

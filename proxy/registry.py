@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 
 from backends.base import Instance
 from proxy.balance import least_loaded, member_key
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.events import State, StopReason
 from proxy.manager import Manager, Services
 

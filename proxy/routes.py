@@ -18,7 +18,7 @@ from aiohttp import hdrs, web
 
 from proxy.cluster.forward import Forwarder
 from proxy.autoscale import scaler_for
-from proxy.config import Config, Route
+from proxy.config.schema import Config, Route
 from backends.base import Instance
 from proxy.errors import (BodyTooLarge, ExpectationFailed, InvalidKey, InvalidPath, Refusal, UpstreamError,
                           refusal_response)

@@ -15,7 +15,7 @@ from typing import Awaitable, Callable
 import structlog
 from croniter import croniter
 
-from proxy.config import Schedule
+from proxy.config.schema import Schedule
 
 log = structlog.get_logger("proxy.schedule")
 Clock = Callable[[], float]  # wall-clock seconds since the epoch

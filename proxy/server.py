@@ -35,7 +35,7 @@ from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
 from proxy.errors import json_error
-from proxy.units import ConfigError
+from proxy.config.units import ConfigError
 from proxy.fastpath import FastPath
 from proxy.relay import Exchange
 

@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.events import Event, EventBus, Happening, State, Transition
 from proxy.metrics import CLASS, KeyLabels
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from proxy.app import PROXY, create_app
-from proxy.config import parse_config
+from proxy.config.schema import parse_config
 from proxy.events import State, StopReason
 from tests import engines
 from tests.conftest import ENGINE_PARAMS, base_config

@@ -15,7 +15,7 @@ import pytest
 from backends import create_backend
 from backends._engine import spec_hash
 from backends.base import BackendError
-from proxy.config import parse_config
+from proxy.config.schema import parse_config
 from proxy.events import State, StopReason
 from tests import engines
 from tests.conftest import ENGINE_PARAMS, base_config

@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from proxy import __version__
 from proxy.__main__ import main
 from proxy.app import create_app
-from proxy.config import parse_config
+from proxy.config.schema import parse_config
 from proxy.ctl import duration, table
 from proxy.reqlog import RequestLog, console_line
 

@@ -21,7 +21,7 @@ import structlog
 from backends.base import Backend, BackendError, Instance
 from proxy.balance import member_key
 from proxy.cluster.store import Member, OwnershipStore, StoreUnavailable, rendezvous
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.errors import Refusal
 from proxy.events import State
 from proxy.manager import Manager

@@ -28,7 +28,7 @@ import pytest
 
 from backends.base import ContainerSpec, Instance, InstanceState
 from proxy.capacity import Capacity
-from proxy.config import Config, ContainerClass, Readiness, parse_config
+from proxy.config.schema import Config, ContainerClass, Readiness, parse_config
 from proxy.events import ColdWait, Event, EventBus, Happening, State, StopReason, Transition
 from proxy.manager import Manager, Services
 from proxy.registry import Registry

@@ -68,7 +68,7 @@ async def test_config_errors_name_the_field():
     import pytest
 
     from tests.unit.conftest import make_config
-    from proxy.config import ConfigError
+    from proxy.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match=r"containers\.svc\.prewarm"):
         make_config({"svc": {"prewarm": "sometimes"}})

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.units import ConfigError
+from proxy.config.units import ConfigError
 
 __all__ = ["Interpolated", "interpolate", "typed"]
 

@@ -10,8 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from proxy.config_base import Section, field_error, shown
-from proxy.units import Name, PositiveDuration, TupleOf
+from proxy.config.base import Section, field_error, shown
+from proxy.config.units import Name, PositiveDuration, TupleOf
 
 __all__ = ["Cluster"]
 

@@ -10,8 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, SecretStr
 
-from proxy.config_base import Section, shown
-from proxy.units import Name, NonEmptyStr
+from proxy.config.base import Section, shown
+from proxy.config.units import Name, NonEmptyStr
 
 __all__ = ["Backend", "BackendConfig", "DockerOptions", "PodmanOptions", "RegistryLogin", "SwarmOptions"]
 

@@ -32,11 +32,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
 
-from proxy.config_admin import Admin
-from proxy.config_cluster import Cluster
-from proxy.config_backend import Backend, BackendConfig
-from proxy.config_base import Section, config_error, field_error, shown
-from proxy.config_containers import (
+from proxy.config.admin import Admin
+from proxy.config.cluster import Cluster
+from proxy.config.backend import Backend, BackendConfig
+from proxy.config.base import Section, config_error, field_error, shown
+from proxy.config.containers import (
     HEALTHCHECK_BACKENDS,
     ContainerClass,
     ContainerSection,
@@ -44,9 +44,9 @@ from proxy.config_containers import (
     Keepalive,
     Readiness,
 )
-from proxy.config_routes import Route, check_distinct
-from proxy.interpolate import interpolate, typed
-from proxy.units import (
+from proxy.config.routes import Route, check_distinct
+from proxy.config.interpolate import interpolate, typed
+from proxy.config.units import (
     ConfigError,
     Duration,
     Key,

@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from proxy.config_base import Section, field_error, none_means_default, shown
+from proxy.config.base import Section, field_error, none_means_default, shown
 from proxy.wire.route_match import HostPattern, KeyTemplate, check_path, path_signature, path_variables
-from proxy.units import NonEmptyStr, PositiveDuration, TupleOf, UrlPath, check_key
+from proxy.config.units import NonEmptyStr, PositiveDuration, TupleOf, UrlPath, check_key
 
 __all__ = ["Route", "check_distinct"]
 

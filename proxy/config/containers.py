@@ -22,9 +22,9 @@ from backends.base import (
     Resources,
 )
 from proxy.breaker import CrashLoopPolicy
-from proxy.config_base import Section, field_error, none_means_default, shown
-from proxy.config_compose import EnvFile, Label, Port, User, Volumes
-from proxy.units import (
+from proxy.config.base import Section, field_error, none_means_default, shown
+from proxy.config.compose import EnvFile, Label, Port, User, Volumes
+from proxy.config.units import (
     Argv,
     Duration,
     EnvMap,

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, PlainValidator, ValidationInfo
 
 from backends.base import Volume
-from proxy.units import TupleOf
+from proxy.config.units import TupleOf
 
 __all__ = ["EnvFile", "Label", "Port", "User", "VolumeEntry", "parse_env_file", "parse_volume"]
 

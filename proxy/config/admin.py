@@ -12,8 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from proxy.config_base import Section, field_error, shown
-from proxy.units import Duration, NonEmptyStr, TupleOf
+from proxy.config.base import Section, field_error, shown
+from proxy.config.units import Duration, NonEmptyStr, TupleOf
 
 __all__ = ["Admin", "SEED_ROUTES", "SeedRoute"]
 

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from proxy.units import ConfigError
+from proxy.config.units import ConfigError
 
 __all__ = ["FIELD_ERROR", "Section", "config_error", "field_error", "none_means_default", "shown"]
 
