@@ -21,10 +21,10 @@ from typing import Callable, Iterable
 
 from proxy.config.schema import Config
 from proxy.config.containers import PREWARM_BUDGET
-from proxy.events import ACTIVE, Event, Happening, Transition
+from proxy.lifecycle.events import ACTIVE, Event, Happening, Transition
 from proxy.periodic import Periodic
 from proxy.prewarm import Gate
-from proxy.registry import Registry
+from proxy.lifecycle.registry import Registry
 
 SLOT = 300.0  # seconds per time-of-day slot
 DAY = 86400.0

@@ -31,10 +31,10 @@ from proxy.app import PROXY, Proxy, add_seed_routes
 from proxy.config.admin import SEED_ROUTES
 from proxy.errors import (Conflict, Forbidden, InvalidInput, InvalidKey, NotFound, NotSupported, Refusal, Unauthorized,
                           json_errors)
-from proxy.events import State, StopReason
+from proxy.lifecycle.events import State, StopReason
 from proxy.keys import validate_key
-from proxy.manager import Manager
-from proxy.manager_pause import LIVE
+from proxy.lifecycle.manager import Manager
+from proxy.lifecycle.pause import LIVE
 
 log = structlog.get_logger("proxy.admin")
 ANONYMOUS = "anonymous"

@@ -20,20 +20,20 @@ from proxy.config.admin import SeedRoute
 from proxy.errors import DETAIL, json_errors
 from proxy.adaptive import AdaptivePrewarm
 from proxy.autoscale import ScaleCollector
-from proxy.capacity import Capacity
+from proxy.lifecycle.capacity import Capacity
 from proxy.cluster.node import join
-from proxy.events import Event, EventBus, State, StopReason, Transition
+from proxy.lifecycle.events import Event, EventBus, State, StopReason, Transition
 from proxy.fastpath import FastPath
 from proxy.hooks import Hooks
-from proxy.manager import Manager, Services
+from proxy.lifecycle.manager import Manager, Services
 from proxy.metrics import Metrics
 from proxy.wire.pools import Pools
 from proxy.logs import resolve_format
 from proxy.prewarm import schedule_prewarm
-from proxy.probe import Prober
+from proxy.lifecycle.readiness import Prober
 from proxy.ready import BackendCheck, readiness
-from proxy.reconcile import Reconciler
-from proxy.registry import Registry
+from proxy.lifecycle.reconcile import Reconciler
+from proxy.lifecycle.registry import Registry
 from proxy.relays import Relays
 from proxy.retry_after import RetryAdvisor
 from proxy.reqlog import RequestLog

@@ -22,12 +22,12 @@ from typing import Awaitable, Callable, Iterable
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from proxy.balance import member_key
+from proxy.lifecycle.balance import member_key
 from proxy.config.schema import Route
-from proxy.events import ACTIVE, State, StopReason
-from proxy.manager import Manager
+from proxy.lifecycle.events import ACTIVE, State, StopReason
+from proxy.lifecycle.manager import Manager
 from proxy.periodic import Periodic
-from proxy.registry import Registry
+from proxy.lifecycle.registry import Registry
 
 PANIC_THRESHOLD = 2.0  # the panic window's desired count over the ready count that starts panic mode
 PANIC_SHARE = 0.1  # the panic window, as a share of the stable window (Knative's default: 10%)

@@ -26,7 +26,7 @@ from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
-from proxy.events import State
+from proxy.lifecycle.events import State
 from proxy.keys import validate_key
 from proxy.wire.paths import is_plain
 from proxy.relay import Exchange, request_head

@@ -19,7 +19,7 @@ import aiohttp
 import structlog
 
 from proxy.config.schema import Webhook
-from proxy.events import BreakerOpened, Event, EventBus, Happening, Transition
+from proxy.lifecycle.events import BreakerOpened, Event, EventBus, Happening, Transition
 
 log = structlog.get_logger("proxy.hooks")
 Callback = Callable[[dict[str, Any]], None]

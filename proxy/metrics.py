@@ -31,9 +31,9 @@ from prometheus_client.registry import Collector
 
 from proxy import __version__
 from proxy.config.schema import Config
-from proxy.events import ColdWait, Event, Happening, State, StopReason, Transition
+from proxy.lifecycle.events import ColdWait, Event, Happening, State, StopReason, Transition
 from proxy.prewarm import fixed_keys
-from proxy.registry import Registry
+from proxy.lifecycle.registry import Registry
 from proxy.request_metrics import PROXY_CODES, UNMATCHED_CODES, RequestCollector
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: double the count, no dashboard reads them

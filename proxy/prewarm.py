@@ -8,9 +8,9 @@ from functools import partial
 from typing import Awaitable, Callable
 
 from backends.base import ContainerSpec
-from proxy.balance import member_key
+from proxy.lifecycle.balance import member_key
 from proxy.config.schema import Config, ContainerClass
-from proxy.registry import Registry
+from proxy.lifecycle.registry import Registry
 from proxy.schedule import Job, Scheduler
 
 Gate = Callable[[str, str], Awaitable[bool]]  # (class, key) -> run here?

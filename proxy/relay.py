@@ -25,7 +25,7 @@ from proxy.relays import Relays
 from proxy.wire.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
-    from proxy.manager import Manager
+    from proxy.lifecycle.manager import Manager
     from proxy.routes import RouteHandler
 
 _HOP = frozenset(h.encode() for h in HOP_BY_HOP)

@@ -18,7 +18,7 @@ from proxy.relay import Exchange, request_head
 from proxy.request_id import HEADER
 
 if TYPE_CHECKING:
-    from proxy.manager import Manager
+    from proxy.lifecycle.manager import Manager
     from proxy.routes import RouteHandler
 
 

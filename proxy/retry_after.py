@@ -23,9 +23,9 @@ from collections import deque
 from typing import Callable, Mapping, Sequence
 
 from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, Refusal, StartFailed
-from proxy.events import Event, EventBus, Happening, State, Transition
-from proxy.manager import Manager
-from proxy.registry import Registry
+from proxy.lifecycle.events import Event, EventBus, Happening, State, Transition
+from proxy.lifecycle.manager import Manager
+from proxy.lifecycle.registry import Registry
 from proxy.schedule import Job
 
 RECENT = 20  # start durations remembered per class

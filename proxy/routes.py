@@ -24,11 +24,11 @@ from proxy.errors import (BodyTooLarge, ExpectationFailed, InvalidKey, InvalidPa
                           refusal_response)
 from proxy.wire.websocket import forward_websocket, is_websocket
 from proxy.keys import validate_key
-from proxy.manager import Manager
+from proxy.lifecycle.manager import Manager
 from proxy.metrics import Metrics
 from proxy.wire.paths import escape_reason, upstream_target
 from proxy.wire.pools import Pools
-from proxy.registry import Registry
+from proxy.lifecycle.registry import Registry
 from proxy.relays import Relays
 from proxy.reqlog import RequestLog
 from proxy.request_id import of as request_id_of

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy.config.schema import Config
-from proxy.events import Event, EventBus, Happening, State, Transition
+from proxy.lifecycle.events import Event, EventBus, Happening, State, Transition
 from proxy.metrics import CLASS, KeyLabels
 
 USAGE_RETENTION = 24 * 3600.0  # seconds per-key detail outlives the key's last stop

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from backends.base import Backend
 from proxy.app import PROXY, Proxy, create_app
 from proxy.config.schema import parse_config
-from proxy.manager import Manager
+from proxy.lifecycle.manager import Manager
 from proxy.server import ProxyRunner
 
 BACKEND_PARAMS = [

@@ -18,7 +18,7 @@ import yaml
 
 from backends.stub import StubBackend
 from proxy.admin import OPERATIONS
-from proxy.events import State, Transition
+from proxy.lifecycle.events import State, Transition
 from tests.admin_support import AUTH, ROOT, TOKEN
 from tests.test_cli import free_port
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.events import Happening, State, Transition
+from proxy.lifecycle.events import Happening, State, Transition
 from tests.conftest import ENGINE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from proxy.config.schema import ConfigError, parse_config
-from proxy.events import EventBus, Happening, State, StopReason, Transition
+from proxy.lifecycle.events import EventBus, Happening, State, StopReason, Transition
 from proxy.metrics import OTHER, KeyLabels, named_keys
 from proxy.usage import UsageMeter
 

@@ -17,7 +17,8 @@ from aiohttp import web
 from backends.base import BackendError, Instance, InstanceState
 from backends.control import Health
 from proxy.config.schema import Readiness, parse_config
-from proxy.probe import BACKOFF, HANGUP_BOUNDS, HANGUP_GRACE, HUNG_UP, Forwarding, LastSeen, Prober, next_wait
+from proxy.lifecycle.readiness import (BACKOFF, HANGUP_BOUNDS, HANGUP_GRACE, HUNG_UP, Forwarding, LastSeen, Prober,
+                                       next_wait)
 from proxy.config.units import ConfigError
 
 

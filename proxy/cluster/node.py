@@ -15,7 +15,7 @@ from proxy.cluster.forward import Forwarder
 from proxy.cluster.owner import Ownership
 from proxy.cluster.store import Member, StoreUnavailable
 from proxy.config.schema import Config
-from proxy.registry import Registry
+from proxy.lifecycle.registry import Registry
 
 log = structlog.get_logger("proxy.cluster")
 

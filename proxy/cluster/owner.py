@@ -19,13 +19,13 @@ from typing import Any, Callable
 import structlog
 
 from backends.base import Backend, BackendError, Instance
-from proxy.balance import member_key
+from proxy.lifecycle.balance import member_key
 from proxy.cluster.store import Member, OwnershipStore, StoreUnavailable, rendezvous
 from proxy.config.schema import Config
 from proxy.errors import Refusal
-from proxy.events import State
-from proxy.manager import Manager
-from proxy.registry import Registry
+from proxy.lifecycle.events import State
+from proxy.lifecycle.manager import Manager
+from proxy.lifecycle.registry import Registry
 
 log = structlog.get_logger("proxy.cluster")
 

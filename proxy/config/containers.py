@@ -21,7 +21,7 @@ from backends.base import (
     PullPolicy,
     Resources,
 )
-from proxy.breaker import CrashLoopPolicy
+from proxy.lifecycle.breaker import CrashLoopPolicy
 from proxy.config.base import Section, field_error, none_means_default, shown
 from proxy.config.compose import EnvFile, Label, Port, User, Volumes
 from proxy.config.units import (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from proxy.autoscale import Autoscaler, RouteScaler, ScalePolicy
 from proxy.config.schema import Route
-from proxy.events import State
+from proxy.lifecycle.events import State
 
 POLICY = ScalePolicy(target=8, min_instances=1, max_instances=10, stable_window=60.0)  # panic window 6 s, ticks 1 s
 

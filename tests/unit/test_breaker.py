@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from backends.base import BackendError, InstanceState
-from proxy.breaker import Breaker, BreakerState, CrashLoopPolicy
+from proxy.lifecycle.breaker import Breaker, BreakerState, CrashLoopPolicy
 from proxy.errors import BreakerOpen, StartFailed
-from proxy.events import BreakerOpened, State
+from proxy.lifecycle.events import BreakerOpened, State
 from proxy.hooks import hook_event
 from tests.unit.conftest import Clock
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from backends.base import BackendError
 from backends.control import Boostable
-from proxy.events import State
+from proxy.lifecycle.events import State
 from tests.unit.conftest import FakeBackend, FakeMethod, World, make_config
 
 

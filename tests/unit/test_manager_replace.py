@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.base import Instance
-from proxy.events import Happening, State, StopReason
-from proxy.manager import Manager
+from proxy.lifecycle.events import Happening, State, StopReason
+from proxy.lifecycle.manager import Manager
 from proxy.relays import Relays
 from proxy.wire.upstream import UpstreamPool
 

@@ -9,10 +9,10 @@ import pytest
 
 from backends.base import BackendError, BackendUnavailable
 from proxy.errors import CapacityExceeded, NotWarm, StartFailed
-from proxy.events import StopReason
-from proxy.manager import Manager
+from proxy.lifecycle.events import StopReason
+from proxy.lifecycle.manager import Manager
 from proxy.prewarm import schedule_prewarm
-from proxy.registry import Registry
+from proxy.lifecycle.registry import Registry
 from proxy.retry_after import NO_HISTORY, RetryAdvisor
 from proxy.schedule import Scheduler
 from tests.unit.conftest import Clock, World

@@ -16,8 +16,8 @@ from typing import AsyncIterator, Protocol, runtime_checkable
 import structlog
 
 from backends.base import Backend, BackendError, Instance
-from proxy.events import State
-from proxy.registry import Registry
+from proxy.lifecycle.events import State
+from proxy.lifecycle.registry import Registry
 
 log = structlog.get_logger("proxy.reconcile")
 RECONCILE_EVERY = 10.0  # seconds between full comparisons with the runtime

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from proxy.events import ACTIVE, State
-from proxy.manager import Manager
+from proxy.lifecycle.events import ACTIVE, State
+from proxy.lifecycle.manager import Manager
 
 POOL_SEPARATOR = "#"
 

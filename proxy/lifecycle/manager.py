@@ -18,15 +18,15 @@ import structlog
 
 from backends.base import Backend, BackendError, BackendUnavailable, ContainerSpec, Instance
 from backends.control import Pausable, Removable
-from proxy.boost import settle, settle_soon
-from proxy.breaker import Breaker
-from proxy.capacity import Capacity
+from proxy.lifecycle.boost import settle, settle_soon
+from proxy.lifecycle.breaker import Breaker
+from proxy.lifecycle.capacity import Capacity
 from proxy.config.schema import ContainerClass, Readiness
 from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, RuntimeUnreachable, StartFailed, StartTimeout
-from proxy.events import ACTIVE, BreakerOpened, ColdWait, EventBus, Happening, State, StopReason, Transition
-from proxy.manager_health import Health
-from proxy.manager_pause import LIVE, consume_exception
-from proxy.probe import LastSeen
+from proxy.lifecycle.events import ACTIVE, BreakerOpened, ColdWait, EventBus, Happening, State, StopReason, Transition
+from proxy.lifecycle.health import Health
+from proxy.lifecycle.pause import LIVE, consume_exception
+from proxy.lifecycle.readiness import LastSeen
 
 log = structlog.get_logger("proxy.manager")
 STOP_RETRY_DELAYS = (0.5, 2.0, 5.0)  # seconds between attempts to stop an instance before giving up

@@ -17,7 +17,7 @@ from backends.base import Backend, ContainerSpec, Instance
 from backends.control import Boostable
 
 if TYPE_CHECKING:
-    from proxy.manager import Manager
+    from proxy.lifecycle.manager import Manager
 
 log = structlog.get_logger("proxy.boost")
 RETRY_DELAYS = (0.5, 2.0)  # seconds between attempts

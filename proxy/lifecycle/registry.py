@@ -11,10 +11,10 @@ import asyncio
 from typing import Callable, Iterator
 
 from backends.base import Instance
-from proxy.balance import least_loaded, member_key
+from proxy.lifecycle.balance import least_loaded, member_key
 from proxy.config.schema import Config
-from proxy.events import State, StopReason
-from proxy.manager import Manager, Services
+from proxy.lifecycle.events import State, StopReason
+from proxy.lifecycle.manager import Manager, Services
 
 
 class Registry:

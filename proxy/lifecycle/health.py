@@ -17,8 +17,8 @@ import structlog
 
 from backends.base import BackendError, Instance, InstanceState
 from proxy.config.schema import ContainerClass
-from proxy.events import Happening, State, StopReason
-from proxy.manager_pause import Pausing
+from proxy.lifecycle.events import Happening, State, StopReason
+from proxy.lifecycle.pause import Pausing
 
 log = structlog.get_logger("proxy.manager")
 

@@ -20,7 +20,7 @@ import structlog
 from backends.base import Instance
 from backends.control import Pausable
 from proxy.errors import ActionFailed, Conflict, NotSupported
-from proxy.events import Happening, State, StopReason
+from proxy.lifecycle.events import Happening, State, StopReason
 
 log = structlog.get_logger("proxy.manager")
 LIVE = frozenset({State.RUNNING, State.PAUSED})  # an instance exists and is not on its way out
