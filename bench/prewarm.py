@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from bench._common import summary, table
-from proxy.adaptive import DAY, TICK, Learner, Planner
+from proxy.scale.adaptive import DAY, TICK, Learner, Planner
 from proxy.config.containers import PREWARM_BUDGET
 
 START = 2.0  # seconds from start to ready

@@ -18,8 +18,8 @@ from backends.base import Backend, Instance, Owned
 from proxy.config.schema import Config
 from proxy.config.admin import SeedRoute
 from proxy.errors import DETAIL, json_errors
-from proxy.adaptive import AdaptivePrewarm
-from proxy.autoscale import ScaleCollector
+from proxy.scale.adaptive import AdaptivePrewarm
+from proxy.scale.autoscale import ScaleCollector
 from proxy.lifecycle.capacity import Capacity
 from proxy.cluster.node import join
 from proxy.lifecycle.events import Event, EventBus, State, StopReason, Transition
@@ -29,7 +29,7 @@ from proxy.lifecycle.manager import Manager, Services
 from proxy.metrics import Metrics
 from proxy.wire.pools import Pools
 from proxy.logs import resolve_format
-from proxy.prewarm import schedule_prewarm
+from proxy.scale.prewarm import schedule_prewarm
 from proxy.lifecycle.readiness import Prober
 from proxy.ready import BackendCheck, readiness
 from proxy.lifecycle.reconcile import Reconciler
@@ -39,7 +39,7 @@ from proxy.retry_after import RetryAdvisor
 from proxy.reqlog import RequestLog
 from proxy.wire.route_match import RouteGroup
 from proxy.routes import RouteHandler
-from proxy.schedule import Clock, Scheduler
+from proxy.scale.schedule import Clock, Scheduler
 from proxy.usage import UsageMeter
 
 log = structlog.get_logger("proxy")

@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 from proxy import __version__
 from proxy.config.schema import Config
 from proxy.lifecycle.events import ColdWait, Event, Happening, State, StopReason, Transition
-from proxy.prewarm import fixed_keys
+from proxy.scale.prewarm import fixed_keys
 from proxy.lifecycle.registry import Registry
 from proxy.request_metrics import PROXY_CODES, UNMATCHED_CODES, RequestCollector
 

@@ -26,7 +26,7 @@ from proxy.errors import BreakerOpen, CapacityExceeded, NotWarm, Refusal, StartF
 from proxy.lifecycle.events import Event, EventBus, Happening, State, Transition
 from proxy.lifecycle.manager import Manager
 from proxy.lifecycle.registry import Registry
-from proxy.schedule import Job
+from proxy.scale.schedule import Job
 
 RECENT = 20  # start durations remembered per class
 NO_HISTORY = 1.0  # seconds: the expected start of a class that has not started yet

@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import hdrs, web
 
 from proxy.cluster.forward import Forwarder
-from proxy.autoscale import scaler_for
+from proxy.scale.autoscale import scaler_for
 from proxy.config.schema import Config, Route
 from backends.base import Instance
 from proxy.errors import (BodyTooLarge, ExpectationFailed, InvalidKey, InvalidPath, Refusal, UpstreamError,

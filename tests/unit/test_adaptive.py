@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.adaptive import DAY, FIRST, SLOT, TICK, AdaptivePrewarm, Learner, Planner
+from proxy.scale.adaptive import DAY, FIRST, SLOT, TICK, AdaptivePrewarm, Learner, Planner
 from proxy.lifecycle.events import State, Transition
 
 TEN = 10 * 3600.0  # 10:00

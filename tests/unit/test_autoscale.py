@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.autoscale import Autoscaler, RouteScaler, ScalePolicy
+from proxy.scale.autoscale import Autoscaler, RouteScaler, ScalePolicy
 from proxy.config.schema import Route
 from proxy.lifecycle.events import State
 

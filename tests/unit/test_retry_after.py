@@ -11,10 +11,10 @@ from backends.base import BackendError, BackendUnavailable
 from proxy.errors import CapacityExceeded, NotWarm, StartFailed
 from proxy.lifecycle.events import StopReason
 from proxy.lifecycle.manager import Manager
-from proxy.prewarm import schedule_prewarm
+from proxy.scale.prewarm import schedule_prewarm
 from proxy.lifecycle.registry import Registry
 from proxy.retry_after import NO_HISTORY, RetryAdvisor
-from proxy.schedule import Scheduler
+from proxy.scale.schedule import Scheduler
 from tests.unit.conftest import Clock, World
 
 WALL = 5000.0  # the scheduler's (wall) clock, fixed

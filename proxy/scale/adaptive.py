@@ -22,8 +22,8 @@ from typing import Callable, Iterable
 from proxy.config.schema import Config
 from proxy.config.containers import PREWARM_BUDGET
 from proxy.lifecycle.events import ACTIVE, Event, Happening, Transition
-from proxy.periodic import Periodic
-from proxy.prewarm import Gate
+from proxy.scale.periodic import Periodic
+from proxy.scale.prewarm import Gate
 from proxy.lifecycle.registry import Registry
 
 SLOT = 300.0  # seconds per time-of-day slot

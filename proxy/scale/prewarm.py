@@ -11,7 +11,7 @@ from backends.base import ContainerSpec
 from proxy.lifecycle.balance import member_key
 from proxy.config.schema import Config, ContainerClass
 from proxy.lifecycle.registry import Registry
-from proxy.schedule import Job, Scheduler
+from proxy.scale.schedule import Job, Scheduler
 
 Gate = Callable[[str, str], Awaitable[bool]]  # (class, key) -> run here?
 

@@ -26,7 +26,7 @@ from proxy.lifecycle.balance import member_key
 from proxy.config.schema import Route
 from proxy.lifecycle.events import ACTIVE, State, StopReason
 from proxy.lifecycle.manager import Manager
-from proxy.periodic import Periodic
+from proxy.scale.periodic import Periodic
 from proxy.lifecycle.registry import Registry
 
 PANIC_THRESHOLD = 2.0  # the panic window's desired count over the ready count that starts panic mode
