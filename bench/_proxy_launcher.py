@@ -27,7 +27,7 @@ from aiohttp import web
 from backends.base import ContainerSpec, Instance, InstanceState
 from proxy.app import PROXY, create_app
 from proxy.config.schema import load_config
-from proxy.logs import configure
+from proxy.observe.logs import configure
 from proxy.server import serve
 
 from bench._common import rss_kib

@@ -25,7 +25,7 @@ from proxy.banner import announce
 from proxy.check import check
 from proxy.config.schema import Config, ConfigError, load_config
 from proxy.ctl import main as ctl
-from proxy.logs import FORMATS, configure
+from proxy.observe.logs import FORMATS, configure
 from proxy.server import serve
 
 CONFIG_ERROR, UNEXPECTED = 2, 1

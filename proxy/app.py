@@ -24,23 +24,23 @@ from proxy.lifecycle.capacity import Capacity
 from proxy.cluster.node import join
 from proxy.lifecycle.events import Event, EventBus, State, StopReason, Transition
 from proxy.fastpath import FastPath
-from proxy.hooks import Hooks
+from proxy.observe.hooks import Hooks
 from proxy.lifecycle.manager import Manager, Services
-from proxy.metrics import Metrics
+from proxy.observe.metrics import Metrics
 from proxy.wire.pools import Pools
-from proxy.logs import resolve_format
+from proxy.observe.logs import resolve_format
 from proxy.scale.prewarm import schedule_prewarm
 from proxy.lifecycle.readiness import Prober
-from proxy.ready import BackendCheck, readiness
+from proxy.observe.ready import BackendCheck, readiness
 from proxy.lifecycle.reconcile import Reconciler
 from proxy.lifecycle.registry import Registry
 from proxy.relays import Relays
 from proxy.retry_after import RetryAdvisor
-from proxy.reqlog import RequestLog
+from proxy.observe.request_log import RequestLog
 from proxy.wire.route_match import RouteGroup
 from proxy.routes import RouteHandler
 from proxy.scale.schedule import Clock, Scheduler
-from proxy.usage import UsageMeter
+from proxy.observe.usage import UsageMeter
 
 log = structlog.get_logger("proxy")
 

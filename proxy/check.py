@@ -10,7 +10,7 @@ from backends import create_backend
 from proxy import __version__
 from proxy.banner import plural
 from proxy.config.schema import Config
-from proxy.ready import ping
+from proxy.observe.ready import ping
 
 OK, UNREACHABLE = 0, 1
 LOCAL_IMAGES = ("docker", "podman")  # runtimes whose images live on the daemon (a swarm's live in a registry)

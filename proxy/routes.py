@@ -25,12 +25,12 @@ from proxy.errors import (BodyTooLarge, ExpectationFailed, InvalidKey, InvalidPa
 from proxy.wire.websocket import forward_websocket, is_websocket
 from proxy.keys import validate_key
 from proxy.lifecycle.manager import Manager
-from proxy.metrics import Metrics
+from proxy.observe.metrics import Metrics
 from proxy.wire.paths import escape_reason, upstream_target
 from proxy.wire.pools import Pools
 from proxy.lifecycle.registry import Registry
 from proxy.relays import Relays
-from proxy.reqlog import RequestLog
+from proxy.observe.request_log import RequestLog
 from proxy.request_id import of as request_id_of
 from proxy.responder import BODY_BYTES, OUTCOME, Relayed, relay_request
 from proxy.retry_after import RetryAdvisor

@@ -10,8 +10,8 @@ from aiohttp import web
 
 from proxy.config.schema import ConfigError, parse_config
 from proxy.lifecycle.events import EventBus, Happening, State, StopReason, Transition
-from proxy.metrics import OTHER, KeyLabels, named_keys
-from proxy.usage import UsageMeter
+from proxy.observe.metrics import OTHER, KeyLabels, named_keys
+from proxy.observe.usage import UsageMeter
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from proxy.config.schema import Config
 from proxy.lifecycle.events import ColdWait, Event, Happening, State, StopReason, Transition
 from proxy.scale.prewarm import fixed_keys
 from proxy.lifecycle.registry import Registry
-from proxy.request_metrics import PROXY_CODES, UNMATCHED_CODES, RequestCollector
+from proxy.observe.request_metrics import PROXY_CODES, UNMATCHED_CODES, RequestCollector
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: double the count, no dashboard reads them
 OTHER = "_other"  # the `key` label of every key config does not name (keys cannot start with `_`)

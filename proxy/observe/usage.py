@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 
 from proxy.config.schema import Config
 from proxy.lifecycle.events import Event, EventBus, Happening, State, Transition
-from proxy.metrics import CLASS, KeyLabels
+from proxy.observe.metrics import CLASS, KeyLabels
 
 USAGE_RETENTION = 24 * 3600.0  # seconds per-key detail outlives the key's last stop
 USAGE_MAX_STOPPED = 10_000  # stopped keys with per-key detail, at most
