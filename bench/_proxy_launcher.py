@@ -28,7 +28,7 @@ from backends.base import ContainerSpec, Instance, InstanceState
 from proxy.app import PROXY, create_app
 from proxy.config.schema import load_config
 from proxy.observe.logs import configure
-from proxy.server import serve
+from proxy.http.server import serve
 
 from bench._common import rss_kib
 

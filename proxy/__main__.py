@@ -26,7 +26,7 @@ from proxy.check import check
 from proxy.config.schema import Config, ConfigError, load_config
 from proxy.ctl import main as ctl
 from proxy.observe.logs import FORMATS, configure
-from proxy.server import serve
+from proxy.http.server import serve
 
 CONFIG_ERROR, UNEXPECTED = 2, 1
 

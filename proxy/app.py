@@ -23,7 +23,7 @@ from proxy.scale.autoscale import ScaleCollector
 from proxy.lifecycle.capacity import Capacity
 from proxy.cluster.node import join
 from proxy.lifecycle.events import Event, EventBus, State, StopReason, Transition
-from proxy.fastpath import FastPath
+from proxy.http.fastpath import FastPath
 from proxy.observe.hooks import Hooks
 from proxy.lifecycle.manager import Manager, Services
 from proxy.observe.metrics import Metrics
@@ -34,11 +34,11 @@ from proxy.lifecycle.readiness import Prober
 from proxy.observe.ready import BackendCheck, readiness
 from proxy.lifecycle.reconcile import Reconciler
 from proxy.lifecycle.registry import Registry
-from proxy.relays import Relays
-from proxy.retry_after import RetryAdvisor
+from proxy.http.watch import Relays
+from proxy.http.retry_after import RetryAdvisor
 from proxy.observe.request_log import RequestLog
 from proxy.wire.route_match import RouteGroup
-from proxy.routes import RouteHandler
+from proxy.http.routes import RouteHandler
 from proxy.scale.schedule import Clock, Scheduler
 from proxy.observe.usage import UsageMeter
 

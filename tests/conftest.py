@@ -24,7 +24,7 @@ from backends.base import Backend
 from proxy.app import PROXY, Proxy, create_app
 from proxy.config.schema import parse_config
 from proxy.lifecycle.manager import Manager
-from proxy.server import ProxyRunner
+from proxy.http.server import ProxyRunner
 
 BACKEND_PARAMS = [
     pytest.param("stub", id="stub"),

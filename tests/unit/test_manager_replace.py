@@ -10,7 +10,7 @@ from typing import Any
 from backends.base import Instance
 from proxy.lifecycle.events import Happening, State, StopReason
 from proxy.lifecycle.manager import Manager
-from proxy.relays import Relays
+from proxy.http.watch import Relays
 from proxy.wire.upstream import UpstreamPool
 
 UPSTREAM_TIMEOUT = 5.0

@@ -13,7 +13,7 @@ from proxy.lifecycle.events import StopReason
 from proxy.lifecycle.manager import Manager
 from proxy.scale.prewarm import schedule_prewarm
 from proxy.lifecycle.registry import Registry
-from proxy.retry_after import NO_HISTORY, RetryAdvisor
+from proxy.http.retry_after import NO_HISTORY, RetryAdvisor
 from proxy.scale.schedule import Scheduler
 from tests.unit.conftest import Clock, World
 

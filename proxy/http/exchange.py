@@ -21,12 +21,12 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from proxy.errors import BodyTooLarge, Refusal, RuntimeUnreachable, UpstreamError, refusal_bytes
 from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK
 from proxy.request_id import HEADER_LOWER
-from proxy.relays import Relays
+from proxy.http.watch import Relays
 from proxy.wire.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
     from proxy.lifecycle.manager import Manager
-    from proxy.routes import RouteHandler
+    from proxy.http.routes import RouteHandler
 
 _HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 _REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", PEER_MARK.encode()}

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from proxy.wire.upstream import UpstreamPool
 
 if TYPE_CHECKING:
-    from proxy.relay import Exchange
+    from proxy.http.exchange import Exchange
 
 
 class Relays:

@@ -14,12 +14,12 @@ from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
 
 from backends.base import Instance
-from proxy.relay import Exchange, request_head
+from proxy.http.exchange import Exchange, request_head
 from proxy.request_id import HEADER
 
 if TYPE_CHECKING:
     from proxy.lifecycle.manager import Manager
-    from proxy.routes import RouteHandler
+    from proxy.http.routes import RouteHandler
 
 
 BODY_BYTES = web.RequestKey("body_bytes", int)  # response body bytes of an answer written on the aiohttp path itself

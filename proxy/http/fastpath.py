@@ -29,8 +29,8 @@ from aiohttp.streams import StreamReader
 from proxy.lifecycle.events import State
 from proxy.keys import validate_key
 from proxy.wire.paths import is_plain
-from proxy.relay import Exchange, request_head
-from proxy.relays import Relays
+from proxy.http.exchange import Exchange, request_head
+from proxy.http.watch import Relays
 from proxy.request_id import request_id
 
 if TYPE_CHECKING:
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
     from proxy.cluster.owner import Ownership
     from proxy.wire.route_match import RouteGroup
-    from proxy.routes import RouteHandler
-    from proxy.server import FastProtocol
+    from proxy.http.routes import RouteHandler
+    from proxy.http.server import FastProtocol
 
     _Group = RouteGroup[RouteHandler]
     _Candidate = tuple[str | None, re.Pattern[str] | None, _Group | None]

@@ -36,8 +36,8 @@ from aiohttp.web_server import Server
 
 from proxy.errors import json_error
 from proxy.config.units import ConfigError
-from proxy.fastpath import FastPath
-from proxy.relay import Exchange
+from proxy.http.fastpath import FastPath
+from proxy.http.exchange import Exchange
 
 log = structlog.get_logger("proxy.server")
 _Message = tuple[Any, StreamReader]
