@@ -19,12 +19,12 @@ from typing import Any, Coroutine
 
 
 from proxy import __version__
-from proxy.admin import create_admin_app
+from proxy.admin.api import create_admin_app
 from proxy.app import PROXY, create_app
 from proxy.banner import announce
 from proxy.check import check
 from proxy.config.schema import Config, ConfigError, load_config
-from proxy.ctl import main as ctl
+from proxy.admin.ctl import main as ctl
 from proxy.observe.logs import FORMATS, configure
 from proxy.http.server import serve
 

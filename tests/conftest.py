@@ -190,7 +190,7 @@ async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.Fix
 async def make_admin(make_proxy: Any, aiohttp_client: Any) -> Any:
     """`make_admin(admin={...}, ...)`: make_proxy's proxy (with a token unless `admin` says otherwise) and an
     admin listener on the same Proxy, on an ephemeral loopback port (tests/admin_support.py)."""
-    from proxy.admin import create_admin_app
+    from proxy.admin.api import create_admin_app
     from tests.admin_support import TOKEN, Admin
 
     async def factory(admin: dict[str, Any] | None = None, config: dict[str, Any] | None = None,

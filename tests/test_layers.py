@@ -26,7 +26,6 @@ TOP = {
 }
 # Modules not yet moved into their wing (emptied one wing at a time).
 _FLAT_WINGS: dict[str, tuple[str, ...]] = {
-    "admin": ("admin", "admin_openapi", "admin_bodies", "ctl"),
 }
 FLAT = {f"proxy.{m}": w for w, names in _FLAT_WINGS.items() for m in names}
 
@@ -57,7 +56,7 @@ KNOWN_ARROWS: set[tuple[str, str]] = {
     ("proxy.http.server", "proxy.app"),  # ProxyRunner reaches back for app[PROXY]
 }
 KNOWN_CIRCLES: set[tuple[str, ...]] = {
-    ("proxy.admin", "proxy.admin_openapi"),
+    ("proxy.admin.api", "proxy.admin.openapi"),
     ("proxy.app", "proxy.http.fastpath", "proxy.http.server"),
     ("proxy.lifecycle.boost", "proxy.lifecycle.manager"),
     ("proxy.cluster.forward", "proxy.http.exchange", "proxy.http.watch", "proxy.http.responder", "proxy.http.routes"),

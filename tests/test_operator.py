@@ -24,7 +24,7 @@ from proxy import __version__
 from proxy.__main__ import main
 from proxy.app import create_app
 from proxy.config.schema import parse_config
-from proxy.ctl import duration, table
+from proxy.admin.ctl import duration, table
 from proxy.observe.request_log import RequestLog, console_line
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,8 +25,8 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from backends.control import Executable
-from proxy.admin_bodies import bodies_for, validate
-from proxy.admin_openapi import openapi
+from proxy.admin.bodies import bodies_for, validate
+from proxy.admin.openapi import openapi
 from proxy.app import PROXY, Proxy, add_seed_routes
 from proxy.config.admin import SEED_ROUTES
 from proxy.errors import (Conflict, Forbidden, InvalidInput, InvalidKey, NotFound, NotSupported, Refusal, Unauthorized,

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 from proxy.keys import KEY_SCHEMA
 
 if TYPE_CHECKING:
-    from proxy.admin import Operation
-    from proxy.admin_bodies import Bodies
+    from proxy.admin.api import Operation
+    from proxy.admin.bodies import Bodies
 
 STATES = ["stopped", "starting", "running", "stopping", "failed", "paused"]
 SECONDS = {"type": "number", "minimum": 0}
