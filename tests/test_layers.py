@@ -24,11 +24,6 @@ TOP = {
     "proxy.app": "app",
     "proxy.__main__": "entry", "proxy.banner": "entry", "proxy.check": "entry", "proxy.config_doc": "entry",
 }
-# Modules not yet moved into their wing (emptied one wing at a time).
-_FLAT_WINGS: dict[str, tuple[str, ...]] = {
-}
-FLAT = {f"proxy.{m}": w for w, names in _FLAT_WINGS.items() for m in names}
-
 _BASE = {"leaf", "backends"}
 # Which wings a wing may import (besides itself). backends/ sits below everything and imports no proxy/.
 ALLOWED: dict[str, set[str]] = {
@@ -56,7 +51,6 @@ KNOWN_ARROWS: set[tuple[str, str]] = {
     ("proxy.http.server", "proxy.app"),  # ProxyRunner reaches back for app[PROXY]
 }
 KNOWN_CIRCLES: set[tuple[str, ...]] = {
-    ("proxy.admin.api", "proxy.admin.openapi"),
     ("proxy.app", "proxy.http.fastpath", "proxy.http.server"),
     ("proxy.lifecycle.boost", "proxy.lifecycle.manager"),
     ("proxy.cluster.forward", "proxy.http.exchange", "proxy.http.watch", "proxy.http.responder", "proxy.http.routes"),
@@ -104,8 +98,6 @@ def wing(name: str) -> str:
         return top
     if name in TOP:
         return TOP[name]
-    if name in FLAT:
-        return FLAT[name]
     parts = name.split(".")
     assert len(parts) >= 3, f"{name}: a new top-level module of proxy/; put it in a wing (or TOP)"
     assert parts[1] in ALLOWED, f"{name}: {parts[1]}/ is not a wing of the table"

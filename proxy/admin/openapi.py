@@ -9,13 +9,32 @@ drift from what the code enforces.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from proxy.keys import KEY_SCHEMA
 
 if TYPE_CHECKING:
-    from proxy.admin.api import Operation
     from proxy.admin.bodies import Bodies
+
+
+
+class Operation(Protocol):
+    """What the document reads of an admin operation (proxy/admin/api.py's table), declared here so the
+    document knows nothing of the handlers behind it."""
+
+    @property
+    def method(self) -> str: ...
+    @property
+    def op(self) -> str: ...
+    @property
+    def summary(self) -> str: ...
+    @property
+    def mutates(self) -> bool: ...
+    @property
+    def body(self) -> str | None: ...
+    @property
+    def path(self) -> str: ...
+
 
 STATES = ["stopped", "starting", "running", "stopping", "failed", "paused"]
 SECONDS = {"type": "number", "minimum": 0}
