@@ -52,7 +52,6 @@ KNOWN_ARROWS: set[tuple[str, str]] = {
 }
 KNOWN_CIRCLES: set[tuple[str, ...]] = {
     ("proxy.app", "proxy.http.fastpath", "proxy.http.server"),
-    ("proxy.lifecycle.boost", "proxy.lifecycle.manager"),
     ("proxy.cluster.forward", "proxy.http.exchange", "proxy.http.watch", "proxy.http.responder", "proxy.http.routes"),
     ("bench.cold_start", "bench.cold_start_boost", "bench.cold_start_pause", "bench.cold_start_swarm"),
 }

@@ -9,20 +9,42 @@ above its type, unnoticed, until it stops.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
 from backends.base import Backend, ContainerSpec, Instance
 from backends.control import Boostable
 
-if TYPE_CHECKING:
-    from proxy.lifecycle.manager import Manager
-
 log = structlog.get_logger("proxy.boost")
 RETRY_DELAYS = (0.5, 2.0)  # seconds between attempts
 TIMEOUT = 5.0  # per attempt: a failed start waits for it, and the update answers in ~10 ms when all is well
 _running: set[asyncio.Task[None]] = set()  # strong references until done
+
+
+class _Services(Protocol):
+    @property
+    def backend(self) -> Backend: ...
+
+
+class _Class(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+class Manager(Protocol):
+    """What settling reads and writes of a key's manager (proxy/lifecycle/manager.py), declared here so
+    this module stays below it: whose instance it is, and where a failure is reported."""
+
+    instance: Instance | None
+    last_error: str
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def klass(self) -> _Class: ...
+    @property
+    def services(self) -> _Services: ...
 
 
 async def settle(backend: Backend, instance: Instance, spec: ContainerSpec) -> str | None:
