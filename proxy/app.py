@@ -24,6 +24,7 @@ from proxy.lifecycle.capacity import Capacity
 from proxy.cluster.node import join
 from proxy.lifecycle.events import Event, EventBus, State, StopReason, Transition
 from proxy.http.fastpath import FastPath
+from proxy.http.server import SERVED
 from proxy.observe.hooks import Hooks
 from proxy.lifecycle.manager import Manager, Services
 from proxy.observe.metrics import Metrics
@@ -252,6 +253,7 @@ def create_app(config: Config, backend: Backend | None = None, *, clock: Clock =
     app = web.Application(middlewares=[proxy.metrics.unmatched_middleware, json_errors],
                           client_max_size=config.max_body_size)
     app[PROXY] = proxy
+    app[SERVED] = proxy  # what serving needs of it (proxy/http/server.py)
     app[DETAIL] = config.errors.detail  # the admin listener's app has none: it answers operators in full
     add_seed_routes(app, config.admin.on_proxy_port)
     proxy.add_routes(app)

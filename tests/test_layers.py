@@ -48,10 +48,8 @@ KNOWN_ARROWS: set[tuple[str, str]] = {
     ("proxy.config.containers", "proxy.lifecycle.breaker"),  # the crash-loop policy's defaults live with the breaker
     ("proxy.observe.metrics", "proxy.scale.prewarm"),  # fixed_keys, a pure function of the config
     ("proxy.cluster.forward", "proxy.http.responder"),  # the peer hop relays through the exchange's responder
-    ("proxy.http.server", "proxy.app"),  # ProxyRunner reaches back for app[PROXY]
 }
 KNOWN_CIRCLES: set[tuple[str, ...]] = {
-    ("proxy.app", "proxy.http.fastpath", "proxy.http.server"),
     ("proxy.cluster.forward", "proxy.http.exchange", "proxy.http.watch", "proxy.http.responder", "proxy.http.routes"),
     ("bench.cold_start", "bench.cold_start_boost", "bench.cold_start_pause", "bench.cold_start_swarm"),
 }

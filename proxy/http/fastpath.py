@@ -29,7 +29,7 @@ from aiohttp.streams import StreamReader
 from proxy.lifecycle.events import State
 from proxy.keys import validate_key
 from proxy.wire.paths import is_plain
-from proxy.http.exchange import Exchange, request_head
+from proxy.http.exchange import Client, Exchange, request_head
 from proxy.http.watch import Relays
 from proxy.request_id import request_id
 
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     from proxy.cluster.owner import Ownership
     from proxy.wire.route_match import RouteGroup
     from proxy.http.routes import RouteHandler
-    from proxy.http.server import FastProtocol
 
     _Group = RouteGroup[RouteHandler]
     _Candidate = tuple[str | None, re.Pattern[str] | None, _Group | None]
@@ -102,7 +101,7 @@ class FastPath:
         self.relays = relays
         self.ownership = ownership
 
-    def plan(self, message: RawRequestMessage, payload: StreamReader, proto: FastProtocol) -> Exchange | None:
+    def plan(self, message: RawRequestMessage, payload: StreamReader, proto: Client) -> Exchange | None:
         if message.method not in FAST_METHODS or message.version != HttpVersion11 or message.upgrade:
             return None
         target = message.path

@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import structlog
 from aiohttp import web
@@ -240,14 +240,35 @@ class FastServer(Server):
         return FastProtocol(self, fast=self.fast, loop=self._loop, **{**self._kwargs, "auto_decompress": False})
 
 
+class _Busy(Protocol):
+    @property
+    def in_flight(self) -> int: ...
+
+
+class _Buffered(Protocol):
+    def flush(self) -> None: ...
+
+
+class Served(Protocol):
+    """What serving needs of the proxy behind an app (proxy/app.py's `Proxy`), handed down on the app as
+    `app[SERVED]` the way aiohttp's AppRunner hands its Server the app's handler: the server knows no app."""
+
+    @property
+    def registry(self) -> Iterable[_Busy]: ...
+    @property
+    def reqlog(self) -> _Buffered | None: ...
+    def fast_path(self, app: web.Application) -> FastPath: ...
+
+
+SERVED: web.AppKey[Served] = web.AppKey("served")
+
+
 class ProxyRunner(web.AppRunner):
     """An AppRunner whose connections take the fast path (tests and embedders use it like AppRunner)."""
 
     async def _make_server(self) -> Server:
-        from proxy.app import PROXY
-
         server = await super()._make_server()
-        return FastServer(server, self.app[PROXY].fast_path(self.app))
+        return FastServer(server, self.app[SERVED].fast_path(self.app))
 
 
 Announce = Callable[[list[Any], list[Any]], Awaitable[None]]
@@ -319,9 +340,7 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
         if announce is not None:
             await announce(runner.addresses, admin_runner.addresses if admin_runner is not None else [])
         signum = await _first_signal(lambda _: _on_second_signal(app))
-        from proxy.app import PROXY
-
-        in_flight = sum(manager.in_flight for manager in app[PROXY].registry)
+        in_flight = sum(manager.in_flight for manager in app[SERVED].registry)
         log.info(f"shutting down on {signal.Signals(signum).name}: draining {in_flight} "
                  f"request{'' if in_flight == 1 else 's'} for up to {shutdown_timeout:g}s")
         if isinstance(runner.server, FastServer):
@@ -351,11 +370,9 @@ async def _first_signal(on_second: Callable[[int], None]) -> int:
 def _on_second_signal(app: web.Application) -> None:
     """A second signal while draining: the operator wants out now. Instances keep running (the next start
     of the proxy adopts them)."""
-    from proxy.app import PROXY
-
     log.warning("second signal: exiting now without waiting for the drain (running instances are left "
                 "for the next start to adopt)")
-    reqlog = app[PROXY].reqlog
+    reqlog = app[SERVED].reqlog
     if reqlog is not None:
         reqlog.flush()
     with contextlib.suppress(Exception):
