@@ -34,7 +34,7 @@ ALLOWED: dict[str, set[str]] = {
     "lifecycle": _BASE | {"config"},  # the Manager speaks upward only through its events
     "observe": _BASE | {"lifecycle", "config"},
     "scale": _BASE | {"lifecycle", "config"},
-    "cluster": _BASE | {"lifecycle", "wire", "config"},
+    "cluster": _BASE | {"lifecycle", "observe", "wire", "config"},  # the peer hop counts the access line's bytes
     "http": _BASE | {"cluster", "scale", "observe", "lifecycle", "wire", "config"},
     "app": _BASE | {"http", "cluster", "scale", "observe", "lifecycle", "wire", "config"},
     "admin": _BASE | {"app", "observe", "lifecycle", "config"},
@@ -47,10 +47,8 @@ ALLOWED: dict[str, set[str]] = {
 KNOWN_ARROWS: set[tuple[str, str]] = {
     ("proxy.config.containers", "proxy.lifecycle.breaker"),  # the crash-loop policy's defaults live with the breaker
     ("proxy.observe.metrics", "proxy.scale.prewarm"),  # fixed_keys, a pure function of the config
-    ("proxy.cluster.forward", "proxy.http.responder"),  # the peer hop relays through the exchange's responder
 }
 KNOWN_CIRCLES: set[tuple[str, ...]] = {
-    ("proxy.cluster.forward", "proxy.http.exchange", "proxy.http.watch", "proxy.http.responder", "proxy.http.routes"),
     ("bench.cold_start", "bench.cold_start_boost", "bench.cold_start_pause", "bench.cold_start_swarm"),
 }
 

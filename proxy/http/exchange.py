@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
@@ -25,8 +25,38 @@ from proxy.http.watch import Relays
 from proxy.wire.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
+    from backends.base import Instance
     from proxy.lifecycle.manager import Manager
-    from proxy.http.routes import RouteHandler
+
+
+class Handler(Protocol):
+    """What an exchange needs of its route (proxy/http/routes.py's RouteHandler), declared here, at the
+    consumer, so the exchange sits below the routes: pools, metrics and log, the 503's advice, egress."""
+
+    @property
+    def pools(self) -> _Pools: ...
+    @property
+    def metrics(self) -> _FirstByte: ...
+    @property
+    def retry_advisor(self) -> _Advisor | None: ...
+    @property
+    def error_detail(self) -> str: ...
+    @property
+    def egress(self) -> Callable[[str, str, int], None]: ...
+    def record(self, key: str, method: str, path: str, status: int, seconds: float, fast: bool = False,
+               client: str = "", rid: str = "", sent: int = 0, received: int = 0) -> None: ...
+
+
+class _Pools(Protocol):
+    def upstream(self, instance: Instance) -> UpstreamPool: ...
+
+
+class _FirstByte(Protocol):
+    def first_byte(self, container: str, key: str) -> None: ...
+
+
+class _Advisor(Protocol):
+    def advise(self, refusal: Refusal, manager: Manager) -> None: ...
 
 _HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 _REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", PEER_MARK.encode()}
@@ -99,7 +129,7 @@ class Exchange:
                  "pump", "began", "retried", "replaced", "extra_head", "fast", "bodyless", "sent", "rid",
                  "head_len")
 
-    def __init__(self, relays: Relays, client: Client, handler: RouteHandler, manager: Manager,
+    def __init__(self, relays: Relays, client: Client, handler: Handler, manager: Manager,
                  pool: UpstreamPool, message: RawRequestMessage, payload: StreamReader, key: str,
                  head: bytes, rid: str, *, extra_head: bytes = b"", fast: bool = True) -> None:
         self.relays = relays

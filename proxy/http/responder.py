@@ -8,21 +8,26 @@ same way. aiohttp is handed a `Relayed` response that only keeps its books (keep
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 from aiohttp.http_parser import RawRequestMessage
 
 from backends.base import Instance
-from proxy.http.exchange import Exchange, request_head
+from proxy.http.exchange import Exchange, Handler, request_head
+from proxy.http.watch import Relays
 from proxy.request_id import HEADER
 
 if TYPE_CHECKING:
     from proxy.lifecycle.manager import Manager
-    from proxy.http.routes import RouteHandler
 
 
-BODY_BYTES = web.RequestKey("body_bytes", int)  # response body bytes of an answer written on the aiohttp path itself
+class Route(Handler, Protocol):
+    """An exchange's route, and the watch its exchanges share (proxy/http/routes.py's RouteHandler)."""
+
+    @property
+    def relays(self) -> Relays: ...
+
 # (status, body bytes) of a relay whose handler was cancelled (the client's connection closed): a relay that had
 # ended whole keeps its status; one cut short is 499.
 OUTCOME = web.RequestKey("relay_outcome", tuple[int, int])
@@ -86,7 +91,7 @@ def message_of(request: web.Request) -> RawRequestMessage:
                              request.raw_headers, not request.keep_alive, None, False, chunked, request.rel_url)
 
 
-async def relay_request(request: web.Request, handler: RouteHandler, manager: Manager, instance: Instance,
+async def relay_request(request: web.Request, handler: Route, manager: Manager, instance: Instance,
                         target: str, headers: dict[str, str], rid: str) -> Relayed:
     """Relay through an Exchange; `rid` is the request id (the client's own when it equals its header)."""
     client = RequestClient(request)

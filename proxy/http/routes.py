@@ -30,9 +30,9 @@ from proxy.wire.paths import escape_reason, upstream_target
 from proxy.wire.pools import Pools
 from proxy.lifecycle.registry import Registry
 from proxy.http.watch import Relays
-from proxy.observe.request_log import RequestLog
+from proxy.observe.request_log import BODY_BYTES, RequestLog
 from proxy.request_id import of as request_id_of
-from proxy.http.responder import BODY_BYTES, OUTCOME, Relayed, relay_request
+from proxy.http.responder import OUTCOME, Relayed, relay_request
 from proxy.http.retry_after import RetryAdvisor
 from proxy.wire.route_match import Headers, HostPattern, KeyTemplate, agent_matcher, normalize_host
 

@@ -9,12 +9,46 @@ deadline. `replace_after_timeouts` timeouts in a row on one instance retire it (
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
+from backends.base import Instance
 from proxy.wire.upstream import UpstreamPool
 
 if TYPE_CHECKING:
-    from proxy.http.exchange import Exchange
+    from proxy.lifecycle.manager import Manager
+
+
+class _Client(Protocol):
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+
+class _Pools(Protocol):
+    def upstream(self, instance: Instance) -> UpstreamPool: ...
+
+
+class _Handler(Protocol):
+    @property
+    def pools(self) -> _Pools: ...
+
+
+class Exchange(Protocol):
+    """What the watch reads of an exchange (proxy/http/exchange.py), declared here so the exchange can use
+    the watch without the two knowing each other's class."""
+
+    @property
+    def client(self) -> _Client: ...
+    @property
+    def handler(self) -> _Handler: ...
+    @property
+    def manager(self) -> Manager: ...
+    @property
+    def pool(self) -> UpstreamPool: ...
+    @property
+    def last_rx(self) -> float: ...
+    @property
+    def head_sent(self) -> bool: ...
+    def timed_out(self) -> None: ...
 
 
 class Relays:

@@ -18,8 +18,13 @@ from datetime import datetime
 from json.encoder import encode_basestring_ascii as _json_str
 from typing import TextIO
 
+from aiohttp import web
+
 FLUSH_SECONDS = 0.05
 FLUSH_BYTES = 64 * 1024
+# Response body bytes of an answer written on the aiohttp path itself (routes' WebSockets, the peer hop): the
+# access line's `sent` when no exchange counted them.
+BODY_BYTES = web.RequestKey("body_bytes", int)
 _METHODS = {m: _json_str(m) for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")}
 
 
