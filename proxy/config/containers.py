@@ -21,7 +21,6 @@ from backends.base import (
     PullPolicy,
     Resources,
 )
-from proxy.lifecycle.breaker import CrashLoopPolicy
 from proxy.config.base import Section, field_error, none_means_default, shown
 from proxy.config.compose import EnvFile, Label, Port, User, Volumes
 from proxy.config.units import (
@@ -157,6 +156,16 @@ class Keepalive(Section):
     @classmethod
     def _prepare(cls, data: Any) -> Any:
         return none_means_default(data if isinstance(data, dict) else {"schedule": data})
+
+
+@dataclass(frozen=True)
+class CrashLoopPolicy:
+    """`crash_loop` as the breaker (proxy/lifecycle/breaker.py) reads it: plain numbers, validated here."""
+
+    failures: int  # within `window` that open the breaker (0: never)
+    window: float
+    backoff: float  # the first open's; doubled on each failed trial
+    max_backoff: float
 
 
 class CrashLoop(Section):

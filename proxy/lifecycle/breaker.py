@@ -16,21 +16,14 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
+
+from proxy.config.containers import CrashLoopPolicy
 
 
 class BreakerState(str, enum.Enum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-@dataclass(frozen=True)
-class CrashLoopPolicy:
-    failures: int  # within `window` that open the breaker (0: never)
-    window: float
-    backoff: float  # the first open's; doubled on each failed trial
-    max_backoff: float
 
 
 class Breaker:

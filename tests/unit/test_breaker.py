@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from backends.base import BackendError, InstanceState
-from proxy.lifecycle.breaker import Breaker, BreakerState, CrashLoopPolicy
+from proxy.config.containers import CrashLoopPolicy
+from proxy.lifecycle.breaker import Breaker, BreakerState
 from proxy.errors import BreakerOpen, StartFailed
 from proxy.lifecycle.events import BreakerOpened, State
 from proxy.observe.hooks import hook_event
