@@ -45,6 +45,7 @@ from proxy.config.containers import (
     Readiness,
 )
 from proxy.config.routes import Route, check_distinct
+from proxy.keys import member_key
 from proxy.config.interpolate import interpolate, typed
 from proxy.config.units import (
     ConfigError,
@@ -60,7 +61,7 @@ from proxy.config.units import (
 
 __all__ = ["Admin", "Backend", "BackendConfig", "Cluster", "Config", "ConfigError", "ConfigSchema", "ContainerClass",
            "CronJob", "Errors", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook",
-           "derived_proxy_id", "load_config", "parse_config"]
+           "derived_proxy_id", "fixed_keys", "load_config", "parse_config"]
 
 HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's action (proxy/admin.py)
 HOOK_EVENTS: tuple[HookEvent, ...] = ("start", "stop", "error")
@@ -287,6 +288,17 @@ class Config:
                    routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing,
                    key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)), admin=schema.admin,
                    cluster=schema.cluster, log_format=schema.logging.format, errors=schema.errors)
+
+
+def fixed_keys(config: Config, container: str) -> tuple[str, ...]:
+    """Keys named literally by routes (not templates): what a keepalive warms by default."""
+    keys: list[str] = []
+    for route in config.routes:
+        if route.container != container or "{" in route.key:
+            continue
+        names = [member_key(route.key, i) for i in range(route.pool_size)] if route.mode == "lb" else [route.key]
+        keys += [k for k in names if k not in keys]
+    return tuple(keys)
 
 
 def parse_config(raw: Any) -> Config:

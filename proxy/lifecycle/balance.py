@@ -1,7 +1,6 @@
 """Load-balancing policy for `mode: lb` routes: which pool member takes the next request.
 
-Pool members get keys no URL can produce (`lb#0`, `lb#1`, ...: `#` never reaches a path, and
-`validate_key` refuses it), so a per-key route can never address a balanced pool's instance.
+Pool members are keyed by `member_key` (proxy/keys.py), a key rule the config and the cluster use too.
 """
 
 from __future__ import annotations
@@ -9,13 +8,8 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from proxy.lifecycle.events import ACTIVE, State
+from proxy.keys import member_key as member_key  # re-exported for cluster/owner.py (its branch is open)
 from proxy.lifecycle.manager import Manager
-
-POOL_SEPARATOR = "#"
-
-
-def member_key(base_key: str, index: int) -> str:
-    return f"{base_key}{POOL_SEPARATOR}{index}"
 
 
 def least_loaded(pool: Sequence[Manager], may_start: Callable[[], bool]) -> Manager:

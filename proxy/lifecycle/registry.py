@@ -11,7 +11,8 @@ import asyncio
 from typing import Callable, Iterator
 
 from backends.base import Instance
-from proxy.lifecycle.balance import least_loaded, member_key
+from proxy.keys import member_key
+from proxy.lifecycle.balance import least_loaded
 from proxy.config.schema import Config
 from proxy.lifecycle.events import State, StopReason
 from proxy.lifecycle.manager import Manager, Services

@@ -30,9 +30,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy import __version__
-from proxy.config.schema import Config
+from proxy.config.schema import Config, fixed_keys
 from proxy.lifecycle.events import ColdWait, Event, Happening, State, StopReason, Transition
-from proxy.scale.prewarm import fixed_keys
 from proxy.lifecycle.registry import Registry
 from proxy.observe.request_metrics import PROXY_CODES, UNMATCHED_CODES, RequestCollector
 

@@ -22,7 +22,7 @@ from typing import Awaitable, Callable, Iterable
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from proxy.lifecycle.balance import member_key
+from proxy.keys import member_key
 from proxy.config.schema import Route
 from proxy.lifecycle.events import ACTIVE, State, StopReason
 from proxy.lifecycle.manager import Manager

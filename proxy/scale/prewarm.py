@@ -8,23 +8,11 @@ from functools import partial
 from typing import Awaitable, Callable
 
 from backends.base import ContainerSpec
-from proxy.lifecycle.balance import member_key
-from proxy.config.schema import Config, ContainerClass
+from proxy.config.schema import Config, ContainerClass, fixed_keys
 from proxy.lifecycle.registry import Registry
 from proxy.scale.schedule import Job, Scheduler
 
 Gate = Callable[[str, str], Awaitable[bool]]  # (class, key) -> run here?
-
-
-def fixed_keys(config: Config, container: str) -> tuple[str, ...]:
-    """Keys named literally by routes (not templates): what a keepalive warms by default."""
-    keys: list[str] = []
-    for route in config.routes:
-        if route.container != container or "{" in route.key:
-            continue
-        names = [member_key(route.key, i) for i in range(route.pool_size)] if route.mode == "lb" else [route.key]
-        keys += [k for k in names if k not in keys]
-    return tuple(keys)
 
 
 def schedule_prewarm(scheduler: Scheduler, config: Config, registry: Registry,

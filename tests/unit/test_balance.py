@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from backends.base import BackendError
-from proxy.lifecycle.balance import least_loaded, member_key
+from proxy.keys import member_key
+from proxy.lifecycle.balance import least_loaded
 from proxy.errors import StartFailed
 from proxy.lifecycle.events import State, StopReason
 
