@@ -497,7 +497,7 @@ async def cleanup(kind: str, bench_id: str) -> int:
 
 async def run_runtime(kind: str, args: argparse.Namespace, bench_id: str, logdir: str) -> dict[str, Any]:
     if kind == "swarm":  # one service per key: its own floor and proxy (bench/cold_start_swarm.py)
-        from bench import cold_start_swarm
+        from bench.cold_start import swarm as cold_start_swarm
 
         return await cold_start_swarm.run_runtime(args, bench_id, logdir)
     poll = args.poll_ms / 1000.0
@@ -630,11 +630,11 @@ async def amain(args: argparse.Namespace) -> int:
     os.makedirs(logdir, exist_ok=True)
     print(f"bench id {bench_id}; proxy logs in {logdir}")
     if args.boost:
-        from bench import cold_start_boost
+        from bench.cold_start import boost as cold_start_boost
 
         return await cold_start_boost.amain(args, bench_id, logdir)
     if args.pause:
-        from bench import cold_start_pause
+        from bench.cold_start import pause as cold_start_pause
 
         return await cold_start_pause.amain(args, bench_id, logdir)
     print(f"instance type for floor and proxy: custom {CPUS:g} CPU / {MEMORY // 2**20} MiB "

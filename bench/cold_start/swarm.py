@@ -37,7 +37,7 @@ import aiohttp
 
 from backends.base import LABEL_KEY, LABEL_PROXY_ID, ContainerSpec, Resources
 from backends.swarm import LIVE, SwarmBackend
-from bench import cold_start as cs
+from bench.cold_start import harness as cs
 
 REGISTRY = "127.0.0.1:5000"
 IMAGE = f"{REGISTRY}/{cs.IMAGE}"
