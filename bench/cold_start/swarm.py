@@ -2,7 +2,7 @@
 
     python -m bench.cold_start --runtime swarm [--cycles 10] [--smoke]
 
-Run from bench/cold_start.py (its `run_runtime` hands `swarm` here); the results have the same shape as
+Run from bench/cold_start/harness.py (its `run_runtime` hands `swarm` here); the results have the same shape as
 that module's `run_runtime`, so its tables and SUMMARY read them unchanged. Needs an active swarm on dockerd
 and the model-service image in the local registry (`python -m backends.image push --registry 127.0.0.1:5000`).
 
