@@ -1,5 +1,5 @@
 """`python -m proxy --config config.yaml [--host H] [--port P] [--admin-port A] [--log-level L] [--check]`;
-`python -m proxy ctl ...` (the admin API's command line, proxy/ctl.py). Installed as `lazy-proxy` too.
+`python -m proxy ctl ...` (the admin API's command line, proxy/admin/ctl.py). Installed as `lazy-proxy` too.
 
 Every mistake an operator makes is one line on stderr, never a traceback. Exit codes: 0 done; 1 an
 unexpected error (its traceback only with `--log-level debug`), or `--check` found the backend

@@ -1,4 +1,4 @@
-"""The README's config reference table, generated from the schema in proxy/config.py.
+"""The README's config reference table, generated from the schema in proxy/config/schema.py.
 
 The table is derived, never hand-edited, so a field's default and description live only in its
 `Field(...)`. tests/test_config_doc.py fails when README.md's table is stale.

@@ -1,4 +1,5 @@
-"""Readiness kinds, the probe schedule and what a failed probe says (proxy/probe.py), on tiny local servers.
+"""Readiness kinds, the probe schedule and what a failed probe says (proxy/lifecycle/readiness.py), on tiny local
+servers.
 
 Real sockets on loopback, no daemon: a TCP listener, one that hangs up at once (as docker-proxy does while
 nothing listens behind a published port), an HTTP server answering 404 then 200, and a backend that reports

@@ -3,7 +3,7 @@
 Every operation goes through the key's `Manager`, the same object requests use, so an operator's start
 shares the one single-flight start and a stop waits for the requests in flight: there is no second path.
 The operations are declared once in `OPERATIONS` (method, path, handler, whether it mutates); the router
-and the OpenAPI description (proxy/admin_openapi.py) are both made from that table.
+and the OpenAPI description (proxy/admin/openapi.py) are both made from that table.
 
 Mutations need `Authorization: Bearer <admin token>` (compared in constant time); reads need it too
 unless the admin listener is on a loopback address. Each mutation and exec is logged as one JSON line
@@ -50,7 +50,7 @@ class Call:
     who: str
     manager: Manager
     body: dict[str, Any]
-    args: BaseModel | None = None  # the body, validated by its operation's model (proxy/admin_bodies.py)
+    args: BaseModel | None = None  # the body, validated by its operation's model (proxy/admin/bodies.py)
 
     def arg(self, name: str) -> Any:
         return getattr(self.args, name)

@@ -1,8 +1,8 @@
-"""The admin API's OpenAPI 3.1 description, made from the same table the router is (proxy/admin.py).
+"""The admin API's OpenAPI 3.1 description, made from the same table the router is (proxy/admin/api.py).
 
 Served at `GET /admin/openapi.json` on the admin listener. Only the response shapes are written here;
 which paths exist, their methods and whether they need the token come from `OPERATIONS`, the request
-bodies from the models that validate them (proxy/admin_bodies.py, with this config's bounds), the
+bodies from the models that validate them (proxy/admin/bodies.py, with this config's bounds), the
 `{key}` rule from proxy/keys.py and `{class}` from the configured classes, so the description cannot
 drift from what the code enforces.
 """

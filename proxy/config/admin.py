@@ -1,4 +1,4 @@
-"""`admin`: the admin listener, kept apart from proxied traffic (part of proxy/config.py's schema).
+"""`admin`: the admin listener, kept apart from proxied traffic (part of proxy/config/schema.py's schema).
 
 The proxy's own endpoints (status, config, metrics) and the control API live on their own listener, so
 a client of the proxied port sees only the upstream; `on_proxy_port` keeps chosen seed endpoints there

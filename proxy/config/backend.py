@@ -1,4 +1,4 @@
-"""`backend`: which runtime runs the instances and how to reach it (part of proxy/config.py's schema).
+"""`backend`: which runtime runs the instances and how to reach it (part of proxy/config/schema.py's schema).
 
 Shared fields, then one section per backend type; `Backend.options` is the selected backend's constructor
 arguments (backends/__init__.py `create_backend`).

@@ -1,6 +1,6 @@
 """Plumbing shared by every config section: the strict base model, doc metadata, and errors.
 
-Kept apart from proxy/config.py (the schema itself) so that file reads as one declaration per field.
+Kept apart from proxy/config/schema.py (the schema itself) so that file reads as one declaration per field.
 pydantic reports every problem with its location; `config_error` turns them into one `ConfigError`
 whose field is written the way a user finds it in YAML (`routes[0].key`, `containers.w.port`).
 """

@@ -1,4 +1,4 @@
-"""`cluster`: key ownership across proxy replicas (part of proxy/config.py's schema; see proxy/cluster/).
+"""`cluster`: key ownership across proxy replicas (part of proxy/config/schema.py's schema; see proxy/cluster/).
 
 `store: none` is one process, exactly the behaviour without the section. `store: etcd` makes every key owned by
 one replica at a time (an etcd lease-backed claim), and the other replicas forward its requests there.

@@ -1,6 +1,6 @@
 """The container options written as compose writes them: `volumes`, `ports`, `user`, `labels`, `env_file`.
 
-Field types of `containers.<class>` (proxy/config_containers.py). Paths in them (`./site:/srv`, `env_file: .env`)
+Field types of `containers.<class>` (proxy/config/containers.py). Paths in them (`./site:/srv`, `env_file: .env`)
 are relative to the config file's directory, as compose takes them relative to the compose file's; the loader
 passes that directory as the validation context (`{"base": Path}`), else the working directory is used.
 """

@@ -1,4 +1,4 @@
-"""`containers.<class>`: what to run and the lifecycle policy around it (part of proxy/config.py's schema).
+"""`containers.<class>`: what to run and the lifecycle policy around it (part of proxy/config/schema.py's schema).
 
 `ContainerSection` is the class as written in config.yaml; `ContainerClass` is what the manager reads,
 with the image, port, env and resources folded into a `ContainerSpec` for the backend.
@@ -62,8 +62,8 @@ HEALTHCHECK_BACKENDS = ("docker", "podman")
 
 
 class Readiness(Section):
-    """When a started instance may take requests (proxy/probe.py probes it). `kind` is `tcp` unless a `path`
-    makes it `http`; a bare string is shorthand: `tcp`, `healthcheck`, or a path (`/healthz`)."""
+    """When a started instance may take requests (proxy/lifecycle/readiness.py probes it). `kind` is `tcp`
+    unless a `path` makes it `http`; a bare string is shorthand: `tcp`, `healthcheck`, or a path (`/healthz`)."""
 
     kind: Literal["tcp", "http", "healthcheck"] = Field(
         default="tcp", description="`tcp`: the port accepts a connection; `http`: GET `path` answers 2xx; "
@@ -169,7 +169,7 @@ class CrashLoopPolicy:
 
 
 class CrashLoop(Section):
-    """The per-key crash-loop breaker (proxy/breaker.py)."""
+    """The per-key crash-loop breaker (proxy/lifecycle/breaker.py)."""
 
     failures: int = Field(default=3, ge=0, le=1000,
                           description="failed starts or crashes within `window` that open the key's breaker (`0`: "
@@ -265,7 +265,7 @@ class ContainerSection(Section):
         default=(), description="scheduled pre-warm starts; each may override `entrypoint`/`command`/`env`")
     prewarm: Literal["none", "adaptive"] = Field(
         default="none", description="`adaptive`: learn each key's busy times of day from its traffic and start its "
-                                    "instance a start's duration before a likely one (proxy/adaptive.py)")
+                                    "instance a start's duration before a likely one (proxy/scale/adaptive.py)")
     prewarm_budget: Duration = Field(
         default=PREWARM_BUDGET, description="adaptive pre-warm: running seconds per key per day its pre-warms may cost "
                                     "(each unused one is charged sleep_after)")

@@ -1,8 +1,8 @@
-"""`routes[]`: how a request finds its container class and key (part of proxy/config.py's schema).
+"""`routes[]`: how a request finds its container class and key (part of proxy/config/schema.py's schema).
 
 A route matches a path (aiohttp's pattern syntax, checked with aiohttp's own parser here so a config that loads
 always starts), optionally a Host, and makes the key from path/host variables, headers and cookies
-(proxy/route_match.py holds the matching rules both data paths share).
+(proxy/wire/route_match.py holds the matching rules both data paths share).
 """
 
 from __future__ import annotations

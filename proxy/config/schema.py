@@ -12,8 +12,8 @@ Webhook, ...) are used as is; `Config` and `ContainerClass` stay frozen dataclas
 `dataclasses.replace(config, host=...)` works) built from the validated schema. Every error becomes a
 `ConfigError` naming the field, which `python -m proxy` prints before exiting 2.
 
-Layout: scalar types in proxy/units.py, the strict base model and error paths in proxy/config_base.py,
-`containers.<class>` in proxy/config_containers.py, the README table in proxy/config_doc.py.
+Layout: scalar types in proxy/config/units.py, the strict base model and error paths in proxy/config/base.py,
+`containers.<class>` in proxy/config/containers.py, the README table in proxy/config_doc.py.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ __all__ = ["Admin", "Backend", "BackendConfig", "Cluster", "Config", "ConfigErro
            "CronJob", "Errors", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook",
            "derived_proxy_id", "fixed_keys", "load_config", "parse_config"]
 
-HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's action (proxy/admin.py)
+HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's action (proxy/admin/api.py)
 HOOK_EVENTS: tuple[HookEvent, ...] = ("start", "stop", "error")
 CONTAINER_ONLY = ("volumes", "ports", "user", "labels")  # class options a process cannot honour
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ class Config:
     key_labels: tuple[str, ...] = ()  # metrics.key_labels: the allowlist of per-key metric labels
     admin: Admin = Admin()
     cluster: Cluster = Cluster()
-    log_format: str | None = None  # logging.format; None: console on a terminal, JSON otherwise (proxy/logs.py)
+    log_format: str | None = None  # logging.format; None: console on a terminal, JSON otherwise (proxy/observe/logs.py)
     errors: Errors = Errors()
 
     @classmethod

@@ -2,7 +2,7 @@
 
 `FastPath.plan` looks at a parsed request head and either returns an `Exchange` that relays it to a
 pooled keep-alive connection of the key's running instance, or None, and the request is served by
-the aiohttp application on the same connection (see proxy/server.py). The fast path serves a request
+the aiohttp application on the same connection (see proxy/http/server.py). The fast path serves a request
 only when all of these hold, so every rule that needs more (starting, refusing, WebSockets) lives
 once, in the aiohttp path:
 

@@ -2,7 +2,7 @@
 
     app -> RouteHandler(route) -> registry.get(key) -> manager.lease() -> backend instance -> forward
 
-This is the aiohttp path; warm plain requests take the fast path (proxy/fastpath.py), which uses this
+This is the aiohttp path; warm plain requests take the fast path (proxy/http/fastpath.py), which uses this
 handler's key, target and accounting rules so the two cannot drift apart.
 """
 

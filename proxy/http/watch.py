@@ -3,7 +3,7 @@ upstream timeouts in a row that takes an instance which stopped answering out of
 
 A timer per request would cost more than the request; one sweep a second (or a quarter of
 upstream_timeout) over the active exchanges answers each silent one with 504 within that much of its
-deadline. `replace_after_timeouts` timeouts in a row on one instance retire it (proxy/manager_health.py).
+deadline. `replace_after_timeouts` timeouts in a row on one instance retire it (proxy/lifecycle/health.py).
 """
 
 from __future__ import annotations

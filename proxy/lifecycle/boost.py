@@ -1,5 +1,5 @@
 """The end of a startup CPU boost (backends/control.py): once an instance is ready, its CPU limit goes down
-to its instance type's, the limit it is billed for (proxy/usage.py bills from ready).
+to its instance type's, the limit it is billed for (proxy/observe/usage.py bills from ready).
 
 In the background, so the first request does not wait for it (~10 ms on docker). A failure is retried a
 few times, then logged and left in the key's status (`last_error`): the instance would otherwise run

@@ -4,7 +4,7 @@ The manager emits one `Transition` per state change; the ones that complete some
 `Happening` that says what (started, adopted, stopped, start failed, crashed), so logs, metrics, the
 usage meter and webhooks read the same fact instead of each re-deriving it from old and new states.
 Requests that waited for a start emit `ColdWait`. Nothing load-bearing hangs off the bus: the
-capacity count and upstream pools are told explicitly by the manager (proxy/manager.py).
+capacity count and upstream pools are told explicitly by the manager (proxy/lifecycle/manager.py).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class Transition:
     happening: Happening | None = None  # set on the transitions that complete something
     stop_reason: StopReason | None = None  # with STOPPED and CRASHED
     # With STARTED: the start's phases in order, e.g. (create, start, port, ready), seconds each; they add up to
-    # `duration` (see START_PHASES in proxy/metrics.py)
+    # `duration` (see START_PHASES in proxy/observe/metrics.py)
     phases: tuple[tuple[str, float], ...] = ()
     timestamp: float = field(default_factory=time.time)
 

@@ -1,6 +1,6 @@
 """Readiness probing: may a started instance take requests yet (and is it still alive)?
 
-Three kinds (`Readiness` in proxy/config_containers.py): a TCP connect to the instance's port (the default,
+Three kinds (`Readiness` in proxy/config/containers.py): a TCP connect to the instance's port (the default,
 as Cloudflare and Knative wait for the port), a GET of a path answering 2xx, or the image's own HEALTHCHECK
 as the runtime reports it. Probes begin `interval` apart and the waits grow with the time already waited
 (`next_wait`) up to `max_interval`, so a slow or broken app is not probed hundreds of times a second while a

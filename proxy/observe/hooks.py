@@ -87,7 +87,7 @@ class Hooks:
 
     def emit(self, payload: dict[str, Any]) -> None:
         """One hook event (`payload["event"]` names it) to the in-process callbacks and the webhooks that
-        listen for it; the lifecycle's come from the bus, `admin` ones from proxy/admin.py."""
+        listen for it; the lifecycle's come from the bus, `admin` ones from proxy/admin/api.py."""
         for callback in self.callbacks[payload["event"]]:
             try:
                 callback(payload)

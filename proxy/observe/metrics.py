@@ -5,7 +5,7 @@ Each app gets its own CollectorRegistry (tests build many apps). Three rules kee
 - **Every series a dashboard rates exists at zero before its first increment**, so `increase()` and
   `rate()` see the first 0 -> 1 (a series born at 1 loses it). All label values are known at
   start-up: per class (the configured classes), per key (`KeyLabels`: only keys config names), per
-  stop reason, per route and the status codes the proxy itself answers (proxy/request_metrics.py).
+  stop reason, per route and the status codes the proxy itself answers (proxy/observe/request_metrics.py).
 - **Per-key labels cannot be gamed by clients**: a key has its own `key` label only when config names
   it (routes' fixed keys, lb pool members `lb#N`, keepalive and cron keys, `metrics.key_labels`);
   every other key is `key="_other"`. Clients choose keys, so first-come label slots would let 100

@@ -90,7 +90,7 @@ _SKIP = {"event", "level", "timestamp"}
 
 def console_line(line: str) -> str:
     """A JSON request line as `HH:MM:SS [info] request method=GET path=/x status=200 ms=1.23 route=... key=...`
-    (local time, like the console renderer of every other line: proxy/logs.py)."""
+    (local time, like the console renderer of every other line: proxy/observe/logs.py)."""
     fields = json.loads(line)
     try:
         stamp = datetime.fromisoformat(fields["timestamp"]).astimezone().strftime("%H:%M:%S")

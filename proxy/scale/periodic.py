@@ -1,6 +1,6 @@
 """A tick on the event loop and the background tasks it begins, ended together by `stop`.
 
-Autoscaling (proxy/autoscale.py) and adaptive pre-warm (proxy/adaptive.py) each sample the managers on a
+Autoscaling (proxy/scale/autoscale.py) and adaptive pre-warm (proxy/scale/adaptive.py) each sample the managers on a
 timer and start instances in the background; this is the part they share.
 """
 

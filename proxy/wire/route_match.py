@@ -205,7 +205,7 @@ def agent_matcher(patterns: Iterable[str]) -> AgentMatcher | None:
 
 
 class Hosted(Protocol):
-    """What a RouteGroup needs of a route's handler (proxy/routes.py RouteHandler)."""
+    """What a RouteGroup needs of a route's handler (proxy/http/routes.py RouteHandler)."""
 
     host: HostPattern | None
 

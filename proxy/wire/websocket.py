@@ -1,4 +1,4 @@
-"""WebSockets to an instance (HTTP requests go through proxy/relay.py), and the hop-by-hop header rule.
+"""WebSockets to an instance (HTTP requests go through proxy/http/exchange.py), and the hop-by-hop header rule.
 
 The WebSocket handshake is redone on each hop by aiohttp; messages, and the close code and reason,
 are pumped both ways. Hop-by-hop headers stay on their hop.

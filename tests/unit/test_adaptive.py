@@ -1,4 +1,4 @@
-"""Adaptive pre-warm (proxy/adaptive.py) on the virtual clock: what is learned, what is due, and a real manager
+"""Adaptive pre-warm (proxy/scale/adaptive.py) on the virtual clock: what is learned, what is due, and a real manager
 started ahead of a daily habit."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Autoscaling decisions (proxy/autoscale.py) on the virtual clock: the KPA-like count, then a real pool."""
+"""Autoscaling decisions (proxy/scale/autoscale.py) on the virtual clock: the KPA-like count, then a real pool."""
 
 from __future__ import annotations
 

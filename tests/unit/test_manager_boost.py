@@ -1,5 +1,5 @@
 """The end of the startup CPU boost: the manager lowers the CPU limit once ready, without making the first
-request wait, reports a failure, and leaves no half-started instance boosted (proxy/boost.py)."""
+request wait, reports a failure, and leaves no half-started instance boosted (proxy/lifecycle/boost.py)."""
 
 from __future__ import annotations
 

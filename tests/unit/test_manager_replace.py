@@ -17,7 +17,7 @@ UPSTREAM_TIMEOUT = 5.0
 
 
 class FakeHandlerPools:
-    """`handler.pools.upstream(instance)`: one UpstreamPool per instance, as proxy/pools.py keeps them."""
+    """`handler.pools.upstream(instance)`: one UpstreamPool per instance, as proxy/wire/pools.py keeps them."""
 
     def __init__(self) -> None:
         self.pools: dict[str, UpstreamPool] = {}

@@ -1,4 +1,4 @@
-"""Retry-After by what the proxy knows (proxy/retry_after.py): each case, and that they differ as they should."""
+"""Retry-After by what the proxy knows (proxy/http/retry_after.py): each case, and that they differ as they should."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Host patterns, key templates (path/host variables, headers, cookies), User-Agent ignoring, path checks and the
-host pick among routes of one path: the rules both data paths share (proxy/route_match.py)."""
+host pick among routes of one path: the rules both data paths share (proxy/wire/route_match.py)."""
 
 from __future__ import annotations
 
