@@ -20,7 +20,8 @@ from bench.cold_start import harness
 from bench.cold_start import pause as cold_start_pause
 from bench.cold_start import swarm as cold_start_swarm
 from bench.cold_start.harness import (CPUS, GOAL_MS, MEMORY, READY_PATH, _diff_ci, _med, _ms, each_runtime,
-                                      readiness_ratios, run_runtime)
+                                      readiness_ratios)
+from bench.cold_start.run import run_runtime
 
 
 async def run_one(kind: str, args: argparse.Namespace, bench_id: str, logdir: str) -> dict[str, Any]:

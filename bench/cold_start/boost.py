@@ -21,7 +21,8 @@ import sys
 from typing import Any, cast
 
 from bench import _common as common
-from bench.cold_start.harness import ProxyUnderTest, cleanup, each_runtime
+from bench.cold_start.harness import cleanup, each_runtime
+from bench.cold_start.proxied import ProxyUnderTest
 
 SETTLE_WAIT = 1.0  # seconds the bench waits for the settled limit after the first 200
 

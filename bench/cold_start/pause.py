@@ -21,7 +21,8 @@ import sys
 import time
 from typing import Any, Awaitable, Callable
 
-from bench.cold_start.harness import READY_PATH, EngineFloor, ProxyUnderTest, cleanup, each_runtime, poll_ready
+from bench.cold_start.harness import READY_PATH, EngineFloor, cleanup, each_runtime, poll_ready
+from bench.cold_start.proxied import ProxyUnderTest
 
 PAUSE_AFTER = 0.3  # s: the waking proxy's pause_after
 WAKE_POLL = 0.001  # s: the floor's readiness poll while it wakes

@@ -2,7 +2,7 @@
 
     python -m bench.cold_start --runtime swarm [--cycles 10] [--smoke]
 
-Run from bench/cold_start/harness.py (its `run_runtime` hands `swarm` here); the results have the same shape as
+Run from bench/cold_start/__main__.py (`run_one` hands `swarm` here); the results have the same shape as
 that module's `run_runtime`, so its tables and SUMMARY read them unchanged. Needs an active swarm on dockerd
 and the model-service image in the local registry (`python -m backends.image push --registry 127.0.0.1:5000`).
 
@@ -38,6 +38,7 @@ import aiohttp
 from backends.base import LABEL_KEY, LABEL_PROXY_ID, ContainerSpec, Resources
 from backends.swarm import LIVE, SwarmBackend
 from bench.cold_start import harness as cs
+from bench.cold_start.proxied import ProxyUnderTest
 
 REGISTRY = "127.0.0.1:5000"
 IMAGE = f"{REGISTRY}/{cs.IMAGE}"
@@ -184,7 +185,7 @@ class SwarmFloor:
 # ---------------------------------------------------------------------------- proxy
 
 
-class SwarmProxy(cs.ProxyUnderTest):
+class SwarmProxy(ProxyUnderTest):
     """The proxy with backend `swarm` and the registry's image; a fresh key's service is removed after it."""
 
     def __init__(self, bench_id: str, interval_ms: float, sleep_after: float, logdir: str) -> None:
