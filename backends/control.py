@@ -3,7 +3,7 @@ the image's own HEALTHCHECK, the container's own address.
 
 Each is a small protocol of its own, checked with `isinstance`, so a backend that cannot (the stub
 cannot freeze an in-process server) simply does not have it and the core protocol stays the same for
-everyone. The admin API (proxy/admin.py) answers 409 "not supported by backend X" when one is missing.
+everyone. The admin API (proxy/admin/api.py) answers 409 "not supported by backend X" when one is missing.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ service, `python -m model_service`), with the proxy's environment, then the clas
 free port on 127.0.0.1, picked just before the start), `HOST` and `INSTANCE_ID` (a class's `env_file` is already
 merged into its `env`, and a per-start env from the control API into the spec's). `image` and the instance
 type's limits are not applied: a child process is neither isolated nor limited. The options only a container
-has (`volumes`, `ports`, `user`, `labels`) are refused by the config (proxy/config.py), not silently dropped.
+has (`volumes`, `ports`, `user`, `labels`) are refused by the config (proxy/config/schema.py), not silently dropped.
 
 What differs from a container, and why:
 - Instances do not outlive the proxy. `close()` stops every child, so there is nothing to adopt after a

@@ -93,7 +93,7 @@ PROXY = App(
            "httptools", "uvloop"),
     probe=(
         "import sys, json\n"
-        "import proxy.__main__, proxy.app, proxy.server, proxy.cluster, backends.docker, backends.podman\n"
+        "import proxy.__main__, proxy.app, proxy.http.server, proxy.cluster, backends.docker, backends.podman\n"
         "import uvloop, httptools\n"
     ),
     cmd=("/usr/bin/python3.11", "-m", "proxy", "--host", "0.0.0.0", "--port", "8787"),

@@ -26,9 +26,9 @@ from aiohttp import web
 
 from backends.base import ContainerSpec, Instance, InstanceState
 from proxy.app import PROXY, create_app
-from proxy.config import load_config
-from proxy.logs import configure
-from proxy.server import serve
+from proxy.config.schema import load_config
+from proxy.observe.logs import configure
+from proxy.http.server import serve
 
 from bench._common import rss_kib
 

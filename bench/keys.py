@@ -43,7 +43,7 @@ def child(n: int) -> dict:
     from aiohttp.test_utils import make_mocked_request
 
     from proxy.app import PROXY, create_app
-    from proxy.config import parse_config
+    from proxy.config.schema import parse_config
 
     app = create_app(parse_config(CONFIG))
     registry = app[PROXY].registry

@@ -4,7 +4,7 @@
 
 No proxy and no sleeping: a discrete-event replay of arrivals against a model of each key's instance (a start
 takes START seconds; it stops SLEEP_AFTER after its last activity; running time is billed from ready), driven by
-the same `Learner`/`Planner` the proxy's `prewarm: adaptive` uses (proxy/adaptive.py), ticking every TICK seconds.
+the same `Learner`/`Planner` the proxy's `prewarm: adaptive` uses (proxy/scale/adaptive.py), ticking every TICK seconds.
 Traffic: a shared key with a daily pattern (busy 8-20 h), 20 per-user keys with one to three sessions a day at
 their own times (a burst of requests over a few minutes, skipped on some days), and 30 keys with a few random
 requests over the week. Strategies: none; the seed's fixed cron every 2 minutes on the key config names (`shared`);
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from bench._common import summary, table
-from proxy.adaptive import DAY, TICK, Learner, Planner
-from proxy.config_containers import PREWARM_BUDGET
+from proxy.scale.adaptive import DAY, TICK, Learner, Planner
+from proxy.config.containers import PREWARM_BUDGET
 
 START = 2.0  # seconds from start to ready
 SLEEP_AFTER = 300.0

@@ -1,5 +1,5 @@
 """`python -m proxy --config config.yaml [--host H] [--port P] [--admin-port A] [--log-level L] [--check]`;
-`python -m proxy ctl ...` (the admin API's command line, proxy/ctl.py). Installed as `lazy-proxy` too.
+`python -m proxy ctl ...` (the admin API's command line, proxy/admin/ctl.py). Installed as `lazy-proxy` too.
 
 Every mistake an operator makes is one line on stderr, never a traceback. Exit codes: 0 done; 1 an
 unexpected error (its traceback only with `--log-level debug`), or `--check` found the backend
@@ -19,14 +19,14 @@ from typing import Any, Coroutine
 
 
 from proxy import __version__
-from proxy.admin import create_admin_app
+from proxy.admin.api import create_admin_app
 from proxy.app import PROXY, create_app
 from proxy.banner import announce
 from proxy.check import check
-from proxy.config import Config, ConfigError, load_config
-from proxy.ctl import main as ctl
-from proxy.logs import FORMATS, configure
-from proxy.server import serve
+from proxy.config.schema import Config, ConfigError, load_config
+from proxy.admin.ctl import main as ctl
+from proxy.observe.logs import FORMATS, configure
+from proxy.http.server import serve
 
 CONFIG_ERROR, UNEXPECTED = 2, 1
 

@@ -15,33 +15,34 @@ from aiohttp import web
 
 from backends import create_backend
 from backends.base import Backend, Instance, Owned
-from proxy.config import Config
-from proxy.config_admin import SeedRoute
+from proxy.config.schema import Config
+from proxy.config.admin import SeedRoute
 from proxy.errors import DETAIL, json_errors
-from proxy.adaptive import AdaptivePrewarm
-from proxy.autoscale import ScaleCollector
-from proxy.capacity import Capacity
+from proxy.scale.adaptive import AdaptivePrewarm
+from proxy.scale.autoscale import ScaleCollector
+from proxy.lifecycle.capacity import Capacity
 from proxy.cluster.metrics import ClusterCollector
 from proxy.cluster.node import join
-from proxy.events import Event, EventBus, State, StopReason, Transition
-from proxy.fastpath import FastPath
-from proxy.hooks import Hooks
-from proxy.manager import Manager, Services
-from proxy.metrics import Metrics
-from proxy.pools import Pools
-from proxy.logs import resolve_format
-from proxy.prewarm import schedule_prewarm
-from proxy.probe import Prober
-from proxy.ready import BackendCheck, readiness
-from proxy.reconcile import Reconciler
-from proxy.registry import Registry
-from proxy.relays import Relays
-from proxy.retry_after import RetryAdvisor
-from proxy.reqlog import RequestLog
-from proxy.route_match import RouteGroup
-from proxy.routes import RouteHandler
-from proxy.schedule import Clock, Scheduler
-from proxy.usage import UsageMeter
+from proxy.lifecycle.events import Event, EventBus, State, StopReason, Transition
+from proxy.http.fastpath import FastPath
+from proxy.http.server import SERVED
+from proxy.observe.hooks import Hooks
+from proxy.lifecycle.manager import Manager, Services
+from proxy.observe.metrics import Metrics
+from proxy.wire.pools import Pools
+from proxy.observe.logs import resolve_format
+from proxy.scale.prewarm import schedule_prewarm
+from proxy.lifecycle.readiness import Prober
+from proxy.observe.ready import BackendCheck, readiness
+from proxy.lifecycle.reconcile import Reconciler
+from proxy.lifecycle.registry import Registry
+from proxy.http.watch import Relays
+from proxy.http.retry_after import RetryAdvisor
+from proxy.observe.request_log import RequestLog
+from proxy.wire.route_match import RouteGroup
+from proxy.http.routes import RouteHandler
+from proxy.scale.schedule import Clock, Scheduler
+from proxy.observe.usage import UsageMeter
 
 log = structlog.get_logger("proxy")
 
@@ -113,7 +114,7 @@ class Proxy:
 
     def add_routes(self, app: web.Application) -> None:
         """Register each configured path once (the fast path resolves against the same resources); routes that
-        share a path (with different hosts) share its resource, and the Host picks one (proxy/route_match.py)."""
+        share a path (with different hosts) share its resource, and the Host picks one (proxy/wire/route_match.py)."""
         by_path: dict[str, list[RouteHandler]] = {}
         for handler in self.handlers:
             by_path.setdefault(handler.route.path, []).append(handler)
@@ -256,6 +257,7 @@ def create_app(config: Config, backend: Backend | None = None, *, clock: Clock =
     app = web.Application(middlewares=[proxy.metrics.unmatched_middleware, json_errors],
                           client_max_size=config.max_body_size)
     app[PROXY] = proxy
+    app[SERVED] = proxy  # what serving needs of it (proxy/http/server.py)
     app[DETAIL] = config.errors.detail  # the admin listener's app has none: it answers operators in full
     add_seed_routes(app, config.admin.on_proxy_port)
     proxy.add_routes(app)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import structlog
 
 from proxy import __version__
-from proxy.config import Config
+from proxy.config.schema import Config
 
 if TYPE_CHECKING:
     from proxy.app import Proxy

@@ -9,8 +9,8 @@ from __future__ import annotations
 from backends import create_backend
 from proxy import __version__
 from proxy.banner import plural
-from proxy.config import Config
-from proxy.ready import ping
+from proxy.config.schema import Config
+from proxy.observe.ready import ping
 
 OK, UNREACHABLE = 0, 1
 LOCAL_IMAGES = ("docker", "podman")  # runtimes whose images live on the daemon (a swarm's live in a registry)

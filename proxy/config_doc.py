@@ -1,4 +1,4 @@
-"""The README's config reference table, generated from the schema in proxy/config.py.
+"""The README's config reference table, generated from the schema in proxy/config/schema.py.
 
 The table is derived, never hand-edited, so a field's default and description live only in its
 `Field(...)`. tests/test_config_doc.py fails when README.md's table is stale.
@@ -20,8 +20,8 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from proxy.config import ConfigSchema
-from proxy.units import Unit, format_value
+from proxy.config.schema import ConfigSchema
+from proxy.config.units import Unit, format_value
 
 BEGIN = "<!-- config-reference:begin (generated: python -m proxy.config_doc --write README.md) -->"
 END = "<!-- config-reference:end -->"

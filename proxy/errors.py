@@ -96,7 +96,7 @@ class CapacityExceeded(Refusal):
 
 
 class BreakerOpen(Refusal):
-    """The key's crash-loop breaker is open: its starts failed or crashed too often (proxy/breaker.py)."""
+    """The key's crash-loop breaker is open: its starts failed or crashed too often (proxy/lifecycle/breaker.py)."""
 
     status, error = 503, "crash loop"
     public = "the app keeps failing to start; starts are paused for a while"

@@ -10,6 +10,14 @@ MAX_KEY_LENGTH = 63
 KEY_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
 KEY_SCHEMA = {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN}
 _KEY = re.compile(KEY_PATTERN)
+# Members of a `mode: lb` route's pool get keys no URL can produce (`lb#0`, `lb#1`, ...: `#` never reaches a
+# path, and `validate_key` refuses it), so a per-key route can never address a balanced pool's instance.
+POOL_SEPARATOR = "#"
+
+
+def member_key(base_key: str, index: int) -> str:
+    """The key of member `index` of the pool behind `base_key`."""
+    return f"{base_key}{POOL_SEPARATOR}{index}"
 
 
 def validate_key(key: str) -> str | None:

@@ -22,9 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from backends.base import Backend
 from proxy.app import PROXY, Proxy, create_app
-from proxy.config import parse_config
-from proxy.manager import Manager
-from proxy.server import ProxyRunner
+from proxy.config.schema import parse_config
+from proxy.lifecycle.manager import Manager
+from proxy.http.server import ProxyRunner
 
 BACKEND_PARAMS = [
     pytest.param("stub", id="stub"),
@@ -190,7 +190,7 @@ async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.Fix
 async def make_admin(make_proxy: Any, aiohttp_client: Any) -> Any:
     """`make_admin(admin={...}, ...)`: make_proxy's proxy (with a token unless `admin` says otherwise) and an
     admin listener on the same Proxy, on an ephemeral loopback port (tests/admin_support.py)."""
-    from proxy.admin import create_admin_app
+    from proxy.admin.api import create_admin_app
     from tests.admin_support import TOKEN, Admin
 
     async def factory(admin: dict[str, Any] | None = None, config: dict[str, Any] | None = None,

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from backends.stub import StubBackend
-from proxy.admin import OPERATIONS
-from proxy.events import State, Transition
+from proxy.admin.api import OPERATIONS
+from proxy.lifecycle.events import State, Transition
 from tests.admin_support import AUTH, ROOT, TOKEN
 from tests.test_cli import free_port
 

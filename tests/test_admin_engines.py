@@ -8,7 +8,7 @@ import json
 import aiodocker
 import pytest
 
-from proxy.events import State
+from proxy.lifecycle.events import State
 from tests.admin_support import AUTH
 from tests.conftest import ENGINE_PARAMS
 

@@ -56,7 +56,7 @@ async def test_autoscaled_route_grows_under_load_and_shrinks_after(make_proxy):
     ({"mode": "lb", "target_concurrency": -1}, "routes[0].target_concurrency"),
 ])
 def test_config_errors_name_the_field(route, field):
-    from proxy.config import ConfigError, parse_config
+    from proxy.config.schema import ConfigError, parse_config
 
     raw = {"containers": {"svc": {}}, "routes": [{"path": "/x/{tail:.*}", "container": "svc", "key": "x", **route}]}
     with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.events import ACTIVE
+from proxy.lifecycle.events import ACTIVE
 
 pytestmark = pytest.mark.parametrize("backend_kind", ["stub"])  # in-process stub backend only
 

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from proxy.events import State
+from proxy.lifecycle.events import State
 
 
 @pytest.fixture

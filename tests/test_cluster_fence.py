@@ -19,7 +19,7 @@ from bench._cluster import Etcd, Replicas, etcd_binary, remove_containers, runni
 from bench._fence import config, healthy, run_fault
 from proxy.cluster.etcd import EtcdStore
 from proxy.cluster.store import Member, rendezvous
-from proxy.ctl import members_table
+from proxy.admin.ctl import members_table
 from tests.conftest import base_config
 
 pytestmark = pytest.mark.etcd

@@ -26,7 +26,7 @@ import yaml
 from backends.base import LABEL_PROXY_ID
 from backends.image import DEFAULT_TAG, ensure_image
 from backends.rootfs import PROXY
-from proxy.config import Config, parse_config
+from proxy.config.schema import Config, parse_config
 from tests import engines
 from tests.conftest import ci
 

@@ -23,7 +23,7 @@ import yaml
 
 from backends.base import LABEL_OWNER, ContainerSpec, Instance
 from backends._names import service_name
-from proxy.config import load_config
+from proxy.config.schema import load_config
 from tests import engines
 
 ROOT = Path(__file__).resolve().parents[1]

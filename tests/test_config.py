@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from proxy.config import ConfigError, load_config, parse_config
+from proxy.config.schema import ConfigError, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,11 +18,11 @@ import yaml
 
 from backends._api import held_elsewhere, owner
 from backends.base import LABEL_OWNER, Volume
-from proxy.config import ConfigError, derived_proxy_id, load_config, parse_config
-from proxy.config_cluster import Cluster
-from proxy.config_compose import parse_env_file, parse_volume
-from proxy.interpolate import interpolate
-from proxy.units import parse_duration, parse_schedule
+from proxy.config.schema import ConfigError, derived_proxy_id, load_config, parse_config
+from proxy.config.cluster import Cluster
+from proxy.config.compose import parse_env_file, parse_volume
+from proxy.config.interpolate import interpolate
+from proxy.config.units import parse_duration, parse_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 

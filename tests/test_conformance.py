@@ -8,7 +8,7 @@ only and the case says why. Failing lazy-proxy cases are required behaviour (the
 rewritten); do not weaken or xfail them.
 
 lazy-proxy has two data paths: a warm key with a plain path (no `%`, no dot segment) takes the fast path
-(proxy/fastpath.py); the first request for a key (cold start), escaped paths, HEAD, Expect and upgrades
+(proxy/http/fastpath.py); the first request for a key (cold start), escaped paths, HEAD, Expect and upgrades
 take the aiohttp path. Request-side cases therefore run on `warm` (/api/..., key already running) and
 `cold` (/container/<new key>/api/..., which the upstream also sees as /api/...). For nginx both are alike.
 

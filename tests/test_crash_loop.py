@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from proxy.events import State, StopReason
+from proxy.lifecycle.events import State, StopReason
 from tests.conftest import WITH_PROCESS_PARAMS, MakeProxy
 
 RUNTIMES = [p for p in WITH_PROCESS_PARAMS if p.id != "stub"]  # commands mean nothing to the stub

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from proxy.app import PROXY, create_app
-from proxy.config import parse_config
-from proxy.events import State, StopReason
+from proxy.config.schema import parse_config
+from proxy.lifecycle.events import State, StopReason
 from tests import engines
 from tests.conftest import ENGINE_PARAMS, base_config
 

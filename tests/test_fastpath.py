@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from proxy.reqlog import RequestLog
+from proxy.observe.request_log import RequestLog
 from tests.conftest import base_config, with_misbehaving_upstream
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.events import Happening, State, Transition
+from proxy.lifecycle.events import Happening, State, Transition
 from tests.conftest import ENGINE_PARAMS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -309,7 +309,7 @@ async def test_a_frozen_instance_is_replaced_after_the_configured_timeouts(make_
 @pytest.mark.parametrize("reason", ["idle", "admin", "shutdown"])
 async def test_an_instance_paused_from_outside_stops_at_the_first_try(make_proxy, raw, reason):
     """Every stop path thaws a container someone paused behind the proxy's back (podman refuses to stop one)."""
-    from proxy.events import StopReason
+    from proxy.lifecycle.events import StopReason
 
     h = await make_proxy(svc={"sleep_after": "1s"} if reason == "idle" else {})
     assert (await h.client.get(f"/k/paused-{reason}/api/health")).status == 200

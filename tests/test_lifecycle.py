@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.events import State, StopReason
+from proxy.lifecycle.events import State, StopReason
 from tests.conftest import LIFECYCLE_PARAMS
 
 PASSENGER = {"sex": "female", "age": 29, "pclass": 1}

@@ -8,10 +8,10 @@ from typing import Mapping
 import pytest
 from aiohttp import web
 
-from proxy.config import ConfigError, parse_config
-from proxy.events import EventBus, Happening, State, StopReason, Transition
-from proxy.metrics import OTHER, KeyLabels, named_keys
-from proxy.usage import UsageMeter
+from proxy.config.schema import ConfigError, parse_config
+from proxy.lifecycle.events import EventBus, Happening, State, StopReason, Transition
+from proxy.observe.metrics import OTHER, KeyLabels, named_keys
+from proxy.observe.usage import UsageMeter
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import pytest
 from backends import create_backend
 from backends._engine import spec_hash
 from backends.base import BackendError
-from proxy.config import parse_config
-from proxy.events import State, StopReason
+from proxy.config.schema import parse_config
+from proxy.lifecycle.events import State, StopReason
 from tests import engines
 from tests.conftest import ENGINE_PARAMS, base_config
 

@@ -16,9 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openapi_spec_validator import validate
 
-from proxy.config import parse_config
+from proxy.config.schema import parse_config
 from proxy.keys import KEY_SCHEMA, validate_key
-from proxy.units import ConfigError
+from proxy.config.units import ConfigError
 from tests.admin_support import AUTH, TOKEN
 
 

@@ -23,9 +23,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from proxy import __version__
 from proxy.__main__ import main
 from proxy.app import create_app
-from proxy.config import parse_config
-from proxy.ctl import duration, table
-from proxy.reqlog import RequestLog, console_line
+from proxy.config.schema import parse_config
+from proxy.admin.ctl import duration, table
+from proxy.observe.request_log import RequestLog, console_line
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from proxy.events import State
+from proxy.lifecycle.events import State
 from tests.conftest import ENGINE_PARAMS
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 from aiohttp import web
 
-from proxy.events import State, StopReason
+from proxy.lifecycle.events import State, StopReason
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Readiness kinds, the probe schedule and what a failed probe says (proxy/probe.py), on tiny local servers.
+"""Readiness kinds, the probe schedule and what a failed probe says (proxy/lifecycle/readiness.py), on tiny local
+servers.
 
 Real sockets on loopback, no daemon: a TCP listener, one that hangs up at once (as docker-proxy does while
 nothing listens behind a published port), an HTTP server answering 404 then 200, and a backend that reports
@@ -16,9 +17,10 @@ from aiohttp import web
 
 from backends.base import BackendError, Instance, InstanceState
 from backends.control import Health
-from proxy.config import Readiness, parse_config
-from proxy.probe import BACKOFF, HANGUP_BOUNDS, HANGUP_GRACE, HUNG_UP, Forwarding, LastSeen, Prober, next_wait
-from proxy.units import ConfigError
+from proxy.config.schema import Readiness, parse_config
+from proxy.lifecycle.readiness import (BACKOFF, HANGUP_BOUNDS, HANGUP_GRACE, HUNG_UP, Forwarding, LastSeen, Prober,
+                                       next_wait)
+from proxy.config.units import ConfigError
 
 
 def readiness(value: Any = None) -> Readiness:

@@ -18,7 +18,7 @@ from collections import Counter
 
 import pytest
 
-from proxy.events import ColdWait, Event, Happening, State, Transition
+from proxy.lifecycle.events import ColdWait, Event, Happening, State, Transition
 from tests.prometheus_support import ROOT, START_DELAYS, Prometheus, binary, dashboard_targets, substitute
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import resource
 import pytest
 from yarl import URL
 
-from proxy.events import State
+from proxy.lifecycle.events import State
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from backends.docker import DockerBackend
 from proxy.app import create_app
-from proxy.config import parse_config
+from proxy.config.schema import parse_config
 from tests.conftest import base_config, proxy_server
 
 BROKEN = {"stub": {"image": "stub:no_such_module:create_app"}, "process": {"command": ["/no/such/program"]}}

@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from proxy.events import State
+from proxy.lifecycle.events import State
 from tests import engines
 from tests.conftest import MakeProxy
 

@@ -12,7 +12,7 @@ import json
 import aiohttp
 import pytest
 
-from proxy.events import State
+from proxy.lifecycle.events import State
 from tests.conftest import with_misbehaving_upstream
 
 

@@ -16,7 +16,7 @@ import time
 import aiohttp
 import pytest
 
-from proxy.responder import RequestClient
+from proxy.http.responder import RequestClient
 from tests.conftest import with_misbehaving_upstream
 from tests.test_fastpath import fast_count, read_response
 

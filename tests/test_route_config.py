@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from proxy.config import ConfigError, parse_config
+from proxy.config.schema import ConfigError, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ import pytest
 
 from backends.stub import StubBackend
 from proxy.app import PROXY, create_app
-from proxy.config import load_config
-from proxy.events import State
+from proxy.config.schema import load_config
+from proxy.lifecycle.events import State
 from tests.conftest import proxy_server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from proxy.metrics import START_PHASES
+from proxy.observe.metrics import START_PHASES
 from tests.conftest import LIFECYCLE_PARAMS, MakeProxy
 
 # What each backend's start is made of (a first start: nothing to restart or unpause yet).

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from bench.cold_start_boost import cgroup_cpus
-from proxy.events import State, StopReason
+from bench.cold_start.boost import cgroup_cpus
+from proxy.lifecycle.events import State, StopReason
 from tests.conftest import ENGINE_PARAMS
 
 TYPE_CPUS = 0.5

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.upstream import UpstreamConnection, UpstreamPool
+from proxy.wire.upstream import UpstreamConnection, UpstreamPool
 
 
 class Recorder:

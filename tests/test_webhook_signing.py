@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.config import ConfigError, parse_config
+from proxy.config.schema import ConfigError, parse_config
 
 SECRET = "whsec-test-0123456789abcdef"
 TOLERANCE = 300  # seconds a signature stays acceptable

@@ -23,9 +23,9 @@ from yarl import URL
 from proxy.cluster.owner import ClusterUnavailable, NotOwner, OwnerMoving, Ownership
 from proxy.cluster.store import Member
 from proxy.errors import UpstreamError, refusal_response
-from proxy.forward import HOP_BY_HOP, PEER_MARK, forward_websocket, is_websocket, upstream_headers
+from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK, forward_websocket, is_websocket, upstream_headers
 from proxy.request_id import of as request_id_of
-from proxy.responder import BODY_BYTES
+from proxy.observe.request_log import BODY_BYTES
 
 FORWARDED = PEER_MARK  # the owner drops it before the instance (proxy.forward.REQUEST_DROP, relay's skip list)
 OWNER_HEADER = "X-Lazy-Proxy-Owner"  # on a peer's 503: it is not the key's owner, this replica is

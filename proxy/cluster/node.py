@@ -14,8 +14,8 @@ from proxy.cluster.etcd import EtcdStore
 from proxy.cluster.forward import Forwarder
 from proxy.cluster.owner import Ownership
 from proxy.cluster.store import Member, StoreUnavailable
-from proxy.config import Config
-from proxy.registry import Registry
+from proxy.config.schema import Config
+from proxy.lifecycle.registry import Registry
 
 log = structlog.get_logger("proxy.cluster")
 

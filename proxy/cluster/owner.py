@@ -20,13 +20,14 @@ from typing import Any, Callable
 import structlog
 
 from backends.base import Backend, BackendError, Instance
-from proxy.balance import member_key
+from proxy.keys import member_key
 from proxy.cluster.store import Member, OwnershipStore, StoreUnavailable, rendezvous
-from proxy.config import Config
+from proxy.config.schema import Config
 from proxy.errors import Refusal
-from proxy.events import State
-from proxy.manager import Manager
-from proxy.registry import Registry
+from proxy.lifecycle.events import State
+from proxy.lifecycle.manager import Manager
+from proxy.lifecycle.services import FencedKey
+from proxy.lifecycle.registry import Registry
 
 log = structlog.get_logger("proxy.cluster")
 
@@ -75,9 +76,9 @@ class Ownership:
         registry.services = replace(registry.services, fence=self)  # before any manager is made
         self.forwarded = 0  # requests sent on to their owner (a metric)
 
-    # ---------------------------------------------------------------- the fence (proxy/manager.py's Fence)
+    # ---------------------------------------------------------------- the fence (proxy/lifecycle/manager.py's Fence)
 
-    def holds(self, manager: Manager) -> bool:
+    def holds(self, manager: FencedKey) -> bool:
         """May this replica act on the manager's key now: the lease is valid, the key's unit is claimed under
         it and the manager is the registry's (not one let go of). Synchronous: read when the caller runs,
         so an idle timer firing after a freeze sees the lapse before anything else could tell it. A lapse
@@ -88,7 +89,7 @@ class Ownership:
         unit = self.unit_of(manager.klass.name, manager.key)
         return unit in self.owned and self.registry.managers.get((manager.klass.name, manager.key)) is manager
 
-    async def confirm(self, manager: Manager) -> bool:
+    async def confirm(self, manager: FencedKey) -> bool:
         """Right before a stop or pause: the store's owner record is ours under our lease (one transaction).
         Not confirmed: the key is let go of here, its instance untouched (another replica's now, or the sweep's)."""
         unit = self.unit_of(manager.klass.name, manager.key)

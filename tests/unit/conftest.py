@@ -27,11 +27,11 @@ from typing import Any, AsyncIterator, Callable, Iterable
 import pytest
 
 from backends.base import ContainerSpec, Instance, InstanceState
-from proxy.capacity import Capacity
-from proxy.config import Config, ContainerClass, Readiness, parse_config
-from proxy.events import ColdWait, Event, EventBus, Happening, State, StopReason, Transition
-from proxy.manager import Manager, Services
-from proxy.registry import Registry
+from proxy.lifecycle.capacity import Capacity
+from proxy.config.schema import Config, ContainerClass, Readiness, parse_config
+from proxy.lifecycle.events import ColdWait, Event, EventBus, Happening, State, StopReason, Transition
+from proxy.lifecycle.manager import Manager, Services
+from proxy.lifecycle.registry import Registry
 
 HERE = Path(__file__).parent
 

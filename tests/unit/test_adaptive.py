@@ -1,12 +1,12 @@
-"""Adaptive pre-warm (proxy/adaptive.py) on the virtual clock: what is learned, what is due, and a real manager
+"""Adaptive pre-warm (proxy/scale/adaptive.py) on the virtual clock: what is learned, what is due, and a real manager
 started ahead of a daily habit."""
 
 from __future__ import annotations
 
 import asyncio
 
-from proxy.adaptive import DAY, FIRST, SLOT, TICK, AdaptivePrewarm, Learner, Planner
-from proxy.events import State, Transition
+from proxy.scale.adaptive import DAY, FIRST, SLOT, TICK, AdaptivePrewarm, Learner, Planner
+from proxy.lifecycle.events import State, Transition
 
 TEN = 10 * 3600.0  # 10:00
 
@@ -68,7 +68,7 @@ async def test_config_errors_name_the_field():
     import pytest
 
     from tests.unit.conftest import make_config
-    from proxy.config import ConfigError
+    from proxy.config.schema import ConfigError
 
     with pytest.raises(ConfigError, match=r"containers\.svc\.prewarm"):
         make_config({"svc": {"prewarm": "sometimes"}})

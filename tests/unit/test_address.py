@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from backends.base import ContainerSpec
 from backends.docker import DockerBackend
-from proxy.config import parse_config
+from proxy.config.schema import parse_config
 from tests.conftest import base_config
 
 SPEC = ContainerSpec(name="svc", image="img", port=8080)

@@ -1,10 +1,10 @@
-"""Autoscaling decisions (proxy/autoscale.py) on the virtual clock: the KPA-like count, then a real pool."""
+"""Autoscaling decisions (proxy/scale/autoscale.py) on the virtual clock: the KPA-like count, then a real pool."""
 
 from __future__ import annotations
 
-from proxy.autoscale import Autoscaler, RouteScaler, ScalePolicy
-from proxy.config import Route
-from proxy.events import State
+from proxy.scale.autoscale import Autoscaler, RouteScaler, ScalePolicy
+from proxy.config.schema import Route
+from proxy.lifecycle.events import State
 
 POLICY = ScalePolicy(target=8, min_instances=1, max_instances=10, stable_window=60.0)  # panic window 6 s, ticks 1 s
 

@@ -7,9 +7,10 @@ import asyncio
 import pytest
 
 from backends.base import BackendError
-from proxy.balance import least_loaded, member_key
+from proxy.keys import member_key
+from proxy.lifecycle.balance import least_loaded
 from proxy.errors import StartFailed
-from proxy.events import State, StopReason
+from proxy.lifecycle.events import State, StopReason
 
 YES = lambda: True  # noqa: E731 - capacity allows a start
 NO = lambda: False  # noqa: E731 - the class is full

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from backends.base import BackendError, InstanceState
-from proxy.breaker import Breaker, BreakerState, CrashLoopPolicy
+from proxy.config.containers import CrashLoopPolicy
+from proxy.lifecycle.breaker import Breaker, BreakerState
 from proxy.errors import BreakerOpen, StartFailed
-from proxy.events import BreakerOpened, State
-from proxy.hooks import hook_event
+from proxy.lifecycle.events import BreakerOpened, State
+from proxy.observe.hooks import hook_event
 from tests.unit.conftest import Clock
 
 POLICY = CrashLoopPolicy(failures=3, window=60.0, backoff=5.0, max_backoff=30.0)

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from backends.base import BackendError, InstanceState
-from proxy.capacity import Capacity
+from proxy.lifecycle.capacity import Capacity
 from proxy.errors import CapacityExceeded, StartFailed
-from proxy.events import Happening, State, StopReason
+from proxy.lifecycle.events import Happening, State, StopReason
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from proxy.cluster.owner import Ownership
 from proxy.cluster.store import Member, MemoryStore
 from proxy.errors import Fenced
-from proxy.events import State, StopReason
+from proxy.lifecycle.events import State, StopReason
 from tests.unit.test_manager_control import pausable
 
 A, B = Member("a", "http://a"), Member("b", "http://b")

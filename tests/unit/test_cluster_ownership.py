@@ -9,7 +9,7 @@ import pytest
 from backends.base import Instance
 from proxy.cluster.owner import ClusterUnavailable, OwnerMoving, Ownership
 from proxy.cluster.store import Member, MemoryStore, StoreUnavailable, rendezvous
-from proxy.events import State
+from proxy.lifecycle.events import State
 from tests.unit.test_manager_control import pausable
 
 A, B, C = Member("a", "http://a"), Member("b", "http://b"), Member("c", "http://c")

@@ -1,11 +1,11 @@
 """The end of the startup CPU boost: the manager lowers the CPU limit once ready, without making the first
-request wait, reports a failure, and leaves no half-started instance boosted (proxy/boost.py)."""
+request wait, reports a failure, and leaves no half-started instance boosted (proxy/lifecycle/boost.py)."""
 
 from __future__ import annotations
 
 from backends.base import BackendError
 from backends.control import Boostable
-from proxy.events import State
+from proxy.lifecycle.events import State
 from tests.unit.conftest import FakeBackend, FakeMethod, World, make_config
 
 

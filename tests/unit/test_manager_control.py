@@ -9,7 +9,7 @@ import pytest
 
 from backends.control import Pausable, Removable
 from proxy.errors import ActionFailed, CapacityExceeded, Conflict, NotSupported
-from proxy.events import Happening, State, StopReason
+from proxy.lifecycle.events import Happening, State, StopReason
 from tests.unit.conftest import FakeBackend, FakeMethod, World
 
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from backends.base import BackendError, BackendUnavailable, InstanceState
-from proxy.events import Happening, State, StopReason
+from proxy.lifecycle.events import Happening, State, StopReason
 
 
 async def running(world, key="k"):

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from proxy.errors import NotWarm
-from proxy.events import Happening, State, StopReason
+from proxy.lifecycle.events import Happening, State, StopReason
 
 
 async def running(world, key="k"):

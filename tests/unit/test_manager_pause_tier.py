@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from proxy.events import Happening, State, StopReason
+from proxy.lifecycle.events import Happening, State, StopReason
 from tests.unit.test_manager_control import lease_task, pausable
 
 TIER = {"pause_after": "10s", "sleep_after": "60s"}

@@ -8,16 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backends.base import Instance
-from proxy.events import Happening, State, StopReason
-from proxy.manager import Manager
-from proxy.relays import Relays
-from proxy.upstream import UpstreamPool
+from proxy.lifecycle.events import Happening, State, StopReason
+from proxy.lifecycle.manager import Manager
+from proxy.http.watch import Relays
+from proxy.wire.upstream import UpstreamPool
 
 UPSTREAM_TIMEOUT = 5.0
 
 
 class FakeHandlerPools:
-    """`handler.pools.upstream(instance)`: one UpstreamPool per instance, as proxy/pools.py keeps them."""
+    """`handler.pools.upstream(instance)`: one UpstreamPool per instance, as proxy/wire/pools.py keeps them."""
 
     def __init__(self) -> None:
         self.pools: dict[str, UpstreamPool] = {}

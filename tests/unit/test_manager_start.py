@@ -8,7 +8,7 @@ import pytest
 
 from backends.base import BackendError, BackendUnavailable
 from proxy.errors import StartFailed, StartTimeout
-from proxy.events import Happening, State, StopReason
+from proxy.lifecycle.events import Happening, State, StopReason
 from tests.unit.conftest import gather_outcomes
 
 N = 100

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from backends.base import BackendError
-from proxy.events import State, StopReason
-from proxy.manager import STOP_RETRY_DELAYS
+from proxy.lifecycle.events import State, StopReason
+from proxy.lifecycle.manager import STOP_RETRY_DELAYS
 
 
 async def test_a_failed_stop_is_retried_until_it_succeeds(world, clock):

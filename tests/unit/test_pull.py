@@ -145,7 +145,7 @@ async def test_a_failed_pull_is_a_backend_error_for_every_waiter() -> None:
 
 
 def test_the_config_gives_each_class_its_policy_and_the_engines_their_logins() -> None:
-    from proxy.config import ConfigError, parse_config
+    from proxy.config.schema import ConfigError, parse_config
 
     def config(**backend: Any) -> dict[str, Any]:
         return {"backend": backend, "containers": {"w": {"image": "x"}, "n": {"image": "y", "pull": "never"}},

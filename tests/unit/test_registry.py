@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from backends.base import Instance
-from proxy.events import Happening, State, StopReason
+from proxy.lifecycle.events import Happening, State, StopReason
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Retry-After by what the proxy knows (proxy/retry_after.py): each case, and that they differ as they should."""
+"""Retry-After by what the proxy knows (proxy/http/retry_after.py): each case, and that they differ as they should."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 
 from backends.base import BackendError, BackendUnavailable
 from proxy.errors import CapacityExceeded, NotWarm, StartFailed
-from proxy.events import StopReason
-from proxy.manager import Manager
-from proxy.prewarm import schedule_prewarm
-from proxy.registry import Registry
-from proxy.retry_after import NO_HISTORY, RetryAdvisor
-from proxy.schedule import Scheduler
+from proxy.lifecycle.events import StopReason
+from proxy.lifecycle.manager import Manager
+from proxy.scale.prewarm import schedule_prewarm
+from proxy.lifecycle.registry import Registry
+from proxy.http.retry_after import NO_HISTORY, RetryAdvisor
+from proxy.scale.schedule import Scheduler
 from tests.unit.conftest import Clock, World
 
 WALL = 5000.0  # the scheduler's (wall) clock, fixed

@@ -1,5 +1,5 @@
 """Host patterns, key templates (path/host variables, headers, cookies), User-Agent ignoring, path checks and the
-host pick among routes of one path: the rules both data paths share (proxy/route_match.py)."""
+host pick among routes of one path: the rules both data paths share (proxy/wire/route_match.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.route_match import (HostPattern, KeyTemplate, RouteGroup, agent_matcher, check_path, cookie,
+from proxy.wire.route_match import (HostPattern, KeyTemplate, RouteGroup, agent_matcher, check_path, cookie,
                                normalize_host, path_signature)
 
 

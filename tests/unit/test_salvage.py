@@ -1,4 +1,4 @@
-"""proxy/salvage.py: the whole requests before bytes that do not parse, with aiohttp's own parser."""
+"""proxy/http/salvage.py: the whole requests before bytes that do not parse, with aiohttp's own parser."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import HttpRequestParser
 from aiohttp.streams import EMPTY_PAYLOAD
 
-from proxy.salvage import MAX_SALVAGE, whole_requests
+from proxy.http.salvage import MAX_SALVAGE, whole_requests
 
 
 class _Protocol:

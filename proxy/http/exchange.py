@@ -1,0 +1,367 @@
+"""The HTTP relay both data paths use: one request to a pooled instance connection, its answer back.
+
+An `Exchange` holds the key's lease, writes the request (head as the client sent it, hop-by-hop
+removed, X-Forwarded-* set; the body streamed at the instance's pace), relays the response as it is
+parsed (headers as the instance sent them, chunked re-framed, small answers in one write) and
+releases everything exactly once, whichever way it ends: complete, client gone, instance reset,
+garbage, body over max_body_size, or silence past upstream_timeout (one sweep for all exchanges).
+Its `Client` is the connection it answers on: the fast path's protocol, or the aiohttp path's request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING, Protocol
+
+from aiohttp import HttpVersion11, hdrs
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+
+from proxy.errors import BodyTooLarge, Refusal, UpstreamError, refusal_bytes
+from proxy.http.reconnect import Handler, Reconnect
+from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK
+from proxy.request_id import HEADER_LOWER
+from proxy.http.watch import Relays
+from proxy.wire.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
+
+if TYPE_CHECKING:
+    from proxy.lifecycle.manager import Manager
+
+
+_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
+_REQUEST_SKIP = _HOP | {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", PEER_MARK.encode()}
+_REQUEST_SKIP_ID = _REQUEST_SKIP | {HEADER_LOWER}  # a client's X-Request-Id that is replaced
+_RESPONSE_SKIP = _HOP
+NEVER_PROCESSED = 0.1  # seconds: a connection lost this soon after the send took no request with it
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # safe to send twice (RFC 9110)
+_LENGTH_LINE = re.compile(rb"\r\ncontent-length[ \t]*:", re.IGNORECASE)
+
+
+class Client(Protocol):
+    """The client side of an exchange: where the answer goes."""
+
+    loop: asyncio.AbstractEventLoop
+    peer_host: str
+    scheme: str
+
+    def write(self, data: bytes) -> None: ...
+
+    def close_now(self) -> None: ...
+
+    def close_after_write(self) -> None: ...
+
+    def keeps_alive(self, message: RawRequestMessage) -> bool: ...
+
+    def relay_done(self, exchange: Exchange, clean: bool) -> None: ...
+
+
+def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, peer: str, scheme: str,
+                 rid: str, given: bool) -> bytes:
+    """The request as the instance receives it: the client's headers in order, hop-by-hop removed,
+    Host set to the instance, X-Forwarded-For/-Proto/-Host set (earlier X-Forwarded-For kept), and the
+    request id: the client's X-Request-Id where it stands when `given`, else `rid` added at the end."""
+    skip = _REQUEST_SKIP if given else _REQUEST_SKIP_ID
+    if hdrs.CONNECTION in message.headers:  # headers the client named as hop-by-hop stay on this hop
+        named = {t.strip().lower().encode() for v in message.headers.getall(hdrs.CONNECTION) for t in v.split(",")}
+        skip = skip | named
+        given = given and HEADER_LOWER not in named  # an id named hop-by-hop still goes on: appended below
+    lines = [f"{message.method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape"),
+             b"Host: %s\r\n" % pool.authority]
+    forwarded: list[bytes] = []
+    host = b""
+    for name, value in message.raw_headers:
+        lower = name.lower()
+        if lower in skip:
+            if lower == b"x-forwarded-for":
+                forwarded.append(value)
+            elif lower == b"host":
+                host = value
+            continue
+        lines += (name, b": ", value, b"\r\n")
+    if message.chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    forwarded.append(peer.encode())
+    lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (b", ".join(forwarded), scheme.encode()))
+    if host:
+        lines.append(b"X-Forwarded-Host: %s\r\n" % host)
+    if not given:
+        lines += (b"X-Request-Id: ", rid.encode(), b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class Exchange(Reconnect):
+    """One relayed request: lease held, request sent, response relayed, everything released once."""
+
+    __slots__ = ("relays", "client", "handler", "manager", "message", "payload", "key", "head",
+                 "streaming", "conn", "sent_at", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
+                 "pump", "began", "retried", "extra_head", "fast", "bodyless", "sent", "rid",
+                 "head_len")
+
+    def __init__(self, relays: Relays, client: Client, handler: Handler, manager: Manager,
+                 pool: UpstreamPool, message: RawRequestMessage, payload: StreamReader, key: str,
+                 head: bytes, rid: str, *, extra_head: bytes = b"", fast: bool = True) -> None:
+        self.relays = relays
+        self.client = client
+        self.extra_head = extra_head  # response headers of the proxy's own (X-Proxy-Cold-Start)
+        self.bodyless = message.method == "HEAD"  # the answer has a head only, whatever its headers say
+        self.fast = fast  # the fast path records its own metrics; the aiohttp path's handler does
+        self.handler = handler
+        self.manager = manager
+        self.pool = pool
+        self.message = message
+        self.payload = payload
+        self.key = key
+        self.head = head
+        self.request = head
+        self.streaming = False
+        self.conn: UpstreamConnection | None = None
+        self.sent_at = 0.0
+        self.status = 0
+        self.head_sent = False
+        self.out: list[bytes] = []
+        self.chunked_out = False
+        self.done = False
+        self.pump: asyncio.Task[None] | None = None
+        self.retried = False  # a stale pooled connection was retried on a fresh one
+        self.replaced = False  # a refused connect led to a new instance
+        self.attempts = 0  # fresh connections tried (proxy/http/reconnect.py)
+        self.sent = 0  # bytes written to the client: the key's egress, metered once in _finish
+        self.head_len = 0  # of those, the response head's (the access line counts body bytes)
+        self.rid = rid  # the request id (proxy/request_id.py)
+        self.began = self.last_rx = client.loop.time()
+        if fast:  # the aiohttp path's lease holds the key already: one request is one in flight
+            manager.hold()
+        relays.track(self)
+
+    # ---------------------------------------------------------------- sending
+
+    def start(self) -> None:
+        payload = self.payload
+        if payload is EMPTY_PAYLOAD:
+            self.request = self.head
+        elif payload.is_eof():  # the whole body came with the head (most API calls)
+            body = payload.read_nowait()
+            if self.message.chunked and len(body) > self.relays.max_body:
+                self._body_too_large()
+                return
+            self.request = self.head + (_chunk(body) + b"0\r\n\r\n" if self.message.chunked else body)
+        else:
+            self.request, self.streaming = self.head, True
+        conn = self.pool.take()
+        if conn is not None:
+            self._send(conn)
+        else:
+            self.client.loop.create_task(self._connect())
+
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.conn, self.sent_at = conn, self.client.loop.time()
+        conn.send(self, self.request, bodyless=self.bodyless)
+        if self.streaming:
+            self.pump = self.client.loop.create_task(self._stream_body(conn))
+
+    async def _stream_body(self, conn: UpstreamConnection) -> None:
+        chunked, seen, limit = self.message.chunked, 0, self.relays.max_body
+        try:
+            async for data in self.payload.iter_any():
+                seen += len(data)
+                if seen > limit:
+                    self._body_too_large()
+                    return
+                if conn.transport is None or conn.transport.is_closing():
+                    return
+                conn.transport.write(_chunk(data) if chunked else data)
+                await conn.drain()
+            if chunked and conn.transport is not None:
+                conn.transport.write(b"0\r\n\r\n")
+        except Exception:  # noqa: BLE001 - a broken client body ends the exchange
+            self.client_lost()
+
+    def _body_too_large(self) -> None:
+        self._fail(BodyTooLarge(f"request body exceeds max_body_size={self.relays.max_body} bytes"), close=True)
+
+    # ---------------------------------------------------------------- Relay (called by the connection)
+
+    def on_upstream_data(self) -> None:
+        self.last_rx = self.client.loop.time()
+        if self.relays.timeouts:  # the instance answers: its count of timeouts in a row starts again
+            self.relays.timeouts.pop(self.pool, None)
+
+    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], raw_head: bytes | None) -> bool:
+        if raw_head is not None and raw_head.startswith(b"HTTP/1.1 ") and HOP_LINE.search(raw_head) is None:
+            # The common case: nothing hop-by-hop in it, so the head goes out byte for byte as received.
+            framed = status in (204, 304) or _LENGTH_LINE.search(raw_head) is not None
+            chunked_in, lines = False, [raw_head]
+        else:
+            framed, chunked_in, lines = self._head_lines(status, reason, headers)
+        self.status = status
+        if (chunked_in or not framed) and not self.bodyless:  # chunked in, or ends with the close: chunked out
+            if self.message.version >= HttpVersion11:
+                self.chunked_out = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:  # an HTTP/1.0 client knows no chunks: the body ends with the connection
+                self.client.close_after_write()
+        lines.append(self._connection_line(self.client.keeps_alive(self.message)))
+        lines.append(self.extra_head + b"\r\n")
+        if self.extra_head:  # a request that waited for a start (the fast path never does): its first byte
+            self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
+        head = b"".join(lines)
+        self.head_len = len(head)
+        self.out.append(head)
+        self.head_sent = True
+        return framed
+
+    @staticmethod
+    def _head_lines(status: int, reason: bytes,
+                    headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool, list[bytes]]:
+        """The head rebuilt line by line, hop-by-hop headers (and those `Connection` names) left out."""
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        has_length = chunked_in = False
+        named: set[bytes] = set()
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _RESPONSE_SKIP:
+                if lower == b"transfer-encoding":
+                    chunked_in = True  # re-framed: the body is relayed chunked again
+                elif lower == b"connection":
+                    named.update(t.strip().lower() for t in value.split(b","))
+                continue
+            has_length = has_length or lower == b"content-length"
+            lines.append(b"%s: %s\r\n" % (name, value))
+        named -= {b"close", b"keep-alive"}
+        if named:
+            lines = lines[:1] + [line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named]
+        return has_length or chunked_in or status in (204, 304), chunked_in, lines
+
+    def on_body(self, data: bytes) -> None:
+        self.out.append(_chunk(data) if self.chunked_out else data)
+
+    def on_whole(self, status: int, data: bytes, head_end: int) -> None:
+        self.status, self.head_sent = status, True
+        keep_alive = self.client.keeps_alive(self.message)
+        self.head_len = head_end + 2  # (head_end: before the blank line)
+        if self.extra_head or not keep_alive or not self.fast:  # (on the fast path: none) the lines on_head adds
+            connection = self._connection_line(keep_alive)
+            data = b"".join((data[:head_end], connection, self.extra_head, data[head_end:]))
+            self.head_len += len(self.extra_head) + len(connection)
+            if self.extra_head:
+                self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
+        self._write(data)
+        self.on_end(True)
+
+    def _connection_line(self, keep_alive: bool) -> bytes:
+        """`Connection: close` when the connection ends after this answer; `keep-alive` for an HTTP/1.0 client
+        that asked for it (it keeps a connection only when told so, as nginx tells it); else none."""
+        if not keep_alive:
+            return b"Connection: close\r\n"
+        return b"Connection: keep-alive\r\n" if self.message.version < HttpVersion11 else b""
+
+    def on_flush(self) -> None:
+        if self.out:
+            self._write(b"".join(self.out))
+            self.out.clear()
+
+    def _write(self, data: bytes) -> None:
+        """Every byte to the client goes through here, so egress is counted in one place."""
+        self.sent += len(data)
+        self.client.write(data)
+
+    def on_end(self, reusable: bool) -> None:
+        if self.chunked_out:
+            self.out.append(b"0\r\n\r\n")
+        self.on_flush()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if reusable and (self.pump is None or self.pump.done()):
+                self.pool.put(conn)
+            else:
+                conn.abandon()
+        self._finish(self.status)
+
+    def on_upstream_lost(self, error: str, got_response: bool) -> None:
+        self.conn = None
+        if (not got_response and not self.streaming and self.message.method in _IDEMPOTENT
+                and self.client.loop.time() - self.sent_at < NEVER_PROCESSED):
+            # Closed with no answer right after we sent: a pooled connection the instance had just closed (the
+            # keep-alive race), or a port proxy that accepted for an instance that is going. The request most
+            # likely never reached it: once more, on a fresh connection (which finds out what happened to the
+            # instance), for idempotent requests only. A request that was on the instance longer is not sent
+            # twice: that one gets its 502.
+            if self.retried:  # the retry's fresh connection too: ask the runtime, as after a refusal
+                self.client.loop.create_task(self._lost_again(error))
+                return
+            self.retried = True
+            self.client.loop.create_task(self._connect())
+            return
+        self.manager.suspect()
+        self._fail(UpstreamError(502, f"upstream connection failed: {error}" if not got_response
+                                 else f"upstream broke mid-response: {error}"))
+
+    # ---------------------------------------------------------------- endings
+
+    def timed_out(self) -> None:
+        if self.done:
+            return
+        self._fail(UpstreamError(504, "upstream did not answer within upstream_timeout"))
+        self.relays.after_timeout(self)
+
+    def _fail(self, refusal: Refusal, close: bool = False) -> None:
+        """Answer with the refusal if nothing was sent yet, else cut the connection (the only honest signal)."""
+        if self.done:
+            return
+        if self.conn is not None:
+            self.conn.abandon()
+            self.conn = None
+        if self.head_sent:
+            self.client.close_now()
+        else:
+            # (an HTTP/1.0 client would not know a refusal's connection stays: it is closed after it)
+            close = close or not self.client.keeps_alive(self.message) or self.message.version < HttpVersion11
+            if isinstance(refusal, UpstreamError):
+                refusal.extra["key"] = self.key
+            data, self.head_len = refusal_bytes(refusal, close, self.rid, self.handler.error_detail)
+            self._write(data)
+            if close:
+                self.client.close_after_write()
+        self._finish(refusal.status)
+
+    def client_lost(self) -> None:
+        """The client went away: the instance's answer has nowhere to go."""
+        if self.done:
+            return
+        if self.conn is not None:
+            self.conn.abandon()
+            self.conn = None
+        self._finish(499)
+
+    def _finish(self, status: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.status = status
+        self.relays.active.discard(self)
+        if self.pump is not None and not self.pump.done():
+            self.pump.cancel()
+        now = self.client.loop.time()
+        manager = self.manager
+        if self.fast:
+            manager.release(now)  # (the aiohttp path's lease releases its own hold)
+        if self.sent:
+            self.handler.egress(manager.klass.name, manager.key, self.sent)
+        if self.fast:
+            path = self.message.path.partition("?")[0]
+            self.handler.record(self.key, self.message.method, path, status, now - self.began, True,
+                                self.client.peer_host, self.rid, self.body_bytes, self.payload.total_bytes)
+        self.client.relay_done(self, clean=self.payload.is_eof())
+
+
+    @property
+    def body_bytes(self) -> int:
+        """Response body bytes written to the client (chunk framing included, as nginx's $body_bytes_sent)."""
+        return max(0, self.sent - self.head_len)
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+

@@ -1,0 +1,140 @@
+"""The fast path: warm plain HTTP/1.1 requests relayed without aiohttp's request/response objects.
+
+`FastPath.plan` looks at a parsed request head and either returns an `Exchange` that relays it to a
+pooled keep-alive connection of the key's running instance, or None, and the request is served by
+the aiohttp application on the same connection (see proxy/http/server.py). The fast path serves a request
+only when all of these hold, so every rule that needs more (starting, refusing, WebSockets) lives
+once, in the aiohttp path:
+
+- HTTP/1.1, method GET/POST/PUT/PATCH/DELETE/OPTIONS (HEAD, CONNECT, TRACE: aiohttp), no `Upgrade`,
+  no `Expect` (100-continue is answered by the aiohttp path, after the body-size check);
+- an origin-form target whose path is plain (no `%`, no `/.`, no `\\`): aiohttp's router sees it as
+  sent, so both paths pick the same route; any other target is checked and served by aiohttp;
+- it matches a proxied route (the proxy's own endpoints go to aiohttp); where routes of that path differ
+  by host, the Host picks one exactly as on the aiohttp path (`RouteGroup.pick`), and a Host none takes
+  goes to aiohttp (404); the key, from the path, host, headers or cookies (`KeyTemplate`), is valid, a declared
+  Content-Length is within max_body_size, and the key's instance is **running** (and, clustered, the key
+  is owned here: one set lookup).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import HttpVersion11, hdrs
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+
+from proxy.lifecycle.events import State
+from proxy.keys import validate_key
+from proxy.wire.paths import is_plain
+from proxy.http.exchange import Client, Exchange, request_head
+from proxy.http.watch import Relays
+from proxy.request_id import request_id
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from proxy.cluster.owner import Ownership
+    from proxy.wire.route_match import RouteGroup
+    from proxy.http.routes import RouteHandler
+
+    _Group = RouteGroup[RouteHandler]
+    _Candidate = tuple[str | None, re.Pattern[str] | None, _Group | None]
+
+FAST_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class FastRouter:
+    """aiohttp's route resolution for plain paths, without a Request: same resources, same order.
+
+    aiohttp indexes resources by the literal prefix before their first variable and tries the
+    longest prefix first, in registration order within a prefix; this does the same.
+    """
+
+    CACHE = 4096  # resolved paths remembered (per-key routes have one path per key)
+
+    def __init__(self, app: web.Application, handlers: dict[Any, _Group]) -> None:
+        self._cache: dict[str, tuple[_Group, dict[str, str]] | None] = {}
+        self._index: dict[str, list[_Candidate]] = {}
+        for resource in app.router.resources():
+            info = resource.get_info()
+            canonical = resource.canonical
+            if "{" in canonical:
+                canonical = canonical.partition("{")[0].rpartition("/")[0]
+            self._index.setdefault(canonical.rstrip("/") or "/", []).append(
+                (info.get("path"), info.get("pattern"), handlers.get(resource)))
+
+    def resolve(self, path: str) -> tuple[_Group, dict[str, str]] | None:
+        """The proxied routes of `path` and its variables; None for own endpoints and no match."""
+        try:
+            return self._cache[path]
+        except KeyError:
+            pass
+        if len(self._cache) >= self.CACHE:
+            self._cache.clear()
+        found = self._cache[path] = self._resolve(path)
+        return found
+
+    def _resolve(self, path: str) -> tuple[_Group, dict[str, str]] | None:
+        part = path
+        while part:
+            for plain, pattern, handler in self._index.get(part, ()):
+                if plain is not None:
+                    if plain == path:
+                        return (handler, {}) if handler is not None else None
+                elif pattern is not None and (match := pattern.fullmatch(path)) is not None:
+                    return (handler, match.groupdict()) if handler is not None else None
+            if part == "/":
+                return None
+            part = part.rpartition("/")[0] or "/"
+        return None
+
+
+class FastPath:
+    """Decides per request head; holds what exchanges share."""
+
+    def __init__(self, app: web.Application, handlers: dict[Any, _Group], relays: Relays,
+                 ownership: Ownership | None = None) -> None:
+        self.router = FastRouter(app, handlers)
+        self.relays = relays
+        self.ownership = ownership
+
+    def plan(self, message: RawRequestMessage, payload: StreamReader, proto: Client) -> Exchange | None:
+        if message.method not in FAST_METHODS or message.version != HttpVersion11 or message.upgrade:
+            return None
+        target = message.path
+        path = target.partition("?")[0]
+        if not path.startswith("/") or not is_plain(path) or hdrs.EXPECT in message.headers:
+            return None
+        found = self.router.resolve(path)
+        if found is None:
+            return None
+        group, variables = found
+        handler = group.only
+        if handler is None:  # routes by host share this path: pick as RouteGroup.handle does
+            picked = group.pick(message.headers.get(hdrs.HOST))
+            if picked is None:
+                return None
+            handler, host_variables = picked
+            if host_variables:
+                variables = {**variables, **host_variables}
+        key = handler.key_for(variables, message.headers)
+        if handler.key_is_template and validate_key(key) is not None:
+            return None
+        length = message.headers.get(hdrs.CONTENT_LENGTH)
+        if length is not None and int(length) > self.relays.max_body:
+            return None
+        if self.ownership is not None and not self.ownership.owns(handler.route.container, key):
+            return None  # clustered: a key not (or no longer certainly) owned here takes the aiohttp path
+        manager = handler.manager_for(key)
+        if manager.state is not State.RUNNING or manager.instance is None:
+            return None
+        pool = handler.pools.upstream(manager.instance)
+        rid, given = request_id(message.headers)
+        head = request_head(message, handler.target_for(target, variables), pool, proto.peer_host, proto.scheme,
+                            rid, given)
+        return Exchange(self.relays, proto, handler, manager, pool, message, payload, key, head, rid)
+
+

@@ -1,0 +1,75 @@
+"""The Registry: (container class, key) -> Manager, created on first use.
+
+A key belongs to its class: `/container/abc` on one class's route and `abc` on another class are two
+managers and two instances. Managers cost a few hundred bytes until started, so 100k keys are cheap.
+Capacity, readiness probing and the lb policy live in their own modules; this is lookup only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Callable, Iterator
+
+from backends.base import Instance
+from proxy.keys import member_key
+from proxy.lifecycle.balance import least_loaded
+from proxy.config.schema import Config
+from proxy.lifecycle.events import State, StopReason
+from proxy.lifecycle.manager import Manager, Services
+
+
+class Registry:
+    def __init__(self, config: Config, services: Services) -> None:
+        self.config = config
+        self.services = services
+        self.managers: dict[tuple[str, str], Manager] = {}
+        # In a cluster, only keys owned here may be adopted (proxy/cluster/owner.py); None: every key.
+        self.admits: Callable[[str, str], bool] | None = None
+
+    def get(self, key: str, container: str) -> Manager:
+        """The manager for `key` of class `container` (created on first use)."""
+        manager = self.managers.get((container, key))
+        if manager is None:
+            manager = self.managers[(container, key)] = Manager(key, self.config.containers[container],
+                                                                self.services)
+        return manager
+
+    def peek(self, key: str, container: str) -> Manager | None:
+        """The manager for `key` if there is one (a read must not create managers)."""
+        return self.managers.get((container, key))
+
+    def __iter__(self) -> Iterator[Manager]:
+        return iter(list(self.managers.values()))
+
+    def pick_lb(self, base_key: str, container: str, instances: int) -> Manager:
+        pool = [self.get(member_key(base_key, i), container) for i in range(instances)]
+        return least_loaded(pool, lambda: self.services.capacity.may_start(container))
+
+    async def adopt_running(self) -> int:
+        """After a proxy restart, take over the running instances this proxy owns.
+
+        Stopped ones stay as a warm-restart cache when `backend.reuse_stopped` is on, else are removed.
+        """
+        backend = self.services.backend
+        if not self.config.backend.reuse_stopped:
+            await backend.cleanup_stopped()
+        return self.adopt(await backend.list_instances())
+
+    def adopt(self, instances: list[Instance], *, checked: bool = True) -> int:
+        """Take over listed running instances of known classes whose manager is `stopped`; how many.
+
+        `checked`: only of keys `admits` (a cluster's owner adopting a key it is claiming passes False)."""
+        adopted = 0
+        for instance in instances:
+            if instance.container not in self.config.containers:
+                continue
+            if checked and self.admits is not None and not self.admits(instance.container, instance.key):
+                continue
+            manager = self.get(instance.key, instance.container)
+            if manager.state is State.STOPPED:
+                manager.adopt(instance)
+                adopted += 1
+        return adopted
+
+    async def stop_all(self, reason: StopReason = StopReason.SHUTDOWN) -> None:
+        await asyncio.gather(*(m.stop(reason) for m in self), return_exceptions=True)

@@ -1,0 +1,101 @@
+"""The per-request JSON log line, pre-formatted and buffered: about a microsecond instead of ~23.
+
+structlog's processor chain, a JSON encoder and one unbuffered write per request cost more CPU than
+relaying the request itself. The line keeps structlog's shape and field names (`event`, `level`,
+`timestamp` plus the request's fields), so log shippers see no difference; it is assembled from
+pre-escaped parts and written in batches, flushed on a short timer, when the batch grows, and at exit.
+With `logging.format: console` each line is rewritten for a person at flush time (`console_line`), so
+the fast JSON path stays the one place the fields are decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import datetime
+from json.encoder import encode_basestring_ascii as _json_str
+from typing import TextIO
+
+from aiohttp import web
+
+FLUSH_SECONDS = 0.05
+FLUSH_BYTES = 64 * 1024
+# Response body bytes of an answer written on the aiohttp path itself (routes' WebSockets, the peer hop): the
+# access line's `sent` when no exchange counted them.
+BODY_BYTES = web.RequestKey("body_bytes", int)
+_METHODS = {m: _json_str(m) for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")}
+
+
+class RequestLog:
+    """Buffered writer of `{"event": "request", ...}` lines."""
+
+    def __init__(self, stream: TextIO | None = None, console: bool = False) -> None:
+        self._stream = stream
+        self.console = console
+        self._lines: list[str] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._second = -1
+        self._stamp = ""
+
+    def _new_second(self, now: float) -> str:
+        """One strftime per second, not per request."""
+        self._second = int(now)
+        self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._second))
+        return self._stamp
+
+    @staticmethod
+    def prefix(route: str, key: str) -> str:
+        """The start of a line, the same for every request of one route and key (callers may keep it)."""
+        return f'{{"route": {_json_str(route)}, "key": {_json_str(key)}, '
+
+    def request(self, prefix: str, method: str, path: str, status: int, seconds: float, client: str = "",
+                request_id: str = "", sent: int = 0, received: int = 0) -> None:
+        """One line: `client` the peer's IP address (nothing to escape), `bytes`/`request_bytes` the
+        response/request body bytes, `request_id` as proxy/request_id.py chose it."""
+        now = time.time()
+        stamp = self._stamp if int(now) == self._second else self._new_second(now)
+        line = (f'{prefix}"method": {_METHODS.get(method) or _json_str(method)}, "path": {_json_str(path)}, '
+                f'"status": {status}, "ms": {seconds * 1000:.2f}, "bytes": {sent}, "request_bytes": {received}, '
+                f'"client": "{client}", "request_id": {_json_str(request_id)}, "event": "request", '
+                f'"level": "info", "timestamp": "{stamp}.{int((now % 1) * 1e6):06d}Z"}}\n')
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._lines:
+            return
+        lines, self._lines, self._size = self._lines, [], 0
+        data = "".join(map(console_line, lines) if self.console else lines)
+        stream = self._stream or sys.stderr  # looked up late: tests and daemons swap stderr
+        try:
+            stream.write(data)
+            stream.flush()
+        except (OSError, ValueError):  # a closed stderr must not take the data path down
+            pass
+
+
+_FIRST = ("method", "path", "status", "ms")
+_SKIP = {"event", "level", "timestamp"}
+
+
+def console_line(line: str) -> str:
+    """A JSON request line as `HH:MM:SS [info] request method=GET path=/x status=200 ms=1.23 route=... key=...`
+    (local time, like the console renderer of every other line: proxy/observe/logs.py)."""
+    fields = json.loads(line)
+    try:
+        stamp = datetime.fromisoformat(fields["timestamp"]).astimezone().strftime("%H:%M:%S")
+    except (KeyError, TypeError, ValueError):
+        stamp = time.strftime("%H:%M:%S")
+    order = [k for k in _FIRST if k in fields] + [k for k in fields if k not in _FIRST and k not in _SKIP]
+    pairs = " ".join(f"{k}={fields[k]}" for k in order)
+    return f"{stamp} [{fields.get('level', 'info')}] {fields.get('event', 'request')} {pairs}\n"

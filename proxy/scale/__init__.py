@@ -1,0 +1,1 @@
+"""Starting instances before requests ask: autoscaling, schedules, fixed and adaptive pre-warm."""

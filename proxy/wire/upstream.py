@@ -1,0 +1,278 @@
+"""Raw keep-alive HTTP/1.1 connections to one instance, for the fast path.
+
+An `UpstreamConnection` is an asyncio.Protocol with httptools' response parser: it writes a request
+already serialised by the caller and reports the response to its current `Relay` as parsed pieces
+(head, body bytes, end), so the relay can pass them on without building any objects. Connections
+return to their instance's `UpstreamPool` when a response ends cleanly and both sides allow reuse;
+the pool is closed when the instance stops, so nothing is ever sent to a dead or reused address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Protocol
+
+import httptools
+
+from proxy.wire.websocket import HOP_BY_HOP
+
+MAX_IDLE = 64  # idle connections kept per instance; more are closed when they come back
+MAX_HEAD = 64 * 1024  # a response head kept whole for relaying as received
+# A header line whose name is hop-by-hop (in a head as received: "\r\n" starts each header line).
+HOP_LINE = re.compile(b"\r\n(?:" + b"|".join(re.escape(h.encode()) for h in sorted(HOP_BY_HOP)) + b")[ \t]*:",
+                      re.IGNORECASE)
+# On a lowered head: each Content-Length line (its digits captured) and each hop-by-hop header line (a
+# superset of HOP_BY_HOP: any proxy-*), in one pass. `_whole` wants exactly one match: the length.
+_FRAMING = re.compile(rb"\n(?:content-length[ \t]*:[ \t]*([0-9]{1,15})[ \t]*\r|(?:connection|keep-alive|proxy-[a-z-]*"
+                      rb"|te|trailers?|transfer-encoding|upgrade)[ \t]*:)")
+
+
+class Relay(Protocol):
+    """What a connection reports to while it carries one exchange."""
+
+    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], raw_head: bytes | None) -> bool:
+        """Relay the head; True when the body is framed (Content-Length, chunked, or none by status).
+
+        `raw_head` is the head exactly as received (status line and header lines, without the blank
+        line) when it is at hand; `headers` are the same lines parsed."""
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_flush(self) -> None: ...
+
+    def on_end(self, reusable: bool) -> None: ...
+
+    def on_whole(self, status: int, data: bytes, head_end: int) -> None:
+        """A whole answer came in one read and can go out as it came (see `UpstreamConnection._whole`):
+        `data[:head_end]` is the head without its blank line. The exchange ends with it (reusable)."""
+
+    def on_upstream_data(self) -> None: ...
+
+    def on_upstream_lost(self, error: str, got_response: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("pool", "transport", "relay", "_parser", "_headers", "_reason", "_interim", "_framed",
+                 "_got_response", "_complete", "_keep_alive", "_bodyless", "_drain", "_raw_head", "_head_buf")
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.relay: Relay | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._interim = False
+        self._framed = False  # Content-Length or chunked: the end is known without a close
+        self._got_response = False
+        self._complete = False
+        self._keep_alive = False
+        self._bodyless = False
+        self._drain: asyncio.Future[None] | None = None
+        self._raw_head: bytes | None = None  # the response head as received, for relaying it unchanged
+        self._head_buf = b""
+
+    # ---------------------------------------------------------------- use by a relay
+
+    def send(self, relay: Relay, data: bytes, bodyless: bool = False) -> None:
+        """Write a request; `bodyless` for HEAD, whose answer ends with its head."""
+        self.relay = relay
+        self._got_response = self._complete = False
+        self._bodyless = bodyless
+        self._raw_head, self._head_buf = None, b""
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the instance's socket buffer is full (request bodies stream at its pace)."""
+        if self._drain is not None:
+            await self._drain
+
+    def abandon(self) -> None:
+        """The exchange ended early: this connection's state is unknown, so it is never reused."""
+        self.relay = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        if relay is None:  # bytes on an idle connection: the instance broke the protocol
+            self.abandon()
+            return
+        relay.on_upstream_data()
+        if not self._got_response:
+            if not self._head_buf and not self._bodyless and self._whole(relay, data):
+                return
+            self._find_head(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.relay = None
+            self.abandon()
+            relay.on_upstream_lost(f"invalid response from instance: {exc}", self._got_response)
+            return
+        if self._complete:
+            self.relay = None
+            relay.on_end(self._keep_alive)
+        else:
+            relay.on_flush()
+
+    def _whole(self, relay: Relay, data: bytes) -> bool:
+        """The common answer, whole in one read: HTTP/1.1, a final status with a body, one Content-Length that
+        matches what came, nothing hop-by-hop (so the connection stays open). It is relayed without the
+        parser's callbacks (a few µs per request); the parser, which has not seen it, stays at a message
+        boundary. Anything else (chunked, split reads, 1xx, odd framing) goes through the parser."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or not data.startswith(b"HTTP/1.1 ") or data[12:13] not in (b" ", b"\r"):
+            return False
+        status_text = data[9:12]
+        if not status_text.isdigit() or status_text in (b"204", b"304") or status_text[0] in b"01":
+            return False
+        found = _FRAMING.findall(data[:end + 2].lower())
+        if len(found) != 1 or not found[0] or int(found[0]) != len(data) - end - 4:
+            return False
+        self.relay = None
+        relay.on_whole(int(status_text), data, end + 2)
+        return True
+
+    def _find_head(self, data: bytes) -> None:
+        """Keep the head's bytes: a response starts its connection's next chunk (one request at a time)."""
+        buf = self._head_buf + data if self._head_buf else data
+        end = buf.find(b"\r\n\r\n")
+        if end >= 0:
+            self._raw_head, self._head_buf = buf[:end + 2], b""
+        elif len(buf) < MAX_HEAD:
+            self._head_buf = buf
+        else:
+            self._head_buf = b""  # the parser's own limits decide; the head is relayed line by line
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.pool.discard(self)
+        relay, self.relay = self.relay, None
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        if relay is None:
+            return
+        if self._got_response and not self._framed and not self._interim:
+            relay.on_end(False)  # a body delimited by the close: this is its end
+        else:
+            reason = f"{type(exc).__name__}: {exc}" if exc else "connection closed by instance"
+            relay.on_upstream_lost(reason, self._got_response)
+
+    def pause_writing(self) -> None:
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    # ---------------------------------------------------------------- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._framed = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        reason, self._reason = self._reason, b""
+        self._interim = 100 <= status < 200  # 1xx interim answers are not relayed
+        raw_head, self._raw_head = self._raw_head, None
+        if self._interim:
+            return  # (the final head that follows is relayed line by line)
+        self._got_response = True
+        assert self.relay is not None
+        self._framed = self.relay.on_head(status, reason, self._headers, raw_head)
+        if self._bodyless:  # the parser would wait for a body a HEAD answer never has: end here, reuse never
+            self._complete, self._keep_alive = True, False
+
+    def on_body(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.on_body(data)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        self._complete = True
+        self._keep_alive = self._parser.should_keep_alive()  # only valid inside the callback
+
+
+class UpstreamPool:
+    """Idle keep-alive connections to one instance, most recently used first."""
+
+    __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "_busy", "closed")
+
+    def __init__(self, host: str, port: int, connect_timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.authority = (f"[{host}]:{port}" if ":" in host else f"{host}:{port}").encode()  # for Host
+        self.connect_timeout = connect_timeout
+        self._idle: list[UpstreamConnection] = []
+        self._busy: set[UpstreamConnection] = set()  # lent to exchanges: cut too if the instance goes
+        self.closed = False
+
+    def take(self) -> UpstreamConnection | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                self._busy.add(conn)
+                return conn
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        if self.closed:
+            raise ConnectionRefusedError("the instance is gone")
+        loop = asyncio.get_running_loop()
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
+            timeout=self.connect_timeout)
+        if self.closed or conn.transport is None or conn.transport.is_closing():
+            # The instance went while we connected, or a port proxy accepted for an instance that is gone and
+            # hung up at once: nothing was sent, so this is a refused connect.
+            conn.abandon()
+            raise ConnectionRefusedError("the instance is gone")
+        self._busy.add(conn)
+        return conn
+
+    def put(self, conn: UpstreamConnection) -> None:
+        self._busy.discard(conn)
+        if self.closed or len(self._idle) >= MAX_IDLE:
+            conn.abandon()
+        else:
+            self._idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        self._busy.discard(conn)
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            pass
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def close(self) -> None:
+        """The instance is gone: idle connections are dropped, and those still carrying an exchange are
+        cut, so it learns now (and may retry elsewhere) instead of waiting out upstream_timeout."""
+        self.closed = True
+        idle, self._idle = self._idle, []
+        busy, self._busy = self._busy, set()
+        for conn in idle:
+            conn.abandon()
+        for conn in busy:
+            if conn.transport is not None:
+                conn.transport.abort()  # its relay hears it in connection_lost
