@@ -80,7 +80,7 @@ def _get(port: int, path: str) -> int:
 
 def test_stdlib_log_lines_are_json_too():
     """Backends and libraries log through `logging`; their lines share the JSON stream (one object a line)."""
-    code = ("from proxy.logs import configure; import logging, structlog; configure('info'); "
+    code = ("from proxy.observe.logs import configure; import logging, structlog; configure('info'); "
             "logging.getLogger('backends._engine').info('restarting stopped container %s', 'lp-x'); "
             "structlog.get_logger('proxy').info('state', key='k')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
