@@ -171,8 +171,10 @@ async def run_fault(fault: str, lease_ttl: float = 2.0, fault_s: float | None = 
             members = [Member(f"r{port}", "") for port in replicas.ports]
             keys = [k for k in (f"f{i}" for i in range(500)) if rendezvous(f"svc/{k}", members) == members[0]][:KEYS]
             entries = replicas.ports[1:]
-            return await _round(fault, replicas, etcd, relays, keys, entries, socket, proxy_id, fault_s, after,
-                                lease_ttl, sleep_after)
+            report = await _round(fault, replicas, etcd, relays, keys, entries, socket, proxy_id, fault_s, after,
+                                  lease_ttl, sleep_after)
+            report["stale_stops_or_pauses"] = _own_actions(f"{logdir}/r{replicas.ports[0]}.log")
+            return report
         finally:
             await asyncio.to_thread(replicas.stop)
             for relay in relays:
@@ -249,7 +251,25 @@ async def _round(fault: str, replicas: Replicas, etcd: Etcd, relays: list[Relay]
     }
 
 
+def _own_actions(path: str) -> int:
+    """Stops and pauses the victim (the stale owner) began itself, from its log: a transition to stopping or
+    paused for any reason but its own shutdown at the end of the round."""
+    count = 0
+    with open(path, encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            if '"event": "state"' not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if entry.get("to") in ("stopping", "paused") and entry.get("reason") != "shutdown":
+                    count += 1
+    return count
+
+
 def healthy(report: dict[str, Any]) -> bool:
-    """What a round must show."""
+    """What a round must show: no failed request sent after the fault, never two running containers for one key,
+    no stop or pause by the stale owner, a WebSocket through a peer echoes. (`stops_or_pauses` and `starts`
+    count every replica's: the new owner may idle-stop a key it adopted while that key's requests were held
+    by the frozen owner, and restart the same container for the next request; that is its right.)"""
     return (report["failed_sent_after"] == 0 and report["max_running_per_key"] == 1
-            and report["stops_or_pauses"] == 0 and report["starts"] == 0 and report["ws_echo_after"])
+            and report["stale_stops_or_pauses"] == 0 and report["ws_echo_after"])
