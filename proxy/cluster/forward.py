@@ -27,7 +27,7 @@ from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK, forward_websocket, is_we
 from proxy.request_id import of as request_id_of
 from proxy.observe.request_log import BODY_BYTES
 
-FORWARDED = PEER_MARK  # the owner drops it before the instance (proxy.wire.websocket.REQUEST_DROP, the exchange's skip list)
+FORWARDED = PEER_MARK  # the owner drops it before the instance (proxy.wire.websocket.REQUEST_DROP)
 OWNER_HEADER = "X-Lazy-Proxy-Owner"  # on a peer's 503: it is not the key's owner, this replica is
 RETRY_EVERY = 0.2  # seconds between asking again while an unreachable owner's lease runs out
 UNREACHABLE = "the replica serving this app could not be reached"  # the public words for a failed hop
