@@ -155,12 +155,12 @@ async def op_destroy(call: Call) -> web.StreamResponse:
 
 
 async def op_pause(call: Call) -> web.StreamResponse:
-    await call.manager.pause(drain_of(call))
+    await call.manager.pauser.pause(drain_of(call))
     return answer(call)
 
 
 async def op_resume(call: Call) -> web.StreamResponse:
-    await call.manager.resume()
+    await call.manager.pauser.resume()
     return answer(call)
 
 

@@ -294,7 +294,7 @@ class Exchange(Reconnect):
             self.retried = True
             self.client.loop.create_task(self._connect())
             return
-        self.manager.suspect()
+        self.manager.health.suspect()
         self._fail(UpstreamError(502, f"upstream connection failed: {error}" if not got_response
                                  else f"upstream broke mid-response: {error}"))
 

@@ -212,7 +212,7 @@ class RouteHandler:
                                            on_message=manager.touch, connect_timeout=self.config.connect_timeout,
                                            open_sockets=self.websockets, on_egress=egress)
         except UpstreamError as exc:
-            manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
+            manager.health.suspect()  # a dead instance goes to `stopped`; the next request starts it again
             exc.extra["key"] = manager.key
             raise
 

@@ -110,7 +110,7 @@ class Relays:
             return  # already replaced or stopped
         loop = exchange.client.loop
         drained: asyncio.Future[None] = loop.create_future()
-        if manager.retire(instance, f"{limit} upstream timeouts in a row", drained):
+        if manager.health.retire(instance, f"{limit} upstream timeouts in a row", drained):
             task = loop.create_task(self._drain(pool, drained))
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)

@@ -63,7 +63,7 @@ class Reconciler:
         corrected = 0
         for manager in self.registry:
             if manager.state is State.RUNNING and manager.instance is not None and manager.instance.id not in ids:
-                corrected += await manager.liveness() is False
+                corrected += await manager.health.liveness() is False
         corrected += self.registry.adopt(listed)
         if isinstance(self.backend, Sweepable):
             try:
@@ -95,4 +95,4 @@ class Reconciler:
         for manager in self.registry:
             instance: Instance | None = manager.instance
             if manager.state is State.RUNNING and instance is not None and instance.id.startswith(container_id):
-                manager.suspect()  # checks with the runtime; a gone instance becomes `stopped` (a crash)
+                manager.health.suspect()  # checks with the runtime; a gone instance becomes `stopped` (a crash)

@@ -9,6 +9,7 @@ from typing import Any
 
 from backends.base import Instance
 from proxy.lifecycle.events import Happening, State, StopReason
+from proxy.lifecycle.health import HealthWatch
 from proxy.lifecycle.manager import Manager
 from proxy.http.watch import Relays
 from proxy.wire.upstream import UpstreamPool
@@ -53,7 +54,7 @@ class Harness:
         self.relays = Relays(1024, UPSTREAM_TIMEOUT)
         self.handler = FakeHandler()
         self.retired: list[tuple[Instance, str]] = []
-        real = manager.retire
+        real = manager.health.retire
 
         def spy(instance: Instance, reason: str, drained: Any = None) -> bool:
             self.retired.append((instance, reason))
@@ -79,7 +80,7 @@ class Harness:
 
 
 def spy_on(manager: Manager, harness: Harness, monkeypatch) -> None:
-    monkeypatch.setattr(Manager, "retire", lambda self, *a: harness.spy(*a) if self is manager else None)
+    monkeypatch.setattr(HealthWatch, "retire", lambda self, *a: harness.spy(*a) if self.manager is manager else None)
 
 
 async def test_three_timeouts_in_a_row_retire_the_instance_once(world, clock, monkeypatch):
@@ -179,11 +180,11 @@ async def test_retire_only_acts_on_the_current_running_instance(world, clock):
     manager = world.manager()
     await manager.ensure_running()
     other = world.backend.new_instance("k")
-    assert manager.retire(other, "test") is False and manager.state is State.RUNNING
+    assert manager.health.retire(other, "test") is False and manager.state is State.RUNNING
     instance = manager.instance
     assert instance is not None
-    assert manager.retire(instance, "test") is True  # without a drain: stops at once
-    assert manager.retire(instance, "test") is False  # stopping already
+    assert manager.health.retire(instance, "test") is True  # without a drain: stops at once
+    assert manager.health.retire(instance, "test") is False  # stopping already
     await clock.settle()
     assert manager.state is State.STOPPED
     assert world.events.happenings("k")[-1] == (Happening.STOPPED, StopReason.UNHEALTHY)
