@@ -32,11 +32,11 @@ from proxy.observe.metrics import Metrics
 from proxy.wire.pools import Pools
 from proxy.observe.logs import resolve_format
 from proxy.scale.prewarm import schedule_prewarm
-from proxy.lifecycle.readiness import Prober
+from proxy.lifecycle.readiness import ReadinessProber
 from proxy.observe.ready import BackendCheck, readiness
 from proxy.lifecycle.reconcile import Reconciler
 from proxy.lifecycle.registry import Registry
-from proxy.http.watch import Relays
+from proxy.http.watch import ExchangeWatch
 from proxy.http.retry_after import RetryAdvisor
 from proxy.observe.request_log import RequestLog
 from proxy.wire.route_match import RouteGroup
@@ -55,7 +55,7 @@ class Proxy:
         self.backend = backend
         self.bus = EventBus()
         self.pools = Pools(config.connect_timeout)
-        self.prober = Prober(backend)
+        self.prober = ReadinessProber(backend)
         self.capacity = Capacity({name: c.max_instances for name, c in config.containers.items()})
         self.registry = Registry(config, Services(backend, self.bus, self.capacity, self.prober, self.pools))
         self.node = join(config, self.registry, backend)  # None unless `cluster.store` names a store
@@ -69,11 +69,11 @@ class Proxy:
         self.reqlog = RequestLog(console=resolve_format(config.log_format) == "console") \
             if config.log_requests and config.log_level in ("debug", "info") else None
         self.backend_check = BackendCheck(backend)  # /ready and the start-up line: a cached ping
-        self.relays = Relays(config.max_body_size, config.upstream_timeout)
+        self.exchanges = ExchangeWatch(config.max_body_size, config.upstream_timeout)
         warms = schedule_prewarm(self.scheduler, config, self.registry,
                                  self.node.ownership.runs_here if self.node else None)
         self.retry_advisor = RetryAdvisor(self.registry, self.bus, warms, clock)
-        self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.relays,
+        self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.exchanges,
                                       self.reqlog, self.retry_advisor, self.usage.egress) for route in config.routes]
         for handler in self.handlers:
             handler.cluster = self.node.forwarder if self.node else None
@@ -128,7 +128,7 @@ class Proxy:
             self._resources[resource] = group
 
     def fast_path(self, app: web.Application) -> FastPath:
-        return FastPath(app, self._resources, self.relays, self.node.ownership if self.node else None)
+        return FastPath(app, self._resources, self.exchanges, self.node.ownership if self.node else None)
 
     async def close_websockets(self) -> None:
         """On SIGTERM: open WebSockets get 1001 (going away) rather than holding the drain open."""

@@ -10,7 +10,7 @@ from proxy.wire.upstream import UpstreamConnection, UpstreamPool
 
 
 class Recorder:
-    """A Relay that records what the connection reported."""
+    """A ResponseSink that records what the connection reported."""
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
@@ -39,12 +39,12 @@ class Recorder:
 
 
 def feed(conn: UpstreamConnection, *chunks: bytes) -> Recorder:
-    relay = Recorder()
-    conn.relay, conn._got_response, conn._complete, conn._bodyless = relay, False, False, False
+    sink = Recorder()
+    conn.sink, conn._got_response, conn._complete, conn._bodyless = sink, False, False, False
     conn._raw_head, conn._head_buf = None, b""
     for chunk in chunks:
         conn.data_received(chunk)
-    return relay
+    return sink
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ WHOLE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length:  
 def test_a_whole_answer_is_relayed_as_it_came(conn):
     calls = feed(conn, WHOLE).calls
     assert calls == [("whole", 200, WHOLE[:WHOLE.index(b"\r\n\r\n") + 2], b"\r\nhello")]
-    assert conn.relay is None
+    assert conn.sink is None
 
 
 @pytest.mark.parametrize("response", [

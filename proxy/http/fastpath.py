@@ -30,7 +30,7 @@ from proxy.lifecycle.events import State
 from proxy.keys import validate_key
 from proxy.wire.paths import is_plain
 from proxy.http.exchange import Client, Exchange, request_head
-from proxy.http.watch import Relays
+from proxy.http.watch import ExchangeWatch
 from proxy.request_id import request_id
 
 if TYPE_CHECKING:
@@ -95,10 +95,10 @@ class FastRouter:
 class FastPath:
     """Decides per request head; holds what exchanges share."""
 
-    def __init__(self, app: web.Application, handlers: dict[Any, _Group], relays: Relays,
+    def __init__(self, app: web.Application, handlers: dict[Any, _Group], exchanges: ExchangeWatch,
                  ownership: Ownership | None = None) -> None:
         self.router = FastRouter(app, handlers)
-        self.relays = relays
+        self.exchanges = exchanges
         self.ownership = ownership
 
     def plan(self, message: RawRequestMessage, payload: StreamReader, proto: Client) -> Exchange | None:
@@ -124,7 +124,7 @@ class FastPath:
         if handler.key_is_template and validate_key(key) is not None:
             return None
         length = message.headers.get(hdrs.CONTENT_LENGTH)
-        if length is not None and int(length) > self.relays.max_body:
+        if length is not None and int(length) > self.exchanges.max_body:
             return None
         if self.ownership is not None and not self.ownership.owns(handler.route.container, key):
             return None  # clustered: a key not (or no longer certainly) owned here takes the aiohttp path
@@ -135,6 +135,6 @@ class FastPath:
         rid, given = request_id(message.headers)
         head = request_head(message, handler.target_for(target, variables), pool, proto.peer_host, proto.scheme,
                             rid, given)
-        return Exchange(self.relays, proto, handler, manager, pool, message, payload, key, head, rid)
+        return Exchange(self.exchanges, proto, handler, manager, pool, message, payload, key, head, rid)
 
 

@@ -29,10 +29,10 @@ from proxy.observe.metrics import Metrics
 from proxy.wire.paths import escape_reason, upstream_target
 from proxy.wire.pools import Pools
 from proxy.lifecycle.registry import Registry
-from proxy.http.watch import Relays
+from proxy.http.watch import ExchangeWatch
 from proxy.observe.request_log import BODY_BYTES, RequestLog
 from proxy.request_id import of as request_id_of
-from proxy.http.responder import OUTCOME, Relayed, relay_request
+from proxy.http.responder import OUTCOME, WrittenResponse, run_exchange
 from proxy.http.retry_after import RetryAdvisor
 from proxy.wire.route_match import Headers, HostPattern, KeyTemplate, agent_matcher, normalize_host
 
@@ -41,14 +41,14 @@ class RouteHandler:
     """Serves one configured route."""
 
     def __init__(self, route: Route, config: Config, registry: Registry, metrics: Metrics, pools: Pools,
-                 relays: Relays, reqlog: RequestLog | None, retry_advisor: RetryAdvisor | None = None,
+                 exchanges: ExchangeWatch, reqlog: RequestLog | None, retry_advisor: RetryAdvisor | None = None,
                  egress: Callable[[str, str, int], None] | None = None) -> None:
         self.route = route
         self.scaler = scaler_for(route, registry)  # an autoscaled lb route's pool and picking rule
         # (class, key, bytes) once per relayed request: the usage meter's egress (UsageMeter.egress)
         self.egress = egress or _no_egress
         self.retry_advisor = retry_advisor
-        self.relays = relays
+        self.exchanges = exchanges
         self.config = config
         self.registry = registry
         self.metrics = metrics
@@ -165,7 +165,7 @@ class RouteHandler:
             status = exc.status
             raise
         except (ConnectionResetError, asyncio.CancelledError):
-            status, sent = request.get(OUTCOME, (499, 0))  # the client went away (after a whole relay: its status)
+            status, sent = request.get(OUTCOME, (499, 0))  # the client went away (after a whole exchange: its status)
             raise
         finally:
             self.record(key, request.method, request.path, status, time.perf_counter() - began, False,
@@ -201,7 +201,7 @@ class RouteHandler:
     async def _forward(self, request: web.Request, manager: Manager, instance: Instance, target: str,
                        headers: dict[str, str], rid: str) -> web.StreamResponse:
         if not is_websocket(request):
-            return await relay_request(request, self, manager, instance, target, headers, rid)
+            return await run_exchange(request, self, manager, instance, target, headers, rid)
 
         def egress(nbytes: int) -> None:  # the key's egress meter, and the access line's byte count
             request[BODY_BYTES] = request.get(BODY_BYTES, 0) + nbytes
@@ -221,7 +221,7 @@ def _as_seen(request: web.Request, response: web.StreamResponse) -> tuple[int, i
     """The status the client saw and the body bytes it got. A relayed response knows both (499 only when
     the client left before its end); one already written (a WebSocket, a peer's streamed answer) ended
     before this; only an answer aiohttp has yet to write is lost when the client has gone meanwhile."""
-    if isinstance(response, Relayed):
+    if isinstance(response, WrittenResponse):
         return response.status, response.body_bytes
     if response.prepared:
         return response.status, 0

@@ -45,7 +45,7 @@ _Message = tuple[Any, StreamReader]
 
 
 class FastProtocol(RequestHandler):
-    __slots__ = ("fast", "loop", "peer_host", "scheme", "_queue", "_exchange", "_relaying", "_aiohttp_busy", "_idle",
+    __slots__ = ("fast", "loop", "peer_host", "scheme", "_queue", "_exchange", "_writing", "_aiohttp_busy", "_idle",
                  "_boundary", "_refused", "_settings")
 
     def __init__(self, manager: Server, *, fast: FastPath, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
@@ -56,7 +56,7 @@ class FastProtocol(RequestHandler):
         self.scheme = "http"
         self._queue: deque[_Message] = deque()
         self._exchange: Exchange | None = None  # the fast path's exchange answering now
-        self._relaying: Exchange | None = None  # whichever exchange writes on this connection (either path)
+        self._writing: Exchange | None = None  # whichever exchange writes on this connection (either path)
         self._aiohttp_busy = False
         self._idle: asyncio.Future[None] | None = None
         self._boundary = True  # the parser holds nothing of an unfinished request (a packet parses alone)
@@ -123,7 +123,7 @@ class FastProtocol(RequestHandler):
             return
         assert self._parser is not None
         self._parser.message_consumed()
-        self._exchange = self._relaying = exchange
+        self._exchange = self._writing = exchange
         self._next_keepalive_close_time = float("inf")
         exchange.start()
 
@@ -157,12 +157,12 @@ class FastProtocol(RequestHandler):
 
     def watch(self, exchange: Exchange) -> None:
         """The aiohttp path relays on this connection too: flow control and aborts follow its exchange."""
-        self._relaying = exchange
+        self._writing = exchange
 
-    def relay_done(self, exchange: Exchange, clean: bool) -> None:
+    def exchange_done(self, exchange: Exchange, clean: bool) -> None:
         if self._exchange is not exchange:
             return
-        self._exchange = self._relaying = None
+        self._exchange = self._writing = None
         if not clean or not self.keeps_alive(exchange.message):
             self.close_after_write()  # an unread request body (or the client's wish) ends the connection
         else:
@@ -179,13 +179,13 @@ class FastProtocol(RequestHandler):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        conn = self._relaying.conn if self._relaying is not None else None
+        conn = self._writing.conn if self._writing is not None else None
         if conn is not None and conn.transport is not None:
             conn.transport.pause_reading()  # a slow reader slows the instance, not our memory
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        conn = self._relaying.conn if self._relaying is not None else None
+        conn = self._writing.conn if self._writing is not None else None
         if conn is not None and conn.transport is not None:
             conn.transport.resume_reading()
 
@@ -196,7 +196,7 @@ class FastProtocol(RequestHandler):
         super()._process_keepalive()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        exchange, self._exchange, self._relaying = self._relaying, None, None
+        exchange, self._exchange, self._writing = self._writing, None, None
         self._queue.clear()
         if exchange is not None:
             exchange.client_lost()

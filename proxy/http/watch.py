@@ -51,7 +51,7 @@ class Exchange(Protocol):
     def timed_out(self) -> None: ...
 
 
-class Relays:
+class ExchangeWatch:
     """What exchanges share: limits, the one sweep that enforces upstream_timeout, and per instance the
     count of consecutive upstream timeouts that takes an instance which stopped answering out of service."""
 

@@ -88,7 +88,9 @@ def _failure(exc: BaseException, readiness: Readiness, timeout: float) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-class Prober:
+class ReadinessProber:
+    """TCP, HTTP and healthcheck probes: what `Services.prober` is (its Protocol: proxy/lifecycle/services.py)."""
+
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._session: aiohttp.ClientSession | None = None

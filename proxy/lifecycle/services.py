@@ -26,6 +26,8 @@ class FencedKey(Protocol):
 
 
 class Prober(Protocol):
+    """Waits until a started instance is ready; proxy/lifecycle/readiness.py's `ReadinessProber` is the one."""
+
     async def wait_ready(self, instance: Instance, readiness: Readiness, seen: LastSeen) -> None: ...
 
 

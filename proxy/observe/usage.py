@@ -1,7 +1,7 @@
 """The usage meter: what the seed's platform bills by, per key, from running time and instance type.
 
 Running time counts from ready (or adopted) until stopped; egress is the response bytes sent to
-clients (`egress`, once per finished request, from the relay). Counters are computed at scrape time,
+clients (`egress`, once per finished request, from the exchange). Counters are computed at scrape time,
 so an instance that is still running is billed up to the second. A paused instance (frozen: memory
 kept, no CPU) is billed for memory and disk but not for CPU while it is paused.
 

@@ -1,8 +1,8 @@
 """Raw keep-alive HTTP/1.1 connections to one instance, for the fast path.
 
 An `UpstreamConnection` is an asyncio.Protocol with httptools' response parser: it writes a request
-already serialised by the caller and reports the response to its current `Relay` as parsed pieces
-(head, body bytes, end), so the relay can pass them on without building any objects. Connections
+already serialised by the caller and reports the response to its current `ResponseSink` as parsed pieces
+(head, body bytes, end), so the exchange can pass them on without building any objects. Connections
 return to their instance's `UpstreamPool` when a response ends cleanly and both sides allow reuse;
 the pool is closed when the instance stops, so nothing is ever sent to a dead or reused address.
 """
@@ -28,7 +28,7 @@ _FRAMING = re.compile(rb"\n(?:content-length[ \t]*:[ \t]*([0-9]{1,15})[ \t]*\r|(
                       rb"|te|trailers?|transfer-encoding|upgrade)[ \t]*:)")
 
 
-class Relay(Protocol):
+class ResponseSink(Protocol):
     """What a connection reports to while it carries one exchange."""
 
     def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], raw_head: bytes | None) -> bool:
@@ -53,13 +53,13 @@ class Relay(Protocol):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("pool", "transport", "relay", "_parser", "_headers", "_reason", "_interim", "_framed",
+    __slots__ = ("pool", "transport", "sink", "_parser", "_headers", "_reason", "_interim", "_framed",
                  "_got_response", "_complete", "_keep_alive", "_bodyless", "_drain", "_raw_head", "_head_buf")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.relay: Relay | None = None
+        self.sink: ResponseSink | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -73,11 +73,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._raw_head: bytes | None = None  # the response head as received, for relaying it unchanged
         self._head_buf = b""
 
-    # ---------------------------------------------------------------- use by a relay
+    # ---------------------------------------------------------------- use by an exchange
 
-    def send(self, relay: Relay, data: bytes, bodyless: bool = False) -> None:
+    def send(self, sink: ResponseSink, data: bytes, bodyless: bool = False) -> None:
         """Write a request; `bodyless` for HEAD, whose answer ends with its head."""
-        self.relay = relay
+        self.sink = sink
         self._got_response = self._complete = False
         self._bodyless = bodyless
         self._raw_head, self._head_buf = None, b""
@@ -91,7 +91,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abandon(self) -> None:
         """The exchange ended early: this connection's state is unknown, so it is never reused."""
-        self.relay = None
+        self.sink = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -101,29 +101,29 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        relay = self.relay
-        if relay is None:  # bytes on an idle connection: the instance broke the protocol
+        sink = self.sink
+        if sink is None:  # bytes on an idle connection: the instance broke the protocol
             self.abandon()
             return
-        relay.on_upstream_data()
+        sink.on_upstream_data()
         if not self._got_response:
-            if not self._head_buf and not self._bodyless and self._whole(relay, data):
+            if not self._head_buf and not self._bodyless and self._whole(sink, data):
                 return
             self._find_head(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.relay = None
+            self.sink = None
             self.abandon()
-            relay.on_upstream_lost(f"invalid response from instance: {exc}", self._got_response)
+            sink.on_upstream_lost(f"invalid response from instance: {exc}", self._got_response)
             return
         if self._complete:
-            self.relay = None
-            relay.on_end(self._keep_alive)
+            self.sink = None
+            sink.on_end(self._keep_alive)
         else:
-            relay.on_flush()
+            sink.on_flush()
 
-    def _whole(self, relay: Relay, data: bytes) -> bool:
+    def _whole(self, sink: ResponseSink, data: bytes) -> bool:
         """The common answer, whole in one read: HTTP/1.1, a final status with a body, one Content-Length that
         matches what came, nothing hop-by-hop (so the connection stays open). It is relayed without the
         parser's callbacks (a few µs per request); the parser, which has not seen it, stays at a message
@@ -137,8 +137,8 @@ class UpstreamConnection(asyncio.Protocol):
         found = _FRAMING.findall(data[:end + 2].lower())
         if len(found) != 1 or not found[0] or int(found[0]) != len(data) - end - 4:
             return False
-        self.relay = None
-        relay.on_whole(int(status_text), data, end + 2)
+        self.sink = None
+        sink.on_whole(int(status_text), data, end + 2)
         return True
 
     def _find_head(self, data: bytes) -> None:
@@ -154,16 +154,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.discard(self)
-        relay, self.relay = self.relay, None
+        sink, self.sink = self.sink, None
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
-        if relay is None:
+        if sink is None:
             return
         if self._got_response and not self._framed and not self._interim:
-            relay.on_end(False)  # a body delimited by the close: this is its end
+            sink.on_end(False)  # a body delimited by the close: this is its end
         else:
             reason = f"{type(exc).__name__}: {exc}" if exc else "connection closed by instance"
-            relay.on_upstream_lost(reason, self._got_response)
+            sink.on_upstream_lost(reason, self._got_response)
 
     def pause_writing(self) -> None:
         if self._drain is None or self._drain.done():
@@ -194,14 +194,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self._interim:
             return  # (the final head that follows is relayed line by line)
         self._got_response = True
-        assert self.relay is not None
-        self._framed = self.relay.on_head(status, reason, self._headers, raw_head)
+        assert self.sink is not None
+        self._framed = self.sink.on_head(status, reason, self._headers, raw_head)
         if self._bodyless:  # the parser would wait for a body a HEAD answer never has: end here, reuse never
             self._complete, self._keep_alive = True, False
 
     def on_body(self, data: bytes) -> None:
-        if self.relay is not None:
-            self.relay.on_body(data)
+        if self.sink is not None:
+            self.sink.on_body(data)
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -275,4 +275,4 @@ class UpstreamPool:
             conn.abandon()
         for conn in busy:
             if conn.transport is not None:
-                conn.transport.abort()  # its relay hears it in connection_lost
+                conn.transport.abort()  # its exchange hears it in connection_lost

@@ -11,7 +11,7 @@ from backends.base import Instance
 from proxy.lifecycle.events import Happening, State, StopReason
 from proxy.lifecycle.health import HealthWatch
 from proxy.lifecycle.manager import Manager
-from proxy.http.watch import Relays
+from proxy.http.watch import ExchangeWatch
 from proxy.wire.upstream import UpstreamPool
 
 UPSTREAM_TIMEOUT = 5.0
@@ -39,7 +39,7 @@ class FakeClient:
 
 @dataclass(eq=False)
 class FakeExchange:
-    """What `Relays.after_timeout` reads of an `Exchange`."""
+    """What `ExchangeWatch.after_timeout` reads of an `Exchange`."""
 
     pool: UpstreamPool
     manager: Manager
@@ -51,7 +51,7 @@ class FakeExchange:
 class Harness:
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
-        self.relays = Relays(1024, UPSTREAM_TIMEOUT)
+        self.exchanges = ExchangeWatch(1024, UPSTREAM_TIMEOUT)
         self.handler = FakeHandler()
         self.retired: list[tuple[Instance, str]] = []
         real = manager.health.retire
@@ -72,11 +72,11 @@ class Harness:
 
     def timeout(self, exchange: FakeExchange | None = None) -> None:
         """One exchange answered 504 after upstream_timeout (what `Exchange.timed_out` reports)."""
-        self.relays.after_timeout(exchange or self.exchange())  # type: ignore[arg-type]
+        self.exchanges.after_timeout(exchange or self.exchange())  # type: ignore[arg-type]
 
     def answered(self) -> None:
         """A response byte came from the instance (what `Exchange.on_upstream_data` does)."""
-        self.relays.timeouts.pop(self.pool, None)
+        self.exchanges.timeouts.pop(self.pool, None)
 
 
 def spy_on(manager: Manager, harness: Harness, monkeypatch) -> None:
@@ -132,7 +132,7 @@ async def test_zero_never_retires(make_world, clock, monkeypatch):
     spy_on(manager, h, monkeypatch)
     for _ in range(50):
         h.timeout()
-    assert h.retired == [] and manager.state is State.RUNNING and not h.relays.timeouts
+    assert h.retired == [] and manager.state is State.RUNNING and not h.exchanges.timeouts
 
 
 async def test_not_while_another_exchange_still_receives_a_response(world, clock, monkeypatch):
@@ -142,7 +142,7 @@ async def test_not_while_another_exchange_still_receives_a_response(world, clock
     spy_on(manager, h, monkeypatch)
     streaming = h.exchange()
     streaming.head_sent = True
-    h.relays.active.add(streaming)  # type: ignore[arg-type]
+    h.exchanges.active.add(streaming)  # type: ignore[arg-type]
     for _ in range(3):
         h.timeout()
     assert h.retired == [] and manager.state is State.RUNNING
@@ -154,13 +154,13 @@ async def test_the_stop_waits_for_the_exchanges_still_on_the_instance(world, clo
     first = manager.instance
     h = Harness(manager)
     hung = h.exchange()  # sent before the instance was retired, no answer yet
-    h.relays.active.add(hung)  # type: ignore[arg-type]
+    h.exchanges.active.add(hung)  # type: ignore[arg-type]
     for _ in range(3):
         h.timeout()
     assert manager.state is State.STOPPING
     await clock.advance(2.0)
     assert world.backend.stop.count == 0  # it is still on the instance
-    h.relays.active.discard(hung)  # type: ignore[arg-type]  (it timed out too: answered 504)
+    h.exchanges.active.discard(hung)  # type: ignore[arg-type]  (it timed out too: answered 504)
     await clock.advance(0.2)
     assert world.backend.stop.args() == [(first,)] and manager.state is State.STOPPED
 
@@ -169,7 +169,7 @@ async def test_the_drain_has_a_bound(world, clock):
     manager = world.manager()
     await manager.ensure_running()
     h = Harness(manager)
-    h.relays.active.add(h.exchange())  # type: ignore[arg-type]  (never ends)
+    h.exchanges.active.add(h.exchange())  # type: ignore[arg-type]  (never ends)
     for _ in range(3):
         h.timeout()
     await clock.advance(UPSTREAM_TIMEOUT + 2.5)
