@@ -119,7 +119,7 @@ class Instance:
     """A started container (or in-process server): where to send HTTP, and how to find it again."""
 
     key: str
-    container: str
+    class_name: str
     host: str
     port: int
     id: str

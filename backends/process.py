@@ -66,7 +66,7 @@ class ProcessBackend:
         self._children: dict[str, _Child] = {}  # by instance id: running, or exited by itself
 
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
-        for old in [c for c in self._children.values() if c.instance.key == key and c.instance.container == spec.name]:
+        for old in [c for c in self._children.values() if c.instance.key == key and c.instance.class_name == spec.name]:
             if old.process.returncode is not None:
                 del self._children[old.instance.id]  # the key's last crash, kept for exit_reason until now
         argv = [*(spec.entrypoint or ()), *(spec.command or ())] or list(DEFAULT_ARGV)
@@ -80,7 +80,7 @@ class ProcessBackend:
         except OSError as exc:
             raise BackendError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
         phases.mark("start")
-        instance = phases.on(Instance(key=key, container=spec.name, host=self.host, port=port, id=instance_id))
+        instance = phases.on(Instance(key=key, class_name=spec.name, host=self.host, port=port, id=instance_id))
         self._children[instance_id] = _Child(instance, process, spec.stop_timeout)
         return instance
 

@@ -53,7 +53,7 @@ class StubBackend:
         self._runners[instance_id] = runner
         self.specs[key] = spec
         phases.mark("start")  # an in-process server has no create step or published port
-        return phases.on(Instance(key=key, container=spec.name, host="127.0.0.1", port=port, id=instance_id))
+        return phases.on(Instance(key=key, class_name=spec.name, host="127.0.0.1", port=port, id=instance_id))
 
     async def stop(self, instance: Instance) -> None:
         runner = self._runners.pop(instance.id, None)

@@ -49,7 +49,7 @@ class ExternalBackend:
         self._started: set[str] = set()
 
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
-        instance = Instance(key=key, container=spec.name, host=self.host, port=self.port,
+        instance = Instance(key=key, class_name=spec.name, host=self.host, port=self.port,
                             id=f"ext-{key}-{next(self._ids)}")
         self._started.add(instance.id)
         return instance

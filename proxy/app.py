@@ -174,7 +174,7 @@ def _log_transition(event: Event) -> None:
         return
     # A failed start is something to look at; every other transition is routine.
     emit = log.warning if event.new is State.FAILED else log.info
-    emit("state", key=event.key, container=event.container, **{"from": event.old.value},
+    emit("state", key=event.key, container=event.class_name, **{"from": event.old.value},
          to=event.new.value, duration=round(event.duration, 4), reason=event.reason)
 
 

@@ -31,7 +31,7 @@ def readiness(value: Any = None) -> Readiness:
 
 
 def instance(port: int) -> Instance:
-    return Instance(key="k", container="w", host="127.0.0.1", port=port, id="test-instance")
+    return Instance(key="k", class_name="w", host="127.0.0.1", port=port, id="test-instance")
 
 
 def closed_port() -> int:

@@ -238,26 +238,26 @@ OPERATIONS = (
 def _handler(operation: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         proxy = request.app[PROXY]
-        container, key = request.match_info["class"], request.match_info["key"]
+        class_name, key = request.match_info["class"], request.match_info["key"]
         try:
             who = authorize(request, operation.mutates)
         except Unauthorized as refusal:  # attempts are worth a line too (no hook: nothing happened)
-            log.warning("admin_refused", action=operation.op or "state", container=container, key=key,
+            log.warning("admin_refused", action=operation.op or "state", container=class_name, key=key,
                         peer=request.remote, reason=refusal.reason)
             raise
-        if container not in proxy.config.containers:
-            raise NotFound(f"unknown container class {container!r}")
-        if (reason := validate_key(key)) is not None and proxy.registry.peek(key, container) is None:
+        if class_name not in proxy.config.containers:
+            raise NotFound(f"unknown container class {class_name!r}")
+        if (reason := validate_key(key)) is not None and proxy.registry.peek(key, class_name) is None:
             raise InvalidKey(reason)  # a key no URL can name (an lb member `lb#0`) is fine once it exists
         if operation.mutates and proxy.node is not None:
             ownership = proxy.node.ownership
-            if (owner := await ownership.locate(*ownership.unit_of(container, key))) is not None:
+            if (owner := await ownership.locate(*ownership.unit_of(class_name, key))) is not None:
                 raise Conflict(f"{key} is owned by replica {owner.id}: ask its admin API", owner=owner.url)
-        manager = proxy.registry.peek(key, container)
+        manager = proxy.registry.peek(key, class_name)
         if manager is None:
             if not operation.mutates:
-                raise NotFound(f"no key {key!r} of class {container!r} has been used yet", state="stopped")
-            manager = proxy.registry.get(key, container)
+                raise NotFound(f"no key {key!r} of class {class_name!r} has been used yet", state="stopped")
+            manager = proxy.registry.get(key, class_name)
         call = Call(request, proxy, who, manager, await _body(request))
         if not operation.mutates:
             return await operation.handler(call)

@@ -290,11 +290,11 @@ class Config:
                    cluster=schema.cluster, log_format=schema.logging.format, errors=schema.errors)
 
 
-def fixed_keys(config: Config, container: str) -> tuple[str, ...]:
+def fixed_keys(config: Config, class_name: str) -> tuple[str, ...]:
     """Keys named literally by routes (not templates): what a keepalive warms by default."""
     keys: list[str] = []
     for route in config.routes:
-        if route.container != container or "{" in route.key:
+        if route.container != class_name or "{" in route.key:
             continue
         names = [member_key(route.key, i) for i in range(route.pool_size)] if route.mode == "lb" else [route.key]
         keys += [k for k in names if k not in keys]

@@ -43,7 +43,7 @@ class _Pools(Protocol):
 
 
 class _FirstByte(Protocol):
-    def first_byte(self, container: str, key: str) -> None: ...
+    def first_byte(self, class_name: str, key: str) -> None: ...
 
 
 class _Advisor(Protocol):

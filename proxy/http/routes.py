@@ -230,5 +230,5 @@ def _as_seen(request: web.Request, response: web.StreamResponse) -> tuple[int, i
     return 499 if gone else response.status, len(body) if isinstance(body, bytes) else 0
 
 
-def _no_egress(container: str, key: str, nbytes: int) -> None:
+def _no_egress(class_name: str, key: str, nbytes: int) -> None:
     """Egress is not metered (no usage meter)."""
