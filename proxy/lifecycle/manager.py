@@ -15,14 +15,15 @@ from typing import AsyncIterator
 
 import structlog
 
-from backends.base import BackendError, BackendUnavailable, ContainerSpec, Instance
+from backends.base import PHASE_WATCH, BackendError, BackendUnavailable, ContainerSpec, Instance
 from backends.control import Pausable, Removable
 from proxy.lifecycle.boost import settle, settle_soon
 from proxy.lifecycle.breaker import Breaker
 from proxy.config.schema import ContainerClass
 from proxy.errors import (BreakerOpen, CapacityExceeded, Fenced, NotWarm, RuntimeUnreachable, StartFailed,
                           StartTimeout)
-from proxy.lifecycle.events import ACTIVE, BreakerOpened, ColdWait, Happening, State, StopReason, Transition
+from proxy.lifecycle.events import (ACTIVE, BreakerOpened, ColdWait, Happening, StartPhase, State, StopReason,
+                                    Transition)
 from proxy.lifecycle.health import Health
 from proxy.lifecycle.pause import LIVE, consume_exception
 from proxy.lifecycle.readiness import LastSeen
@@ -182,10 +183,12 @@ class Manager(Health):
         deadline = asyncio.timeout_at(self._start_deadline)
         loop, probing = asyncio.get_running_loop(), 0.0
         self._seen = LastSeen()  # this start's: what its readiness probes saw last
+        PHASE_WATCH.set(self._phase)  # this task's context: the backend's phases are told live
         try:
             async with deadline:
                 self.instance = await self.services.backend.start(self.key, spec)
                 probing = loop.time()
+                self._phase("", 0.0, "ready")
                 await self.services.prober.wait_ready(self.instance, self.klass.readiness, self._seen)
         except TimeoutError as exc:
             if not deadline.expired():  # a TimeoutError of the backend's or prober's own: a failed start
@@ -210,6 +213,9 @@ class Manager(Health):
         self._transition(State.RUNNING, "ready", Happening.STARTED, phases=phases)
         self.touch()
         settle_soon(self, self.instance, spec)  # the startup CPU boost ends at ready
+
+    def _phase(self, ended: str, seconds: float, now: str = "") -> None:
+        self.services.bus.emit(StartPhase(self.key, self.klass.name, ended, seconds, now))
 
     def _timeout_reason(self) -> str:
         seen = f": {self._seen.what}" if self._seen.what else ""
