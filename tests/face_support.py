@@ -93,7 +93,14 @@ def chromium() -> Any:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1100,760", "--no-first-run", "--disable-extensions", "--hide-scrollbars"):
         options.add_argument(arg)
-    return webdriver.Chrome(service=Service(driver_path), options=options)
+    for attempt in (1, 2, 3):  # a busy machine may miss the driver's session start once
+        try:
+            return webdriver.Chrome(service=Service(driver_path), options=options)
+        except Exception:  # noqa: BLE001 - selenium's SessionNotCreatedException and the like
+            if attempt == 3:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
 
 
 def color_scheme(driver: Any, scheme: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from proxy.config.schema import parse_config
 from proxy.config.units import ConfigError
 from proxy.face.navigation import is_navigation
-from proxy.face.render import TEMPLATES
+from proxy.face.render import TEMPLATES, render
 from proxy.config.routes import WaitingPage
 from tests.conftest import MakeProxy
 from tests.face_support import BROWSER_ACCEPT, NAVIGATE, face_config
@@ -155,8 +155,13 @@ def test_config_fields() -> None:
 def test_every_theme_ships_a_template() -> None:
     themes = WaitingPage.model_fields["theme"].annotation.__args__  # type: ignore[union-attr]
     assert set(themes) == {"calm", "console"}
+    state = {"app": "a", "state": "starting", "phase": "ready", "phase_words": "w", "phases": [], "elapsed": 0.5,
+             "reason": None}
     for theme in themes:
         assert (TEMPLATES / f"waiting-{theme}.html").is_file()
+        html, headers = render(f"waiting-{theme}.html", {"app": "<a>", "url": "/", "state": state, "theme": theme,
+                                                         "status_url": "/s", "events_url": "/e", "refresh": 2})
+        assert "&lt;a&gt;" in html and "<a>" not in html and headers["Cache-Control"] == "no-store"
 
 
 async def test_a_custom_template(make_proxy: MakeProxy, tmp_path: Any) -> None:
