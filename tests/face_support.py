@@ -91,7 +91,7 @@ def chromium() -> Any:
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1100,760", "--no-first-run", "--disable-extensions", "--hide-scrollbars"):
+                "--window-size=1280,800", "--no-first-run", "--disable-extensions", "--hide-scrollbars"):
         options.add_argument(arg)
     for attempt in (1, 2, 3):  # a busy machine may miss the driver's session start once
         try:

@@ -42,10 +42,31 @@ async def until(check: Callable[[], Any], what: str, timeout: float = 20.0) -> A
 
 
 def text_of(driver: Any, css: str) -> str:
+    """The text of the first element `css` selects ("" when none, or it was just redrawn)."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return str(found[0].text) if found else ""
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return str(found[0].text) if found else ""
+    except StaleElementReferenceException:
+        return ""
+
+
+def press(driver: Any, css: str, click: bool = False) -> bool:
+    """Whether the button `css` is enabled (and, with `click`, clicked): False while it is being redrawn."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        if not found or not found[0].is_enabled():
+            return False
+        if click:
+            found[0].click()
+        return True
+    except StaleElementReferenceException:
+        return False
 
 
 @pytest.mark.parametrize("scheme,theme", [("light", "calm"), ("dark", "calm"), ("light", "console"),
@@ -75,3 +96,49 @@ async def test_a_failed_start_shows_the_reason(make_proxy: MakeProxy, browser: A
     focused = await asyncio.to_thread(lambda: browser.switch_to.active_element.get_attribute("id"))
     assert focused == "retry"  # the retry button has the focus: Enter tries again
     shot(browser, "waiting-failed")
+
+
+def row_state(driver: Any, key: str) -> str:
+    return text_of(driver, f'tr[data-key="slow/{key}"] .state')
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+async def test_the_dashboard_shows_a_key_change_state_live(make_admin: Any, aiohttp_client: Any, browser: Any,
+                                                           scheme: str) -> None:
+    a = await make_admin(config=face_config(delay_ms=1500))
+    for name in ("alice", "bob", "carol"):
+        a.h.proxy.registry.get(name, "slow")
+    warm = await a.h.client.get("/app/bob/")  # one key already ran, so the class has a start to show
+    assert warm.status == 200
+    color_scheme(browser, scheme)
+    await asyncio.to_thread(browser.get, a.url + "/ui")
+    await until(lambda: text_of(browser, "#live") == "live", "the event stream")
+    assert row_state(browser, "alice") == "stopped" and row_state(browser, "bob") == "running"
+    assert "p50" in text_of(browser, "#classes")
+
+    request = asyncio.create_task(a.h.client.get("/app/alice/"))  # no page reload from here on
+    await until(lambda: row_state(browser, "alice") == "starting", "alice starting, live")
+    await until(lambda: row_state(browser, "alice") == "running", "alice running, live")
+    assert (await request).status == 200
+    assert "slow/alice started" in text_of(browser, "#feed")
+    shot(browser, f"dashboard-{scheme}")
+
+
+async def test_dashboard_actions_need_the_token(make_admin: Any, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    a = await make_admin(config=face_config(delay_ms=0))
+    assert (await a.h.client.get("/app/dave/")).status == 200
+    await asyncio.to_thread(browser.get, a.url + "/ui")
+    await until(lambda: row_state(browser, "dave") == "running", "dave's row")
+    stop = 'button[aria-label="stop dave"]'
+    assert text_of(browser, stop) == "stop" and not await asyncio.to_thread(press, browser, stop)
+
+    def enter_token() -> None:
+        browser.find_element(By.ID, "token").send_keys(TOKEN)
+        browser.find_element(By.ID, "save").click()
+
+    await asyncio.to_thread(enter_token)
+    await until(lambda: press(browser, stop, click=True), "the stop button enabled, and pressed")
+    await until(lambda: row_state(browser, "dave") == "stopped", "dave stopped through the control API")
+    assert a.h.manager("dave", "slow").state.value == "stopped"
