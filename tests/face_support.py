@@ -74,7 +74,7 @@ def face_config(delay_ms: int = 1500, after: str = "0ms", theme: str = "calm", *
     }
 
 
-def chromium() -> Any:
+def chromium(javascript: bool = True) -> Any:
     """A headless Chromium (Selenium over Debian's chromium-driver), or a skip (a failure under CI=true)."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_path = shutil.which("chromedriver") or ("/usr/bin/chromedriver"
@@ -93,6 +93,8 @@ def chromium() -> Any:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1280,800", "--no-first-run", "--disable-extensions", "--hide-scrollbars"):
         options.add_argument(arg)
+    if not javascript:
+        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     for attempt in (1, 2, 3):  # a busy machine may miss the driver's session start once
         try:
             return webdriver.Chrome(service=Service(driver_path), options=options)

@@ -8,9 +8,7 @@ import asyncio
 from typing import Any, Callable
 
 import pytest
-from aiohttp.test_utils import TestServer
 
-from proxy.admin.api import create_admin_app
 from tests.admin_support import TOKEN
 from tests.conftest import MakeProxy
 from tests.face_support import chromium, color_scheme, face_config, shot
@@ -103,7 +101,7 @@ def row_state(driver: Any, key: str) -> str:
 
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-async def test_the_dashboard_shows_a_key_change_state_live(make_admin: Any, aiohttp_client: Any, browser: Any,
+async def test_the_dashboard_shows_a_key_change_state_live(make_admin: Any, browser: Any,
                                                            scheme: str) -> None:
     a = await make_admin(config=face_config(delay_ms=1500))
     for name in ("alice", "bob", "carol"):
@@ -142,3 +140,16 @@ async def test_dashboard_actions_need_the_token(make_admin: Any, browser: Any) -
     await until(lambda: press(browser, stop, click=True), "the stop button enabled, and pressed")
     await until(lambda: row_state(browser, "dave") == "stopped", "dave stopped through the control API")
     assert a.h.manager("dave", "slow").state.value == "stopped"
+
+
+async def test_without_javascript_the_meta_refresh_brings_the_app(make_proxy: MakeProxy) -> None:
+    driver = await asyncio.to_thread(chromium, False)
+    try:
+        h = await make_proxy(config=face_config(delay_ms=1500))
+        opened = asyncio.create_task(asyncio.to_thread(driver.get, str(h.client.make_url("/app/nojs/page?a=b"))))
+        await until(lambda: "Now: " in text_of(driver, "#phase"), "the waiting page, rendered by the server")
+        await opened
+        served = await until(lambda: text_of(driver, "#served"), "the app after the page refreshed itself")
+        assert served == "/page?a=b"
+    finally:
+        await asyncio.to_thread(driver.quit)

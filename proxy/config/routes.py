@@ -80,7 +80,7 @@ class Route(Section):
     name: str = Field(default="", description="`route` label in metrics", json_schema_extra=shown("the path"))
     waiting_page: WaitingPage | None = Field(
         default=None, description="browsers that open a sleeping app get a page that shows the start live, then "
-                                  "the app: `true`, or `{after: 300ms, theme: calm|console, template: PATH}`",
+                                  "the app: `true`, or `{after: 300ms, theme: calm, template: PATH}`",
         json_schema_extra=shown("false"))
     ignore_user_agents: TupleOf[str] = Field(
         default=(), description="regular expressions (searched in the User-Agent): a matching request never "

@@ -19,7 +19,7 @@ def is_navigation(method: str, headers: Mapping[str, str]) -> bool:
     mode, dest = headers.get("Sec-Fetch-Mode"), headers.get("Sec-Fetch-Dest")
     if mode is not None and mode.strip().lower() != "navigate":
         return False
-    if dest is not None and dest.strip().lower() not in ("document", "iframe"):
+    if dest is not None and dest.strip().lower() != "document":  # an iframe: the page may not be framed
         return False
     return prefers_html(headers.get("Accept", ""))
 
