@@ -116,6 +116,17 @@ async def test_a_failed_start_shows_the_public_reason(make_proxy: MakeProxy) -> 
     assert state["state"] == "failed" and state["reason"] == "the app could not be started"
 
 
+async def test_an_open_breaker_is_said_in_words_with_its_backoff(make_proxy: MakeProxy) -> None:
+    config = face_config(after="5s")
+    config["containers"]["broken"]["crash_loop"] = {"failures": 1, "backoff": "30s", "max_backoff": "30s"}
+    h = await make_proxy(config=config)
+    assert (await h.client.get("/broken/", headers=NAVIGATE)).status == 503  # the failure that opens it
+    resp = await h.client.get("/broken/", headers=NAVIGATE)
+    body = await resp.text()
+    assert resp.status == 503 and int(resp.headers["Retry-After"]) >= 29
+    assert "starts are paused for a while" in body and resp.headers["Cache-Control"] == "no-store"
+
+
 async def test_a_start_that_fails_while_the_page_shows(make_proxy: MakeProxy) -> None:
     config = face_config(after="0ms")
     h = await make_proxy(config=config)
@@ -125,6 +136,20 @@ async def test_a_start_that_fails_while_the_page_shows(make_proxy: MakeProxy) ->
     await asyncio.sleep(0)
     state = await (await h.client.get(status_url)).json()
     assert state["state"] == "failed" and state["reason"] == "the app could not be started"
+
+
+async def test_the_manager_tells_each_phase_as_it_ends(make_proxy: MakeProxy) -> None:
+    from proxy.lifecycle.events import StartPhase, Transition
+
+    h = await make_proxy(config=face_config(delay_ms=100))
+    seen: list[Any] = []
+    h.proxy.bus.subscribe(lambda e: seen.append(e) if isinstance(e, (StartPhase, Transition)) else None)
+    assert (await h.client.get("/app/phased/")).status == 200
+    steps = [(e.ended, e.now) if isinstance(e, StartPhase) else e.new.value for e in seen if e.key == "phased"]
+    assert steps == ["starting", ("start", ""), ("", "ready"), "running"]
+    started = seen[-1]
+    live = next(e for e in seen if isinstance(e, StartPhase) and e.ended == "start")
+    assert started.phases[0] == ("start", live.seconds)  # the same measurement, told early
 
 
 def test_navigation_rules() -> None:

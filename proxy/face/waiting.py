@@ -48,6 +48,7 @@ class WaitingPages:
     async def wait_or_page(self, request: web.Request, manager: Manager, options: WaitingPage,
                            rid: str) -> float | web.Response:
         """Seconds waited when the key became ready within `after`; else the waiting page."""
+        retry = float(REFRESH)
         try:
             async with asyncio.timeout(options.after):
                 return await manager.ensure_running(reason="request") or 0.0
@@ -55,9 +56,11 @@ class WaitingPages:
             pass  # the start goes on (requests share it); the page follows it
         except Refusal as refusal:  # failed, timed out, or refused before it began (breaker, capacity)
             self.progress.fail(manager.klass.name, manager.key, str(refusal_body(refusal, rid, self.detail)["reason"]))
-        return self.page(request, manager, options, rid)
+            retry = max(retry, refusal.retry_after or 0.0)  # a breaker's backoff: no sooner than that
+        return self.page(request, manager, options, rid, retry)
 
-    def page(self, request: web.Request, manager: Manager, options: WaitingPage, rid: str) -> web.Response:
+    def page(self, request: web.Request, manager: Manager, options: WaitingPage, rid: str,
+             retry: float = REFRESH) -> web.Response:
         unit = (manager.klass.name, manager.key)
         token = self.progress.token(*unit)
         snapshot = self.snapshot(unit)
@@ -67,7 +70,7 @@ class WaitingPages:
             "status_url": f"{RESERVED}/{token}", "events_url": f"{RESERVED}/{token}/events",
             "state": snapshot, "refresh": REFRESH, "theme": options.theme}
         html, headers = render(f"waiting-{options.theme}.html", context, options.template)
-        headers.update({"Retry-After": str(REFRESH), "X-Robots-Tag": "noindex, nofollow",
+        headers.update({"Retry-After": str(round(retry)), "X-Robots-Tag": "noindex, nofollow",
                         "Vary": "Accept, Sec-Fetch-Mode, Sec-Fetch-Dest", HEADER: rid})
         return web.Response(status=503, body=html.encode(), headers=headers)
 
