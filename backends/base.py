@@ -134,9 +134,9 @@ class Instance:
         return f"http://{host}:{self.port}"
 
 
-# Who hears each phase of a start as it ends (name, seconds): the manager sets it in its start task, so a start
-# in progress can be shown live (the waiting page); backends only call `Phases.mark` as before.
-PHASE_WATCH: ContextVar[Callable[[str, float], None] | None] = ContextVar("phase_watch", default=None)
+# Who hears a start's phases live (ended, its seconds, the phase that begins now or ""): the manager sets it in its
+# start task, so a start in progress can be shown (the waiting page); backends only call `Phases.mark`/`begin`.
+PHASE_WATCH: ContextVar[Callable[[str, float, str], None] | None] = ContextVar("phase_watch", default=None)
 
 
 class Phases:
@@ -154,7 +154,12 @@ class Phases:
         self.done.append((phase, now - self._last))
         self._last = now
         if (watch := PHASE_WATCH.get()) is not None:
-            watch(phase, self.done[-1][1])
+            watch(phase, self.done[-1][1], "")
+
+    def begin(self, phase: str) -> None:
+        """Say that `phase` runs now (one worth showing while it lasts: an image pull); `mark` still times it."""
+        if (watch := PHASE_WATCH.get()) is not None:
+            watch("", 0.0, phase)
 
     def on(self, instance: Instance) -> Instance:
         """`instance` carrying these phases."""

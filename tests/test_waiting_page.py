@@ -17,6 +17,7 @@ from proxy.face.render import TEMPLATES, render
 from proxy.config.routes import WaitingPage
 from tests.conftest import MakeProxy
 from tests.face_support import BROWSER_ACCEPT, NAVIGATE, face_config
+from tests.test_pull import pushed  # noqa: F401 - the fixture: an image only the local registry has
 
 CURL = {"Accept": "*/*", "User-Agent": "curl/8.5.0"}
 FETCH = {"Accept": "text/html", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"}
@@ -201,3 +202,29 @@ async def test_a_custom_template(make_proxy: MakeProxy, tmp_path: Any) -> None:
     resp = await h.client.get("/app/carol/", headers=NAVIGATE)
     body = await resp.text()
     assert resp.status == 503 and 'id="mine">Hold on, carol wakes up' in body
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("backend_kind", ["docker"])
+async def test_a_pull_is_shown_while_it_lasts(pushed: str, make_proxy: MakeProxy) -> None:  # noqa: F811
+    """A real pull on dockerd (an image only the local registry has): the phase under way is `pull` from its
+    beginning, and the page's stream ends with every phase the start had."""
+    from proxy.lifecycle.events import StartPhase
+
+    route = {"path": "/w/{tail:.*}", "container": "svc", "key": "pulled", "upstream_path": "/{tail}",
+             "waiting_page": {"after": 0}}
+    h = await make_proxy(svc={"image": pushed}, config={"routes": [route]})
+    told: list[tuple[str, str]] = []
+    h.proxy.bus.subscribe(lambda e: told.append((e.ended, e.now)) if isinstance(e, StartPhase) else None)
+    resp = await h.client.get("/w/v2/health/ready", headers=NAVIGATE)
+    assert resp.status == 503
+    events_url = token_urls(await resp.text())[1]
+    last: dict[str, Any] = {}
+    async with h.client.get(events_url) as stream:
+        async for line in stream.content:
+            if line.startswith(b"data: "):
+                last = json.loads(line[6:])
+    assert last["state"] == "ready", last
+    assert [p["name"] for p in last["phases"]] == ["pull", "create", "start", "port", "ready"]
+    assert told[0] == ("", "pull") and told[1][0] == "pull"
+    assert pushed.partition("/")[0] not in json.dumps(last)  # the registry and image stay unsaid

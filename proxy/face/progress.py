@@ -28,7 +28,9 @@ PHASE_WORDS = {
     "port": "waiting for the port", "ready": "waiting for the app to answer", "restart": "restarting the container",
     "unpause": "waking the container", "queued": "waiting for a free slot", "resume": "waking the app",
 }
-NEXT = {"pull": "create", "create": "start", "restart": "port", "unpause": "port"}  # a backend's usual order
+# A backend's usual order (the engines'; the stub's and process's start is followed by `ready`, which the manager
+# says at once): what a page shows after a phase ended until the next is told.
+NEXT = {"pull": "create", "create": "start", "start": "port", "restart": "port", "unpause": "port", "port": "ready"}
 
 
 @dataclass
