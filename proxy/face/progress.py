@@ -125,6 +125,11 @@ class Progress:
         if (changed := self._changed.pop(unit, None)) is not None:
             changed.set()
 
+    def wake_all(self) -> None:
+        for changed in self._changed.values():
+            changed.set()
+        self._changed.clear()
+
     async def next_change(self, unit: Unit, timeout: float) -> None:
         """Return when the key's start changes, or after `timeout` seconds."""
         changed = self._changed.setdefault(unit, asyncio.Event())

@@ -37,11 +37,18 @@ class WaitingPages:
         self.progress = Progress(bus, detail)
         self.registry = registry
         self.detail = detail
+        self.closing = False
 
     def add_routes(self, app: web.Application) -> None:
         """Before the configured routes, so a catch-all route does not take them."""
         app.router.add_get(RESERVED + "/{token}", self.status)
         app.router.add_get(RESERVED + "/{token}/events", self.events)
+        app.on_shutdown.append(self.close)
+
+    async def close(self, app: web.Application) -> None:
+        """End the event streams (the proxy shuts down): each page falls back to reloading its URL."""
+        self.closing = True
+        self.progress.wake_all()
 
     # ---------------------------------------------------------------- the request path
 
@@ -105,7 +112,7 @@ class WaitingPages:
         until = loop.time() + STREAM_LIMIT
         sent: tuple[Any, ...] | None = None
         try:
-            while loop.time() < until:
+            while loop.time() < until and not self.closing:
                 snapshot = self.snapshot(unit)
                 seen = (snapshot["state"], snapshot["phase"], len(snapshot["phases"]), snapshot["reason"])
                 if seen != sent:
@@ -113,7 +120,7 @@ class WaitingPages:
                     sent = seen
                 else:
                     await response.write(b": still starting\n\n")
-                if snapshot["state"] != "starting":
+                if snapshot["state"] != "starting" or self.closing:
                     break
                 await self.progress.next_change(unit, KEEPALIVE)
         except (ConnectionResetError, ConnectionError):
