@@ -90,7 +90,7 @@ PROXY = App(
     tag="lazy-proxy/proxy:latest",
     packages=("proxy", "backends"),
     roots=("aiohttp", "aiodocker", "structlog", "prometheus_client", "PyYAML", "pydantic", "croniter",
-           "httptools", "uvloop"),
+           "httptools", "uvloop", "jinja2"),  # jinja2: the waiting page and /ui (proxy/face/)
     probe=(
         "import sys, json\n"
         "import proxy.__main__, proxy.app, proxy.http.server, proxy.cluster, backends.docker, backends.podman\n"

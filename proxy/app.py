@@ -41,6 +41,7 @@ from proxy.http.retry_after import RetryAdvisor
 from proxy.observe.request_log import RequestLog
 from proxy.wire.route_match import RouteGroup
 from proxy.http.routes import RouteHandler
+from proxy.face.waiting import WaitingPages
 from proxy.scale.schedule import Clock, Scheduler
 from proxy.observe.usage import UsageMeter
 
@@ -75,8 +76,11 @@ class Proxy:
         self.retry_advisor = RetryAdvisor(self.registry, self.bus, warms, clock)
         self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.exchanges,
                                       self.reqlog, self.retry_advisor, self.usage.egress) for route in config.routes]
+        self.waiting = WaitingPages(self.bus, self.registry, config.errors.detail) \
+            if any(route.waiting_page is not None for route in config.routes) else None
         for handler in self.handlers:
             handler.cluster = self.node.forwarder if self.node else None
+            handler.waiting = self.waiting
         self.scalers = [handler.scaler for handler in self.handlers if handler.scaler is not None]
         for scaler in self.scalers:
             scaler.owns = self.node.ownership.owns_instance if self.node else None
@@ -260,6 +264,8 @@ def create_app(config: Config, backend: Backend | None = None, *, clock: Clock =
     app[SERVED] = proxy  # what serving needs of it (proxy/http/server.py)
     app[DETAIL] = config.errors.detail  # the admin listener's app has none: it answers operators in full
     add_seed_routes(app, config.admin.on_proxy_port)
+    if proxy.waiting is not None:
+        proxy.waiting.add_routes(app)  # /.lazy-proxy/wait/...: before the configured routes (a catch-all)
     proxy.add_routes(app)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]

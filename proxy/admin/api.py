@@ -29,6 +29,7 @@ from proxy.admin.bodies import bodies_for, validate
 from proxy.admin.openapi import openapi
 from proxy.app import PROXY, Proxy, add_seed_routes
 from proxy.config.admin import SEED_ROUTES
+from proxy.face.dashboard import Dashboard
 from proxy.errors import (Conflict, Forbidden, InvalidInput, InvalidKey, NotFound, NotSupported, Refusal, Unauthorized,
                           json_errors)
 from proxy.lifecycle.events import State, StopReason
@@ -313,8 +314,9 @@ async def openapi_json(request: web.Request) -> web.Response:
 @web.middleware
 async def reads_guard(request: web.Request,
                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """The seed endpoints are reads: on a non-loopback admin listener they need the token too."""
-    if not request.path.startswith("/admin/"):
+    """The seed endpoints are reads: on a non-loopback admin listener they need the token too. The dashboard's
+    page is an empty shell (its data are reads like these), so a browser can open it and give the token there."""
+    if not request.path.startswith("/admin/") and request.path != "/ui":
         authorize(request, mutates=False)
     return await handler(request)
 
@@ -328,6 +330,13 @@ def create_admin_app(proxy: Proxy) -> web.Application:
     app.router.add_get("/admin/keys", list_keys)
     for operation in OPERATIONS:
         app.router.add_route(operation.method, operation.path, _handler(operation))
+    dashboard = Dashboard(proxy.config, proxy.registry, proxy.bus, proxy.key_status)  # /ui (proxy/face/)
+    dashboard.add_routes(app)
+
+    async def end_streams(app: web.Application) -> None:
+        dashboard.close()
+
+    app.on_shutdown.append(end_streams)
     return app
 
 

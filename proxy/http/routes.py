@@ -24,6 +24,9 @@ from proxy.errors import (BodyTooLarge, ExpectationFailed, InvalidKey, InvalidPa
                           refusal_response)
 from proxy.wire.websocket import forward_websocket, is_websocket
 from proxy.keys import validate_key
+from proxy.face.navigation import is_navigation
+from proxy.face.waiting import WaitingPages
+from proxy.lifecycle.events import State
 from proxy.lifecycle.manager import Manager
 from proxy.observe.metrics import Metrics
 from proxy.wire.paths import escape_reason, upstream_target
@@ -57,6 +60,7 @@ class RouteHandler:
         self.error_detail = config.errors.detail  # refusal bodies: public sentences or full detail
         self.websockets: set[web.WebSocketResponse] = set()
         self.cluster: Forwarder | None = None  # set by the Proxy when `cluster.store` is not none
+        self.waiting: WaitingPages | None = None  # set by the Proxy when a route has `waiting_page`
         self.key_is_template = "{" in route.key
         self.key_template = KeyTemplate(route.key)
         self.host = HostPattern(route.host) if route.host is not None else None
@@ -186,11 +190,17 @@ class RouteHandler:
                     request, self.route.container, key, self.websockets)) is not None:
                 return answer  # the key's owner is another replica (proxy/cluster/)
             manager = self.manager_for(key)
+            waited: float | None = None
+            if self.waiting is not None and self.route.waiting_page is not None and manager.state is not \
+                    State.RUNNING and self.starts(request) and is_navigation(request.method, request.headers):
+                page = await self.waiting.wait_or_page(request, manager, self.route.waiting_page, rid)
+                if isinstance(page, web.StreamResponse):
+                    return page  # a browser waits on a page that follows the start (proxy/face/waiting.py)
+                waited = page
             async with manager.lease(start=self.starts(request)) as lease:
                 headers = {}
-                if lease.cold_wait is not None:
-                    headers = {"X-Proxy-Cold-Start": "1",
-                               "X-Proxy-Cold-Start-Wait-Ms": f"{lease.cold_wait * 1000:.1f}"}
+                if (cold := lease.cold_wait if lease.cold_wait is not None else waited) is not None:
+                    headers = {"X-Proxy-Cold-Start": "1", "X-Proxy-Cold-Start-Wait-Ms": f"{cold * 1000:.1f}"}
                 target = self.target_for(request.raw_path, raw_variables)
                 return await self._forward(request, manager, lease.instance, target, headers, rid)
         except Refusal as refusal:

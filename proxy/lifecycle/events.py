@@ -84,7 +84,19 @@ class BreakerOpened:
     timestamp: float = field(default_factory=time.time)
 
 
-Event = Union[Transition, ColdWait, BreakerOpened]
+@dataclass(frozen=True)
+class StartPhase:
+    """Live progress of a start in progress: phase `ended` took `seconds` ("" when only `now` is news); `now` is
+    the phase under way when the manager knows it ("ready": the instance exists, its readiness is probed)."""
+
+    key: str
+    class_name: str
+    ended: str
+    seconds: float
+    now: str = ""
+
+
+Event = Union[Transition, ColdWait, BreakerOpened, StartPhase]
 Listener = Callable[[Event], None]
 
 

@@ -19,7 +19,7 @@ import structlog
 from backends.base import BackendError, Instance, InstanceState
 from proxy.config.schema import ContainerClass
 from proxy.lifecycle.events import Happening, State, StopReason
-from proxy.lifecycle.services import Services
+from proxy.lifecycle.services import Idle, Services
 
 log = structlog.get_logger("proxy.manager")
 
@@ -44,7 +44,8 @@ class WatchedKey(Protocol):
     def in_flight(self) -> int: ...
     def _transition(self, new: State, reason: str, happening: Happening | None = None,
                     stop_reason: StopReason | None = None) -> None: ...
-    def _cancel_idle(self) -> None: ...
+    @property
+    def idle(self) -> Idle: ...
     def _count_failure(self, what: str) -> None: ...
     def _begin_stop(self, reason: StopReason, drain: float = 0.0, remove: bool = False,
                     after: asyncio.Future[None] | None = None) -> asyncio.Task[None] | None: ...
@@ -96,7 +97,7 @@ class HealthWatch:
                 why = "exited" if status is InstanceState.EXITED else "removed"
         if status is InstanceState.RUNNING or m.instance is not instance or m.state is not State.RUNNING:
             return status is InstanceState.RUNNING
-        m._cancel_idle()
+        m.idle.cancel()
         m.last_error = f"instance {status.value}" + (f": {why}" if why else "")
         m._transition(State.STOPPED, why or "error", Happening.CRASHED, StopReason.ERROR)
         log.warning("instance_gone", key=m.key, container=m.klass.name, reason=m.last_error)

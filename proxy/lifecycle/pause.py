@@ -21,7 +21,7 @@ from backends.base import Instance
 from backends.control import Pausable
 from proxy.errors import ActionFailed, Conflict, NotSupported
 from proxy.lifecycle.events import State, StopReason
-from proxy.lifecycle.services import Services
+from proxy.lifecycle.services import Idle, Services
 
 log = structlog.get_logger("proxy.manager")
 LIVE = frozenset({State.RUNNING, State.PAUSED})  # an instance exists and is not on its way out
@@ -56,7 +56,8 @@ class PausedKey(Draining, Protocol):
     async def confirmed(self) -> bool: ...
     def touch(self, now: float | None = None) -> None: ...
     def _transition(self, new: State, reason: str) -> None: ...
-    def _rearm_idle(self) -> None: ...
+    @property
+    def idle(self) -> Idle: ...
     def _begin_stop(self, reason: StopReason) -> asyncio.Task[None] | None: ...
 
 
@@ -121,7 +122,7 @@ class Pauser:
             if m.state is State.PAUSED and m.instance is instance:
                 m._transition(State.RUNNING, error)
                 self.refused_at = m.last_activity  # no idle pause again until there is activity
-                m._rearm_idle()
+                m.idle.rearm()
             raise ActionFailed(error, key=m.key) from None
 
     async def resume(self, reason: str = "admin") -> None:
@@ -158,7 +159,7 @@ class Pauser:
         if m.state is State.PAUSED and m.instance is instance:
             m._transition(State.RUNNING, reason)
             m.touch()
-            m._rearm_idle()  # the timer set for the paused instance's stop comes too late for the next pause
+            m.idle.rearm()  # the timer set for the paused instance's stop comes too late for the next pause
 
     async def thaw(self, instance: Instance) -> None:
         """Before a paused instance is stopped: best effort, the stop follows whatever happens."""
