@@ -148,32 +148,40 @@ def infer_response(request: pb.ModelInferRequest, model: TitanicModel, labels: n
     return response
 
 
-async def serve(host: str, port: int, env: Mapping[str, str]) -> None:
-    """Serve until SIGTERM/SIGINT; calls in flight get GRACE seconds to finish."""
+async def start(host: str, port: int, env: Mapping[str, str]) -> tuple[grpc.aio.Server, int]:
+    """A started server on host:port (0: any free port) and the port it got; the health service says SERVING
+    once the model loaded. The proxy's stub backend runs one in its own process this way."""
     try:
         limit = int(env.get("MODEL_SERVICE_MAX_BODY", DEFAULT_MAX_MESSAGE))
     except ValueError:
         limit = DEFAULT_MAX_MESSAGE
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit), ("grpc.so_reuseport", 0)])
     servicer = V2Servicer(env.get("MODEL_SERVICE_MODEL_PATH") or None)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        server.add_insecure_port(address)
+        bound = server.add_insecure_port(address)
     except RuntimeError as exc:
-        raise SystemExit(f"model_service: cannot listen on {address}: {exc}") from None
+        raise OSError(f"cannot listen on {address}: {exc}") from None
     await server.start()
     status = health_pb2.HealthCheckResponse.SERVING if servicer.load() is not None \
         else health_pb2.HealthCheckResponse.NOT_SERVING
     for service in ("", V2_SERVICE):
         await health.set(service, status)
+    return server, bound
+
+
+async def serve(host: str, port: int, env: Mapping[str, str]) -> None:
+    """Serve until SIGTERM/SIGINT; calls in flight get GRACE seconds to finish."""
+    try:
+        server, _ = await start(host, port, env)
+    except OSError as exc:
+        raise SystemExit(f"model_service: {exc}") from None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await health.enter_graceful_shutdown()
     await server.stop(GRACE)

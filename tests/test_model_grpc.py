@@ -1,6 +1,7 @@
 """The model service over KServe V2 gRPC (`python -m model_service --protocol grpc`), with a real grpcio client:
 every V2 method, the shapes of the HTTP V2 endpoint, the answers the model gives in-process, bad input as
-INVALID_ARGUMENT, the grpc.health.v1 service; and `readiness: grpc` starting it as a process-backend child."""
+INVALID_ARGUMENT, the grpc.health.v1 service; and `readiness: grpc` starting it as a process-backend child and in
+the stub backend's process."""
 
 from __future__ import annotations
 
@@ -184,9 +185,10 @@ def test_an_unknown_protocol_is_refused_in_one_line() -> None:
 # ---------------------------------------------------------------- readiness: grpc, as a process-backend child
 
 
-@pytest.fixture
-def backend_kind() -> str:
-    return "process"
+@pytest.fixture(params=["stub", "process"])
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    """The stub serves the gRPC model service in the proxy's process, the process backend as a child."""
+    return str(request.param)
 
 
 GRPC_CLASS = {"env": {"MODEL_SERVICE_PROTOCOL": "grpc"}, "readiness": {"kind": "grpc", "interval": "20ms"}}
@@ -213,9 +215,12 @@ async def test_readiness_grpc_starts_the_grpc_model_service(make_proxy: MakeProx
     {"entrypoint": ["sh", "-c", f"exec {sys.executable} -m http.server --bind $HOST $PORT"]},  # answers a 505
     {},  # the model service speaking HTTP (aiohttp answers HTTP/2's preface with a 400)
 ], ids=["http.server", "model-http"])
-async def test_readiness_grpc_of_an_http1_app_fails_at_once(make_proxy: MakeProxy, svc: dict[str, Any]) -> None:
+async def test_readiness_grpc_of_an_http1_app_fails_at_once(make_proxy: MakeProxy, svc: dict[str, Any],
+                                                            backend_kind: str) -> None:
     """An app answering in HTTP/1 will never pass a gRPC health check: the start fails with the probe's reason at
     once, not at start_timeout (a StartTimeout would name start_timeout)."""
+    if svc and backend_kind == "stub":
+        pytest.skip("the stub runs no entrypoint")
     h = await make_proxy(svc={**svc, "start_timeout": "120s",
                               "readiness": {"kind": "grpc", "service": "inference.GRPCInferenceService"}})
     manager = h.proxy.registry.get("http-key", "svc")
