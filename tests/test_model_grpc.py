@@ -228,3 +228,37 @@ async def test_readiness_grpc_of_an_http1_app_fails_at_once(make_proxy: MakeProx
         await manager.ensure_running()
     assert "readiness grpc: the app does not speak HTTP/2 on its port" in str(failed.value), failed.value
     assert manager.state is State.FAILED
+
+
+# ---------------------------------------------------------------- the shipped config's gRPC class and route
+
+
+async def test_shipped_grpc_class_serves_v2_grpc(aiohttp_client: Any) -> None:
+    """config.yaml's `model-grpc` on its stub backend: ready by the gRPC health check, then V2 ModelInfer; once
+    the proxy speaks gRPC upstream (`protocol`), a grpcio client through the proxy's route on a cold key."""
+    from backends.stub import StubBackend
+    from proxy.app import PROXY, create_app
+    from proxy.config.schema import load_config
+    from tests.conftest import proxy_server
+
+    config = load_config(ROOT / "config.yaml")
+    klass = config.containers["model-grpc"]
+    assert klass.readiness.kind == "grpc" and klass.spec.env["MODEL_SERVICE_PROTOCOL"] == "grpc"
+    routes = {r.path: r for r in config.routes}
+    assert routes["/inference.GRPCInferenceService/{method}"].container == "model-grpc"
+    app = create_app(config, StubBackend())
+    client = await aiohttp_client(proxy_server(app))
+    proxy = app[PROXY]
+    if not hasattr(klass, "protocol"):  # HTTP/2 upstreams are branch ih2's: until merged, the instance directly
+        manager = proxy.registry.get("model-grpc", "model-grpc")
+        await manager.ensure_running()
+        assert manager.instance is not None
+        target = f"{manager.instance.host}:{manager.instance.port}"
+    else:
+        assert klass.protocol == "grpc", "config.yaml: uncomment `protocol: grpc` of model-grpc"
+        target = f"127.0.0.1:{client.port}"
+    async with grpc.aio.insecure_channel(target) as channel:
+        answer = await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(ROWS))
+    labels, _ = get_model().predict(np.asarray(ROWS, dtype=np.float32))
+    assert list(answer.outputs[0].contents.int64_contents) == labels.tolist()
+    assert proxy.registry.managers[("model-grpc", "model-grpc")].start_count == 1
