@@ -17,6 +17,8 @@ command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)  # tests start their own (marker etcd)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ -x /bin/busybox ] || missing+=(busybox-static)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)  # bench/protocols*.py, HTTP/2 and TLS tests
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # bench/protocols.py (s_time), tests/test_tls.py
 [ ${#missing[@]} -eq 0 ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 if [ ! -f "$STATE_DIR/apt-updated" ]; then
