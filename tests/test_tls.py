@@ -217,6 +217,13 @@ def test_admin_tls_has_its_own_certificate(tmp_path: Path, ca: trustme.CA) -> No
         done = curl_get(f"https://localhost:{admin_port}/health", "--cacert", str(tmp_path / "admin-ca.pem"))
         assert done.stdout.endswith("200 HTTPS"), done.stderr
         assert peer_cert(admin_port, admin_ca)["subjectAltName"][0] == ("DNS", "localhost")
+        # the admin listener speaks HTTP/1.1 only: a client offering h2 first gets http/1.1 by ALPN
+        context = ssl.create_default_context()
+        admin_ca.configure_trust(context)
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", admin_port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                assert tls.selected_alpn_protocol() == "http/1.1"
         assert curl_get(f"http://127.0.0.1:{port}/api/health").stdout.endswith("200 HTTP")
 
 

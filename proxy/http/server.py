@@ -43,8 +43,10 @@ from proxy.http.salvage import parser_factory, whole_requests
 from proxy.wire.tls import CertWatcher, TlsFileError, TlsFiles, server_context
 
 log = structlog.get_logger("proxy.server")
-# What TLS listeners offer by ALPN: HTTP/1.1 only until the HTTP/2 server serves "h2" (then proxy/wire/tls.py's ALPN).
+# What the proxied port's TLS offers by ALPN: HTTP/1.1 only until the HTTP/2 server serves "h2" (then
+# proxy/wire/tls.py's ALPN). The admin listener is aiohttp's alone: HTTP/1.1 whatever the proxied port speaks.
 SERVED_ALPN: tuple[str, ...] = ("http/1.1",)
+ADMIN_ALPN = ("http/1.1",)
 _Message = tuple[Any, StreamReader]
 
 
@@ -347,8 +349,9 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
     check_free(host, port, "server.port")
     if admin is not None:
         check_free(admin[1], admin[2], "admin.port")
-    watchers = {field: CertWatcher(_tls_context(field, files), files, field) for field, files in
-                (("server.tls", tls), ("admin.tls", admin_tls if admin is not None else None)) if files is not None}
+    watchers = {field: CertWatcher(_tls_context(field, files, alpn), files, field) for field, files, alpn in
+                (("server.tls", tls, SERVED_ALPN), ("admin.tls", admin_tls if admin is not None else None, ADMIN_ALPN))
+                if files is not None}
     runner = ProxyRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
                          shutdown_timeout=shutdown_timeout)
     admin_runner = None
@@ -378,10 +381,10 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
         await runner.cleanup()
 
 
-def _tls_context(field: str, files: TlsFiles) -> ssl.SSLContext:
+def _tls_context(field: str, files: TlsFiles, alpn: tuple[str, ...]) -> ssl.SSLContext:
     """The listener's context; a file gone bad since the config loaded is a ConfigError naming it."""
     try:
-        return server_context(files, SERVED_ALPN)
+        return server_context(files, alpn)
     except TlsFileError as exc:
         raise ConfigError(f"{field}.{exc.field}", exc.reason) from None
 
