@@ -40,13 +40,10 @@ from proxy.config.units import ConfigError
 from proxy.http.fastpath import FastPath
 from proxy.http.exchange import Exchange
 from proxy.http.salvage import parser_factory, whole_requests
-from proxy.wire.tls import CertWatcher, TlsFileError, TlsFiles, server_context
+from proxy.http.tls_listeners import TlsListeners
+from proxy.wire.tls import TlsFiles
 
 log = structlog.get_logger("proxy.server")
-# What the proxied port's TLS offers by ALPN: HTTP/1.1 only until the HTTP/2 server serves "h2" (then
-# proxy/wire/tls.py's ALPN). The admin listener is aiohttp's alone: HTTP/1.1 whatever the proxied port speaks.
-SERVED_ALPN: tuple[str, ...] = ("http/1.1",)
-ADMIN_ALPN = ("http/1.1",)
 _Message = tuple[Any, StreamReader]
 
 
@@ -349,22 +346,19 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
     check_free(host, port, "server.port")
     if admin is not None:
         check_free(admin[1], admin[2], "admin.port")
-    watchers = {field: CertWatcher(_tls_context(field, files, alpn), files, field) for field, files, alpn in
-                (("server.tls", tls, SERVED_ALPN), ("admin.tls", admin_tls if admin is not None else None, ADMIN_ALPN))
-                if files is not None}
+    listeners = TlsListeners(tls, admin_tls if admin is not None else None)
     runner = ProxyRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
                          shutdown_timeout=shutdown_timeout)
     admin_runner = None
     await runner.setup()
     try:
-        for watcher in watchers.values():
-            watcher.start()
-        await _listen(runner, host, port, "server.port", _context(watchers, "server.tls"))
+        listeners.start()
+        await _listen(runner, host, port, "server.port", listeners.context("server.tls"))
         if admin is not None:
             admin_app, admin_host, admin_port = admin
             admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
             await admin_runner.setup()
-            await _listen(admin_runner, admin_host, admin_port, "admin.port", _context(watchers, "admin.tls"))
+            await _listen(admin_runner, admin_host, admin_port, "admin.port", listeners.context("admin.tls"))
         if announce is not None:
             await announce(runner.addresses, admin_runner.addresses if admin_runner is not None else [])
         signum = await _first_signal(lambda _: _on_second_signal(app))
@@ -374,23 +368,10 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
         if isinstance(runner.server, FastServer):
             runner.server.deadline = asyncio.get_running_loop().time() + shutdown_timeout
     finally:
-        for watcher in watchers.values():
-            await watcher.stop()
+        await listeners.stop()
         if admin_runner is not None:
             await admin_runner.cleanup()
         await runner.cleanup()
-
-
-def _tls_context(field: str, files: TlsFiles, alpn: tuple[str, ...]) -> ssl.SSLContext:
-    """The listener's context; a file gone bad since the config loaded is a ConfigError naming it."""
-    try:
-        return server_context(files, alpn)
-    except TlsFileError as exc:
-        raise ConfigError(f"{field}.{exc.field}", exc.reason) from None
-
-
-def _context(watchers: dict[str, CertWatcher], field: str) -> ssl.SSLContext | None:
-    return watchers[field].context if field in watchers else None
 
 
 async def _first_signal(on_second: Callable[[int], None]) -> int:
