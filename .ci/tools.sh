@@ -19,6 +19,8 @@ command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 [ -x /bin/busybox ] || missing+=(busybox-static)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the face's browser tests (tests/test_face_browser.py)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)  # bench/protocols*.py, HTTP/2 and TLS tests
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # bench/protocols.py (s_time), tests/test_tls.py
 [ ${#missing[@]} -eq 0 ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 if [ ! -f "$STATE_DIR/apt-updated" ]; then

@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -92,8 +93,9 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited early with code {proc.returncode}: {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
+        try:  # an https URL is the bench's own TLS listener on loopback: its test certificate is not checked
+            context = ssl._create_unverified_context() if url.startswith("https:") else None
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                 if resp.status < 500:
                     return
         except Exception:  # noqa: BLE001 - not up yet
@@ -202,8 +204,9 @@ def proxy(config: dict[str, Any], port: int, *, uvloop: bool = True, upstream: s
     argv = module("bench._proxy_launcher", "--config", path, "--port", str(port), "--uvloop", "1" if uvloop else "0")
     if upstream:
         argv += ["--upstream", upstream]
+    scheme = "https" if (config.get("server") or {}).get("tls") else "http"
     try:
-        return Server(argv, f"http://127.0.0.1:{port}/health", cpus=cpus, log=log)
+        return Server(argv, f"{scheme}://127.0.0.1:{port}/health", cpus=cpus, log=log)
     finally:
         os.unlink(path)
 

@@ -123,7 +123,7 @@ def main() -> int:
     async def run() -> None:
         app = create_app(config, backend)
         app.router.add_get("/_bench/stats", stats)
-        await serve(app, config.host, config.port, config.drain_timeout)
+        await serve(app, config.host, config.port, config.drain_timeout, tls=config.tls)
 
     asyncio.run(run())  # on uvloop's loop when installed above
     return 0

@@ -97,7 +97,8 @@ async def _serve(config: Config) -> None:
     async def started(listen: list[Any], admin_listen: list[Any]) -> None:
         await announce(app[PROXY], listen, admin_listen)
 
-    await serve(app, config.host, config.port, config.drain_timeout, admin, started)
+    await serve(app, config.host, config.port, config.drain_timeout, admin, started,
+                tls=config.tls, admin_tls=config.admin.tls)
 
 
 if __name__ == "__main__":

@@ -171,3 +171,13 @@ def test_faults() -> None:
     assert set(rounds) == {"stop", "freeze"} and all(r["orphans"] == 0 for r in rounds.values())
     assert rounds["stop"]["errors_sent_after_fault"] == 0 and rounds["stop"]["by_status"]["200"] > 0
     assert rounds["freeze"]["by_status"]["200"] > 0 and set(rounds["freeze"]["by_status"]) <= {"200", "504"}
+
+
+def test_protocols_tls() -> None:
+    """TLS handshakes and HTTPS requests through lazy-proxy and nginx, each terminating TLS itself."""
+    need("nginx", "nginx-light")
+    need("h2load", "nghttp2-client")
+    need("openssl", "openssl")
+    s = bench("protocols")
+    for kind in ("handshakes", "https"):
+        assert all(v["rate"] > 0 and v["cpu_us"] > 0 for v in s["results"][kind].values()), s

@@ -45,6 +45,7 @@ from proxy.config.containers import (
     Readiness,
 )
 from proxy.config.routes import Route, check_distinct
+from proxy.config.tls import TlsConfig
 from proxy.keys import member_key
 from proxy.config.interpolate import interpolate, typed
 from proxy.config.units import (
@@ -60,7 +61,7 @@ from proxy.config.units import (
 )
 
 __all__ = ["Admin", "Backend", "BackendConfig", "Cluster", "Config", "ConfigError", "ConfigSchema", "ContainerClass",
-           "CronJob", "Errors", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook",
+           "CronJob", "Errors", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "TlsConfig", "Webhook",
            "derived_proxy_id", "fixed_keys", "load_config", "parse_config"]
 
 HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's action (proxy/admin/api.py)
@@ -81,6 +82,10 @@ class Server(Section):
     connect_timeout: PositiveDuration = Field(default=5.0, description="connecting to an instance")
     drain_timeout: Duration = Field(
         default=30.0, description="on SIGTERM, time in-flight requests get to finish")
+    tls: TlsConfig | None = Field(
+        default=None, description="terminate TLS on the proxied port: `{cert, key, min_version, client_ca}` "
+                                  "(`server.tls.*` below; ALPN offers h2 and http/1.1)",
+        json_schema_extra=shown("none: plain HTTP"))
 
 
 
@@ -274,6 +279,7 @@ class Config:
     cluster: Cluster = Cluster()
     log_format: str | None = None  # logging.format; None: console on a terminal, JSON otherwise (proxy/observe/logs.py)
     errors: Errors = Errors()
+    tls: TlsConfig | None = None  # server.tls; None: the proxied port speaks plain HTTP (proxy/wire/tls.py)
 
     @classmethod
     def from_schema(cls, schema: ConfigSchema) -> Config:
@@ -287,7 +293,8 @@ class Config:
                                for name, section in schema.containers.items()},
                    routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing,
                    key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)), admin=schema.admin,
-                   cluster=schema.cluster, log_format=schema.logging.format, errors=schema.errors)
+                   cluster=schema.cluster, log_format=schema.logging.format, errors=schema.errors,
+                   tls=server.tls)
 
 
 def fixed_keys(config: Config, class_name: str) -> tuple[str, ...]:

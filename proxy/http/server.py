@@ -20,6 +20,7 @@ import errno
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections import deque
 from typing import Any, Awaitable, Callable, Iterable, Protocol
@@ -39,6 +40,8 @@ from proxy.config.units import ConfigError
 from proxy.http.fastpath import FastPath
 from proxy.http.exchange import Exchange
 from proxy.http.salvage import parser_factory, whole_requests
+from proxy.http.tls_listeners import TlsListeners
+from proxy.wire.tls import TlsFiles
 
 log = structlog.get_logger("proxy.server")
 _Message = tuple[Any, StreamReader]
@@ -317,21 +320,25 @@ def _bind_error(host: str, port: int, field: str, exc: OSError) -> ConfigError:
     return ConfigError(field, f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
-async def _listen(runner: web.BaseRunner, host: str, port: int, field: str) -> None:
+async def _listen(runner: web.BaseRunner, host: str, port: int, field: str,
+                  tls: ssl.SSLContext | None = None) -> None:
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls).start()
     except OSError as exc:
         raise _bind_error(host, port, field, exc) from None
 
 
 async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float,
-                admin: tuple[web.Application, str, int] | None = None, announce: Announce | None = None) -> None:
+                admin: tuple[web.Application, str, int] | None = None, announce: Announce | None = None,
+                tls: TlsFiles | None = None, admin_tls: TlsFiles | None = None) -> None:
     """`web.run_app` for the fast path: serve until SIGTERM/SIGINT, then drain and clean up.
 
     `admin` is the admin listener's app and address (proxy/admin/api.py): a plain aiohttp listener of its
     own, closed before the proxied port drains (the proxy's lifecycle belongs to `app`). A port that
     cannot be bound raises ConfigError naming `server.port` or `admin.port`. `announce` gets the bound
-    addresses (proxied, admin) once both listen: the start-up line.
+    addresses (proxied, admin) once both listen: the start-up line. `tls`/`admin_tls` (`server.tls`,
+    `admin.tls`): that listener terminates TLS, its certificate reloaded when the files change
+    (proxy/wire/tls.py).
 
     The drain, requests waiting for a cold start included, ends `shutdown_timeout` after the signal
     (connections still busy then are closed); then the proxy stops its instances. A second signal exits
@@ -339,17 +346,19 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
     check_free(host, port, "server.port")
     if admin is not None:
         check_free(admin[1], admin[2], "admin.port")
+    listeners = TlsListeners(tls, admin_tls if admin is not None else None)
     runner = ProxyRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
                          shutdown_timeout=shutdown_timeout)
     admin_runner = None
     await runner.setup()
     try:
-        await _listen(runner, host, port, "server.port")
+        listeners.start()
+        await _listen(runner, host, port, "server.port", listeners.context("server.tls"))
         if admin is not None:
             admin_app, admin_host, admin_port = admin
             admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
             await admin_runner.setup()
-            await _listen(admin_runner, admin_host, admin_port, "admin.port")
+            await _listen(admin_runner, admin_host, admin_port, "admin.port", listeners.context("admin.tls"))
         if announce is not None:
             await announce(runner.addresses, admin_runner.addresses if admin_runner is not None else [])
         signum = await _first_signal(lambda _: _on_second_signal(app))
@@ -359,6 +368,7 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
         if isinstance(runner.server, FastServer):
             runner.server.deadline = asyncio.get_running_loop().time() + shutdown_timeout
     finally:
+        await listeners.stop()
         if admin_runner is not None:
             await admin_runner.cleanup()
         await runner.cleanup()
