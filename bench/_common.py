@@ -59,8 +59,9 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """utime + stime summed over processes (each with all its threads), from /proc/PID/stat; gone pids count 0."""
+def cpu_seconds(pids: Sequence[int], reaped: bool = False) -> float:
+    """utime + stime summed over processes (each with all its threads), from /proc/PID/stat; gone pids count 0.
+    `reaped`: plus cutime + cstime, the children they waited for (a server that forks per connection)."""
     total = 0
     for pid in pids:
         try:
@@ -69,6 +70,8 @@ def cpu_seconds(pids: Sequence[int]) -> float:
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])
+        if reaped:
+            total += int(fields[13]) + int(fields[14])
     return total / os.sysconf("SC_CLK_TCK")
 
 

@@ -50,6 +50,28 @@ http {{
 }}
 """
 
+STATIC_CONF = """\
+{user}worker_processes 1;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body_temp;
+    proxy_temp_path {dir}/proxy_temp;
+    fastcgi_temp_path {dir}/fastcgi_temp;
+    uwsgi_temp_path {dir}/uwsgi_temp;
+    scgi_temp_path {dir}/scgi_temp;
+    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 1000000;
+        location / {{
+            default_type application/json;
+            return 200 '{{"status":"ok"}}';
+        }}
+    }}
+}}
+"""
+
 HAPROXY_CONF = """\
 global
     nbthread 1
@@ -103,6 +125,18 @@ def nginx(upstream_port: int, port: int, workdir: Path, *, cpus: str | None = No
     _check([*argv, "-t", "-q"], "nginx")
     return _start(argv, f"http://127.0.0.1:{port}{ready_path}", cpus, workdir / "stdout.log",
                   workdir / "error.log")
+
+
+def static_nginx(port: int, workdir: Path, *, cpus: str | None = None) -> Server:
+    """An upstream, not a proxy: nginx answering every path with a small JSON body (the cheapest keep-alive app)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "static.conf"
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(STATIC_CONF.format(user=user, dir=workdir, port=port))
+    argv = [_binary("nginx", "/usr/sbin/nginx"), "-p", str(workdir), "-c", str(conf),
+            "-g", f"daemon off; pid {workdir}/nginx.pid;"]
+    _check([*argv, "-t", "-q"], "nginx")
+    return _start(argv, f"http://127.0.0.1:{port}/", cpus, workdir / "stdout.log", workdir / "error.log")
 
 
 def haproxy(upstream_port: int, port: int, workdir: Path, *, cpus: str | None = None,
