@@ -5,7 +5,8 @@
 
 Each is configured the way one would run it in production as a keep-alive reverse proxy, not tuned for a
 benchmark: one worker (nginx `worker_processes 1`, haproxy `nbthread 1`), a pool of keep-alive connections
-to the upstream, X-Forwarded-* headers added, and **one log line per request written to a file** in
+to the upstream, X-Forwarded-* headers added (nginx: and X-Request-Id, as lazy-proxy sends it: both send the
+instance the same headers), and **one log line per request written to a file** in
 `workdir` (lazy-proxy logs every request by default, so turning the log off would not be a fair comparison).
 The config is written to `workdir`, checked first (`nginx -t` / `haproxy -c`, whose message is raised on
 error) and the server runs in the foreground in its own process group; stopping it (Server.stop) sends
@@ -31,6 +32,7 @@ http {{
     fastcgi_temp_path {dir}/fastcgi_temp;
     uwsgi_temp_path {dir}/uwsgi_temp;
     scgi_temp_path {dir}/scgi_temp;
+    map $http_x_request_id $req_id {{ default $http_x_request_id; "" $request_id; }}
     upstream upstream_service {{
         server 127.0.0.1:{upstream_port};
         keepalive 32;
@@ -45,6 +47,7 @@ http {{
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Request-Id $req_id;
         }}
     }}
 }}

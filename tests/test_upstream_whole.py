@@ -89,7 +89,9 @@ def test_anything_else_goes_through_the_parser(conn, response):
      b"HTTP/1.1 200 OK\r\nServer: SimpleHTTP/0.6\r\nContent-Length: 5\r\n\r\nhello", False),
     (b"HTTP/1.0 404 Not Found\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello",
      b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nhello", True),
-], ids=["close", "close-first", "http10", "http10-keep-alive"])
+    (b"HTTP/1.1 200 OK\r\nConnection-Id: 7\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+     b"HTTP/1.1 200 OK\r\nConnection-Id: 7\r\nContent-Length: 5\r\n\r\nhello", False),
+], ids=["close", "close-first", "http10", "http10-keep-alive", "look-alike"])
 def test_a_whole_answer_of_a_closing_instance_is_relayed_without_its_connection_line(conn, response, relayed,
                                                                                      reusable):
     calls = feed(conn, response).calls

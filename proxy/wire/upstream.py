@@ -29,6 +29,8 @@ _FRAMING = re.compile(rb"\n(?:content-length[ \t]*:[ \t]*([0-9]{1,15})[ \t]*\r"
                       rb"|connection[ \t]*:[ \t]*(close|keep-alive)[ \t]*\r"
                       rb"|(?:connection|keep-alive|proxy-[a-z-]*|te|trailers?|transfer-encoding|upgrade)[ \t]*:)")
 
+_CONNECTION = re.compile(rb"\nconnection[ \t]*:")
+
 
 class Relay(Protocol):
     """What a connection reports to while it carries one exchange."""
@@ -152,20 +154,20 @@ class UpstreamConnection(asyncio.Protocol):
         status_text = data[9:12]
         if not status_text.isdigit() or status_text in (b"204", b"304") or status_text[0] in b"01":
             return False
-        length = connection = None
-        for m in _FRAMING.finditer(data[:end + 2].lower()):
-            if m[1] is not None and length is None:
-                length = int(m[1])
-            elif m[2] is not None and connection is None:
-                connection = m
-            else:
-                return False  # a second length or Connection line, or another hop-by-hop header
-        if length is None or length != len(data) - end - 4:
+        lowered = data[:end + 2].lower()
+        found = _FRAMING.findall(lowered)  # (length, connection value) per matched line; ("", "") other hop-by-hop
+        if len(found) == 2 and not found[0][0]:
+            found.reverse()  # (the Connection line came first)
+        if not 0 < len(found) <= 2 or not found[0][0] or int(found[0][0]) != len(data) - end - 4:
             return False
-        if connection is not None:  # hop-by-hop: the client's connection is ours to keep or close
-            reusable = connection[2] == b"keep-alive"
-            data = data[:connection.start() + 1] + data[connection.end() + 1:]
-            end -= connection.end() - connection.start()
+        if len(found) == 2:  # hop-by-hop: the client's connection is ours to keep or close
+            if not found[1][1]:
+                return False  # a second length, or another hop-by-hop header
+            reusable = found[1][1] == b"keep-alive"
+            start = _CONNECTION.search(lowered).start() + 1  # type: ignore[union-attr]  # (findall saw it)
+            stop = lowered.find(b"\n", start) + 1
+            data = data[:start] + data[stop:]
+            end -= stop - start
         self.relay = None
         relay.on_whole(int(status_text), data, end + 2, reusable)
         return True
