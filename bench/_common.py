@@ -131,12 +131,12 @@ class Server:
     """A server subprocess in its own process group; stopped with SIGTERM then SIGKILL."""
 
     def __init__(self, argv: Sequence[str], ready_url: str, env: dict[str, str] | None = None,
-                 cpus: str | None = None, log: str | None = None) -> None:
+                 cpus: str | None = None, log: str | None = None, cwd: Path = ROOT) -> None:
         if cpus:
             argv = ["taskset", "-c", cpus, *argv]
         self.log = open(log or os.devnull, "wb")
         self.proc = subprocess.Popen(list(argv), env=env or env_with_root(), stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)
+                                     stderr=subprocess.STDOUT, cwd=str(cwd), start_new_session=True)
         self.ready_url = ready_url
         try:
             wait_http(ready_url, proc=self.proc)
@@ -199,14 +199,16 @@ def module(name: str, *args: str) -> list[str]:
 
 
 def proxy(config: dict[str, Any], port: int, *, uvloop: bool = True, upstream: str | None = None,
-          cpus: str | None = None, log: str | None = None) -> Server:
-    """The proxy via `python -m bench._proxy_launcher` (adds GET /_bench/stats; optional external upstream)."""
+          cpus: str | None = None, log: str | None = None, root: Path | None = None) -> Server:
+    """The proxy via `python -m bench._proxy_launcher` (adds GET /_bench/stats; optional external upstream).
+    `root`: another checkout of the project to run instead of this one (a before/after comparison)."""
     path = write_config(config)
     argv = module("bench._proxy_launcher", "--config", path, "--port", str(port), "--uvloop", "1" if uvloop else "0")
     if upstream:
         argv += ["--upstream", upstream]
     try:
-        return Server(argv, f"http://127.0.0.1:{port}/health", cpus=cpus, log=log)
+        env = None if root is None else {**os.environ, "PYTHONPATH": str(root)}
+        return Server(argv, f"http://127.0.0.1:{port}/health", env=env, cpus=cpus, log=log, cwd=root or ROOT)
     finally:
         os.unlink(path)
 

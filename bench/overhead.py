@@ -144,8 +144,9 @@ def reference(start: Callable[..., Any]) -> Starter:
     return run
 
 
-def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True) -> Starter:
-    """A lazy-proxy variant: bench._proxy_launcher --upstream, its log (stderr) to a file."""
+def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True, baseline: bool = False) -> Starter:
+    """A lazy-proxy variant: bench._proxy_launcher --upstream, its log (stderr) to a file. `baseline`: the
+    checkout named by $BENCH_BASELINE (e.g. a `git worktree` of an earlier commit), for before/after runs."""
 
     @contextlib.contextmanager
     def run(name: str, s: Setup) -> Iterator[Target]:
@@ -153,8 +154,9 @@ def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True) -> Starter:
         config = {"logging": {"requests": log_requests},
                   "containers": {"svc": {"sleep_after": 0}},
                   "routes": [{"path": "/api/{tail:.*}", "container": "svc", "key": "shared"}]}
+        root = Path(os.environ["BENCH_BASELINE"]) if baseline else None
         with proxy(config, port, uvloop=uvloop, upstream=f"http://127.0.0.1:{s.upstream_port}",
-                   cpus=s.proxy_cpus, log=str(s.workdir / f"{name}.log")) as server:
+                   cpus=s.proxy_cpus, log=str(s.workdir / f"{name}.log"), root=root) as server:
             yield Target(name, f"http://127.0.0.1:{port}{PATH}", server.pid)
 
     return run
@@ -167,6 +169,7 @@ VARIANTS: dict[str, Starter] = {
     "haproxy": reference(haproxy),
     "lazy-proxy-asyncio": lazy_proxy(uvloop=False),
     "lazy-proxy-nolog": lazy_proxy(log_requests=False),
+    "baseline": lazy_proxy(baseline=True),  # needs BENCH_BASELINE=<another checkout>
 }
 DEFAULT_VARIANTS = ["nginx", "lazy-proxy"]
 NEEDS = {"nginx": "nginx", "haproxy": "haproxy"}  # variant -> program it runs (Debian: nginx-light, haproxy)
