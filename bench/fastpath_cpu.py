@@ -1,6 +1,6 @@
 """The fast path's own Python CPU per request, without sockets: a deterministic breakdown.
 
-    python -m bench.fastpath_cpu [--requests N] [--repeat R] [--profile] [--answer keepalive|close|http10]
+    python -m bench.fastpath_cpu [--requests N] [--repeat R] [--profile] [--answer keepalive|plain|close|http10]
 
 On a shared, overloaded machine sampling profilers (py-spy) charge the time a process waits to be scheduled
 to whatever line it was on (mostly the `write` that woke the load generator), and wall-clock profiles of a
@@ -12,6 +12,7 @@ connection) and one pooled `UpstreamConnection` are given transports that only c
 client, the lease released, the access line and the metrics). No syscall, no event loop turn: what is
 left is the interpreter's work per request, measured as CPU time (`time.process_time`), best of R runs.
 `--profile` prints cProfile's top functions (deterministic call counts; times inflated by the profiler).
+`--answer plain`: an aiohttp app's answer (no Connection line, as the model service sends).
 `--answer close|http10`: the instance closes after each answer (a fresh UpstreamConnection per request;
 the connect itself, a syscall, is not in this number).
 """
@@ -39,6 +40,8 @@ BODY = b'{"status":"ok"}'
 ANSWERS = {
     "keepalive": b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 06 Dec 2026 09:00:00 GMT\r\n"
                  b"Content-Type: application/json\r\nContent-Length: 15\r\nConnection: keep-alive\r\n\r\n" + BODY,
+    "plain": b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 15\r\n"
+             b"Date: Sun, 06 Dec 2026 09:00:00 GMT\r\nServer: Python/3.11 aiohttp/3.14\r\n\r\n" + BODY,
     "close": b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Dec 2026 09:00:00 GMT\r\nConnection: close\r\n"
              b"Content-Type: application/json\r\nContent-Length: 15\r\n\r\n" + BODY,
     "http10": b"HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6 Python/3.11.7\r\nDate: Sun, 06 Dec 2026 09:00:00 GMT\r\n"
