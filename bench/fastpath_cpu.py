@@ -1,6 +1,7 @@
 """The fast path's own Python CPU per request, without sockets: a deterministic breakdown.
 
     python -m bench.fastpath_cpu [--requests N] [--repeat R] [--profile] [--answer keepalive|plain|close|http10]
+                                 [--smoke]
 
 On a shared, overloaded machine sampling profilers (py-spy) charge the time a process waits to be scheduled
 to whatever line it was on (mostly the `write` that woke the load generator), and wall-clock profiles of a
@@ -29,6 +30,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from bench._common import summary
 from bench._proxy_launcher import ExternalBackend
 from proxy.app import PROXY, create_app
 from proxy.config.schema import load_config
@@ -108,7 +110,7 @@ async def _ready(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     writer.close()
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     config = replace(load_config(config_file(not args.no_log)), host="127.0.0.1", port=0)
     ready = await asyncio.start_server(_ready, "127.0.0.1", 0)
     app = create_app(config, ExternalBackend(f"http://127.0.0.1:{ready.sockets[0].getsockname()[1]}"))
@@ -161,6 +163,7 @@ async def run(args: argparse.Namespace) -> None:
             reqlog.flush()
     print(f"answer {args.answer}, request log {'off' if args.no_log else 'on'}: "
           f"{best * 1e6:.2f} us of CPU per request (best of {args.repeat} x {args.requests})")
+    result.update(us_per_request=best * 1e6, bytes_to_client=client_tr.written)
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
@@ -182,7 +185,10 @@ def main() -> int:
     ap.add_argument("--no-log", action="store_true", help="logging.requests: false")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--smoke", action="store_true", help="200 requests once: only proves it runs (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.requests, args.repeat = 200, 1
     import logging
 
     logging.disable(logging.CRITICAL)
@@ -193,7 +199,9 @@ def main() -> int:
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(run(args))
+    result: dict[str, Any] = {"answer": args.answer, "requests": args.requests, "repeat": args.repeat}
+    asyncio.run(run(args, result))
+    summary("fastpath_cpu", result)
     return 0
 
 
