@@ -289,10 +289,8 @@ class UpstreamPool:
 
     def discard(self, conn: UpstreamConnection) -> None:
         self._busy.discard(conn)
-        try:
+        if conn in self._idle:  # (rarely: a connection closed while lent is not idle; no exception per close)
             self._idle.remove(conn)
-        except ValueError:
-            pass
 
     def __len__(self) -> int:
         return len(self._idle)
