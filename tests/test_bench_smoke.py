@@ -145,6 +145,20 @@ def test_overhead() -> None:
 
 
 @pytest.mark.slow
+def test_overhead_closing_upstream() -> None:
+    need("wrk", "wrk")
+    need("busybox", "busybox-static")
+    s = bench("overhead", "--variants", "lazy-proxy", "--upstream", "busybox")
+    assert s["upstream"] == "busybox" and not s["half_load"].get("lazy-proxy"), s  # (no open loop: it closes)
+    run = s["closed_loop"]["lazy-proxy"]
+    assert run["rps"] > 0 and run["errors"] == 0, run
+
+
+def test_fastpath_cpu() -> None:
+    s = bench("fastpath_cpu")
+    assert s["us_per_request"] > 0 and s["bytes_to_client"] > 0, s
+
+
 def test_inference() -> None:
     need("wrk", "wrk")
     s = bench("inference")

@@ -237,7 +237,7 @@ class Exchange(Reconnect):
     def on_body(self, data: bytes) -> None:
         self.out.append(_chunk(data) if self.chunked_out else data)
 
-    def on_whole(self, status: int, data: bytes, head_end: int) -> None:
+    def on_whole(self, status: int, data: bytes, head_end: int, reusable: bool) -> None:
         self.status, self.head_sent = status, True
         keep_alive = self.client.keeps_alive(self.message)
         self.head_len = head_end + 2  # (head_end: before the blank line)
@@ -248,7 +248,7 @@ class Exchange(Reconnect):
             if self.extra_head:
                 self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
         self._write(data)
-        self.on_end(True)
+        self.on_end(reusable)
 
     def _connection_line(self, keep_alive: bool) -> bytes:
         """`Connection: close` when the connection ends after this answer; `keep-alive` for an HTTP/1.0 client
