@@ -67,6 +67,7 @@ HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's a
 HOOK_EVENTS: tuple[HookEvent, ...] = ("start", "stop", "error")
 CONTAINER_ONLY = ("volumes", "ports", "user", "labels")  # class options a process cannot honour
 log = logging.getLogger(__name__)
+MAX_CONCURRENT_STREAMS = 100  # HTTP/2: a client's streams open at once per connection (nginx's default 128)
 
 
 # ---------------------------------------------------------------- server, metrics, logging, errors
@@ -81,6 +82,9 @@ class Server(Section):
     connect_timeout: PositiveDuration = Field(default=5.0, description="connecting to an instance")
     drain_timeout: Duration = Field(
         default=30.0, description="on SIGTERM, time in-flight requests get to finish")
+    max_concurrent_streams: int = Field(
+        default=MAX_CONCURRENT_STREAMS, ge=1, le=10_000,
+        description="HTTP/2 clients: streams open at once per connection (more are refused)")
 
 
 
@@ -274,6 +278,7 @@ class Config:
     cluster: Cluster = Cluster()
     log_format: str | None = None  # logging.format; None: console on a terminal, JSON otherwise (proxy/observe/logs.py)
     errors: Errors = Errors()
+    max_concurrent_streams: int = MAX_CONCURRENT_STREAMS  # server.max_concurrent_streams (HTTP/2 clients)
 
     @classmethod
     def from_schema(cls, schema: ConfigSchema) -> Config:
@@ -287,7 +292,8 @@ class Config:
                                for name, section in schema.containers.items()},
                    routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing,
                    key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)), admin=schema.admin,
-                   cluster=schema.cluster, log_format=schema.logging.format, errors=schema.errors)
+                   cluster=schema.cluster, log_format=schema.logging.format, errors=schema.errors,
+                   max_concurrent_streams=server.max_concurrent_streams)
 
 
 def fixed_keys(config: Config, container: str) -> tuple[str, ...]:

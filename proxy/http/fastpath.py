@@ -26,6 +26,7 @@ from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
+from proxy.config.schema import MAX_CONCURRENT_STREAMS
 from proxy.lifecycle.events import State
 from proxy.keys import validate_key
 from proxy.wire.paths import is_plain
@@ -96,10 +97,11 @@ class FastPath:
     """Decides per request head; holds what exchanges share."""
 
     def __init__(self, app: web.Application, handlers: dict[Any, _Group], relays: Relays,
-                 ownership: Ownership | None = None) -> None:
+                 ownership: Ownership | None = None, max_streams: int = MAX_CONCURRENT_STREAMS) -> None:
         self.router = FastRouter(app, handlers)
         self.relays = relays
         self.ownership = ownership
+        self.max_streams = max_streams  # HTTP/2 clients' concurrent streams (server.max_concurrent_streams)
 
     def plan(self, message: RawRequestMessage, payload: StreamReader, proto: Client) -> Exchange | None:
         if message.method not in FAST_METHODS or message.version != HttpVersion11 or message.upgrade:
