@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -75,3 +74,114 @@ async def test_h2c_refusals_are_json(make_proxy: Any, tmp_path: Path) -> None:
     big.write_bytes(b"x" * 2 * 2**20)
     status, _, body, _ = await _curl(port, "/k/big/v2/health/ready", "--data-binary", f"@{big}")
     assert status == 413 and json.loads(body)["error"] == "request body too large"
+
+
+def _grpc_class(**extra: Any) -> dict[str, Any]:
+    return {"command": GRPC_SERVER, "protocol": "grpc", "readiness": "tcp", "env": {"PYTHONPATH": str(REPO),
+            **extra.pop("env", {})}, **extra}
+
+
+GRPC_ROUTES = [{"path": "/test.Echo/{method}", "container": "svc", "key": "{header:x-tenant}"},
+               {"path": "/grpc.health.v1.Health/{method}", "container": "svc", "key": "{header:x-tenant}"}]
+
+
+async def _unary(port: int, method: str, body: bytes, tenant: str | None, timeout: float = 30.0
+                 ) -> tuple[grpc.StatusCode, bytes | None, dict[str, str], str]:
+    """One unary call with a real grpcio channel: (code, answer, trailing metadata, details)."""
+    def call() -> tuple[grpc.StatusCode, bytes | None, dict[str, str], str]:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = channel.unary_unary(method)
+            metadata = [("x-tenant", tenant)] if tenant else []
+            try:
+                answer, info = stub.with_call(body, metadata=metadata, timeout=timeout)
+            except grpc.RpcError as exc:
+                return exc.code(), None, dict(exc.trailing_metadata() or ()), exc.details() or ""
+            return info.code(), answer, dict(info.trailing_metadata() or ()), ""
+    return await asyncio.to_thread(call)
+
+
+@pytest.mark.parametrize("backend_kind", ["process"], indirect=True)
+async def test_grpc_cold_key_from_metadata_held_until_ready(make_proxy: Any) -> None:
+    h = await make_proxy(svc=_grpc_class(env={"GRPC_TEST_DELAY": "0.5"}), config={"routes": GRPC_ROUTES})
+    port = h.client.server.port
+    code, answer, trailers, _ = await _unary(port, "/test.Echo/Echo", b"hello", "tenant-a")
+    assert code == grpc.StatusCode.OK and answer == b"echo:hello"  # held through the start, then answered
+    assert trailers["x-seen-tenant"] == "tenant-a" and trailers["x-seen-forwarded-for"] == "127.0.0.1"
+    assert h.manager("tenant-a").in_flight == 0 and h.manager("tenant-a").start_count == 1
+    calls = await asyncio.gather(*(_unary(port, "/test.Echo/Echo", b"%d" % i, "tenant-b") for i in range(20)))
+    assert [c[1] for c in calls] == [b"echo:%d" % i for i in range(20)]
+    assert h.manager("tenant-b").start_count == 1  # one start for 20 concurrent cold calls (single flight)
+    code, _, _, details = await _unary(port, "/test.Echo/Echo", b"x", None)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "x-tenant" in details
+
+
+@pytest.mark.parametrize("backend_kind", ["process"], indirect=True)
+async def test_grpc_refusals_are_statuses(make_proxy: Any) -> None:
+    h = await make_proxy(svc=_grpc_class(command=[sys.executable, "-c", "import sys; sys.exit(3)"]),
+                         config={"routes": GRPC_ROUTES})
+    code, _, _, details = await _unary(h.client.server.port, "/test.Echo/Echo", b"x", "dead")
+    assert code == grpc.StatusCode.UNAVAILABLE and details  # start failed, with the reason
+
+
+@pytest.mark.parametrize("backend_kind", ["process"], indirect=True)
+async def test_grpc_start_timeout_and_deadline(make_proxy: Any) -> None:
+    h = await make_proxy(svc=_grpc_class(env={"GRPC_TEST_DELAY": "30"}, start_timeout="1s"),
+                         config={"routes": GRPC_ROUTES})
+    port = h.client.server.port
+    code, _, _, details = await _unary(port, "/test.Echo/Echo", b"x", "slow")
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED  # start timeout
+    code, _, _, _ = await _unary(port, "/test.Echo/Echo", b"x", "slow2", timeout=0.3)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED  # the client's own grpc-timeout
+
+
+@pytest.mark.parametrize("backend_kind", ["process"], indirect=True)
+async def test_grpc_too_large_is_resource_exhausted(make_proxy: Any) -> None:
+    h = await make_proxy(svc=_grpc_class(), config={"routes": GRPC_ROUTES})
+    code, _, _, _ = await _unary(h.client.server.port, "/test.Echo/Echo", b"x" * (2 * 2**20), "big")
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.fixture
+async def tls_proxy(tmp_path: Path) -> Any:
+    """A stub-backed proxy served over TLS with ALPN h2/http1.1 (a test context; the shipped one is
+    proxy/wire/tls.py's) and the CA file a client trusts."""
+    import trustme
+
+    from backends.stub import StubBackend
+    from proxy.app import create_app
+    from proxy.config.schema import parse_config
+    from tests.conftest import ProxyTestServer, base_config
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    server = ProxyTestServer(create_app(parse_config(base_config("stub", "model_service")), StubBackend()),
+                             handler_cancellation=True)
+    await server.start_server(ssl=context)
+    yield server.port, ca_file
+    await server.close()
+
+
+async def test_h2_over_tls_alpn(tls_proxy: tuple[int, Path]) -> None:
+    port, ca_file = tls_proxy
+    for flag, version in (("--http2", "2"), ("--http1.1", "1.1")):
+        res = await _run(_tool("curl"), "-sS", flag, "--cacert", str(ca_file), "-w", "%{stderr}%{http_version}",
+                         f"https://localhost:{port}/k/tls/v2/health/ready", "--resolve", f"localhost:{port}:127.0.0.1")
+        assert res.returncode == 0 and res.stderr == version, res.stderr
+        assert json.loads(res.stdout)  # the instance's own answer, relayed
+
+
+@pytest.mark.parametrize("backend_kind", ["stub"], indirect=True)
+async def test_h2load_many_concurrent_streams(make_proxy: Any) -> None:
+    h = await make_proxy()
+    port = h.client.server.port
+    res = await _run(_tool("h2load"), "-n", "2000", "-c", "4", "-m", "50", f"http://127.0.0.1:{port}/k/load/v2/health/ready",
+                     timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "2000 succeeded, 0 failed, 0 errored" in res.stdout, res.stdout
+    assert "status codes: 2000 2xx" in res.stdout, res.stdout
+    assert h.manager("load").in_flight == 0 and h.manager("load").start_count == 1

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable, Coroutine
 
 import h2.config
 import h2.connection
@@ -39,6 +39,7 @@ RESET_PERIOD = 10.0  # seconds over which client resets are counted
 RESET_BUDGET = 200  # resets allowed per period at least (the budget is max(this, 2 x max_concurrent_streams))
 log = structlog.get_logger("proxy.h2")
 Header = tuple[bytes, bytes]
+Serve = Callable[["H2ServerProtocol", "ClientStream"], Coroutine[Any, Any, None]]
 
 
 class ClientStream:
@@ -121,8 +122,9 @@ class ClientStream:
 class H2ServerProtocol(asyncio.Protocol):
     """A client's HTTP/2 connection: frames in and out, one serving task per request stream."""
 
-    def __init__(self, fast: FastPath, max_streams: int, peer_host: str, scheme: str) -> None:
+    def __init__(self, fast: FastPath, serve: Serve, max_streams: int, peer_host: str, scheme: str) -> None:
         self.fast = fast
+        self.serve = serve  # serves one stream (proxy/http/h2stream.py's serve_stream)
         self.loop = asyncio.get_running_loop()
         self.peer_host = peer_host
         self.scheme = scheme
@@ -185,13 +187,11 @@ class H2ServerProtocol(asyncio.Protocol):
         self.flush()
 
     def _request(self, event: h2.events.RequestReceived) -> None:
-        from proxy.http.h2stream import serve_stream  # the stream's lifecycle (kept in its own module)
-
         assert event.stream_id is not None and event.headers is not None
         stream = self.streams[event.stream_id] = ClientStream(self, event.stream_id, list(event.headers))
         if event.stream_ended is not None:
             stream.ended = True
-        stream.task = self.loop.create_task(serve_stream(self, stream))
+        stream.task = self.loop.create_task(self.serve(self, stream))
         stream.task.add_done_callback(lambda _: self.streams.pop(stream.id, None))
 
     def _data(self, event: h2.events.DataReceived) -> None:
@@ -299,10 +299,10 @@ class H2ServerProtocol(asyncio.Protocol):
         self.close()
 
 
-def take_over(transport: asyncio.Transport, fast: FastPath, peer_host: str, scheme: str,
+def take_over(transport: asyncio.Transport, fast: FastPath, serve: Serve, peer_host: str, scheme: str,
               first: bytes = b"") -> H2ServerProtocol:
     """Serve `transport` as HTTP/2 from here on; `first` is what the HTTP/1.1 protocol already read."""
-    proto = H2ServerProtocol(fast, fast.max_streams, peer_host, scheme)
+    proto = H2ServerProtocol(fast, serve, fast.max_streams, peer_host, scheme)
     transport.set_protocol(proto)
     proto.connection_made(transport)
     if first:

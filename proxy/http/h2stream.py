@@ -149,8 +149,8 @@ def _route(conn: H2ServerProtocol, method: str, target: str, authority: str,
 
 
 async def _serve(conn: H2ServerProtocol, stream: ClientStream, handler: RouteHandler, key: str,
-                 variables: dict[str, str], pseudo: dict[str, str], headers: CIMultiDictProxy[str], rid: str, given: bool,
-                 deadline: float | None) -> tuple[int, int]:
+                 variables: dict[str, str], pseudo: dict[str, str], headers: CIMultiDictProxy[str], rid: str,
+                 given: bool, deadline: float | None) -> tuple[int, int]:
     manager = handler.manager_for(key)
     try:
         async with asyncio.timeout(deadline):
@@ -295,8 +295,11 @@ async def _to_h2(stream: ClientStream, handler: RouteHandler, manager: Manager, 
         stream.end(trailers)
         return status, sent
     finally:
-        if pump is not None and not pump.done():
-            pump.cancel()
+        if pump is not None:
+            if pump.done():
+                pump.cancelled() or pump.exception()  # retrieved (a BodyTooLarge was answered above)
+            else:
+                pump.cancel()
         if not upstream.ended:
             upstream.reset()
 

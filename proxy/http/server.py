@@ -39,6 +39,7 @@ from proxy.config.units import ConfigError
 from proxy.http.fastpath import FastPath
 from proxy.http.exchange import Exchange
 from proxy.http.h2server import PREFACE, H2ServerProtocol, take_over
+from proxy.http.h2stream import serve_stream
 from proxy.http.salvage import parser_factory, whole_requests
 
 log = structlog.get_logger("proxy.server")
@@ -129,7 +130,7 @@ class FastProtocol(RequestHandler):
         self._sniff = None
         self.transport = None  # aiohttp's connection_lost closes the transport it still holds
         self.connection_lost(None)
-        proto = take_over(transport, self.fast, self.peer_host, self.scheme, data)
+        proto = take_over(transport, self.fast, serve_stream, self.peer_host, self.scheme, data)
         if isinstance(server, FastServer):
             server.h2_connections.add(proto)
             proto.on_close.append(server.h2_connections.discard)

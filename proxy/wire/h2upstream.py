@@ -108,6 +108,8 @@ class UpstreamStream:
                 self.conn.h2.reset_stream(self.id, h2.errors.ErrorCodes.CANCEL)
                 self.conn.flush()
         self.conn.streams.pop(self.id, None)
+        if self.error is None:
+            self._fail("the stream was cancelled")
 
     def _fail(self, reason: str) -> None:
         self.error = StreamClosed(reason, self.head.done())
