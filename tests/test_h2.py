@@ -185,3 +185,81 @@ async def test_h2load_many_concurrent_streams(make_proxy: Any) -> None:
     assert "2000 succeeded, 0 failed, 0 errored" in res.stdout, res.stdout
     assert "status codes: 2000 2xx" in res.stdout, res.stdout
     assert h.manager("load").in_flight == 0 and h.manager("load").start_count == 1
+
+
+@pytest.mark.parametrize("backend_kind", ["stub"], indirect=True)
+async def test_stream_limit_rapid_reset_and_continuation_flood(make_proxy: Any) -> None:
+    """`max_concurrent_streams` is announced and enforced; a rapid-reset flood gets GOAWAY ENHANCE_YOUR_CALM; a
+    CONTINUATION flood and an oversized header list end the connection; the proxy serves on afterwards."""
+    import h2.errors
+    import h2.settings
+
+    from tests import h2_client
+
+    h = await make_proxy(config={"server": {"max_concurrent_streams": 7}})
+    port = h.client.server.port
+    ok = await asyncio.to_thread(h2_client.request, port, h2_client.get("/k/lim/v2/health/ready"))
+    assert ok.status == 200 and ok.settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 7
+
+    def flood_resets() -> h2_client.Outcome:
+        sock, conn = h2_client.connect(port)
+        outcome = h2_client.Outcome()
+        try:
+            for _ in range(400):  # open and cancel at once, never more than the limit open
+                stream_id = conn.get_next_available_stream_id()
+                conn.send_headers(stream_id, h2_client.get("/k/lim/v2/health/ready"))
+                conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+                sock.sendall(conn.data_to_send())
+            return h2_client.read_until(sock, conn, -1, outcome)
+        finally:
+            sock.close()
+
+    flood = await asyncio.to_thread(flood_resets)
+    assert flood.goaway == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, flood
+
+    def too_many_streams() -> h2_client.Outcome:
+        sock, conn = h2_client.connect(port)
+        outcome = h2_client.Outcome()
+        try:
+            h2_client.read_until(sock, conn, -1, outcome, 0.3)  # take the server's SETTINGS
+            conn.remote_settings = h2.settings.Settings(client=False, initial_values={  # ignore the limit
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1000})
+            last = 0
+            for _ in range(8):  # one past the limit, none ended (their bodies stay open)
+                last = conn.get_next_available_stream_id()
+                conn.send_headers(last, h2_client.get("/k/lim/v2/health/ready", method=b"POST"))
+            sock.sendall(conn.data_to_send())
+            return h2_client.read_until(sock, conn, last, outcome)
+        finally:
+            sock.close()
+
+    over = await asyncio.to_thread(too_many_streams)
+    assert over.reset == h2.errors.ErrorCodes.REFUSED_STREAM or over.goaway is not None, over
+
+    def continuation_flood() -> h2_client.Outcome:
+        import hyperframe.frame
+
+        sock, conn = h2_client.connect(port)
+        outcome = h2_client.Outcome()
+        try:
+            block = conn.encoder.encode(h2_client.get("/k/lim/v2/health/ready"))
+            first = hyperframe.frame.HeadersFrame(1)
+            first.data = block
+            frames = [first.serialize()]
+            for _ in range(200):  # never END_HEADERS: an endless header block
+                cont = hyperframe.frame.ContinuationFrame(1)
+                cont.data = b"\x40\x03abc\x03def"  # a literal header field each time
+                frames.append(cont.serialize())
+            sock.sendall(b"".join(frames))
+            return h2_client.read_until(sock, conn, 1, outcome)
+        finally:
+            sock.close()
+
+    cont = await asyncio.to_thread(continuation_flood)
+    assert cont.closed or cont.goaway is not None, cont
+
+    big = await asyncio.to_thread(h2_client.request, port, h2_client.get(
+        "/k/lim/v2/health/ready", *[(b"x-f%d" % i, b"b" * 4000) for i in range(40)]))
+    assert big.status is None and (big.closed or big.goaway is not None), big
+    again = await asyncio.to_thread(h2_client.request, port, h2_client.get("/k/lim/v2/health/ready"))
+    assert again.status == 200 and h.manager("lim").in_flight == 0

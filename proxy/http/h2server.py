@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, cast
 
 import h2.config
 import h2.connection
@@ -140,12 +140,12 @@ class H2ServerProtocol(asyncio.Protocol):
         self.on_close: list[Any] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are no asyncio.Transport
         codes = h2.settings.SettingCodes
-        self.h2.local_settings.update({codes.MAX_CONCURRENT_STREAMS: self.max_streams,
-                                       codes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-                                       codes.INITIAL_WINDOW_SIZE: WINDOW, codes.ENABLE_PUSH: 0})
+        # Initial values (not an update): in force from the first byte, and sent in the first SETTINGS frame.
+        self.h2.local_settings = h2.settings.Settings(client=False, initial_values={
+            codes.MAX_CONCURRENT_STREAMS: self.max_streams, codes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            codes.INITIAL_WINDOW_SIZE: WINDOW, codes.ENABLE_PUSH: 0})
         self.h2.decoder.max_header_list_size = MAX_HEADER_LIST  # before the client acknowledges the setting too
         self.h2.initiate_connection()
         self.flush()

@@ -43,12 +43,19 @@ _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # gRPC status codes (grpc/status.h) for the proxy's own answers
 OK, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND = 0, 2, 3, 4, 5
 RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 8, 12, 13, 14, 16
+MAX_FIELD = 8190  # bytes of one header field (name and value): an HTTP/1.1 line's limit (aiohttp's max_field_size)
 _BY_STATUS = {400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 404: UNIMPLEMENTED, 413: RESOURCE_EXHAUSTED,
-              429: UNAVAILABLE, 502: UNAVAILABLE, 503: UNAVAILABLE, 504: DEADLINE_EXCEEDED}
+              431: RESOURCE_EXHAUSTED, 429: UNAVAILABLE, 502: UNAVAILABLE, 503: UNAVAILABLE, 504: DEADLINE_EXCEEDED}
 
 
 class NoRoute(Refusal):
     status, error = 404, "not found"
+
+
+class HeaderTooLarge(Refusal):
+    """A header field longer than an HTTP/1.1 header line may be (aiohttp's and nginx's 8 KiB buffers)."""
+
+    status, error = 431, "request header fields too large"
 
 
 class DeadlineExceeded(Refusal):
@@ -98,6 +105,8 @@ async def serve_stream(conn: H2ServerProtocol, stream: ClientStream) -> None:
     key, status, sent = "", 500, 0
     try:
         try:
+            if any(len(name) + len(value) > MAX_FIELD for name, value in stream.headers):
+                raise HeaderTooLarge(f"a header field is longer than {MAX_FIELD} bytes")
             handler, key, variables = _route(conn, method, target, authority, headers)
             grpc = grpc or handler.config.containers[handler.route.container].protocol == "grpc"
             status, sent = await _serve(conn, stream, handler, key, variables, pseudo, headers, rid, given,

@@ -22,7 +22,7 @@ import signal
 import socket
 import sys
 from collections import deque
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Protocol, cast
 
 import structlog
 from aiohttp import web
@@ -125,8 +125,7 @@ class FastProtocol(RequestHandler):
 
     def _to_h2(self, data: bytes) -> None:
         """Hand the transport to an HTTP/2 protocol; this one leaves aiohttp's books without closing it."""
-        transport, server = self.transport, self._manager
-        assert isinstance(transport, asyncio.Transport)
+        transport, server = cast(asyncio.Transport, self.transport), self._manager  # (uvloop's is no subclass)
         self._sniff = None
         self.transport = None  # aiohttp's connection_lost closes the transport it still holds
         self.connection_lost(None)

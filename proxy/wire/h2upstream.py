@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import Iterable
+from typing import Iterable, cast
 
 import h2.config
 import h2.connection
@@ -130,10 +130,9 @@ class H2UpstreamConnection(asyncio.Protocol):
         self._paused: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.h2.local_settings.update({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
-                                       h2.settings.SettingCodes.ENABLE_PUSH: 0})
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are no asyncio.Transport
+        self.h2.local_settings = h2.settings.Settings(client=True, initial_values={
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW, h2.settings.SettingCodes.ENABLE_PUSH: 0})
         self.h2.initiate_connection()
         self.flush()
 
