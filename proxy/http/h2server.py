@@ -134,6 +134,7 @@ class H2ServerProtocol(asyncio.Protocol):
         self.streams: dict[int, ClientStream] = {}
         self.transport: asyncio.Transport | None = None
         self._paused: asyncio.Future[None] | None = None
+        self._flush_pending = False
         self._resets: deque[float] = deque()
         self._reset_budget = max(RESET_BUDGET, 2 * max_streams)
         self.closed = False
@@ -242,6 +243,13 @@ class H2ServerProtocol(asyncio.Protocol):
     # ---------------------------------------------------------------- bytes out
 
     def flush(self) -> None:
+        """Send what the library queued, once per loop turn: the frames of many streams go out in one write."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_pending = False
         data = self.h2.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
@@ -268,6 +276,7 @@ class H2ServerProtocol(asyncio.Protocol):
 
     def close(self) -> None:
         if self.transport is not None:
+            self.flush_now()  # a GOAWAY queued last goes out before the close
             self.transport.close()
         self._end()
 

@@ -128,6 +128,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.streams: dict[int, UpstreamStream] = {}
         self.closed = False
         self._paused: asyncio.Future[None] | None = None
+        self._flush_pending = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are no asyncio.Transport
@@ -137,6 +138,13 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.flush()
 
     def flush(self) -> None:
+        """Send what the library queued, once per loop turn: the frames of many streams go out in one write."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_pending = False
         data = self.h2.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
@@ -215,6 +223,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             stream._fail(reason)
         self.resume_writing()
         if self.transport is not None:
+            self.flush_now()
             self.transport.close()
         self.pool.discard(self)
 
