@@ -102,7 +102,11 @@ def request(port: int, headers: list[Header], body: bytes = b"", *, end: bool = 
             conn.send_data(stream_id, body, end_stream=end)
         if reset:
             conn.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
-        sock.sendall(conn.data_to_send())
+        try:
+            sock.sendall(conn.data_to_send())
+        except OSError:  # the server hung up while we sent (it refused what it read so far)
+            outcome.closed = True
+            return outcome
         if reset:
             read_until(sock, conn, stream_id, outcome, 0.5)
             return outcome

@@ -18,13 +18,13 @@ import time
 from typing import TYPE_CHECKING, AsyncIterator
 from urllib.parse import quote
 
-import aiohttp
 import h2.errors
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.errors import (BodyTooLarge, Fenced, InvalidKey, InvalidPath, Refusal, StartFailed, StartTimeout,
                           UpstreamError, refusal_body, refusal_headers)
+from proxy.http.h2relay import exchange
 from proxy.request_id import HEADER_LOWER, request_id
 from proxy.wire.h2upstream import StreamClosed, UpstreamStream
 from proxy.wire.paths import escape_reason
@@ -226,40 +226,44 @@ async def _to_http1(stream: ClientStream, handler: RouteHandler, manager: Manage
     instance = manager.instance
     assert instance is not None
     config = handler.config
+    pool = handler.pools.upstream(instance)
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: ".encode("latin-1"), pool.authority, b"\r\n"]
     cookies = [v for n, v in forwarded if n == b"cookie"]  # HTTP/2 may split Cookie; HTTP/1.1 wants one line
-    out = [(_text(n), _text(v)) for n, v in forwarded if n not in (b"cookie", b"te")]
+    for name, value in forwarded:
+        if name not in (b"cookie", b"te"):
+            lines += (name, b": ", value, b"\r\n")
     if cookies:
-        out.append(("cookie", _text(b"; ".join(cookies))))
-    data = None if stream.ended and not stream.chunks else _body(stream, config.max_body_size)
-    timeout = aiohttp.ClientTimeout(sock_connect=config.connect_timeout, sock_read=config.upstream_timeout)
-    session = handler.pools.session(instance)
+        lines += (b"cookie: ", b"; ".join(cookies), b"\r\n")
+    body = None if stream.ended and not stream.chunks else _body(stream, config.max_body_size)
+    chunked = body is not None and not any(n == b"content-length" for n, _ in forwarded)
+    if chunked:
+        lines.append(b"transfer-encoding: chunked\r\n")
+    lines.append(b"\r\n")
     try:
-        response = await session.request(method, instance.url + target, headers=CIMultiDict(out), data=data,
-                                          allow_redirects=False, timeout=timeout, compress=None)
-    except BodyTooLarge:
-        raise
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-        if isinstance(exc, (aiohttp.ClientConnectorError, ConnectionRefusedError)):
-            manager.suspect()
-        status = 504 if isinstance(exc, asyncio.TimeoutError) else 502
-        raise UpstreamError(status, f"{type(exc).__name__}: {exc}", key=manager.key) from None
+        relay = await exchange(pool, method, b"".join(lines), body, chunked, config.upstream_timeout, manager.key)
+    except ConnectionRefusedError as exc:
+        manager.suspect()
+        raise UpstreamError(502, str(exc), key=manager.key) from None
     sent = 0
-    async with response:
-        head = _response_head(response.status, list(response.raw_headers), extra)
-        bodyless = method == "HEAD" or response.status in (204, 304)
-        stream.send_headers(head, end=bodyless)
+    try:
+        status, headers = relay.head.result()
+        bodyless = method == "HEAD" or status in (204, 304)
+        stream.send_headers(_response_head(status, headers, extra), end=bodyless)
         if bodyless:
-            return response.status, 0
+            return status, 0
         try:
-            async for chunk in response.content.iter_any():
+            while (chunk := await asyncio.wait_for(relay.read(), config.upstream_timeout)) is not None:
                 await stream.send_data(chunk)
                 sent += len(chunk)
                 handler.egress(manager.klass.name, manager.key, len(chunk))
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (ConnectionResetError, asyncio.TimeoutError):
             stream.abort()  # the head is out: the client learns of the cut by the reset
-            return response.status, sent
+            return status, sent
         stream.end()
-    return response.status, sent
+        return status, sent
+    finally:
+        if not relay.ended:
+            relay.abandon()
 
 
 async def _to_h2(stream: ClientStream, handler: RouteHandler, manager: Manager, method: str, target: str,
