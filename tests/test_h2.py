@@ -271,3 +271,18 @@ async def test_stream_limit_rapid_reset_and_continuation_flood(make_proxy: Any) 
     again = await asyncio.to_thread(h2_client.request, port, h2_client.get("/k/lim/v2/health/ready"))
     assert again.status == 200
     await h.wait_for(lambda: h.manager("lim").in_flight == 0)
+
+
+@pytest.mark.parametrize("backend_kind", ["process"], indirect=True)
+async def test_h2c_class_serves_grpc_and_http1_clients(make_proxy: Any) -> None:
+    """`protocol: h2c`: gRPC passes through (trailers included); an HTTP/1.1 client's request reaches the same
+    instance as one HTTP/2 stream (the fast path stays out of it), its answer relayed."""
+    h = await make_proxy(svc=_grpc_class(protocol="h2c"), config={"routes": GRPC_ROUTES})
+    port = h.client.server.port
+    code, answer, trailers, _ = await _unary(port, "/test.Echo/Echo", b"h2c", "plain")
+    assert code == grpc.StatusCode.OK and answer == b"echo:h2c" and trailers["x-seen-tenant"] == "plain"
+    for _ in range(2):  # cold was above; both are warm (the fast path would send HTTP/1.1)
+        res = await h.client.post("/test.Echo/Echo", data=b"\x00\x00\x00\x00\x02hi",
+                                  headers={"x-tenant": "plain", "content-type": "application/grpc", "te": "trailers"})
+        assert res.status == 200 and res.headers["content-type"] == "application/grpc"
+        assert await res.read() == b"\x00\x00\x00\x00\x07echo:hi"

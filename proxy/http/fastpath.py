@@ -14,7 +14,7 @@ once, in the aiohttp path:
   by host, the Host picks one exactly as on the aiohttp path (`RouteGroup.pick`), and a Host none takes
   goes to aiohttp (404); the key, from the path, host, headers or cookies (`KeyTemplate`), is valid, a declared
   Content-Length is within max_body_size, and the key's instance is **running** (and, clustered, the key
-  is owned here: one set lookup).
+  is owned here: one set lookup) and speaks HTTP/1.1 (a class's `protocol: h2c|grpc`: proxy/http/h2forward.py).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class FastPath:
         if self.ownership is not None and not self.ownership.owns(handler.route.container, key):
             return None  # clustered: a key not (or no longer certainly) owned here takes the aiohttp path
         manager = handler.manager_for(key)
-        if manager.state is not State.RUNNING or manager.instance is None:
+        if manager.state is not State.RUNNING or manager.instance is None or manager.klass.protocol != "http1":
             return None
         pool = handler.pools.upstream(manager.instance)
         rid, given = request_id(message.headers)

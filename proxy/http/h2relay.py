@@ -148,7 +148,9 @@ async def exchange(pool: UpstreamPool, method: str, head: bytes, body: AsyncIter
                         await conn.drain()
                 if chunked and relay.error is None and relay.conn is not None and relay.conn.transport is not None:
                     relay.conn.transport.write(b"0\r\n\r\n")
-            await asyncio.wait_for(asyncio.shield(relay.head), timeout)
+            if not relay.head.done():
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(relay.head)
             return relay
         except asyncio.TimeoutError:
             relay.abandon()

@@ -15,7 +15,7 @@ import asyncio
 import json
 import re
 import time
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Coroutine, TypeVar
 from urllib.parse import quote
 
 import h2.errors
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 _SKIP = frozenset(h.encode() for h in HOP_BY_HOP) | {b"host", b"x-forwarded-for", b"x-forwarded-proto",
                                                      b"x-forwarded-host", PEER_MARK.encode()}
 log = structlog.get_logger("proxy.h2")
+T = TypeVar("T")
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # gRPC status codes (grpc/status.h) for the proxy's own answers
@@ -252,7 +253,7 @@ async def _to_http1(stream: ClientStream, handler: RouteHandler, manager: Manage
         if bodyless:
             return status, 0
         try:
-            while (chunk := await asyncio.wait_for(relay.read(), config.upstream_timeout)) is not None:
+            while (chunk := await _within(relay.read(), config.upstream_timeout)) is not None:
                 await stream.send_data(chunk)
                 sent += len(chunk)
                 handler.egress(manager.klass.name, manager.key, len(chunk))
@@ -285,7 +286,7 @@ async def _to_h2(stream: ClientStream, handler: RouteHandler, manager: Manager, 
     sent = 0
     try:
         try:
-            pairs = await asyncio.wait_for(upstream.response(), config.upstream_timeout)
+            pairs = await _within(upstream.response(), config.upstream_timeout)
         except asyncio.TimeoutError:
             raise UpstreamError(504, f"no response within upstream_timeout={config.upstream_timeout:g}s",
                                 key=manager.key) from None
@@ -296,7 +297,7 @@ async def _to_h2(stream: ClientStream, handler: RouteHandler, manager: Manager, 
         status = int(dict(pairs).get(b":status", b"502"))
         stream.send_headers(_response_head(status, pairs, extra))
         try:
-            while (chunk := await asyncio.wait_for(upstream.read(), config.upstream_timeout)) is not None:
+            while (chunk := await _within(upstream.read(), config.upstream_timeout)) is not None:
                 await stream.send_data(chunk)
                 upstream.consumed(len(chunk))
                 sent += len(chunk)
@@ -315,6 +316,12 @@ async def _to_h2(stream: ClientStream, handler: RouteHandler, manager: Manager, 
                 pump.cancel()
         if not upstream.ended:
             upstream.reset()
+
+
+async def _within(step: Coroutine[Any, Any, T], seconds: float) -> T:
+    """`step` bounded by `seconds` (a timer, not the task `asyncio.wait_for` makes on every call)."""
+    async with asyncio.timeout(seconds):
+        return await step
 
 
 async def _pump(stream: ClientStream, upstream: UpstreamStream, limit: int) -> None:
