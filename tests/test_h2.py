@@ -286,3 +286,23 @@ async def test_h2c_class_serves_grpc_and_http1_clients(make_proxy: Any) -> None:
                                   headers={"x-tenant": "plain", "content-type": "application/grpc", "te": "trailers"})
         assert res.status == 200 and res.headers["content-type"] == "application/grpc"
         assert await res.read() == b"\x00\x00\x00\x00\x07echo:hi"
+
+
+@pytest.mark.parametrize("backend_kind", ["stub"], indirect=True)
+async def test_idle_connection_gets_goaway(make_proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTP/2 connection with no stream and no frame for the idle timeout is ended with GOAWAY NO_ERROR."""
+    from proxy.http import h2server
+    from tests import h2_client
+
+    monkeypatch.setattr(h2server, "IDLE_TIMEOUT", 0.2)
+    h = await make_proxy()
+
+    def idle() -> h2_client.Outcome:
+        sock, conn = h2_client.connect(h.client.server.port)
+        try:
+            return h2_client.read_until(sock, conn, -1, h2_client.Outcome(), timeout=10)
+        finally:
+            sock.close()
+
+    outcome = await asyncio.to_thread(idle)
+    assert outcome.goaway == 0, outcome

@@ -36,6 +36,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_HEADER_LIST = 32 * 1024  # bytes of decoded header names and values per request (nginx: 4 x 8k buffers)
 WINDOW = 65535  # a stream's receive window: request body bytes buffered per stream at most
 RESET_PERIOD = 10.0  # seconds over which client resets are counted
+IDLE_TIMEOUT = 75.0  # seconds without a frame and without open streams: GOAWAY and close (aiohttp's keep-alive)
 RESET_BUDGET = 200  # resets allowed per period at least (the budget is max(this, 2 x max_concurrent_streams))
 log = structlog.get_logger("proxy.h2")
 Header = tuple[bytes, bytes]
@@ -139,6 +140,8 @@ class H2ServerProtocol(asyncio.Protocol):
         self._reset_budget = max(RESET_BUDGET, 2 * max_streams)
         self.closed = False
         self.on_close: list[Any] = []
+        self._last_frame = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are no asyncio.Transport
@@ -150,12 +153,25 @@ class H2ServerProtocol(asyncio.Protocol):
         self.h2.decoder.max_header_list_size = MAX_HEADER_LIST  # before the client acknowledges the setting too
         self.h2.initiate_connection()
         self.flush()
+        self._last_frame = self.loop.time()
+        self._idle_timer = self.loop.call_later(IDLE_TIMEOUT, self._idle_check)
+
+    def _idle_check(self) -> None:
+        """An idle connection is not kept forever (each holds a socket and its HPACK tables)."""
+        if self.closed:
+            return
+        quiet = self.loop.time() - self._last_frame
+        if not self.streams and quiet >= IDLE_TIMEOUT:
+            self.goaway()
+        else:
+            self._idle_timer = self.loop.call_later(max(1.0, IDLE_TIMEOUT - quiet), self._idle_check)
 
     # ---------------------------------------------------------------- bytes in
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        self._last_frame = self.loop.time()
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -288,6 +304,8 @@ class H2ServerProtocol(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         self.resume_writing()
         for stream in list(self.streams.values()):
             stream.reset = True
