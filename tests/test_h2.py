@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -30,8 +31,11 @@ def _tool(name: str) -> str:
     return path
 
 
-async def _run(*argv: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(subprocess.run, list(argv), capture_output=True, text=True, timeout=timeout)
+async def _run(*argv: str, timeout: float = 60.0, stdin_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def run() -> subprocess.CompletedProcess[str]:
+        with (stdin_file.open("rb") if stdin_file else open(os.devnull, "rb")) as stdin:
+            return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, stdin=stdin)
+    return await asyncio.to_thread(run)
 
 
 async def _curl(port: int, path: str, *extra: str) -> tuple[int, dict[str, str], str, str]:
@@ -306,3 +310,26 @@ async def test_idle_connection_gets_goaway(make_proxy: Any, monkeypatch: pytest.
 
     outcome = await asyncio.to_thread(idle)
     assert outcome.goaway == 0, outcome
+
+
+@pytest.mark.parametrize("backend_kind", ["stub"], indirect=True)
+async def test_h2_bodies_past_the_window_with_and_without_length(make_proxy: Any, tmp_path: Path) -> None:
+    """Bodies larger than a stream's 64 KiB window reach the instance whole: with Content-Length, and streamed
+    without one (relayed chunked to the HTTP/1.1 instance); the instance's X-Forwarded-* are set."""
+    import hashlib
+
+    h = await make_proxy()
+    port = h.client.server.port
+    data = os.urandom(700_000)
+    body = tmp_path / "body"
+    body.write_bytes(data)
+    want = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    status, _, answer, version = await _curl(port, "/k/bodies/debug/echo", "--data-binary", f"@{body}")
+    assert (status, version, json.loads(answer)) == (200, "2", want)
+    res = await _run(_tool("curl"), "-sS", "--http2-prior-knowledge", "-X", "POST", "-T", "-",
+                     f"http://127.0.0.1:{port}/k/bodies/debug/echo", stdin_file=body)
+    assert res.returncode == 0 and json.loads(res.stdout) == want, res.stderr
+    status, _, answer, _ = await _curl(port, "/k/bodies/debug/headers", "-H", "X-Forwarded-For: 10.0.0.1")
+    seen = {k.lower(): v for k, v in json.loads(answer)["headers"].items()}
+    assert seen["x-forwarded-for"] == "10.0.0.1, 127.0.0.1" and seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-host"] == f"127.0.0.1:{port}" and seen.get("x-request-id")
