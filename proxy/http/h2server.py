@@ -37,6 +37,7 @@ MAX_HEADER_LIST = 32 * 1024  # bytes of decoded header names and values per requ
 WINDOW = 65535  # a stream's receive window: request body bytes buffered per stream at most
 RESET_PERIOD = 10.0  # seconds over which client resets are counted
 IDLE_TIMEOUT = 75.0  # seconds without a frame and without open streams: GOAWAY and close (aiohttp's keep-alive)
+LINGER = 2.0  # seconds a connection ended for an error still reads (and drops) before it closes
 RESET_BUDGET = 200  # resets allowed per period at least (the budget is max(this, 2 x max_concurrent_streams))
 log = structlog.get_logger("proxy.h2")
 Header = tuple[bytes, bytes]
@@ -246,8 +247,7 @@ class H2ServerProtocol(asyncio.Protocol):
         """The client broke the protocol: GOAWAY (the library chose the code) and close."""
         log.warning("bad_request", peer=self.peer_host, protocol="h2", reason=str(exc).splitlines()[0][:200]
                     if str(exc) else type(exc).__name__)
-        self.flush()  # the library queued its GOAWAY
-        self.close()
+        self.close(linger=True)  # the library queued its GOAWAY
 
     def acknowledge(self, stream_id: int, nbytes: int) -> None:
         if nbytes <= 0 or self.closed:
@@ -287,13 +287,20 @@ class H2ServerProtocol(asyncio.Protocol):
     def goaway(self, code: int = h2.errors.ErrorCodes.NO_ERROR) -> None:
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.h2.close_connection(error_code=code)
-            self.flush()
-        self.close()
+        self.close(linger=code != h2.errors.ErrorCodes.NO_ERROR)
 
-    def close(self) -> None:
-        if self.transport is not None:
+    def close(self, linger: bool = False) -> None:
+        """Close; `linger` (after a GOAWAY for an error): stop sending, then read and drop what the client still
+        sends for LINGER seconds, so its pending bytes do not turn the close into a reset that loses the GOAWAY."""
+        transport = self.transport
+        if transport is not None:
             self.flush_now()  # a GOAWAY queued last goes out before the close
-            self.transport.close()
+            if linger and transport.can_write_eof():
+                transport.write_eof()
+                self.loop.call_later(LINGER, transport.close)
+            else:
+                transport.close()
+            self.transport = None  # nothing more is written
         self._end()
 
     def connection_lost(self, exc: BaseException | None) -> None:
