@@ -333,3 +333,52 @@ async def test_h2_bodies_past_the_window_with_and_without_length(make_proxy: Any
     seen = {k.lower(): v for k, v in json.loads(answer)["headers"].items()}
     assert seen["x-forwarded-for"] == "10.0.0.1, 127.0.0.1" and seen["x-forwarded-proto"] == "http"
     assert seen["x-forwarded-host"] == f"127.0.0.1:{port}" and seen.get("x-request-id")
+
+
+@pytest.mark.parametrize("backend_kind", ["process"], indirect=True)
+async def test_slow_client_does_not_make_the_proxy_buffer(make_proxy: Any, tmp_path: Path) -> None:
+    """A client that never opens its window: the proxy holds at most its bound of the instance's 16 MB answer
+    (h2relay.BUFFERED plus a socket read) and the rest waits in the instance, not in the proxy's memory."""
+    import gc
+
+    import h2.events
+
+    from proxy.http.h2relay import BUFFERED, H1Relay
+    from tests import h2_client
+
+    (tmp_path / "big.bin").write_bytes(b"z" * 16 * 2**20)
+    command = ["sh", "-c", f"exec {sys.executable} -m http.server $PORT --bind 127.0.0.1 --directory {tmp_path}"]
+    h = await make_proxy(svc={"command": command, "readiness": "tcp"})
+    port = h.client.server.port
+
+    def stalled() -> int:
+        sock, conn = h2_client.connect(port)
+        got = 0
+        try:
+            stream_id = conn.get_next_available_stream_id()
+            conn.send_headers(stream_id, h2_client.get("/k/slow/big.bin"), end_stream=True)
+            sock.sendall(conn.data_to_send())
+            sock.settimeout(3)
+            try:
+                while True:  # read what the window allows, never acknowledge it
+                    data = sock.recv(65536)
+                    if not data:
+                        break
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.DataReceived):
+                            got += len(event.data or b"")
+                    out = conn.data_to_send()
+                    if out:
+                        sock.sendall(out)
+            except TimeoutError:
+                pass
+            relays = [o for o in gc.get_objects() if isinstance(o, H1Relay)]
+            assert len(relays) == 1 and not relays[0].ended
+            assert relays[0].buffered <= BUFFERED + 2**20, relays[0].buffered  # bounded, not 16 MB
+            return got
+        finally:
+            sock.close()
+
+    got = await asyncio.to_thread(stalled)
+    assert 0 < got <= 65535  # the client's window, no more
+    await h.wait_for(lambda: h.manager("slow").in_flight == 0)  # the client left: the lease ends
