@@ -382,3 +382,18 @@ async def test_slow_client_does_not_make_the_proxy_buffer(make_proxy: Any, tmp_p
     got = await asyncio.to_thread(stalled)
     assert 0 < got <= 65535  # the client's window, no more
     await h.wait_for(lambda: h.manager("slow").in_flight == 0)  # the client left: the lease ends
+
+
+@pytest.mark.parametrize("backend_kind", ["stub"], indirect=True)
+async def test_drain_finishes_open_streams(make_proxy: Any) -> None:
+    """Shutting the listener down (SIGTERM's drain): an HTTP/2 stream open then still gets its whole answer
+    (the proxy sends GOAWAY, not the library's connection close, which would cut the open streams)."""
+    h = await make_proxy()
+    port = h.client.server.port
+    status, _, _, _ = await _curl(port, "/k/drain/v2/health/ready")
+    assert status == 200
+    pending = asyncio.ensure_future(_curl(port, "/k/drain/debug/sleep?seconds=1"))
+    await h.wait_for(lambda: h.manager("drain").in_flight == 1)
+    await h.client.server.close()
+    status, _, body, version = await pending
+    assert (status, version) == (200, "2"), body

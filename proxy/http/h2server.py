@@ -27,6 +27,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 import structlog
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ class H2ServerProtocol(asyncio.Protocol):
         self._resets: deque[float] = deque()
         self._reset_budget = max(RESET_BUDGET, 2 * max_streams)
         self.closed = False
+        self.draining = False  # GOAWAY sent on shutdown: new streams are refused
         self.on_close: list[Any] = []
         self._last_frame = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -206,6 +208,10 @@ class H2ServerProtocol(asyncio.Protocol):
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         assert event.stream_id is not None and event.headers is not None
+        if self.draining:  # after our GOAWAY: the client may retry it elsewhere
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
         stream = self.streams[event.stream_id] = ClientStream(self, event.stream_id, list(event.headers))
         if event.stream_ended is not None:
             stream.ended = True
@@ -323,10 +329,15 @@ class H2ServerProtocol(asyncio.Protocol):
             callback(self)
 
     async def shutdown(self, timeout: float) -> None:
-        """Drain: GOAWAY (no new streams), then the open ones get `timeout` to finish."""
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self.h2.close_connection()
-            self.flush()
+        """Drain: GOAWAY (no new streams), then the open ones get `timeout` to finish.
+
+        The frame is written here: the library's `close_connection` would end the open streams' answers too."""
+        if self.transport is not None and not self.closed:
+            self.flush_now()
+            frame = hyperframe.frame.GoAwayFrame(0)
+            frame.last_stream_id = self.h2.highest_inbound_stream_id
+            self.transport.write(frame.serialize())
+        self.draining = True
         tasks = [s.task for s in self.streams.values() if s.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=timeout)
