@@ -132,7 +132,8 @@ class Proxy:
             self._resources[resource] = group
 
     def fast_path(self, app: web.Application) -> FastPath:
-        return FastPath(app, self._resources, self.exchanges, self.node.ownership if self.node else None)
+        return FastPath(app, self._resources, self.exchanges, self.node.ownership if self.node else None,
+                        self.config.max_concurrent_streams)
 
     async def close_websockets(self) -> None:
         """On SIGTERM: open WebSockets get 1001 (going away) rather than holding the drain open."""

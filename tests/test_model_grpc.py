@@ -249,14 +249,8 @@ async def test_shipped_grpc_class_serves_v2_grpc(aiohttp_client: Any) -> None:
     app = create_app(config, StubBackend())
     client = await aiohttp_client(proxy_server(app))
     proxy = app[PROXY]
-    if not hasattr(klass, "protocol"):  # HTTP/2 upstreams are branch ih2's: until merged, the instance directly
-        manager = proxy.registry.get("model-grpc", "model-grpc")
-        await manager.ensure_running()
-        assert manager.instance is not None
-        target = f"{manager.instance.host}:{manager.instance.port}"
-    else:
-        assert klass.protocol == "grpc", "config.yaml: uncomment `protocol: grpc` of model-grpc"
-        target = f"127.0.0.1:{client.port}"
+    assert klass.protocol == "grpc"
+    target = f"127.0.0.1:{client.port}"  # through the proxy: a cold key, held until ready
     async with grpc.aio.insecure_channel(target) as channel:
         answer = await pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(ROWS))
     labels, _ = get_model().predict(np.asarray(ROWS, dtype=np.float32))

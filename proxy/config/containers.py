@@ -38,6 +38,7 @@ from proxy.config.units import (
 )
 
 PREWARM_BUDGET = 7200.0  # adaptive pre-warm: running seconds per key per day its pre-warms may cost
+UpstreamProtocol = Literal["http1", "h2c", "grpc"]  # a class's protocol to its instances
 
 __all__ = ["HEALTHCHECK_BACKENDS", "ContainerClass", "ContainerSection", "CrashLoop", "CronJob", "CustomInstance",
            "Keepalive", "Readiness"]
@@ -280,6 +281,10 @@ class ContainerSection(Section):
     prewarm_budget: Duration = Field(
         default=PREWARM_BUDGET, description="adaptive pre-warm: running seconds per key per day its pre-warms may cost "
                                     "(each unused one is charged sleep_after)")
+    protocol: UpstreamProtocol = Field(
+        default="http1", description="how the proxy speaks to the instance: `http1`, `h2c` (HTTP/2 without TLS, "
+                                     "one multiplexed connection per instance) or `grpc` (h2c, and the proxy's own "
+                                     "refusals answered as gRPC statuses)")
 
     @model_validator(mode="after")
     def _pause_before_sleep(self) -> ContainerSection:
@@ -308,6 +313,7 @@ class ContainerClass:
     crash_loop: CrashLoopPolicy
     prewarm: str = "none"
     prewarm_budget: float = PREWARM_BUDGET
+    protocol: UpstreamProtocol = "http1"
 
     @property
     def name(self) -> str:
@@ -336,4 +342,4 @@ class ContainerClass:
                    capacity_wait=section.capacity_wait, capacity_queue=section.capacity_queue,
                    replace_after_timeouts=section.replace_after_timeouts, pause_after=section.pause_after,
                    keepalive=section.keepalive, cron=section.cron, crash_loop=section.crash_loop.policy(),
-                   prewarm=section.prewarm, prewarm_budget=section.prewarm_budget)
+                   prewarm=section.prewarm, prewarm_budget=section.prewarm_budget, protocol=section.protocol)

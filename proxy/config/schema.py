@@ -68,6 +68,7 @@ HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's a
 HOOK_EVENTS: tuple[HookEvent, ...] = ("start", "stop", "error")
 CONTAINER_ONLY = ("volumes", "ports", "user", "labels")  # class options a process cannot honour
 log = logging.getLogger(__name__)
+MAX_CONCURRENT_STREAMS = 100  # HTTP/2: a client's streams open at once per connection (nginx's default 128)
 
 
 # ---------------------------------------------------------------- server, metrics, logging, errors
@@ -86,6 +87,9 @@ class Server(Section):
         default=None, description="terminate TLS on the proxied port: `{cert, key, min_version, client_ca}` "
                                   "(`server.tls.*` below; ALPN offers h2 and http/1.1)",
         json_schema_extra=shown("none: plain HTTP"))
+    max_concurrent_streams: int = Field(
+        default=MAX_CONCURRENT_STREAMS, ge=1, le=10_000,
+        description="HTTP/2 clients: streams open at once per connection (more are refused)")
 
 
 
@@ -280,6 +284,7 @@ class Config:
     log_format: str | None = None  # logging.format; None: console on a terminal, JSON otherwise (proxy/observe/logs.py)
     errors: Errors = Errors()
     tls: TlsConfig | None = None  # server.tls; None: the proxied port speaks plain HTTP (proxy/wire/tls.py)
+    max_concurrent_streams: int = MAX_CONCURRENT_STREAMS  # server.max_concurrent_streams (HTTP/2 clients)
 
     @classmethod
     def from_schema(cls, schema: ConfigSchema) -> Config:
@@ -294,7 +299,7 @@ class Config:
                    routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing,
                    key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)), admin=schema.admin,
                    cluster=schema.cluster, log_format=schema.logging.format, errors=schema.errors,
-                   tls=server.tls)
+                   tls=server.tls, max_concurrent_streams=server.max_concurrent_streams)
 
 
 def fixed_keys(config: Config, class_name: str) -> tuple[str, ...]:

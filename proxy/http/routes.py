@@ -32,6 +32,7 @@ from proxy.observe.metrics import Metrics
 from proxy.wire.paths import escape_reason, upstream_target
 from proxy.wire.pools import Pools
 from proxy.lifecycle.registry import Registry
+from proxy.http.h2forward import forward_h2
 from proxy.http.watch import ExchangeWatch
 from proxy.observe.request_log import BODY_BYTES, RequestLog
 from proxy.request_id import of as request_id_of
@@ -93,16 +94,24 @@ class RouteHandler:
 
     def key_problem(self, request: web.Request, key: str) -> str | None:
         """Why `key` cannot serve (400): a header or cookie it is made of is missing, or it is not a valid key."""
+        return self.key_problem_in(request.headers, key)
+
+    def key_problem_in(self, headers: Headers, key: str) -> str | None:
+        """`key_problem` from the request's headers alone (HTTP/2 streams have no web.Request)."""
         if (reason := validate_key(key)) is None:
             return None
-        return self.key_template.missing(request.headers) or reason
+        return self.key_template.missing(headers) or reason
 
     def starts(self, request: web.Request) -> bool:
         """Whether this request may start the key: never on a warm route, nor for an ignored User-Agent."""
+        return self.starts_for(request.headers.get(hdrs.USER_AGENT, ""))
+
+    def starts_for(self, user_agent: str) -> bool:
+        """`starts` from the request's User-Agent alone (HTTP/2 streams have no web.Request)."""
         if self.route.mode == "warm":
             return False
         agents = self._ignored_agents
-        return agents is None or not agents.search(request.headers.get(hdrs.USER_AGENT, ""))
+        return agents is None or not agents.search(user_agent)
 
     def target_for(self, raw_target: str, raw_variables: Mapping[str, str]) -> str:
         return upstream_target(self.route.upstream_path, raw_target, raw_variables)
@@ -210,6 +219,9 @@ class RouteHandler:
 
     async def _forward(self, request: web.Request, manager: Manager, instance: Instance, target: str,
                        headers: dict[str, str], rid: str) -> web.StreamResponse:
+        if manager.klass.protocol != "http1":  # h2c/grpc instances: a stream on their HTTP/2 connection
+            return await forward_h2(request, self.pools.h2(instance), instance, target, headers, rid, manager.key,
+                                    self.config.upstream_timeout)
         if not is_websocket(request):
             return await run_exchange(request, self, manager, instance, target, headers, rid)
 

@@ -24,7 +24,7 @@ import socket
 import ssl
 import sys
 from collections import deque
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Protocol, cast
 
 import structlog
 from aiohttp import web
@@ -40,6 +40,8 @@ from proxy.errors import json_error
 from proxy.config.units import ConfigError
 from proxy.http.fastpath import FastPath
 from proxy.http.exchange import Exchange
+from proxy.http.h2server import PREFACE, H2ServerProtocol, take_over
+from proxy.http.h2stream import serve_stream
 from proxy.http.salvage import parser_factory, whole_requests
 from proxy.http.tls_listeners import TlsListeners
 from proxy.wire.tls import TlsFiles
@@ -50,7 +52,7 @@ _Message = tuple[Any, StreamReader]
 
 class FastProtocol(RequestHandler):
     __slots__ = ("fast", "loop", "peer_host", "scheme", "_queue", "_exchange", "_writing", "_aiohttp_busy", "_idle",
-                 "_boundary", "_refused", "_settings")
+                 "_boundary", "_refused", "_settings", "_sniff")
 
     def __init__(self, manager: Server, *, fast: FastPath, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
@@ -66,6 +68,7 @@ class FastProtocol(RequestHandler):
         self._boundary = True  # the parser holds nothing of an unfinished request (a packet parses alone)
         self._refused = False  # bytes that do not parse came: the 400 ends the connection, nothing more is read
         self._settings = kwargs  # the parser's limits, for parsing a bad packet again (proxy/http/salvage.py)
+        self._sniff: bytes | None = b""  # the first bytes, until they show HTTP/1.x or HTTP/2's preface
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -73,10 +76,15 @@ class FastProtocol(RequestHandler):
         self.peer_host = peer[0] if isinstance(peer, (tuple, list)) else ""
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self._to_h2(b"")  # ALPN chose HTTP/2: no preface sniffing needed
 
     # ---------------------------------------------------------------- parsing and dispatch
 
     def data_received(self, data: bytes) -> None:
+        if self._sniff is not None and not (data := self._sniffed(data)):
+            return
         if self._force_close or self._close or self._refused:
             return
         if self._upgraded or self._payload_parser is not None or self._parser is None:
@@ -105,6 +113,30 @@ class FastProtocol(RequestHandler):
             if len(self._queue) >= self._max_msg_queue_size and not self._buffer_paused:
                 self._pause_reading_for_buffer()  # a pipelining flood waits in the kernel, not here
             self._dispatch()
+
+    def _sniffed(self, data: bytes) -> bytes:
+        """The connection's first bytes: HTTP/2's preface (h2c with prior knowledge) hands the connection to
+        proxy/http/h2server.py; anything else is HTTP/1.x and returned for parsing (b"": nothing to parse yet)."""
+        data = self._sniff + data if self._sniff else data
+        if len(data) < len(PREFACE) and PREFACE.startswith(data):
+            self._sniff = data  # a preface cut short: wait for the rest
+            return b""
+        self._sniff = None
+        if data.startswith(PREFACE):
+            self._to_h2(data)
+            return b""
+        return data
+
+    def _to_h2(self, data: bytes) -> None:
+        """Hand the transport to an HTTP/2 protocol; this one leaves aiohttp's books without closing it."""
+        transport, server = cast(asyncio.Transport, self.transport), self._manager  # (uvloop's is no subclass)
+        self._sniff = None
+        self.transport = None  # aiohttp's connection_lost closes the transport it still holds
+        self.connection_lost(None)
+        proto = take_over(transport, self.fast, serve_stream, self.peer_host, self.scheme, data)
+        if isinstance(server, FastServer):
+            server.h2_connections.add(proto)
+            proto.on_close.append(server.h2_connections.discard)
 
     def _dispatch(self) -> None:
         """Start the next queued requests, in order, while nothing else is answering on this connection."""
@@ -237,14 +269,18 @@ class FastServer(Server):
         self.__dict__.update(base.__dict__)
         self.fast = fast
         self.deadline: float | None = None  # loop time by which the drain ends (serve sets it at the signal)
+        self.h2_connections: set[H2ServerProtocol] = set()  # connections handed to HTTP/2 (not aiohttp's)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """aiohttp's drain (each connection: wait, then cancel, each up to `timeout`), bounded as a whole by
         `deadline`: connections still busy then are closed, which cancels their handlers and cold waits."""
         remaining = None if self.deadline is None else max(0.0, self.deadline - self._loop.time())
         try:
-            await asyncio.wait_for(super().shutdown(timeout), remaining)
+            await asyncio.wait_for(asyncio.gather(super().shutdown(timeout), *(
+                conn.shutdown(timeout or 15.0) for conn in list(self.h2_connections))), remaining)
         except asyncio.TimeoutError:
+            for h2conn in list(self.h2_connections):
+                h2conn.close()
             busy = list(self._connections)
             log.warning("drain_timeout", connections_closed=len(busy))
             for conn in busy:

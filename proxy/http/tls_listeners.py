@@ -14,9 +14,9 @@ from proxy.wire.tls import CertWatcher, TlsFileError, TlsFiles, server_context
 
 __all__ = ["ADMIN_ALPN", "SERVED_ALPN", "TlsListeners"]
 
-# What the proxied port offers by ALPN: HTTP/1.1 only until the HTTP/2 server serves "h2" (then proxy/wire/tls.py's
-# ALPN). The admin listener is aiohttp's alone: HTTP/1.1 whatever the proxied port speaks.
-SERVED_ALPN: tuple[str, ...] = ("http/1.1",)
+# What the proxied port offers by ALPN: h2 (proxy/http/h2server.py) and HTTP/1.1. The admin listener is
+# aiohttp's alone: HTTP/1.1 whatever the proxied port speaks.
+SERVED_ALPN: tuple[str, ...] = ("h2", "http/1.1")
 ADMIN_ALPN = ("http/1.1",)
 
 
