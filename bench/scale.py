@@ -9,7 +9,8 @@ non-Python server that answers and closes every connection), then:
   - status and /metrics latency: GET /container-status (the first page, each running key on it probed live),
     ?limit=5000, /metrics, 3 times each (median ms);
   - the worst event-loop lag: from `proxy_event_loop_lag_seconds` (the smallest bucket bound holding every tick
-    observed during the status/metrics phase, and during the whole run);
+    observed during the status/metrics phase, during 3 s of nothing (the host's noise floor: wall-clock lag
+    includes the time the OS ran other processes), and during the whole run);
   - proxy CPU per request with wrk: over random keys of the N (closing upstream), and to a keep-alive upstream
     (one key running the model service), each side by side with nginx (bench/_nginx.py) in front of one of
     the same upstreams, in the same run.
@@ -167,7 +168,10 @@ async def one_size(n: int, seconds: float, backend: str, workdir: Path) -> dict[
             await asyncio.sleep(1)
             out["rss_kib_per_key"] = (rss_kib(pid) - rss0) / n
             out["rss_mib"] = rss_kib(pid) / 1024
+            idle = lag_buckets(await (await session.get(f"{base}/metrics")).text())
+            await asyncio.sleep(3)  # the noise floor: the same reading over 3 s of nothing but the running keys
             lag0 = lag_buckets(await (await session.get(f"{base}/metrics")).text())
+            out["lag_idle_ms"] = worst_lag(idle, lag0) * 1000
             out["status_ms"], out["status_kb"] = await timed(session, f"{base}/container-status")
             out["status_all_ms"], out["status_all_kb"] = await timed(session, f"{base}/container-status?limit=5000")
             out["metrics_ms"], out["metrics_kb"] = await timed(session, f"{base}/metrics")
@@ -214,10 +218,10 @@ def report(results: list[dict[str, Any]]) -> None:
                      f"{r['rss_kib_per_key']:.1f}", f"{r['status_ms']:.0f} ({r['status_kb']:.0f} KB)",
                      f"{r['status_all_ms']:.0f} ({r['status_all_kb']:.0f} KB)",
                      f"{r['metrics_ms']:.0f} ({r['metrics_kb']:.0f} KB)",
-                     f"≤{r['lag_status_ms']:g} / ≤{r['lag_run_ms']:g}",
+                     f"≤{r['lag_status_ms']:g} / ≤{r['lag_idle_ms']:g} / ≤{r['lag_run_ms']:g}",
                      cpu(r, "closing"), cpu(r, "closing_nginx"), cpu(r, "keepalive"), cpu(r, "keepalive_nginx")])
     table(["running keys", "starts/s", "CPU ms/start", "RSS KiB/key", "status ms", "status ?limit=5000 ms",
-           "/metrics ms", "worst lag ms (status / run)", "closing: proxy CPU/req", "nginx", "keep-alive: proxy",
+           "/metrics ms", "worst lag ms (status / idle / run)", "closing: proxy CPU/req", "nginx", "keep-alive: proxy",
            "nginx"], rows, title="bench.scale")
 
 

@@ -171,3 +171,14 @@ def test_faults() -> None:
     assert set(rounds) == {"stop", "freeze"} and all(r["orphans"] == 0 for r in rounds.values())
     assert rounds["stop"]["errors_sent_after_fault"] == 0 and rounds["stop"]["by_status"]["200"] > 0
     assert rounds["freeze"]["by_status"]["200"] > 0 and set(rounds["freeze"]["by_status"]) <= {"200", "504"}
+
+
+@pytest.mark.slow
+def test_scale() -> None:
+    need("wrk", "wrk")
+    need("nginx", "nginx-light")
+    need("busybox", "busybox-static")
+    (s,) = bench("scale")["rounds"]
+    assert s["n"] == 20 and s["starts_per_s"] > 0 and s["rss_kib_per_key"] > 0, s
+    for name in ("closing", "closing_nginx", "keepalive", "keepalive_nginx"):
+        assert s[name]["rps"] > 0 and s[name]["errors"] == 0, (name, s)

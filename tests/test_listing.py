@@ -6,6 +6,7 @@ thousands of them cost nothing to make: the bench (bench/scale.py) runs real pro
 from __future__ import annotations
 
 import gc
+import json
 import socket
 
 import pytest
@@ -125,3 +126,16 @@ async def test_the_loop_lag_is_a_metric(make_proxy):
     text = await (await h.client.get("/metrics")).text()
     assert "# TYPE proxy_event_loop_lag_seconds histogram" in text
     assert 'proxy_event_loop_lag_seconds_bucket{le="0.05"}' in text
+
+
+async def test_ctl_status_pages_through_every_key(make_admin):
+    a = await make_admin()
+    populate(a.h.proxy, LIMIT + 20, running=3)
+    code, out, err = await a.ctl("status", "-o", "json")
+    assert code == 0, err
+    listing = json.loads(out)
+    assert [e["key"] for e in listing["keys"]] == [m.key for m in a.h.proxy.registry] and "next" not in listing
+    code, out, err = await a.ctl("status")
+    assert code == 0 and len(out.splitlines()) == LIMIT + 21, err  # the header and a row per key
+    code, out, err = await a.ctl("status", "k00010", "-o", "json")  # a bare key: its class found by asking
+    assert code == 0 and json.loads(out)["key"] == "k00010", err

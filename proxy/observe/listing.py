@@ -28,7 +28,7 @@ from proxy.lifecycle.registry import Registry
 LIMIT = 500  # keys per page when the request names no limit
 MAX_LIMIT = 5000
 SLICE = 100  # keys scanned, entries made or encoded between two yields to the loop (well under 1 ms of work)
-PROBES = 16  # live probes of one /container-status page in flight at once
+PROBES = 32  # live probes of one /container-status page in flight at once
 STATES = tuple(state.value for state in State)
 T = TypeVar("T")
 R = TypeVar("R")
