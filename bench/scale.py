@@ -36,6 +36,7 @@ import aiohttp
 
 from bench._common import (SEED_ENDPOINTS, Server, cpu_seconds, free_port, median, metrics_samples, module,
                            process_tree, summary, table, tool, wrk)
+from backends.base import LABEL_PROXY_ID
 from bench._nginx import nginx
 
 CONCURRENCY = 50  # cold starts at once
@@ -207,6 +208,13 @@ def docker_image(workdir: Path) -> None:
     subprocess.run(["docker", "build", "-q", "-t", IMAGE, str(context)], check=True, capture_output=True)
 
 
+def remove_containers(proxy_id: str) -> None:
+    listed = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_PROXY_ID}={proxy_id}"],
+                            capture_output=True, text=True).stdout.split()
+    if listed:
+        subprocess.run(["docker", "rm", "-f", *listed], capture_output=True)
+
+
 def report(results: list[dict[str, Any]]) -> None:
     def cpu(r: dict[str, Any], name: str) -> str:
         m = r.get(name)
@@ -244,8 +252,11 @@ def main() -> int:
             print(json.dumps(results[-1]), flush=True)
         if args.docker:
             docker_image(workdir)
-            results.append(asyncio.run(one_size(args.docker, seconds, "docker", workdir)))
-            print(json.dumps(results[-1]), flush=True)
+            try:
+                results.append(asyncio.run(one_size(args.docker, seconds, "docker", workdir)))
+                print(json.dumps(results[-1]), flush=True)
+            finally:  # the proxy stopped its containers; what it leaves (stopped) goes too
+                remove_containers(f"scale{os.getpid()}")
     report(results)
     summary("scale", {"rounds": results})
     return 0
