@@ -28,7 +28,8 @@ from proxy.lifecycle.registry import Registry
 LIMIT = 500  # keys per page when the request names no limit
 MAX_LIMIT = 5000
 SLICE = 100  # keys scanned, entries made or encoded between two yields to the loop (well under 1 ms of work)
-PROBES = 32  # live probes of one /container-status page in flight at once
+PROBES = 8  # live probes of one /container-status page in flight at once: each step of one is a connect or a
+# close, ~1-2 ms of kernel work on a loaded host, and a loop iteration runs every ready step (CPU-bound anyway)
 STATES = tuple(state.value for state in State)
 T = TypeVar("T")
 R = TypeVar("R")
