@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -30,7 +31,9 @@ from proxy.observe.hooks import Hooks
 from proxy.lifecycle.manager import Manager, Services
 from proxy.observe.metrics import Metrics
 from proxy.wire.pools import Pools
+from proxy.observe.listing import Query, bounded, encode, in_slices, parse_query, select
 from proxy.observe.logs import resolve_format
+from proxy.observe.looplag import LoopLag
 from proxy.scale.prewarm import schedule_prewarm
 from proxy.lifecycle.readiness import ReadinessProber
 from proxy.observe.ready import BackendCheck, readiness
@@ -61,6 +64,7 @@ class Proxy:
         self.registry = Registry(config, Services(backend, self.bus, self.capacity, self.prober, self.pools))
         self.node = join(config, self.registry, backend)  # None unless `cluster.store` names a store
         self.metrics = Metrics(self.registry)
+        self.loop_lag = LoopLag(self.metrics.prom)  # proxy_event_loop_lag_seconds: any stall of the data path
         self.usage = UsageMeter(config, self.bus, self.metrics.key_label)
         self.metrics.prom.register(self.usage)
         self.hooks = Hooks(self.bus, config.webhooks)
@@ -94,6 +98,7 @@ class Proxy:
         self.bus.subscribe(_log_transition)
 
     async def startup(self) -> None:
+        self.loop_lag.start()
         if self.node is not None:
             await self.node.start()  # before adoption: clustered, only keys owned here are adopted
         try:
@@ -142,6 +147,7 @@ class Proxy:
                                for ws in sockets), return_exceptions=True)
 
     async def shutdown(self) -> None:
+        self.loop_lag.stop()
         for scaler in self.scalers:
             scaler.stop()
         self.adaptive.stop()
@@ -167,8 +173,10 @@ class Proxy:
         entry["usage"] = self.usage.report(manager.klass.name, manager.key)
         return entry
 
-    def status(self) -> dict[str, Any]:
-        return {"backend": self.backend.name, "keys": [self.key_status(manager) for manager in self.registry]}
+    async def status(self, query: Query) -> tuple[list[Manager], list[dict[str, Any]], str | None]:
+        """One page of the key listing (proxy/observe/listing.py): its managers, their entries, the next cursor."""
+        managers, after = await select(self.registry, query)
+        return managers, await in_slices(managers, self.key_status), after
 
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -202,15 +210,16 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def container_status(request: web.Request) -> web.Response:
+    """A page of keys (`limit`, `cursor`, `class`, `state`: proxy/observe/listing.py), each running one
+    probed live; `next` is the next page's cursor (null: the last)."""
     proxy = request.app[PROXY]
-    status = proxy.status()
-    live = [(m, m.instance) for m in proxy.registry if m.instance is not None]
-    probes = await asyncio.gather(*(_probe(proxy, m, instance) for m, instance in live))
-    health = {(m.klass.name, m.key): result for (m, _), result in zip(live, probes, strict=True)}
-    for entry in status["keys"]:
-        if (found := health.get((entry["container"], entry["key"]))) is not None:
-            entry["health"] = found
-    return web.json_response(status)
+    managers, entries, after = await proxy.status(parse_query(request.query, proxy.config.containers))
+    live = [(entry, m, m.instance) for entry, m in zip(entries, managers, strict=True) if m.instance is not None]
+    probes = await bounded([partial(_probe, proxy, m, instance) for _, m, instance in live])
+    for (entry, _, _), found in zip(live, probes, strict=True):
+        entry["health"] = found
+    body = await encode({"backend": proxy.backend.name, "next": after}, entries)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _probe(proxy: Proxy, manager: Manager, instance: Instance) -> dict[str, Any]:

@@ -195,3 +195,14 @@ def test_protocols_tls() -> None:
     s = bench("protocols")
     for kind in ("handshakes", "https"):
         assert all(v["rate"] > 0 and v["cpu_us"] > 0 for v in s["results"][kind].values()), s
+
+
+@pytest.mark.slow
+def test_scale() -> None:
+    need("wrk", "wrk")
+    need("nginx", "nginx-light")
+    need("busybox", "busybox-static")
+    (s,) = bench("scale")["rounds"]
+    assert s["n"] == 20 and s["starts_per_s"] > 0 and s["rss_kib_per_key"] > 0, s
+    for name in ("closing", "closing_nginx", "keepalive", "keepalive_nginx"):
+        assert s[name]["rps"] > 0 and s[name]["errors"] == 0, (name, s)

@@ -372,9 +372,9 @@ async def test_slow_client_does_not_make_the_proxy_buffer(make_proxy: Any, tmp_p
                         sock.sendall(out)
             except TimeoutError:
                 pass
-            relays = [o for o in gc.get_objects() if isinstance(o, H1Relay)]
-            assert len(relays) == 1 and not relays[0].ended
-            assert relays[0].buffered <= BUFFERED + 2**20, relays[0].buffered  # bounded, not 16 MB
+            sinks = [o for o in gc.get_objects() if isinstance(o, H1Relay)]
+            assert len(sinks) == 1 and not sinks[0].ended
+            assert sinks[0].buffered <= BUFFERED + 2**20, sinks[0].buffered  # bounded, not 16 MB
             return got
         finally:
             sock.close()

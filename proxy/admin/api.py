@@ -36,6 +36,7 @@ from proxy.lifecycle.events import State, StopReason
 from proxy.keys import validate_key
 from proxy.lifecycle.manager import Manager
 from proxy.lifecycle.pause import LIVE
+from proxy.observe.listing import encode, parse_query
 
 log = structlog.get_logger("proxy.admin")
 ANONYMOUS = "anonymous"
@@ -301,9 +302,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 async def list_keys(request: web.Request) -> web.Response:
+    """A page of keys (`limit`, `cursor`, `class`, `state`: proxy/observe/listing.py); `next`: the next one's cursor."""
     authorize(request, mutates=False)
     proxy = request.app[PROXY]
-    return web.json_response({**proxy.status(), "classes": list(proxy.config.containers)})
+    _, entries, after = await proxy.status(parse_query(request.query, proxy.config.containers))
+    body = await encode({"backend": proxy.backend.name, "classes": list(proxy.config.containers), "next": after},
+                        entries)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def openapi_json(request: web.Request) -> web.Response:

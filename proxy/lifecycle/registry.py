@@ -8,6 +8,7 @@ Capacity, readiness probing and the lb policy live in their own modules; this is
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Callable, Iterator
 
 from backends.base import Instance
@@ -23,6 +24,10 @@ class Registry:
         self.config = config
         self.services = services
         self.managers: dict[tuple[str, str], Manager] = {}
+        # When each manager was made, in the same (insertion) order: ascending numbers a listing's cursor can
+        # resume from by bisection (proxy/observe/listing.py). A key that is dropped and made again goes last.
+        self.order: dict[tuple[str, str], int] = {}
+        self._made = itertools.count(1)
         # In a cluster, only keys owned here may be adopted (proxy/cluster/owner.py); None: every key.
         self.admits: Callable[[str, str], bool] | None = None
 
@@ -32,6 +37,8 @@ class Registry:
         if manager is None:
             manager = self.managers[(class_name, key)] = Manager(key, self.config.containers[class_name],
                                                                 self.services)
+            self.order.pop((class_name, key), None)
+            self.order[(class_name, key)] = next(self._made)
         return manager
 
     def peek(self, key: str, class_name: str) -> Manager | None:
