@@ -154,9 +154,7 @@ async def test_dashboard_panels_match_the_truth(make_proxy, tmp_path):
         assert results["p50"] == pytest.approx(true["p50"], rel=0.2)
         assert results["p99"] == pytest.approx(true["p99"], rel=0.2)
         all_starts = durations["churn"] + durations["steady"]
-        # The phases add up to a start within a few ms (the event loop's delay before the backend's first step is
-        # in the duration, not in a phase): the documented bound, not a ratio, which a busy machine broke once.
-        assert results["phase_stack"] == pytest.approx(sum(all_starts) / len(all_starts), abs=0.005)
+        assert results["phase_stack"] == pytest.approx(sum(all_starts) / len(all_starts), rel=0.001)
         assert results["running"] == STEADY_KEYS
         assert results["running_by_class"] == {"churn": 0, "steady": STEADY_KEYS} and results["max_instances"] == 100
         assert results["in_flight"] == 0

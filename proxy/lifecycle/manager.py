@@ -215,7 +215,7 @@ class Manager:
         self.start_count += 1
         self.last_error = ""
         self.breaker.succeeded(loop.time())
-        phases = (*self.instance.phases, ("ready", loop.time() - probing))  # the backend's steps, then readiness
+        phases = (*_from_request(self.instance.phases, probing - self._since), ("ready", loop.time() - probing))
         self._transition(State.RUNNING, "ready", Happening.STARTED, phases=phases)
         self.touch()
         settle_soon(self, self.instance, spec)  # the startup CPU boost ends at ready
@@ -425,3 +425,12 @@ class Manager:
     def idle(self) -> IdleTimer:  # the idle pause and stop: proxy/lifecycle/idle.py
         self._idle = self._idle or IdleTimer(self)
         return self._idle
+
+
+def _from_request(phases: tuple[tuple[str, float], ...], seconds: float) -> tuple[tuple[str, float], ...]:
+    """The backend's phases, the first counted from the start request: it takes the event loop's delay before
+    the backend's first step, so the phases add up to the start's duration exactly."""
+    if not phases:
+        return (("start", seconds),)
+    (name, first), rest = phases[0], phases[1:]
+    return ((name, max(0.0, first + seconds - sum(s for _, s in phases))), *rest)
