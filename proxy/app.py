@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,7 +17,7 @@ from aiohttp import web
 
 from backends import create_backend
 from backends.base import Backend, Instance, Owned
-from proxy.config.schema import Config
+from proxy.config.schema import Config, ContainerClass
 from proxy.config.admin import SeedRoute
 from proxy.errors import DETAIL, json_errors
 from proxy.scale.adaptive import AdaptivePrewarm
@@ -32,6 +34,7 @@ from proxy.observe.metrics import Metrics
 from proxy.wire.pools import Pools
 from proxy.observe.logs import resolve_format
 from proxy.scale.prewarm import schedule_prewarm
+from proxy.scale.rollout import RolloutCollector, Rollouts
 from proxy.lifecycle.readiness import Prober
 from proxy.observe.ready import BackendCheck, readiness
 from proxy.lifecycle.reconcile import Reconciler
@@ -85,6 +88,14 @@ class Proxy:
         self.metrics.prom.register(ScaleCollector(self.scalers))
         if self.node is not None:
             self.metrics.prom.register(ClusterCollector(self.node.ownership))
+        self.background: set[asyncio.Task[None]] = set()  # a reload's stops of a removed class's keys
+        self.resource_paths: dict[web.AbstractResource, str] = {}  # a path whose routes a reload removed
+        self.retired: list[RouteHandler] = []  # routes a reload removed (their WebSockets close at shutdown)
+        self.started_tasks = False
+        self.config_path: Path | None = None  # the file a reload reads again (proxy/reload.py); set by __main__
+        self.rollouts = Rollouts(self.registry, self, config.upstream_timeout, self.adopt_class, self.hooks.emit)
+        self.metrics.prom.register(RolloutCollector(self.rollouts))
+        self.hooks.generation = self.generation
         self._resources: dict[web.AbstractResource, RouteGroup[RouteHandler]] = {}
         self.started = time.time()
         self.bus.subscribe(_log_transition)
@@ -107,6 +118,7 @@ class Proxy:
         for name, image in await check(c.spec for c in self.config.containers.values()) if check else []:
             log.warning("image_missing", container_class=name, image=image, pull="never")
         self.scheduler.start()
+        self.started_tasks = True
         self.reconciler.start()
         for scaler in self.scalers:
             scaler.start()
@@ -119,9 +131,8 @@ class Proxy:
         for handler in self.handlers:
             by_path.setdefault(handler.route.path, []).append(handler)
         for path, handlers in by_path.items():
-            group = RouteGroup(handlers)
-            serve = group.only or group
-            resource = app.router.add_route("*", path, serve.handle, expect_handler=serve.expect).resource
+            group = RouteGroup(handlers)  # the group serves even one route: a reload changes its routes in place
+            resource = app.router.add_route("*", path, group.handle, expect_handler=group.expect).resource
             assert resource is not None
             for handler in handlers:
                 handler.bind(resource)
@@ -132,11 +143,34 @@ class Proxy:
 
     async def close_websockets(self) -> None:
         """On SIGTERM: open WebSockets get 1001 (going away) rather than holding the drain open."""
-        sockets = [ws for handler in self.handlers for ws in list(handler.websockets)]
+        sockets = [ws for handler in self.handlers + self.retired for ws in list(handler.websockets)]
+        sockets += self.pools.all_sockets()
         await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"proxy shutting down")
                                for ws in sockets), return_exceptions=True)
 
+    # ---------------------------------------------------------------- what rollouts need (proxy/scale/rollout.py)
+
+    def in_use(self, instance: Instance) -> int:
+        return self.pools.in_use(instance)
+
+    async def close_sockets(self, instance: Instance, code: int, message: bytes) -> int:
+        sockets = list(self.pools.sockets(instance))
+        await asyncio.gather(*(ws.close(code=code, message=message) for ws in sockets), return_exceptions=True)
+        return len(sockets)
+
+    def adopt_class(self, klass: ContainerClass) -> None:
+        """Make `klass` the configured one of its name: keys used from now on start with it."""
+        self.config = replace(self.config, containers={**self.config.containers, klass.name: klass})
+        self.registry.config = self.config
+
+    def generation(self, container: str, key: str) -> int:
+        """The spec generation `key` runs (or will start with)."""
+        manager = self.registry.peek(key, container)
+        klass = manager.klass if manager is not None else self.config.containers.get(container)
+        return klass.spec.generation if klass is not None else 0
+
     async def shutdown(self) -> None:
+        await self.rollouts.close()
         for scaler in self.scalers:
             scaler.stop()
         self.adaptive.stop()
@@ -160,10 +194,17 @@ class Proxy:
         """One key's status with its usage: an entry of /container-status and the admin API's answer."""
         entry = manager.status()
         entry["usage"] = self.usage.report(manager.klass.name, manager.key)
+        entry["generation"] = manager.klass.spec.generation
         return entry
 
     def status(self) -> dict[str, Any]:
-        return {"backend": self.backend.name, "keys": [self.key_status(manager) for manager in self.registry]}
+        keys = [self.key_status(manager) for manager in self.registry]
+        generations: dict[str, dict[str, int]] = {}
+        for entry in keys:
+            if entry["state"] != "stopped":
+                per = generations.setdefault(entry["container"], {})
+                per[str(entry["generation"])] = per.get(str(entry["generation"]), 0) + 1
+        return {"backend": self.backend.name, "keys": keys, "generations": generations}
 
 
 PROXY = web.AppKey("proxy", Proxy)
