@@ -22,11 +22,12 @@ from tests.admin_support import AUTH, TOKEN
 from tests.conftest import SEED_ON_PROXY_PORT, proxy_server
 
 
-def file_config(image: str, *, title: str = "one", rollout: dict[str, Any] | None = None,
+def file_config(image: str, *, title: str | None = "one", rollout: dict[str, Any] | None = None,
                 start_timeout: str = "40s", extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """One class `web` (the model service: its container-info says `title`) and a per-key route `/k/{id}/...`."""
     klass: dict[str, Any] = {
-        "image": image, "port": 8080, "env": {"API_TITLE": title, "MODEL_SERVICE_DEBUG_ROUTES": "1"},
+        "image": image, "port": 8080,
+        "env": {"MODEL_SERVICE_DEBUG_ROUTES": "1", **({"API_TITLE": title} if title is not None else {})},
         "readiness": {"path": "/v2/health/ready", "interval": "20ms", "timeout": "1s"},
         "sleep_after": "5m", "start_timeout": start_timeout, "max_instances": 40, "stop_timeout": "2s",
         "rollout": rollout or {},
@@ -104,3 +105,4 @@ class Traffic:
 
     def latest(self) -> dict[str, str | None]:
         return {key: (self.seen.get(key) or [None])[-1] for key in self.keys}
+

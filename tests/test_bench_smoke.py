@@ -171,3 +171,10 @@ def test_faults() -> None:
     assert set(rounds) == {"stop", "freeze"} and all(r["orphans"] == 0 for r in rounds.values())
     assert rounds["stop"]["errors_sent_after_fault"] == 0 and rounds["stop"]["by_status"]["200"] > 0
     assert rounds["freeze"]["by_status"]["200"] > 0 and set(rounds["freeze"]["by_status"]) <= {"200", "504"}
+
+
+def test_rollout() -> None:
+    runs = {r["strategy"]: r for r in bench("rollout")["runs"]}
+    assert set(runs) == {"surge", "replace"}
+    assert all(r["rolled_seconds"] is not None and r["failed"] == 0 for r in runs.values()), runs
+    assert runs["surge"]["extra_at_peak"] <= 1 and runs["replace"]["extra_at_peak"] == 0

@@ -69,6 +69,8 @@ async def surge(manager: Manager, klass: ContainerClass, draining: Draining, dra
     old, services = manager.instance, manager.services
     if manager.state is not State.RUNNING or old is None:
         return Swapped(manager.key, None, None, notes=["not running: its next start takes the new spec"])
+    if services.fence is not None and not services.fence.holds(manager):  # clustered: its owner rolls it
+        return Swapped(manager.key, None, None, notes=["not certainly this replica's key"])
     new: Instance | None = None
     seen = LastSeen()
     try:
@@ -92,6 +94,12 @@ async def surge(manager: Manager, klass: ContainerClass, draining: Draining, dra
         if manager.state in (State.STOPPED, State.FAILED):
             manager.klass = klass
         return Swapped(manager.key, None, None, notes=["the key changed meanwhile: its next start takes the new spec"])
+    if not await manager.confirmed():  # clustered: the key moved to another replica meanwhile
+        await _stop_quietly(manager, new, klass)
+        return Swapped(manager.key, None, None, notes=["the key is another replica's now"])
+    if manager.state is not State.RUNNING or manager.instance is not old:
+        await _stop_quietly(manager, new, klass)
+        return Swapped(manager.key, None, None, notes=["the key changed meanwhile"])
     old_klass = manager.klass
     manager.instance, manager.klass = new, klass  # the switch: new requests go to `new` from here on
     manager.touch()

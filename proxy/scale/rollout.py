@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from proxy.config.schema import ContainerClass
-from proxy.lifecycle.events import State
+from proxy.lifecycle.events import State, StopReason
 from proxy.lifecycle.manager import Manager
 from proxy.lifecycle.registry import Registry
 from proxy.lifecycle.rollout import Draining, RolloutFailed, Swapped, replace as replace_key, surge
@@ -45,6 +45,7 @@ class Rollout:
     done: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     draining: set[str] = field(default_factory=set)  # keys whose old instance is draining now
+    skipped: set[str] = field(default_factory=set)  # left alone (clustered: another replica's key now)
     started: float = field(default_factory=time.time)
     finished: float | None = None
     resume: asyncio.Event = field(default_factory=asyncio.Event)
@@ -147,7 +148,7 @@ class Rollouts:
         """The class's keys still on an older spec whose instance must be replaced (running or paused)."""
         out = []
         for manager in self.managers(rollout.name):
-            if manager.klass is rollout.new or manager.key in rollout.draining:
+            if manager.klass is rollout.new or manager.key in rollout.draining or manager.key in rollout.skipped:
                 continue
             if manager.state in (State.STOPPED, State.FAILED):
                 manager.klass = rollout.new  # stopped meanwhile: its next start is new
@@ -197,7 +198,11 @@ class Rollouts:
 
     async def _one(self, rollout: Rollout, manager: Manager) -> Swapped | None:
         try:
-            if rollout.new.rollout.strategy == "replace":
+            if manager.state is State.PAUSED:  # idle and frozen: stopped; its next request starts the new spec
+                manager.klass = rollout.new
+                await manager.stop(StopReason.ROLLOUT)
+                swapped = Swapped(manager.key, None, None)
+            elif rollout.new.rollout.strategy == "replace":
                 swapped = await replace_key(manager, rollout.new, self.drain_timeout)
             else:
                 swapped = await surge(manager, rollout.new, self.draining, self.drain_timeout)
@@ -206,6 +211,10 @@ class Rollouts:
             return None
         finally:
             rollout.draining.discard(manager.key)
+        if manager.klass is not rollout.new and manager.state in ROLLED:  # left alone: not this replica's now
+            rollout.skipped.add(manager.key)
+            log.info("rollout_skipped", container_class=rollout.name, key=manager.key, why="; ".join(swapped.notes))
+            return swapped
         rollout.done.append(manager.key)
         self._told(rollout, swapped)
         log.info("rollout_key", container_class=rollout.name, key=manager.key, generation=rollout.new.spec.generation,
@@ -256,7 +265,7 @@ class RolloutCollector(Collector):
     @staticmethod
     def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily]:
         return (GaugeMetricFamily("proxy_rollout_instances", "Instances per class, spec generation and state "
-                                  "(`draining`: an old instance a rollout has switched away from).",
+                                  "(`draining`: the old instance of a key a surge is replacing).",
                                   labels=["container_class", "generation", "state"]),
                 GaugeMetricFamily("proxy_rollout_duration_seconds", "How long the class's last rollout took "
                                   "(so far, while it runs).", labels=["container_class"]),
@@ -275,7 +284,7 @@ class RolloutCollector(Collector):
             labels = (manager.klass.name, str(manager.klass.spec.generation), manager.state.value)
             counts[labels] = counts.get(labels, 0) + 1
         for rollout in self.rollouts.current.values():
-            if rollout.draining:
+            if rollout.draining and rollout.new.rollout.strategy == "surge":  # replace: no second instance
                 labels = (rollout.name, str(rollout.old.spec.generation), "draining")
                 counts[labels] = counts.get(labels, 0) + len(rollout.draining)
         for labels, count in sorted(counts.items()):
