@@ -201,3 +201,26 @@ async def test_stopped_keys_take_the_new_spec_at_once_and_on_idle_replaces_nothi
     starts = world.backend.start.count
     await clock.advance(5)
     assert world.backend.start.count == starts and registry.peek("k1", "svc").state is State.RUNNING
+
+
+class NotMine:
+    """A cluster fence that says the key is another replica's now."""
+
+    def holds(self, manager: Any) -> bool:
+        return False
+
+    async def confirm(self, manager: Any) -> bool:
+        return False
+
+
+async def test_a_key_another_replica_holds_is_skipped_not_started(world, clock):
+    registry = await running(world, 2)
+    registry.services = replace(world.services, fence=NotMine())
+    for manager in registry:
+        manager.services = registry.services
+    starts = world.backend.start.count
+    rollouts, _ = planner(registry)
+    rollout = rollouts.begin(world.klass(), new_class(world.klass(), steps=(100,)))
+    await clock.advance(GATE_SETTLE + 1)
+    assert rollout.state == "done" and rollout.done == [] and rollout.skipped == {"k0", "k1"}
+    assert world.backend.start.count == starts and all(m.klass is world.klass() for m in registry)
