@@ -131,7 +131,8 @@ class EngineBackend(EnginePulls):
 
     def name_for(self, key: str, spec: ContainerSpec) -> str:
         """The name this key's container has now (see backends/_names.py for why it can change)."""
-        return self.names.current(spec.name, key)
+        name = self.names.current(spec.name, key)
+        return f"{name}-r{spec.generation}" if spec.generation else name  # a rollout's new instance (surge)
 
     def _is_ours(self, info: dict[str, Any]) -> bool:
         return self.owns((info.get("Config") or {}).get("Labels") or info.get("Labels") or {})

@@ -99,6 +99,10 @@ class ContainerSpec:
     user: str | None = None  # `uid[:gid]` or `name[:group]`; None: the image's
     labels: Mapping[str, str] = field(default_factory=dict)  # the user's labels (never `proxy.*`)
     pull: PullPolicy = DEFAULT_PULL  # not in the spec hash: how the image gets here, not what runs
+    # Which rollout of its class this spec is (proxy/scale/rollout.py): 0 as configured at start-up, +1 each reload
+    # that changed what the spec hash covers. Not in the hash; it names the container (`-r<N>`), so a key's new
+    # instance can run beside its old one while the old one drains.
+    generation: int = 0
 
     def with_overrides(
         self,

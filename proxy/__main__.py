@@ -5,7 +5,7 @@ Every mistake an operator makes is one line on stderr, never a traceback. Exit c
 unexpected error (its traceback only with `--log-level debug`), or `--check` found the backend
 unreachable; 2 a config error: a bad field, a port in use (`server.port`, `admin.port`); 130 a second
 SIGTERM/SIGINT while draining. SIGTERM/SIGINT stop accepting, drain in-flight requests for up to
-server.drain_timeout, stop the instances this proxy started, and exit 0.
+server.drain_timeout, stop the instances this proxy started, and exit 0. SIGHUP reloads the config file.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ import argparse
 import asyncio
 import gc
 import logging
+import signal
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Coroutine
 
 
@@ -27,6 +29,7 @@ from proxy.check import check
 from proxy.config.schema import Config, ConfigError, load_config
 from proxy.admin.ctl import main as ctl
 from proxy.observe.logs import FORMATS, configure
+from proxy.reload import reload
 from proxy.http.server import serve
 
 CONFIG_ERROR, UNEXPECTED = 2, 1
@@ -63,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return _run(check(config), config.log_level)
     configure(config.log_level, config.log_format)
-    return _run(_serve(config), config.log_level)
+    return _run(_serve(config, args.config), config.log_level)
 
 
 def _run(main: Coroutine[Any, Any, int | None], level: str) -> int:
@@ -89,8 +92,9 @@ def _run(main: Coroutine[Any, Any, int | None], level: str) -> int:
         return UNEXPECTED
 
 
-async def _serve(config: Config) -> None:
+async def _serve(config: Config, path: str) -> None:
     app = create_app(config)
+    app[PROXY].config_path = Path(path)
     admin = None
     if config.admin.enabled:
         admin = (create_admin_app(app[PROXY]), config.admin.host, config.admin.port)
@@ -100,6 +104,8 @@ async def _serve(config: Config) -> None:
         # What start-up made (modules, config, app) lives as long as the process: out of the collector's full
         # passes, which otherwise walk it all and hold the event loop for tens of ms (issue 28).
         gc.freeze()
+        # SIGHUP: read the config file again (proxy/reload.py); the outcome is a log line
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload, app[PROXY])
 
     await serve(app, config.host, config.port, config.drain_timeout, admin, started,
                 tls=config.tls, admin_tls=config.admin.tls)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,8 +18,9 @@ from aiohttp import web
 
 from backends import create_backend
 from backends.base import Backend, Instance, Owned
-from proxy.config.schema import Config
+from proxy.config.schema import Config, ContainerClass
 from proxy.config.admin import SeedRoute
+from proxy.config.routes import Route
 from proxy.errors import DETAIL, json_errors
 from proxy.scale.adaptive import AdaptivePrewarm
 from proxy.scale.autoscale import ScaleCollector
@@ -36,6 +39,7 @@ from proxy.observe.logs import resolve_format
 from proxy.observe.looplag import LoopLag
 from proxy.scale.prewarm import schedule_prewarm
 from proxy.lifecycle.readiness import ReadinessProber
+from proxy.scale.rollout import RolloutCollector, Rollouts
 from proxy.observe.ready import BackendCheck, readiness
 from proxy.lifecycle.reconcile import Reconciler
 from proxy.lifecycle.registry import Registry
@@ -78,21 +82,23 @@ class Proxy:
         warms = schedule_prewarm(self.scheduler, config, self.registry,
                                  self.node.ownership.runs_here if self.node else None)
         self.retry_advisor = RetryAdvisor(self.registry, self.bus, warms, clock)
-        self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.exchanges,
-                                      self.reqlog, self.retry_advisor, self.usage.egress) for route in config.routes]
         self.waiting = WaitingPages(self.bus, self.registry, config.errors.detail) \
             if any(route.waiting_page is not None for route in config.routes) else None
-        for handler in self.handlers:
-            handler.cluster = self.node.forwarder if self.node else None
-            handler.waiting = self.waiting
+        self.handlers = [self.make_handler(route, config) for route in config.routes]
         self.scalers = [handler.scaler for handler in self.handlers if handler.scaler is not None]
-        for scaler in self.scalers:
-            scaler.owns = self.node.ownership.owns_instance if self.node else None
         self.adaptive = AdaptivePrewarm(config, self.registry, clock,
                                         self.node.ownership.runs_here if self.node else None)
         self.metrics.prom.register(ScaleCollector(self.scalers))
         if self.node is not None:
             self.metrics.prom.register(ClusterCollector(self.node.ownership))
+        self.background: set[asyncio.Task[None]] = set()  # a reload's stops of a removed class's keys
+        self.resource_paths: dict[web.AbstractResource, str] = {}  # a path whose routes a reload removed
+        self.retired: list[RouteHandler] = []  # routes a reload removed (their WebSockets close at shutdown)
+        self.started_tasks = False
+        self.config_path: Path | None = None  # the file a reload reads again (proxy/reload.py); set by __main__
+        self.rollouts = Rollouts(self.registry, self, config.upstream_timeout, self.adopt_class, self.hooks.emit)
+        self.metrics.prom.register(RolloutCollector(self.rollouts))
+        self.hooks.generation = self.generation
         self._resources: dict[web.AbstractResource, RouteGroup[RouteHandler]] = {}
         self.started = time.time()
         self.bus.subscribe(_log_transition)
@@ -116,6 +122,7 @@ class Proxy:
         for name, image in await check(c.spec for c in self.config.containers.values()) if check else []:
             log.warning("image_missing", container_class=name, image=image, pull="never")
         self.scheduler.start()
+        self.started_tasks = True
         self.reconciler.start()
         for scaler in self.scalers:
             scaler.start()
@@ -128,9 +135,8 @@ class Proxy:
         for handler in self.handlers:
             by_path.setdefault(handler.route.path, []).append(handler)
         for path, handlers in by_path.items():
-            group = RouteGroup(handlers)
-            serve = group.only or group
-            resource = app.router.add_route("*", path, serve.handle, expect_handler=serve.expect).resource
+            group = RouteGroup(handlers)  # the group serves even one route: a reload changes its routes in place
+            resource = app.router.add_route("*", path, group.handle, expect_handler=group.expect).resource
             assert resource is not None
             for handler in handlers:
                 handler.bind(resource)
@@ -142,12 +148,35 @@ class Proxy:
 
     async def close_websockets(self) -> None:
         """On SIGTERM: open WebSockets get 1001 (going away) rather than holding the drain open."""
-        sockets = [ws for handler in self.handlers for ws in list(handler.websockets)]
+        sockets = [ws for handler in self.handlers + self.retired for ws in list(handler.websockets)]
+        sockets += self.pools.all_sockets()
         await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"proxy shutting down")
                                for ws in sockets), return_exceptions=True)
 
+    # ---------------------------------------------------------------- what rollouts need (proxy/scale/rollout.py)
+
+    def in_use(self, instance: Instance) -> int:
+        return self.pools.in_use(instance)
+
+    async def close_sockets(self, instance: Instance, code: int, message: bytes) -> int:
+        sockets = list(self.pools.sockets(instance))
+        await asyncio.gather(*(ws.close(code=code, message=message) for ws in sockets), return_exceptions=True)
+        return len(sockets)
+
+    def adopt_class(self, klass: ContainerClass) -> None:
+        """Make `klass` the configured one of its name: keys used from now on start with it."""
+        self.config = replace(self.config, containers={**self.config.containers, klass.name: klass})
+        self.registry.config = self.config
+
+    def generation(self, class_name: str, key: str) -> int:
+        """The spec generation `key` runs (or will start with)."""
+        manager = self.registry.peek(key, class_name)
+        klass = manager.klass if manager is not None else self.config.containers.get(class_name)
+        return klass.spec.generation if klass is not None else 0
+
     async def shutdown(self) -> None:
         self.loop_lag.stop()
+        await self.rollouts.close()
         for scaler in self.scalers:
             scaler.stop()
         self.adaptive.stop()
@@ -167,16 +196,37 @@ class Proxy:
         if self.reqlog is not None:
             self.reqlog.flush()
 
+    def make_handler(self, route: Route, config: Config) -> RouteHandler:
+        """One route's handler wired to this proxy's parts: at start-up, and for a route a reload adds."""
+        handler = RouteHandler(route, config, self.registry, self.metrics, self.pools, self.exchanges,
+                               self.reqlog, self.retry_advisor, self.usage.egress)
+        handler.cluster = self.node.forwarder if self.node else None
+        handler.waiting = self.waiting  # None when no route had a waiting page at start-up (proxy/reload.py)
+        if handler.scaler is not None:
+            handler.scaler.owns = self.node.ownership.owns_instance if self.node else None
+        return handler
+
     def key_status(self, manager: Manager) -> dict[str, Any]:
         """One key's status with its usage: an entry of /container-status and the admin API's answer."""
         entry = manager.status()
         entry["usage"] = self.usage.report(manager.klass.name, manager.key)
+        entry["generation"] = manager.klass.spec.generation
         return entry
 
     async def status(self, query: Query) -> tuple[list[Manager], list[dict[str, Any]], str | None]:
         """One page of the key listing (proxy/observe/listing.py): its managers, their entries, the next cursor."""
         managers, after = await select(self.registry, query)
         return managers, await in_slices(managers, self.key_status), after
+
+    def generations(self) -> dict[str, dict[str, int]]:
+        """Per class, its keys with an instance by spec generation (a rollout's progress at a glance)."""
+        counts: dict[str, dict[str, int]] = {}
+        for manager in self.registry:
+            if manager.state is not State.STOPPED:
+                per = counts.setdefault(manager.klass.name, {})
+                generation = str(manager.klass.spec.generation)
+                per[generation] = per.get(generation, 0) + 1
+        return counts
 
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -218,7 +268,7 @@ async def container_status(request: web.Request) -> web.Response:
     probes = await bounded([partial(_probe, proxy, m, instance) for _, m, instance in live])
     for (entry, _, _), found in zip(live, probes, strict=True):
         entry["health"] = found
-    body = await encode({"backend": proxy.backend.name, "next": after}, entries)
+    body = await encode({"backend": proxy.backend.name, "next": after, "generations": proxy.generations()}, entries)
     return web.Response(body=body, content_type="application/json")
 
 

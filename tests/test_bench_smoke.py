@@ -206,3 +206,10 @@ def test_scale() -> None:
     assert s["n"] == 20 and s["starts_per_s"] > 0 and s["rss_kib_per_key"] > 0, s
     for name in ("closing", "closing_nginx", "keepalive", "keepalive_nginx"):
         assert s[name]["rps"] > 0 and s[name]["errors"] == 0, (name, s)
+
+
+def test_rollout() -> None:
+    runs = {r["strategy"]: r for r in bench("rollout")["runs"]}
+    assert set(runs) == {"surge", "replace"}
+    assert all(r["rolled_seconds"] is not None and r["failed"] == 0 for r in runs.values()), runs
+    assert runs["surge"]["extra_at_peak"] <= 1 and runs["replace"]["extra_at_peak"] == 0

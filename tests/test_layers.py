@@ -21,7 +21,7 @@ PACKAGES = ("proxy", "backends", "bench")
 # Top-level modules of proxy/ and the wing each belongs to; everything else is proxy/<wing>/....
 TOP = {
     "proxy": "leaf", "proxy.errors": "leaf", "proxy.keys": "leaf", "proxy.request_id": "leaf",
-    "proxy.app": "app",
+    "proxy.app": "app", "proxy.reload": "app",  # reload: the composition root applying a new config
     "proxy.__main__": "entry", "proxy.banner": "entry", "proxy.check": "entry", "proxy.config_doc": "entry",
 }
 _BASE = {"leaf", "backends"}

@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from backends.control import Executable
 from proxy.admin.bodies import bodies_for, validate
+from proxy.admin.deploy import routes as deploy_routes
 from proxy.admin.openapi import openapi
 from proxy.app import PROXY, Proxy, add_seed_routes
 from proxy.config.admin import SEED_ROUTES
@@ -342,6 +343,7 @@ def create_admin_app(proxy: Proxy) -> web.Application:
         dashboard.close()
 
     app.on_shutdown.append(end_streams)
+    deploy_routes(app, authorize)  # config reload and rollouts (proxy/admin/deploy.py)
     return app
 
 

@@ -151,6 +151,10 @@ def parser() -> argparse.ArgumentParser:
     sleep.add_argument("seconds")
     members = commands.add_parser("members", help="the cluster's live replicas, as this one sees them")
     members.add_argument("-o", "--output", choices=("table", "json"), default="table", help="table (default) or json")
+    commands.add_parser("reload", help="read the config file again and apply it (or say why not)")
+    rollout = commands.add_parser("rollout", help="rollouts of changed classes: status, pause, resume, undo")
+    rollout.add_argument("action", choices=("status", "pause", "resume", "undo"))
+    rollout.add_argument("container_class", nargs="?", help="the class (pause, resume, undo)")
     run = commands.add_parser("exec", help="run a command in the instance: ctl exec KEY [--timeout S] -- argv...")
     run.add_argument("key")
     run.add_argument("--timeout", type=float)
@@ -164,6 +168,8 @@ def dispatch(args: argparse.Namespace, client: Client) -> int:
             raise Failure(USAGE, "this proxy is not clustered (cluster.store: none)")
         print(json.dumps(cluster, indent=2) if args.output == "json" else members_table(cluster))
         return OK
+    if args.command in ("reload", "rollout"):
+        return deploy(args, client)
     if args.command == "status" and args.key is None:
         every = listing(client)
         print(json.dumps(every, indent=2) if args.output == "json" else table(every["keys"]))
@@ -186,6 +192,20 @@ def dispatch(args: argparse.Namespace, client: Client) -> int:
     else:
         drain = getattr(args, "drain", None)
         answer = client.json("POST", f"{path}/{args.command}", {} if drain is None else {"drain": drain})
+    print(json.dumps(answer, indent=2))
+    return OK
+
+
+def deploy(args: argparse.Namespace, client: Client) -> int:
+    """`ctl reload`, `ctl rollout status|pause|resume|undo [CLASS]` (proxy/admin/deploy.py)."""
+    if args.command == "reload":
+        answer = client.json("POST", "/admin/config/reload", {})
+    elif args.action == "status":
+        answer = client.json("GET", "/admin/rollouts")
+    elif not args.container_class:
+        raise Failure(USAGE, f"ctl rollout {args.action} needs the container class")
+    else:
+        answer = client.json("POST", f"/admin/rollouts/{args.container_class}/{args.action}", {})
     print(json.dumps(answer, indent=2))
     return OK
 

@@ -59,6 +59,18 @@ SCHEMAS: dict[str, Any] = {
         "keys": {"type": "array", "items": {"$ref": REF + "Status"}},
         "next": {"type": ["string", "null"], "description": "the `cursor` of the next page; null on the last"}},
         "required": ["backend", "classes", "keys", "next"]},
+    "Reloaded": {"type": "object", "description": "what a reload applied (or why not)", "properties": {
+        "applied": {"type": "boolean"}, "error": {"type": "string"},
+        **{name: {"type": "array", "items": {"type": "string"}}
+           for name in ("added", "removed", "changed", "rollouts", "restart_needed")},
+        "routes": {"type": "integer"}}, "required": ["applied"]},
+    "Rollout": {"type": "object", "properties": {
+        "container_class": {"type": "string"}, "state": {"type": "string"}, "strategy": {"type": "string"},
+        "generation": {"type": "integer"}, "from_generation": {"type": "integer"},
+        "keys_total": {"type": "integer"}, "keys_done": {"type": "integer"},
+        "keys_failed": {"type": "object", "additionalProperties": {"type": "string"}},
+        "seconds": {"type": "number"}}, "required": ["container_class", "state"]},
+    "Rollouts": {"type": "object", "properties": {"rollouts": {"type": "array", "items": {"$ref": REF + "Rollout"}}}},
     "Error": {"type": "object", "properties": {
         "error": {"type": "string"}, "reason": {"type": "string"}, "status": {"type": "integer"}},
         "required": ["error", "reason", "status"]},
@@ -135,6 +147,29 @@ def _listing(classes: tuple[str, ...]) -> dict[str, Any]:
                           "401": {"description": ERRORS["401"], "content": _json("Error")}}}
 
 
+def _deploy_paths(classes: tuple[str, ...]) -> dict[str, Any]:
+    """proxy/admin/deploy.py's endpoints: the config reload and the rollouts."""
+    denied = {"401": {"description": "no or wrong bearer token", "content": _json("Error")}}
+    reload = {"post": {"summary": "Read the config file again; apply it, or keep the running one and say why",
+                       "operationId": "post_config_reload", "security": [{"bearer": []}],
+                       "responses": {"200": {"description": "applied", "content": _json("Reloaded")},
+                                     "422": {"description": "the file is invalid: nothing changed",
+                                             "content": _json("Error")}, **denied}}}
+    paths: dict[str, Any] = {"/admin/config/reload": reload, "/admin/rollouts": {"get": {
+        "summary": "Every class's last rollout", "operationId": "list_rollouts",
+        "responses": {"200": {"description": "rollouts", "content": _json("Rollouts")}, **denied}}}}
+    param = [{"name": "class", "in": "path", "required": True, "schema": {"type": "string", "enum": list(classes)},
+              "description": "a configured container class"}]
+    for action in ("pause", "resume", "undo"):
+        paths[f"/admin/rollouts/{{class}}/{action}"] = {"parameters": param, "post": {
+            "summary": f"{action.capitalize()} the class's rollout", "operationId": f"post_rollout_{action}",
+            "security": [{"bearer": []}],
+            "responses": {"200": {"description": "the rollout afterwards", "content": _json("Rollout")},
+                          "404": {"description": "no rollout of this class", "content": _json("Error")},
+                          **denied}}}
+    return paths
+
+
 def openapi(operations: Iterable[Operation], bodies: Bodies, classes: tuple[str, ...]) -> dict[str, Any]:
     params = [{"name": "class", "in": "path", "required": True, "schema": {"type": "string", "enum": list(classes)},
                "description": "a configured container class"},
@@ -144,6 +179,7 @@ def openapi(operations: Iterable[Operation], bodies: Bodies, classes: tuple[str,
     }
     for op in operations:
         paths.setdefault(op.path, {"parameters": params})[op.method.lower()] = _operation(op)
+    paths.update(_deploy_paths(classes))
     return {
         "openapi": "3.1.0",
         "info": {"title": "lazy-proxy admin API", "version": "1",

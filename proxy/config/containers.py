@@ -41,7 +41,7 @@ PREWARM_BUDGET = 7200.0  # adaptive pre-warm: running seconds per key per day it
 UpstreamProtocol = Literal["http1", "h2c", "grpc"]  # a class's protocol to its instances
 
 __all__ = ["HEALTHCHECK_BACKENDS", "ContainerClass", "ContainerSection", "CrashLoop", "CronJob", "CustomInstance",
-           "Keepalive", "Readiness"]
+           "Keepalive", "Readiness", "Rollout"]
 
 
 def _cpu_boost(value: Any) -> float:
@@ -201,6 +201,34 @@ class CrashLoop(Section):
         return CrashLoopPolicy(self.failures, self.window, self.backoff, self.max_backoff)
 
 
+class Rollout(Section):
+    """How a reload that changes a class's spec (image, command, env, ...) reaches its running keys
+    (proxy/scale/rollout.py plans the steps, proxy/lifecycle/rollout.py replaces one key)."""
+
+    strategy: Literal["surge", "replace", "on_idle"] = Field(
+        default="surge", description="`surge`: start the key's new instance, wait until it is ready, switch new "
+                                     "requests to it, drain and stop the old one; `replace`: stop, then start (for "
+                                     "apps that cannot run twice; requests wait as for a cold start); `on_idle`: "
+                                     "the new spec at the key's next start")
+    steps: TupleOf[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default=(10, 100), description="percentages of the running keys replaced by the end of each step; each "
+                                       "step waits for its new instances to be ready (a failure halts the rollout)")
+    active_grace_period: Duration = Field(
+        default=0.0, description="how long an old instance's WebSockets may stay open after the switch before "
+                                 "they are closed with 1012 (service restart)")
+    max_surge: int = Field(default=1, ge=1, le=1000,
+                           description="`surge`: extra instances of the class at most while keys are replaced")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Rollout:
+        if not self.steps or list(self.steps) != sorted(set(self.steps)) or self.steps[-1] != 100:
+            raise field_error(("steps",), "must be increasing percentages ending with 100")
+        return self
+
+
+ROLLOUT = Rollout()  # the default, declared once
+
+
 class CronJob(Section):
     """A scheduled pre-warm (the seed's Worker cron), optionally with its own entrypoint/env."""
 
@@ -286,6 +314,8 @@ class ContainerSection(Section):
                                      "one multiplexed connection per instance) or `grpc` (h2c, and the proxy's own "
                                      "refusals answered as gRPC statuses)")
 
+    rollout: Rollout = Field(default=ROLLOUT, description="how a changed spec reaches running keys on a reload")
+
     @model_validator(mode="after")
     def _pause_before_sleep(self) -> ContainerSection:
         if self.pause_after > 0 and 0 < self.sleep_after <= self.pause_after:
@@ -314,6 +344,7 @@ class ContainerClass:
     prewarm: str = "none"
     prewarm_budget: float = PREWARM_BUDGET
     protocol: UpstreamProtocol = "http1"
+    rollout: Rollout = ROLLOUT
 
     @property
     def name(self) -> str:
@@ -342,4 +373,5 @@ class ContainerClass:
                    capacity_wait=section.capacity_wait, capacity_queue=section.capacity_queue,
                    replace_after_timeouts=section.replace_after_timeouts, pause_after=section.pause_after,
                    keepalive=section.keepalive, cron=section.cron, crash_loop=section.crash_loop.policy(),
-                   prewarm=section.prewarm, prewarm_budget=section.prewarm_budget, protocol=section.protocol)
+                   prewarm=section.prewarm, prewarm_budget=section.prewarm_budget, protocol=section.protocol,
+                   rollout=section.rollout)

@@ -64,7 +64,8 @@ __all__ = ["Admin", "Backend", "BackendConfig", "Cluster", "Config", "ConfigErro
            "CronJob", "Errors", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "TlsConfig", "Webhook",
            "derived_proxy_id", "fixed_keys", "load_config", "parse_config"]
 
-HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's action (proxy/admin/api.py)
+# admin: an operator's action (proxy/admin/api.py); rollout_halted: a rollout's new instance failed (scale/rollout.py)
+HookEvent = Literal["start", "stop", "error", "admin", "rollout_halted"]
 HOOK_EVENTS: tuple[HookEvent, ...] = ("start", "stop", "error")
 CONTAINER_ONLY = ("volumes", "ports", "user", "labels")  # class options a process cannot honour
 log = logging.getLogger(__name__)

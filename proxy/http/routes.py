@@ -232,7 +232,7 @@ class RouteHandler:
         try:
             return await forward_websocket(request, self.pools.session(instance), instance.url + target,
                                            on_message=manager.touch, connect_timeout=self.config.connect_timeout,
-                                           open_sockets=self.websockets, on_egress=egress)
+                                           open_sockets=self.pools.sockets(instance), on_egress=egress)
         except UpstreamError as exc:
             manager.health.suspect()  # a dead instance goes to `stopped`; the next request starts it again
             exc.extra["key"] = manager.key

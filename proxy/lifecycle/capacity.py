@@ -24,6 +24,15 @@ class Capacity:
         self._reserved = dict.fromkeys(limits, 0)  # freed slots handed to a waiter that has not resumed yet
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {name: deque() for name in limits}
 
+    def resize(self, limits: Mapping[str, int]) -> None:
+        """A reload's limits: classes added, limits changed (a removed class's count stays until it drains)."""
+        for name, limit in limits.items():
+            self._limits[name] = limit
+            self._active.setdefault(name, 0)
+            self._reserved.setdefault(name, 0)
+            self._waiters.setdefault(name, deque())
+            self._dispatch(name)  # a raised limit lets waiting starts begin
+
     def may_start(self, class_name: str) -> bool:
         return self._active[class_name] + self._reserved[class_name] < self._limits[class_name]
 

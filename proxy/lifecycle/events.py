@@ -46,6 +46,7 @@ class StopReason(str, enum.Enum):
     ERROR = "error"  # what a crash counts as
     ADMIN = "admin"
     UNHEALTHY = "unhealthy"  # stopped answering (replace_after_timeouts upstream timeouts in a row)
+    ROLLOUT = "rollout"  # replaced by its class's new spec after a reload (proxy/lifecycle/rollout.py)
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,10 @@ def hook_event(event: Event) -> dict[str, Any] | None:
 class Hooks:
     def __init__(self, bus: EventBus, webhooks: tuple[Webhook, ...]) -> None:
         self.webhooks = webhooks
-        self.callbacks: dict[str, list[Callback]] = {"start": [], "stop": [], "error": [], "admin": []}
+        self.callbacks: dict[str, list[Callback]] = {"start": [], "stop": [], "error": [], "admin": [],
+                                                   "rollout_halted": []}
+        # (class, key) -> the spec generation the key runs (proxy/scale/rollout.py): in start and stop payloads
+        self.generation: Callable[[str, str], int] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         bus.subscribe(self._on_event)
@@ -83,6 +86,8 @@ class Hooks:
     def _on_event(self, event: Event) -> None:
         payload = hook_event(event)
         if payload is not None:
+            if self.generation is not None and isinstance(event, Transition):
+                payload["generation"] = self.generation(event.class_name, event.key)
             self.emit(payload)
 
     def emit(self, payload: dict[str, Any]) -> None:
@@ -115,7 +120,7 @@ class Hooks:
                 error = f"{type(exc).__name__}: {exc}"
             if attempt < hook.retries:
                 await asyncio.sleep(min(0.2 * 2**attempt, 5))
-        log.warning("webhook_failed", url=hook.url, event=payload["event"], key=payload["key"], error=error)
+        log.warning("webhook_failed", url=hook.url, event=payload["event"], key=payload.get("key"), error=error)
 
     async def close(self) -> None:
         if self._tasks:

@@ -84,6 +84,10 @@ class KeyLabels:
         self._order = {class_name: (*dict.fromkeys(keys), OTHER) for class_name, keys in named.items()}
         self._named = {class_name: frozenset(keys) - {OTHER} for class_name, keys in self._order.items()}
 
+    def renamed(self, config: Config) -> None:
+        """A reload's named keys (classes and `metrics.key_labels` added or removed)."""
+        self.__init__(named_keys(config))  # type: ignore[misc]
+
     @classmethod
     def from_config(cls, config: Config) -> KeyLabels:
         return cls(named_keys(config))

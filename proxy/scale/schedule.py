@@ -63,6 +63,13 @@ class Scheduler:
                 log.warning("job_failed", job=job.name, error=f"{type(result).__name__}: {result}")
         return [job.name for job in due]
 
+    def clear(self) -> None:
+        """Drop every job (a reload adds the new config's); the timer ends until `start` begins it again."""
+        self.jobs.clear()
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
     def start(self) -> None:
         if self.jobs and self._task is None:
             self._task = asyncio.create_task(self._run(), name="scheduler")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+from aiohttp import web
 
 from backends.base import Instance
 from proxy.wire.h2upstream import H2Pool
@@ -27,6 +28,22 @@ class Pools:
         self._upstreams: dict[str, UpstreamPool] = {}
         self._h2: dict[str, H2Pool] = {}  # classes with `protocol: h2c|grpc`
         self._closing: set[asyncio.Task[None]] = set()
+        self._sockets: dict[str, set[web.WebSocketResponse]] = {}  # the proxied WebSockets on each instance
+
+    def sockets(self, instance: Instance) -> set[web.WebSocketResponse]:
+        """The client WebSockets relayed to `instance` (a rollout closes them with 1012, shutdown with 1001)."""
+        return self._sockets.setdefault(instance.id, set())
+
+    def all_sockets(self) -> list[web.WebSocketResponse]:
+        return [ws for sockets in self._sockets.values() for ws in sockets]
+
+    def in_use(self, instance: Instance) -> int:
+        """Connections to `instance` lent out now (requests in flight on either path, WebSockets): 0 when
+        nothing is in flight on it (a rollout's drain waits for that)."""
+        session = self._sessions.get(instance.id)
+        upstream = self._upstreams.get(instance.id)
+        lent = len(getattr(session.connector, "_acquired", ())) if session is not None else 0
+        return lent + (upstream.busy if upstream is not None else 0) + len(self._sockets.get(instance.id, ()))
 
     def session(self, instance: Instance) -> aiohttp.ClientSession:
         session = self._sessions.get(instance.id)
@@ -68,6 +85,8 @@ class Pools:
 
     def forget(self, instance: Instance) -> None:
         """The instance is gone (stopped, failed, crashed): close its connections now."""
+        if not self._sockets.get(instance.id):
+            self._sockets.pop(instance.id, None)
         upstream = self._upstreams.pop(instance.id, None)
         if upstream is not None:
             upstream.close()

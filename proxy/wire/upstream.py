@@ -258,6 +258,11 @@ class UpstreamPool:
         self._busy: set[UpstreamConnection] = set()  # lent to exchanges: cut too if the instance goes
         self.closed = False
 
+    @property
+    def busy(self) -> int:
+        """Connections lent to exchanges now (requests in flight on this instance)."""
+        return len(self._busy)
+
     def take(self) -> UpstreamConnection | None:
         while self._idle:
             conn = self._idle.pop()

@@ -1,0 +1,163 @@
+"""Live reload (SIGHUP, `POST /admin/config/reload`, `ctl reload`): read the config file again and apply it.
+
+The whole file is validated by the loader start-up uses; a bad one changes nothing and the answer says why
+(the field named, as at start-up). A good one is applied at once, without awaiting in between (no request
+sees half of it): container classes added, changed and removed (a removed class's keys drain and stop; a
+class whose spec hash changed rolls out, proxy/scale/rollout.py), routes whose path is already served (a
+request in flight finishes on the route it matched), schedules, hooks, capacity. What a running process cannot
+change (listen addresses, the backend, the cluster, the admin listener, logging) keeps its running value
+and is named in the answer as needing a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import structlog
+
+from backends._engine import spec_hash
+from proxy.app import Proxy
+from proxy.config.schema import Config, ConfigError, ContainerClass, load_config
+from proxy.http.routes import RouteHandler
+from proxy.lifecycle.events import StopReason
+from proxy.scale.prewarm import schedule_prewarm
+
+log = structlog.get_logger("proxy.reload")
+
+# Fields a running process keeps (config name -> the running Config's attribute): they need a restart.
+RESTART_ONLY = {"server.host": "host", "server.port": "port", "backend": "backend", "cluster": "cluster",
+                "admin": "admin", "logging.level": "log_level", "logging.format": "log_format"}
+
+
+@dataclass
+class Reloaded:
+    """A reload's answer: applied or not (and why), what changed, what needs a restart."""
+
+    applied: bool
+    error: str | None = None
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # classes whose policy changed (not their spec)
+    rollouts: list[str] = field(default_factory=list)  # classes whose spec changed: rolled out
+    routes: int = 0
+    restart_needed: list[str] = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+def spec_changed(old: ContainerClass, new: ContainerClass) -> bool:
+    """What adoption compares (the spec hash label): image, command, env, resources, volumes, ports..."""
+    return spec_hash(old.spec) != spec_hash(new.spec)
+
+
+def reload(proxy: Proxy) -> Reloaded:
+    """Read `proxy.config_path` again; apply it, or keep the running config and say why."""
+    if proxy.config_path is None:
+        return Reloaded(False, "config: the proxy was not started from a config file")
+    try:
+        new = load_config(proxy.config_path)
+    except ConfigError as exc:
+        log.warning("reload_refused", error=str(exc))
+        return Reloaded(False, f"config error: {exc}")
+    outcome = apply(proxy, new)
+    log.info("reloaded", **{k: v for k, v in outcome.body().items() if v and k != "applied"})
+    return outcome
+
+
+def apply(proxy: Proxy, new: Config) -> Reloaded:
+    """Apply a validated config to a running proxy (no await: all of it at once)."""
+    old = proxy.config
+    outcome = Reloaded(True)
+    kept = {}
+    for name, attr in RESTART_ONLY.items():
+        if getattr(new, attr) != getattr(old, attr):
+            outcome.restart_needed.append(name)
+        kept[attr] = getattr(old, attr)
+    classes: dict[str, ContainerClass] = {}
+    rolls: list[tuple[ContainerClass, ContainerClass]] = []
+    for name, klass in new.containers.items():
+        before = old.containers.get(name)
+        if before is None:
+            outcome.added.append(name)
+        elif spec_changed(before, klass):
+            klass = replace(klass, spec=replace(klass.spec, generation=before.spec.generation + 1))
+            rolls.append((before, klass))
+            outcome.rollouts.append(name)
+        else:
+            klass = replace(klass, spec=replace(klass.spec, generation=before.spec.generation))
+            if klass != before:
+                outcome.changed.append(name)
+        classes[name] = klass
+    outcome.removed = [name for name in old.containers if name not in classes]
+    config = replace(new, containers=classes, **kept)
+    proxy.config = proxy.registry.config = proxy.usage.config = config
+    proxy.capacity.resize({name: c.max_instances for name, c in classes.items()})
+    for manager in proxy.registry:
+        if manager.klass.name in outcome.changed:
+            manager.klass = classes[manager.klass.name]  # a policy change (sleep_after, readiness...) at once
+    for before, klass in rolls:
+        proxy.rollouts.begin(before, klass)
+    _stop_removed(proxy, outcome.removed)
+    outcome.routes, missing = _routes(proxy, config)
+    outcome.restart_needed += missing
+    _schedules(proxy, config)
+    proxy.hooks.webhooks = config.webhooks
+    proxy.metrics.key_label.renamed(config)
+    return outcome
+
+
+def _stop_removed(proxy: Proxy, removed: list[str]) -> None:
+    """A removed class's keys drain (server.drain_timeout) and stop; their managers are forgotten."""
+    for name in removed:
+        for manager in [m for m in proxy.registry if m.klass.name == name]:
+            proxy.registry.managers.pop((name, manager.key), None)
+            task = asyncio.get_running_loop().create_task(manager.stop(StopReason.ROLLOUT, proxy.config.drain_timeout))
+            proxy.background.add(task)
+            task.add_done_callback(proxy.background.discard)
+
+
+def _routes(proxy: Proxy, config: Config) -> tuple[int, list[str]]:
+    """Routes on paths already served change at once; a new path needs a restart (the router is frozen)."""
+    reuse = {handler.route: handler for handler in proxy.handlers}
+    handlers = [reuse.get(route) or proxy.make_handler(route, config) for route in config.routes]
+    by_path: dict[str, list[RouteHandler]] = {}
+    for handler in handlers:
+        by_path.setdefault(handler.route.path, []).append(handler)
+    for resource, group in proxy._resources.items():
+        serving = group.fallback or (group.hosted[0] if group.hosted else None)
+        path = serving.route.path if serving is not None else proxy.resource_paths.get(resource)
+        if path is None:
+            continue
+        proxy.resource_paths[resource] = path
+        now = by_path.pop(path, [])
+        for handler in now:
+            handler.bind(resource)
+        group.__init__(now)  # type: ignore[misc]  # in place: the fast path's router holds the group
+    missing = [f"routes: new path {path} (a restart serves it)" for path in by_path]
+    if proxy.waiting is None:  # the waiting pages' own paths are only served when a route had one at start-up
+        missing += [f"routes: {h.route.name}.waiting_page (a restart serves it)" for h in handlers
+                    if h.route.waiting_page is not None]
+    served = [h for h in handlers if h.route.path not in by_path]
+    for handler in proxy.handlers:
+        if handler not in served and handler.scaler is not None:
+            handler.scaler.stop()
+    for handler in served:
+        if handler not in proxy.handlers and handler.scaler is not None:
+            handler.scaler.start()
+    proxy.retired += [h for h in proxy.handlers if h not in served]
+    proxy.handlers = served
+    proxy.scalers = [h.scaler for h in served if h.scaler is not None]
+    return len(served), missing
+
+
+def _schedules(proxy: Proxy, config: Config) -> None:
+    """Keepalive and cron jobs as the new config says (each job's next time from now)."""
+    proxy.scheduler.clear()
+    warms = schedule_prewarm(proxy.scheduler, config, proxy.registry,
+                             proxy.node.ownership.runs_here if proxy.node else None)
+    proxy.retry_advisor.warms = warms
+    if proxy.started_tasks:
+        proxy.scheduler.start()
