@@ -141,6 +141,9 @@ class Instance:
 # Who hears a start's phases live (ended, its seconds, the phase that begins now or ""): the manager sets it in its
 # start task, so a start in progress can be shown (the waiting page); backends only call `Phases.mark`/`begin`.
 PHASE_WATCH: ContextVar[Callable[[str, float, str], None] | None] = ContextVar("phase_watch", default=None)
+# The perf_counter moment the start was asked for (set by the Manager in its start task): a start's first phase
+# counts from there, so the phases add up to the whole start, the event loop's delay before the first step included.
+PHASE_SINCE: ContextVar[float | None] = ContextVar("phase_since", default=None)
 
 
 class Phases:
@@ -150,7 +153,8 @@ class Phases:
     __slots__ = ("_last", "done")
 
     def __init__(self) -> None:
-        self._last = time.perf_counter()
+        since = PHASE_SINCE.get()
+        self._last = time.perf_counter() if since is None else since
         self.done: list[tuple[str, float]] = []
 
     def mark(self, phase: str) -> None:

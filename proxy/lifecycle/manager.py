@@ -15,7 +15,7 @@ from typing import AsyncIterator
 
 import structlog
 
-from backends.base import PHASE_WATCH, BackendError, BackendUnavailable, ContainerSpec, Instance
+from backends.base import PHASE_SINCE, PHASE_WATCH, BackendError, BackendUnavailable, ContainerSpec, Instance
 from backends.control import Removable
 from proxy.lifecycle.boost import settle, settle_soon
 from proxy.lifecycle.breaker import Breaker
@@ -187,13 +187,13 @@ class Manager:
 
     async def _run_start(self, spec: ContainerSpec) -> None:
         deadline = asyncio.timeout_at(self._start_deadline)
-        loop, probing = asyncio.get_running_loop(), 0.0
+        loop = asyncio.get_running_loop()
         self._seen = LastSeen()  # this start's: what its readiness probes saw last
         PHASE_WATCH.set(self._phase)  # this task's context: the backend's phases are told live
+        PHASE_SINCE.set(time.perf_counter() - (loop.time() - self._since))  # and counted from the start request
         try:
             async with deadline:
                 self.instance = await self.services.backend.start(self.key, spec)
-                probing = loop.time()
                 self._phase("", 0.0, "ready")
                 await self.services.prober.wait_ready(self.instance, self.klass.readiness, self._seen)
         except TimeoutError as exc:
@@ -215,7 +215,8 @@ class Manager:
         self.start_count += 1
         self.last_error = ""
         self.breaker.succeeded(loop.time())
-        phases = (*_from_request(self.instance.phases, probing - self._since), ("ready", loop.time() - probing))
+        steps = self.instance.phases  # the backend's, from the start request: readiness has the rest of the start
+        phases = (*steps, ("ready", max(0.0, loop.time() - self._since - sum(seconds for _, seconds in steps))))
         self._transition(State.RUNNING, "ready", Happening.STARTED, phases=phases)
         self.touch()
         settle_soon(self, self.instance, spec)  # the startup CPU boost ends at ready
@@ -426,11 +427,3 @@ class Manager:
         self._idle = self._idle or IdleTimer(self)
         return self._idle
 
-
-def _from_request(phases: tuple[tuple[str, float], ...], seconds: float) -> tuple[tuple[str, float], ...]:
-    """The backend's phases, the first counted from the start request: it takes the event loop's delay before
-    the backend's first step, so the phases add up to the start's duration exactly."""
-    if not phases:
-        return (("start", seconds),)
-    (name, first), rest = phases[0], phases[1:]
-    return ((name, max(0.0, first + seconds - sum(s for _, s in phases))), *rest)
