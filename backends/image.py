@@ -87,7 +87,7 @@ async def reachable(runtime: str, socket: str) -> None:
     runtime's API answers `GET /_ping`."""
     from backends._api import ApiClient
 
-    client = ApiClient(socket, "image-build", request_timeout=10.0, connect_timeout=5.0)
+    client = ApiClient(socket=socket, proxy_id="image-build", request_timeout=10.0)
     client.daemon_label = f"{runtime} API"
     try:
         await client.ping()

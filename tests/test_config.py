@@ -219,6 +219,21 @@ def test_backend_is_built_from_its_section():
         ("docker", "unix:///tmp/d.sock", "p2", False)
 
 
+def test_engine_sections_are_engine_options():
+    """Every field of backend.docker/podman/swarm is an EngineOptions field with the same default (declared once)."""
+    from dataclasses import fields
+
+    from backends.options import EngineOptions
+    from proxy.config.backend import DockerOptions, PodmanOptions, SwarmOptions
+
+    declared = {f.name: f.default for f in fields(EngineOptions)}
+    for section in (DockerOptions, PodmanOptions, SwarmOptions):
+        for name, field in section.model_fields.items():
+            assert name in declared and field.default == declared[name], f"{section.__name__}.{name}"
+    with pytest.raises(TypeError, match="nope"):
+        EngineOptions.of(nope=1)
+
+
 def test_config_is_a_dataclass_for_replace():
     from dataclasses import replace
 
