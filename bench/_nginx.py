@@ -20,10 +20,15 @@ from pathlib import Path
 
 from bench._common import Server, tool
 
-NGINX_CONF = """\
+# The frame every nginx reference here shares: one worker, everything (logs, temp dirs, pid) under `dir`, an
+# `upstream` block of keep-alive connections to 127.0.0.1, one server on 127.0.0.1; callers add `http` lines
+# (maps, buffering) and the locations. As root, workers would drop to `nobody` and could not use the 0700
+# temp dirs under `dir`: hence `user root`.
+_FRAME = """\
 {user}worker_processes 1;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
+error_log {dir}/error.log {error_level};
+pid {dir}/nginx.pid;
+events {{ worker_connections {connections}; }}
 http {{
     access_log {dir}/access.log;
     client_body_temp_path {dir}/client_body_temp;
@@ -31,13 +36,21 @@ http {{
     fastcgi_temp_path {dir}/fastcgi_temp;
     uwsgi_temp_path {dir}/uwsgi_temp;
     scgi_temp_path {dir}/scgi_temp;
+{http}
     upstream upstream_service {{
         server 127.0.0.1:{upstream_port};
-        keepalive 32;
+        keepalive {keepalive};
     }}
     server {{
         listen 127.0.0.1:{port};
-        location / {{
+{locations}
+    }}
+}}
+"""
+
+# The benchmark's one location: a keep-alive reverse proxy adding X-Forwarded-*.
+BENCH_LOCATIONS = """\
+        location / {
             proxy_pass http://upstream_service;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -45,10 +58,23 @@ http {{
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $http_host;
-        }}
-    }}
-}}
-"""
+        }"""
+
+
+def nginx_conf(workdir: Path, port: int, upstream_port: int, *, locations: str = BENCH_LOCATIONS, http: str = "",
+               keepalive: int = 32, connections: int = 1024, error_level: str = "warn") -> str:
+    """An nginx.conf proxying 127.0.0.1:`port` to 127.0.0.1:`upstream_port` (the upstream block is
+    `upstream_service`); `http` lines go into the http block, `locations` into the server block."""
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return _FRAME.format(user=user, dir=workdir, port=port, upstream_port=upstream_port, keepalive=keepalive,
+                         connections=connections, error_level=error_level, http=http, locations=locations)
+
+
+def nginx_binary() -> str | None:
+    """`$NGINX`, else nginx on PATH or in /usr/sbin, or None."""
+    env = os.environ.get("NGINX")
+    return env if env and os.access(env, os.X_OK) else tool("nginx")
+
 
 HAPROXY_CONF = """\
 global
@@ -72,10 +98,6 @@ backend upstream_service
 """
 
 
-def _binary(name: str, fallback: str) -> str:
-    return tool(name) or fallback
-
-
 def _check(argv: list[str], what: str) -> None:
     res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
     if res.returncode != 0:
@@ -96,10 +118,8 @@ def nginx(upstream_port: int, port: int, workdir: Path, *, cpus: str | None = No
     """nginx 1 worker, proxy_pass to an `upstream` block with `keepalive 32`, access log on (workdir/access.log)."""
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
-    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the root-only temp dir
-    conf.write_text(NGINX_CONF.format(user=user, dir=workdir, port=port, upstream_port=upstream_port))
-    argv = [_binary("nginx", "/usr/sbin/nginx"), "-p", str(workdir), "-c", str(conf),
-            "-g", f"daemon off; pid {workdir}/nginx.pid;"]
+    conf.write_text(nginx_conf(workdir, port, upstream_port))
+    argv = [nginx_binary() or "/usr/sbin/nginx", "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
     _check([*argv, "-t", "-q"], "nginx")
     return _start(argv, f"http://127.0.0.1:{port}{ready_path}", cpus, workdir / "stdout.log",
                   workdir / "error.log")
@@ -111,7 +131,7 @@ def haproxy(upstream_port: int, port: int, workdir: Path, *, cpus: str | None = 
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "haproxy.cfg"
     conf.write_text(HAPROXY_CONF.format(port=port, upstream_port=upstream_port))
-    binary = _binary("haproxy", "/usr/sbin/haproxy")
+    binary = tool("haproxy") or "/usr/sbin/haproxy"
     _check([binary, "-c", "-q", "-f", str(conf)], "haproxy")
     return _start([binary, "-db", "-f", str(conf)], f"http://127.0.0.1:{port}{ready_path}", cpus,
                   workdir / "access.log")

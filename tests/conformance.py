@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,9 +28,10 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 
+from bench._nginx import nginx_binary, nginx_conf
+
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = "bench._proxy_launcher"
-NGINX = os.environ.get("NGINX", "/usr/sbin/nginx")
 READY_PATH = "/__ready"  # the readiness probe lazy-proxy sends before the first forwarded request
 IO_TIMEOUT = 5.0  # no single read or exchange in the suite should take longer
 
@@ -650,84 +649,62 @@ _NGINX_FORWARD = """\
             proxy_set_header X-Request-Id $req_id;
 """
 
-NGINX_CONFIG = r"""{user}
-worker_processes 1;
-error_log {dir}/error.log info;
-pid {dir}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
+# The http lines and locations the conformance set-up adds to bench/_nginx.py's frame (raw strings: regexes).
+NGINX_HTTP = r"""
     client_max_body_size 1m;
     proxy_request_buffering off;
     proxy_buffering off;
 
-    upstream up {{
-        server 127.0.0.1:{upstream};
-        keepalive 16;
-    }}
-
     # The client's X-Request-Id, else nginx's own 32-hex $request_id (lazy-proxy's rule, proxy/request_id.py).
-    map $http_x_request_id $req_id {{
+    map $http_x_request_id $req_id {
         default $http_x_request_id;
         "" $request_id;
-    }}
+    }
 
     # The prefix rewrite must hand the upstream the tail *as the client sent it*: location captures
     # see the decoded, normalised $uri, so take the tail (and query) from $request_uri instead.
-    map $request_uri $raw_api_tail {{
+    map $request_uri $raw_api_tail {
         "~^/container/[^/?]+/api/(?<tail>.*)$" $tail;
         default "";
-    }}
+    }
     # Refuse what cannot be forwarded safely as sent: a raw URI whose shape differs from the normalised
     # one nginx routed on, or a tail with a dot segment (literal or percent-encoded; '/', '\' or their
     # escapes as separators). Without this, /container/x/api/a/../../../container/api/admin is routed
     # (normalised: /container/container/api/admin) and the upstream re-roots the raw tail outside /api/.
-    map $request_uri $raw_api_bad {{
-        "~*^/container/[^/?]+/api/([^?]*(/|%2f|%5c|\x5c))?(\.|%2e){{1,2}}(/|%2f|%5c|\x5c|\?|$)" 1;
+    map $request_uri $raw_api_bad {
+        "~*^/container/[^/?]+/api/([^?]*(/|%2f|%5c|\x5c))?(\.|%2e){1,2}(/|%2f|%5c|\x5c|\?|$)" 1;
         "~^/container/[^/?]+/api/" 0;
         default 1;
-    }}
+    }"""
 
-    server {{
-        listen 127.0.0.1:{port};
-
-        location /api/ {{
-            proxy_pass http://up;
-{forward}            proxy_set_header Connection "";
-        }}
-        location ~ ^/container/[^/]+/api/ {{
-            if ($raw_api_bad) {{ return 400; }}
-            proxy_pass http://up/api/$raw_api_tail;
-{forward}            proxy_set_header Connection "";
-        }}
-        location /ws/ {{
-            proxy_pass http://up;
-{forward}            proxy_set_header Upgrade $http_upgrade;
+NGINX_LOCATIONS = r"""
+        location /api/ {
+            proxy_pass http://upstream_service;
+FORWARD            proxy_set_header Connection "";
+        }
+        location ~ ^/container/[^/]+/api/ {
+            if ($raw_api_bad) { return 400; }
+            proxy_pass http://upstream_service/api/$raw_api_tail;
+FORWARD            proxy_set_header Connection "";
+        }
+        location /ws/ {
+            proxy_pass http://upstream_service;
+FORWARD            proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection "upgrade";
-        }}
-    }}
-}}
-"""
+        }""".replace("FORWARD", _NGINX_FORWARD)
 
 
 def nginx_available() -> bool:
-    return os.access(NGINX, os.X_OK) or shutil.which("nginx") is not None
+    return nginx_binary() is not None
 
 
 def start_nginx(upstream_port: int, workdir: Path) -> Front:
-    """nginx in the foreground on a generated config, everything (temp dirs, logs, pid) under `workdir`."""
-    binary = NGINX if os.access(NGINX, os.X_OK) else shutil.which("nginx") or NGINX
+    """nginx in the foreground on bench/_nginx.py's config frame, everything (temp dirs, logs, pid) under `workdir`."""
+    binary = nginx_binary() or "/usr/sbin/nginx"
     port = free_port()
     conf = workdir / "nginx.conf"
-    # As root, workers would drop to `nobody` and could not use the 0700 temp dirs under workdir.
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(NGINX_CONFIG.format(user=user, dir=workdir, upstream=upstream_port, port=port,
-                                        forward=_NGINX_FORWARD))
+    conf.write_text(nginx_conf(workdir, port, upstream_port, http=NGINX_HTTP, locations=NGINX_LOCATIONS,
+                               keepalive=16, connections=256, error_level="info"))
     stderr = workdir / "nginx.stderr"
     with stderr.open("wb") as err:
         proc = subprocess.Popen(
