@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from backends.docker import default_docker_socket
-from backends.image import DEFAULT_TAG, ensure_image
+from backends.image.build import DEFAULT_TAG, ensure_image
 from bench._cluster import Etcd, Replicas, remove_containers, running_containers, starts
 from bench._common import summary, table, timed_get
 from bench._fence import FAULTS, healthy, run_fault

@@ -15,7 +15,7 @@ import pytest
 
 from backends.base import LABEL_PROXY_ID, Backend
 from backends.docker import DockerBackend, default_docker_socket
-from backends.image import DEFAULT_TAG, ensure_image as build_image, push_image
+from backends.image.build import DEFAULT_TAG, ensure_image as build_image, push_image
 from backends.podman import DEFAULT_SOCKET as PODMAN_SOCKET, PodmanBackend
 from backends.swarm import SwarmBackend
 

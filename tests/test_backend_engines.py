@@ -33,7 +33,7 @@ from backends.base import (
     MiB,
 )
 from backends.docker import DockerBackend
-from backends.image import DEFAULT_TAG
+from backends.image.build import DEFAULT_TAG
 from backends.podman import PodmanBackend
 from tests import engines
 

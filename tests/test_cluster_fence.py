@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from backends.docker import default_docker_socket
-from backends.image import ensure_image
+from backends.image.build import ensure_image
 from bench._cluster import Etcd, Replicas, etcd_binary, remove_containers, running_containers
 from bench._fence import config, healthy, run_fault
 from proxy.cluster.etcd import EtcdStore

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from backends.base import LABEL_PROXY_ID
-from backends.image import DEFAULT_TAG, ensure_image
-from backends.rootfs import PROXY
+from backends.image.build import DEFAULT_TAG, ensure_image
+from backends.image.rootfs import PROXY
 from proxy.config.schema import Config, parse_config
 from tests import engines
 from tests.conftest import ci

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from backends.base import LABEL_PROXY_ID, ContainerSpec, MiB, Resources
-from backends.image import DEFAULT_TAG
+from backends.image.build import DEFAULT_TAG
 from backends.swarm import SwarmBackend
 from bench._cluster import Etcd, Replicas, etcd_binary, running_keys
 from proxy.lifecycle.events import State

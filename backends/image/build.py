@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from backends.rootfs import (
+from backends.image.rootfs import (
     APPS,
     CONTENT_LABEL,
     DEFAULT_TAG,
@@ -291,7 +291,4 @@ def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else 'failed'}"
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 

@@ -4,7 +4,7 @@ The host's Debian CPython (/usr/bin/python3.11 and its stdlib), the shared libra
 for the interpreter and every extension module packed, the runtime subset of the current venv's
 site-packages (decided by actually importing the app with the Debian interpreter) and the app's own
 packages. Two apps (`App`): the model service, and the proxy itself (for deploy/compose.yaml). No daemon
-is needed here; `backends.image` imports the tar.
+is needed here; `backends.image.build` imports the tar.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, cast
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TAG = "lazy-proxy/model-service:latest"
 CONTENT_LABEL = "lazy-proxy.content"
 INPUTS_LABEL = "lazy-proxy.inputs"
