@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench._common import Server, free_port, model_service, module, summary, table, write_config
+from bench.lib.common import Server, free_port, model_service, module, summary, table, write_config
 
 TOKEN = "fuzz-admin-token-0123456789"
 SETTINGS = Path(__file__).with_name("fuzz.toml")

@@ -10,9 +10,9 @@ Method
   answer) as its own process, pinned to core 1.
 - The proxies under test run at the same time, each pinned to core 0 and idle while another is measured:
   nginx with ONE worker process (`upstream` block with `keepalive 32`, HTTP/1.1, access log ON to a file),
-  lazy-proxy through `python -m bench._proxy_launcher --upstream` (a backend whose only instance is that process;
+  lazy-proxy through `python -m bench.lib.launcher --upstream` (a backend whose only instance is that process;
   default config: one JSON log line per request, written to a file, uvloop), and with --haproxy haproxy 2.6
-  (nbthread 1, `http-reuse always`, httplog to a file). Configs: bench/_nginx.py.
+  (nbthread 1, `http-reuse always`, httplog to a file). Configs: bench/lib/nginx.py.
 - "direct" is the same load straight at the upstream: the ceiling every proxy is compared with.
 - Closed loop (max throughput): wrk -t2 -c32, unpinned, for S seconds per variant; rounds are interleaved
   (every round runs each variant once, the order rotating by one each round), so slow drifts of this noisy
@@ -20,7 +20,7 @@ Method
   of the proxy (utime+stime from /proc summed over its process tree, e.g. nginx master + worker) and of the
   upstream, divided by the requests wrk completed. Everything warms up (one request, then 1-2 s of wrk)
   before the first round.
-- Half load (latency): bench._openloop, an open-loop generator (fixed send schedule, latency from the
+- Half load (latency): bench.lib.openloop, an open-loop generator (fixed send schedule, latency from the
   scheduled send time: no coordinated omission), at ONE rate for all variants: 50% of the slowest proxy's
   closed-loop rps; rounds interleaved the same way.
 - Reported numbers are medians over rounds. Ratios to direct and added p99 are paired: the median over rounds
@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench._common import (cpu_seconds, free_port, goal, has_wrk, http_text, median, model_service, openloop,
+from bench.lib.common import (cpu_seconds, free_port, goal, has_wrk, http_text, median, model_service, openloop,
                            process_tree, proxy, summary, table, tool, wrk)
-from bench._nginx import haproxy, nginx
+from bench.lib.nginx import haproxy, nginx
 
 CONNS, THREADS = 32, 2
 PATH = "/api/health"
@@ -105,7 +105,7 @@ def direct(name: str, s: Setup) -> Iterator[Target]:
 
 
 def reference(start: Callable[..., Any]) -> Starter:
-    """A variant for a reference proxy of bench/_nginx.py (nginx, haproxy)."""
+    """A variant for a reference proxy of bench/lib/nginx.py (nginx, haproxy)."""
 
     @contextlib.contextmanager
     def run(name: str, s: Setup) -> Iterator[Target]:
@@ -117,7 +117,7 @@ def reference(start: Callable[..., Any]) -> Starter:
 
 
 def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True) -> Starter:
-    """A lazy-proxy variant: bench._proxy_launcher --upstream, its log (stderr) to a file."""
+    """A lazy-proxy variant: bench.lib.launcher --upstream, its log (stderr) to a file."""
 
     @contextlib.contextmanager
     def run(name: str, s: Setup) -> Iterator[Target]:

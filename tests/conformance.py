@@ -28,10 +28,10 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 
-from bench._nginx import nginx_binary, nginx_conf
+from bench.lib.nginx import nginx_binary, nginx_conf
 
 REPO = Path(__file__).resolve().parent.parent
-LAUNCHER = "bench._proxy_launcher"
+LAUNCHER = "bench.lib.launcher"
 READY_PATH = "/__ready"  # the readiness probe lazy-proxy sends before the first forwarded request
 IO_TIMEOUT = 5.0  # no single read or exchange in the suite should take longer
 
@@ -622,7 +622,7 @@ routes:
 def start_lazy_proxy(upstream_port: int, workdir: Path) -> Front:
     """lazy-proxy as `python -m proxy` would run it, every key mapped to the recording upstream.
 
-    Through bench/_proxy_launcher.py (--upstream), which the data-path rewrite keeps working.
+    Through bench/lib/launcher.py (--upstream), which the data-path rewrite keeps working.
     """
     config = workdir / "lazy.yaml"
     config.write_text(LAZY_CONFIG.format(ready=READY_PATH))
@@ -649,7 +649,7 @@ _NGINX_FORWARD = """\
             proxy_set_header X-Request-Id $req_id;
 """
 
-# The http lines and locations the conformance set-up adds to bench/_nginx.py's frame (raw strings: regexes).
+# The http lines and locations the conformance set-up adds to bench/lib/nginx.py's frame (raw strings: regexes).
 NGINX_HTTP = r"""
     client_max_body_size 1m;
     proxy_request_buffering off;
@@ -699,7 +699,7 @@ def nginx_available() -> bool:
 
 
 def start_nginx(upstream_port: int, workdir: Path) -> Front:
-    """nginx in the foreground on bench/_nginx.py's config frame, everything (temp dirs, logs, pid) under `workdir`."""
+    """nginx in the foreground on bench/lib/nginx.py's frame, everything (temp dirs, logs, pid) under `workdir`."""
     binary = nginx_binary() or "/usr/sbin/nginx"
     port = free_port()
     conf = workdir / "nginx.conf"

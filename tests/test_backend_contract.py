@@ -43,7 +43,7 @@ from backends.podman import PodmanBackend
 from backends.process import ProcessBackend
 from backends.stub import StubBackend
 from backends.swarm import SwarmBackend
-from bench._proxy_launcher import ExternalBackend
+from bench.lib.launcher import ExternalBackend
 from tests import engines
 from tests.conftest import LIFECYCLE_PARAMS
 

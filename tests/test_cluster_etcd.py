@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bench._cluster import Etcd, Replicas, etcd_binary, running_containers, running_keys, starts
-from bench._common import free_port
+from bench.lib.cluster import Etcd, Replicas, etcd_binary, running_containers, running_keys, starts
+from bench.lib.common import free_port
 from bench.failover import run_round
 from proxy.cluster.etcd import EtcdStore
 from proxy.cluster.node import SWEEP_EVERY

@@ -1,5 +1,5 @@
 """Fencing a stale owner on a real etcd (marker `etcd`) and real docker replicas: a frozen owner and one cut off
-etcd never stop or pause what a peer adopted, and requests through the peers are answered (bench/_fence.py runs
+etcd never stop or pause what a peer adopted, and requests through the peers are answered (bench/lib/fence.py runs
 the rounds); the etcd store's confirm and leaving marks; what `/info`, `/metrics`, `/ready` and `ctl members`
 show."""
 
@@ -15,8 +15,8 @@ import pytest
 
 from backends.docker import default_docker_socket
 from backends.image.build import ensure_image
-from bench._cluster import Etcd, Replicas, etcd_binary, remove_containers, running_containers
-from bench._fence import config, healthy, run_fault
+from bench.lib.cluster import Etcd, Replicas, etcd_binary, remove_containers, running_containers
+from bench.lib.fence import config, healthy, run_fault
 from proxy.cluster.etcd import EtcdStore
 from proxy.cluster.store import Member, rendezvous
 from proxy.admin.ctl import members_table

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 
-from bench._cluster import Etcd, Replicas, etcd_binary, running_keys, starts
+from bench.lib.cluster import Etcd, Replicas, etcd_binary, running_keys, starts
 from tests.conftest import base_config
 
 pytestmark = pytest.mark.etcd

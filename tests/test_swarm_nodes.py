@@ -17,7 +17,7 @@ import pytest
 from backends.base import LABEL_PROXY_ID, ContainerSpec, MiB, Resources
 from backends.image.build import DEFAULT_TAG
 from backends.swarm import SwarmBackend
-from bench._cluster import Etcd, Replicas, etcd_binary, running_keys
+from bench.lib.cluster import Etcd, Replicas, etcd_binary, running_keys
 from proxy.lifecycle.events import State
 from tests import engines
 from tests.conftest import base_config, ci

@@ -1,6 +1,6 @@
 """Reference proxies for the benchmarks: nginx (and haproxy) in front of one HTTP upstream on 127.0.0.1.
 
-    with nginx(upstream_port=8080, port=9000, workdir=Path(tmp), cpus="0"):   # a bench/_common.Server
+    with nginx(upstream_port=8080, port=9000, workdir=Path(tmp), cpus="0"):   # a bench/lib/common.Server
         ...
 
 Each is configured the way one would run it in production as a keep-alive reverse proxy, not tuned for a
@@ -18,7 +18,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from bench._common import Server, tool
+from bench.lib.common import Server, tool
 
 # The frame every nginx reference here shares: one worker, everything (logs, temp dirs, pid) under `dir`, an
 # `upstream` block of keep-alive connections to 127.0.0.1, one server on 127.0.0.1; callers add `http` lines

@@ -1,6 +1,6 @@
 """Run the proxy like `python -m proxy`, plus what the benchmarks need.
 
-    python -m bench._proxy_launcher --config FILE --port P [--uvloop 0|1] [--upstream http://127.0.0.1:N]
+    python -m bench.lib.launcher --config FILE --port P [--uvloop 0|1] [--upstream http://127.0.0.1:N]
 
 - `--uvloop 1` installs uvloop before the loop is created (as proxy/__main__.py does when importable);
   `--uvloop 0` keeps the default asyncio loop even if uvloop is installed.
@@ -30,7 +30,7 @@ from proxy.config.schema import load_config
 from proxy.observe.logs import configure
 from proxy.http.server import serve
 
-from bench._common import rss_kib
+from bench.lib.common import rss_kib
 
 
 class ExternalBackend:

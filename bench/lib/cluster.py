@@ -21,7 +21,7 @@ from typing import Any
 import aiodocker
 
 from backends.base import LABEL_PROXY_ID
-from bench._common import (SEED_ENDPOINTS, Server, free_port, http_text, metric_sum, metrics_samples, module,
+from bench.lib.common import (SEED_ENDPOINTS, Server, free_port, http_text, metric_sum, metrics_samples, module,
                            write_config)
 
 

@@ -1,7 +1,7 @@
 """Shared helpers for the benchmarks: free ports, subprocess servers, percentiles, tables, wrk parsing.
 
 Benchmarks are not tests: they print medians and ratios measured in the same run. Import as
-`from bench._common import ...`; the benchmarks run from the repository root as `python -m bench.NAME`.
+`from bench.lib.common import ...`; the benchmarks run from the repository root as `python -m bench.NAME`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Iterator, Sequence
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench"
 PY = sys.executable
 
@@ -197,9 +197,9 @@ def module(name: str, *args: str) -> list[str]:
 
 def proxy(config: dict[str, Any], port: int, *, uvloop: bool = True, upstream: str | None = None,
           cpus: str | None = None, log: str | None = None) -> Server:
-    """The proxy via `python -m bench._proxy_launcher` (adds GET /_bench/stats; optional external upstream)."""
+    """The proxy via `python -m bench.lib.launcher` (adds GET /_bench/stats; optional external upstream)."""
     path = write_config(config)
-    argv = module("bench._proxy_launcher", "--config", path, "--port", str(port), "--uvloop", "1" if uvloop else "0")
+    argv = module("bench.lib.launcher", "--config", path, "--port", str(port), "--uvloop", "1" if uvloop else "0")
     if upstream:
         argv += ["--upstream", upstream]
     try:
@@ -324,12 +324,12 @@ def wrk(url: str, *, threads: int = 2, conns: int = 32, seconds: float = 5, scri
 
 
 def openloop(url: str, rate: float, seconds: float, conns: int = 64) -> dict[str, float]:
-    """`python -m bench._openloop` in its own process: fixed-rate GETs; requests, errors, achieved_rps, p50/p99 ms."""
-    argv = module("bench._openloop", url, "--rate", f"{rate:.0f}", "--seconds", str(seconds), "--conns", str(conns))
+    """`python -m bench.lib.openloop` in its own process: fixed-rate GETs; requests, errors, achieved_rps, p50/p99."""
+    argv = module("bench.lib.openloop", url, "--rate", f"{rate:.0f}", "--seconds", str(seconds), "--conns", str(conns))
     res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds * 4 + 60, cwd=str(ROOT),
                          env=env_with_root())
     if res.returncode != 0:
-        raise RuntimeError(f"bench._openloop failed ({res.returncode}): {res.stderr.strip()[-500:]}")
+        raise RuntimeError(f"bench.lib.openloop failed ({res.returncode}): {res.stderr.strip()[-500:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 

@@ -27,8 +27,8 @@ import aiohttp
 from backends.base import LABEL_KEY, LABEL_PROXY_ID
 from backends.docker import default_docker_socket
 from backends.image.build import DEFAULT_TAG, ensure_image
-from bench._cluster import Etcd, Replicas, remove_containers
-from bench._common import timed_get
+from bench.lib.cluster import Etcd, Replicas, remove_containers
+from bench.lib.common import timed_get
 from proxy.cluster.store import Member, rendezvous
 
 FAULTS = ("freeze", "partition", "leader")

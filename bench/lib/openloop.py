@@ -1,6 +1,6 @@
 """Open-loop, rate-limited HTTP load generator (wrk2 is not packaged): run as its own process.
 
-    python -m bench._openloop URL --rate R --seconds S [--conns 64]
+    python -m bench.lib.openloop URL --rate R --seconds S [--conns 64]
 
 Requests are scheduled at fixed intervals regardless of how fast answers come back; each latency is
 measured from its *scheduled* send time, so a stalled server (or a generator falling behind) shows up
