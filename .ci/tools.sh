@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Debian tools the suite uses besides the daemons: nginx (the conformance reference), promtool (metrics
 # lint, from the prometheus package), wrk (benchmark smoke runs), etcd (the cluster tests start their own) and
-# docker-compose (tests/test_compose.py runs deploy/compose.yaml's proxy) and busybox-static (the README's
-# FROM scratch static-site example, tests/test_your_app.py).
+# docker-compose (tests/deploy/test_compose.py runs deploy/compose.yaml's proxy) and busybox-static (the README's
+# FROM scratch static-site example, tests/deploy/test_your_app.py).
 # Idempotent; installs only what is missing.
 set -euo pipefail
 STATE_DIR=${LAZY_PROXY_DAEMONS_DIR:-/tmp/lazy-proxy-daemons}

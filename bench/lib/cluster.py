@@ -1,6 +1,6 @@
 """A real etcd (one or three members on free 127.0.0.1 ports, in a temp dir) and proxy replicas joined to it.
 
-Shared by tests/test_cluster_etcd.py and bench/failover.py. etcd comes from Debian's etcd-server
+Shared by tests/engines/test_cluster_etcd.py and bench/failover.py. etcd comes from Debian's etcd-server
 (.ci/tools.sh installs it).
 """
 

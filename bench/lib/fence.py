@@ -2,7 +2,7 @@
 
 Faults: `freeze` (the owner SIGSTOPped for longer than the lease, then SIGCONTed, like a long GC pause or a VM
 stall), `partition` (the owner's etcd traffic blackholed by a TCP relay this process controls, then healed) and
-`leader` (etcd's leader SIGKILLed). Shared by bench/failover.py (`--fault`) and tests/test_cluster_etcd.py.
+`leader` (etcd's leader SIGKILLed). Shared by bench/failover.py (`--fault`) and tests/engines/test_cluster_etcd.py.
 
 Checked from docker's own event stream (labels name the key) and the clients' log: running containers per key
 never above one, no container of the keys stopped, killed or paused during the round (sleep_after is shorter

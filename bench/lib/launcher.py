@@ -37,7 +37,7 @@ class ExternalBackend:
     """A `backends.base.Backend` whose every key maps to one already-running upstream process.
 
     Starting hands out a new instance id at that address; stopping forgets the id (the process keeps running,
-    it is not ours). tests/test_backend_contract.py checks this class against the protocol's signatures.
+    it is not ours). tests/engines/test_backend_contract.py checks this class against the protocol's signatures.
     """
 
     name = "external"
