@@ -10,6 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 RUN pip install "aiohttp>=3.9" "onnxruntime>=1.17" "numpy>=1.26" "structlog>=24" "prometheus-client>=0.20" "PyYAML>=6" \
+                "grpcio>=1.85.4" "grpcio-health-checking>=1.85" "protobuf>=7.35.1" \
  && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin app
 
 WORKDIR /app

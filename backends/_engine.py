@@ -166,7 +166,7 @@ class EngineBackend(EnginePulls):
             state = info.get("State") or {}
             if address is not None and state.get("Running"):
                 host, hp = address
-                instance = Instance(key=key, container=cls, host=host, port=hp, id=info["Id"])
+                instance = Instance(key=key, class_name=cls, host=host, port=hp, id=info["Id"])
                 if phases is None:
                     return instance
                 phases.mark("port")
@@ -390,7 +390,7 @@ class EngineBackend(EnginePulls):
                 address = self.address.found(info)
                 if address is None:
                     continue
-                out.append(Instance(key=labels.get(LABEL_KEY, ""), container=labels.get(LABEL_CONTAINER, ""),
+                out.append(Instance(key=labels.get(LABEL_KEY, ""), class_name=labels.get(LABEL_CONTAINER, ""),
                                     host=address[0], port=address[1], id=info["Id"]))
         return out
 

@@ -280,6 +280,7 @@ class EnginePulls(ApiClient):
         a `pull` phase only when a pull happened."""
         docker = await self._client()
         if spec.pull == "always":
+            phases.begin("pull")
             await self.puller.pull(spec.image)
             phases.mark("pull")
         try:
@@ -289,6 +290,7 @@ class EnginePulls(ApiClient):
                 raise
             if spec.pull == "never":
                 raise never_pulled(spec.image) from None
+        phases.begin("pull")
         await self.puller.pull(spec.image)
         phases.mark("pull")
         return await docker.containers.create(config, name=name)

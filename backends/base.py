@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import enum
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 # Labels that mark a container as ours. A backend never stops, removes or adopts anything without them.
 LABEL_MANAGED = "proxy.managed"
@@ -119,7 +120,7 @@ class Instance:
     """A started container (or in-process server): where to send HTTP, and how to find it again."""
 
     key: str
-    container: str
+    class_name: str
     host: str
     port: int
     id: str
@@ -131,6 +132,11 @@ class Instance:
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
+
+
+# Who hears a start's phases live (ended, its seconds, the phase that begins now or ""): the manager sets it in its
+# start task, so a start in progress can be shown (the waiting page); backends only call `Phases.mark`/`begin`.
+PHASE_WATCH: ContextVar[Callable[[str, float, str], None] | None] = ContextVar("phase_watch", default=None)
 
 
 class Phases:
@@ -147,6 +153,13 @@ class Phases:
         now = time.perf_counter()
         self.done.append((phase, now - self._last))
         self._last = now
+        if (watch := PHASE_WATCH.get()) is not None:
+            watch(phase, self.done[-1][1], "")
+
+    def begin(self, phase: str) -> None:
+        """Say that `phase` runs now (one worth showing while it lasts: an image pull); `mark` still times it."""
+        if (watch := PHASE_WATCH.get()) is not None:
+            watch("", 0.0, phase)
 
     def on(self, instance: Instance) -> Instance:
         """`instance` carrying these phases."""

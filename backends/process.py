@@ -2,7 +2,8 @@
 
 An instance runs the class's `entrypoint` + `command` (with neither: this interpreter running the model
 service, `python -m model_service`), with the proxy's environment, then the class's `env`, then `PORT` (a
-free port on 127.0.0.1, picked just before the start), `HOST` and `INSTANCE_ID` (a class's `env_file` is already
+free port on 127.0.0.1, picked just before the start below the kernel's ephemeral range, where the proxy's own
+connections take theirs: `listen_range`), `HOST` and `INSTANCE_ID` (a class's `env_file` is already
 merged into its `env`, and a per-start env from the control API into the spec's). `image` and the instance
 type's limits are not applied: a child process is neither isolated nor limited. The options only a container
 has (`volumes`, `ports`, `user`, `labels`) are refused by the config (proxy/config/schema.py), not silently dropped.
@@ -25,27 +26,43 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import signal
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
+from backends._spawn import Child, spawn
 from backends.base import BackendError, ContainerSpec, Instance, InstanceState, Phases
 
 DEFAULT_ARGV = (sys.executable, "-m", "model_service")
+LISTEN_FROM = 10000  # the lowest port a child is given (where the kernel's ephemeral range allows)
 
 
 @dataclass
 class _Child:
     instance: Instance
-    process: asyncio.subprocess.Process
+    process: Child
     stop_timeout: float
 
 
-def free_port(host: str) -> int:
+def free_port(host: str, port: int = 0) -> int:
+    """`port` (0: one the kernel picks) if it is free on `host` now; OSError if it is not."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
+        s.bind((host, port))
         return int(s.getsockname()[1])
+
+
+def listen_range() -> range:
+    """Ports for children: below the kernel's ephemeral range, from which the proxy's own outgoing connections
+    (readiness probes, requests) take their local ports. A port picked there can be taken by such a connection
+    before the child binds it (`bind: Address already in use`, seen a few times in 1000 starts at once)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(LISTEN_FROM, low) if low - LISTEN_FROM >= 1000 else range(0)
 
 
 def describe_exit(code: int) -> str:
@@ -64,28 +81,58 @@ class ProcessBackend:
         self.host = host
         self._ids = itertools.count(1)
         self._children: dict[str, _Child] = {}  # by instance id: running, or exited by itself
+        self._latest: dict[tuple[str, str], str] = {}  # (class, key) -> its last child's instance id
+        self._ports: set[int] = set()  # the ports of the children in `_children`
+        self._range = listen_range()
 
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
-        for old in [c for c in self._children.values() if c.instance.key == key and c.instance.container == spec.name]:
-            if old.process.returncode is not None:
-                del self._children[old.instance.id]  # the key's last crash, kept for exit_reason until now
+        old = self._children.get(self._latest.get((spec.name, key), ""))
+        if old is not None and old.process.returncode is not None:
+            self._forget(old.instance.id)  # the key's last crash, kept for exit_reason until now
         argv = [*(spec.entrypoint or ()), *(spec.command or ())] or list(DEFAULT_ARGV)
         phases = Phases()
-        port = free_port(self.host)
         instance_id = f"proc-{next(self._ids)}"
-        env = {**os.environ, **spec.env, "PORT": str(port), "HOST": self.host, "INSTANCE_ID": instance_id}
+        env = {**os.environ, **spec.env, "HOST": self.host, "INSTANCE_ID": instance_id}
+        picked: list[int] = []
+
+        def pick() -> int:  # on the spawning thread (backends/_spawn.py says why)
+            picked.append(self._pick_port())
+            return picked[-1]
+
         try:
-            process = await asyncio.create_subprocess_exec(
-                *argv, env=env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            port, process = await spawn(argv, env, pick)
         except OSError as exc:
+            self._ports.difference_update(picked)
             raise BackendError(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from None
         phases.mark("start")
-        instance = phases.on(Instance(key=key, container=spec.name, host=self.host, port=port, id=instance_id))
+        instance = phases.on(Instance(key=key, class_name=spec.name, host=self.host, port=port, id=instance_id))
         self._children[instance_id] = _Child(instance, process, spec.stop_timeout)
+        self._latest[(spec.name, key)] = instance_id
         return instance
 
+    def _pick_port(self) -> int:
+        """A free port (a test bind) from `listen_range` that no child of ours was given or is being given."""
+        for _ in range(50 if self._range else 0):
+            port = random.choice(self._range)
+            if port in self._ports:
+                continue
+            try:
+                self._ports.add(free_port(self.host, port))  # taken from now: a start that awaits its spawn
+                return port  # meanwhile must not give it to another
+            except OSError:
+                continue
+        port = free_port(self.host)
+        self._ports.add(port)
+        return port
+
+    def _forget(self, instance_id: str) -> _Child | None:
+        child = self._children.pop(instance_id, None)
+        if child is not None:
+            self._ports.discard(child.instance.port)
+        return child
+
     async def stop(self, instance: Instance) -> None:
-        child = self._children.pop(instance.id, None)
+        child = self._forget(instance.id)
         if child is not None:
             await self._terminate(child)
 
@@ -124,9 +171,10 @@ class ProcessBackend:
     async def cleanup_stopped(self) -> list[str]:
         gone = [i for i, c in self._children.items() if c.process.returncode is not None]
         for instance_id in gone:
-            del self._children[instance_id]
+            self._forget(instance_id)
         return gone
 
     async def close(self) -> None:
         children, self._children = list(self._children.values()), {}
+        self._ports.clear()
         await asyncio.gather(*(self._terminate(c) for c in children))

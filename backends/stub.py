@@ -2,14 +2,15 @@
 
 The proxied path is still real HTTP over 127.0.0.1, exactly as with a container, so everything
 above the Backend protocol behaves the same with no daemon at all. `image` may name an app factory
-as `stub:package.module:function` (tests use this); anything else serves the model service.
+as `stub:package.module:function` (tests use this); anything else serves the model service, over KServe V2
+gRPC when the class's env says `MODEL_SERVICE_PROTOCOL=grpc` (as the model image and a process do).
 """
 
 from __future__ import annotations
 
 import importlib
 import itertools
-from typing import Callable, Mapping, cast
+from typing import Any, Awaitable, Callable, Mapping, Protocol, cast
 
 from aiohttp import web
 
@@ -28,32 +29,61 @@ def _resolve(image: str) -> AppFactory:
         raise BackendError(f"stub image {image!r} cannot be loaded: {exc}") from None
 
 
+class _Served(Protocol):
+    async def cleanup(self) -> None: ...
+
+
+class _GrpcServer:
+    """The model service's V2 gRPC server (model_service/grpc_server.py), run in this process."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+
+    async def cleanup(self) -> None:
+        await self.server.stop(1.0)
+
+
+def _grpc_wanted(spec: ContainerSpec) -> bool:
+    return not spec.image.startswith("stub:") and spec.env.get("MODEL_SERVICE_PROTOCOL", "").strip().lower() == "grpc"
+
+
+async def _start_grpc(env: Mapping[str, str]) -> tuple[_GrpcServer, int]:
+    try:
+        start = cast(Callable[..., Awaitable[tuple[Any, int]]],
+                     importlib.import_module("model_service.grpc_server").start)
+    except ImportError as exc:
+        raise BackendError(f"the gRPC model service cannot be loaded: {exc}") from None
+    server, port = await start("127.0.0.1", 0, env)
+    return _GrpcServer(server), port
+
+
+async def _start_http(factory: AppFactory, env: Mapping[str, str]) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(factory(env), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, int(runner.addresses[0][1])
+
+
 class StubBackend:
     name = "stub"
 
     def __init__(self) -> None:
-        self._runners: dict[str, web.AppRunner] = {}
+        self._runners: dict[str, _Served] = {}
         self._ids = itertools.count(1)
         self.specs: dict[str, ContainerSpec] = {}  # the spec each key was last started with
 
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
         phases = Phases()
-        factory = _resolve(spec.image)
         instance_id = f"stub-{key}-{next(self._ids)}"
         env = {**spec.env, "INSTANCE_ID": instance_id}
         try:
-            app = factory(env)
-            runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
+            served, port = await (_start_grpc(env) if _grpc_wanted(spec) else _start_http(_resolve(spec.image), env))
         except OSError as exc:
             raise BackendError(f"stub server failed to listen: {exc}") from None
-        port = runner.addresses[0][1]
-        self._runners[instance_id] = runner
+        self._runners[instance_id] = served
         self.specs[key] = spec
         phases.mark("start")  # an in-process server has no create step or published port
-        return phases.on(Instance(key=key, container=spec.name, host="127.0.0.1", port=port, id=instance_id))
+        return phases.on(Instance(key=key, class_name=spec.name, host="127.0.0.1", port=port, id=instance_id))
 
     async def stop(self, instance: Instance) -> None:
         runner = self._runners.pop(instance.id, None)

@@ -200,7 +200,7 @@ class SwarmBackend(ApiClient):
         address = await self._address(task, port)
         if address is None:
             return None
-        return Instance(key=labels.get(LABEL_KEY, ""), container=labels.get(LABEL_CONTAINER, ""),
+        return Instance(key=labels.get(LABEL_KEY, ""), class_name=labels.get(LABEL_CONTAINER, ""),
                         host=address[0], port=address[1], id=task["ID"])
 
     # ------------------------------------------------------------------ Backend protocol

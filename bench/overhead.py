@@ -1,13 +1,16 @@
 """Proxy overhead: lazy-proxy side by side with nginx (optionally haproxy) in front of the same upstream.
 
     python -m bench.overhead [--quick | --smoke] [--haproxy] [--variants nginx,lazy-proxy,...]
-                             [--rounds N] [--seconds S]
+                             [--rounds N] [--seconds S] [--upstream model|static|busybox|pyhttp]
 
 (`--smoke`: one 1 s round of each kind, no wrk warm-up: only proves the bench runs; its numbers mean nothing.)
 
 Method
-- One upstream for everything: the model service (`python -m model_service`, GET /api/health, a small JSON
-  answer) as its own process, pinned to core 1.
+- One upstream for everything, as its own process pinned to core 1, GET /api/health (a small JSON answer):
+  `--upstream model` (default) the model service (`python -m model_service`); `static` nginx answering from
+  memory (the cheapest keep-alive app: the proxy is the bottleneck); `busybox` busybox httpd serving a file
+  (answers HTTP/1.1 with `Connection: close` and closes: one connection per request, forks per connection);
+  `pyhttp` Python's `http.server` (HTTP/1.0 answers, closes). The upstream's CPU counts its reaped children.
 - The proxies under test run at the same time, each pinned to core 0 and idle while another is measured:
   nginx with ONE worker process (`upstream` block with `keepalive 32`, HTTP/1.1, access log ON to a file),
   lazy-proxy through `python -m bench.lib.launcher --upstream` (a backend whose only instance is that process;
@@ -44,9 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.lib.common import (cpu_seconds, free_port, goal, has_wrk, http_text, median, model_service, openloop,
-                           process_tree, proxy, summary, table, tool, wrk)
-from bench.lib.nginx import haproxy, nginx
+from bench.lib.common import (PY, Server, cpu_seconds, free_port, goal, has_wrk, http_text, median, model_service,
+                           openloop, process_tree, proxy, summary, table, tool, wrk)
+from bench.lib.nginx import haproxy, nginx, static_nginx
 
 CONNS, THREADS = 32, 2
 PATH = "/api/health"
@@ -84,6 +87,31 @@ class Setup:
     proxy_cpus: str | None
 
 
+def _site(workdir: Path) -> Path:
+    """A document root with the benchmark's answer at PATH (for the file-serving upstreams)."""
+    root = workdir / "site"
+    (root / PATH.strip("/")).parent.mkdir(parents=True, exist_ok=True)
+    (root / PATH.strip("/")).write_text('{"status":"ok"}')
+    return root
+
+
+def upstream_server(kind: str, port: int, workdir: Path, cpus: str | None) -> Server:
+    """The upstream of `--upstream KIND` on 127.0.0.1:port."""
+    if kind == "static":
+        return static_nginx(port, workdir / "upstream", cpus=cpus)
+    if kind == "busybox":
+        argv = [tool("busybox") or "busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", str(_site(workdir))]
+        return Server(argv, f"http://127.0.0.1:{port}{PATH}", cpus=cpus)
+    if kind == "pyhttp":
+        argv = [PY, "-m", "http.server", "--bind", "127.0.0.1", "--directory", str(_site(workdir)), str(port)]
+        return Server(argv, f"http://127.0.0.1:{port}{PATH}", cpus=cpus)
+    return model_service(port, cpus=cpus)
+
+
+UPSTREAMS = ("model", "static", "busybox", "pyhttp")
+CLOSING = ("busybox", "pyhttp")  # one connection per request: no half-load phase (its generator keeps connections)
+
+
 @dataclass(frozen=True)
 class Target:
     """A running variant: where to send the load, and which processes are "the proxy" (none for direct)."""
@@ -116,8 +144,9 @@ def reference(start: Callable[..., Any]) -> Starter:
     return run
 
 
-def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True) -> Starter:
-    """A lazy-proxy variant: bench.lib.launcher --upstream, its log (stderr) to a file."""
+def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True, baseline: bool = False) -> Starter:
+    """A lazy-proxy variant: bench.lib.launcher --upstream, its log (stderr) to a file. `baseline`: the
+    checkout named by $BENCH_BASELINE (e.g. a `git worktree` of an earlier commit), for before/after runs."""
 
     @contextlib.contextmanager
     def run(name: str, s: Setup) -> Iterator[Target]:
@@ -125,8 +154,9 @@ def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True) -> Starter:
         config = {"logging": {"requests": log_requests},
                   "containers": {"svc": {"sleep_after": 0}},
                   "routes": [{"path": "/api/{tail:.*}", "container": "svc", "key": "shared"}]}
+        root = Path(os.environ["BENCH_BASELINE"]) if baseline else None
         with proxy(config, port, uvloop=uvloop, upstream=f"http://127.0.0.1:{s.upstream_port}",
-                   cpus=s.proxy_cpus, log=str(s.workdir / f"{name}.log")) as server:
+                   cpus=s.proxy_cpus, log=str(s.workdir / f"{name}.log"), root=root) as server:
             yield Target(name, f"http://127.0.0.1:{port}{PATH}", server.pid)
 
     return run
@@ -139,6 +169,7 @@ VARIANTS: dict[str, Starter] = {
     "haproxy": reference(haproxy),
     "lazy-proxy-asyncio": lazy_proxy(uvloop=False),
     "lazy-proxy-nolog": lazy_proxy(log_requests=False),
+    "baseline": lazy_proxy(baseline=True),  # needs BENCH_BASELINE=<another checkout>
 }
 DEFAULT_VARIANTS = ["nginx", "lazy-proxy"]
 NEEDS = {"nginx": "nginx", "haproxy": "haproxy"}  # variant -> program it runs (Debian: nginx-light, haproxy)
@@ -150,9 +181,10 @@ NEEDS = {"nginx": "nginx", "haproxy": "haproxy"}  # variant -> program it runs (
 def closed_loop(t: Target, s: Setup, seconds: int) -> dict[str, float]:
     """One wrk run against one variant, with CPU microseconds per request of its proxy and of the upstream."""
     pids = t.proxy_pids()
-    proxy0, up0 = cpu_seconds(pids), cpu_seconds([s.upstream_pid])
+    ups = process_tree(s.upstream_pid)
+    proxy0, up0 = cpu_seconds(pids), cpu_seconds(ups, reaped=True)
     r = wrk(t.url, threads=THREADS, conns=CONNS, seconds=seconds)
-    proxy1, up1 = cpu_seconds(pids), cpu_seconds([s.upstream_pid])
+    proxy1, up1 = cpu_seconds(pids), cpu_seconds(ups, reaped=True)
     n = max(1.0, r.get("requests", 0.0))
     r["proxy_cpu_us"] = (proxy1 - proxy0) * 1e6 / n if pids else NAN
     r["upstream_cpu_us"] = (up1 - up0) * 1e6 / n
@@ -195,7 +227,7 @@ def closed_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> 
             "proxy_cpu_us_per_req": med(runs, "proxy_cpu_us"), "upstream_cpu_us_per_req": med(runs, "upstream_cpu_us"),
             "p50_ms": med(runs, "p50"), "p99_ms": med(runs, "p99"),
             "errors": int(sum(r["errors"] + r["non2xx"] for r in runs)),
-            "rounds_rps": [r["rps"] for r in runs]}
+            "rounds_rps": [r["rps"] for r in runs], "rounds_cpu_us": [r.get("proxy_cpu_us", NAN) for r in runs]}
 
 
 def open_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> dict[str, Any]:
@@ -214,19 +246,22 @@ def goal_checks(closed: dict[str, dict], half: dict[str, dict]) -> dict[str, dic
         return {}
     lz, ng = closed["lazy-proxy"], closed["nginx"]
     lz_cpu, ng_cpu = lz["proxy_cpu_us_per_req"], ng["proxy_cpu_us_per_req"]
-    lz_p99, ng_p99 = half["lazy-proxy"]["added_p99_ms"], half["nginx"]["added_p99_ms"]
-    ratio_limit, cpu_limit, p99_limit = RATIO_FACTOR * ng["ratio"], CPU_FACTOR * ng_cpu, ng_p99 + P99_SLACK_MS
-    return {
+    ratio_limit, cpu_limit = RATIO_FACTOR * ng["ratio"], CPU_FACTOR * ng_cpu
+    checks = {
         "ratio": _check(lz["ratio"], ratio_limit, lz["ratio"] >= ratio_limit,
                         (f"lazy-proxy ratio {lz['ratio']:.2f} >= {RATIO_FACTOR} x nginx ratio {ng['ratio']:.2f} "
                          f"= {ratio_limit:.2f} (per-request logging on)")),
         "cpu": _check(lz_cpu, cpu_limit, lz_cpu <= cpu_limit,
                       (f"lazy-proxy CPU {lz_cpu:.0f} us/req <= {CPU_FACTOR} x nginx {ng_cpu:.0f} us/req "
                        f"= {cpu_limit:.0f} us")),
-        "added_p99": _check(lz_p99, p99_limit, lz_p99 <= p99_limit,
-                            (f"lazy-proxy added p99 {lz_p99:.2f} ms <= nginx added p99 {ng_p99:.2f} ms "
-                             f"+ {P99_SLACK_MS:g} ms (open loop, same rate)")),
     }
+    if "lazy-proxy" in half and "nginx" in half:
+        lz_p99, ng_p99 = half["lazy-proxy"]["added_p99_ms"], half["nginx"]["added_p99_ms"]
+        p99_limit = ng_p99 + P99_SLACK_MS
+        checks["added_p99"] = _check(lz_p99, p99_limit, lz_p99 <= p99_limit,
+                                     (f"lazy-proxy added p99 {lz_p99:.2f} ms <= nginx added p99 {ng_p99:.2f} ms "
+                                      f"+ {P99_SLACK_MS:g} ms (open loop, same rate)"))
+    return checks
 
 
 # ---------------------------------------------------------------- output
@@ -238,9 +273,10 @@ def _rounds(values: list[float], fmt: str = ".0f") -> str:
 
 def print_closed(closed: dict[str, dict], mode: Mode) -> None:
     rows = [[n, r["rps"], f"{r['ratio']:.2f}", r["proxy_cpu_us_per_req"], r["upstream_cpu_us_per_req"],
-             r["p50_ms"], r["p99_ms"], r["errors"], _rounds(r["rounds_rps"])] for n, r in closed.items()]
+             r["p50_ms"], r["p99_ms"], r["errors"], _rounds(r["rounds_rps"]), _rounds(r["rounds_cpu_us"], ".1f")]
+            for n, r in closed.items()]
     table(["variant", "rps", "ratio", "proxy CPU us/req", "upstream CPU us/req", "p50 ms", "p99 ms", "errors",
-           "rps by round"], rows,
+           "rps by round", "CPU us by round"], rows,
           title=f"closed loop: wrk -t{THREADS} -c{CONNS}, {mode.seconds} s x {mode.rounds} interleaved rounds "
                 f"(medians; ratio = median of per-round variant/direct)")
 
@@ -275,6 +311,9 @@ def parse_args() -> argparse.Namespace:
                          f"(direct always runs; default %(default)s)")
     ap.add_argument("--rounds", type=int, help="override the closed-loop and half-load round counts")
     ap.add_argument("--seconds", type=int, help="override the closed-loop seconds per run")
+    ap.add_argument("--upstream", choices=UPSTREAMS, default="model",
+                    help="what every variant proxies to (default %(default)s; see the module's docstring)")
+    ap.add_argument("--closed-only", action="store_true", help="skip the half-load (open loop) phase")
     ap.add_argument("--half-rate", type=float, help="open-loop rate in rps (default: 50%% of the slowest proxy's "
                                                    "max; the Python load generator itself adds tail near ~6k rps)")
     args = ap.parse_args()
@@ -307,12 +346,12 @@ def main() -> int:
         print(f"{'; '.join(missing)} (not installed): install it or leave it out of --variants", file=sys.stderr)
         return 2
     proxy_cpus, upstream_cpus = cores()
-    print(f"proxy overhead: GET {PATH} on the model service; variants {', '.join(args.names)}")
+    print(f"proxy overhead: GET {PATH} on upstream {args.upstream}; variants {', '.join(args.names)}")
     print(f"pinning: upstream on core {upstream_cpus}, proxies on core {proxy_cpus}, load generators unpinned")
     up_port = free_port()
     with contextlib.ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-overhead-")))
-        upstream = stack.enter_context(model_service(up_port, cpus=upstream_cpus))
+        upstream = stack.enter_context(upstream_server(args.upstream, up_port, workdir, upstream_cpus))
         s = Setup(up_port, upstream.pid, workdir, proxy_cpus)
         targets = [stack.enter_context(VARIANTS[n](n, s)) for n in args.names]
         warm(targets, mode.warm_seconds)
@@ -321,14 +360,17 @@ def main() -> int:
         closed = {n: closed_stats(r, runs["direct"]) for n, r in runs.items()}
         print_closed(closed, mode)
 
-        rate = args.half_rate or 0.5 * min(r["rps"] for n, r in closed.items() if n != "direct")
-        hruns = interleaved(targets, mode.half_rounds, lambda t: openloop(t.url, rate, mode.half_seconds))
-        half = {n: open_stats(r, hruns["direct"]) for n, r in hruns.items()}
-        print_half(half, rate, mode)
+        rate, half = 0.0, {}
+        if not args.closed_only and args.upstream not in CLOSING:  # (bench.lib.openloop keeps its connections)
+            rate = args.half_rate or 0.5 * min(r["rps"] for n, r in closed.items() if n != "direct")
+            hruns = interleaved(targets, mode.half_rounds, lambda t: openloop(t.url, rate, mode.half_seconds))
+            half = {n: open_stats(r, hruns["direct"]) for n, r in hruns.items()}
+            print_half(half, rate, mode)
 
     goals = goal_checks(closed, half)
     print_goals(goals)
-    summary("overhead", {"quick": args.quick, "smoke": args.smoke, "mode": vars(mode), "variants": args.names,
+    summary("overhead", {"upstream": args.upstream,
+                         "quick": args.quick, "smoke": args.smoke, "mode": vars(mode), "variants": args.names,
                          "pinning": {"proxy": proxy_cpus, "upstream": upstream_cpus},
                          "closed_loop": closed, "half_load": {"rate": rate, **half},
                          "goals": {k: {f: v for f, v in g.items() if f != "label"} for k, g in goals.items()},

@@ -99,7 +99,7 @@ def passenger_row(passenger: Mapping[str, Any]) -> np.ndarray:
 def parse_v2_input(body: Any) -> np.ndarray:
     """Decode a KServe V2 infer request with one FP32 input of shape [N,3] (flat or nested data)."""
     tensor = _v2_tensor(body)
-    rows = _v2_rows(tensor.get("shape"))
+    rows = v2_rows(tensor.get("shape"))
     data = tensor.get("data")
     if not isinstance(data, list):
         raise ValidationError("inputs[0].data", "must be a list")
@@ -125,13 +125,20 @@ def _v2_tensor(body: Any) -> dict[str, Any]:
     return tensor
 
 
-def _v2_rows(shape: Any) -> int:
+def v2_rows(shape: Any) -> int:
     """N from a [N, 3] shape of plain integers with 1 <= N <= MAX_BATCH_ROWS."""
     if (not isinstance(shape, list) or len(shape) != 2
             or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
             or shape[1] != N_FEATURES or not 1 <= shape[0] <= MAX_BATCH_ROWS):
         raise ValidationError("inputs[0].shape", f"must be [N, {N_FEATURES}] with 1 <= N <= {MAX_BATCH_ROWS}")
     return int(shape[0])
+
+
+def v2_values(values: np.ndarray, field: str) -> np.ndarray:
+    """Float32 values a binary tensor carried (gRPC's fp32_contents or raw bytes), refusing NaN and infinities."""
+    if not np.isfinite(values).all():
+        raise ValidationError(field, "must be finite FP32 numbers")
+    return values
 
 
 def _flatten(data: list[Any]) -> list[Any]:

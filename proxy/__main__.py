@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from dataclasses import replace
@@ -96,8 +97,12 @@ async def _serve(config: Config) -> None:
 
     async def started(listen: list[Any], admin_listen: list[Any]) -> None:
         await announce(app[PROXY], listen, admin_listen)
+        # What start-up made (modules, config, app) lives as long as the process: out of the collector's full
+        # passes, which otherwise walk it all and hold the event loop for tens of ms (issue 28).
+        gc.freeze()
 
-    await serve(app, config.host, config.port, config.drain_timeout, admin, started)
+    await serve(app, config.host, config.port, config.drain_timeout, admin, started,
+                tls=config.tls, admin_tls=config.admin.tls)
 
 
 if __name__ == "__main__":

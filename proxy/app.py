@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -30,17 +31,20 @@ from proxy.observe.hooks import Hooks
 from proxy.lifecycle.manager import Manager, Services
 from proxy.observe.metrics import Metrics
 from proxy.wire.pools import Pools
+from proxy.observe.listing import Query, bounded, encode, in_slices, parse_query, select
 from proxy.observe.logs import resolve_format
+from proxy.observe.looplag import LoopLag
 from proxy.scale.prewarm import schedule_prewarm
-from proxy.lifecycle.readiness import Prober
+from proxy.lifecycle.readiness import ReadinessProber
 from proxy.observe.ready import BackendCheck, readiness
 from proxy.lifecycle.reconcile import Reconciler
 from proxy.lifecycle.registry import Registry
-from proxy.http.watch import Relays
+from proxy.http.watch import ExchangeWatch
 from proxy.http.retry_after import RetryAdvisor
 from proxy.observe.request_log import RequestLog
 from proxy.wire.route_match import RouteGroup
 from proxy.http.routes import RouteHandler
+from proxy.face.waiting import WaitingPages
 from proxy.scale.schedule import Clock, Scheduler
 from proxy.observe.usage import UsageMeter
 
@@ -55,11 +59,12 @@ class Proxy:
         self.backend = backend
         self.bus = EventBus()
         self.pools = Pools(config.connect_timeout)
-        self.prober = Prober(backend)
+        self.prober = ReadinessProber(backend)
         self.capacity = Capacity({name: c.max_instances for name, c in config.containers.items()})
         self.registry = Registry(config, Services(backend, self.bus, self.capacity, self.prober, self.pools))
         self.node = join(config, self.registry, backend)  # None unless `cluster.store` names a store
         self.metrics = Metrics(self.registry)
+        self.loop_lag = LoopLag(self.metrics.prom)  # proxy_event_loop_lag_seconds: any stall of the data path
         self.usage = UsageMeter(config, self.bus, self.metrics.key_label)
         self.metrics.prom.register(self.usage)
         self.hooks = Hooks(self.bus, config.webhooks)
@@ -69,14 +74,17 @@ class Proxy:
         self.reqlog = RequestLog(console=resolve_format(config.log_format) == "console") \
             if config.log_requests and config.log_level in ("debug", "info") else None
         self.backend_check = BackendCheck(backend)  # /ready and the start-up line: a cached ping
-        self.relays = Relays(config.max_body_size, config.upstream_timeout)
+        self.exchanges = ExchangeWatch(config.max_body_size, config.upstream_timeout)
         warms = schedule_prewarm(self.scheduler, config, self.registry,
                                  self.node.ownership.runs_here if self.node else None)
         self.retry_advisor = RetryAdvisor(self.registry, self.bus, warms, clock)
-        self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.relays,
+        self.handlers = [RouteHandler(route, config, self.registry, self.metrics, self.pools, self.exchanges,
                                       self.reqlog, self.retry_advisor, self.usage.egress) for route in config.routes]
+        self.waiting = WaitingPages(self.bus, self.registry, config.errors.detail) \
+            if any(route.waiting_page is not None for route in config.routes) else None
         for handler in self.handlers:
             handler.cluster = self.node.forwarder if self.node else None
+            handler.waiting = self.waiting
         self.scalers = [handler.scaler for handler in self.handlers if handler.scaler is not None]
         for scaler in self.scalers:
             scaler.owns = self.node.ownership.owns_instance if self.node else None
@@ -90,6 +98,7 @@ class Proxy:
         self.bus.subscribe(_log_transition)
 
     async def startup(self) -> None:
+        self.loop_lag.start()
         if self.node is not None:
             await self.node.start()  # before adoption: clustered, only keys owned here are adopted
         try:
@@ -128,7 +137,8 @@ class Proxy:
             self._resources[resource] = group
 
     def fast_path(self, app: web.Application) -> FastPath:
-        return FastPath(app, self._resources, self.relays, self.node.ownership if self.node else None)
+        return FastPath(app, self._resources, self.exchanges, self.node.ownership if self.node else None,
+                        self.config.max_concurrent_streams)
 
     async def close_websockets(self) -> None:
         """On SIGTERM: open WebSockets get 1001 (going away) rather than holding the drain open."""
@@ -137,6 +147,7 @@ class Proxy:
                                for ws in sockets), return_exceptions=True)
 
     async def shutdown(self) -> None:
+        self.loop_lag.stop()
         for scaler in self.scalers:
             scaler.stop()
         self.adaptive.stop()
@@ -162,8 +173,10 @@ class Proxy:
         entry["usage"] = self.usage.report(manager.klass.name, manager.key)
         return entry
 
-    def status(self) -> dict[str, Any]:
-        return {"backend": self.backend.name, "keys": [self.key_status(manager) for manager in self.registry]}
+    async def status(self, query: Query) -> tuple[list[Manager], list[dict[str, Any]], str | None]:
+        """One page of the key listing (proxy/observe/listing.py): its managers, their entries, the next cursor."""
+        managers, after = await select(self.registry, query)
+        return managers, await in_slices(managers, self.key_status), after
 
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -174,7 +187,7 @@ def _log_transition(event: Event) -> None:
         return
     # A failed start is something to look at; every other transition is routine.
     emit = log.warning if event.new is State.FAILED else log.info
-    emit("state", key=event.key, container=event.container, **{"from": event.old.value},
+    emit("state", key=event.key, container=event.class_name, **{"from": event.old.value},
          to=event.new.value, duration=round(event.duration, 4), reason=event.reason)
 
 
@@ -197,15 +210,16 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def container_status(request: web.Request) -> web.Response:
+    """A page of keys (`limit`, `cursor`, `class`, `state`: proxy/observe/listing.py), each running one
+    probed live; `next` is the next page's cursor (null: the last)."""
     proxy = request.app[PROXY]
-    status = proxy.status()
-    live = [(m, m.instance) for m in proxy.registry if m.instance is not None]
-    probes = await asyncio.gather(*(_probe(proxy, m, instance) for m, instance in live))
-    health = {(m.klass.name, m.key): result for (m, _), result in zip(live, probes, strict=True)}
-    for entry in status["keys"]:
-        if (found := health.get((entry["container"], entry["key"]))) is not None:
-            entry["health"] = found
-    return web.json_response(status)
+    managers, entries, after = await proxy.status(parse_query(request.query, proxy.config.containers))
+    live = [(entry, m, m.instance) for entry, m in zip(entries, managers, strict=True) if m.instance is not None]
+    probes = await bounded([partial(_probe, proxy, m, instance) for _, m, instance in live])
+    for (entry, _, _), found in zip(live, probes, strict=True):
+        entry["health"] = found
+    body = await encode({"backend": proxy.backend.name, "next": after}, entries)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _probe(proxy: Proxy, manager: Manager, instance: Instance) -> dict[str, Any]:
@@ -260,6 +274,8 @@ def create_app(config: Config, backend: Backend | None = None, *, clock: Clock =
     app[SERVED] = proxy  # what serving needs of it (proxy/http/server.py)
     app[DETAIL] = config.errors.detail  # the admin listener's app has none: it answers operators in full
     add_seed_routes(app, config.admin.on_proxy_port)
+    if proxy.waiting is not None:
+        proxy.waiting.add_routes(app)  # /.lazy-proxy/wait/...: before the configured routes (a catch-all)
     proxy.add_routes(app)
 
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]

@@ -22,10 +22,10 @@ log = structlog.get_logger("proxy")
 SHOWN_ROUTES = 3  # more than this: the count only
 
 
-def url(address: Any) -> str:
-    """`http://host:port` of a bound socket's address (IPv6 in brackets)."""
+def url(address: Any, scheme: str = "http") -> str:
+    """`http://host:port` of a bound socket's address (IPv6 in brackets); `https` where TLS terminates."""
     host, port = address[0], address[1]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def plural(count: int, word: str) -> str:
@@ -35,8 +35,9 @@ def plural(count: int, word: str) -> str:
 def startup_line(config: Config, listen: Iterable[Any], admin: Iterable[Any], backend: str,
                  unreachable: str | None, cluster: dict[str, Any] | None = None) -> str:
     """The line; `unreachable` is the backend's ping failure (None: it answered)."""
-    where = ", ".join(url(a) for a in listen) or f"http://{config.host}:{config.port}"
-    admin_urls = ", ".join(url(a) for a in admin)
+    scheme, admin_scheme = ("https" if tls is not None else "http" for tls in (config.tls, config.admin.tls))
+    where = ", ".join(url(a, scheme) for a in listen) or f"{scheme}://{config.host}:{config.port}"
+    admin_urls = ", ".join(url(a, admin_scheme) for a in admin)
     line = f"lazy-proxy {__version__} listening on {where}" + (f" (admin {admin_urls})" if admin_urls else "")
     line += f", backend {backend} " + ("ok" if unreachable is None else f"UNREACHABLE: {unreachable}")
     classes = ", ".join(f"{name}: {c.spec.image}" for name, c in config.containers.items())

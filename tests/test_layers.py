@@ -35,11 +35,13 @@ ALLOWED: dict[str, set[str]] = {
     "observe": _BASE | {"lifecycle", "config"},
     "scale": _BASE | {"lifecycle", "config"},
     "cluster": _BASE | {"lifecycle", "observe", "wire", "config"},  # the peer hop counts the access line's bytes
-    "http": _BASE | {"cluster", "scale", "observe", "lifecycle", "wire", "config"},
-    "app": _BASE | {"http", "cluster", "scale", "observe", "lifecycle", "wire", "config"},
-    "admin": _BASE | {"app", "observe", "lifecycle", "config"},
+    # pages for people (waiting page, /ui): read the lifecycle's events and state, render; serve no traffic
+    "face": _BASE | {"lifecycle", "observe", "config", "wire"},
+    "http": _BASE | {"face", "cluster", "scale", "observe", "lifecycle", "wire", "config"},  # the waiting page
+    "app": _BASE | {"face", "http", "cluster", "scale", "observe", "lifecycle", "wire", "config"},
+    "admin": _BASE | {"face", "app", "observe", "lifecycle", "config"},  # /ui on the admin listener
     "entry": _BASE | {"admin", "app", "http", "observe", "config"},
-    "bench": _BASE | {"bench", "app", "http", "cluster", "scale", "observe", "lifecycle", "wire", "config",
+    "bench": _BASE | {"bench", "face", "app", "http", "cluster", "scale", "observe", "lifecycle", "wire", "config",
                       "entry"},
 }
 

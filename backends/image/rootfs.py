@@ -38,6 +38,7 @@ APP_USER = "app"
 # Seeds of the dependency closure; the import probe then drops whatever model_service never imports.
 RUNTIME_ROOTS = [
     "aiohttp", "onnxruntime", "numpy", "structlog", "prometheus_client", "PyYAML",
+    "grpcio", "grpcio-health-checking", "protobuf",  # MODEL_SERVICE_PROTOCOL=grpc (model_service/grpc_server.py)
 ]
 # Never packed even if some metadata pulls them in.
 EXCLUDED_DISTS = {"scikit-learn", "scipy", "skl2onnx", "onnx", "pytest", "pip", "setuptools", "joblib"}
@@ -68,7 +69,7 @@ MODEL_SERVICE = App(
     roots=tuple(RUNTIME_ROOTS),
     probe=(
         "import sys, json\n"
-        "import model_service.__main__, model_service.app, model_service.model\n"
+        "import model_service.__main__, model_service.app, model_service.model, model_service.grpc_server\n"
         "try:\n"
         "    from model_service.model import get_model\n"
         "    get_model()\n"
@@ -90,7 +91,7 @@ PROXY = App(
     tag="lazy-proxy/proxy:latest",
     packages=("proxy", "backends"),
     roots=("aiohttp", "aiodocker", "structlog", "prometheus_client", "PyYAML", "pydantic", "croniter",
-           "httptools", "uvloop"),
+           "httptools", "uvloop", "jinja2", "h2"),  # jinja2: proxy/face/; h2: readiness: grpc
     probe=(
         "import sys, json\n"
         "import proxy.__main__, proxy.app, proxy.http.server, proxy.cluster, backends.docker, backends.podman\n"

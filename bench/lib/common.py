@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -59,8 +60,9 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """utime + stime summed over processes (each with all its threads), from /proc/PID/stat; gone pids count 0."""
+def cpu_seconds(pids: Sequence[int], reaped: bool = False) -> float:
+    """utime + stime summed over processes (each with all its threads), from /proc/PID/stat; gone pids count 0.
+    `reaped`: plus cutime + cstime, the children they waited for (a server that forks per connection)."""
     total = 0
     for pid in pids:
         try:
@@ -69,6 +71,8 @@ def cpu_seconds(pids: Sequence[int]) -> float:
         except OSError:
             continue
         total += int(fields[11]) + int(fields[12])
+        if reaped:
+            total += int(fields[13]) + int(fields[14])
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -92,8 +96,9 @@ def wait_http(url: str, timeout: float = 20.0, proc: subprocess.Popen | None = N
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited early with code {proc.returncode}: {url}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
+        try:  # an https URL is the bench's own TLS listener on loopback: its test certificate is not checked
+            context = ssl._create_unverified_context() if url.startswith("https:") else None
+            with urllib.request.urlopen(url, timeout=1, context=context) as resp:
                 if resp.status < 500:
                     return
         except Exception:  # noqa: BLE001 - not up yet
@@ -128,12 +133,12 @@ class Server:
     """A server subprocess in its own process group; stopped with SIGTERM then SIGKILL."""
 
     def __init__(self, argv: Sequence[str], ready_url: str, env: dict[str, str] | None = None,
-                 cpus: str | None = None, log: str | None = None) -> None:
+                 cpus: str | None = None, log: str | None = None, cwd: Path = ROOT) -> None:
         if cpus:
             argv = ["taskset", "-c", cpus, *argv]
         self.log = open(log or os.devnull, "wb")
         self.proc = subprocess.Popen(list(argv), env=env or env_with_root(), stdout=self.log,
-                                     stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)
+                                     stderr=subprocess.STDOUT, cwd=str(cwd), start_new_session=True)
         self.ready_url = ready_url
         try:
             wait_http(ready_url, proc=self.proc)
@@ -196,14 +201,17 @@ def module(name: str, *args: str) -> list[str]:
 
 
 def proxy(config: dict[str, Any], port: int, *, uvloop: bool = True, upstream: str | None = None,
-          cpus: str | None = None, log: str | None = None) -> Server:
-    """The proxy via `python -m bench.lib.launcher` (adds GET /_bench/stats; optional external upstream)."""
+          cpus: str | None = None, log: str | None = None, root: Path | None = None) -> Server:
+    """The proxy via `python -m bench.lib.launcher` (adds GET /_bench/stats; optional external upstream).
+    `root`: another checkout of the project to run instead of this one (a before/after comparison)."""
     path = write_config(config)
     argv = module("bench.lib.launcher", "--config", path, "--port", str(port), "--uvloop", "1" if uvloop else "0")
     if upstream:
         argv += ["--upstream", upstream]
+    scheme = "https" if (config.get("server") or {}).get("tls") else "http"
     try:
-        return Server(argv, f"http://127.0.0.1:{port}/health", cpus=cpus, log=log)
+        env = None if root is None else {**os.environ, "PYTHONPATH": str(root)}
+        return Server(argv, f"{scheme}://127.0.0.1:{port}/health", env=env, cpus=cpus, log=log, cwd=root or ROOT)
     finally:
         os.unlink(path)
 

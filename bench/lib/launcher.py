@@ -49,7 +49,7 @@ class ExternalBackend:
         self._started: set[str] = set()
 
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
-        instance = Instance(key=key, container=spec.name, host=self.host, port=self.port,
+        instance = Instance(key=key, class_name=spec.name, host=self.host, port=self.port,
                             id=f"ext-{key}-{next(self._ids)}")
         self._started.add(instance.id)
         return instance
@@ -123,7 +123,7 @@ def main() -> int:
     async def run() -> None:
         app = create_app(config, backend)
         app.router.add_get("/_bench/stats", stats)
-        await serve(app, config.host, config.port, config.drain_timeout)
+        await serve(app, config.host, config.port, config.drain_timeout, tls=config.tls)
 
     asyncio.run(run())  # on uvloop's loop when installed above
     return 0

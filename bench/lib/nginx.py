@@ -5,7 +5,8 @@
 
 Each is configured the way one would run it in production as a keep-alive reverse proxy, not tuned for a
 benchmark: one worker (nginx `worker_processes 1`, haproxy `nbthread 1`), a pool of keep-alive connections
-to the upstream, X-Forwarded-* headers added, and **one log line per request written to a file** in
+to the upstream, X-Forwarded-* headers added (nginx: and X-Request-Id, as lazy-proxy sends it: both send the
+instance the same headers), and **one log line per request written to a file** in
 `workdir` (lazy-proxy logs every request by default, so turning the log off would not be a fair comparison).
 The config is written to `workdir`, checked first (`nginx -t` / `haproxy -c`, whose message is raised on
 error) and the server runs in the foreground in its own process group; stopping it (Server.stop) sends
@@ -48,7 +49,10 @@ http {{
 }}
 """
 
-# The benchmark's one location: a keep-alive reverse proxy adding X-Forwarded-*.
+# The benchmark's set-up: a keep-alive reverse proxy adding X-Forwarded-* and the X-Request-Id lazy-proxy sends
+# (the client's, else one made: the usual `map` recipe).
+BENCH_HTTP = """\
+    map $http_x_request_id $req_id { default $http_x_request_id; "" $request_id; }"""
 BENCH_LOCATIONS = """\
         location / {
             proxy_pass http://upstream_service;
@@ -58,11 +62,12 @@ BENCH_LOCATIONS = """\
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Request-Id $req_id;
         }"""
 
 
-def nginx_conf(workdir: Path, port: int, upstream_port: int, *, locations: str = BENCH_LOCATIONS, http: str = "",
-               keepalive: int = 32, connections: int = 1024, error_level: str = "warn") -> str:
+def nginx_conf(workdir: Path, port: int, upstream_port: int, *, locations: str = BENCH_LOCATIONS,
+               http: str = BENCH_HTTP, keepalive: int = 32, connections: int = 1024, error_level: str = "warn") -> str:
     """An nginx.conf proxying 127.0.0.1:`port` to 127.0.0.1:`upstream_port` (the upstream block is
     `upstream_service`); `http` lines go into the http block, `locations` into the server block."""
     user = "user root;\n" if os.geteuid() == 0 else ""
@@ -75,6 +80,28 @@ def nginx_binary() -> str | None:
     env = os.environ.get("NGINX")
     return env if env and os.access(env, os.X_OK) else tool("nginx")
 
+
+STATIC_CONF = """\
+{user}worker_processes 1;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body_temp;
+    proxy_temp_path {dir}/proxy_temp;
+    fastcgi_temp_path {dir}/fastcgi_temp;
+    uwsgi_temp_path {dir}/uwsgi_temp;
+    scgi_temp_path {dir}/scgi_temp;
+    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 1000000;
+        location / {{
+            default_type application/json;
+            return 200 '{{"status":"ok"}}';
+        }}
+    }}
+}}
+"""
 
 HAPROXY_CONF = """\
 global
@@ -123,6 +150,18 @@ def nginx(upstream_port: int, port: int, workdir: Path, *, cpus: str | None = No
     _check([*argv, "-t", "-q"], "nginx")
     return _start(argv, f"http://127.0.0.1:{port}{ready_path}", cpus, workdir / "stdout.log",
                   workdir / "error.log")
+
+
+def static_nginx(port: int, workdir: Path, *, cpus: str | None = None) -> Server:
+    """An upstream, not a proxy: nginx answering every path with a small JSON body (the cheapest keep-alive app)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "static.conf"
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(STATIC_CONF.format(user=user, dir=workdir, port=port))
+    argv = [nginx_binary() or "/usr/sbin/nginx", "-p", str(workdir), "-c", str(conf),
+            "-g", f"daemon off; pid {workdir}/nginx.pid;"]
+    _check([*argv, "-t", "-q"], "nginx")
+    return _start(argv, f"http://127.0.0.1:{port}/", cpus, workdir / "stdout.log", workdir / "error.log")
 
 
 def haproxy(upstream_port: int, port: int, workdir: Path, *, cpus: str | None = None,

@@ -29,12 +29,14 @@ from proxy.admin.bodies import bodies_for, validate
 from proxy.admin.openapi import openapi
 from proxy.app import PROXY, Proxy, add_seed_routes
 from proxy.config.admin import SEED_ROUTES
+from proxy.face.dashboard import Dashboard
 from proxy.errors import (Conflict, Forbidden, InvalidInput, InvalidKey, NotFound, NotSupported, Refusal, Unauthorized,
                           json_errors)
 from proxy.lifecycle.events import State, StopReason
 from proxy.keys import validate_key
 from proxy.lifecycle.manager import Manager
 from proxy.lifecycle.pause import LIVE
+from proxy.observe.listing import encode, parse_query
 
 log = structlog.get_logger("proxy.admin")
 ANONYMOUS = "anonymous"
@@ -155,12 +157,12 @@ async def op_destroy(call: Call) -> web.StreamResponse:
 
 
 async def op_pause(call: Call) -> web.StreamResponse:
-    await call.manager.pause(drain_of(call))
+    await call.manager.pauser.pause(drain_of(call))
     return answer(call)
 
 
 async def op_resume(call: Call) -> web.StreamResponse:
-    await call.manager.resume()
+    await call.manager.pauser.resume()
     return answer(call)
 
 
@@ -238,26 +240,26 @@ OPERATIONS = (
 def _handler(operation: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         proxy = request.app[PROXY]
-        container, key = request.match_info["class"], request.match_info["key"]
+        class_name, key = request.match_info["class"], request.match_info["key"]
         try:
             who = authorize(request, operation.mutates)
         except Unauthorized as refusal:  # attempts are worth a line too (no hook: nothing happened)
-            log.warning("admin_refused", action=operation.op or "state", container=container, key=key,
+            log.warning("admin_refused", action=operation.op or "state", container=class_name, key=key,
                         peer=request.remote, reason=refusal.reason)
             raise
-        if container not in proxy.config.containers:
-            raise NotFound(f"unknown container class {container!r}")
-        if (reason := validate_key(key)) is not None and proxy.registry.peek(key, container) is None:
+        if class_name not in proxy.config.containers:
+            raise NotFound(f"unknown container class {class_name!r}")
+        if (reason := validate_key(key)) is not None and proxy.registry.peek(key, class_name) is None:
             raise InvalidKey(reason)  # a key no URL can name (an lb member `lb#0`) is fine once it exists
         if operation.mutates and proxy.node is not None:
             ownership = proxy.node.ownership
-            if (owner := await ownership.locate(*ownership.unit_of(container, key))) is not None:
+            if (owner := await ownership.locate(*ownership.unit_of(class_name, key))) is not None:
                 raise Conflict(f"{key} is owned by replica {owner.id}: ask its admin API", owner=owner.url)
-        manager = proxy.registry.peek(key, container)
+        manager = proxy.registry.peek(key, class_name)
         if manager is None:
             if not operation.mutates:
-                raise NotFound(f"no key {key!r} of class {container!r} has been used yet", state="stopped")
-            manager = proxy.registry.get(key, container)
+                raise NotFound(f"no key {key!r} of class {class_name!r} has been used yet", state="stopped")
+            manager = proxy.registry.get(key, class_name)
         call = Call(request, proxy, who, manager, await _body(request))
         if not operation.mutates:
             return await operation.handler(call)
@@ -300,9 +302,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 async def list_keys(request: web.Request) -> web.Response:
+    """A page of keys (`limit`, `cursor`, `class`, `state`: proxy/observe/listing.py); `next`: the next one's cursor."""
     authorize(request, mutates=False)
     proxy = request.app[PROXY]
-    return web.json_response({**proxy.status(), "classes": list(proxy.config.containers)})
+    _, entries, after = await proxy.status(parse_query(request.query, proxy.config.containers))
+    body = await encode({"backend": proxy.backend.name, "classes": list(proxy.config.containers), "next": after},
+                        entries)
+    return web.Response(body=body, content_type="application/json")
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -313,8 +319,9 @@ async def openapi_json(request: web.Request) -> web.Response:
 @web.middleware
 async def reads_guard(request: web.Request,
                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-    """The seed endpoints are reads: on a non-loopback admin listener they need the token too."""
-    if not request.path.startswith("/admin/"):
+    """The seed endpoints are reads: on a non-loopback admin listener they need the token too. The dashboard's
+    page is an empty shell (its data are reads like these), so a browser can open it and give the token there."""
+    if not request.path.startswith("/admin/") and request.path != "/ui":
         authorize(request, mutates=False)
     return await handler(request)
 
@@ -328,6 +335,13 @@ def create_admin_app(proxy: Proxy) -> web.Application:
     app.router.add_get("/admin/keys", list_keys)
     for operation in OPERATIONS:
         app.router.add_route(operation.method, operation.path, _handler(operation))
+    dashboard = Dashboard(proxy.config, proxy.registry, proxy.bus, proxy.key_status)  # /ui (proxy/face/)
+    dashboard.add_routes(app)
+
+    async def end_streams(app: web.Application) -> None:
+        dashboard.close()
+
+    app.on_shutdown.append(end_streams)
     return app
 
 

@@ -2,8 +2,8 @@
 
 KEY is `class/key`, or a bare `key` when the proxy has one container class (or only one class has
 used that key). The token comes from the environment (`$LAZY_PROXY_ADMIN_TOKEN`, or `--token-env`),
-never from the command line, where `ps` would show it. `status` prints a table (`-o json`: the admin
-API's JSON, for scripts); every other answer is printed as JSON on stdout; `exec` writes the command's
+never from the command line, where `ps` would show it. `status` prints a table of every key (`-o json`: the admin
+API's JSON, its pages joined, for scripts); every other answer is printed as JSON on stdout; `exec` writes the command's
 output to stdout/stderr as it comes and exits with its exit code.
 
 Exit codes: 0 done; 1 the operation failed (the runtime refused, a start failed); 2 usage; 3 no or
@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import IO, Any
 
@@ -71,15 +72,35 @@ def _refusal(exc: urllib.error.HTTPError) -> str:
         return f"{exc.code} {exc.reason}"
 
 
+def listing(client: Client) -> dict[str, Any]:
+    """Every key: the admin API's pages (`GET /admin/keys`, `next` after `next`) as one listing."""
+    first = client.json("GET", "/admin/keys")
+    keys, after = list(first["keys"]), first.get("next")
+    while after is not None:
+        page = client.json("GET", f"/admin/keys?cursor={urllib.parse.quote(str(after))}")
+        keys += page["keys"]
+        after = page.get("next")
+    return {"backend": first["backend"], "classes": first["classes"], "keys": keys}
+
+
+def _used(client: Client, class_name: str, key: str) -> bool:
+    try:
+        client.json("GET", f"/admin/keys/{class_name}/{key}")
+    except Failure as failure:
+        if failure.code == NOT_FOUND:
+            return False
+        raise
+    return True
+
+
 def resolve(client: Client, key: str) -> str:
     """`class/key` for the admin path."""
     if "/" in key:
         return key
-    listing = client.json("GET", "/admin/keys")
-    classes = listing["classes"]
+    classes = client.json("GET", "/admin/keys?limit=1")["classes"]
     if len(classes) == 1:
         return f"{classes[0]}/{key}"
-    used = sorted({entry["container"] for entry in listing["keys"] if entry["key"] == key})
+    used = [class_name for class_name in classes if _used(client, class_name, key)]
     if len(used) == 1:
         return f"{used[0]}/{key}"
     raise Failure(USAGE, f"key {key!r} is ambiguous: write CLASS/KEY (classes: {', '.join(classes)})")
@@ -144,8 +165,8 @@ def dispatch(args: argparse.Namespace, client: Client) -> int:
         print(json.dumps(cluster, indent=2) if args.output == "json" else members_table(cluster))
         return OK
     if args.command == "status" and args.key is None:
-        listing = client.json("GET", "/admin/keys")
-        print(json.dumps(listing, indent=2) if args.output == "json" else table(listing["keys"]))
+        every = listing(client)
+        print(json.dumps(every, indent=2) if args.output == "json" else table(every["keys"]))
         return OK
     path = "/admin/keys/" + resolve(client, args.key)
     if args.command == "exec":

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable, Protocol
 
 from proxy.keys import KEY_SCHEMA
+from proxy.observe.listing import LIMIT, MAX_LIMIT, STATES
 
 if TYPE_CHECKING:
     from proxy.admin.bodies import Bodies
@@ -36,7 +37,6 @@ class Operation(Protocol):
     def path(self) -> str: ...
 
 
-STATES = ["stopped", "starting", "running", "stopping", "failed", "paused"]
 SECONDS = {"type": "number", "minimum": 0}
 REF = "#/components/schemas/"
 
@@ -45,7 +45,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {
             "key": {"type": "string"}, "container": {"type": "string"},
-            "state": {"type": "string", "enum": STATES},
+            "state": {"type": "string", "enum": list(STATES)},
             "in_flight": {"type": "integer"}, "start_count": {"type": "integer"},
             "last_activity": {"type": ["number", "null"], "description": "Unix time"},
             "address": {"type": ["string", "null"]}, "last_error": {"type": ["string", "null"]},
@@ -56,7 +56,9 @@ SCHEMAS: dict[str, Any] = {
     },
     "Keys": {"type": "object", "properties": {
         "backend": {"type": "string"}, "classes": {"type": "array", "items": {"type": "string"}},
-        "keys": {"type": "array", "items": {"$ref": REF + "Status"}}}},
+        "keys": {"type": "array", "items": {"$ref": REF + "Status"}},
+        "next": {"type": ["string", "null"], "description": "the `cursor` of the next page; null on the last"}},
+        "required": ["backend", "classes", "keys", "next"]},
     "Error": {"type": "object", "properties": {
         "error": {"type": "string"}, "reason": {"type": "string"}, "status": {"type": "integer"}},
         "required": ["error", "reason", "status"]},
@@ -113,13 +115,32 @@ def _body_schemas(bodies: Bodies) -> dict[str, Any]:
     return {name: model.model_json_schema(ref_template=REF + "{model}") for name, model in bodies.models.items()}
 
 
+def _listing(classes: tuple[str, ...]) -> dict[str, Any]:
+    """`GET /admin/keys`: a page of keys (proxy/observe/listing.py), its query parameters from the same numbers."""
+    query = [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                                                    "default": LIMIT}, "description": "keys per page"},
+        {"name": "cursor", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+         "description": "the `next` of the previous page (none: from the first key)"},
+        {"name": "class", "in": "query", "schema": {"type": "string", "enum": list(classes)},
+         "description": "only keys of this container class"},
+        {"name": "state", "in": "query", "schema": {"type": "string", "enum": list(STATES)},
+         "description": "only keys in this state"},
+    ]
+    return {"summary": f"A page of the keys the proxy has a manager for, in the order they were first used (at "
+                       f"most `limit`, {LIMIT} unless given); `next` resumes after it", "operationId": "list_keys",
+            "parameters": query,
+            "responses": {"200": {"description": "keys", "content": _json("Keys")},
+                          "400": {"description": "a bad limit, cursor, class or state", "content": _json("Error")},
+                          "401": {"description": ERRORS["401"], "content": _json("Error")}}}
+
+
 def openapi(operations: Iterable[Operation], bodies: Bodies, classes: tuple[str, ...]) -> dict[str, Any]:
     params = [{"name": "class", "in": "path", "required": True, "schema": {"type": "string", "enum": list(classes)},
                "description": "a configured container class"},
               {"name": "key", "in": "path", "required": True, "schema": KEY_SCHEMA}]
     paths: dict[str, Any] = {
-        "/admin/keys": {"get": {"summary": "Every key the proxy has a manager for", "operationId": "list_keys",
-                                "responses": {"200": {"description": "keys", "content": _json("Keys")}}}},
+        "/admin/keys": {"get": _listing(classes)},
     }
     for op in operations:
         paths.setdefault(op.path, {"parameters": params})[op.method.lower()] = _operation(op)

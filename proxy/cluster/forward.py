@@ -59,7 +59,7 @@ class Forwarder:
         if self._session is not None:
             await self._session.close()
 
-    async def elsewhere(self, request: web.Request, container: str, key: str,
+    async def elsewhere(self, request: web.Request, class_name: str, key: str,
                         open_sockets: set[web.WebSocketResponse]) -> web.StreamResponse | None:
         """The owner's answer when the key is owned by a peer; None when it is served here."""
         forwarded = FORWARDED in request.headers
@@ -67,7 +67,7 @@ class Forwarder:
         misdirected = 0
         while True:
             try:
-                owner = await self.ownership.locate(container, key, forwarded)
+                owner = await self.ownership.locate(class_name, key, forwarded)
             except (NotOwner, ClusterUnavailable, OwnerMoving) as refusal:
                 if not forwarded:
                     raise
@@ -83,7 +83,7 @@ class Forwarder:
                 return await self._send(request, owner, open_sockets)
             except Misdirected as exc:
                 # Our view was stale (or another replica claimed first): the store knows the holder now.
-                self.ownership.forget(container, key)
+                self.ownership.forget(class_name, key)
                 misdirected += 1
                 if misdirected > 2 and time.monotonic() >= deadline:  # a first answer may come late (a freeze)
                     raise OwnerMoving(f"{owner.id} is not the owner of {key} ({exc})", key=key) from None
@@ -93,7 +93,7 @@ class Forwarder:
                 if not isinstance(exc, aiohttp.ClientConnectorError) and not _replayable(request):
                     raise UpstreamError(502, f"owner {owner.id} went away", key=key, public=UNREACHABLE) from None
                 # The owner is gone before answering: wait for its lease to hand the key on.
-                self.ownership.forget(container, key)
+                self.ownership.forget(class_name, key)
                 if time.monotonic() >= deadline:
                     raise OwnerMoving(f"owner {owner.id} of {key} unreachable", key=key,
                                       retry_after=self.ownership.store.lease_ttl) from None

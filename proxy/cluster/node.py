@@ -26,7 +26,8 @@ ORPHAN_WAIT = 3  # lease ttls the last replica out waits for the other leavers t
 class Node:
     def __init__(self, config: Config, registry: Registry, backend: Backend) -> None:
         cluster = config.cluster
-        advertise = cluster.advertise or f"http://{config.host}:{config.port}"
+        scheme = "https" if config.tls is not None else "http"  # server.tls: peers reach this port over TLS too
+        advertise = cluster.advertise or f"{scheme}://{config.host}:{config.port}"
         me = Member(cluster.replica_id or re.sub(r"[^A-Za-z0-9_.-]+", "-", advertise.split("://", 1)[-1]), advertise)
         self.store = EtcdStore(me, cluster.endpoints, cluster.lease_ttl, cluster.prefix)
         self.ownership = Ownership(self.store, registry, backend, config)

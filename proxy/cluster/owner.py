@@ -108,35 +108,35 @@ class Ownership:
     def me(self) -> Member:
         return self.store.me
 
-    def owns(self, container: str, key: str) -> bool:
+    def owns(self, class_name: str, key: str) -> bool:
         """Served here without asking anyone (the fast path's check)."""
-        return (container, key) in self.owned and self.store.valid()
+        return (class_name, key) in self.owned and self.store.valid()
 
-    def unit_of(self, container: str, key: str) -> Unit:
+    def unit_of(self, class_name: str, key: str) -> Unit:
         """The ownership unit a manager's key belongs to (an lb member's is its pool's route key)."""
-        return container, self._lb_members.get((container, key), key)
+        return class_name, self._lb_members.get((class_name, key), key)
 
-    def owns_instance(self, container: str, key: str) -> bool:
+    def owns_instance(self, class_name: str, key: str) -> bool:
         """May this replica adopt a running instance of (class, key)? Only of keys it owns."""
-        unit = self.unit_of(container, key)
+        unit = self.unit_of(class_name, key)
         return self.owns(*unit)
 
-    def forget(self, container: str, key: str) -> None:
+    def forget(self, class_name: str, key: str) -> None:
         """The holder did not answer: ask the store again next time."""
-        self._owners.pop((container, key), None)
+        self._owners.pop((class_name, key), None)
 
-    async def runs_here(self, container: str, key: str) -> bool:
+    async def runs_here(self, class_name: str, key: str) -> bool:
         """For schedules: fire on the key's owner only (claiming it here when this replica is its choice)."""
         try:
-            return await self.locate(*self.unit_of(container, key)) is None
+            return await self.locate(*self.unit_of(class_name, key)) is None
         except Refusal:
             return False
 
-    async def locate(self, container: str, key: str, forwarded: bool = False) -> Member | None:
+    async def locate(self, class_name: str, key: str, forwarded: bool = False) -> Member | None:
         """None: serve here. A member: forward there. Raises a Refusal when nobody can be resolved now.
 
         `forwarded`: the request came from a peer; it is served here or refused, never forwarded again."""
-        unit = (container, key)
+        unit = (class_name, key)
         if unit in self.owned and self.store.valid():
             return None
         if not forwarded and (cached := self._owners.get(unit)) is not None and cached[1] > time.monotonic():
@@ -190,7 +190,7 @@ class Ownership:
             listed = await self.backend.list_instances()
         except BackendError:
             return 0  # the runtime cannot be asked now; next round
-        units = {self.unit_of(i.container, i.key) for i in listed if i.container in self.registry.config.containers}
+        units = {self.unit_of(i.class_name, i.key) for i in listed if i.class_name in self.registry.config.containers}
         taken = 0
         for unit in units - self.owned:
             try:
@@ -217,8 +217,8 @@ class Ownership:
     def _resume_passive(self, unit: Unit) -> None:
         """A unit claimed again under the lease it was held by: its managers' idle timers run again, counted
         from now (the claim is activity: a request claiming it is about to use the instance)."""
-        for (container, key), manager in list(self.registry.managers.items()):
-            if self.unit_of(container, key) == unit and manager.state is not State.STOPPED:
+        for (class_name, key), manager in list(self.registry.managers.items()):
+            if self.unit_of(class_name, key) == unit and manager.state is not State.STOPPED:
                 manager.touch()
 
     def _void(self) -> None:
@@ -226,7 +226,7 @@ class Ownership:
         stopping their instances (another replica may have adopted them); a later request claims again. Every
         manager goes, passive ones too (their claims went with the lease)."""
         self.owned = set()
-        units = {self.unit_of(container, key) for container, key in self.registry.managers}
+        units = {self.unit_of(class_name, key) for class_name, key in self.registry.managers}
         self._detach(units, lambda _manager: True)
         log.warning("cluster_claims_void", replica=self.me.id, keys=len(units))
 
@@ -241,11 +241,11 @@ class Ownership:
     def _detach(self, units: set[Unit], which: Callable[[Manager], bool]) -> set[Unit]:
         """Let go of the managers of `units` that `which` picks; the units of those it did not pick."""
         kept: set[Unit] = set()
-        for (container, key), manager in list(self.registry.managers.items()):
-            if (unit := self.unit_of(container, key)) not in units:
+        for (class_name, key), manager in list(self.registry.managers.items()):
+            if (unit := self.unit_of(class_name, key)) not in units:
                 continue
             if which(manager):
-                del self.registry.managers[(container, key)]
+                del self.registry.managers[(class_name, key)]
                 manager.set_sleep_after(0)  # 0: never idle-stopped by this replica any more
             elif manager.state is not State.STOPPED:
                 kept.add(unit)
@@ -268,6 +268,6 @@ class Ownership:
         except BackendError as exc:
             log.warning("cluster_adopt_failed", key=unit[1], error=str(exc))
             return
-        mine = [i for i in listed if self.unit_of(i.container, i.key) == unit]
+        mine = [i for i in listed if self.unit_of(i.class_name, i.key) == unit]
         if adopted := self.registry.adopt(mine, checked=False):
             log.info("cluster_adopted", container=unit[0], key=unit[1], count=adopted, replica=self.me.id)

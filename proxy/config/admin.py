@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from proxy.config.base import Section, field_error, shown
+from proxy.config.tls import TlsConfig
 from proxy.config.units import Duration, NonEmptyStr, TupleOf
 
 __all__ = ["Admin", "SEED_ROUTES", "SeedRoute"]
@@ -39,6 +40,9 @@ class Admin(Section):
     token_env: NonEmptyStr | None = Field(
         default=None, description="environment variable holding the token instead (must be set)",
         json_schema_extra=shown("none"))
+    tls: TlsConfig | None = Field(
+        default=None, description="terminate TLS on the admin listener (same fields as `server.tls`)",
+        json_schema_extra=shown("none: plain HTTP"))
     exec: bool = Field(default=False, description="allow `POST /admin/keys/{class}/{key}/exec`")
     exec_timeout: UpToADay = Field(default=60.0, description="an exec's default and longest timeout (at most 1 day)")
     max_sleep_after: Annotated[Duration, Field(ge=1, le=30 * DAY)] = Field(

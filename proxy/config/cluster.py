@@ -23,7 +23,7 @@ class Cluster(Section):
         default=(), description="etcd client URLs (its v3 JSON gateway), e.g. `http://127.0.0.1:2379`")
     advertise: BaseUrl | None = Field(
         default=None, description="the URL other replicas reach this one's proxied port at",
-        json_schema_extra=shown("`http://<server.host>:<server.port>`"))
+        json_schema_extra=shown("`http://<server.host>:<server.port>` (`https://` with `server.tls`)"))
     replica_id: Name | None = Field(
         default=None, description="this replica's name in the cluster (unique)",
         json_schema_extra=shown("derived from `advertise`"))

@@ -38,6 +38,7 @@ from proxy.config.units import (
 )
 
 PREWARM_BUDGET = 7200.0  # adaptive pre-warm: running seconds per key per day its pre-warms may cost
+UpstreamProtocol = Literal["http1", "h2c", "grpc"]  # a class's protocol to its instances
 
 __all__ = ["HEALTHCHECK_BACKENDS", "ContainerClass", "ContainerSection", "CrashLoop", "CronJob", "CustomInstance",
            "Keepalive", "Readiness"]
@@ -63,12 +64,18 @@ HEALTHCHECK_BACKENDS = ("docker", "podman")
 
 class Readiness(Section):
     """When a started instance may take requests (proxy/lifecycle/readiness.py probes it). `kind` is `tcp`
-    unless a `path` makes it `http`; a bare string is shorthand: `tcp`, `healthcheck`, or a path (`/healthz`)."""
+    unless a `path` makes it `http`; a bare string is shorthand: `tcp`, `healthcheck`, `grpc`, or a path
+    (`/healthz`)."""
 
-    kind: Literal["tcp", "http", "healthcheck"] = Field(
+    kind: Literal["tcp", "http", "healthcheck", "grpc"] = Field(
         default="tcp", description="`tcp`: the port accepts a connection; `http`: GET `path` answers 2xx; "
-                                   "`healthcheck`: the image's own HEALTHCHECK reports healthy (docker, podman)",
+                                   "`healthcheck`: the image's own HEALTHCHECK reports healthy (docker, podman); "
+                                   "`grpc`: the standard `grpc.health.v1.Health/Check` answers SERVING (plaintext "
+                                   "HTTP/2 on the port)",
         json_schema_extra=shown("`http` with a path, else `tcp`"))
+    service: str | None = Field(
+        default=None, description="`grpc`: the service name asked about (`\"\"`: the whole server)",
+        json_schema_extra=shown("\"\""))
     path: UrlPath | None = Field(
         default=None, description="`http`: the path that must answer 2xx before requests are forwarded",
         json_schema_extra=shown("none"))
@@ -95,12 +102,17 @@ class Readiness(Section):
             raise field_error(("path",), "required for kind http")
         if self.kind != "http" and self.path is not None:
             raise field_error(("path",), f"only for kind http (kind is {self.kind})")
+        if self.kind != "grpc" and self.service is not None:
+            raise field_error(("service",), f"only for kind grpc (kind is {self.kind})")
         if "max_interval" in self.model_fields_set and self.max_interval < self.interval:
             raise field_error(("max_interval",), "must be at least interval")
         return self
 
     def describe(self) -> str:
-        """The check in words, for status pages and reasons: `GET /healthz`, `TCP connect`, `healthcheck`."""
+        """The check in words, for status pages and reasons: `GET /healthz`, `TCP connect`, `healthcheck`,
+        `gRPC health check`."""
+        if self.kind == "grpc":
+            return "gRPC health check" + (f" of {self.service!r}" if self.service else "")
         return f"GET {self.path}" if self.kind == "http" else "TCP connect" if self.kind == "tcp" else "healthcheck"
 
     @property
@@ -269,6 +281,10 @@ class ContainerSection(Section):
     prewarm_budget: Duration = Field(
         default=PREWARM_BUDGET, description="adaptive pre-warm: running seconds per key per day its pre-warms may cost "
                                     "(each unused one is charged sleep_after)")
+    protocol: UpstreamProtocol = Field(
+        default="http1", description="how the proxy speaks to the instance: `http1`, `h2c` (HTTP/2 without TLS, "
+                                     "one multiplexed connection per instance) or `grpc` (h2c, and the proxy's own "
+                                     "refusals answered as gRPC statuses)")
 
     @model_validator(mode="after")
     def _pause_before_sleep(self) -> ContainerSection:
@@ -297,6 +313,7 @@ class ContainerClass:
     crash_loop: CrashLoopPolicy
     prewarm: str = "none"
     prewarm_budget: float = PREWARM_BUDGET
+    protocol: UpstreamProtocol = "http1"
 
     @property
     def name(self) -> str:
@@ -325,4 +342,4 @@ class ContainerClass:
                    capacity_wait=section.capacity_wait, capacity_queue=section.capacity_queue,
                    replace_after_timeouts=section.replace_after_timeouts, pause_after=section.pause_after,
                    keepalive=section.keepalive, cron=section.cron, crash_loop=section.crash_loop.policy(),
-                   prewarm=section.prewarm, prewarm_budget=section.prewarm_budget)
+                   prewarm=section.prewarm, prewarm_budget=section.prewarm_budget, protocol=section.protocol)

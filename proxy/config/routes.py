@@ -8,15 +8,41 @@ always starts), optionally a Host, and makes the key from path/host variables, h
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from proxy.config.base import Section, field_error, none_means_default, shown
 from proxy.wire.route_match import HostPattern, KeyTemplate, check_path, path_signature, path_variables
-from proxy.config.units import NonEmptyStr, PositiveDuration, TupleOf, UrlPath, check_key
+from proxy.config.units import Duration, NonEmptyStr, PositiveDuration, TupleOf, UrlPath, check_key
 
-__all__ = ["Route", "check_distinct"]
+__all__ = ["Route", "WaitingPage", "check_distinct"]
+
+WaitingTheme = Literal["calm", "console"]  # the themes shipped in proxy/face/templates/ (waiting-<theme>.html)
+
+
+class WaitingPage(Section):
+    """`waiting_page`: what a browser sees while its app starts (proxy/face/). `true` takes these defaults."""
+
+    after: Duration = Field(default=0.3, ge=0, le=60, description="show the page only when the app is not ready "
+                                                                    "after this long (no flash for fast starts)")
+    theme: WaitingTheme = Field(default="calm", description="a shipped theme: `calm` or `console`")
+    template: NonEmptyStr | None = Field(
+        default=None, description="a Jinja2 template file of your own (autoescaped), instead of the theme's",
+        json_schema_extra=shown("the theme's"))
+
+    @field_validator("template")
+    @classmethod
+    def _readable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A relative path is the config file's directory's (as compose's volumes)."""
+        if value is None:
+            return None
+        base = Path((info.context or {}).get("base") or Path.cwd()) if isinstance(info.context, dict) else Path.cwd()
+        path = base / Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"no such file: {value}")
+        return str(path)
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -52,6 +78,10 @@ class Route(Section):
         default=60.0, description="autoscaled lb: the stable window the average in-flight is taken over (scale "
                                   "down after it); the panic window, for bursts, is a tenth of it")
     name: str = Field(default="", description="`route` label in metrics", json_schema_extra=shown("the path"))
+    waiting_page: WaitingPage | None = Field(
+        default=None, description="browsers that open a sleeping app get a page that shows the start live, then "
+                                  "the app: `true`, or `{after: 300ms, theme: calm, template: PATH}`",
+        json_schema_extra=shown("false"))
     ignore_user_agents: TupleOf[str] = Field(
         default=(), description="regular expressions (searched in the User-Agent): a matching request never "
                                 "starts an instance (served if running, else 503 `not warm`), so health checkers "
@@ -66,6 +96,8 @@ class Route(Section):
                 data.setdefault("key", data["container"])
             if isinstance(data.get("path"), str) and not data.get("name"):
                 data["name"] = data["path"]
+            if isinstance(page := data.get("waiting_page"), bool):  # `true`: the defaults; `false`: none
+                data["waiting_page"] = {} if page else None
         return data
 
     @model_validator(mode="after")

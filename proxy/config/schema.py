@@ -45,6 +45,7 @@ from proxy.config.containers import (
     Readiness,
 )
 from proxy.config.routes import Route, check_distinct
+from proxy.config.tls import TlsConfig
 from proxy.keys import member_key
 from proxy.config.interpolate import interpolate, typed
 from proxy.config.units import (
@@ -61,13 +62,14 @@ from proxy.config.units import (
 )
 
 __all__ = ["Admin", "Backend", "BackendConfig", "Cluster", "Config", "ConfigError", "ConfigSchema", "ContainerClass",
-           "CronJob", "Errors", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "Webhook",
+           "CronJob", "Errors", "Keepalive", "Pricing", "Readiness", "Route", "Schedule", "TlsConfig", "Webhook",
            "derived_proxy_id", "fixed_keys", "load_config", "parse_config"]
 
 HookEvent = Literal["start", "stop", "error", "admin"]  # admin: an operator's action (proxy/admin/api.py)
 HOOK_EVENTS: tuple[HookEvent, ...] = ("start", "stop", "error")
 CONTAINER_ONLY = ("volumes", "ports", "user", "labels")  # class options a process cannot honour
 log = logging.getLogger(__name__)
+MAX_CONCURRENT_STREAMS = 100  # HTTP/2: a client's streams open at once per connection (nginx's default 128)
 
 
 # ---------------------------------------------------------------- server, metrics, logging, errors
@@ -82,6 +84,13 @@ class Server(Section):
     connect_timeout: PositiveDuration = Field(default=5.0, description="connecting to an instance")
     drain_timeout: Duration = Field(
         default=30.0, description="on SIGTERM, time in-flight requests get to finish")
+    tls: TlsConfig | None = Field(
+        default=None, description="terminate TLS on the proxied port: `{cert, key, min_version, client_ca}` "
+                                  "(`server.tls.*` below; ALPN offers h2 and http/1.1)",
+        json_schema_extra=shown("none: plain HTTP"))
+    max_concurrent_streams: int = Field(
+        default=MAX_CONCURRENT_STREAMS, ge=1, le=10_000,
+        description="HTTP/2 clients: streams open at once per connection (more are refused)")
 
 
 
@@ -269,6 +278,8 @@ class Config:
     cluster: Cluster = Cluster()
     log_format: str | None = None  # logging.format; None: console on a terminal, JSON otherwise (proxy/observe/logs.py)
     errors: Errors = Errors()
+    tls: TlsConfig | None = None  # server.tls; None: the proxied port speaks plain HTTP (proxy/wire/tls.py)
+    max_concurrent_streams: int = MAX_CONCURRENT_STREAMS  # server.max_concurrent_streams (HTTP/2 clients)
 
     @classmethod
     def from_schema(cls, schema: ConfigSchema) -> Config:
@@ -282,14 +293,15 @@ class Config:
                                for name, section in schema.containers.items()},
                    routes=schema.routes, webhooks=schema.hooks.webhooks, pricing=schema.pricing,
                    key_labels=tuple(dict.fromkeys(schema.metrics.key_labels)), admin=schema.admin,
-                   cluster=schema.cluster, log_format=schema.logging.format, errors=schema.errors)
+                   cluster=schema.cluster, log_format=schema.logging.format, errors=schema.errors,
+                   tls=server.tls, max_concurrent_streams=server.max_concurrent_streams)
 
 
-def fixed_keys(config: Config, container: str) -> tuple[str, ...]:
+def fixed_keys(config: Config, class_name: str) -> tuple[str, ...]:
     """Keys named literally by routes (not templates): what a keepalive warms by default."""
     keys: list[str] = []
     for route in config.routes:
-        if route.container != container or "{" in route.key:
+        if route.container != class_name or "{" in route.key:
             continue
         names = [member_key(route.key, i) for i in range(route.pool_size)] if route.mode == "lb" else [route.key]
         keys += [k for k in names if k not in keys]

@@ -1,4 +1,4 @@
-"""The HTTP relay both data paths use: one request to a pooled instance connection, its answer back.
+"""The exchange both data paths use: one request to a pooled instance connection, its answer back.
 
 An `Exchange` holds the key's lease, writes the request (head as the client sent it, hop-by-hop
 removed, X-Forwarded-* set; the body streamed at the instance's pace), relays the response as it is
@@ -22,7 +22,7 @@ from proxy.errors import BodyTooLarge, Refusal, UpstreamError, refusal_bytes
 from proxy.http.reconnect import Handler, Reconnect
 from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK
 from proxy.request_id import HEADER_LOWER
-from proxy.http.watch import Relays
+from proxy.http.watch import ExchangeWatch
 from proxy.wire.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
@@ -53,7 +53,7 @@ class Client(Protocol):
 
     def keeps_alive(self, message: RawRequestMessage) -> bool: ...
 
-    def relay_done(self, exchange: Exchange, clean: bool) -> None: ...
+    def exchange_done(self, exchange: Exchange, clean: bool) -> None: ...
 
 
 def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, peer: str, scheme: str,
@@ -94,15 +94,15 @@ def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, pe
 class Exchange(Reconnect):
     """One relayed request: lease held, request sent, response relayed, everything released once."""
 
-    __slots__ = ("relays", "client", "handler", "manager", "message", "payload", "key", "head",
+    __slots__ = ("exchanges", "client", "handler", "manager", "message", "payload", "key", "head",
                  "streaming", "conn", "sent_at", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
                  "pump", "began", "retried", "extra_head", "fast", "bodyless", "sent", "rid",
                  "head_len")
 
-    def __init__(self, relays: Relays, client: Client, handler: Handler, manager: Manager,
+    def __init__(self, exchanges: ExchangeWatch, client: Client, handler: Handler, manager: Manager,
                  pool: UpstreamPool, message: RawRequestMessage, payload: StreamReader, key: str,
                  head: bytes, rid: str, *, extra_head: bytes = b"", fast: bool = True) -> None:
-        self.relays = relays
+        self.exchanges = exchanges
         self.client = client
         self.extra_head = extra_head  # response headers of the proxy's own (X-Proxy-Cold-Start)
         self.bodyless = message.method == "HEAD"  # the answer has a head only, whatever its headers say
@@ -133,7 +133,7 @@ class Exchange(Reconnect):
         self.began = self.last_rx = client.loop.time()
         if fast:  # the aiohttp path's lease holds the key already: one request is one in flight
             manager.hold()
-        relays.track(self)
+        exchanges.track(self)
 
     # ---------------------------------------------------------------- sending
 
@@ -143,7 +143,7 @@ class Exchange(Reconnect):
             self.request = self.head
         elif payload.is_eof():  # the whole body came with the head (most API calls)
             body = payload.read_nowait()
-            if self.message.chunked and len(body) > self.relays.max_body:
+            if self.message.chunked and len(body) > self.exchanges.max_body:
                 self._body_too_large()
                 return
             self.request = self.head + (_chunk(body) + b"0\r\n\r\n" if self.message.chunked else body)
@@ -162,7 +162,7 @@ class Exchange(Reconnect):
             self.pump = self.client.loop.create_task(self._stream_body(conn))
 
     async def _stream_body(self, conn: UpstreamConnection) -> None:
-        chunked, seen, limit = self.message.chunked, 0, self.relays.max_body
+        chunked, seen, limit = self.message.chunked, 0, self.exchanges.max_body
         try:
             async for data in self.payload.iter_any():
                 seen += len(data)
@@ -179,14 +179,14 @@ class Exchange(Reconnect):
             self.client_lost()
 
     def _body_too_large(self) -> None:
-        self._fail(BodyTooLarge(f"request body exceeds max_body_size={self.relays.max_body} bytes"), close=True)
+        self._fail(BodyTooLarge(f"request body exceeds max_body_size={self.exchanges.max_body} bytes"), close=True)
 
-    # ---------------------------------------------------------------- Relay (called by the connection)
+    # ---------------------------------------------------------------- ResponseSink (called by the connection)
 
     def on_upstream_data(self) -> None:
         self.last_rx = self.client.loop.time()
-        if self.relays.timeouts:  # the instance answers: its count of timeouts in a row starts again
-            self.relays.timeouts.pop(self.pool, None)
+        if self.exchanges.timeouts:  # the instance answers: its count of timeouts in a row starts again
+            self.exchanges.timeouts.pop(self.pool, None)
 
     def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], raw_head: bytes | None) -> bool:
         if raw_head is not None and raw_head.startswith(b"HTTP/1.1 ") and HOP_LINE.search(raw_head) is None:
@@ -237,7 +237,7 @@ class Exchange(Reconnect):
     def on_body(self, data: bytes) -> None:
         self.out.append(_chunk(data) if self.chunked_out else data)
 
-    def on_whole(self, status: int, data: bytes, head_end: int) -> None:
+    def on_whole(self, status: int, data: bytes, head_end: int, reusable: bool) -> None:
         self.status, self.head_sent = status, True
         keep_alive = self.client.keeps_alive(self.message)
         self.head_len = head_end + 2  # (head_end: before the blank line)
@@ -248,7 +248,7 @@ class Exchange(Reconnect):
             if self.extra_head:
                 self.handler.metrics.first_byte(self.manager.klass.name, self.manager.key)
         self._write(data)
-        self.on_end(True)
+        self.on_end(reusable)
 
     def _connection_line(self, keep_alive: bool) -> bytes:
         """`Connection: close` when the connection ends after this answer; `keep-alive` for an HTTP/1.0 client
@@ -294,7 +294,7 @@ class Exchange(Reconnect):
             self.retried = True
             self.client.loop.create_task(self._connect())
             return
-        self.manager.suspect()
+        self.manager.health.suspect()
         self._fail(UpstreamError(502, f"upstream connection failed: {error}" if not got_response
                                  else f"upstream broke mid-response: {error}"))
 
@@ -304,7 +304,7 @@ class Exchange(Reconnect):
         if self.done:
             return
         self._fail(UpstreamError(504, "upstream did not answer within upstream_timeout"))
-        self.relays.after_timeout(self)
+        self.exchanges.after_timeout(self)
 
     def _fail(self, refusal: Refusal, close: bool = False) -> None:
         """Answer with the refusal if nothing was sent yet, else cut the connection (the only honest signal)."""
@@ -340,7 +340,7 @@ class Exchange(Reconnect):
             return
         self.done = True
         self.status = status
-        self.relays.active.discard(self)
+        self.exchanges.active.discard(self)
         if self.pump is not None and not self.pump.done():
             self.pump.cancel()
         now = self.client.loop.time()
@@ -353,7 +353,7 @@ class Exchange(Reconnect):
             path = self.message.path.partition("?")[0]
             self.handler.record(self.key, self.message.method, path, status, now - self.began, True,
                                 self.client.peer_host, self.rid, self.body_bytes, self.payload.total_bytes)
-        self.client.relay_done(self, clean=self.payload.is_eof())
+        self.client.exchange_done(self, clean=self.payload.is_eof())
 
 
     @property

@@ -14,7 +14,7 @@ once, in the aiohttp path:
   by host, the Host picks one exactly as on the aiohttp path (`RouteGroup.pick`), and a Host none takes
   goes to aiohttp (404); the key, from the path, host, headers or cookies (`KeyTemplate`), is valid, a declared
   Content-Length is within max_body_size, and the key's instance is **running** (and, clustered, the key
-  is owned here: one set lookup).
+  is owned here: one set lookup) and speaks HTTP/1.1 (a class's `protocol: h2c|grpc`: proxy/http/h2forward.py).
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 
+from proxy.config.schema import MAX_CONCURRENT_STREAMS
 from proxy.lifecycle.events import State
 from proxy.keys import validate_key
 from proxy.wire.paths import is_plain
 from proxy.http.exchange import Client, Exchange, request_head
-from proxy.http.watch import Relays
+from proxy.http.watch import ExchangeWatch
 from proxy.request_id import request_id
 
 if TYPE_CHECKING:
@@ -95,11 +96,12 @@ class FastRouter:
 class FastPath:
     """Decides per request head; holds what exchanges share."""
 
-    def __init__(self, app: web.Application, handlers: dict[Any, _Group], relays: Relays,
-                 ownership: Ownership | None = None) -> None:
+    def __init__(self, app: web.Application, handlers: dict[Any, _Group], exchanges: ExchangeWatch,
+                 ownership: Ownership | None = None, max_streams: int = MAX_CONCURRENT_STREAMS) -> None:
         self.router = FastRouter(app, handlers)
-        self.relays = relays
+        self.exchanges = exchanges
         self.ownership = ownership
+        self.max_streams = max_streams  # HTTP/2 clients' concurrent streams (server.max_concurrent_streams)
 
     def plan(self, message: RawRequestMessage, payload: StreamReader, proto: Client) -> Exchange | None:
         if message.method not in FAST_METHODS or message.version != HttpVersion11 or message.upgrade:
@@ -124,17 +126,17 @@ class FastPath:
         if handler.key_is_template and validate_key(key) is not None:
             return None
         length = message.headers.get(hdrs.CONTENT_LENGTH)
-        if length is not None and int(length) > self.relays.max_body:
+        if length is not None and int(length) > self.exchanges.max_body:
             return None
         if self.ownership is not None and not self.ownership.owns(handler.route.container, key):
             return None  # clustered: a key not (or no longer certainly) owned here takes the aiohttp path
         manager = handler.manager_for(key)
-        if manager.state is not State.RUNNING or manager.instance is None:
+        if manager.state is not State.RUNNING or manager.instance is None or manager.klass.protocol != "http1":
             return None
         pool = handler.pools.upstream(manager.instance)
         rid, given = request_id(message.headers)
         head = request_head(message, handler.target_for(target, variables), pool, proto.peer_host, proto.scheme,
                             rid, given)
-        return Exchange(self.relays, proto, handler, manager, pool, message, payload, key, head, rid)
+        return Exchange(self.exchanges, proto, handler, manager, pool, message, payload, key, head, rid)
 
 

@@ -43,7 +43,7 @@ class _Pools(Protocol):
 
 
 class _FirstByte(Protocol):
-    def first_byte(self, container: str, key: str) -> None: ...
+    def first_byte(self, class_name: str, key: str) -> None: ...
 
 
 class _Advisor(Protocol):
@@ -105,7 +105,7 @@ class Reconnect:
             else:
                 self._send(conn)
             return
-        self.manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
+        self.manager.health.suspect()  # a dead instance goes to `stopped`; the next request starts it again
         self._fail(UpstreamError(502, f"upstream connection failed: {error}"))
 
     async def _lost_again(self, error: str) -> None:
@@ -115,7 +115,7 @@ class Reconnect:
         if verdict is ANSWERED:
             return
         if self.attempts >= len(REFUSED_RETRY_PAUSES):
-            self.manager.suspect()
+            self.manager.health.suspect()
             self._fail(UpstreamError(502, f"upstream connection failed: {error}"))
             return
         await self._connect()
@@ -124,7 +124,7 @@ class Reconnect:
         """Ask the runtime about a refusing instance; restart it if gone. ANSWERED when this answered already,
         ALIVE when the runtime says it is there (or it was replaced once already), REPLACED: a fresh one."""
         try:
-            alive = await self.manager.liveness()
+            alive = await self.manager.health.liveness()
             if alive is None:  # the runtime is down too: its containers likely with it; try again soon
                 raise RuntimeUnreachable("the instance refused, dropped or ignored the connection and the container "
                                          "runtime cannot be reached", key=self.key)

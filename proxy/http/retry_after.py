@@ -42,10 +42,10 @@ class StartTimes:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Transition) and event.happening is Happening.STARTED:
-            self._recent.setdefault(event.container, deque(maxlen=RECENT)).append(event.duration)
+            self._recent.setdefault(event.class_name, deque(maxlen=RECENT)).append(event.duration)
 
-    def p90(self, container: str) -> float:
-        recent = sorted(self._recent.get(container, ()))
+    def p90(self, class_name: str) -> float:
+        recent = sorted(self._recent.get(class_name, ()))
         if not recent:
             return NO_HISTORY
         return recent[min(len(recent) - 1, math.ceil(0.9 * len(recent)) - 1)]
@@ -64,7 +64,7 @@ class RetryAdvisor:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, Transition) and State.STARTING in (event.old, event.new):
-            at = (event.container, event.key)
+            at = (event.class_name, event.key)
             if event.new is State.STARTING:
                 self._starting[at] = asyncio.get_running_loop().time()
             else:

@@ -24,15 +24,19 @@ from proxy.errors import (BodyTooLarge, ExpectationFailed, InvalidKey, InvalidPa
                           refusal_response)
 from proxy.wire.websocket import forward_websocket, is_websocket
 from proxy.keys import validate_key
+from proxy.face.navigation import is_navigation
+from proxy.face.waiting import WaitingPages
+from proxy.lifecycle.events import State
 from proxy.lifecycle.manager import Manager
 from proxy.observe.metrics import Metrics
 from proxy.wire.paths import escape_reason, upstream_target
 from proxy.wire.pools import Pools
 from proxy.lifecycle.registry import Registry
-from proxy.http.watch import Relays
+from proxy.http.h2forward import forward_h2
+from proxy.http.watch import ExchangeWatch
 from proxy.observe.request_log import BODY_BYTES, RequestLog
 from proxy.request_id import of as request_id_of
-from proxy.http.responder import OUTCOME, Relayed, relay_request
+from proxy.http.responder import OUTCOME, WrittenResponse, run_exchange
 from proxy.http.retry_after import RetryAdvisor
 from proxy.wire.route_match import Headers, HostPattern, KeyTemplate, agent_matcher, normalize_host
 
@@ -41,14 +45,14 @@ class RouteHandler:
     """Serves one configured route."""
 
     def __init__(self, route: Route, config: Config, registry: Registry, metrics: Metrics, pools: Pools,
-                 relays: Relays, reqlog: RequestLog | None, retry_advisor: RetryAdvisor | None = None,
+                 exchanges: ExchangeWatch, reqlog: RequestLog | None, retry_advisor: RetryAdvisor | None = None,
                  egress: Callable[[str, str, int], None] | None = None) -> None:
         self.route = route
         self.scaler = scaler_for(route, registry)  # an autoscaled lb route's pool and picking rule
         # (class, key, bytes) once per relayed request: the usage meter's egress (UsageMeter.egress)
         self.egress = egress or _no_egress
         self.retry_advisor = retry_advisor
-        self.relays = relays
+        self.exchanges = exchanges
         self.config = config
         self.registry = registry
         self.metrics = metrics
@@ -57,6 +61,7 @@ class RouteHandler:
         self.error_detail = config.errors.detail  # refusal bodies: public sentences or full detail
         self.websockets: set[web.WebSocketResponse] = set()
         self.cluster: Forwarder | None = None  # set by the Proxy when `cluster.store` is not none
+        self.waiting: WaitingPages | None = None  # set by the Proxy when a route has `waiting_page`
         self.key_is_template = "{" in route.key
         self.key_template = KeyTemplate(route.key)
         self.host = HostPattern(route.host) if route.host is not None else None
@@ -89,16 +94,24 @@ class RouteHandler:
 
     def key_problem(self, request: web.Request, key: str) -> str | None:
         """Why `key` cannot serve (400): a header or cookie it is made of is missing, or it is not a valid key."""
+        return self.key_problem_in(request.headers, key)
+
+    def key_problem_in(self, headers: Headers, key: str) -> str | None:
+        """`key_problem` from the request's headers alone (HTTP/2 streams have no web.Request)."""
         if (reason := validate_key(key)) is None:
             return None
-        return self.key_template.missing(request.headers) or reason
+        return self.key_template.missing(headers) or reason
 
     def starts(self, request: web.Request) -> bool:
         """Whether this request may start the key: never on a warm route, nor for an ignored User-Agent."""
+        return self.starts_for(request.headers.get(hdrs.USER_AGENT, ""))
+
+    def starts_for(self, user_agent: str) -> bool:
+        """`starts` from the request's User-Agent alone (HTTP/2 streams have no web.Request)."""
         if self.route.mode == "warm":
             return False
         agents = self._ignored_agents
-        return agents is None or not agents.search(request.headers.get(hdrs.USER_AGENT, ""))
+        return agents is None or not agents.search(user_agent)
 
     def target_for(self, raw_target: str, raw_variables: Mapping[str, str]) -> str:
         return upstream_target(self.route.upstream_path, raw_target, raw_variables)
@@ -165,7 +178,7 @@ class RouteHandler:
             status = exc.status
             raise
         except (ConnectionResetError, asyncio.CancelledError):
-            status, sent = request.get(OUTCOME, (499, 0))  # the client went away (after a whole relay: its status)
+            status, sent = request.get(OUTCOME, (499, 0))  # the client went away (after a whole exchange: its status)
             raise
         finally:
             self.record(key, request.method, request.path, status, time.perf_counter() - began, False,
@@ -186,11 +199,17 @@ class RouteHandler:
                     request, self.route.container, key, self.websockets)) is not None:
                 return answer  # the key's owner is another replica (proxy/cluster/)
             manager = self.manager_for(key)
+            waited: float | None = None
+            if self.waiting is not None and self.route.waiting_page is not None and manager.state is not \
+                    State.RUNNING and self.starts(request) and is_navigation(request.method, request.headers):
+                page = await self.waiting.wait_or_page(request, manager, self.route.waiting_page, rid)
+                if isinstance(page, web.StreamResponse):
+                    return page  # a browser waits on a page that follows the start (proxy/face/waiting.py)
+                waited = page
             async with manager.lease(start=self.starts(request)) as lease:
                 headers = {}
-                if lease.cold_wait is not None:
-                    headers = {"X-Proxy-Cold-Start": "1",
-                               "X-Proxy-Cold-Start-Wait-Ms": f"{lease.cold_wait * 1000:.1f}"}
+                if (cold := lease.cold_wait if lease.cold_wait is not None else waited) is not None:
+                    headers = {"X-Proxy-Cold-Start": "1", "X-Proxy-Cold-Start-Wait-Ms": f"{cold * 1000:.1f}"}
                 target = self.target_for(request.raw_path, raw_variables)
                 return await self._forward(request, manager, lease.instance, target, headers, rid)
         except Refusal as refusal:
@@ -200,8 +219,11 @@ class RouteHandler:
 
     async def _forward(self, request: web.Request, manager: Manager, instance: Instance, target: str,
                        headers: dict[str, str], rid: str) -> web.StreamResponse:
+        if manager.klass.protocol != "http1":  # h2c/grpc instances: a stream on their HTTP/2 connection
+            return await forward_h2(request, self.pools.h2(instance), instance, target, headers, rid, manager.key,
+                                    self.config.upstream_timeout)
         if not is_websocket(request):
-            return await relay_request(request, self, manager, instance, target, headers, rid)
+            return await run_exchange(request, self, manager, instance, target, headers, rid)
 
         def egress(nbytes: int) -> None:  # the key's egress meter, and the access line's byte count
             request[BODY_BYTES] = request.get(BODY_BYTES, 0) + nbytes
@@ -212,7 +234,7 @@ class RouteHandler:
                                            on_message=manager.touch, connect_timeout=self.config.connect_timeout,
                                            open_sockets=self.websockets, on_egress=egress)
         except UpstreamError as exc:
-            manager.suspect()  # a dead instance goes to `stopped`; the next request starts it again
+            manager.health.suspect()  # a dead instance goes to `stopped`; the next request starts it again
             exc.extra["key"] = manager.key
             raise
 
@@ -221,7 +243,7 @@ def _as_seen(request: web.Request, response: web.StreamResponse) -> tuple[int, i
     """The status the client saw and the body bytes it got. A relayed response knows both (499 only when
     the client left before its end); one already written (a WebSocket, a peer's streamed answer) ended
     before this; only an answer aiohttp has yet to write is lost when the client has gone meanwhile."""
-    if isinstance(response, Relayed):
+    if isinstance(response, WrittenResponse):
         return response.status, response.body_bytes
     if response.prepared:
         return response.status, 0
@@ -230,5 +252,5 @@ def _as_seen(request: web.Request, response: web.StreamResponse) -> tuple[int, i
     return 499 if gone else response.status, len(body) if isinstance(body, bytes) else 0
 
 
-def _no_egress(container: str, key: str, nbytes: int) -> None:
+def _no_egress(class_name: str, key: str, nbytes: int) -> None:
     """Egress is not metered (no usage meter)."""

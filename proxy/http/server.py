@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections import deque
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Protocol, cast
 
 import structlog
 from aiohttp import web
@@ -38,15 +40,19 @@ from proxy.errors import json_error
 from proxy.config.units import ConfigError
 from proxy.http.fastpath import FastPath
 from proxy.http.exchange import Exchange
+from proxy.http.h2server import PREFACE, H2ServerProtocol, take_over
+from proxy.http.h2stream import serve_stream
 from proxy.http.salvage import parser_factory, whole_requests
+from proxy.http.tls_listeners import TlsListeners
+from proxy.wire.tls import TlsFiles
 
 log = structlog.get_logger("proxy.server")
 _Message = tuple[Any, StreamReader]
 
 
 class FastProtocol(RequestHandler):
-    __slots__ = ("fast", "loop", "peer_host", "scheme", "_queue", "_exchange", "_relaying", "_aiohttp_busy", "_idle",
-                 "_boundary", "_refused", "_settings")
+    __slots__ = ("fast", "loop", "peer_host", "scheme", "_queue", "_exchange", "_writing", "_aiohttp_busy", "_idle",
+                 "_boundary", "_refused", "_settings", "_sniff")
 
     def __init__(self, manager: Server, *, fast: FastPath, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
@@ -56,12 +62,13 @@ class FastProtocol(RequestHandler):
         self.scheme = "http"
         self._queue: deque[_Message] = deque()
         self._exchange: Exchange | None = None  # the fast path's exchange answering now
-        self._relaying: Exchange | None = None  # whichever exchange writes on this connection (either path)
+        self._writing: Exchange | None = None  # whichever exchange writes on this connection (either path)
         self._aiohttp_busy = False
         self._idle: asyncio.Future[None] | None = None
         self._boundary = True  # the parser holds nothing of an unfinished request (a packet parses alone)
         self._refused = False  # bytes that do not parse came: the 400 ends the connection, nothing more is read
         self._settings = kwargs  # the parser's limits, for parsing a bad packet again (proxy/http/salvage.py)
+        self._sniff: bytes | None = b""  # the first bytes, until they show HTTP/1.x or HTTP/2's preface
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -69,10 +76,15 @@ class FastProtocol(RequestHandler):
         self.peer_host = peer[0] if isinstance(peer, (tuple, list)) else ""
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self._to_h2(b"")  # ALPN chose HTTP/2: no preface sniffing needed
 
     # ---------------------------------------------------------------- parsing and dispatch
 
     def data_received(self, data: bytes) -> None:
+        if self._sniff is not None and not (data := self._sniffed(data)):
+            return
         if self._force_close or self._close or self._refused:
             return
         if self._upgraded or self._payload_parser is not None or self._parser is None:
@@ -102,6 +114,30 @@ class FastProtocol(RequestHandler):
                 self._pause_reading_for_buffer()  # a pipelining flood waits in the kernel, not here
             self._dispatch()
 
+    def _sniffed(self, data: bytes) -> bytes:
+        """The connection's first bytes: HTTP/2's preface (h2c with prior knowledge) hands the connection to
+        proxy/http/h2server.py; anything else is HTTP/1.x and returned for parsing (b"": nothing to parse yet)."""
+        data = self._sniff + data if self._sniff else data
+        if len(data) < len(PREFACE) and PREFACE.startswith(data):
+            self._sniff = data  # a preface cut short: wait for the rest
+            return b""
+        self._sniff = None
+        if data.startswith(PREFACE):
+            self._to_h2(data)
+            return b""
+        return data
+
+    def _to_h2(self, data: bytes) -> None:
+        """Hand the transport to an HTTP/2 protocol; this one leaves aiohttp's books without closing it."""
+        transport, server = cast(asyncio.Transport, self.transport), self._manager  # (uvloop's is no subclass)
+        self._sniff = None
+        self.transport = None  # aiohttp's connection_lost closes the transport it still holds
+        self.connection_lost(None)
+        proto = take_over(transport, self.fast, serve_stream, self.peer_host, self.scheme, data)
+        if isinstance(server, FastServer):
+            server.h2_connections.add(proto)
+            proto.on_close.append(server.h2_connections.discard)
+
     def _dispatch(self) -> None:
         """Start the next queued requests, in order, while nothing else is answering on this connection."""
         while self._queue and self._exchange is None and not self._aiohttp_busy:
@@ -123,7 +159,7 @@ class FastProtocol(RequestHandler):
             return
         assert self._parser is not None
         self._parser.message_consumed()
-        self._exchange = self._relaying = exchange
+        self._exchange = self._writing = exchange
         self._next_keepalive_close_time = float("inf")
         exchange.start()
 
@@ -157,12 +193,12 @@ class FastProtocol(RequestHandler):
 
     def watch(self, exchange: Exchange) -> None:
         """The aiohttp path relays on this connection too: flow control and aborts follow its exchange."""
-        self._relaying = exchange
+        self._writing = exchange
 
-    def relay_done(self, exchange: Exchange, clean: bool) -> None:
+    def exchange_done(self, exchange: Exchange, clean: bool) -> None:
         if self._exchange is not exchange:
             return
-        self._exchange = self._relaying = None
+        self._exchange = self._writing = None
         if not clean or not self.keeps_alive(exchange.message):
             self.close_after_write()  # an unread request body (or the client's wish) ends the connection
         else:
@@ -179,13 +215,13 @@ class FastProtocol(RequestHandler):
 
     def pause_writing(self) -> None:
         super().pause_writing()
-        conn = self._relaying.conn if self._relaying is not None else None
+        conn = self._writing.conn if self._writing is not None else None
         if conn is not None and conn.transport is not None:
             conn.transport.pause_reading()  # a slow reader slows the instance, not our memory
 
     def resume_writing(self) -> None:
         super().resume_writing()
-        conn = self._relaying.conn if self._relaying is not None else None
+        conn = self._writing.conn if self._writing is not None else None
         if conn is not None and conn.transport is not None:
             conn.transport.resume_reading()
 
@@ -196,7 +232,7 @@ class FastProtocol(RequestHandler):
         super()._process_keepalive()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        exchange, self._exchange, self._relaying = self._relaying, None, None
+        exchange, self._exchange, self._writing = self._writing, None, None
         self._queue.clear()
         if exchange is not None:
             exchange.client_lost()
@@ -233,14 +269,18 @@ class FastServer(Server):
         self.__dict__.update(base.__dict__)
         self.fast = fast
         self.deadline: float | None = None  # loop time by which the drain ends (serve sets it at the signal)
+        self.h2_connections: set[H2ServerProtocol] = set()  # connections handed to HTTP/2 (not aiohttp's)
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """aiohttp's drain (each connection: wait, then cancel, each up to `timeout`), bounded as a whole by
         `deadline`: connections still busy then are closed, which cancels their handlers and cold waits."""
         remaining = None if self.deadline is None else max(0.0, self.deadline - self._loop.time())
         try:
-            await asyncio.wait_for(super().shutdown(timeout), remaining)
+            await asyncio.wait_for(asyncio.gather(super().shutdown(timeout), *(
+                conn.shutdown(timeout or 15.0) for conn in list(self.h2_connections))), remaining)
         except asyncio.TimeoutError:
+            for h2conn in list(self.h2_connections):
+                h2conn.close()
             busy = list(self._connections)
             log.warning("drain_timeout", connections_closed=len(busy))
             for conn in busy:
@@ -317,21 +357,25 @@ def _bind_error(host: str, port: int, field: str, exc: OSError) -> ConfigError:
     return ConfigError(field, f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
-async def _listen(runner: web.BaseRunner, host: str, port: int, field: str) -> None:
+async def _listen(runner: web.BaseRunner, host: str, port: int, field: str,
+                  tls: ssl.SSLContext | None = None) -> None:
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls).start()
     except OSError as exc:
         raise _bind_error(host, port, field, exc) from None
 
 
 async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float,
-                admin: tuple[web.Application, str, int] | None = None, announce: Announce | None = None) -> None:
+                admin: tuple[web.Application, str, int] | None = None, announce: Announce | None = None,
+                tls: TlsFiles | None = None, admin_tls: TlsFiles | None = None) -> None:
     """`web.run_app` for the fast path: serve until SIGTERM/SIGINT, then drain and clean up.
 
     `admin` is the admin listener's app and address (proxy/admin/api.py): a plain aiohttp listener of its
     own, closed before the proxied port drains (the proxy's lifecycle belongs to `app`). A port that
     cannot be bound raises ConfigError naming `server.port` or `admin.port`. `announce` gets the bound
-    addresses (proxied, admin) once both listen: the start-up line.
+    addresses (proxied, admin) once both listen: the start-up line. `tls`/`admin_tls` (`server.tls`,
+    `admin.tls`): that listener terminates TLS, its certificate reloaded when the files change
+    (proxy/wire/tls.py).
 
     The drain, requests waiting for a cold start included, ends `shutdown_timeout` after the signal
     (connections still busy then are closed); then the proxy stops its instances. A second signal exits
@@ -339,19 +383,22 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
     check_free(host, port, "server.port")
     if admin is not None:
         check_free(admin[1], admin[2], "admin.port")
+    listeners = TlsListeners(tls, admin_tls if admin is not None else None)
     runner = ProxyRunner(app, handle_signals=False, access_log=None, handler_cancellation=True,
                          shutdown_timeout=shutdown_timeout)
     admin_runner = None
     await runner.setup()
     try:
-        await _listen(runner, host, port, "server.port")
+        listeners.start()
+        await _listen(runner, host, port, "server.port", listeners.context("server.tls"))
         if admin is not None:
             admin_app, admin_host, admin_port = admin
             admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
             await admin_runner.setup()
-            await _listen(admin_runner, admin_host, admin_port, "admin.port")
+            await _listen(admin_runner, admin_host, admin_port, "admin.port", listeners.context("admin.tls"))
         if announce is not None:
             await announce(runner.addresses, admin_runner.addresses if admin_runner is not None else [])
+        gc.freeze()  # what startup built lives on: the cyclic GC's full passes skip it (they walked it all)
         signum = await _first_signal(lambda _: _on_second_signal(app))
         in_flight = sum(manager.in_flight for manager in app[SERVED].registry)
         log.info(f"shutting down on {signal.Signals(signum).name}: draining {in_flight} "
@@ -359,6 +406,7 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
         if isinstance(runner.server, FastServer):
             runner.server.deadline = asyncio.get_running_loop().time() + shutdown_timeout
     finally:
+        await listeners.stop()
         if admin_runner is not None:
             await admin_runner.cleanup()
         await runner.cleanup()

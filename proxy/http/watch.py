@@ -51,7 +51,7 @@ class Exchange(Protocol):
     def timed_out(self) -> None: ...
 
 
-class Relays:
+class ExchangeWatch:
     """What exchanges share: limits, the one sweep that enforces upstream_timeout, and per instance the
     count of consecutive upstream timeouts that takes an instance which stopped answering out of service."""
 
@@ -110,7 +110,7 @@ class Relays:
             return  # already replaced or stopped
         loop = exchange.client.loop
         drained: asyncio.Future[None] = loop.create_future()
-        if manager.retire(instance, f"{limit} upstream timeouts in a row", drained):
+        if manager.health.retire(instance, f"{limit} upstream timeouts in a row", drained):
             task = loop.create_task(self._drain(pool, drained))
             self._draining.add(task)
             task.add_done_callback(self._draining.discard)

@@ -51,7 +51,7 @@ class StopReason(str, enum.Enum):
 @dataclass(frozen=True)
 class Transition:
     key: str
-    container: str  # the container class's name
+    class_name: str  # the container class's name
     old: State
     new: State
     duration: float  # seconds spent in `old`
@@ -69,7 +69,7 @@ class Transition:
 class ColdWait:
     """A request (or pre-warm) waited `seconds` for its key's instance to become ready."""
 
-    container: str
+    class_name: str
     seconds: float
 
 
@@ -78,13 +78,25 @@ class BreakerOpened:
     """A key's crash-loop breaker opened (or opened again): its starts are refused for `backoff` seconds."""
 
     key: str
-    container: str
+    class_name: str
     reason: str
     backoff: float
     timestamp: float = field(default_factory=time.time)
 
 
-Event = Union[Transition, ColdWait, BreakerOpened]
+@dataclass(frozen=True)
+class StartPhase:
+    """Live progress of a start in progress: phase `ended` took `seconds` ("" when only `now` is news); `now` is
+    the phase under way when the manager knows it ("ready": the instance exists, its readiness is probed)."""
+
+    key: str
+    class_name: str
+    ended: str
+    seconds: float
+    now: str = ""
+
+
+Event = Union[Transition, ColdWait, BreakerOpened, StartPhase]
 Listener = Callable[[Event], None]
 
 

@@ -1,52 +1,62 @@
-"""Is the instance still there, and still answering? The part of a `Manager` that asks the runtime.
+"""Is the instance still there, and still answering? The `HealthWatch` a `Manager` makes when it first asks.
 
-`Health` is a base of `Manager` (proxy/lifecycle/manager.py) on top of `Pausing`: one chain of bases, so their
-slots make one layout. It declares what it uses of the manager, and the manager provides it. A failed
-upstream connection makes the manager `suspect` its instance (a few looks at the runtime, which may
+A failed upstream connection makes the manager `suspect` its instance (a few looks at the runtime, which may
 report a killed container as running for a moment); the event stream and the reconciler ask
-`liveness`; the relay `retire`s an instance that stopped answering (upstream timeouts in a row),
+`liveness`; the exchange `retire`s an instance that stopped answering (upstream timeouts in a row),
 never cutting the exchanges still on it.
+
+The watch owns what only watching needs (the background check under way) and sees its manager through
+`WatchedKey`, declared here; a key nobody asked about has no watch at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Protocol
 
 import structlog
 
 from backends.base import BackendError, Instance, InstanceState
 from proxy.config.schema import ContainerClass
 from proxy.lifecycle.events import Happening, State, StopReason
-from proxy.lifecycle.pause import Pausing
+from proxy.lifecycle.services import Idle, Services
 
 log = structlog.get_logger("proxy.manager")
 
 
-class Health(Pausing):
-    __slots__ = ("_check_task", "last_error", "_stop_task")
-    # What the manager has (proxy/lifecycle/manager.py).
-    key: str
-    klass: ContainerClass
-    state: State
-    instance: Instance | None
-    services: Any
-    in_flight: int
+class WatchedKey(Protocol):
+    """What a `HealthWatch` uses of its key's manager (proxy/lifecycle/manager.py). The underscored members are
+    the manager's own steps, shared with its components and called from nowhere else."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    last_error: str
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def klass(self) -> ContainerClass: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def instance(self) -> Instance | None: ...
+    @property
+    def services(self) -> Services: ...
+    @property
+    def in_flight(self) -> int: ...
+    def _transition(self, new: State, reason: str, happening: Happening | None = None,
+                    stop_reason: StopReason | None = None) -> None: ...
+    @property
+    def idle(self) -> Idle: ...
+    def _count_failure(self, what: str) -> None: ...
+    def _begin_stop(self, reason: StopReason, drain: float = 0.0, remove: bool = False,
+                    after: asyncio.Future[None] | None = None) -> asyncio.Task[None] | None: ...
+
+
+class HealthWatch:
+    __slots__ = ("manager", "_check_task")
+
+    def __init__(self, manager: WatchedKey) -> None:
+        self.manager = manager
         self._check_task: asyncio.Task[None] | None = None
-        self._stop_task: asyncio.Task[None] | None = None
-        self.last_error = ""
-
-    def _cancel_idle(self) -> None:
-        raise NotImplementedError
-
-    def _count_failure(self, what: str) -> None:
-        raise NotImplementedError
-
-    async def _run_stop(self, reason: StopReason) -> None:
-        raise NotImplementedError
 
     def suspect(self) -> None:
         """An upstream connection failed: find out in the background whether the instance died.
@@ -54,7 +64,7 @@ class Health(Pausing):
         The runtime may report a killed container as running for a moment, so look a few times.
         """
         if self._check_task is None or self._check_task.done():
-            self._check_task = asyncio.create_task(self._recheck(), name=f"check:{self.key}")
+            self._check_task = asyncio.create_task(self._recheck(), name=f"check:{self.manager.key}")
 
     async def _recheck(self) -> None:
         for delay in (0.0, 0.2, 0.5, 1.0):
@@ -70,10 +80,11 @@ class Health(Pausing):
 
     async def liveness(self) -> bool | None:
         """Ask the runtime: True alive, False gone (and forgotten, as a crash), None cannot tell."""
-        instance = self.instance
-        if self.state is not State.RUNNING or instance is None:
+        m = self.manager
+        instance = m.instance
+        if m.state is not State.RUNNING or instance is None:
             return False
-        backend = self.services.backend
+        backend = m.services.backend
         try:
             status = await backend.inspect(instance)
         except BackendError:
@@ -84,13 +95,13 @@ class Health(Pausing):
                 why = await backend.exit_reason(instance)
             except BackendError:  # gone is gone: the runtime's word on why is a detail, not a reason to doubt
                 why = "exited" if status is InstanceState.EXITED else "removed"
-        if status is InstanceState.RUNNING or self.instance is not instance or self.state is not State.RUNNING:
+        if status is InstanceState.RUNNING or m.instance is not instance or m.state is not State.RUNNING:
             return status is InstanceState.RUNNING
-        self._cancel_idle()
-        self.last_error = f"instance {status.value}" + (f": {why}" if why else "")
-        self._transition(State.STOPPED, why or "error", Happening.CRASHED, StopReason.ERROR)
-        log.warning("instance_gone", key=self.key, container=self.klass.name, reason=self.last_error)
-        self._count_failure("crash")
+        m.idle.cancel()
+        m.last_error = f"instance {status.value}" + (f": {why}" if why else "")
+        m._transition(State.STOPPED, why or "error", Happening.CRASHED, StopReason.ERROR)
+        log.warning("instance_gone", key=m.key, container=m.klass.name, reason=m.last_error)
+        m._count_failure("crash")
         return False
 
     def retire(self, instance: Instance, reason: str, drained: asyncio.Future[None] | None = None) -> bool:
@@ -101,23 +112,11 @@ class Health(Pausing):
         after an idle stop. The container is stopped in the background once `drained` is done (the exchanges
         still on it have ended), or at once without one.
         """
-        if self.instance is not instance or self.state is not State.RUNNING:
+        m = self.manager
+        if m.instance is not instance or m.state is not State.RUNNING:
             return False
-        self.last_error = f"instance stopped answering: {reason}"
-        log.warning("instance_unhealthy", key=self.key, container=self.klass.name, instance=instance.id,
-                    reason=reason, in_flight=self.in_flight)
-        if drained is None:
-            self._begin_stop(StopReason.UNHEALTHY)
-            return True
-        self._cancel_idle()
-        self._transition(State.STOPPING, StopReason.UNHEALTHY.value)
-
-        async def drain_then_stop() -> None:
-            try:
-                await drained
-            except Exception:  # noqa: BLE001 - stop it anyway
-                pass
-            await self._run_stop(StopReason.UNHEALTHY)
-
-        self._stop_task = asyncio.create_task(drain_then_stop(), name=f"stop:{self.key}")
+        m.last_error = f"instance stopped answering: {reason}"
+        log.warning("instance_unhealthy", key=m.key, container=m.klass.name, instance=instance.id,
+                    reason=reason, in_flight=m.in_flight)
+        m._begin_stop(StopReason.UNHEALTHY, after=drained)
         return True

@@ -15,16 +15,18 @@ from typing import AsyncIterator
 
 import structlog
 
-from backends.base import BackendError, BackendUnavailable, ContainerSpec, Instance
-from backends.control import Pausable, Removable
+from backends.base import PHASE_WATCH, BackendError, BackendUnavailable, ContainerSpec, Instance
+from backends.control import Removable
 from proxy.lifecycle.boost import settle, settle_soon
 from proxy.lifecycle.breaker import Breaker
 from proxy.config.schema import ContainerClass
 from proxy.errors import (BreakerOpen, CapacityExceeded, Fenced, NotWarm, RuntimeUnreachable, StartFailed,
                           StartTimeout)
-from proxy.lifecycle.events import ACTIVE, BreakerOpened, ColdWait, Happening, State, StopReason, Transition
-from proxy.lifecycle.health import Health
-from proxy.lifecycle.pause import LIVE, consume_exception
+from proxy.lifecycle.events import (ACTIVE, BreakerOpened, ColdWait, Happening, StartPhase, State, StopReason,
+                                    Transition)
+from proxy.lifecycle.health import HealthWatch
+from proxy.lifecycle.idle import IdleTimer
+from proxy.lifecycle.pause import LIVE, Pauser, consume_exception, drain_requests, pause_after
 from proxy.lifecycle.readiness import LastSeen
 from proxy.lifecycle.services import Fence, InstancePools, Lease, Prober, Services
 
@@ -34,11 +36,11 @@ log = structlog.get_logger("proxy.manager")
 STOP_RETRY_DELAYS = (0.5, 2.0, 5.0)  # seconds between attempts to stop an instance before giving up
 
 
-class Manager(Health):
+class Manager:
     __slots__ = (
         "key", "klass", "services", "state", "instance", "in_flight", "start_count", "last_activity",
-        "_since", "_start_deadline", "_start_task", "_idle_handle", "breaker", "sleep_after_override",
-        "_seen",
+        "_since", "_start_deadline", "_start_task", "_idle", "breaker", "sleep_after_override",
+        "_seen", "last_error", "_waiting", "_drained", "_stop_task", "_pauser", "_health",
     )
 
     def __init__(self, key: str, klass: ContainerClass, services: Services) -> None:
@@ -55,9 +57,14 @@ class Manager(Health):
         self._start_task: asyncio.Task[None] | None = None
         self._start_deadline = 0.0
         self._seen = LastSeen()  # the current (or last) start's readiness observation
-        self._idle_handle: asyncio.TimerHandle | None = None
         self.sleep_after_override: float | None = None  # an operator's per-key sleep_after (admin API)
-        super().__init__()
+        self.last_error = ""
+        self._waiting = 0  # requests held but waiting for the instance (not on it): a drain does not wait for them
+        self._drained: asyncio.Future[None] | None = None  # set while a stop or pause waits for requests to end
+        self._stop_task: asyncio.Task[None] | None = None
+        self._pauser: Pauser | None = None  # the components, made on first use: an idle key has neither
+        self._health: HealthWatch | None = None
+        self._idle: IdleTimer | None = None
 
     # ------------------------------------------------------------------ requests
 
@@ -100,7 +107,7 @@ class Manager(Health):
         """
         self.last_activity = asyncio.get_running_loop().time() if now is None else now
         if self.in_flight == 0:
-            self._arm_idle()
+            self.idle.arm()
 
     async def ensure_running(self, reason: str = "request", spec: ContainerSpec | None = None) -> float | None:
         """Return once the instance is ready; the seconds waited, or None if it already was."""
@@ -114,7 +121,7 @@ class Manager(Health):
                 await asyncio.shield(self._stop_task)
                 continue
             if self.state is State.PAUSED:
-                await asyncio.shield(self._begin_resume(reason))
+                await asyncio.shield(self.pauser.begin_resume(reason))
                 continue
             if self.state in (State.STOPPED, State.FAILED):
                 if self._start_task is None or self._start_task.done():
@@ -182,10 +189,12 @@ class Manager(Health):
         deadline = asyncio.timeout_at(self._start_deadline)
         loop, probing = asyncio.get_running_loop(), 0.0
         self._seen = LastSeen()  # this start's: what its readiness probes saw last
+        PHASE_WATCH.set(self._phase)  # this task's context: the backend's phases are told live
         try:
             async with deadline:
                 self.instance = await self.services.backend.start(self.key, spec)
                 probing = loop.time()
+                self._phase("", 0.0, "ready")
                 await self.services.prober.wait_ready(self.instance, self.klass.readiness, self._seen)
         except TimeoutError as exc:
             if not deadline.expired():  # a TimeoutError of the backend's or prober's own: a failed start
@@ -210,6 +219,9 @@ class Manager(Health):
         self._transition(State.RUNNING, "ready", Happening.STARTED, phases=phases)
         self.touch()
         settle_soon(self, self.instance, spec)  # the startup CPU boost ends at ready
+
+    def _phase(self, ended: str, seconds: float, now: str = "") -> None:
+        self.services.bus.emit(StartPhase(self.key, self.klass.name, ended, seconds, now))
 
     def _timeout_reason(self) -> str:
         seen = f": {self._seen.what}" if self._seen.what else ""
@@ -246,76 +258,41 @@ class Manager(Health):
         """Override the class's sleep_after for this key (None: the class's again). Counted from the last
         activity, like the class's: a shorter one that has already passed stops the instance now."""
         self.sleep_after_override = seconds
-        self._rearm_idle()
+        self.idle.rearm()
 
     @property
     def pause_after(self) -> float:
         """Idle seconds before a running instance is paused; 0 when it is not (off, or not before the stop)."""
-        pause_after = self.klass.pause_after
-        if pause_after <= 0 or (self.sleep_after and pause_after >= self.sleep_after):
-            return 0.0
-        if self.pause_refused_at == self.last_activity:
-            return 0.0  # refused since the last activity: asking again at once would only spin
-        return pause_after if isinstance(self.services.backend, Pausable) else 0.0
+        refused = self._pauser is not None and self._pauser.refused_at == self.last_activity
+        return pause_after(self.klass.pause_after, self.sleep_after, refused, self.services.backend)
 
-    def _idle_deadline(self) -> float | None:
-        """When idleness acts next (loop time): the pause of a running instance, else the stop."""
-        if self.state is State.RUNNING and self.pause_after:
-            return self.last_activity + self.pause_after
-        return self.last_activity + self.sleep_after if self.sleep_after > 0 else None
-
-    def _rearm_idle(self) -> None:
-        """Set the idle timer afresh (its deadline moved earlier: a pause tier to come again)."""
-        self._cancel_idle()
-        if self.in_flight == 0:
-            self._arm_idle()
-
-    def _cancel_idle(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-
-    def _arm_idle(self) -> None:
-        if self._idle_handle is None and self.state in LIVE and (deadline := self._idle_deadline()) is not None:
-            self._idle_handle = asyncio.get_running_loop().call_at(deadline, self._on_idle)
-
-    def _on_idle(self) -> None:
-        self._idle_handle = None
-        if self.state not in LIVE or self.in_flight:
-            return  # the last request's release re-arms the timer
-        if (fence := self.services.fence) is not None and not fence.holds(self):
-            return  # clustered, and the key may be another replica's now: its instance is left alone
-        now = asyncio.get_running_loop().time() + 0.001
-        if self.sleep_after > 0 and now >= self.last_activity + self.sleep_after:
-            self._begin_stop(StopReason.IDLE)
-            return
-        if self.state is State.RUNNING and self.pause_after and now >= self.last_activity + self.pause_after:
-            self._pause_when_idle()
-        self._arm_idle()  # for what comes next (the stop), or again after activity since the timer was set
-
-    def _begin_stop(self, reason: StopReason, drain: float = 0.0, remove: bool = False) -> asyncio.Task[None] | None:
+    def _begin_stop(self, reason: StopReason, drain: float = 0.0, remove: bool = False,
+                    after: asyncio.Future[None] | None = None) -> asyncio.Task[None] | None:
         """From running or paused (or, to `remove` a stopped container, from stopped or failed too)."""
         if self.state is State.STOPPING:
             return self._stop_task
         if self.state not in LIVE and not (remove and self.state in (State.STOPPED, State.FAILED)):
             return None
-        self._cancel_idle()
+        self.idle.cancel()
         paused = self.state is State.PAUSED
         self._transition(State.STOPPING, reason.value)
-        self._stop_task = asyncio.create_task(self._run_stop(reason, drain, paused, remove), name=f"stop:{self.key}")
+        self._stop_task = asyncio.create_task(self._run_stop(reason, drain, paused, remove, after),
+                                              name=f"stop:{self.key}")
         return self._stop_task
 
     async def _run_stop(self, reason: StopReason, drain: float = 0.0, paused: bool = False,
-                        remove: bool = False) -> None:
+                        remove: bool = False, after: asyncio.Future[None] | None = None) -> None:
         instance = self.instance
         try:
-            await self._drain(drain)
+            if after is not None:
+                await asyncio.gather(after, return_exceptions=True)  # a retired instance's exchanges end first
+            await drain_requests(self, drain)
             if instance is not None and not await self.confirmed():
                 log.warning("stop_not_confirmed", key=self.key, container=self.klass.name, reason=reason.value)
                 instance = None  # not this replica's to stop any more: the manager lets go of it untouched
             if instance is not None:
                 if paused:
-                    await self._thaw(instance)
+                    await self.pauser.thaw(instance)
                 await self._stop_instance(instance)
             backend = self.services.backend
             if remove and isinstance(backend, Removable):
@@ -431,3 +408,20 @@ class Manager(Health):
             "breaker": self.breaker.status(loop.time()),
             "sleep_after": self.sleep_after,
         }
+
+    # ------------------------------------------------------------------ components, made on first use
+
+    @property
+    def pauser(self) -> Pauser:  # pause and resume: proxy/lifecycle/pause.py
+        self._pauser = self._pauser or Pauser(self)
+        return self._pauser
+
+    @property
+    def health(self) -> HealthWatch:  # liveness checks and retiring: proxy/lifecycle/health.py
+        self._health = self._health or HealthWatch(self)
+        return self._health
+
+    @property
+    def idle(self) -> IdleTimer:  # the idle pause and stop: proxy/lifecycle/idle.py
+        self._idle = self._idle or IdleTimer(self)
+        return self._idle

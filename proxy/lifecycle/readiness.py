@@ -1,8 +1,9 @@
 """Readiness probing: may a started instance take requests yet (and is it still alive)?
 
-Three kinds (`Readiness` in proxy/config/containers.py): a TCP connect to the instance's port (the default,
-as Cloudflare and Knative wait for the port), a GET of a path answering 2xx, or the image's own HEALTHCHECK
-as the runtime reports it. Probes begin `interval` apart and the waits grow with the time already waited
+Four kinds (`Readiness` in proxy/config/containers.py): a TCP connect to the instance's port (the default,
+as Cloudflare and Knative wait for the port), a GET of a path answering 2xx, the image's own HEALTHCHECK
+as the runtime reports it, or the standard gRPC health service answering SERVING (proxy/lifecycle/grpc_probe.py).
+Probes begin `interval` apart and the waits grow with the time already waited
 (`next_wait`) up to `max_interval`, so a slow or broken app is not probed hundreds of times a second while a
 fast one is still found ready within a few ms. The start's `LastSeen` keeps what the last probe saw, so a
 start that times out can say why (`GET /v2/health/ready answered 404`, `connection refused`).
@@ -18,6 +19,7 @@ import aiohttp
 from backends.base import Backend, BackendError, Instance, InstanceState
 from backends.control import DirectlyReachable, HealthReporting
 from proxy.config.schema import Readiness
+from proxy.lifecycle.grpc_probe import check_health
 
 INSPECT_EVERY = 0.5  # while waiting: how often to ask the runtime whether the instance died
 # Each wait between probes is this fraction of the time waited so far (at least `interval`, at most
@@ -88,7 +90,9 @@ def _failure(exc: BaseException, readiness: Readiness, timeout: float) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-class Prober:
+class ReadinessProber:
+    """TCP, HTTP and healthcheck probes: what `Services.prober` is (its Protocol: proxy/lifecycle/services.py)."""
+
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._session: aiohttp.ClientSession | None = None
@@ -114,6 +118,10 @@ class Prober:
                 return Check(200 <= status < 300, f"GET {readiness.path} answered {status}", status)
             if readiness.kind == "tcp":
                 return await asyncio.wait_for(self._tcp(instance, forwarding), timeout)
+            if readiness.kind == "grpc":
+                health = await asyncio.wait_for(
+                    check_health(instance.host, instance.port, readiness.service or "", timeout), timeout)
+                return Check(health.ok, health.what, final=health.final)
             return await asyncio.wait_for(self._health(instance), timeout)
         except BackendError as exc:
             return Check(False, exc.reason)

@@ -21,6 +21,8 @@ from proxy.lifecycle.registry import Registry
 
 log = structlog.get_logger("proxy.reconcile")
 RECONCILE_EVERY = 10.0  # seconds between full comparisons with the runtime
+STEP = 0.005  # seconds of comparing before a yield to the event loop (a backend that lists nothing, as the process
+# backend, has each running key's liveness asked, with no await that yields: 5000 keys were one step; issue 28)
 RECONNECT_AFTER = 1.0  # seconds before listening to the event stream again after it broke
 
 
@@ -61,9 +63,14 @@ class Reconciler:
             return 0  # the runtime cannot be asked now; next round
         ids = {instance.id for instance in listed}
         corrected = 0
+        loop = asyncio.get_running_loop()
+        yield_at = loop.time() + STEP
         for manager in self.registry:
+            if loop.time() >= yield_at:  # thousands of running keys: many short steps, never one long one
+                await asyncio.sleep(0)
+                yield_at = loop.time() + STEP
             if manager.state is State.RUNNING and manager.instance is not None and manager.instance.id not in ids:
-                corrected += await manager.liveness() is False
+                corrected += await manager.health.liveness() is False
         corrected += self.registry.adopt(listed)
         if isinstance(self.backend, Sweepable):
             try:
@@ -95,4 +102,4 @@ class Reconciler:
         for manager in self.registry:
             instance: Instance | None = manager.instance
             if manager.state is State.RUNNING and instance is not None and instance.id.startswith(container_id):
-                manager.suspect()  # checks with the runtime; a gone instance becomes `stopped` (a crash)
+                manager.health.suspect()  # checks with the runtime; a gone instance becomes `stopped` (a crash)

@@ -8,6 +8,7 @@ Capacity, readiness probing and the lb policy live in their own modules; this is
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Callable, Iterator
 
 from backends.base import Instance
@@ -23,27 +24,33 @@ class Registry:
         self.config = config
         self.services = services
         self.managers: dict[tuple[str, str], Manager] = {}
+        # When each manager was made, in the same (insertion) order: ascending numbers a listing's cursor can
+        # resume from by bisection (proxy/observe/listing.py). A key that is dropped and made again goes last.
+        self.order: dict[tuple[str, str], int] = {}
+        self._made = itertools.count(1)
         # In a cluster, only keys owned here may be adopted (proxy/cluster/owner.py); None: every key.
         self.admits: Callable[[str, str], bool] | None = None
 
-    def get(self, key: str, container: str) -> Manager:
-        """The manager for `key` of class `container` (created on first use)."""
-        manager = self.managers.get((container, key))
+    def get(self, key: str, class_name: str) -> Manager:
+        """The manager for `key` of class `class_name` (created on first use)."""
+        manager = self.managers.get((class_name, key))
         if manager is None:
-            manager = self.managers[(container, key)] = Manager(key, self.config.containers[container],
+            manager = self.managers[(class_name, key)] = Manager(key, self.config.containers[class_name],
                                                                 self.services)
+            self.order.pop((class_name, key), None)
+            self.order[(class_name, key)] = next(self._made)
         return manager
 
-    def peek(self, key: str, container: str) -> Manager | None:
+    def peek(self, key: str, class_name: str) -> Manager | None:
         """The manager for `key` if there is one (a read must not create managers)."""
-        return self.managers.get((container, key))
+        return self.managers.get((class_name, key))
 
     def __iter__(self) -> Iterator[Manager]:
         return iter(list(self.managers.values()))
 
-    def pick_lb(self, base_key: str, container: str, instances: int) -> Manager:
-        pool = [self.get(member_key(base_key, i), container) for i in range(instances)]
-        return least_loaded(pool, lambda: self.services.capacity.may_start(container))
+    def pick_lb(self, base_key: str, class_name: str, instances: int) -> Manager:
+        pool = [self.get(member_key(base_key, i), class_name) for i in range(instances)]
+        return least_loaded(pool, lambda: self.services.capacity.may_start(class_name))
 
     async def adopt_running(self) -> int:
         """After a proxy restart, take over the running instances this proxy owns.
@@ -61,11 +68,11 @@ class Registry:
         `checked`: only of keys `admits` (a cluster's owner adopting a key it is claiming passes False)."""
         adopted = 0
         for instance in instances:
-            if instance.container not in self.config.containers:
+            if instance.class_name not in self.config.containers:
                 continue
-            if checked and self.admits is not None and not self.admits(instance.container, instance.key):
+            if checked and self.admits is not None and not self.admits(instance.class_name, instance.key):
                 continue
-            manager = self.get(instance.key, instance.container)
+            manager = self.get(instance.key, instance.class_name)
             if manager.state is State.STOPPED:
                 manager.adopt(instance)
                 adopted += 1

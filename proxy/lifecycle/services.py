@@ -16,6 +16,13 @@ from proxy.lifecycle.events import EventBus
 from proxy.lifecycle.readiness import LastSeen
 
 
+class Idle(Protocol):
+    """A key's idle timer (proxy/lifecycle/idle.py), as its other components use it."""
+
+    def cancel(self) -> None: ...
+    def rearm(self) -> None: ...
+
+
 class FencedKey(Protocol):
     """What the fence reads of a manager: which key of which class it is."""
 
@@ -26,6 +33,8 @@ class FencedKey(Protocol):
 
 
 class Prober(Protocol):
+    """Waits until a started instance is ready; proxy/lifecycle/readiness.py's `ReadinessProber` is the one."""
+
     async def wait_ready(self, instance: Instance, readiness: Readiness, seen: LastSeen) -> None: ...
 
 

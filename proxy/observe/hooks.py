@@ -49,7 +49,7 @@ HOOK_OF = {Happening.STARTED: "start", Happening.ADOPTED: "start", Happening.STO
 def hook_event(event: Event) -> dict[str, Any] | None:
     """The seed's three hook events (start, stop, error), or None for the steps in between."""
     if isinstance(event, BreakerOpened):  # an error of its own: the key's starts are refused for a while
-        return {"event": "error", "key": event.key, "container": event.container, "reason": event.reason,
+        return {"event": "error", "key": event.key, "container": event.class_name, "reason": event.reason,
                 "timestamp": event.timestamp, "breaker": "open", "backoff_seconds": event.backoff}
     if not isinstance(event, Transition) or event.happening is None:
         return None
@@ -57,7 +57,7 @@ def hook_event(event: Event) -> dict[str, Any] | None:
     return {
         "event": name,
         "key": event.key,
-        "container": event.container,
+        "container": event.class_name,
         "reason": event.reason,
         "timestamp": event.timestamp,
         "from": event.old.value,

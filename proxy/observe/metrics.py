@@ -81,20 +81,20 @@ class KeyLabels:
     """
 
     def __init__(self, named: Mapping[str, Iterable[str]]) -> None:
-        self._order = {container: (*dict.fromkeys(keys), OTHER) for container, keys in named.items()}
-        self._named = {container: frozenset(keys) - {OTHER} for container, keys in self._order.items()}
+        self._order = {class_name: (*dict.fromkeys(keys), OTHER) for class_name, keys in named.items()}
+        self._named = {class_name: frozenset(keys) - {OTHER} for class_name, keys in self._order.items()}
 
     @classmethod
     def from_config(cls, config: Config) -> KeyLabels:
         return cls(named_keys(config))
 
-    def __call__(self, container: str, key: str) -> str:
-        named = self._named.get(container)
+    def __call__(self, class_name: str, key: str) -> str:
+        named = self._named.get(class_name)
         return key if named is not None and key in named else OTHER
 
-    def labels(self, container: str) -> tuple[str, ...]:
+    def labels(self, class_name: str) -> tuple[str, ...]:
         """Every `key` label value of a class (its named keys, then `_other`)."""
-        return self._order.get(container, (OTHER,))
+        return self._order.get(class_name, (OTHER,))
 
 
 def standard_series(r: CollectorRegistry) -> None:
@@ -156,34 +156,34 @@ class Metrics:
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, ColdWait):
-            self.cold_wait.labels(event.container).observe(event.seconds)
+            self.cold_wait.labels(event.class_name).observe(event.seconds)
             return
         if not isinstance(event, Transition):
             return
         if event.new is State.RUNNING:
-            self.running.labels(event.container).inc()
+            self.running.labels(event.class_name).inc()
         elif event.old is State.RUNNING:
-            self.running.labels(event.container).dec()
+            self.running.labels(event.class_name).dec()
         happening = event.happening
         if happening in (Happening.STARTED, Happening.ADOPTED):  # adoption counts as a start, as its hook does
-            self.class_starts.labels(event.container).inc()
-            self.starts.labels(event.container, self.key_label(event.container, event.key)).inc()
+            self.class_starts.labels(event.class_name).inc()
+            self.starts.labels(event.class_name, self.key_label(event.class_name, event.key)).inc()
             if happening is Happening.STARTED:
-                self.start_duration.labels(event.container).observe(event.duration)
+                self.start_duration.labels(event.class_name).observe(event.duration)
                 for phase, seconds in event.phases:
-                    self.start_phase.labels(event.container, phase).observe(seconds)
-                self._first_byte_due[(event.container, event.key)] = time.monotonic()
+                    self.start_phase.labels(event.class_name, phase).observe(seconds)
+                self._first_byte_due[(event.class_name, event.key)] = time.monotonic()
         elif happening is Happening.START_FAILED:
-            self.start_failures.labels(event.container).inc()
+            self.start_failures.labels(event.class_name).inc()
         elif event.stop_reason is not None:  # STOPPED or CRASHED
-            self.stops.labels(event.container, event.stop_reason.value).inc()
-            self._first_byte_due.pop((event.container, event.key), None)
+            self.stops.labels(event.class_name, event.stop_reason.value).inc()
+            self._first_byte_due.pop((event.class_name, event.key), None)
 
-    def first_byte(self, container: str, key: str) -> None:
+    def first_byte(self, class_name: str, key: str) -> None:
         """A request that waited for a start got its first response byte: the start's `first_byte` phase, once."""
-        ready = self._first_byte_due.pop((container, key), None)
+        ready = self._first_byte_due.pop((class_name, key), None)
         if ready is not None:
-            self.start_phase.labels(container, "first_byte").observe(time.monotonic() - ready)
+            self.start_phase.labels(class_name, "first_byte").observe(time.monotonic() - ready)
 
     def request_observer(self, route: str) -> Callable[[int, float, bool], None]:
         """The route's recorder: `observe(code, seconds, fast_path)`, a few integer additions per request."""

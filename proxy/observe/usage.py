@@ -1,7 +1,7 @@
 """The usage meter: what the seed's platform bills by, per key, from running time and instance type.
 
 Running time counts from ready (or adopted) until stopped; egress is the response bytes sent to
-clients (`egress`, once per finished request, from the relay). Counters are computed at scrape time,
+clients (`egress`, once per finished request, from the exchange). Counters are computed at scrape time,
 so an instance that is still running is billed up to the second. A paused instance (frozen: memory
 kept, no CPU) is billed for memory and disk but not for CPU while it is paused.
 
@@ -88,11 +88,11 @@ class UsageMeter(Collector):
     def _on_event(self, event: Event) -> None:
         if not isinstance(event, Transition):
             return
-        at = (event.container, event.key)
+        at = (event.class_name, event.key)
         if event.new is State.PAUSED and (usage := self.running.get(at)) is not None:
             usage.pause(event.timestamp)
         elif event.old is State.PAUSED and (usage := self.running.get(at)) is not None:
-            self._unpause(event.container, event.key, usage, event.timestamp)
+            self._unpause(event.class_name, event.key, usage, event.timestamp)
         if event.happening is None:
             return
         if event.happening in (Happening.STARTED, Happening.ADOPTED):
@@ -104,27 +104,27 @@ class UsageMeter(Collector):
             ended = self.running.pop(at, None)
             if ended is None or ended.running_since is None:
                 return
-            self._unpause(event.container, event.key, ended, event.timestamp)
+            self._unpause(event.class_name, event.key, ended, event.timestamp)
             ran = event.timestamp - ended.running_since
             ended.seconds += ran
             ended.running_since = None
             ended.stopped_at = event.timestamp
-            label = (event.container, self.key_label(event.container, event.key))
+            label = (event.class_name, self.key_label(event.class_name, event.key))
             self.totals[label] = self.totals.get(label, 0.0) + ran
             self.stopped[at] = ended
             self._expire(event.timestamp)
 
-    def egress(self, container: str, key: str, nbytes: int) -> None:
+    def egress(self, class_name: str, key: str, nbytes: int) -> None:
         """Response bytes one request sent to its client (called once per request: a few dict operations)."""
-        at = (container, key)
+        at = (class_name, key)
         usage = self.running.get(at) or self.stopped.get(at)
         if usage is not None:
             usage.egress += nbytes
-        label = (container, self.key_label(container, key))
+        label = (class_name, self.key_label(class_name, key))
         self.egress_totals[label] = self.egress_totals.get(label, 0) + nbytes
 
-    def _unpause(self, container: str, key: str, usage: Usage, at: float) -> None:
-        label = (container, self.key_label(container, key))
+    def _unpause(self, class_name: str, key: str, usage: Usage, at: float) -> None:
+        label = (class_name, self.key_label(class_name, key))
         self.paused_totals[label] = self.paused_totals.get(label, 0.0) + usage.unpause(at)
 
     def _expire(self, now: float) -> None:
@@ -140,15 +140,15 @@ class UsageMeter(Collector):
         """Keys with per-key detail (running, or stopped within the retention and the cap)."""
         return len(self.running) + len(self.stopped)
 
-    def report(self, container: str, key: str, now: float | None = None) -> dict[str, float] | None:
-        usage = self.running.get((container, key)) or self.stopped.get((container, key))
+    def report(self, class_name: str, key: str, now: float | None = None) -> dict[str, float] | None:
+        usage = self.running.get((class_name, key)) or self.stopped.get((class_name, key))
         if usage is None:
             return None
         now = self.clock() if now is None else now
-        return self._bill(container, usage.total(now), usage.paused_total(now), usage.egress)
+        return self._bill(class_name, usage.total(now), usage.paused_total(now), usage.egress)
 
-    def _bill(self, container: str, seconds: float, paused: float = 0.0, egress: int = 0) -> dict[str, float]:
-        cls = self.config.containers[container]
+    def _bill(self, class_name: str, seconds: float, paused: float = 0.0, egress: int = 0) -> dict[str, float]:
+        cls = self.config.containers[class_name]
         prices = self.config.pricing
         memory = seconds * cls.spec.resources.memory_gib
         vcpu = (seconds - paused) * cls.spec.resources.cpus
@@ -166,19 +166,19 @@ class UsageMeter(Collector):
         now = self.clock()
         self._expire(now)
         seconds, paused = dict(self.totals), dict(self.paused_totals)
-        for (container, key), usage in list(self.running.items()):  # the open periods; closed ones are in totals
-            at = (container, self.key_label(container, key))
+        for (class_name, key), usage in list(self.running.items()):  # the open periods; closed ones are in totals
+            at = (class_name, self.key_label(class_name, key))
             if usage.running_since is not None:
                 seconds[at] = seconds.get(at, 0.0) + max(0.0, now - usage.running_since)
             if usage.paused_since is not None:
                 paused[at] = paused.get(at, 0.0) + max(0.0, now - usage.paused_since)
-        for (container, label), value in seconds.items():
-            if container not in self.config.containers:
+        for (class_name, label), value in seconds.items():
+            if class_name not in self.config.containers:
                 continue
-            row = self._bill(container, value, paused.get((container, label), 0.0),
-                             self.egress_totals.get((container, label), 0))
+            row = self._bill(class_name, value, paused.get((class_name, label), 0.0),
+                             self.egress_totals.get((class_name, label), 0))
             for field, family in families.items():
-                family.add_metric([container, label], row[field] * _TO_BASE_UNITS.get(field, 1.0))
+                family.add_metric([class_name, label], row[field] * _TO_BASE_UNITS.get(field, 1.0))
         return families.values()
 
     @staticmethod

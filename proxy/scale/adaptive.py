@@ -148,9 +148,9 @@ class AdaptivePrewarm(Periodic):
         registry.services.bus.subscribe(self._on_event)
 
     def _on_event(self, event: Event) -> None:
-        if isinstance(event, Transition) and event.happening is Happening.STARTED and event.container in self.lead:
-            old = self.lead[event.container]
-            self.lead[event.container] = event.duration if not old else 0.7 * old + 0.3 * event.duration
+        if isinstance(event, Transition) and event.happening is Happening.STARTED and event.class_name in self.lead:
+            old = self.lead[event.class_name]
+            self.lead[event.class_name] = event.duration if not old else 0.7 * old + 0.3 * event.duration
 
     def start(self) -> None:
         if self.classes:

@@ -13,6 +13,7 @@ import asyncio
 import aiohttp
 
 from backends.base import Instance
+from proxy.wire.h2upstream import H2Pool
 from proxy.wire.upstream import UpstreamPool
 
 # aiohttp's client adds these when absent; a proxy must not send headers the client did not.
@@ -24,6 +25,7 @@ class Pools:
         self.connect_timeout = connect_timeout
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._upstreams: dict[str, UpstreamPool] = {}
+        self._h2: dict[str, H2Pool] = {}  # classes with `protocol: h2c|grpc`
         self._closing: set[asyncio.Task[None]] = set()
 
     def session(self, instance: Instance) -> aiohttp.ClientSession:
@@ -41,9 +43,15 @@ class Pools:
             pool = self._upstreams[instance.id] = UpstreamPool(instance.host, instance.port, self.connect_timeout)
         return pool
 
+    def h2(self, instance: Instance) -> H2Pool:
+        pool = self._h2.get(instance.id)
+        if pool is None:
+            pool = self._h2[instance.id] = H2Pool(instance.host, instance.port, self.connect_timeout)
+        return pool
+
     def __len__(self) -> int:
-        """Instances that have pools (either kind)."""
-        return len(self._sessions.keys() | self._upstreams.keys())
+        """Instances that have pools (any kind)."""
+        return len(self._sessions.keys() | self._upstreams.keys() | self._h2.keys())
 
     def session_connections(self) -> tuple[int, int]:
         """(idle, in use) connections of the aiohttp-path sessions (diagnostics; reads aiohttp internals here only)."""
@@ -63,6 +71,9 @@ class Pools:
         upstream = self._upstreams.pop(instance.id, None)
         if upstream is not None:
             upstream.close()
+        h2 = self._h2.pop(instance.id, None)
+        if h2 is not None:
+            h2.close()
         session = self._sessions.pop(instance.id, None)
         if session is not None:
             task = asyncio.get_running_loop().create_task(session.close())
@@ -73,5 +84,8 @@ class Pools:
         for upstream in self._upstreams.values():
             upstream.close()
         self._upstreams.clear()
+        for h2 in self._h2.values():
+            h2.close()
+        self._h2.clear()
         sessions, self._sessions = list(self._sessions.values()), {}
         await asyncio.gather(*(s.close() for s in sessions), *self._closing, return_exceptions=True)

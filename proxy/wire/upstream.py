@@ -1,8 +1,8 @@
 """Raw keep-alive HTTP/1.1 connections to one instance, for the fast path.
 
 An `UpstreamConnection` is an asyncio.Protocol with httptools' response parser: it writes a request
-already serialised by the caller and reports the response to its current `Relay` as parsed pieces
-(head, body bytes, end), so the relay can pass them on without building any objects. Connections
+already serialised by the caller and reports the response to its current `ResponseSink` as parsed pieces
+(head, body bytes, end), so the exchange can pass them on without building any objects. Connections
 return to their instance's `UpstreamPool` when a response ends cleanly and both sides allow reuse;
 the pool is closed when the instance stops, so nothing is ever sent to a dead or reused address.
 """
@@ -22,13 +22,17 @@ MAX_HEAD = 64 * 1024  # a response head kept whole for relaying as received
 # A header line whose name is hop-by-hop (in a head as received: "\r\n" starts each header line).
 HOP_LINE = re.compile(b"\r\n(?:" + b"|".join(re.escape(h.encode()) for h in sorted(HOP_BY_HOP)) + b")[ \t]*:",
                       re.IGNORECASE)
-# On a lowered head: each Content-Length line (its digits captured) and each hop-by-hop header line (a
-# superset of HOP_BY_HOP: any proxy-*), in one pass. `_whole` wants exactly one match: the length.
-_FRAMING = re.compile(rb"\n(?:content-length[ \t]*:[ \t]*([0-9]{1,15})[ \t]*\r|(?:connection|keep-alive|proxy-[a-z-]*"
-                      rb"|te|trailers?|transfer-encoding|upgrade)[ \t]*:)")
+# On a lowered head: each Content-Length line (its digits captured), a `Connection: close` or `keep-alive` line
+# (its value captured) and each other hop-by-hop header line (a superset of HOP_BY_HOP: any proxy-*), in one
+# pass. `_whole` wants one length and at most one plain Connection line.
+_FRAMING = re.compile(rb"\n(?:content-length[ \t]*:[ \t]*([0-9]{1,15})[ \t]*\r"
+                      rb"|connection[ \t]*:[ \t]*(close|keep-alive)[ \t]*\r"
+                      rb"|(?:connection|keep-alive|proxy-[a-z-]*|te|trailers?|transfer-encoding|upgrade)[ \t]*:)")
+
+_CONNECTION = re.compile(rb"\nconnection[ \t]*:")
 
 
-class Relay(Protocol):
+class ResponseSink(Protocol):
     """What a connection reports to while it carries one exchange."""
 
     def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], raw_head: bytes | None) -> bool:
@@ -43,23 +47,31 @@ class Relay(Protocol):
 
     def on_end(self, reusable: bool) -> None: ...
 
-    def on_whole(self, status: int, data: bytes, head_end: int) -> None:
+    def on_whole(self, status: int, data: bytes, head_end: int, reusable: bool) -> None:
         """A whole answer came in one read and can go out as it came (see `UpstreamConnection._whole`):
-        `data[:head_end]` is the head without its blank line. The exchange ends with it (reusable)."""
+        `data[:head_end]` is the head without its blank line. The exchange ends with it; `reusable`: the
+        connection may carry another request (else the instance closes it: HTTP/1.0, `Connection: close`)."""
 
     def on_upstream_data(self) -> None: ...
 
     def on_upstream_lost(self, error: str, got_response: bool) -> None: ...
 
 
+class _Nothing:
+    """Where a closed connection's parser would report: nowhere (see `connection_lost`)."""
+
+
+_CLOSED = httptools.HttpResponseParser(_Nothing())
+
+
 class UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("pool", "transport", "relay", "_parser", "_headers", "_reason", "_interim", "_framed",
+    __slots__ = ("pool", "transport", "sink", "_parser", "_headers", "_reason", "_interim", "_framed",
                  "_got_response", "_complete", "_keep_alive", "_bodyless", "_drain", "_raw_head", "_head_buf")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.relay: Relay | None = None
+        self.sink: ResponseSink | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -73,11 +85,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._raw_head: bytes | None = None  # the response head as received, for relaying it unchanged
         self._head_buf = b""
 
-    # ---------------------------------------------------------------- use by a relay
+    # ---------------------------------------------------------------- use by an exchange
 
-    def send(self, relay: Relay, data: bytes, bodyless: bool = False) -> None:
+    def send(self, sink: ResponseSink, data: bytes, bodyless: bool = False) -> None:
         """Write a request; `bodyless` for HEAD, whose answer ends with its head."""
-        self.relay = relay
+        self.sink = sink
         self._got_response = self._complete = False
         self._bodyless = bodyless
         self._raw_head, self._head_buf = None, b""
@@ -91,7 +103,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def abandon(self) -> None:
         """The exchange ended early: this connection's state is unknown, so it is never reused."""
-        self.relay = None
+        self.sink = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -101,44 +113,63 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        relay = self.relay
-        if relay is None:  # bytes on an idle connection: the instance broke the protocol
+        sink = self.sink
+        if sink is None:  # bytes on an idle connection: the instance broke the protocol
             self.abandon()
             return
-        relay.on_upstream_data()
+        sink.on_upstream_data()
         if not self._got_response:
-            if not self._head_buf and not self._bodyless and self._whole(relay, data):
+            if not self._head_buf and not self._bodyless and self._whole(sink, data):
                 return
             self._find_head(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.relay = None
+            self.sink = None
             self.abandon()
-            relay.on_upstream_lost(f"invalid response from instance: {exc}", self._got_response)
+            sink.on_upstream_lost(f"invalid response from instance: {exc}", self._got_response)
             return
         if self._complete:
-            self.relay = None
-            relay.on_end(self._keep_alive)
+            self.sink = None
+            sink.on_end(self._keep_alive)
         else:
-            relay.on_flush()
+            sink.on_flush()
 
-    def _whole(self, relay: Relay, data: bytes) -> bool:
-        """The common answer, whole in one read: HTTP/1.1, a final status with a body, one Content-Length that
-        matches what came, nothing hop-by-hop (so the connection stays open). It is relayed without the
-        parser's callbacks (a few µs per request); the parser, which has not seen it, stays at a message
-        boundary. Anything else (chunked, split reads, 1xx, odd framing) goes through the parser."""
+    def _whole(self, sink: ResponseSink, data: bytes) -> bool:
+        """The common answer, whole in one read: HTTP/1.1 or 1.0, a final status with a body, one Content-Length
+        that matches what came, nothing hop-by-hop but one `Connection: close|keep-alive`. It is relayed without
+        the parser's callbacks (a few µs per request), the Connection line left out and a 1.0 status line sent
+        as 1.1 (as nginx answers); the parser, which has not seen it, stays at a message boundary. Anything else
+        (chunked, split reads, 1xx, a body read to EOF, odd framing) goes through the parser."""
         end = data.find(b"\r\n\r\n")
-        if end < 0 or not data.startswith(b"HTTP/1.1 ") or data[12:13] not in (b" ", b"\r"):
+        if end < 0 or data[12:13] not in (b" ", b"\r"):
+            return False
+        if data.startswith(b"HTTP/1.1 "):
+            reusable = True
+        elif data.startswith(b"HTTP/1.0 "):
+            reusable = False
+            data = b"HTTP/1.1" + data[8:]
+        else:
             return False
         status_text = data[9:12]
         if not status_text.isdigit() or status_text in (b"204", b"304") or status_text[0] in b"01":
             return False
-        found = _FRAMING.findall(data[:end + 2].lower())
-        if len(found) != 1 or not found[0] or int(found[0]) != len(data) - end - 4:
+        lowered = data[:end + 2].lower()
+        found = _FRAMING.findall(lowered)  # (length, connection value) per matched line; ("", "") other hop-by-hop
+        if len(found) == 2 and not found[0][0]:
+            found.reverse()  # (the Connection line came first)
+        if not 0 < len(found) <= 2 or not found[0][0] or int(found[0][0]) != len(data) - end - 4:
             return False
-        self.relay = None
-        relay.on_whole(int(status_text), data, end + 2)
+        if len(found) == 2:  # hop-by-hop: the client's connection is ours to keep or close
+            if not found[1][1]:
+                return False  # a second length, or another hop-by-hop header
+            reusable = found[1][1] == b"keep-alive"
+            start = _CONNECTION.search(lowered).start() + 1  # type: ignore[union-attr]  # (findall saw it)
+            stop = lowered.find(b"\n", start) + 1
+            data = data[:start] + data[stop:]
+            end -= stop - start
+        self.sink = None
+        sink.on_whole(int(status_text), data, end + 2, reusable)
         return True
 
     def _find_head(self, data: bytes) -> None:
@@ -154,16 +185,18 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.pool.discard(self)
-        relay, self.relay = self.relay, None
+        self.transport = None  # (both cycles broken: a closed connection is freed at once, not by the GC)
+        self._parser = _CLOSED
+        sink, self.sink = self.sink, None
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
-        if relay is None:
+        if sink is None:
             return
         if self._got_response and not self._framed and not self._interim:
-            relay.on_end(False)  # a body delimited by the close: this is its end
+            sink.on_end(False)  # a body delimited by the close: this is its end
         else:
             reason = f"{type(exc).__name__}: {exc}" if exc else "connection closed by instance"
-            relay.on_upstream_lost(reason, self._got_response)
+            sink.on_upstream_lost(reason, self._got_response)
 
     def pause_writing(self) -> None:
         if self._drain is None or self._drain.done():
@@ -194,14 +227,14 @@ class UpstreamConnection(asyncio.Protocol):
         if self._interim:
             return  # (the final head that follows is relayed line by line)
         self._got_response = True
-        assert self.relay is not None
-        self._framed = self.relay.on_head(status, reason, self._headers, raw_head)
+        assert self.sink is not None
+        self._framed = self.sink.on_head(status, reason, self._headers, raw_head)
         if self._bodyless:  # the parser would wait for a body a HEAD answer never has: end here, reuse never
             self._complete, self._keep_alive = True, False
 
     def on_body(self, data: bytes) -> None:
-        if self.relay is not None:
-            self.relay.on_body(data)
+        if self.sink is not None:
+            self.sink.on_body(data)
 
     def on_message_complete(self) -> None:
         if self._interim:
@@ -237,9 +270,8 @@ class UpstreamPool:
         if self.closed:
             raise ConnectionRefusedError("the instance is gone")
         loop = asyncio.get_running_loop()
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port),
-            timeout=self.connect_timeout)
+        async with asyncio.timeout(self.connect_timeout):  # (no extra task, unlike wait_for: one per closing answer)
+            _, conn = await loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
         if self.closed or conn.transport is None or conn.transport.is_closing():
             # The instance went while we connected, or a port proxy accepted for an instance that is gone and
             # hung up at once: nothing was sent, so this is a refused connect.
@@ -257,10 +289,8 @@ class UpstreamPool:
 
     def discard(self, conn: UpstreamConnection) -> None:
         self._busy.discard(conn)
-        try:
+        if conn in self._idle:  # (rarely: a connection closed while lent is not idle; no exception per close)
             self._idle.remove(conn)
-        except ValueError:
-            pass
 
     def __len__(self) -> int:
         return len(self._idle)
@@ -275,4 +305,4 @@ class UpstreamPool:
             conn.abandon()
         for conn in busy:
             if conn.transport is not None:
-                conn.transport.abort()  # its relay hears it in connection_lost
+                conn.transport.abort()  # its exchange hears it in connection_lost

@@ -145,6 +145,20 @@ def test_overhead() -> None:
 
 
 @pytest.mark.slow
+def test_overhead_closing_upstream() -> None:
+    need("wrk", "wrk")
+    need("busybox", "busybox-static")
+    s = bench("overhead", "--variants", "lazy-proxy", "--upstream", "busybox")
+    assert s["upstream"] == "busybox" and not s["half_load"].get("lazy-proxy"), s  # (no open loop: it closes)
+    run = s["closed_loop"]["lazy-proxy"]
+    assert run["rps"] > 0 and run["errors"] == 0, run
+
+
+def test_fastpath_cpu() -> None:
+    s = bench("fastpath_cpu")
+    assert s["us_per_request"] > 0 and s["bytes_to_client"] > 0, s
+
+
 def test_inference() -> None:
     need("wrk", "wrk")
     s = bench("inference")
@@ -171,3 +185,24 @@ def test_faults() -> None:
     assert set(rounds) == {"stop", "freeze"} and all(r["orphans"] == 0 for r in rounds.values())
     assert rounds["stop"]["errors_sent_after_fault"] == 0 and rounds["stop"]["by_status"]["200"] > 0
     assert rounds["freeze"]["by_status"]["200"] > 0 and set(rounds["freeze"]["by_status"]) <= {"200", "504"}
+
+
+def test_protocols_tls() -> None:
+    """TLS handshakes and HTTPS requests through lazy-proxy and nginx, each terminating TLS itself."""
+    need("nginx", "nginx-light")
+    need("h2load", "nghttp2-client")
+    need("openssl", "openssl")
+    s = bench("protocols")
+    for kind in ("handshakes", "https"):
+        assert all(v["rate"] > 0 and v["cpu_us"] > 0 for v in s["results"][kind].values()), s
+
+
+@pytest.mark.slow
+def test_scale() -> None:
+    need("wrk", "wrk")
+    need("nginx", "nginx-light")
+    need("busybox", "busybox-static")
+    (s,) = bench("scale")["rounds"]
+    assert s["n"] == 20 and s["starts_per_s"] > 0 and s["rss_kib_per_key"] > 0, s
+    for name in ("closing", "closing_nginx", "keepalive", "keepalive_nginx"):
+        assert s[name]["rps"] > 0 and s[name]["errors"] == 0, (name, s)

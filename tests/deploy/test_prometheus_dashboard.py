@@ -67,10 +67,10 @@ async def test_dashboard_panels_match_the_truth(make_proxy, tmp_path):
     waits: list[float] = []
 
     def truth(event: Event) -> None:
-        if isinstance(event, ColdWait) and event.container == "churn":
+        if isinstance(event, ColdWait) and event.class_name == "churn":
             waits.append(event.seconds)
         elif isinstance(event, Transition) and event.happening is Happening.STARTED:
-            durations[event.container].append(event.duration)
+            durations[event.class_name].append(event.duration)
 
     h.proxy.bus.subscribe(truth)
     prometheus = Prometheus(tmp_path, f"127.0.0.1:{h.client.server.port}", rule_files=(ROOT / "deploy" / "rules.yml",))

@@ -126,7 +126,7 @@ async def serving(instance: Instance) -> bool:
 
 
 def started(instances: list[Instance]) -> set[tuple[str, str, str, str]]:
-    return {(i.key, i.container, i.id, i.url) for i in instances}
+    return {(i.key, i.class_name, i.id, i.url) for i in instances}
 
 
 # ---------------------------------------------------------------------------- behaviour
@@ -136,7 +136,7 @@ async def test_start_ready_stop_and_start_again(runtime: Runtime, new_backend: C
     b = new_backend()
     inst = await b.start("k-1", runtime.spec)
     assert isinstance(inst, Instance)
-    assert (inst.key, inst.container) == ("k-1", CLASS) and inst.id and 0 < inst.port < 65536
+    assert (inst.key, inst.class_name) == ("k-1", CLASS) and inst.id and 0 < inst.port < 65536
     await ready(inst, runtime.ready_within)
     assert await b.inspect(inst) is InstanceState.RUNNING
 
@@ -146,7 +146,7 @@ async def test_start_ready_stop_and_start_again(runtime: Runtime, new_backend: C
     await b.stop(inst)  # stopping what is already stopped is not an error
 
     again = await b.start("k-1", runtime.spec)  # a restart (same id) or a recreate (new id): either is fine
-    assert (again.key, again.container) == ("k-1", CLASS)
+    assert (again.key, again.class_name) == ("k-1", CLASS)
     await ready(again, runtime.ready_within)
     assert await b.inspect(again) is InstanceState.RUNNING
 

@@ -109,7 +109,7 @@ def assert_limits(info: dict, res: Resources) -> None:
 async def test_created_container_and_adoption_of_a_running_one(make_backend, raw, proxy_id):
     b = make_backend()
     inst = await b.start("k-1", spec())
-    assert inst.host == "127.0.0.1" and inst.port > 0 and inst.container == "Titanic"
+    assert inst.host == "127.0.0.1" and inst.port > 0 and inst.class_name == "Titanic"
 
     info = await raw.containers.container(inst.id).show()
     labels = info["Config"]["Labels"]
@@ -181,7 +181,7 @@ async def test_unlabelled_container_is_never_touched(make_backend, raw, runtime)
     await foreign.start()
     with pytest.raises(BackendError, match="name conflict"):
         await b.start("intruder", s)
-    fake = Instance(key="intruder", container="Titanic", host="127.0.0.1", port=1, id=foreign.id)
+    fake = Instance(key="intruder", class_name="Titanic", host="127.0.0.1", port=1, id=foreign.id)
     with pytest.raises(BackendError):
         await b.stop(fake)
     assert foreign.id not in [i.id for i in await b.list_instances()]
@@ -209,7 +209,7 @@ async def test_killed_container_is_exited(make_backend, raw):
 @pytest.mark.parametrize("cls", [DockerBackend, PodmanBackend])
 async def test_dead_socket_is_unavailable(cls, tmp_path):
     b = cls(socket=f"unix://{tmp_path}/nothing.sock", proxy_id="dead")
-    fake = Instance(key="k", container="c", host="127.0.0.1", port=1, id="0" * 12)
+    fake = Instance(key="k", class_name="c", host="127.0.0.1", port=1, id="0" * 12)
     try:
         for call in (b.start("k", spec()), b.list_instances(), b.inspect(fake), b.stop(fake)):
             with pytest.raises(BackendUnavailable) as ei:

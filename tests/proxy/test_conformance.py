@@ -560,6 +560,42 @@ def test_an_http10_client_asking_for_keep_alive_is_told_and_kept(front, upstream
             assert [v.lower() for v in response.values("Connection")] == ["keep-alive"], bad(front, f"{response}")
 
 
+CLOSING_ANSWERS = ["close", "http10", "eof", "close-eof"]
+
+
+def _in_flight(front: Front) -> float:
+    """lazy-proxy's requests in flight over all keys (/metrics)."""
+    text = exchange(front.port, build_request("GET", "/metrics")).body.decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("proxy_container_in_flight{"))
+
+
+@pytest.mark.parametrize("kind", CLOSING_ANSWERS)
+@WARM_COLD
+def test_an_instance_that_closes_after_each_answer_is_relayed_byte_for_byte(front, upstream, route, kind):
+    # busybox httpd, Python's http.server and many embedded servers answer (HTTP/1.0 or `Connection: close`;
+    # the body framed by Content-Length or by the close) and close. The client gets an HTTP/1.1 status line,
+    # the body byte for byte (chunked when the close ended it), none of the instance's hop-by-hop lines, and
+    # keeps its connection; each request takes a fresh instance connection. `cold`: the first request starts
+    # the key (aiohttp path), the next ones take the fast path.
+    prefix = entry(route)
+    with RawConnection(front.port) as conn:
+        for n in range(3):
+            mark = upstream.mark()
+            conn.send(build_request("GET", f"{prefix}closing/{n}?resp={kind}"))
+            response = conn.read_response()
+            where = f"request {n}: {response.status} {response.headers}"
+            assert response.status == 200 and response.values("X-Closing") == [kind], bad(front, where)
+            assert response.body == b"".join(RecordingUpstream.CHUNKS), bad(front, f"{where}: {response.body[:100]!r}")
+            assert response.chunked == kind.endswith("eof"), bad(front, where)
+            assert not any("close" in v.lower() for v in response.values("Connection")), bad(front, where)
+            seen = upstream.since(mark)
+            assert len(seen) == 1 and seen[0].target.endswith(f"closing/{n}?resp={kind}".encode()), bad(front, where)
+        assert len({r.conn for r in upstream.requests[-3:]}) == 3, bad(front, "an instance connection was reused")
+    if front.name == LAZY:
+        assert _in_flight(front) == 0, "a request to a closing instance is still counted in flight"
+
+
 AFTER_A_GOOD_REQUEST = [
     pytest.param(b"\x01\x02 not http\r\n\r\n", id="garbage"),
     pytest.param(b"GET /api/b HTTP/1.1\r\nHost: a\r\nContent-Length: abc\r\n\r\n", id="bad-content-length"),

@@ -18,8 +18,8 @@ from aiohttp import web
 from backends.base import BackendError, Instance, InstanceState
 from backends.control import Health
 from proxy.config.schema import Readiness, parse_config
-from proxy.lifecycle.readiness import (BACKOFF, HANGUP_BOUNDS, HANGUP_GRACE, HUNG_UP, Forwarding, LastSeen, Prober,
-                                       next_wait)
+from proxy.lifecycle.readiness import (BACKOFF, HANGUP_BOUNDS, HANGUP_GRACE, HUNG_UP, Forwarding, LastSeen,
+                                       ReadinessProber, next_wait)
 from proxy.config.units import ConfigError
 
 
@@ -31,7 +31,7 @@ def readiness(value: Any = None) -> Readiness:
 
 
 def instance(port: int) -> Instance:
-    return Instance(key="k", container="w", host="127.0.0.1", port=port, id="test-instance")
+    return Instance(key="k", class_name="w", host="127.0.0.1", port=port, id="test-instance")
 
 
 def closed_port() -> int:
@@ -66,8 +66,8 @@ class Checked(Alive):
 
 
 @pytest.fixture
-async def prober() -> AsyncIterator[Prober]:
-    p = Prober(Alive())  # type: ignore[arg-type]  # only inspect/exit_reason are called
+async def prober() -> AsyncIterator[ReadinessProber]:
+    p = ReadinessProber(Alive())  # type: ignore[arg-type]  # only inspect/exit_reason are called
     yield p
     await p.close()
 
@@ -124,7 +124,7 @@ def test_waits_start_at_interval_grow_with_the_time_waited_and_stop_at_max_inter
 # ------------------------------------------------------------------ tcp
 
 
-async def test_tcp_ready_when_the_port_accepts(prober: Prober) -> None:
+async def test_tcp_ready_when_the_port_accepts(prober: ReadinessProber) -> None:
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     async with server:
         port = server.sockets[0].getsockname()[1]
@@ -132,7 +132,7 @@ async def test_tcp_ready_when_the_port_accepts(prober: Prober) -> None:
         assert check.ok, check
 
 
-async def test_tcp_not_ready_when_refused_or_hung_up_at_once(prober: Prober) -> None:
+async def test_tcp_not_ready_when_refused_or_hung_up_at_once(prober: ReadinessProber) -> None:
     learnt = Forwarding()
     refused = await prober.check(instance(closed_port()), readiness(), forwarding=learnt)
     assert not refused.ok and refused.what == "connection refused"
@@ -160,7 +160,7 @@ def test_hangup_grace_follows_what_the_wait_learnt() -> None:
 # ------------------------------------------------------------------ http
 
 
-async def test_http_waits_through_404_and_remembers_it(prober: Prober) -> None:
+async def test_http_waits_through_404_and_remembers_it(prober: ReadinessProber) -> None:
     state = {"status": 404}
     app = web.Application()
 
@@ -187,7 +187,7 @@ async def test_http_waits_through_404_and_remembers_it(prober: Prober) -> None:
         await runner.cleanup()
 
 
-async def test_http_connection_refused(prober: Prober) -> None:
+async def test_http_connection_refused(prober: ReadinessProber) -> None:
     check = await prober.check(instance(closed_port()), readiness("/ready"))
     assert not check.ok and check.what == "connection refused" and check.status is None
 
@@ -197,23 +197,23 @@ async def test_http_connection_refused(prober: Prober) -> None:
 
 async def test_healthcheck_waits_for_healthy_and_says_unhealthy() -> None:
     backend = Checked(Health("starting"), Health("unhealthy", "curl: (7) refused"), Health("healthy"))
-    prober = Prober(backend)  # type: ignore[arg-type]
+    prober = ReadinessProber(backend)  # type: ignore[arg-type]
     seen = LastSeen()
     await asyncio.wait_for(prober.wait_ready(instance(1), readiness("healthcheck"), seen), 30)
     assert backend.asked == 3 and seen.what == "healthcheck: unhealthy (last output: curl: (7) refused)"
     assert (await prober.check(instance(1), readiness("healthcheck"))).what == "healthcheck: healthy"
-    first = await Prober(Checked(Health("starting"))).check(instance(1), readiness("healthcheck"))  # type: ignore[arg-type]
+    first = await ReadinessProber(Checked(Health("starting"))).check(instance(1), readiness("healthcheck"))  # type: ignore[arg-type]
     assert not first.ok and first.what == "healthcheck: starting (no check has run yet)"
 
 
 async def test_healthcheck_without_one_in_the_image_fails_at_once() -> None:
     backend = Checked(Health(None))
     with pytest.raises(BackendError, match="the image has no HEALTHCHECK"):
-        await asyncio.wait_for(Prober(backend).wait_ready(instance(1), readiness("healthcheck")), 30)  # type: ignore[arg-type]
+        await asyncio.wait_for(ReadinessProber(backend).wait_ready(instance(1), readiness("healthcheck")), 30)  # type: ignore[arg-type]
     assert backend.asked == 1
 
 
-async def test_healthcheck_on_a_backend_that_cannot_report_one(prober: Prober) -> None:
+async def test_healthcheck_on_a_backend_that_cannot_report_one(prober: ReadinessProber) -> None:
     check = await prober.check(instance(1), readiness("healthcheck"))
     assert not check.ok and check.final and "cannot report one" in check.what
 
@@ -245,7 +245,7 @@ async def test_tcp_behind_a_forwarder_probes_the_direct_address() -> None:
     async with await hang_up_server() as forwarder, app:
         backend = Forwarded(("127.0.0.1", app.sockets[0].getsockname()[1]))
         seen = LastSeen()
-        await asyncio.wait_for(Prober(backend).wait_ready(  # type: ignore[arg-type]
+        await asyncio.wait_for(ReadinessProber(backend).wait_ready(  # type: ignore[arg-type]
             instance(forwarder.sockets[0].getsockname()[1]), readiness(), seen), 30)
     assert backend.lookups == 1 and seen.what == HUNG_UP  # once the forwarder showed itself, never again
 
@@ -254,7 +254,7 @@ async def test_tcp_behind_a_forwarder_goes_back_when_the_direct_address_is_unrea
     accepted: list[int] = []
     async with await hang_up_server(accepted) as forwarder:
         backend = Forwarded(("no-such-host.invalid", 80))
-        waiting = asyncio.create_task(Prober(backend).wait_ready(  # type: ignore[arg-type]
+        waiting = asyncio.create_task(ReadinessProber(backend).wait_ready(  # type: ignore[arg-type]
             instance(forwarder.sockets[0].getsockname()[1]), readiness()))
         while len(accepted) < 3:  # the first probe, then (after the direct one failed) back at the forwarder
             await asyncio.sleep(0.01)

@@ -111,15 +111,15 @@ def _read_all_then_close(port: int, path: str) -> int:
 
 
 async def test_a_response_relayed_whole_is_counted_as_its_status_not_499(h, monkeypatch):
-    """The race of a cold start on docker, made certain: the event loop is busy right after the relay wrote the
+    """The race of a cold start on docker, made certain: the event loop is busy right after the exchange wrote the
     last byte, so the client has read it all and closed before the handler looks. It counts 200, not 499."""
-    done = RequestClient.relay_done
+    done = RequestClient.exchange_done
 
-    def busy_after_relay(self: RequestClient, exchange, clean: bool) -> None:
+    def busy_after_the_exchange(self: RequestClient, exchange, clean: bool) -> None:
         done(self, exchange, clean)
         time.sleep(0.05)  # (a loaded loop) the client reads the response and closes meanwhile
 
-    monkeypatch.setattr(RequestClient, "relay_done", busy_after_relay)
+    monkeypatch.setattr(RequestClient, "exchange_done", busy_after_the_exchange)
     port = h.client.server.port
     for i in range(5):  # each a cold start (a key of its own) on the aiohttp path
         assert await asyncio.to_thread(_read_all_then_close, port, f"/k/race{i}/api/health") == 200
@@ -129,7 +129,7 @@ async def test_a_response_relayed_whole_is_counted_as_its_status_not_499(h, monk
 
 
 async def test_one_streaming_response_is_one_in_flight(h):
-    """A cold request holds its key once while its response streams (the lease, not the lease and the relay)."""
+    """A cold request holds its key once while its response streams (the lease, not the lease and the exchange)."""
     for key in ("stream", "stream"):  # cold (aiohttp path), then warm (fast path)
         async with h.client.get(f"/k/{key}/debug/stream?chunks=40&interval=0.02") as resp:
             await resp.content.readuntil(b"chunk-1\n")

@@ -10,7 +10,7 @@ from proxy.wire.upstream import UpstreamConnection, UpstreamPool
 
 
 class Recorder:
-    """A Relay that records what the connection reported."""
+    """A ResponseSink that records what the connection reported."""
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
@@ -28,8 +28,8 @@ class Recorder:
     def on_end(self, reusable):
         self.calls.append(("end", reusable))
 
-    def on_whole(self, status, data, head_end):
-        self.calls.append(("whole", status, data[:head_end], data[head_end:]))
+    def on_whole(self, status, data, head_end, reusable=True):
+        self.calls.append(("whole", status, data[:head_end], data[head_end:]) + (() if reusable else ("closes",)))
 
     def on_upstream_data(self):
         pass
@@ -39,12 +39,12 @@ class Recorder:
 
 
 def feed(conn: UpstreamConnection, *chunks: bytes) -> Recorder:
-    relay = Recorder()
-    conn.relay, conn._got_response, conn._complete, conn._bodyless = relay, False, False, False
+    sink = Recorder()
+    conn.sink, conn._got_response, conn._complete, conn._bodyless = sink, False, False, False
     conn._raw_head, conn._head_buf = None, b""
     for chunk in chunks:
         conn.data_received(chunk)
-    return relay
+    return sink
 
 
 @pytest.fixture
@@ -58,23 +58,45 @@ WHOLE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length:  
 def test_a_whole_answer_is_relayed_as_it_came(conn):
     calls = feed(conn, WHOLE).calls
     assert calls == [("whole", 200, WHOLE[:WHOLE.index(b"\r\n\r\n") + 2], b"\r\nhello")]
-    assert conn.relay is None
+    assert conn.sink is None
 
 
 @pytest.mark.parametrize("response", [
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",  # chunked
-    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",  # hop-by-hop
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close, X-Hop\r\n\r\nhello",  # names a header
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\nConnection: close\r\n\r\nhello",
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\nhello",
     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",  # two lengths
     b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",  # not plain digits: the parser decides
     b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",  # no body by status
     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",  # interim first
-    b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",  # not HTTP/1.1
+    b"HTTP/1.0 200 OK\r\n\r\nhello",  # read to EOF
     b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nhello",  # the rest is still to come
-], ids=["chunked", "connection", "keep-alive", "two-lengths", "plus-sign", "204", "interim", "http10", "short"])
+    b"HTTP/2.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+], ids=["chunked", "connection-names", "two-connections", "keep-alive", "two-lengths", "plus-sign", "204", "interim",
+        "http10-eof", "short", "http2"])
 def test_anything_else_goes_through_the_parser(conn, response):
     calls = feed(conn, response).calls
     assert calls and all(call[0] != "whole" for call in calls), calls
+
+
+@pytest.mark.parametrize(("response", "relayed", "reusable"), [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\nDate: x\r\n\r\nhello",
+     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nDate: x\r\n\r\nhello", False),
+    (b"HTTP/1.1 200 OK\r\nconnection:Close \r\nContent-Length: 5\r\n\r\nhello",
+     b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", False),
+    (b"HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6\r\nContent-Length: 5\r\n\r\nhello",
+     b"HTTP/1.1 200 OK\r\nServer: SimpleHTTP/0.6\r\nContent-Length: 5\r\n\r\nhello", False),
+    (b"HTTP/1.0 404 Not Found\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello",
+     b"HTTP/1.1 404 Not Found\r\nContent-Length: 5\r\n\r\nhello", True),
+    (b"HTTP/1.1 200 OK\r\nConnection-Id: 7\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
+     b"HTTP/1.1 200 OK\r\nConnection-Id: 7\r\nContent-Length: 5\r\n\r\nhello", False),
+], ids=["close", "close-first", "http10", "http10-keep-alive", "look-alike"])
+def test_a_whole_answer_of_a_closing_instance_is_relayed_without_its_connection_line(conn, response, relayed,
+                                                                                     reusable):
+    calls = feed(conn, response).calls
+    end = relayed.index(b"\r\n\r\n") + 2
+    assert calls == [("whole", int(relayed[9:12]), relayed[:end], relayed[end:]) + (() if reusable else ("closes",))]
 
 
 def test_a_split_answer_goes_through_the_parser(conn):

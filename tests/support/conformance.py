@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -121,6 +122,9 @@ class RecordingUpstream:
     - anything: 200, small JSON, Content-Length, keep-alive (unless the client sent Connection: close);
     - a target containing `resp=custom`: 201 with chosen end-to-end and hop-by-hop headers (response side);
     - a target containing `resp=chunked`: a chunked 200 (response side);
+    - answers that close the connection (busybox httpd, Python's http.server): `resp=close` (HTTP/1.1,
+      `Connection: close`, Content-Length), `resp=http10` (HTTP/1.0, Content-Length), `resp=eof` (HTTP/1.0, the
+      body in several writes, ended by the close), `resp=close-eof` (the same as HTTP/1.1 with `Connection: close`);
     - `GET /ws/...` with `Upgrade: websocket`: a WebSocket echo (websockets' sans-I/O protocol) that
       records the close code and reason it receives, and on text `close:<code>:<reason>` closes with them.
 
@@ -251,6 +255,11 @@ class RecordingUpstream:
                 body, chunked, trailers = await self._read_body(reader, headers)
                 item = Recorded(conn, request_line, headers, body, chunked, trailers)
                 self._record(item)
+                if closing := self._closing_answer(item):
+                    for part in closing:
+                        writer.write(part)
+                        await writer.drain()
+                    return
                 writer.write(self._answer(item))
                 await writer.drain()
                 if any("close" in v.lower() for v in header_values(headers, "Connection")):
@@ -303,6 +312,21 @@ class RecordingUpstream:
         if lengths:
             return await reader.readexactly(int(lengths[0])), False, []
         return b"", False, []
+
+    def _closing_answer(self, item: Recorded) -> list[bytes]:
+        """The writes of an answer that ends with the connection (`resp=close|http10|eof|close-eof`), or []."""
+        kind = re.search(rb"resp=(close-eof|close|http10|eof)\b", item.target)
+        if kind is None:
+            return []
+        body = b"" if item.method == b"HEAD" else b"".join(self.CHUNKS)
+        version = b"HTTP/1.0" if kind[1] in (b"http10", b"eof") else b"HTTP/1.1"
+        head = [version + b" 200 OK", b"Content-Type: application/octet-stream", b"X-Closing: " + kind[1]]
+        if kind[1].startswith(b"close"):
+            head.append(b"Connection: close")
+        if not kind[1].endswith(b"eof"):
+            head.append(b"Content-Length: %d" % len(b"".join(self.CHUNKS)))
+            return [b"\r\n".join(head) + b"\r\n\r\n" + body]
+        return [b"\r\n".join(head) + b"\r\n\r\n", *([] if not body else self.CHUNKS)]
 
     def _answer(self, item: Recorded) -> bytes:
         head_only = item.method == b"HEAD"

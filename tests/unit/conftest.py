@@ -168,7 +168,7 @@ class FakeBackend:
 
     def new_instance(self, key: str, container: str = "svc") -> Instance:
         n = next(self._serial)
-        return Instance(key=key, container=container, host="127.0.0.1", port=40000 + n, id=f"fake-{n}")
+        return Instance(key=key, class_name=container, host="127.0.0.1", port=40000 + n, id=f"fake-{n}")
 
     def started(self, call: FakeCall | None = None) -> Instance:
         """Let a held start succeed with a fresh instance (the oldest pending start by default)."""

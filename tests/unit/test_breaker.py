@@ -128,7 +128,7 @@ async def test_crashes_of_a_running_instance_count(make_world: Any, clock: Clock
     for _ in range(3):
         await manager.ensure_running()
         world.backend.inspect.returns(InstanceState.EXITED)
-        assert await manager.liveness() is False  # found dead: a crash
+        assert await manager.health.liveness() is False  # found dead: a crash
         world.backend.inspect.reset_answer()
         await clock.advance(1.0)
     assert manager.breaker.is_open

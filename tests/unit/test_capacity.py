@@ -90,7 +90,7 @@ async def test_released_on_failure_and_crash(world, clock):
     await a.ensure_running()
     await b.ensure_running()
     world.backend.inspect.returns(InstanceState.EXITED)
-    assert await a.check_alive() is False
+    assert await a.health.check_alive() is False
     assert world.capacity.active("svc") == 1
     await world.manager("c").ensure_running()  # the crashed one's slot is free again
     assert world.capacity.active("svc") == 2

@@ -49,7 +49,7 @@ async def test_a_request_for_a_paused_key_resumes_it_once_and_is_served(pworld, 
     m = pworld.manager("k")
     await m.ensure_running()
     instance = m.instance
-    await m.pause()
+    await m.pauser.pause()
     assert m.state is State.PAUSED and pworld.backend.pause.args() == [(instance,)]
     assert pworld.capacity.active("svc") == 1  # a paused instance still counts against max_instances
     pworld.backend.resume.hold()
@@ -68,12 +68,12 @@ async def test_pause_needs_a_backend_that_can_and_a_running_instance(world, pwor
     m = world.manager("k")
     await m.ensure_running()
     with pytest.raises(NotSupported, match="not supported by backend fake"):
-        await m.pause()
+        await m.pauser.pause()
     p = pworld.manager("k")
     with pytest.raises(Conflict, match="stopped, not running"):
-        await p.pause()
+        await p.pauser.pause()
     with pytest.raises(Conflict, match="not paused"):
-        await p.resume()
+        await p.pauser.resume()
 
 
 async def test_a_pause_the_runtime_refuses_leaves_it_running(pworld):
@@ -81,7 +81,7 @@ async def test_a_pause_the_runtime_refuses_leaves_it_running(pworld):
     await m.ensure_running()
     pworld.backend.pause.raises(RuntimeError("cannot freeze"))
     with pytest.raises(ActionFailed, match="cannot freeze"):
-        await m.pause()
+        await m.pauser.pause()
     assert m.state is State.RUNNING
 
 
@@ -89,7 +89,7 @@ async def test_a_paused_instance_that_cannot_be_thawed_is_replaced(pworld, clock
     m = pworld.manager("k")
     await m.ensure_running()
     first = m.instance
-    await m.pause()
+    await m.pauser.pause()
     pworld.backend.resume.raises(RuntimeError("gone"))
     async with m.lease() as lease:
         assert lease.instance != first
@@ -100,7 +100,7 @@ async def test_idle_stop_of_a_paused_instance_thaws_it_first(pworld, clock):
     m = pworld.manager("k")
     await m.ensure_running()
     instance = m.instance
-    await m.pause()
+    await m.pauser.pause()
     await clock.advance(60)
     assert m.state is State.STOPPED
     assert pworld.backend.resume.args() == [(instance,)] and pworld.backend.stop.args() == [(instance,)]
@@ -112,7 +112,7 @@ async def test_capacity_keeps_counting_a_paused_instance(make_world, clock):
     world = pausable(make_world(svc={"max_instances": 1}))
     a, b = world.manager("a"), world.manager("b")
     await a.ensure_running()
-    await a.pause()
+    await a.pauser.pause()
     with pytest.raises(CapacityExceeded):
         await b.ensure_running()
 

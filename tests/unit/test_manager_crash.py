@@ -21,7 +21,7 @@ async def test_dead_instance_is_forgotten_as_crashed(world, clock, status):
     m = await running(world)
     instance = m.instance
     world.backend.inspect.returns(status)
-    assert await m.check_alive() is False
+    assert await m.health.check_alive() is False
     assert world.backend.inspect.args() == [(instance,)]
     assert m.state is State.STOPPED and m.instance is None and m.last_error == f"instance {status.value}"
     assert world.events.happenings("k") == [(Happening.STARTED, None), (Happening.CRASHED, StopReason.ERROR)]
@@ -44,7 +44,7 @@ async def test_dead_instance_is_forgotten_as_crashed(world, clock, status):
 
 async def test_running_instance_stays(world, clock):
     m = await running(world)
-    assert await m.check_alive() is True
+    assert await m.health.check_alive() is True
     assert m.state is State.RUNNING and world.pools.forgotten == []
     assert world.events.happenings("k") == [(Happening.STARTED, None)]
 
@@ -54,7 +54,7 @@ async def test_backend_error_keeps_it_running(world, clock, error):
     m = await running(world)
     instance = m.instance
     world.backend.inspect.raises(error)
-    assert await m.check_alive() is True
+    assert await m.health.check_alive() is True
     assert m.state is State.RUNNING and m.instance is instance
     assert world.pools.forgotten == [] and world.capacity.active("svc") == 1
     assert world.events.happenings("k") == [(Happening.STARTED, None)]
@@ -62,7 +62,7 @@ async def test_backend_error_keeps_it_running(world, clock, error):
 
 async def test_check_alive_when_not_running_asks_nothing(world, clock):
     m = world.manager("k")
-    assert await m.check_alive() is False
+    assert await m.health.check_alive() is False
     assert world.backend.inspect.count == 0 and m.state is State.STOPPED
 
 
@@ -70,7 +70,7 @@ async def test_instance_replaced_during_inspect_is_left_alone(world, clock):
     m = await running(world)
     old = m.instance
     world.backend.inspect.hold()
-    check = asyncio.create_task(m.check_alive())
+    check = asyncio.create_task(m.health.check_alive())
     await clock.until(lambda: world.backend.inspect.count == 1)
     await m.stop(StopReason.ADMIN)
     await m.ensure_running()  # a new instance while the inspect of the old one was in flight
@@ -87,8 +87,8 @@ async def test_suspect_looks_again_after_0_0p2_0p5_1s(world, clock):
     m = await running(world)
     t0 = clock.now
     world.backend.inspect.returns(InstanceState.RUNNING, InstanceState.RUNNING, InstanceState.EXITED)
-    m.suspect()
-    m.suspect()  # one check at a time
+    m.health.suspect()
+    m.health.suspect()  # one check at a time
     await clock.settle()
     assert world.backend.inspect.count == 1 and m.state is State.RUNNING
     await clock.advance(0.199)
@@ -105,14 +105,14 @@ async def test_suspect_looks_again_after_0_0p2_0p5_1s(world, clock):
 
 async def test_suspect_of_a_live_instance_looks_four_times_then_gives_up(world, clock):
     m = await running(world)
-    m.suspect()
+    m.health.suspect()
     await clock.advance(1.699)
     assert world.backend.inspect.count == 3
     await clock.advance(0.001)
     assert world.backend.inspect.count == 4
     await clock.advance(10)
     assert world.backend.inspect.count == 4
-    m.suspect()  # a finished check allows a new one
+    m.health.suspect()  # a finished check allows a new one
     await clock.settle()
     assert world.backend.inspect.count == 5 and m.state is State.RUNNING
 
@@ -127,5 +127,5 @@ async def test_a_gone_instance_whose_exit_the_runtime_cannot_explain_is_still_go
         raise BackendError("container x does not exist in database: no such container")
 
     world.backend.exit_reason = unexplained
-    assert await m.liveness() is False
+    assert await m.health.liveness() is False
     assert m.state is State.STOPPED and m.last_error == "instance exited: exited"

@@ -9,8 +9,9 @@ from typing import Any
 
 from backends.base import Instance
 from proxy.lifecycle.events import Happening, State, StopReason
+from proxy.lifecycle.health import HealthWatch
 from proxy.lifecycle.manager import Manager
-from proxy.http.watch import Relays
+from proxy.http.watch import ExchangeWatch
 from proxy.wire.upstream import UpstreamPool
 
 UPSTREAM_TIMEOUT = 5.0
@@ -38,7 +39,7 @@ class FakeClient:
 
 @dataclass(eq=False)
 class FakeExchange:
-    """What `Relays.after_timeout` reads of an `Exchange`."""
+    """What `ExchangeWatch.after_timeout` reads of an `Exchange`."""
 
     pool: UpstreamPool
     manager: Manager
@@ -50,10 +51,10 @@ class FakeExchange:
 class Harness:
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
-        self.relays = Relays(1024, UPSTREAM_TIMEOUT)
+        self.exchanges = ExchangeWatch(1024, UPSTREAM_TIMEOUT)
         self.handler = FakeHandler()
         self.retired: list[tuple[Instance, str]] = []
-        real = manager.retire
+        real = manager.health.retire
 
         def spy(instance: Instance, reason: str, drained: Any = None) -> bool:
             self.retired.append((instance, reason))
@@ -71,15 +72,15 @@ class Harness:
 
     def timeout(self, exchange: FakeExchange | None = None) -> None:
         """One exchange answered 504 after upstream_timeout (what `Exchange.timed_out` reports)."""
-        self.relays.after_timeout(exchange or self.exchange())  # type: ignore[arg-type]
+        self.exchanges.after_timeout(exchange or self.exchange())  # type: ignore[arg-type]
 
     def answered(self) -> None:
         """A response byte came from the instance (what `Exchange.on_upstream_data` does)."""
-        self.relays.timeouts.pop(self.pool, None)
+        self.exchanges.timeouts.pop(self.pool, None)
 
 
 def spy_on(manager: Manager, harness: Harness, monkeypatch) -> None:
-    monkeypatch.setattr(Manager, "retire", lambda self, *a: harness.spy(*a) if self is manager else None)
+    monkeypatch.setattr(HealthWatch, "retire", lambda self, *a: harness.spy(*a) if self.manager is manager else None)
 
 
 async def test_three_timeouts_in_a_row_retire_the_instance_once(world, clock, monkeypatch):
@@ -131,7 +132,7 @@ async def test_zero_never_retires(make_world, clock, monkeypatch):
     spy_on(manager, h, monkeypatch)
     for _ in range(50):
         h.timeout()
-    assert h.retired == [] and manager.state is State.RUNNING and not h.relays.timeouts
+    assert h.retired == [] and manager.state is State.RUNNING and not h.exchanges.timeouts
 
 
 async def test_not_while_another_exchange_still_receives_a_response(world, clock, monkeypatch):
@@ -141,7 +142,7 @@ async def test_not_while_another_exchange_still_receives_a_response(world, clock
     spy_on(manager, h, monkeypatch)
     streaming = h.exchange()
     streaming.head_sent = True
-    h.relays.active.add(streaming)  # type: ignore[arg-type]
+    h.exchanges.active.add(streaming)  # type: ignore[arg-type]
     for _ in range(3):
         h.timeout()
     assert h.retired == [] and manager.state is State.RUNNING
@@ -153,13 +154,13 @@ async def test_the_stop_waits_for_the_exchanges_still_on_the_instance(world, clo
     first = manager.instance
     h = Harness(manager)
     hung = h.exchange()  # sent before the instance was retired, no answer yet
-    h.relays.active.add(hung)  # type: ignore[arg-type]
+    h.exchanges.active.add(hung)  # type: ignore[arg-type]
     for _ in range(3):
         h.timeout()
     assert manager.state is State.STOPPING
     await clock.advance(2.0)
     assert world.backend.stop.count == 0  # it is still on the instance
-    h.relays.active.discard(hung)  # type: ignore[arg-type]  (it timed out too: answered 504)
+    h.exchanges.active.discard(hung)  # type: ignore[arg-type]  (it timed out too: answered 504)
     await clock.advance(0.2)
     assert world.backend.stop.args() == [(first,)] and manager.state is State.STOPPED
 
@@ -168,7 +169,7 @@ async def test_the_drain_has_a_bound(world, clock):
     manager = world.manager()
     await manager.ensure_running()
     h = Harness(manager)
-    h.relays.active.add(h.exchange())  # type: ignore[arg-type]  (never ends)
+    h.exchanges.active.add(h.exchange())  # type: ignore[arg-type]  (never ends)
     for _ in range(3):
         h.timeout()
     await clock.advance(UPSTREAM_TIMEOUT + 2.5)
@@ -179,11 +180,11 @@ async def test_retire_only_acts_on_the_current_running_instance(world, clock):
     manager = world.manager()
     await manager.ensure_running()
     other = world.backend.new_instance("k")
-    assert manager.retire(other, "test") is False and manager.state is State.RUNNING
+    assert manager.health.retire(other, "test") is False and manager.state is State.RUNNING
     instance = manager.instance
     assert instance is not None
-    assert manager.retire(instance, "test") is True  # without a drain: stops at once
-    assert manager.retire(instance, "test") is False  # stopping already
+    assert manager.health.retire(instance, "test") is True  # without a drain: stops at once
+    assert manager.health.retire(instance, "test") is False  # stopping already
     await clock.settle()
     assert manager.state is State.STOPPED
     assert world.events.happenings("k")[-1] == (Happening.STOPPED, StopReason.UNHEALTHY)

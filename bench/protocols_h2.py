@@ -1,0 +1,253 @@
+"""HTTP/2 and gRPC through lazy-proxy side by side with nginx: the HTTP/2 half of the protocol benchmarks
+(bench/protocols.py has the TLS half).
+
+    python -m bench.protocols_h2 [--quick | --smoke] [--rounds N] [--seconds S]
+
+Method
+- Proxies pinned to core 0 (nginx: one worker; lazy-proxy: bench.lib.launcher --upstream, uvloop, one JSON
+  access line per request to a file, as nginx writes its access log), upstreams and load generators on core 1.
+- h2: many concurrent streams. `h2load -c 4 -m 32` (4 connections, 32 streams each) for S seconds, h2c with
+  prior knowledge, against nginx (`listen ... http2`, proxy_pass with keepalive) and lazy-proxy (h2c on its
+  plain port), both in front of the same model service over HTTP/1.1 (GET /api/health).
+- grpc: unary calls. A grpcio asyncio client keeps 32 calls in flight on one channel for S seconds against
+  nginx (`grpc_pass`) and lazy-proxy (class `protocol: grpc`: one pooled HTTP/2 connection to the instance),
+  both in front of the same grpcio server (bench/_grpc_upstream.py, a 64-byte echo).
+- Per variant: requests/s and the proxy's CPU microseconds per request (utime+stime of its process tree over
+  the run, divided by the requests completed). Rounds are interleaved (the order rotates); medians reported.
+
+Goals (issue 26), against nginx measured in the same run: lazy-proxy throughput >= 0.25 x nginx's and CPU per
+request <= 5 x nginx's (a Python proxy against C; recorded to show the gap, not to hide it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from bench.lib.common import (PY, ROOT, Server, cpu_seconds, env_with_root, free_port, goal, median, model_service,
+                           pinned, process_tree, proxy, summary, table, tool)
+
+PROXY_CORE, LOAD_CORE = "0", "1"
+PATH = "/api/health"
+GRPC_METHOD = "/bench.Echo/Echo"
+THROUGHPUT_FACTOR, CPU_FACTOR = 0.25, 5.0
+
+
+@dataclass(frozen=True)
+class Mode:
+    rounds: int
+    seconds: float
+
+
+FULL, QUICK, SMOKE = Mode(5, 10.0), Mode(3, 4.0), Mode(1, 1.0)
+
+NGINX = """{user}worker_processes 1;
+error_log {dir}/error.log warn;
+pid {dir}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/client_body_temp;
+    proxy_temp_path {dir}/proxy_temp;
+    fastcgi_temp_path {dir}/fastcgi_temp;
+    uwsgi_temp_path {dir}/uwsgi_temp;
+    scgi_temp_path {dir}/scgi_temp;
+    upstream upstream_service {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{port} http2;
+        listen 127.0.0.1:{probe};
+        location = /_probe {{ return 200; }}
+        location / {{
+            {location}
+        }}
+    }}
+}}
+"""
+H2_LOCATION = """proxy_pass http://upstream_service;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;"""
+GRPC_LOCATION = "grpc_pass grpc://upstream_service;"
+
+
+@contextlib.contextmanager
+def nginx(upstream_port: int, workdir: Path, location: str) -> Iterator[tuple[int, int]]:
+    """nginx with one worker: HTTP/2 (h2c) on the returned port; (port, pid)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port, probe = free_port(), free_port()
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX.format(user=user, dir=workdir, port=port, probe=probe, upstream_port=upstream_port,
+                                 location=location))
+    binary = tool("nginx") or "/usr/sbin/nginx"
+    server = Server([binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
+                    f"http://127.0.0.1:{probe}/_probe", cpus=PROXY_CORE, log=str(workdir / "stdout.log"))
+    try:
+        yield port, server.pid
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def lazy(upstream_port: int, workdir: Path, protocol: str) -> Iterator[tuple[int, int]]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    route = ({"path": "/api/{tail:.*}", "container": "svc", "key": "shared"} if protocol == "http1" else
+             {"path": "/bench.Echo/{method}", "container": "svc", "key": "shared"})
+    config = {"containers": {"svc": {"sleep_after": 0, "protocol": protocol}}, "routes": [route]}
+    with proxy(config, port, upstream=f"http://127.0.0.1:{upstream_port}", cpus=PROXY_CORE,
+               log=str(workdir / "lazy.log")) as server:
+        yield port, server.pid
+
+
+# ---------------------------------------------------------------- load generators
+
+
+def h2load(port: int, seconds: float) -> int:
+    """Requests answered 2xx by `h2load -c 4 -m 32` over `seconds` (h2c, prior knowledge)."""
+    binary = tool("h2load")
+    if binary is None:
+        raise SystemExit("h2load is not installed (Debian: nghttp2-client)")
+    argv = ["taskset", "-c", LOAD_CORE, binary, "-c", "4", "-m", "32", "-D", f"{max(1, round(seconds))}",
+            f"http://127.0.0.1:{port}{PATH}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    match = re.search(r"status codes: (\d+) 2xx", out)
+    if match is None:
+        raise RuntimeError(f"h2load printed no status codes:\n{out[-1500:]}")
+    return int(match.group(1))
+
+
+def grpc_calls(port: int, seconds: float, concurrency: int = 32) -> int:
+    """Unary calls completed OK in `seconds` with `concurrency` in flight on one grpcio channel."""
+    import grpc
+    import grpc.aio
+
+    async def run() -> int:
+        done = 0
+        payload = b"x" * 64
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(GRPC_METHOD)
+            await call(payload, timeout=30)  # connected and warm
+            deadline = time.monotonic() + seconds
+
+            async def worker() -> None:
+                nonlocal done
+                while time.monotonic() < deadline:
+                    await call(payload, timeout=30)
+                    done += 1
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return done
+
+    with pinned({int(LOAD_CORE)}):
+        return asyncio.run(run())
+
+
+def measure(pid: int, load: Callable[[], int], seconds: float) -> dict[str, float]:
+    pids = process_tree(pid)
+    before = cpu_seconds(pids)
+    began = time.monotonic()
+    requests = load()
+    elapsed = time.monotonic() - began
+    cpu = cpu_seconds(pids) - before
+    return {"rps": requests / elapsed if elapsed else float("nan"),
+            "cpu_us": cpu / requests * 1e6 if requests else float("nan")}
+
+
+# ---------------------------------------------------------------- the two benchmarks
+
+
+def bench_h2(mode: Mode, work: Path) -> dict[str, dict[str, float]]:
+    upstream_port = free_port()
+    results: dict[str, list[dict[str, float]]] = {"nginx": [], "lazy-proxy": []}
+    with model_service(upstream_port, cpus=LOAD_CORE) as _up, \
+            nginx(upstream_port, work / "h2-nginx", H2_LOCATION) as (nport, npid), \
+            lazy(upstream_port, work / "h2-lazy", "http1") as (lport, lpid):
+        targets = {"nginx": (nport, npid), "lazy-proxy": (lport, lpid)}
+        for port, _ in targets.values():
+            h2load(port, 1)  # warm: connections, the key's start
+        for r in range(mode.rounds):
+            for name in sorted(targets, reverse=bool(r % 2)):
+                port, pid = targets[name]
+                results[name].append(measure(pid, lambda p=port: h2load(p, mode.seconds), mode.seconds))
+    return {name: {k: median([x[k] for x in runs]) for k in ("rps", "cpu_us")} for name, runs in results.items()}
+
+
+def bench_grpc(mode: Mode, work: Path) -> dict[str, dict[str, float]]:
+    upstream_port = free_port()
+    results: dict[str, list[dict[str, float]]] = {"nginx": [], "lazy-proxy": []}
+    up = subprocess.Popen(["taskset", "-c", LOAD_CORE, PY, "-m", "bench._grpc_upstream", str(upstream_port)],
+                          cwd=str(ROOT), env=env_with_root(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+    try:
+        _wait_port(upstream_port)
+        with nginx(upstream_port, work / "grpc-nginx", GRPC_LOCATION) as (nport, npid), \
+                lazy(upstream_port, work / "grpc-lazy", "grpc") as (lport, lpid):
+            targets = {"nginx": (nport, npid), "lazy-proxy": (lport, lpid)}
+            for port, _ in targets.values():
+                grpc_calls(port, 0.5)
+            for r in range(mode.rounds):
+                for name in sorted(targets, reverse=bool(r % 2)):
+                    port, pid = targets[name]
+                    results[name].append(measure(pid, lambda p=port: grpc_calls(p, mode.seconds),
+                                                         mode.seconds))
+    finally:
+        up.terminate()
+        up.wait(10)
+    return {name: {k: median([x[k] for x in runs]) for k in ("rps", "cpu_us")} for name, runs in results.items()}
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"the gRPC upstream did not listen on {port}")
+
+
+def report(kind: str, res: dict[str, dict[str, float]]) -> None:
+    lazy_r, nginx_r = res["lazy-proxy"], res["nginx"]
+    ratio = lazy_r["rps"] / nginx_r["rps"] if nginx_r["rps"] else float("nan")
+    cpu = lazy_r["cpu_us"] / nginx_r["cpu_us"] if nginx_r["cpu_us"] else float("nan")
+    table(["variant", "req/s", "CPU us/req"], [[n, round(v["rps"]), round(v["cpu_us"], 1)] for n, v in res.items()],
+          title=f"{kind}: lazy-proxy vs nginx")
+    print(goal(f"{kind}: throughput {ratio:.2f} x nginx (>= {THROUGHPUT_FACTOR})", ratio >= THROUGHPUT_FACTOR))
+    print(goal(f"{kind}: CPU/request {cpu:.2f} x nginx (<= {CPU_FACTOR})", cpu <= CPU_FACTOR))
+    summary(f"protocols_{kind}", {"results": res, "throughput_ratio": ratio, "cpu_ratio": cpu})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--rounds", type=int)
+    ap.add_argument("--seconds", type=float)
+    ap.add_argument("--only", choices=["h2", "grpc"])
+    args = ap.parse_args()
+    mode = SMOKE if args.smoke else QUICK if args.quick else FULL
+    mode = Mode(args.rounds or mode.rounds, args.seconds or mode.seconds)
+    with tempfile.TemporaryDirectory(prefix="bench-h2-") as tmp:
+        if args.only in (None, "h2"):
+            report("h2", bench_h2(mode, Path(tmp)))
+        if args.only in (None, "grpc"):
+            report("grpc", bench_grpc(mode, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
