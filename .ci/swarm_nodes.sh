@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A two-node Docker Swarm on one machine, for the swarm backend's multi-host tests (tests/test_swarm_nodes.py):
+# A two-node Docker Swarm on one machine, for the swarm backend's multi-host tests (tests/engines/test_swarm_nodes.py):
 # two more dockerds, each in its own network namespace (the nodes 10.231.0.2 and 10.231.0.3) on a host bridge
 # (10.231.0.1); the first is the swarm's manager, the second joins it as a worker. They pull images from a
 # registry on the bridge address that serves the same storage as the loopback one of .ci/daemons.sh, so an

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator, Mapping
 import aiodocker
 import aiohttp
 
+from backends.options import EngineOptions
 from backends.base import (
     LABEL_CONTAINER,
     LABEL_KEY,
@@ -72,10 +73,12 @@ class ApiClient:
     default_socket = "unix:///var/run/docker.sock"
     daemon_label = "docker daemon"
 
-    def __init__(self, socket: str | None, proxy_id: str, request_timeout: float, connect_timeout: float) -> None:
-        self.socket = socket or self._default_socket()
-        self.proxy_id = proxy_id
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=connect_timeout)
+    def __init__(self, options: EngineOptions | None = None, **fields: Any) -> None:
+        """`options` (backends/options.py), or its fields as keywords (`socket=`, `proxy_id=`, ...)."""
+        self.options = options = EngineOptions.of(options, **fields)
+        self.socket = options.socket or self._default_socket()
+        self.proxy_id = options.proxy_id
+        self._timeout = aiohttp.ClientTimeout(total=options.request_timeout, sock_connect=options.connect_timeout)
         self._docker: aiodocker.Docker | None = None
         self._lock = asyncio.Lock()
 

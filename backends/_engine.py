@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import math
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, AsyncIterator
 
 import aiodocker
 
@@ -37,16 +37,9 @@ from backends.base import (
     Resources,
 )
 from backends.control import Health
+from backends.options import EngineOptions
 
 log = logging.getLogger(__name__)
-
-# Warm restart of our stopped container vs remove+create+start, measured with bench/warm_restart.py
-# (2-core Debian 12 VM, model-service image, median of 12 cycles, time until started + port known):
-#   docker 20.10: restart 331 ms, recreate 345 ms     podman 4.3: restart 191 ms, recreate 270 ms
-# Restarting wins on both, so `stop` leaves the container stopped and `start` restarts it when the
-# spec hash matches (a different spec is removed and recreated). `reuse_stopped=False` removes on stop.
-REUSE_STOPPED_DEFAULT = True
-
 
 
 def stop_seconds(stop_timeout: float) -> int:
@@ -99,22 +92,12 @@ class EngineBackend(EnginePulls):
 
     name = "engine"
 
-    def __init__(
-        self,
-        socket: str | None = None,
-        proxy_id: str = "default",
-        network_host: str = "127.0.0.1",
-        network: str | None = None,
-        reuse_stopped: bool = REUSE_STOPPED_DEFAULT,
-        request_timeout: float = 60.0,
-        connect_timeout: float = 5.0,
-        registries: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> None:
-        super().__init__(socket, proxy_id, request_timeout, connect_timeout, registries)
-        self.network_host = network_host
-        self.address = Addressing(network_host, network)
-        self.reuse_stopped = reuse_stopped
-        self.names = Names(proxy_id)
+    def __init__(self, options: EngineOptions | None = None, **fields: Any) -> None:
+        super().__init__(options, **fields)
+        self.network_host = self.options.network_host or "127.0.0.1"
+        self.address = Addressing(self.network_host, self.options.network)
+        self.reuse_stopped = self.options.reuse_stopped
+        self.names = Names(self.proxy_id)
 
     async def show(self, ref: str) -> dict[str, Any] | None:
         """Container inspect JSON, or None if it does not exist (podman, while it cleans up after a stop or

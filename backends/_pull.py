@@ -31,6 +31,7 @@ from aiodocker.jsonstream import json_stream_stream
 
 from backends._api import ApiClient
 from backends.base import BackendError, ContainerSpec, Phases
+from backends.options import EngineOptions
 
 log = logging.getLogger(__name__)
 
@@ -264,10 +265,9 @@ class EnginePulls(ApiClient):
 
     libpod_pull = False
 
-    def __init__(self, socket: str | None, proxy_id: str, request_timeout: float, connect_timeout: float,
-                 registries: Mapping[str, Mapping[str, str]] | None = None) -> None:
-        super().__init__(socket, proxy_id, request_timeout, connect_timeout)
-        self.puller = Puller(self._pull_stream, Credentials(registries), self.daemon_label)
+    def __init__(self, options: EngineOptions | None = None, **fields: Any) -> None:
+        super().__init__(options, **fields)
+        self.puller = Puller(self._pull_stream, Credentials(self.options.registries), self.daemon_label)
 
     async def _pull_stream(self, ref: str, headers: Mapping[str, str]) -> AsyncIterator[Mapping[str, Any]]:
         stream = libpod_stream if self.libpod_pull else compat_stream

@@ -36,7 +36,7 @@ from typing import Any, AsyncIterator, Mapping
 import aiodocker
 
 from backends._api import ApiClient, held_elsewhere
-from backends._engine import REUSE_STOPPED_DEFAULT, spec_hash, stop_seconds
+from backends._engine import spec_hash, stop_seconds
 from backends._names import service_name
 from backends._pull import Credentials
 from backends.base import (
@@ -50,6 +50,7 @@ from backends.base import (
     InstanceState,
     Phases,
 )
+from backends.options import EngineOptions
 
 log = logging.getLogger(__name__)
 
@@ -70,22 +71,12 @@ class SwarmBackend(ApiClient):
     name = "swarm"
     daemon_label = "swarm manager"
 
-    def __init__(
-        self,
-        socket: str | None = None,
-        proxy_id: str = "default",
-        network_host: str | None = None,
-        network: str | None = None,
-        reuse_stopped: bool = REUSE_STOPPED_DEFAULT,
-        request_timeout: float = 60.0,
-        connect_timeout: float = 5.0,
-        registries: Mapping[str, Mapping[str, str]] | None = None,
-    ) -> None:
-        super().__init__(socket, proxy_id, request_timeout, connect_timeout)
-        self.credentials = Credentials(registries)
-        self.network_host = network_host
-        self.network = network
-        self.reuse_stopped = reuse_stopped
+    def __init__(self, options: EngineOptions | None = None, **fields: Any) -> None:
+        super().__init__(options, **fields)
+        self.credentials = Credentials(self.options.registries)
+        self.network_host = self.options.network_host
+        self.network = self.options.network
+        self.reuse_stopped = self.options.reuse_stopped
         self._node_addr: dict[str, str] = {}
 
     def _default_socket(self) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import aiohttp
 from aiohttp import web
 
-from bench._common import free_port, metric_sum, metrics_samples, pct, proxy, summary, table
+from bench.lib.common import free_port, metric_sum, metrics_samples, pct, proxy, summary, table
 
 SLOTS = 4  # requests an instance serves at once
 SERVICE = 0.05  # seconds each

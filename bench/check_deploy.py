@@ -19,7 +19,7 @@ import urllib.request
 
 import yaml
 
-from bench._common import ROOT, free_port, http_text, metrics_samples, proxy, summary
+from bench.lib.common import ROOT, free_port, http_text, metrics_samples, proxy, summary
 
 CONFIG = {
     "logging": {"level": "warning"},

@@ -5,7 +5,7 @@ and what failed.
     python -m bench.failover --fault freeze|partition|leader [--rounds 1] [--ttl 2]
 
 `--fault`: the owner frozen (SIGSTOP/SIGCONT) or cut off etcd (a relay blackholed) for three lease ttls, or
-etcd's leader killed, under traffic over three keys with sleep_after shorter than the fault (bench/_fence.py):
+etcd's leader killed, under traffic over three keys with sleep_after shorter than the fault (bench/lib/fence.py):
 failed requests, time to serve again, containers per key, stops or pauses by anyone during the round.
 
 `--signal term` is a rolling restart's step instead: the owner drains, hands its running container over
@@ -35,10 +35,10 @@ from typing import Any
 import aiohttp
 
 from backends.docker import default_docker_socket
-from backends.image import DEFAULT_TAG, ensure_image
-from bench._cluster import Etcd, Replicas, remove_containers, running_containers, starts
-from bench._common import summary, table, timed_get
-from bench._fence import FAULTS, healthy, run_fault
+from backends.image.build import DEFAULT_TAG, ensure_image
+from bench.lib.cluster import Etcd, Replicas, remove_containers, running_containers, starts
+from bench.lib.common import summary, table, timed_get
+from bench.lib.fence import FAULTS, healthy, run_fault
 
 CLIENTS = 8
 KILL_AT = 3.0  # seconds of traffic before the kill

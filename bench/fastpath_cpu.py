@@ -30,8 +30,8 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from bench._common import summary
-from bench._proxy_launcher import ExternalBackend
+from bench.lib.common import summary
+from bench.lib.launcher import ExternalBackend
 from proxy.app import PROXY, create_app
 from proxy.config.schema import load_config
 from proxy.http.server import ProxyRunner

@@ -28,7 +28,7 @@ from typing import Awaitable, Callable
 import aiodocker
 import aiohttp
 
-from bench._common import ROOT, free_port, proxy, summary, table, timed_get
+from bench.lib.common import ROOT, free_port, proxy, summary, table, timed_get
 
 KEYS = [f"f{i}" for i in range(10)]
 VICTIM = KEYS[0]

@@ -7,7 +7,7 @@ Three runs of `schemathesis run` (v4's CLI; tested with 4.32) against real proce
 and `python -m model_service`. Each run uses every check (a 5xx, a response or status the document does not
 declare, a schema-invalid request accepted, a hang past --request-timeout ...: bench/fuzz.toml says the one
 exception) and the coverage, fuzzing and stateful phases (the admin document links start -> state/stop).
-tests/test_fuzz.py runs this with a few examples per operation in CI; here, the longer run.
+tests/proxy/test_fuzz.py runs this with a few examples per operation in CI; here, the longer run.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from bench._common import Server, free_port, model_service, module, summary, table, write_config
+from bench.lib.common import Server, free_port, model_service, module, summary, table, write_config
 
 TOKEN = "fuzz-admin-token-0123456789"
 SETTINGS = Path(__file__).with_name("fuzz.toml")

@@ -2,7 +2,7 @@
 
     python -m bench.herd [--quick | --smoke] [--requests 1000] [--rounds 3]
 
-The proxy runs as its own process (bench._proxy_launcher, uvloop if installed); this process is the client
+The proxy runs as its own process (bench.lib.launcher, uvloop if installed); this process is the client
 (aiohttp, TCPConnector(limit=0): every request has its own connection, all sent at once). `--smoke`: 50
 requests, 1 round, for CI.
 Each round uses a fresh key (`/container/herd-R/api/health`), so every round is a cold start.
@@ -21,7 +21,7 @@ import time
 
 import aiohttp
 
-from bench._common import free_port, goal, http_text, median, pct, proxy, summary, table
+from bench.lib.common import free_port, goal, http_text, median, pct, proxy, summary, table
 
 CONFIG = {
     "logging": {"level": "warning"},

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from bench._common import free_port, goal, has_wrk, median, model_service, summary, table, wrk, wrk_post_script
+from bench.lib.common import free_port, goal, has_wrk, median, model_service, summary, table, wrk, wrk_post_script
 
 SINGLE = json.dumps({"sex": "female", "age": 29, "pclass": 1})
 

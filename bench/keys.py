@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-from bench._common import ROOT, env_with_root, goal, median, module, rss_kib, summary, table
+from bench.lib.common import ROOT, env_with_root, goal, median, module, rss_kib, summary, table
 
 CONFIG = {
     "logging": {"level": "warning"},

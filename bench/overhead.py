@@ -13,9 +13,9 @@ Method
   `pyhttp` Python's `http.server` (HTTP/1.0 answers, closes). The upstream's CPU counts its reaped children.
 - The proxies under test run at the same time, each pinned to core 0 and idle while another is measured:
   nginx with ONE worker process (`upstream` block with `keepalive 32`, HTTP/1.1, access log ON to a file),
-  lazy-proxy through `python -m bench._proxy_launcher --upstream` (a backend whose only instance is that process;
+  lazy-proxy through `python -m bench.lib.launcher --upstream` (a backend whose only instance is that process;
   default config: one JSON log line per request, written to a file, uvloop), and with --haproxy haproxy 2.6
-  (nbthread 1, `http-reuse always`, httplog to a file). Configs: bench/_nginx.py.
+  (nbthread 1, `http-reuse always`, httplog to a file). Configs: bench/lib/nginx.py.
 - "direct" is the same load straight at the upstream: the ceiling every proxy is compared with.
 - Closed loop (max throughput): wrk -t2 -c32, unpinned, for S seconds per variant; rounds are interleaved
   (every round runs each variant once, the order rotating by one each round), so slow drifts of this noisy
@@ -23,7 +23,7 @@ Method
   of the proxy (utime+stime from /proc summed over its process tree, e.g. nginx master + worker) and of the
   upstream, divided by the requests wrk completed. Everything warms up (one request, then 1-2 s of wrk)
   before the first round.
-- Half load (latency): bench._openloop, an open-loop generator (fixed send schedule, latency from the
+- Half load (latency): bench.lib.openloop, an open-loop generator (fixed send schedule, latency from the
   scheduled send time: no coordinated omission), at ONE rate for all variants: 50% of the slowest proxy's
   closed-loop rps; rounds interleaved the same way.
 - Reported numbers are medians over rounds. Ratios to direct and added p99 are paired: the median over rounds
@@ -47,9 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench._common import (PY, Server, cpu_seconds, free_port, goal, has_wrk, http_text, median, model_service,
+from bench.lib.common import (PY, Server, cpu_seconds, free_port, goal, has_wrk, http_text, median, model_service,
                            openloop, process_tree, proxy, summary, table, tool, wrk)
-from bench._nginx import haproxy, nginx, static_nginx
+from bench.lib.nginx import haproxy, nginx, static_nginx
 
 CONNS, THREADS = 32, 2
 PATH = "/api/health"
@@ -133,7 +133,7 @@ def direct(name: str, s: Setup) -> Iterator[Target]:
 
 
 def reference(start: Callable[..., Any]) -> Starter:
-    """A variant for a reference proxy of bench/_nginx.py (nginx, haproxy)."""
+    """A variant for a reference proxy of bench/lib/nginx.py (nginx, haproxy)."""
 
     @contextlib.contextmanager
     def run(name: str, s: Setup) -> Iterator[Target]:
@@ -145,7 +145,7 @@ def reference(start: Callable[..., Any]) -> Starter:
 
 
 def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True, baseline: bool = False) -> Starter:
-    """A lazy-proxy variant: bench._proxy_launcher --upstream, its log (stderr) to a file. `baseline`: the
+    """A lazy-proxy variant: bench.lib.launcher --upstream, its log (stderr) to a file. `baseline`: the
     checkout named by $BENCH_BASELINE (e.g. a `git worktree` of an earlier commit), for before/after runs."""
 
     @contextlib.contextmanager
@@ -361,7 +361,7 @@ def main() -> int:
         print_closed(closed, mode)
 
         rate, half = 0.0, {}
-        if not args.closed_only and args.upstream not in CLOSING:  # (bench._openloop keeps its connections)
+        if not args.closed_only and args.upstream not in CLOSING:  # (bench.lib.openloop keeps its connections)
             rate = args.half_rate or 0.5 * min(r["rps"] for n, r in closed.items() if n != "direct")
             hruns = interleaved(targets, mode.half_rounds, lambda t: openloop(t.url, rate, mode.half_seconds))
             half = {n: open_stats(r, hruns["direct"]) for n, r in hruns.items()}

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import Iterable
 
-from bench._common import summary, table
+from bench.lib.common import summary, table
 from proxy.scale.adaptive import DAY, TICK, Learner, Planner
 from proxy.config.containers import PREWARM_BUDGET
 

@@ -7,7 +7,7 @@ Method
 - Both proxies terminate TLS with the same certificate (trustme: an ECDSA P-256 leaf and its CA), TLS 1.2 and
   1.3 allowed, in front of the same model service over plain HTTP/1.1 (GET /api/health). nginx: one worker,
   `listen ... ssl`, proxy_pass with keepalive, an access log line per request; lazy-proxy: `server.tls`
-  (bench._proxy_launcher with an external upstream, uvloop, one JSON access line per request to a file).
+  (bench.lib.launcher with an external upstream, uvloop, one JSON access line per request to a file).
   Proxies are pinned to core 0; the upstream and the load generators to core 1.
 - handshakes: new TLS connections per second, each a full handshake (no session resumption) and one request:
   `openssl s_time -new -www /api/health`, PARALLEL processes at once (C clients: the server is the bottleneck).
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from bench._common import (Server, cpu_seconds, free_port, goal, median, model_service, process_tree, proxy,
+from bench.lib.common import (Server, cpu_seconds, free_port, goal, median, model_service, process_tree, proxy,
                            summary, table, tool)
 
 PROXY_CORE, LOAD_CORE = "0", "1"

@@ -4,7 +4,7 @@
     python -m bench.protocols_h2 [--quick | --smoke] [--rounds N] [--seconds S]
 
 Method
-- Proxies pinned to core 0 (nginx: one worker; lazy-proxy: bench._proxy_launcher --upstream, uvloop, one JSON
+- Proxies pinned to core 0 (nginx: one worker; lazy-proxy: bench.lib.launcher --upstream, uvloop, one JSON
   access line per request to a file, as nginx writes its access log), upstreams and load generators on core 1.
 - h2: many concurrent streams. `h2load -c 4 -m 32` (4 connections, 32 streams each) for S seconds, h2c with
   prior knowledge, against nginx (`listen ... http2`, proxy_pass with keepalive) and lazy-proxy (h2c on its
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from bench._common import (PY, ROOT, Server, cpu_seconds, env_with_root, free_port, goal, median, model_service,
+from bench.lib.common import (PY, ROOT, Server, cpu_seconds, env_with_root, free_port, goal, median, model_service,
                            pinned, process_tree, proxy, summary, table, tool)
 
 PROXY_CORE, LOAD_CORE = "0", "1"

@@ -12,7 +12,7 @@ non-Python server that answers and closes every connection), then:
     observed during the status/metrics phase, during 3 s of nothing (the host's noise floor: wall-clock lag
     includes the time the OS ran other processes), and during the whole run);
   - proxy CPU per request with wrk: over random keys of the N (closing upstream), and to a keep-alive upstream
-    (one key running the model service), each side by side with nginx (bench/_nginx.py) in front of one of
+    (one key running the model service), each side by side with nginx (bench/lib/nginx.py) in front of one of
     the same upstreams, in the same run.
 `--docker N`: the same on docker (one size, N containers of a FROM-scratch busybox image built here).
 `--smoke`: N=20, 1 s of wrk, for CI.
@@ -34,10 +34,10 @@ from typing import Any
 
 import aiohttp
 
-from bench._common import (SEED_ENDPOINTS, Server, cpu_seconds, free_port, median, metrics_samples, module,
+from bench.lib.common import (SEED_ENDPOINTS, Server, cpu_seconds, free_port, median, metrics_samples, module,
                            process_tree, summary, table, tool, wrk)
 from backends.base import LABEL_PROXY_ID
-from bench._nginx import nginx
+from bench.lib.nginx import nginx
 
 CONCURRENCY = 50  # cold starts at once
 IMAGE = "lazy-proxy-scale/busybox:bench"  # --docker: built here from the busybox binary

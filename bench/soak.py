@@ -2,7 +2,7 @@
 
     python -m bench.soak [--minutes 10] [--quick | --smoke]   (--quick = 1 minute, --smoke = 4 s for CI)
 
-The proxy (stub backend, uvloop if installed) runs as its own process via bench._proxy_launcher,
+The proxy (stub backend, uvloop if installed) runs as its own process via bench.lib.launcher,
 which adds GET /_bench/stats (asyncio tasks, open fds, RSS, upstream connector connections).
 This process drives 24 client workers; each picks a key, sends a burst of 1-4 requests, then idles
 0-2.5 s, so with sleep_after=1s keys keep cycling stopped -> starting -> running -> stopping.
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from bench._common import free_port, goal, metric_sum, metrics_samples, proxy, summary, table
+from bench.lib.common import free_port, goal, metric_sum, metrics_samples, proxy, summary, table
 
 KEYS = [f"soak-{i:02d}" for i in range(50)]
 

@@ -23,7 +23,7 @@ from backends.base import Backend, ContainerSpec, Resources
 from backends.docker import DockerBackend
 from backends.podman import PodmanBackend
 from backends.stub import StubBackend
-from bench._common import summary
+from bench.lib.common import summary
 
 ENGINES: dict[str, type[DockerBackend] | type[PodmanBackend]] = {"docker": DockerBackend, "podman": PodmanBackend}
 

@@ -2,7 +2,7 @@
 
 The request schemas state what model_service/model.py enforces, from its constants (tensor count, shape,
 batch rows, FP32 range, age range, classes); what JSON Schema cannot say (`data` holds N*3 numbers) is in
-the descriptions. tests/test_openapi_truth.py checks the document and fuzzes the service against it.
+the descriptions. tests/proxy/test_openapi_truth.py checks the document and fuzzes the service against it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The README's config reference table, generated from the schema in proxy/config/schema.py.
 
 The table is derived, never hand-edited, so a field's default and description live only in its
-`Field(...)`. tests/test_config_doc.py fails when README.md's table is stale.
+`Field(...)`. tests/config/test_config_doc.py fails when README.md's table is stale.
 
     python -m proxy.config_doc                    # print the table
     python -m proxy.config_doc --write README.md  # replace the table between the markers

@@ -116,12 +116,12 @@ LIFECYCLE_PARAMS = [*WITH_PROCESS_PARAMS, SWARM_PARAM]
 
 
 def with_misbehaving_upstream(upstream_timeout: str, broken: bool = False) -> dict[str, Any]:
-    """Root config for `make_proxy(config=...)`: the usual `svc` routes plus `/bad/...` on tests/upstreams.py's
+    """Root config for `make_proxy(config=...)`: the usual `svc` routes plus `/bad/...` on tests/support/upstreams.py's
     misbehaving app (and `/broken/...`, a class whose image cannot load, when asked)."""
     svc = base_config("stub", "model_service")
     containers: dict[str, Any] = {
         "svc": svc["containers"]["svc"],
-        "bad": {"image": "stub:tests.upstreams:create_app", "readiness": {"path": "/v2/health/ready"}},
+        "bad": {"image": "stub:tests.support.upstreams:create_app", "readiness": {"path": "/v2/health/ready"}},
     }
     routes = svc["routes"] + [{"path": "/bad/{tail:.*}", "container": "bad", "key": "bad", "upstream_path": "/{tail}"}]
     if broken:
@@ -156,7 +156,7 @@ async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.Fix
         image = "model_service"  # not used: the child runs `python -m model_service`
         make_backend = ProcessBackend
     else:
-        from tests import engines
+        from tests.support import engines
 
         image = await engines.ensure_image(backend_kind)
         make_backend = lambda: engines.make_backend(backend_kind, proxy_id=f"t{uuid.uuid4().hex[:10]}")  # noqa: E731
@@ -180,7 +180,7 @@ async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.Fix
 
     yield factory
     if backend_kind not in ("stub", "process"):
-        from tests import engines
+        from tests.support import engines
 
         for backend in made:
             await engines.remove_all(backend)
@@ -189,9 +189,9 @@ async def make_proxy(aiohttp_client: Any, backend_kind: str, request: pytest.Fix
 @pytest.fixture
 async def make_admin(make_proxy: Any, aiohttp_client: Any) -> Any:
     """`make_admin(admin={...}, ...)`: make_proxy's proxy (with a token unless `admin` says otherwise) and an
-    admin listener on the same Proxy, on an ephemeral loopback port (tests/admin_support.py)."""
+    admin listener on the same Proxy, on an ephemeral loopback port (tests/support/admin.py)."""
     from proxy.admin.api import create_admin_app
-    from tests.admin_support import TOKEN, Admin
+    from tests.support.admin import TOKEN, Admin
 
     async def factory(admin: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
                       **kw: Any) -> Admin:
@@ -209,7 +209,7 @@ async def raw(backend_kind: str) -> Any:
     """The daemon's own API client (for faults injected from outside the proxy)."""
     import aiodocker
 
-    from tests import engines
+    from tests.support import engines
 
     await engines.ensure_image(backend_kind)
     docker = aiodocker.Docker(url=engines.socket_for(backend_kind))

@@ -202,3 +202,19 @@ def test_no_module_much_over_400_lines() -> None:
     long = {name for name, path in modules().items() if len(path.read_text().splitlines()) > MAX_LINES}
     assert long - KNOWN_LONG == set(), f"over {MAX_LINES} lines: split by concern"
     assert KNOWN_LONG - long == set(), "split: remove it from KNOWN_LONG"
+
+
+def test_tests_import_no_private_bench_module() -> None:
+    """The tests share the benchmarks' helpers through bench/lib/ (public), never a `_private` bench module."""
+    private = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:  # `from bench import _x` names the module too
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names if a.name.startswith("_"))]
+            else:
+                continue
+            private += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                        if n.split(".")[0] == "bench" and any(p.startswith("_") for p in n.split(".")[1:])]
+    assert private == []

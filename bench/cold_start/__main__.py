@@ -14,7 +14,7 @@ import sys
 import uuid
 from typing import Any
 
-from bench import _common as common
+from bench.lib import common
 from bench.cold_start import boost as cold_start_boost
 from bench.cold_start import harness
 from bench.cold_start import pause as cold_start_pause

@@ -20,7 +20,7 @@ import statistics
 import sys
 from typing import Any, cast
 
-from bench import _common as common
+from bench.lib import common
 from bench.cold_start.harness import cleanup, each_runtime
 from bench.cold_start.proxied import ProxyUnderTest
 

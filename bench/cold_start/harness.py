@@ -23,7 +23,7 @@ Two paths, each against its own floor, measured in the same run with floor and p
 Both floor and proxy run the instance with the HostConfig the backend builds (its create config: Init,
 127.0.0.1 ephemeral port, limits) with a custom instance type of 1 CPU / 512 MiB, so that CPU
 throttling (the `dev` type has 1/16 vCPU) is not what is measured. The proxy runs as a subprocess
-(`python -m bench._proxy_launcher`, the same as `python -m proxy`, uvloop if installed); the client runs
+(`python -m bench.lib.launcher`, the same as `python -m proxy`, uvloop if installed); the client runs
 here. One proxy per readiness kind in `--readiness` and interval in `--intervals` runs side by side,
 interleaved: `tcp` (the default kind: the port accepts), `http` (GET /v2/health/ready answers 2xx), `flat`
 (http polled every interval without backoff, as before readiness backed off); `ratio` lines compare their

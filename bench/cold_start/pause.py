@@ -113,7 +113,7 @@ async def run_runtime(kind: str, cycles: int, bench_id: str, logdir: str) -> dic
 
 
 async def amain(args: argparse.Namespace, bench_id: str, logdir: str) -> int:
-    from bench import _common as common
+    from bench.lib import common
 
     print(f"wake from pause vs restart vs create: {args.cycles} cycles per runtime, order rotated per cycle")
     rows: list[list[Any]] = []

@@ -15,7 +15,7 @@ import aiodocker
 import aiohttp
 
 from backends.base import ContainerSpec, Resources
-from bench import _common as common
+from bench.lib import common
 from bench.cold_start.harness import (CPUS, IMAGE, MEMORY, READY_PATH, _engine_backend, _host_port, _listed, _socket,
                                       poll_ready, remove_labelled)
 

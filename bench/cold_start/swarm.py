@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import json
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -39,6 +38,7 @@ from backends.base import LABEL_KEY, LABEL_PROXY_ID, ContainerSpec, Resources
 from backends.swarm import LIVE, SwarmBackend
 from bench.cold_start import harness as cs
 from bench.cold_start.proxied import ProxyUnderTest
+from bench.cold_start.run import alternate, close_all, open_all, paired
 
 REGISTRY = "127.0.0.1:5000"
 IMAGE = f"{REGISTRY}/{cs.IMAGE}"
@@ -239,12 +239,9 @@ async def run_runtime(args: argparse.Namespace, bench_id: str, logdir: str) -> d
     floor = SwarmFloor(bench_id, args.poll_ms / 1000.0)
     proxies = [SwarmProxy(bench_id, ms, args.sleep_after, logdir) for ms in args.intervals]
     paths = ["create", "restart"]
-    samples: dict[tuple[str, str], list[float]] = {}
     extra: dict[str, Any] = {}
     try:
-        for p in proxies:
-            p.start()
-            await p.open()
+        await open_all(proxies)
         # Warm-up, discarded: sessions, the manager's and the registry's caches, the proxies' sessions.
         await floor.create()
         await floor.prime_restart()
@@ -254,43 +251,14 @@ async def run_runtime(args: argparse.Namespace, bench_id: str, logdir: str) -> d
             await p.prime_restart()
             await p.restart()
         floor.pins.clear()
-        runners: list[tuple[str, str, Any]] = []
-        for path in paths:
-            runners.append(("floor", path, getattr(floor, path)))
-            runners.extend((f"proxy@{p.label}", path, getattr(p, path)) for p in proxies)
-        keys: dict[tuple[str, str], list[str]] = {}
-        for cycle in range(args.cycles):
-            shift = cycle % len(runners)  # rotate who goes first, to spread drift and noise
-            for who, path, fn in runners[shift:] + runners[:shift]:
-                result = await fn()
-                samples.setdefault((who, path), []).append(result["total"])
-                if who == "floor":
-                    samples.setdefault(("floor-started", path), []).append(result["started"])
-                else:
-                    keys.setdefault((who, path), []).append(result["key"])
-            print(f"  swarm cycle {cycle + 1}/{args.cycles} done", file=sys.stderr, flush=True)
-        for p in proxies:  # server-side start duration (starting -> running), from each proxy's log
-            who = f"proxy@{p.label}"
-            durations = p.server_start_durations()
-            samples[(who + "-server", "create")] = [durations[k][-1] for k in keys.get((who, "create"), [])
-                                                    if durations.get(k)]
-            samples[(who + "-server", "restart")] = durations.get(p.restart_key, [])[-args.cycles:]
+        samples = await alternate("swarm", floor, proxies, paths, args.cycles)
         extra["floor pin (registry digest lookup, before the clock) p50 ms"] = round(
             1000 * statistics.median(floor.pins), 1) if floor.pins else None
         if not args.no_diagnose:
-            rounds = max(3, min(args.cycles, 5))
-            for p in proxies:
-                for path in paths:
-                    vals = [await p.paired(path, floor.poll) for _ in range(rounds)]
-                    extra.setdefault("paired", {})[f"{p.label} {path}"] = cs._med(vals)
+            extra["paired"] = await paired(proxies, paths, floor.poll, args.cycles)
         extra["task_template"] = floor.host_config()
     finally:
-        for p in proxies:
-            with contextlib.suppress(Exception):
-                await p.close()
-            p.stop()  # SIGTERM: the proxy stops what it started
-        with contextlib.suppress(Exception):
-            await floor.close()
+        await close_all(floor, proxies)
         extra["removed"] = await cleanup(bench_id)
     return {"samples": samples, "extra": extra, "paths": paths,
             "proxies": [f"proxy@{p.label}" for p in proxies]}

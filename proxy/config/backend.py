@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, SecretStr
 
+from backends.options import EngineOptions
 from proxy.config.base import Section, shown
 from proxy.config.units import Name, NonEmptyStr
 
@@ -23,16 +24,18 @@ def _socket(value: str) -> str:
 
 
 Socket = Annotated[str, AfterValidator(_socket)]
+ENGINE = EngineOptions()  # the defaults, declared once in backends/options.py
 
 
 class DockerOptions(Section):
-    """`backend.docker`: keyword arguments of DockerBackend."""
+    """`backend.docker`: DockerBackend's user-facing `EngineOptions` (backends/options.py)."""
 
     socket: Socket | None = Field(
         default=None, description="API socket",
         json_schema_extra=shown("`$DOCKER_HOST` or `unix:///var/run/docker.sock`"))
     reuse_stopped: bool = Field(
-        default=True, description="restart a stopped container of the same spec instead of recreating it")
+        default=ENGINE.reuse_stopped,
+        description="restart a stopped container of the same spec instead of recreating it")
     network: NonEmptyStr | None = Field(
         default=None,
         description="an existing user network: each instance joins it and is addressed by its IP there, with no "
@@ -41,7 +44,7 @@ class DockerOptions(Section):
 
 
 class PodmanOptions(DockerOptions):
-    """`backend.podman`: keyword arguments of PodmanBackend."""
+    """`backend.podman`: PodmanBackend's user-facing `EngineOptions`."""
 
     socket: Socket | None = Field(
         default=None, description="API socket",
@@ -49,14 +52,14 @@ class PodmanOptions(DockerOptions):
 
 
 class SwarmOptions(Section):
-    """`backend.swarm`: keyword arguments of SwarmBackend (one service per key on a swarm manager)."""
+    """`backend.swarm`: SwarmBackend's user-facing `EngineOptions` (one service per key on a swarm manager)."""
 
     socket: Socket | None = Field(
         default=None, description="a swarm manager's API socket",
         json_schema_extra=shown("`$DOCKER_HOST` or `unix:///var/run/docker.sock`"))
     reuse_stopped: bool = Field(
-        default=True, description="keep a stopped key's service (scaled to 0) for its next start instead of "
-                                  "removing it")
+        default=ENGINE.reuse_stopped,
+        description="keep a stopped key's service (scaled to 0) for its next start instead of removing it")
     network: NonEmptyStr | None = Field(
         default=None,
         description="an existing attachable overlay network: each instance joins it and is addressed by its IP "
@@ -120,7 +123,7 @@ class Backend(Section):
     def reuse_stopped(self) -> bool:
         """Keep stopped containers for a warm restart (the stub has none: True unless set flat)."""
         reuse = self.options.get("reuse_stopped", self.flat_reuse_stopped)
-        return True if reuse is None else bool(reuse)
+        return ENGINE.reuse_stopped if reuse is None else bool(reuse)
 
 
 BackendConfig = Backend  # the name earlier code imported

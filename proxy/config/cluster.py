@@ -6,31 +6,22 @@ one replica at a time (an etcd lease-backed claim), and the other replicas forwa
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import Field, model_validator
 
 from proxy.config.base import Section, field_error, shown
-from proxy.config.units import Name, PositiveDuration, TupleOf
+from proxy.config.units import BaseUrl, Name, PositiveDuration, TupleOf
 
 __all__ = ["Cluster"]
-
-
-def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("expected an http(s) URL")
-    return value.rstrip("/")
-
-
-HttpUrl = Annotated[str, AfterValidator(_http_url)]
 
 
 class Cluster(Section):
     store: Literal["none", "etcd"] = Field(
         default="none", description="`none` (one process) or `etcd` (one owner replica per key)")
-    endpoints: TupleOf[HttpUrl] = Field(
+    endpoints: TupleOf[BaseUrl] = Field(
         default=(), description="etcd client URLs (its v3 JSON gateway), e.g. `http://127.0.0.1:2379`")
-    advertise: HttpUrl | None = Field(
+    advertise: BaseUrl | None = Field(
         default=None, description="the URL other replicas reach this one's proxied port at",
         json_schema_extra=shown("`http://<server.host>:<server.port>` (`https://` with `server.tls`)"))
     replica_id: Name | None = Field(

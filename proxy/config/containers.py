@@ -149,7 +149,7 @@ def _instance_name(value: str) -> str:
 
 
 # A name or {memory, cpus}; the tags keep pydantic from reporting both alternatives (and are dropped
-# from error paths by config_base).
+# from error paths by proxy/config/base.py).
 InstanceType = Annotated[
     Annotated[str, AfterValidator(_instance_name), Tag("<named>")] | Annotated[CustomInstance, Tag("<custom>")],
     Discriminator(lambda v: "<custom>" if isinstance(v, (dict, CustomInstance)) else "<named>"),

@@ -51,6 +51,7 @@ from proxy.config.interpolate import interpolate, typed
 from proxy.config.units import (
     ConfigError,
     Duration,
+    HttpUrl,
     Key,
     Name,
     NonEmptyStr,
@@ -155,14 +156,8 @@ def _header_value(value: str) -> str:
     return value
 
 
-def _http_url(value: str) -> str:
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("expected an http(s) URL")
-    return value
-
-
 class Webhook(Section):
-    url: Annotated[str, AfterValidator(_http_url)] = Field(description="receiver of one JSON POST per event")
+    url: HttpUrl = Field(description="receiver of one JSON POST per event")
     events: TupleOf[HookEvent] = Field(default=HOOK_EVENTS, description="events to send")
     timeout: PositiveDuration = Field(default=2.0, description="one attempt's timeout")
     retries: int = Field(default=2, ge=0, le=10, description="retries after a failed attempt (no answer or a 5xx)")

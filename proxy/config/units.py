@@ -15,9 +15,9 @@ from typing import Annotated, Any, TypeVar
 from croniter import croniter
 from pydantic import AfterValidator, BeforeValidator, Field, PlainValidator
 
-__all__ = ["DURATION_HINT", "Argv", "ConfigError", "Duration", "EnvMap", "Key", "Name", "NonEmptyStr",
-           "PositiveDuration", "Schedule", "ScheduleValue", "Size", "TupleOf", "Unit", "UrlPath", "check_key",
-           "env_name", "env_value", "format_value", "parse_duration", "parse_schedule", "parse_size"]
+__all__ = ["DURATION_HINT", "Argv", "BaseUrl", "ConfigError", "Duration", "EnvMap", "HttpUrl", "Key", "Name",
+           "NonEmptyStr", "PositiveDuration", "Schedule", "ScheduleValue", "Size", "TupleOf", "Unit", "UrlPath",
+           "check_key", "env_name", "env_value", "format_value", "parse_duration", "parse_schedule", "parse_size"]
 
 
 class ConfigError(ValueError):
@@ -174,6 +174,12 @@ def _url_path(value: str) -> str:
     return value
 
 
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("expected an http(s) URL")
+    return value
+
+
 def _as_tuple(value: Any) -> Any:
     """YAML lists feed tuple fields (strict mode alone would reject a list for a tuple)."""
     return tuple(value) if isinstance(value, list) else value
@@ -191,6 +197,8 @@ EnvMap = dict[Annotated[str, AfterValidator(env_name)], Annotated[str, PlainVali
 Name = Annotated[str, AfterValidator(_name)]
 Key = Annotated[str, AfterValidator(check_key)]
 UrlPath = Annotated[str, AfterValidator(_url_path)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+BaseUrl = Annotated[HttpUrl, AfterValidator(lambda url: url.rstrip("/"))]  # a base the code appends paths to
 TupleOf = Annotated[tuple[T, ...], BeforeValidator(_as_tuple)]
 
 

@@ -43,10 +43,15 @@ IDLE_TIMEOUT = 2.0
 START = 1000.0
 
 
+# A test of the same subject through the real proxy (real sockets, real time), kept in the subject's file.
+REAL_CLOCK = pytest.mark.looptime(False)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test in tests/unit runs on looptime's virtual clock, starting at loop time START."""
+    """Every test in tests/unit runs on looptime's virtual clock, starting at loop time START (but those
+    marked REAL_CLOCK)."""
     for item in items:
-        if HERE in item.path.parents:
+        if HERE in item.path.parents and item.get_closest_marker("looptime") is None:
             item.add_marker(pytest.mark.looptime(start=START, idle_timeout=IDLE_TIMEOUT))
 
 

@@ -1,10 +1,18 @@
-"""Autoscaling decisions (proxy/scale/autoscale.py) on the virtual clock: the KPA-like count, then a real pool."""
+"""Autoscaling decisions (proxy/scale/autoscale.py) on the virtual clock: the KPA-like count, then a real pool;
+last, an autoscaled lb route through the real proxy (stub backend): the pool grows under concurrent load,
+requests spread over ready members, desired and ready instances show in /metrics, and it shrinks after."""
 
 from __future__ import annotations
+
+import asyncio
+
+import pytest
 
 from proxy.scale.autoscale import Autoscaler, RouteScaler, ScalePolicy
 from proxy.config.schema import Route
 from proxy.lifecycle.events import State
+from tests.conftest import base_config
+from tests.unit.conftest import REAL_CLOCK
 
 POLICY = ScalePolicy(target=8, min_instances=1, max_instances=10, stable_window=60.0)  # panic window 6 s, ticks 1 s
 
@@ -87,3 +95,61 @@ async def test_paused_members_are_woken_before_cold_ones_are_started(make_world,
     assert all(m.state is State.RUNNING for m in scaler.members)  # the other paused one woken, two started
     assert world.backend.start.count == 4 and world.backend.resume.count >= 1
     scaler.stop()
+
+
+# ------------------------------------ an autoscaled lb route through the proxy (stub, real sockets, real clock)
+
+
+@pytest.fixture
+def backend_kind() -> str:
+    return "stub"
+
+
+AUTOSCALED = {"path": "/as/{tail:.*}", "container": "svc", "key": "as", "mode": "lb", "name": "as",
+              "target_concurrency": 2, "min_instances": 1, "max_instances": 4, "scale_window": "3s",
+              "upstream_path": "/{tail}"}
+
+
+@REAL_CLOCK
+async def test_autoscaled_route_grows_under_load_and_shrinks_after(make_proxy):
+    h = await make_proxy(config={"routes": [*base_config("stub", "model_service")["routes"], AUTOSCALED]})
+    scaler = h.proxy.scalers[0]
+    await h.wait_for(lambda: scaler.ready == 1)  # min_instances, without a request
+    assert await h.metric("proxy_route_desired_instances", route="as") == 1
+
+    async def sleepy() -> int:
+        return (await h.client.get("/as/debug/sleep?seconds=0.2")).status
+
+    load = True
+
+    async def worker() -> int:
+        done = 0
+        while load:
+            assert await sleepy() == 200
+            done += 1
+        return done
+
+    workers = [asyncio.create_task(worker()) for _ in range(8)]  # 8 in flight at a target of 2: 4 instances
+    await h.wait_for(lambda: scaler.ready == 4, timeout=5)
+    assert await h.metric("proxy_route_ready_instances", route="as") == 4
+    assert await h.metric("proxy_route_desired_instances", route="as") == 4
+    await asyncio.sleep(0.5)
+    assert sum(m.in_flight > 0 for m in scaler.members) >= 3  # spread over the ready members
+    load = False
+    assert sum(await asyncio.gather(*workers)) > 0
+    await h.wait_for(lambda: scaler.ready == 1, timeout=10)  # a stable window after the load: min_instances
+    assert await h.metric("proxy_route_desired_instances", route="as") == 1
+
+
+@pytest.mark.parametrize(("route", "field"), [
+    ({"mode": "start", "target_concurrency": 2}, "routes[0].target_concurrency"),
+    ({"mode": "lb", "target_concurrency": 2, "min_instances": 5, "max_instances": 4}, "routes[0].min_instances"),
+    ({"mode": "lb", "target_concurrency": -1}, "routes[0].target_concurrency"),
+])
+@REAL_CLOCK
+def test_config_errors_name_the_field(route, field):
+    from proxy.config.schema import ConfigError, parse_config
+
+    raw = {"containers": {"svc": {}}, "routes": [{"path": "/x/{tail:.*}", "container": "svc", "key": "x", **route}]}
+    with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+        parse_config(raw)

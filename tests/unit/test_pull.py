@@ -1,6 +1,6 @@
 """backends/_pull.py's logic without a daemon: image references, registry credentials (a temp DOCKER_CONFIG),
 progress accounting, and one pull per image however many starts wait for it (on a fake progress stream).
-The pulls themselves are tested on the real daemons in tests/test_pull.py."""
+The pulls themselves are tested on the real daemons in tests/engines/test_pull.py."""
 
 from __future__ import annotations
 

@@ -1,0 +1,89 @@
+"""`python -m proxy` as users run it: serves a prediction, drains on SIGTERM, exits 0."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(port: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("proxy did not come up")
+
+
+def test_shipped_config_serves_a_prediction_and_drains_on_sigterm(tmp_path):
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    raw["containers"]["worker"]["env"]["MODEL_SERVICE_DEBUG_ROUTES"] = "1"
+    raw["routes"].append({"path": "/dbg/{tail:.*}", "container": "worker", "key": "worker-container",
+                          "upstream_path": "/debug/{tail}"})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(config), "--port", str(port),
+                             "--admin-port", str(free_port())],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_up(port, proc)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/inference", method="POST",
+                                     data=json.dumps({"sex": "female", "age": 29, "pclass": 1}).encode())
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            body = json.loads(resp.read())
+        assert resp.status == 200 and body["prediction_status"] == "survived" and 0.5 < body["probability"] <= 1
+
+        # A slow request in flight when SIGTERM arrives still completes (drain), then instances stop.
+        slow: dict[str, int] = {}
+        thread = threading.Thread(target=lambda: slow.update(status=_get(port, "/dbg/sleep?seconds=1.5")))
+        thread.start()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        thread.join(timeout=30)
+        assert proc.wait(timeout=40) == 0
+        assert slow["status"] == 200
+        logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+        states = [(e["from"], e["to"], e["reason"]) for e in logs if e.get("event") == "state"]
+        assert ("running", "stopping", "shutdown") in states and ("stopping", "stopped", "shutdown") in states
+        assert any(e.get("event") == "request" and e["status"] == 200 for e in logs)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _get(port: int, path: str) -> int:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+        return r.status
+
+
+def test_stdlib_log_lines_are_json_too():
+    """Backends and libraries log through `logging`; their lines share the JSON stream (one object a line)."""
+    code = ("from proxy.observe.logs import configure; import logging, structlog; configure('info'); "
+            "logging.getLogger('backends._engine').info('restarting stopped container %s', 'lp-x'); "
+            "structlog.get_logger('proxy').info('state', key='k')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    lines = [json.loads(line) for line in out.stderr.splitlines()]
+    assert [line["event"] for line in lines] == ["restarting stopped container lp-x", "state"]
+    assert lines[0]["logger"] == "backends._engine" and lines[0]["level"] == "info"
