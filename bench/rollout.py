@@ -28,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from bench._common import (PY, SEED_ENDPOINTS, Server, env_with_root, free_port, metric_sum, metrics_samples, pct,
+from bench.lib.common import (PY, SEED_ENDPOINTS, Server, env_with_root, free_port, metric_sum, metrics_samples, pct,
                            summary, table)
 
 ROLLOUT_IMAGE = "lprollout-test/model"  # the images this bench (and tests/test_rollout_engines.py) builds

@@ -18,7 +18,7 @@ from backends.base import Backend
 from proxy.admin.api import create_admin_app
 from proxy.app import PROXY, Proxy, create_app
 from proxy.config.schema import load_config
-from tests.admin_support import AUTH, TOKEN
+from tests.support.admin import AUTH, TOKEN
 from tests.conftest import SEED_ON_PROXY_PORT, proxy_server
 
 

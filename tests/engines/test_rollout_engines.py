@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 
 from backends.base import LABEL_PROXY_ID
-from tests import engines
+from tests.support import engines
 from tests.conftest import ENGINE_PARAMS
 from bench.rollout import derived_image
-from tests.rollout_support import Deployed, Traffic, deploy, file_config
+from tests.support.rollout import Deployed, Traffic, deploy, file_config
 
 KEYS = [f"r{i}" for i in range(10)]
 ROLL_BOUND = 240.0  # seconds for ten keys to move, one new container at a time, on a busy 2-core machine

@@ -13,8 +13,8 @@ import pytest
 
 from backends.stub import StubBackend
 from proxy.lifecycle.events import State
-from tests.admin_support import AUTH, ROOT, TOKEN
-from tests.rollout_support import Deployed, Traffic, deploy, file_config
+from tests.support.admin import AUTH, ROOT, TOKEN
+from tests.support.rollout import Deployed, Traffic, deploy, file_config
 
 KEYS = [f"r{i}" for i in range(10)]
 
