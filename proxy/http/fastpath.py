@@ -14,7 +14,7 @@ once, in the aiohttp path:
   by host, the Host picks one exactly as on the aiohttp path (`RouteGroup.pick`), and a Host none takes
   goes to aiohttp (404); the key, from the path, host, headers or cookies (`KeyTemplate`), is valid, a declared
   Content-Length is within max_body_size, and the key's instance is **running** (and, clustered, the key
-  is owned here: one set lookup) and speaks HTTP/1.1 (a class's `protocol: h2c|grpc`: proxy/http/h2forward.py).
+  is owned here: one set lookup) and speaks HTTP/1.1 (a class's `protocol: h2c|grpc`: proxy/http/h1_to_h2.py).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.errors import (BodyTooLarge, Fenced, InvalidKey, InvalidPath, Refusal, StartFailed, StartTimeout,
                           UpstreamError, refusal_body, refusal_headers)
-from proxy.http.h2relay import exchange
+from proxy.http.h2_to_h1 import exchange
 from proxy.request_id import HEADER_LOWER, request_id
 from proxy.wire.h2upstream import StreamClosed, UpstreamStream
 from proxy.wire.paths import escape_reason

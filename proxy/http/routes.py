@@ -32,7 +32,7 @@ from proxy.observe.metrics import Metrics
 from proxy.wire.paths import escape_reason, upstream_target
 from proxy.wire.pools import Pools
 from proxy.lifecycle.registry import Registry
-from proxy.http.h2forward import forward_h2
+from proxy.http.h1_to_h2 import exchange_over_h2
 from proxy.http.watch import ExchangeWatch
 from proxy.observe.request_log import BODY_BYTES, RequestLog
 from proxy.request_id import of as request_id_of
@@ -220,7 +220,7 @@ class RouteHandler:
     async def _forward(self, request: web.Request, manager: Manager, instance: Instance, target: str,
                        headers: dict[str, str], rid: str) -> web.StreamResponse:
         if manager.klass.protocol != "http1":  # h2c/grpc instances: a stream on their HTTP/2 connection
-            return await forward_h2(request, self.pools.h2(instance), instance, target, headers, rid, manager.key,
+            return await exchange_over_h2(request, self.pools.h2(instance), instance, target, headers, rid, manager.key,
                                     self.config.upstream_timeout)
         if not is_websocket(request):
             return await run_exchange(request, self, manager, instance, target, headers, rid)

@@ -338,12 +338,12 @@ async def test_h2_bodies_past_the_window_with_and_without_length(make_proxy: Any
 @pytest.mark.parametrize("backend_kind", ["process"], indirect=True)
 async def test_slow_client_does_not_make_the_proxy_buffer(make_proxy: Any, tmp_path: Path) -> None:
     """A client that never opens its window: the proxy holds at most its bound of the instance's 16 MB answer
-    (h2relay.BUFFERED plus a socket read) and the rest waits in the instance, not in the proxy's memory."""
+    (h2_to_h1.BUFFERED plus a socket read) and the rest waits in the instance, not in the proxy's memory."""
     import gc
 
     import h2.events
 
-    from proxy.http.h2relay import BUFFERED, H1Relay
+    from proxy.http.h2_to_h1 import BUFFERED, H1Sink
     from tests.support import h2_client
 
     (tmp_path / "big.bin").write_bytes(b"z" * 16 * 2**20)
@@ -372,7 +372,7 @@ async def test_slow_client_does_not_make_the_proxy_buffer(make_proxy: Any, tmp_p
                         sock.sendall(out)
             except TimeoutError:
                 pass
-            sinks = [o for o in gc.get_objects() if isinstance(o, H1Relay)]
+            sinks = [o for o in gc.get_objects() if isinstance(o, H1Sink)]
             assert len(sinks) == 1 and not sinks[0].ended
             assert sinks[0].buffered <= BUFFERED + 2**20, sinks[0].buffered  # bounded, not 16 MB
             return got

@@ -1,8 +1,8 @@
-"""An HTTP/2 stream relayed to an HTTP/1.1 instance over the fast path's pooled connections.
+"""An HTTP/2 stream to an HTTP/1.1 instance over the fast path's pooled connections (`H1Sink` takes the answer).
 
 The stream's request becomes an HTTP/1.1 request on a keep-alive `UpstreamConnection` of the instance's
 `UpstreamPool` (proxy/wire/upstream.py: the same connections, the same httptools response parsing as the
-fast path); the response comes back as a `Relay`'s callbacks and is written to the stream as the client's
+fast path); the response comes back as a `ResponseSink`'s callbacks and is written to the stream as the client's
 flow-control window allows. Memory stays bounded: past BUFFERED bytes not yet taken by the client, the
 instance's socket is no longer read. A request sent on a reused connection that the instance had closed
 (nothing came back) is sent once more on a new one when it has no body.
@@ -22,7 +22,7 @@ BUFFERED = 256 * 1024  # response bytes held for a slow client before the instan
 _NO_BODY_STATUS = (204, 304)
 
 
-class H1Relay:
+class H1Sink:
     """One request/response on an instance connection; `Relay` for `UpstreamConnection`."""
 
     def __init__(self, pool: UpstreamPool, bodyless: bool) -> None:
@@ -125,7 +125,7 @@ class H1Relay:
 
 
 async def exchange(pool: UpstreamPool, method: str, head: bytes, body: AsyncIterator[bytes] | None,
-                   chunked: bool, timeout: float, key: str) -> H1Relay:
+                   chunked: bool, timeout: float, key: str) -> H1Sink:
     """Send the request (`head` ends with its blank line); the relay whose head has come."""
     for attempt in (1, 2):
         conn = pool.take()
@@ -135,7 +135,7 @@ async def exchange(pool: UpstreamPool, method: str, head: bytes, body: AsyncIter
                 conn = await pool.connect()
             except (OSError, asyncio.TimeoutError) as exc:
                 raise ConnectionRefusedError(f"{type(exc).__name__}: {exc}") from None
-        relay = H1Relay(pool, method == "HEAD")
+        relay = H1Sink(pool, method == "HEAD")
         relay.conn = conn
         conn.send(relay, head, bodyless=relay.bodyless)
         try:

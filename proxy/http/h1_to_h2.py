@@ -20,7 +20,7 @@ _SKIP = frozenset(HOP_BY_HOP) | {"host", "x-forwarded-for", "x-forwarded-proto",
                                  PEER_MARK.lower()}
 
 
-async def forward_h2(request: web.Request, pool: H2Pool, instance: Instance, target: str, extra: dict[str, str],
+async def exchange_over_h2(request: web.Request, pool: H2Pool, instance: Instance, target: str, extra: dict[str, str],
                      rid: str, key: str, upstream_timeout: float) -> web.StreamResponse:
     """Relay `request` as one HTTP/2 stream; the response streamed back (trailers are dropped: HTTP/1.1 here)."""
     chain = request.headers.getall("X-Forwarded-For", [])
