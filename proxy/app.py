@@ -46,7 +46,7 @@ from proxy.lifecycle.registry import Registry
 from proxy.http.watch import ExchangeWatch
 from proxy.http.retry_after import RetryAdvisor
 from proxy.observe.request_log import RequestLog
-from proxy.wire.route_match import RouteGroup
+from proxy.http.route_table import RouteTable
 from proxy.http.routes import RouteHandler
 from proxy.face.waiting import WaitingPages
 from proxy.scale.schedule import Clock, Scheduler
@@ -92,14 +92,13 @@ class Proxy:
         if self.node is not None:
             self.metrics.prom.register(ClusterCollector(self.node.ownership))
         self.background: set[asyncio.Task[None]] = set()  # a reload's stops of a removed class's keys
-        self.resource_paths: dict[web.AbstractResource, str] = {}  # a path whose routes a reload removed
         self.retired: list[RouteHandler] = []  # routes a reload removed (their WebSockets close at shutdown)
         self.started_tasks = False
         self.config_path: Path | None = None  # the file a reload reads again (proxy/reload.py); set by __main__
         self.rollouts = Rollouts(self.registry, self, config.upstream_timeout, self.adopt_class, self.hooks.emit)
         self.metrics.prom.register(RolloutCollector(self.rollouts))
         self.hooks.generation = self.generation
-        self._resources: dict[web.AbstractResource, RouteGroup[RouteHandler]] = {}
+        self.route_table = RouteTable()  # the proxied paths' resources; a reload changes them (proxy/reload.py)
         self.started = time.time()
         self.bus.subscribe(_log_transition)
 
@@ -131,20 +130,13 @@ class Proxy:
     def add_routes(self, app: web.Application) -> None:
         """Register each configured path once (the fast path resolves against the same resources); routes that
         share a path (with different hosts) share its resource, and the Host picks one (proxy/wire/route_match.py)."""
-        by_path: dict[str, list[RouteHandler]] = {}
-        for handler in self.handlers:
-            by_path.setdefault(handler.route.path, []).append(handler)
-        for path, handlers in by_path.items():
-            group = RouteGroup(handlers)  # the group serves even one route: a reload changes its routes in place
-            resource = app.router.add_route("*", path, group.handle, expect_handler=group.expect).resource
-            assert resource is not None
-            for handler in handlers:
-                handler.bind(resource)
-            self._resources[resource] = group
+        self.route_table.register(app, self.handlers)
 
     def fast_path(self, app: web.Application) -> FastPath:
-        return FastPath(app, self._resources, self.exchanges, self.node.ownership if self.node else None,
+        fast = FastPath(app, self.route_table.groups, self.exchanges, self.node.ownership if self.node else None,
                         self.config.max_concurrent_streams)
+        self.route_table.fast_routers.append(fast.router)  # a reload re-indexes it (proxy/http/route_table.py)
+        return fast
 
     async def close_websockets(self) -> None:
         """On SIGTERM: open WebSockets get 1001 (going away) rather than holding the drain open."""

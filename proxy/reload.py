@@ -3,10 +3,10 @@
 The whole file is validated by the loader start-up uses; a bad one changes nothing and the answer says why
 (the field named, as at start-up). A good one is applied at once, without awaiting in between (no request
 sees half of it): container classes added, changed and removed (a removed class's keys drain and stop; a
-class whose spec hash changed rolls out, proxy/scale/rollout.py), routes whose path is already served (a
-request in flight finishes on the route it matched), schedules, hooks, capacity. What a running process cannot
-change (listen addresses, the backend, the cluster, the admin listener, logging) keeps its running value
-and is named in the answer as needing a restart.
+class whose spec hash changed rolls out, proxy/scale/rollout.py), routes, new paths too, matched as after a
+restart (a request in flight finishes on the route it matched; proxy/http/route_table.py), schedules, hooks,
+capacity. What a running process cannot change (listen addresses, the backend, the cluster, the admin
+listener, logging) keeps its running value and is named in the answer as needing a restart.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import structlog
 from backends._engine import spec_hash
 from proxy.app import Proxy
 from proxy.config.schema import Config, ConfigError, ContainerClass, load_config
-from proxy.http.routes import RouteHandler
 from proxy.lifecycle.events import StopReason
 from proxy.scale.prewarm import schedule_prewarm
 
@@ -120,37 +119,25 @@ def _stop_removed(proxy: Proxy, removed: list[str]) -> None:
 
 
 def _routes(proxy: Proxy, config: Config) -> tuple[int, list[str]]:
-    """Routes on paths already served change at once; a new path needs a restart (the router is frozen)."""
+    """The routes change at once, new paths too: the route table re-indexes aiohttp's frozen router and the
+    fast path's in the new config's order (proxy/http/route_table.py), so they match as after a restart."""
     reuse = {handler.route: handler for handler in proxy.handlers}
     handlers = [reuse.get(route) or proxy.make_handler(route, config) for route in config.routes]
-    by_path: dict[str, list[RouteHandler]] = {}
-    for handler in handlers:
-        by_path.setdefault(handler.route.path, []).append(handler)
-    for resource, group in proxy._resources.items():
-        serving = group.fallback or (group.hosted[0] if group.hosted else None)
-        path = serving.route.path if serving is not None else proxy.resource_paths.get(resource)
-        if path is None:
-            continue
-        proxy.resource_paths[resource] = path
-        now = by_path.pop(path, [])
-        for handler in now:
-            handler.bind(resource)
-        group.__init__(now)  # type: ignore[misc]  # in place: the fast path's router holds the group
-    missing = [f"routes: new path {path} (a restart serves it)" for path in by_path]
+    proxy.route_table.update(handlers)
+    missing = []
     if proxy.waiting is None:  # the waiting pages' own paths are only served when a route had one at start-up
         missing += [f"routes: {h.route.name}.waiting_page (a restart serves it)" for h in handlers
                     if h.route.waiting_page is not None]
-    served = [h for h in handlers if h.route.path not in by_path]
     for handler in proxy.handlers:
-        if handler not in served and handler.scaler is not None:
+        if handler not in handlers and handler.scaler is not None:
             handler.scaler.stop()
-    for handler in served:
+    for handler in handlers:
         if handler not in proxy.handlers and handler.scaler is not None:
             handler.scaler.start()
-    proxy.retired += [h for h in proxy.handlers if h not in served]
-    proxy.handlers = served
-    proxy.scalers = [h.scaler for h in served if h.scaler is not None]
-    return len(served), missing
+    proxy.retired += [h for h in proxy.handlers if h not in handlers]
+    proxy.handlers = handlers
+    proxy.scalers = [h.scaler for h in handlers if h.scaler is not None]
+    return len(handlers), missing
 
 
 def _schedules(proxy: Proxy, config: Config) -> None:

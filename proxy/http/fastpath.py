@@ -20,7 +20,7 @@ once, in the aiohttp path:
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
@@ -59,13 +59,21 @@ class FastRouter:
     def __init__(self, app: web.Application, handlers: dict[Any, _Group]) -> None:
         self._cache: dict[str, tuple[_Group, dict[str, str]] | None] = {}
         self._index: dict[str, list[_Candidate]] = {}
-        for resource in app.router.resources():
+        self._handlers = handlers
+        self.reindex(app.router.resources())
+
+    def reindex(self, resources: Iterable[web.AbstractResource]) -> None:
+        """Index `resources` in this order (a live reload's routes: proxy/http/route_table.py), cache emptied."""
+        index: dict[str, list[_Candidate]] = {}
+        for resource in resources:
             info = resource.get_info()
             canonical = resource.canonical
             if "{" in canonical:
                 canonical = canonical.partition("{")[0].rpartition("/")[0]
-            self._index.setdefault(canonical.rstrip("/") or "/", []).append(
-                (info.get("path"), info.get("pattern"), handlers.get(resource)))
+            index.setdefault(canonical.rstrip("/") or "/", []).append(
+                (info.get("path"), info.get("pattern"), self._handlers.get(resource)))
+        self._index = index
+        self._cache = {}
 
     def resolve(self, path: str) -> tuple[_Group, dict[str, str]] | None:
         """The proxied routes of `path` and its variables; None for own endpoints and no match."""

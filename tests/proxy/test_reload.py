@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from backends.stub import StubBackend
+from prometheus_client.parser import text_string_to_metric_families
+
 from proxy.lifecycle.events import State
 from tests.support.admin import AUTH, ROOT, TOKEN
 from tests.support.rollout import Deployed, Traffic, deploy, file_config
@@ -161,7 +163,7 @@ async def test_routes_and_classes_change_live(stub):
     assert d.proxy.registry.peek("r0", "other") is not None  # the route now names the new class
     d.write(lambda raw: (raw.update(routes=[{"path": "/x/{tail:.*}", "container": "web", "key": "x"}])))
     status, body = await d.reload()
-    assert status == 200 and body["removed"] == [] and any("/x/" in r for r in body["restart_needed"]), body
+    assert status == 200 and body["removed"] == [] and body["restart_needed"] == [], body
     assert (await d.client.get("/k/r0/api/container-info")).status == 404  # the removed route stops matching
     d.write(lambda raw: raw["containers"].pop("other"))
     status, body = await d.reload()
@@ -192,3 +194,62 @@ async def test_ctl_reload_and_rollout_status(stub):
     assert code == 0 and '"container_class": "web"' in out, out
     code, out = await ctl("rollout", "pause")
     assert code != 0 and "needs the container class" in out
+
+
+async def fast_count(d: Deployed, route: str) -> float:
+    """Requests of `route` the fast path served (the rest took the aiohttp path)."""
+    text = await (await d.client.get("/metrics")).text()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "proxy_fast_path_requests_total" and sample.labels.get("route") == route)
+
+
+async def test_a_route_on_a_new_path_serves_at_once_on_both_paths_and_a_removed_one_stops(stub):
+    d, _ = await stub()
+    await warm(d, KEYS[:1])
+    new = "/n/{id}/{tail:.*}"
+    d.write(lambda raw: raw["routes"].extend([
+        {"path": new, "container": "web", "key": "n-{id}", "upstream_path": "/{tail}"},
+        # later in the file but more specific than /k/{id}/...: a restart serves it first (aiohttp's longest prefix)
+        {"path": "/k/special/api/container-info", "container": "web", "key": "sp",
+         "upstream_path": "/api/container-info"}]))
+    status, body = await d.reload()
+    assert status == 200 and body["routes"] == 3 and body["restart_needed"] == [], body
+    cold = await d.client.get("/n/a/api/container-info")  # a key-templated new path starts its key
+    assert cold.status == 200 and cold.headers["X-Proxy-Cold-Start"] == "1"
+    assert d.proxy.registry.peek("n-a", "web") is not None
+    assert (await d.client.head("/n/a/api/container-info")).status == 200  # HEAD: the aiohttp path
+    assert await fast_count(d, new) == 0
+    for _ in range(3):  # warm GETs: the fast path, which sees the new path too
+        assert (await d.client.get("/n/a/api/container-info")).status == 200
+    assert await fast_count(d, new) == 3
+    special = await d.client.get("/k/special/api/container-info")
+    assert special.status == 200 and d.proxy.registry.peek("sp", "web") is not None
+    assert d.proxy.registry.peek("special", "web") is None  # not taken by /k/{id}/... (registered first)
+    assert (await d.client.get("/k/r0/api/container-info")).status == 200
+
+    d.write(lambda raw: raw.update(routes=raw["routes"][:1]))  # both removed again
+    status, body = await d.reload()
+    assert status == 200 and body["routes"] == 1 and body["restart_needed"] == [], body
+    for _ in range(2):  # a warm key's path: the fast path no longer matches it, nor does aiohttp
+        gone = await d.client.get("/n/a/api/container-info")
+        assert gone.status == 404, await gone.text()
+    assert await fast_count(d, new) == 3
+    assert (await d.client.get("/k/special/api/container-info")).status == 200  # falls through, as after a restart
+    assert d.proxy.registry.peek("special", "web") is not None
+
+    d.write(lambda raw: raw["routes"].insert(0, {"path": new, "container": "web", "key": "n-{id}",
+                                                 "upstream_path": "/{tail}"}))
+    status, body = await d.reload()  # a path removed and added again
+    assert status == 200 and body["routes"] == 2, body
+    assert (await d.client.get("/n/a/api/container-info")).status == 200
+    assert await fast_count(d, new) == 4
+
+
+async def test_a_waiting_page_added_by_reload_is_named_as_needing_a_restart(stub):
+    d, _ = await stub()
+    assert d.proxy.waiting is None
+    d.write(lambda raw: raw["routes"].append({"path": "/w/{tail:.*}", "container": "web", "key": "w",
+                                              "upstream_path": "/{tail}", "waiting_page": True}))
+    status, body = await d.reload()
+    assert status == 200 and body["restart_needed"] == ["routes: /w/{tail:.*}.waiting_page (a restart serves it)"]
+    assert (await d.client.get("/w/api/container-info")).status == 200  # the route serves, without the page
