@@ -142,6 +142,8 @@ class Proxy:
         """On SIGTERM: open WebSockets get 1001 (going away) rather than holding the drain open."""
         sockets = [ws for handler in self.handlers + self.retired for ws in list(handler.websockets)]
         sockets += self.pools.all_sockets()
+        if self.waiting is not None:  # one a reload added has no on_shutdown of its own (the app is frozen)
+            await self.waiting.close()
         await asyncio.gather(*(ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"proxy shutting down")
                                for ws in sockets), return_exceptions=True)
 
@@ -193,7 +195,7 @@ class Proxy:
         handler = RouteHandler(route, config, self.registry, self.metrics, self.pools, self.exchanges,
                                self.reqlog, self.retry_advisor, self.usage.egress)
         handler.cluster = self.node.forwarder if self.node else None
-        handler.waiting = self.waiting  # None when no route had a waiting page at start-up (proxy/reload.py)
+        handler.waiting = self.waiting  # None until a route has a waiting page (at start-up or a reload)
         if handler.scaler is not None:
             handler.scaler.owns = self.node.ownership.owns_instance if self.node else None
         return handler

@@ -20,6 +20,7 @@ import structlog
 from backends._engine import spec_hash
 from proxy.app import Proxy
 from proxy.config.schema import Config, ConfigError, ContainerClass, load_config
+from proxy.face.waiting import WaitingPages
 from proxy.lifecycle.events import StopReason
 from proxy.scale.prewarm import schedule_prewarm
 
@@ -100,8 +101,7 @@ def apply(proxy: Proxy, new: Config) -> Reloaded:
     for before, klass in rolls:
         proxy.rollouts.begin(before, klass)
     _stop_removed(proxy, outcome.removed)
-    outcome.routes, missing = _routes(proxy, config)
-    outcome.restart_needed += missing
+    outcome.routes = _routes(proxy, config)
     _schedules(proxy, config)
     proxy.hooks.webhooks = config.webhooks
     proxy.metrics.key_label.renamed(config)
@@ -118,16 +118,18 @@ def _stop_removed(proxy: Proxy, removed: list[str]) -> None:
             task.add_done_callback(proxy.background.discard)
 
 
-def _routes(proxy: Proxy, config: Config) -> tuple[int, list[str]]:
+def _routes(proxy: Proxy, config: Config) -> int:
     """The routes change at once, new paths too: the route table re-indexes aiohttp's frozen router and the
-    fast path's in the new config's order (proxy/http/route_table.py), so they match as after a restart."""
+    fast path's in the new config's order (proxy/http/route_table.py), so they match as after a restart.
+    The first waiting page brings the waiting pages' own endpoints, as at start-up."""
+    if proxy.waiting is None and any(route.waiting_page is not None for route in config.routes):
+        proxy.waiting = WaitingPages(proxy.bus, proxy.registry, config.errors.detail)  # the first waiting page
+        proxy.route_table.serve_first(proxy.waiting.resources())
     reuse = {handler.route: handler for handler in proxy.handlers}
     handlers = [reuse.get(route) or proxy.make_handler(route, config) for route in config.routes]
+    for handler in handlers:
+        handler.waiting = proxy.waiting
     proxy.route_table.update(handlers)
-    missing = []
-    if proxy.waiting is None:  # the waiting pages' own paths are only served when a route had one at start-up
-        missing += [f"routes: {h.route.name}.waiting_page (a restart serves it)" for h in handlers
-                    if h.route.waiting_page is not None]
     for handler in proxy.handlers:
         if handler not in handlers and handler.scaler is not None:
             handler.scaler.stop()
@@ -137,7 +139,7 @@ def _routes(proxy: Proxy, config: Config) -> tuple[int, list[str]]:
     proxy.retired += [h for h in proxy.handlers if h not in handlers]
     proxy.handlers = handlers
     proxy.scalers = [h.scaler for h in handlers if h.scaler is not None]
-    return len(handlers), missing
+    return len(handlers)
 
 
 def _schedules(proxy: Proxy, config: Config) -> None:

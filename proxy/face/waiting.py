@@ -45,7 +45,18 @@ class WaitingPages:
         app.router.add_get(RESERVED + "/{token}/events", self.events)
         app.on_shutdown.append(self.close)
 
-    async def close(self, app: web.Application) -> None:
+    def resources(self) -> list[web.Resource]:
+        """The same two endpoints for a router already serving (a live reload indexes them:
+        proxy/http/route_table.py), each GET with HEAD as `add_get` makes them."""
+        out: list[web.Resource] = []
+        for path, handler in ((RESERVED + "/{token}", self.status), (RESERVED + "/{token}/events", self.events)):
+            resource = web.DynamicResource(path)
+            resource.add_route("HEAD", handler)
+            resource.add_route("GET", handler)
+            out.append(resource)
+        return out
+
+    async def close(self, app: web.Application | None = None) -> None:
         """End the event streams (the proxy shuts down): each page falls back to reloading its URL."""
         self.closing = True
         self.progress.wake_all()

@@ -31,6 +31,7 @@ class RouteTable:
         self.groups: dict[web.AbstractResource, Group] = {}  # every resource ever made (the fast path's map)
         self.by_path: dict[str, web.AbstractResource] = {}
         self.served: list[web.AbstractResource] = []  # indexed in aiohttp's router, in config order
+        self.first: list[web.AbstractResource] = []  # own endpoints a reload added (the waiting pages')
         self.router: web.UrlDispatcher | None = None
         self.fast_routers: list[FastRouter] = []  # re-indexed with aiohttp's (one per server)
 
@@ -43,6 +44,17 @@ class RouteTable:
             assert resource is not None
             self._adopt(path, resource, group, routes)
             self.served.append(resource)
+
+    def serve_first(self, resources: list[web.Resource]) -> None:
+        """Own endpoints a reload adds (the waiting pages'): indexed before the configured paths, as they are
+        registered before them at start-up (a catch-all route does not take them); the next `update` tells the
+        fast path."""
+        assert self.router is not None
+        for resource in self.served:
+            self.router.unindex_resource(resource)
+        for resource in [*resources, *self.served]:
+            self.router.index_resource(resource)
+        self.first += resources
 
     def update(self, handlers: Iterable[RouteHandler]) -> None:
         """A reload: the paths served become these routes' (no await: no request sees half of it). A group
@@ -70,7 +82,7 @@ class RouteTable:
             for resource in served:
                 self.router.index_resource(resource)
             self.served = served
-        order = [r for r in self.router.resources() if r not in self.groups] + served
+        order = [r for r in self.router.resources() if r not in self.groups] + self.first + served
         for router in self.fast_routers:
             router.reindex(order)  # also forgets its cached resolutions (a path may now match another route)
 

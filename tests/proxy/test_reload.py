@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 from typing import Any
 
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.lifecycle.events import State
 from tests.support.admin import AUTH, ROOT, TOKEN
+from tests.support.face import NAVIGATE
 from tests.support.rollout import Deployed, Traffic, deploy, file_config
 
 KEYS = [f"r{i}" for i in range(10)]
@@ -245,11 +247,23 @@ async def test_a_route_on_a_new_path_serves_at_once_on_both_paths_and_a_removed_
     assert await fast_count(d, new) == 4
 
 
-async def test_a_waiting_page_added_by_reload_is_named_as_needing_a_restart(stub):
+async def test_a_waiting_page_added_by_reload_serves_its_page_and_endpoints(stub):
     d, _ = await stub()
-    assert d.proxy.waiting is None
-    d.write(lambda raw: raw["routes"].append({"path": "/w/{tail:.*}", "container": "web", "key": "w",
-                                              "upstream_path": "/{tail}", "waiting_page": True}))
+    assert d.proxy.waiting is None  # no route had one at start-up: its endpoints were not registered
+    d.write(lambda raw: raw["routes"].append({"path": "/w/{id}/{tail:.*}", "container": "web", "key": "w-{id}",
+                                              "upstream_path": "/{tail}", "waiting_page": {"after": "0s"}}))
     status, body = await d.reload()
-    assert status == 200 and body["restart_needed"] == ["routes: /w/{tail:.*}.waiting_page (a restart serves it)"]
-    assert (await d.client.get("/w/api/container-info")).status == 200  # the route serves, without the page
+    assert status == 200 and body["restart_needed"] == [], body
+    page = await d.client.get("/w/a/api/container-info", headers=NAVIGATE)
+    text = await page.text()
+    assert page.status == 503 and page.headers["Content-Type"].startswith("text/html"), text
+    status_url = re.search(r'statusUrl = "(/\.lazy-proxy/wait/[A-Za-z0-9_-]+)"', text)
+    assert status_url is not None, text
+    snapshot = await d.client.get(status_url.group(1))  # the endpoint the reload indexed
+    assert snapshot.status == 200 and (await snapshot.json())["app"] == "w-a"
+    manager = d.proxy.registry.peek("w-a", "web")
+    assert manager is not None
+    await manager.ensure_running()
+    served = await d.client.get("/w/a/api/container-info", headers=NAVIGATE)
+    assert served.status == 200
+    assert (await d.client.get("/k/r0/api/container-info")).status == 200  # the other route: no page, no change
