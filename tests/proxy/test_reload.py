@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.lifecycle.events import State
 from tests.support.admin import AUTH, ROOT, TOKEN
 from tests.support.face import NAVIGATE
+from tests.proxy.test_h2 import _curl as h2_get
 from tests.support.rollout import Deployed, Traffic, deploy, file_config
 
 KEYS = [f"r{i}" for i in range(10)]
@@ -224,6 +225,8 @@ async def test_a_route_on_a_new_path_serves_at_once_on_both_paths_and_a_removed_
     for _ in range(3):  # warm GETs: the fast path, which sees the new path too
         assert (await d.client.get("/n/a/api/container-info")).status == 200
     assert await fast_count(d, new) == 3
+    status, _, _, version = await h2_get(d.client.server.port, "/n/a/api/container-info")
+    assert (status, version) == (200, "2")  # HTTP/2 resolves with the fast path's router
     special = await d.client.get("/k/special/api/container-info")
     assert special.status == 200 and d.proxy.registry.peek("sp", "web") is not None
     assert d.proxy.registry.peek("special", "web") is None  # not taken by /k/{id}/... (registered first)
@@ -236,6 +239,7 @@ async def test_a_route_on_a_new_path_serves_at_once_on_both_paths_and_a_removed_
         gone = await d.client.get("/n/a/api/container-info")
         assert gone.status == 404, await gone.text()
     assert await fast_count(d, new) == 3
+    assert (await h2_get(d.client.server.port, "/n/a/api/container-info"))[0] == 404
     assert (await d.client.get("/k/special/api/container-info")).status == 200  # falls through, as after a restart
     assert d.proxy.registry.peek("special", "web") is not None
 
