@@ -251,23 +251,24 @@ class Ownership:
                 kept.add(unit)
         return kept
 
-    async def _listed(self) -> list[Instance]:
+    async def _listed(self) -> tuple[float, list[Instance]]:
         """The runtime's running instances: one call shared by the claims made within LIST_FRESH seconds, so a
         burst of new keys lists once rather than once per key. A container missed by a list that old is still
         found by the backend's start (by its name) or by the sweep, never started twice."""
-        now = time.monotonic()
+        now = asyncio.get_running_loop().time()
         if self._listing is None or now - self._listing[0] > LIST_FRESH or (
                 self._listing[1].done() and self._listing[1].exception() is not None):
             self._listing = (now, asyncio.ensure_future(self.backend.list_instances()))
-        return await asyncio.shield(self._listing[1])
+        asked, listing = self._listing
+        return asked, await asyncio.shield(listing)  # (when it was asked: what changed since is not adopted)
 
     async def _adopt(self, unit: Unit) -> None:
         """Take over the unit's running containers (a previous owner's), before serving it here."""
         try:
-            listed = await self._listed()
+            asked, listed = await self._listed()
         except BackendError as exc:
             log.warning("cluster_adopt_failed", key=unit[1], error=str(exc))
             return
         mine = [i for i in listed if self.unit_of(i.class_name, i.key) == unit]
-        if adopted := self.registry.adopt(mine, checked=False):
+        if adopted := self.registry.adopt(mine, checked=False, listed_at=asked):
             log.info("cluster_adopted", container=unit[0], key=unit[1], count=adopted, replica=self.me.id)

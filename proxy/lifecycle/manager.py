@@ -394,6 +394,11 @@ class Manager:
         self.services.bus.emit(Transition(self.key, name, old, new, duration, reason, instance, happening,
                                           stop_reason, phases))
 
+    @property
+    def changed_at(self) -> float:
+        """The loop time of the last state change (0: none yet)."""
+        return self._since
+
     def status(self) -> dict[str, object]:
         loop = asyncio.get_running_loop()
         last = time.time() - (loop.time() - self.last_activity) if self.last_activity else None

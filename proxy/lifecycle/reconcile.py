@@ -57,6 +57,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> int:
         """Compare with what the runtime lists; the number of managers corrected."""
+        asked = asyncio.get_running_loop().time()
         try:
             listed = await self.backend.list_instances()
         except BackendError:
@@ -71,7 +72,7 @@ class Reconciler:
                 yield_at = loop.time() + STEP
             if manager.state is State.RUNNING and manager.instance is not None and manager.instance.id not in ids:
                 corrected += await manager.health.liveness() is False
-        corrected += self.registry.adopt(listed)
+        corrected += self.registry.adopt(listed, listed_at=asked)  # (a key stopped meanwhile is not one)
         if isinstance(self.backend, Sweepable):
             try:
                 await self.backend.cleanup_stuck()

@@ -60,12 +60,15 @@ class Registry:
         backend = self.services.backend
         if not self.config.backend.reuse_stopped:
             await backend.cleanup_stopped()
-        return self.adopt(await backend.list_instances())
+        asked = asyncio.get_running_loop().time()
+        return self.adopt(await backend.list_instances(), listed_at=asked)
 
-    def adopt(self, instances: list[Instance], *, checked: bool = True) -> int:
+    def adopt(self, instances: list[Instance], *, checked: bool = True, listed_at: float | None = None) -> int:
         """Take over listed running instances of known classes whose manager is `stopped`; how many.
 
-        `checked`: only of keys `admits` (a cluster's owner adopting a key it is claiming passes False)."""
+        `checked`: only of keys `admits` (a cluster's owner adopting a key it is claiming passes False).
+        `listed_at`: the loop time the runtime was asked; a manager that changed state since is left alone (the
+        list may show the instance it has just stopped: adopting that would serve from a dead one)."""
         adopted = 0
         for instance in instances:
             if instance.class_name not in self.config.containers:
@@ -73,7 +76,7 @@ class Registry:
             if checked and self.admits is not None and not self.admits(instance.class_name, instance.key):
                 continue
             manager = self.get(instance.key, instance.class_name)
-            if manager.state is State.STOPPED:
+            if manager.state is State.STOPPED and (listed_at is None or manager.changed_at <= listed_at):
                 manager.adopt(instance)
                 adopted += 1
         return adopted

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from backends.base import Instance
@@ -79,3 +81,35 @@ async def test_stop_all_stops_every_running_instance(world, clock):
     assert [h for h in world.events.happenings() if h[0] is Happening.STOPPED] == [
         (Happening.STOPPED, StopReason.SHUTDOWN)] * 2
     assert world.capacity.active("a") == 0
+
+
+async def test_a_list_asked_before_a_stop_does_not_bring_the_stopped_instance_back(world, clock, monkeypatch):
+    """The runtime's list is a snapshot: one asked while a key was running may come back after its stop. The
+    reconcile must not adopt that instance again (a manager RUNNING on a dead instance: requests refused)."""
+    from proxy.lifecycle.reconcile import Reconciler
+
+    registry = world.registry()
+    manager = registry.get("x", "a")
+    await manager.ensure_running()
+    running = manager.instance
+    assert running is not None
+    snapshot = [running]  # what the runtime says while the instance still runs
+    listing = asyncio.Event()
+
+    async def slow_list() -> list[Instance]:
+        listing.set()
+        await asyncio.sleep(1)  # the key stops while the answer is on its way
+        return list(snapshot)
+
+    monkeypatch.setattr(world.backend, "list_instances", slow_list)
+    round_ = asyncio.create_task(Reconciler(registry, world.backend).reconcile_once())
+    await listing.wait()
+    await asyncio.sleep(0.1)
+    await manager.stop(StopReason.IDLE)
+    assert manager.state is State.STOPPED
+    assert await round_ == 0
+    assert manager.state is State.STOPPED and manager.instance is None  # not adopted from the stale list
+
+    world.backend.listed = [running]  # a list asked after the stop that still shows it: a real orphan, adopted
+    assert await Reconciler(registry, world.backend).reconcile_once() == 1
+    assert manager.state is State.RUNNING
