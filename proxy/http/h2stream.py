@@ -26,6 +26,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.errors import (BodyTooLarge, InvalidKey, InvalidPath, Refusal, StartFailed, StartTimeout,
                           UpstreamError, refusal_body, refusal_headers)
 from proxy.http.h2_to_h1 import exchange
+from proxy.http.h2app import serve_by_app
 from proxy.http.h2peer import owner_hint, to_owner
 from proxy.http.h2_to_h2 import SKIP, body_of, relay, response_head, within
 from proxy.request_id import HEADER_LOWER, request_id
@@ -49,6 +50,10 @@ _BY_STATUS = {400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 404: UNIMPLEMENTED, 4
 
 class NoRoute(Refusal):
     status, error = 404, "not found"
+
+
+class NotProxied(NoRoute):
+    """No proxied route takes the path: the proxy's own endpoints or a 404, answered by the application."""
 
 
 class HeaderTooLarge(Refusal):
@@ -116,6 +121,9 @@ async def serve_stream(conn: H2ServerProtocol, stream: ClientStream) -> None:
                 status, sent = await _serve(conn, stream, handler, key, variables, pseudo, headers, rid, given,
                                             grpc_timeout(headers.get("grpc-timeout")) if grpc else None)
         except Refusal as refusal:
+            if isinstance(refusal, NotProxied) and not grpc:  # own endpoints, 404s: the application's answer
+                status, sent = await serve_by_app(conn, stream, method, target, authority, headers)
+                return
             status = refusal.status
             await _refuse(stream, refusal, rid, grpc, handler.error_detail if handler is not None else "public",
                           owner_hint(stream, refusal))
@@ -141,7 +149,7 @@ def _route(conn: H2ServerProtocol, method: str, target: str, authority: str,
         raise InvalidPath(reason)
     found = conn.fast.router.resolve(path)
     if found is None:
-        raise NoRoute(f"no route for {path}")
+        raise NotProxied(f"no route for {path}")
     group, variables = found
     handler = group.only
     if handler is None:
