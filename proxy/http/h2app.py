@@ -6,7 +6,7 @@ routes `admin.on_proxy_port` lists, the JSON 404/405 bodies, the `_unmatched` me
 built from the stream's head and run through the application's router and middlewares (`Application._handle`,
 the call aiohttp's own server makes), and the returned `web.Response` is written as HTTP/2 frames. The own
 endpoints are bodiless GETs answered whole, so no aiohttp writer is needed; a handler that streams (the waiting
-page's event stream) is not served over HTTP/2 (500) - use HTTP/1.1 for it.
+page's event stream) is not served over HTTP/2: 505 with a JSON body saying so (use HTTP/1.1 for it).
 """
 
 from __future__ import annotations
@@ -33,6 +33,17 @@ class _NoWire:
     ssl_context = peername = sockname = transport = None
 
 
+class _Streams(ConnectionError):
+    """A handler wanted to write its answer itself (a streamed response): not served over HTTP/2."""
+
+
+class _NoWriter:
+    """The request's payload writer: any use of it means the handler streams (see _Streams)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise _Streams(name)
+
+
 async def serve_by_app(conn: H2ServerProtocol, stream: ClientStream, method: str, target: str, authority: str,
                        headers: CIMultiDictProxy[str]) -> tuple[int, int]:
     """(status, body bytes) of the application's answer to the stream."""
@@ -44,18 +55,21 @@ async def serve_by_app(conn: H2ServerProtocol, stream: ClientStream, method: str
     app = conn.fast.app
     task = asyncio.current_task()
     assert task is not None
-    request = web.Request(message, EMPTY_PAYLOAD, cast(Any, _NoWire()), cast(Any, None), cast(Any, task), conn.loop,
+    request = web.Request(message, EMPTY_PAYLOAD, cast(Any, _NoWire()), cast(Any, _NoWriter()), task, conn.loop,
                           client_max_size=app._client_max_size, scheme=conn.scheme, remote=conn.peer_host)
+    response: web.StreamResponse | None
     try:
         response = await app._handle(request)
     except web.HTTPException as exc:  # a redirect, or a JSON one the middleware passes on
         response = exc
-    body = response.body if isinstance(response, web.Response) and not response.prepared else None
-    if not isinstance(body, (bytes, bytearray)) and body is not None or response.prepared:
-        data = json.dumps({"status": 500, "error": "internal error",
-                           "reason": "this endpoint streams; it is served over HTTP/1.1 only"}).encode()
-        head: list[Header] = [(b":status", b"500"), (b"content-type", b"application/json; charset=utf-8")]
-        status = 500
+    except _Streams:
+        response = None
+    body = response.body if isinstance(response, web.Response) else None
+    if response is None or not isinstance(body, (bytes, bytearray, type(None))):
+        status = 505  # the version the request came in is the one thing wrong with it
+        data = json.dumps({"status": status, "error": "http version not supported",
+                           "reason": f"{target.partition('?')[0]} streams its answer: use HTTP/1.1 for it"}).encode()
+        head: list[Header] = [(b":status", b"505"), (b"content-type", b"application/json; charset=utf-8")]
     else:
         data = bytes(body or b"")
         status = response.status

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from tests.proxy.test_h2 import _curl
+from tests.proxy.test_waiting_page import token_urls
+from tests.support.face import NAVIGATE, face_config
 
 
 @pytest.mark.parametrize("backend_kind", ["stub"], indirect=True)
@@ -44,3 +46,15 @@ async def test_unmatched_path_over_h2_is_the_applications_404(make_proxy: Any) -
     assert await h.metric("proxy_requests_total", route="_unmatched", code="404") == before + 2
     status, _, body, _ = await _curl(port, "/info")  # not listed in on_proxy_port: 404 on both protocols
     assert status == (await h.client.get("/info")).status == 404
+
+
+@pytest.mark.parametrize("backend_kind", ["stub"], indirect=True)
+async def test_waiting_page_status_over_h2_and_its_event_stream_refused_clearly(make_proxy: Any) -> None:
+    h = await make_proxy(config=face_config(delay_ms=1500))
+    page = await h.client.get("/app/alice/hello", headers=NAVIGATE)  # the page (HTTP/1.1: a browser's navigation)
+    status_url, events_url = token_urls(await page.text())
+    port = h.client.server.port
+    status, _, body, _ = await _curl(port, status_url)  # the page's status poll answers over HTTP/2
+    assert status == 200 and json.loads(body)["state"] in ("starting", "ready")
+    status, _, body, _ = await _curl(port, events_url)  # a streamed answer: HTTP/1.1 only, said in one line
+    assert status == 505 and "use HTTP/1.1" in json.loads(body)["reason"]
