@@ -5,7 +5,9 @@ one instance answers whichever replica the client reached, the key starts once, 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,6 +63,17 @@ async def test_h2c_stream_reaches_the_keys_owner(etcd, tmp_path):
             assert len(seen) == 1 and seen.pop().startswith(f"stub-{key}-"), (key, seen)
             assert [key in running_keys(port) for port in replicas.ports].count(True) == 1
         assert starts(replicas.ports) == 4  # one start per key, though both replicas were asked
+        other = replicas.ports[1 - replicas.owner_of("h2k0")]  # the replica that does not own h2k0
+        data = os.urandom(700_000)  # past many flow-control windows, both hops
+        (tmp_path / "body").write_bytes(data)
+        status, body, _ = await asyncio.to_thread(_curl_h2, other, "/k/h2k0/debug/echo", "--data-binary",
+                                                  f"@{tmp_path / 'body'}")
+        assert (status, json.loads(body)) == (200, {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        status, body, _ = await asyncio.to_thread(_curl_h2, other, "/k/h2k0/debug/headers", "-H",
+                                                  "X-Forwarded-For: 10.0.0.1")
+        seen = {k.lower(): v for k, v in json.loads(body)["headers"].items()}
+        assert seen["x-forwarded-for"] == "10.0.0.1, 127.0.0.1, 127.0.0.1"  # the client's peer, then the replica
+        assert "x-lazy-proxy-forwarded" not in seen and seen["x-forwarded-host"] == f"127.0.0.1:{other}"
         forwarded = [line for port in replicas.ports for line in (tmp_path / f"r{port}.log").read_text().splitlines()
                      if "rid-h2k0" in line and "/k/h2k0/" in line]
         assert len(forwarded) >= 6, forwarded  # an access line on both replicas for the forwarded streams
