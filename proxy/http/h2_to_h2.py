@@ -46,8 +46,9 @@ def response_head(status: int, pairs: list[Header], extra: list[Header]) -> list
 async def relay(stream: ClientStream, pool: H2Pool, request: list[Header], limit: int, timeout: float, key: str,
                 extra: list[Header], count: Callable[[int], None],
                 vet: Callable[[list[Header]], None] | None = None, public: str | None = None) -> tuple[int, int]:
-    """(status, body bytes sent). OSError when no stream could be opened; `vet` sees the answer's head before
-    the client does (and may raise); `public` is the sentence a failed relay's 502/504 shows."""
+    """(status, body bytes sent). OSError when no stream could be opened, StreamClosed when it closed before an
+    answer; `vet` sees the answer's head before the client does (and may raise); `public` is the sentence a
+    failed relay's 504 shows."""
     bodyless = stream.ended and not stream.chunks
     upstream = await pool.open(request, end=bodyless)
     pump = None if bodyless else asyncio.get_running_loop().create_task(_pump(stream, upstream, limit))
@@ -58,10 +59,10 @@ async def relay(stream: ClientStream, pool: H2Pool, request: list[Header], limit
             pairs = await within(upstream.response(), timeout)
         except asyncio.TimeoutError:
             raise UpstreamError(504, f"no response within upstream_timeout={timeout:g}s", **words) from None
-        except StreamClosed as exc:
+        except StreamClosed:
             if pump is not None and pump.done() and isinstance(pump.exception(), BodyTooLarge):
                 raise pump.exception() from None  # type: ignore[misc]
-            raise UpstreamError(502, str(exc), **words) from None
+            raise  # no answer came: the caller says why (or, a peer hop, sends it again)
         if vet is not None:
             vet(pairs)
         status = int(dict(pairs).get(b":status", b"502"))

@@ -6,7 +6,8 @@ holder the store names; an owner that cannot be reached is asked for again until
 The hop is one h2c stream on a pooled HTTP/2 connection to the owner's proxied port (its listener takes h2c
 with prior knowledge), so a gRPC answer's trailers reach the client; the owner serves the stream with the
 whole lifecycle and never forwards it again (`X-Lazy-Proxy-Forwarded`). Peers advertised as `https://`
-(`server.tls`) are not reached over HTTP/2: such a stream is refused 503 as before (a stated limit).
+(`server.tls`) are not reached over HTTP/2: such a stream is refused 503 as before (a stated limit). A bodiless
+GET/HEAD/OPTIONS the owner drops unanswered (it is draining: REFUSED_STREAM, or gone) is sent again.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import TYPE_CHECKING
 
 from proxy.cluster.forward import OWNER_HEADER, RETRY_EVERY, UNREACHABLE, Misdirected
 from proxy.cluster.owner import ClusterUnavailable, NotOwner, OwnerMoving
-from proxy.errors import Fenced, Refusal
+from proxy.errors import Fenced, Refusal, UpstreamError
 from proxy.http.h2_to_h2 import relay
+from proxy.wire.h2upstream import StreamClosed
 from proxy.wire.websocket import PEER_MARK
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 _MARK = PEER_MARK.encode()
 _OWNER = OWNER_HEADER.lower().encode()
+REPLAYABLE = ("GET", "HEAD", "OPTIONS")  # sent again when the owner dropped the stream unanswered (as forward.py)
 
 
 def from_peer(stream: ClientStream) -> bool:
@@ -77,6 +80,13 @@ async def to_owner(stream: ClientStream, handler: RouteHandler, key: str, method
                 raise OwnerMoving(f"{owner.id} is not the owner of {key} ({exc})", key=key) from None
             if misdirected > 1:
                 await asyncio.sleep(RETRY_EVERY)
+        except StreamClosed as exc:
+            if not (bodyless and method in REPLAYABLE and not exc.got_response):
+                raise UpstreamError(502, f"owner {owner.id}: {exc}", key=key, public=UNREACHABLE) from None
+            ownership.forget(class_name, key)  # refused unanswered (the owner draining, or gone): sent again
+            if time.monotonic() >= deadline:
+                raise OwnerMoving(f"owner {owner.id} of {key} did not answer", key=key) from None
+            await asyncio.sleep(RETRY_EVERY)
         except OSError:  # no stream opened: the owner is gone; wait for its lease to hand the key on
             ownership.forget(class_name, key)
             if time.monotonic() >= deadline:

@@ -28,6 +28,7 @@ from proxy.errors import (BodyTooLarge, InvalidKey, InvalidPath, Refusal, StartF
 from proxy.http.h2_to_h1 import exchange
 from proxy.http.h2app import serve_by_app
 from proxy.http.h2peer import owner_hint, to_owner
+from proxy.wire.h2upstream import StreamClosed
 from proxy.http.h2_to_h2 import SKIP, body_of, relay, response_head, within
 from proxy.request_id import HEADER_LOWER, request_id
 from proxy.wire.paths import escape_reason
@@ -275,6 +276,8 @@ async def _to_h2(stream: ClientStream, handler: RouteHandler, manager: Manager, 
     except OSError as exc:
         manager.health.suspect()
         raise UpstreamError(502, f"{type(exc).__name__}: {exc}", key=manager.key) from None
+    except StreamClosed as exc:
+        raise UpstreamError(502, str(exc), key=manager.key) from None
 
 
 async def _refuse(stream: ClientStream, refusal: Refusal, rid: str, grpc: bool, detail: str,

@@ -107,3 +107,27 @@ async def test_grpc_trailers_cross_the_hop(etcd, tmp_path):
         assert starts(replicas.ports) == 1
     finally:
         replicas.stop()
+
+
+async def test_h2c_stream_waits_out_a_killed_owner(etcd, tmp_path):
+    """The owner dies (SIGKILL: no handover): a stream through the survivor waits for the lease to expire, then the
+    survivor owns the key and answers, as an HTTP/1.1 request would."""
+    replicas = Replicas(base_config("stub", "stub"), etcd.endpoints, 2, 2.0, str(tmp_path))
+    try:
+        key = next(f"dead{i}" for i in range(50) if _owner_after_use(replicas, f"dead{i}") == 0)
+        survivor = replicas.ports[1]
+        status, body, _ = await asyncio.to_thread(_curl_h2, survivor, f"/k/{key}/api/container-info")
+        assert status == 200  # forwarded to replica 0 over the pooled h2c hop
+        replicas.kill(0)
+        status, body, _ = await asyncio.to_thread(_curl_h2, survivor, f"/k/{key}/api/container-info")
+        assert status == 200, body
+        assert key in running_keys(survivor)
+    finally:
+        replicas.stop()
+
+
+def _owner_after_use(replicas: Replicas, key: str) -> int:
+    """The index of the replica that owns `key` once a request (over h2, through replica 0) has started it."""
+    status, _, _ = _curl_h2(replicas.ports[0], f"/k/{key}/api/container-info")
+    assert status == 200
+    return replicas.owner_of(key)
