@@ -23,6 +23,7 @@ from yarl import URL
 from proxy.cluster.owner import ClusterUnavailable, NotOwner, OwnerMoving, Ownership
 from proxy.cluster.store import Member
 from proxy.errors import UpstreamError, refusal_response
+from proxy.wire.h2upstream import H2Pool
 from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK, forward_websocket, is_websocket, upstream_headers
 from proxy.request_id import of as request_id_of
 from proxy.observe.request_log import BODY_BYTES
@@ -47,6 +48,7 @@ class Forwarder:
         self.connect_timeout = connect_timeout
         self._timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=upstream_timeout)
         self._session: aiohttp.ClientSession | None = None
+        self._h2: dict[str, H2Pool] = {}  # HTTP/2 streams' hops (proxy/http/h2peer.py), by member URL
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -55,7 +57,17 @@ class Forwarder:
                                                   connector=aiohttp.TCPConnector(limit=0))
         return self._session
 
+    def h2_pool(self, member: Member) -> H2Pool:
+        """The h2c connection to a peer (an `http://` member): HTTP/2 streams hop as HTTP/2, trailers included."""
+        pool = self._h2.get(member.url)
+        if pool is None:
+            url = URL(member.url)
+            pool = self._h2[member.url] = H2Pool(url.host or "", url.port or 80, self.connect_timeout)
+        return pool
+
     async def close(self) -> None:
+        for pool in self._h2.values():
+            pool.close()
         if self._session is not None:
             await self._session.close()
 

@@ -107,6 +107,7 @@ class FastPath:
     def __init__(self, app: web.Application, handlers: dict[Any, _Group], exchanges: ExchangeWatch,
                  ownership: Ownership | None = None, max_streams: int = MAX_CONCURRENT_STREAMS) -> None:
         self.router = FastRouter(app, handlers)
+        self.app = app  # HTTP/2 streams no proxied route takes are answered by it (proxy/http/h2app.py)
         self.exchanges = exchanges
         self.ownership = ownership
         self.max_streams = max_streams  # HTTP/2 clients' concurrent streams (server.max_concurrent_streams)

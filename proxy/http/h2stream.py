@@ -5,7 +5,8 @@ The same route (the fast path's router, then the route's host pick), the same ke
 counted in flight, idle renewed at its end), the same refusals (proxy/errors.py) and the same access
 line and metrics (`RouteHandler.record`). The answer is relayed to the instance in the class's
 `protocol`: HTTP/1.1 through the instance's aiohttp session, h2c and gRPC on its pooled HTTP/2 connection
-(proxy/wire/h2upstream.py) with trailers passed through. For gRPC the proxy's own refusals are gRPC
+(proxy/wire/h2upstream.py, proxy/http/h2_to_h2.py) with trailers passed through; clustered, a key another replica
+owns goes to its owner (proxy/http/h2peer.py). For gRPC the proxy's own refusals are gRPC
 statuses in a trailers-only answer (`grpc_status`), and `grpc-timeout` bounds the wait and the call.
 """
 
@@ -15,30 +16,29 @@ import asyncio
 import json
 import re
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Coroutine, TypeVar
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import h2.errors
 import structlog
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.errors import (BodyTooLarge, Fenced, InvalidKey, InvalidPath, Refusal, StartFailed, StartTimeout,
+from proxy.errors import (BodyTooLarge, InvalidKey, InvalidPath, Refusal, StartFailed, StartTimeout,
                           UpstreamError, refusal_body, refusal_headers)
 from proxy.http.h2_to_h1 import exchange
+from proxy.http.h2app import serve_by_app
+from proxy.http.h2peer import owner_hint, to_owner
+from proxy.wire.h2upstream import StreamClosed
+from proxy.http.h2_to_h2 import SKIP, body_of, relay, response_head, within
 from proxy.request_id import HEADER_LOWER, request_id
-from proxy.wire.h2upstream import StreamClosed, UpstreamStream
 from proxy.wire.paths import escape_reason
-from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK
 
 if TYPE_CHECKING:
     from proxy.http.h2server import ClientStream, H2ServerProtocol, Header
     from proxy.http.routes import RouteHandler
     from proxy.lifecycle.manager import Manager
 
-_SKIP = frozenset(h.encode() for h in HOP_BY_HOP) | {b"host", b"x-forwarded-for", b"x-forwarded-proto",
-                                                     b"x-forwarded-host", PEER_MARK.encode()}
 log = structlog.get_logger("proxy.h2")
-T = TypeVar("T")
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # gRPC status codes (grpc/status.h) for the proxy's own answers
@@ -51,6 +51,10 @@ _BY_STATUS = {400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 404: UNIMPLEMENTED, 4
 
 class NoRoute(Refusal):
     status, error = 404, "not found"
+
+
+class NotProxied(NoRoute):
+    """No proxied route takes the path: the proxy's own endpoints or a 404, answered by the application."""
 
 
 class HeaderTooLarge(Refusal):
@@ -110,11 +114,20 @@ async def serve_stream(conn: H2ServerProtocol, stream: ClientStream) -> None:
                 raise HeaderTooLarge(f"a header field is longer than {MAX_FIELD} bytes")
             handler, key, variables = _route(conn, method, target, authority, headers)
             grpc = grpc or handler.config.containers[handler.route.container].protocol == "grpc"
-            status, sent = await _serve(conn, stream, handler, key, variables, pseudo, headers, rid, given,
-                                        grpc_timeout(headers.get("grpc-timeout")) if grpc else None)
+            if handler.cluster is not None and not handler.cluster.ownership.owns(handler.route.container, key) \
+                    and (answer := await to_owner(stream, handler, key, method, target, authority,
+                                                  _forwarded(stream, headers, conn, authority, rid, given))):
+                status, sent = answer  # the key's owner is another replica: its answer (proxy/http/h2peer.py)
+            else:
+                status, sent = await _serve(conn, stream, handler, key, variables, pseudo, headers, rid, given,
+                                            grpc_timeout(headers.get("grpc-timeout")) if grpc else None)
         except Refusal as refusal:
+            if isinstance(refusal, NotProxied) and not grpc:  # own endpoints, 404s: the application's answer
+                status, sent = await serve_by_app(conn, stream, method, target, authority, headers)
+                return
             status = refusal.status
-            await _refuse(stream, refusal, rid, grpc, handler.error_detail if handler is not None else "public")
+            await _refuse(stream, refusal, rid, grpc, handler.error_detail if handler is not None else "public",
+                          owner_hint(stream, refusal))
     except (asyncio.CancelledError, ConnectionError):
         status = 499  # the client reset the stream or left
         stream.abort(h2.errors.ErrorCodes.CANCEL)
@@ -137,7 +150,7 @@ def _route(conn: H2ServerProtocol, method: str, target: str, authority: str,
         raise InvalidPath(reason)
     found = conn.fast.router.resolve(path)
     if found is None:
-        raise NoRoute(f"no route for {path}")
+        raise NotProxied(f"no route for {path}")
     group, variables = found
     handler = group.only
     if handler is None:
@@ -152,9 +165,6 @@ def _route(conn: H2ServerProtocol, method: str, target: str, authority: str,
     length = headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > handler.config.max_body_size:
         raise BodyTooLarge(f"Content-Length {length} exceeds max_body_size={handler.config.max_body_size} bytes")
-    ownership = conn.fast.ownership
-    if ownership is not None and not ownership.owns(handler.route.container, key):
-        raise Fenced("HTTP/2: the key is owned by another replica (HTTP/2 is served by the owner only)")
     return handler, key, variables
 
 
@@ -191,7 +201,7 @@ def _forwarded(stream: ClientStream, headers: CIMultiDictProxy[str], conn: H2Ser
     for name, value in stream.headers:
         if name[:1] == b":":
             continue
-        if name in _SKIP or (name == HEADER_LOWER and not given):
+        if name in SKIP or (name == HEADER_LOWER and not given):
             if name == b"x-forwarded-for":
                 chain.append(value)
             if name == b"te" and value == b"trailers":
@@ -207,21 +217,6 @@ def _forwarded(stream: ClientStream, headers: CIMultiDictProxy[str], conn: H2Ser
     return out
 
 
-async def _body(stream: ClientStream, limit: int) -> AsyncIterator[bytes]:
-    """The client's body as it comes; its window reopens as each piece goes upstream."""
-    while (chunk := await stream.read()) is not None:
-        if stream.received > limit:
-            raise BodyTooLarge(f"the body exceeds max_body_size={limit} bytes")
-        yield chunk
-        stream.consumed(len(chunk))
-
-
-def _response_head(status: int, pairs: list[Header], extra: list[Header]) -> list[Header]:
-    head = [(b":status", str(status).encode())]
-    head += [(n.lower(), v) for n, v in pairs if n.lower() not in _SKIP and n[:1] != b":"]
-    return head + extra
-
-
 async def _to_http1(stream: ClientStream, handler: RouteHandler, manager: Manager, method: str, target: str,
                     forwarded: list[Header], extra: list[Header]) -> tuple[int, int]:
     instance = manager.instance
@@ -235,7 +230,7 @@ async def _to_http1(stream: ClientStream, handler: RouteHandler, manager: Manage
             lines += (name, b": ", value, b"\r\n")
     if cookies:
         lines += (b"cookie: ", b"; ".join(cookies), b"\r\n")
-    body = None if stream.ended and not stream.chunks else _body(stream, config.max_body_size)
+    body = None if stream.ended and not stream.chunks else body_of(stream, config.max_body_size)
     chunked = body is not None and not any(n == b"content-length" for n, _ in forwarded)
     if chunked:
         lines.append(b"transfer-encoding: chunked\r\n")
@@ -249,11 +244,11 @@ async def _to_http1(stream: ClientStream, handler: RouteHandler, manager: Manage
     try:
         status, headers = relay.head.result()
         bodyless = method == "HEAD" or status in (204, 304)
-        stream.send_headers(_response_head(status, headers, extra), end=bodyless)
+        stream.send_headers(response_head(status, headers, extra), end=bodyless)
         if bodyless:
             return status, 0
         try:
-            while (chunk := await _within(relay.read(), config.upstream_timeout)) is not None:
+            while (chunk := await within(relay.read(), config.upstream_timeout)) is not None:
                 await stream.send_data(chunk)
                 sent += len(chunk)
                 handler.egress(manager.klass.name, manager.key, len(chunk))
@@ -275,81 +270,30 @@ async def _to_h2(stream: ClientStream, handler: RouteHandler, manager: Manager, 
     pool = handler.pools.h2(instance)
     request = [(b":method", method.encode()), (b":scheme", b"http"), (b":authority", pool.authority),
                (b":path", target.encode("latin-1")), *forwarded]
-    bodyless = stream.ended and not stream.chunks
     try:
-        upstream = await pool.open(request, end=bodyless)
+        return await relay(stream, pool, request, config.max_body_size, config.upstream_timeout, manager.key, extra,
+                           lambda nbytes: handler.egress(manager.klass.name, manager.key, nbytes))
     except OSError as exc:
         manager.health.suspect()
         raise UpstreamError(502, f"{type(exc).__name__}: {exc}", key=manager.key) from None
-    pump = None if bodyless else asyncio.get_running_loop().create_task(_pump(stream, upstream,
-                                                                              config.max_body_size))
-    sent = 0
-    try:
-        try:
-            pairs = await _within(upstream.response(), config.upstream_timeout)
-        except asyncio.TimeoutError:
-            raise UpstreamError(504, f"no response within upstream_timeout={config.upstream_timeout:g}s",
-                                key=manager.key) from None
-        except StreamClosed as exc:
-            if pump is not None and pump.done() and isinstance(pump.exception(), BodyTooLarge):
-                raise pump.exception() from None  # type: ignore[misc]
-            raise UpstreamError(502, str(exc), key=manager.key) from None
-        status = int(dict(pairs).get(b":status", b"502"))
-        stream.send_headers(_response_head(status, pairs, extra))
-        try:
-            while (chunk := await _within(upstream.read(), config.upstream_timeout)) is not None:
-                await stream.send_data(chunk)
-                upstream.consumed(len(chunk))
-                sent += len(chunk)
-                handler.egress(manager.klass.name, manager.key, len(chunk))
-        except (StreamClosed, asyncio.TimeoutError):
-            stream.abort()
-            return status, sent
-        trailers = [(n, v) for n, v in upstream.trailers if n not in _SKIP]
-        stream.end(trailers)
-        return status, sent
-    finally:
-        if pump is not None:
-            if pump.done():
-                pump.cancelled() or pump.exception()  # retrieved (a BodyTooLarge was answered above)
-            else:
-                pump.cancel()
-        if not upstream.ended:
-            upstream.reset()
+    except StreamClosed as exc:
+        raise UpstreamError(502, str(exc), key=manager.key) from None
 
 
-async def _within(step: Coroutine[Any, Any, T], seconds: float) -> T:
-    """`step` bounded by `seconds` (a timer, not the task `asyncio.wait_for` makes on every call)."""
-    async with asyncio.timeout(seconds):
-        return await step
-
-
-async def _pump(stream: ClientStream, upstream: UpstreamStream, limit: int) -> None:
-    """The client's body (and trailers) to the instance, at the instance's pace."""
-    try:
-        async for chunk in _body(stream, limit):
-            await upstream.send(chunk)
-        upstream.end([(n, v) for n, v in stream.trailers if n not in _SKIP] or None)
-    except BodyTooLarge:
-        upstream.reset()
-        raise
-    except (StreamClosed, ConnectionError):
-        upstream.reset()
-
-
-async def _refuse(stream: ClientStream, refusal: Refusal, rid: str, grpc: bool, detail: str) -> None:
+async def _refuse(stream: ClientStream, refusal: Refusal, rid: str, grpc: bool, detail: str,
+                  extra: list[Header]) -> None:
     """The proxy's own answer: JSON as on HTTP/1.1, or for gRPC a trailers-only answer with the status."""
     body = refusal_body(refusal, rid, detail)
     if grpc:
         stream.send_headers([(b":status", b"200"), (b"content-type", b"application/grpc"),
                              (b"grpc-status", str(grpc_status(refusal)).encode()),
                              (b"grpc-message", quote(body["reason"], safe=" ").encode()),
-                             (b"x-request-id", rid.encode())], end=True)
+                             (b"x-request-id", rid.encode()), *extra], end=True)
         return
     data = json.dumps(body).encode()
     head = [(b":status", str(refusal.status).encode()), (b"content-type", b"application/json; charset=utf-8"),
             (b"content-length", str(len(data)).encode())]
-    head += [(n.lower().encode(), v.encode()) for n, v in refusal_headers(refusal, rid).items()]
+    head += [(n.lower().encode(), v.encode()) for n, v in refusal_headers(refusal, rid).items()] + extra
     stream.send_headers(head)
     await stream.send_data(data, end=True)
 

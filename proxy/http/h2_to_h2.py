@@ -1,0 +1,102 @@
+"""An HTTP/2 client stream relayed as one stream on a pooled HTTP/2 connection, trailers and all.
+
+Two callers: an instance of an `h2c`/`grpc` class (proxy/http/h2stream.py) and, clustered, the key's owner
+replica (proxy/http/h2peer.py: the hop is h2c, so gRPC trailers survive it). The client's body goes up at the
+instance's pace (its window reopens only as it leaves); the answer comes down as the client's window allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, TypeVar
+
+from proxy.errors import BodyTooLarge, UpstreamError
+from proxy.wire.h2upstream import H2Pool, StreamClosed, UpstreamStream
+from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK
+
+if TYPE_CHECKING:
+    from proxy.http.h2server import ClientStream, Header
+
+SKIP = frozenset(h.encode() for h in HOP_BY_HOP) | {b"host", b"x-forwarded-for", b"x-forwarded-proto",
+                                                    b"x-forwarded-host", PEER_MARK.encode()}
+T = TypeVar("T")
+
+
+async def within(step: Coroutine[Any, Any, T], seconds: float) -> T:
+    """`step` bounded by `seconds` (a timer, not the task `asyncio.wait_for` makes on every call)."""
+    async with asyncio.timeout(seconds):
+        return await step
+
+
+async def body_of(stream: ClientStream, limit: int) -> AsyncIterator[bytes]:
+    """The client's body as it comes; its window reopens as each piece goes upstream."""
+    while (chunk := await stream.read()) is not None:
+        if stream.received > limit:
+            raise BodyTooLarge(f"the body exceeds max_body_size={limit} bytes")
+        yield chunk
+        stream.consumed(len(chunk))
+
+
+def response_head(status: int, pairs: list[Header], extra: list[Header]) -> list[Header]:
+    head = [(b":status", str(status).encode())]
+    head += [(n.lower(), v) for n, v in pairs if n.lower() not in SKIP and n[:1] != b":"]
+    return head + extra
+
+
+async def relay(stream: ClientStream, pool: H2Pool, request: list[Header], limit: int, timeout: float, key: str,
+                extra: list[Header], count: Callable[[int], None],
+                vet: Callable[[list[Header]], None] | None = None, public: str | None = None) -> tuple[int, int]:
+    """(status, body bytes sent). OSError when no stream could be opened, StreamClosed when it closed before an
+    answer; `vet` sees the answer's head before the client does (and may raise); `public` is the sentence a
+    failed relay's 504 shows."""
+    bodyless = stream.ended and not stream.chunks
+    upstream = await pool.open(request, end=bodyless)
+    pump = None if bodyless else asyncio.get_running_loop().create_task(_pump(stream, upstream, limit))
+    words: dict[str, Any] = {"key": key} if public is None else {"key": key, "public": public}
+    sent = 0
+    try:
+        try:
+            pairs = await within(upstream.response(), timeout)
+        except asyncio.TimeoutError:
+            raise UpstreamError(504, f"no response within upstream_timeout={timeout:g}s", **words) from None
+        except StreamClosed:
+            if pump is not None and pump.done() and isinstance(pump.exception(), BodyTooLarge):
+                raise pump.exception() from None  # type: ignore[misc]
+            raise  # no answer came: the caller says why (or, a peer hop, sends it again)
+        if vet is not None:
+            vet(pairs)
+        status = int(dict(pairs).get(b":status", b"502"))
+        stream.send_headers(response_head(status, pairs, extra))
+        try:
+            while (chunk := await within(upstream.read(), timeout)) is not None:
+                await stream.send_data(chunk)
+                upstream.consumed(len(chunk))
+                sent += len(chunk)
+                count(len(chunk))
+        except (StreamClosed, asyncio.TimeoutError):
+            stream.abort()
+            return status, sent
+        trailers = [(n, v) for n, v in upstream.trailers if n not in SKIP]
+        stream.end(trailers)
+        return status, sent
+    finally:
+        if pump is not None:
+            if pump.done():
+                pump.cancelled() or pump.exception()  # retrieved (a BodyTooLarge was answered above)
+            else:
+                pump.cancel()
+        if not upstream.ended:
+            upstream.reset()
+
+
+async def _pump(stream: ClientStream, upstream: UpstreamStream, limit: int) -> None:
+    """The client's body (and trailers) to the instance, at the instance's pace."""
+    try:
+        async for chunk in body_of(stream, limit):
+            await upstream.send(chunk)
+        upstream.end([(n, v) for n, v in stream.trailers if n not in SKIP] or None)
+    except BodyTooLarge:
+        upstream.reset()
+        raise
+    except (StreamClosed, ConnectionError):
+        upstream.reset()
