@@ -28,16 +28,14 @@ import itertools
 import os
 import random
 import signal
-import socket
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from backends._spawn import Child, spawn
 from backends.base import BackendError, ContainerSpec, Instance, InstanceState, Phases
+from backends.ports import free_port, listen_range
 
 DEFAULT_ARGV = (sys.executable, "-m", "model_service")
-LISTEN_FROM = 10000  # the lowest port a child is given (where the kernel's ephemeral range allows)
 
 
 @dataclass
@@ -45,24 +43,6 @@ class _Child:
     instance: Instance
     process: Child
     stop_timeout: float
-
-
-def free_port(host: str, port: int = 0) -> int:
-    """`port` (0: one the kernel picks) if it is free on `host` now; OSError if it is not."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, port))
-        return int(s.getsockname()[1])
-
-
-def listen_range() -> range:
-    """Ports for children: below the kernel's ephemeral range, from which the proxy's own outgoing connections
-    (readiness probes, requests) take their local ports. A port picked there can be taken by such a connection
-    before the child binds it (`bind: Address already in use`, seen a few times in 1000 starts at once)."""
-    try:
-        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768
-    return range(LISTEN_FROM, low) if low - LISTEN_FROM >= 1000 else range(0)
 
 
 def describe_exit(code: int) -> str:

@@ -15,6 +15,7 @@ from typing import Any, Awaitable, Callable, Mapping, Protocol, cast
 from aiohttp import web
 
 from backends.base import BackendError, ContainerSpec, Instance, InstanceState, Phases
+from backends.ports import listening_socket
 
 DEFAULT_FACTORY = "model_service.app:create_app"
 AppFactory = Callable[[Mapping[str, str]], web.Application]
@@ -60,7 +61,7 @@ async def _start_grpc(env: Mapping[str, str]) -> tuple[_GrpcServer, int]:
 async def _start_http(factory: AppFactory, env: Mapping[str, str]) -> tuple[web.AppRunner, int]:
     runner = web.AppRunner(factory(env), handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await web.SockSite(runner, listening_socket("127.0.0.1")).start()  # (below the ephemeral range: backends/ports.py)
     return runner, int(runner.addresses[0][1])
 
 
