@@ -95,7 +95,7 @@ start_dockerd() {
   if ping "$DOCKER_SOCK"; then log "dockerd already answering"; return 0; fi
   if pid_alive "$STATE_DIR/dockerd.pid"; then log "dockerd running (pid $(cat "$STATE_DIR/dockerd.pid")), waiting"; return 0; fi
   log "starting dockerd (log: $STATE_DIR/dockerd.log)"
-  setsid nohup dockerd --host "unix://$DOCKER_SOCK" >"$STATE_DIR/dockerd.log" 2>&1 </dev/null &
+  (cd / && exec setsid nohup dockerd --host "unix://$DOCKER_SOCK") >"$STATE_DIR/dockerd.log" 2>&1 </dev/null &  # cwd /: a deleted directory breaks conmon
   echo $! >"$STATE_DIR/dockerd.pid"
 }
 
@@ -105,7 +105,7 @@ start_podman() {
   mkdir -p "$(dirname "$PODMAN_SOCK")"
   rm -f "$PODMAN_SOCK"
   log "starting podman system service (log: $STATE_DIR/podman.log)"
-  setsid nohup podman system service --time=0 "unix://$PODMAN_SOCK" >"$STATE_DIR/podman.log" 2>&1 </dev/null &
+  (cd / && exec setsid nohup podman system service --time=0 "unix://$PODMAN_SOCK") >"$STATE_DIR/podman.log" 2>&1 </dev/null &  # cwd /: a deleted directory breaks conmon
   echo $! >"$STATE_DIR/podman.pid"
 }
 
@@ -126,7 +126,7 @@ http:
   addr: $addr
 CONF
   log "starting docker-registry $name on $addr (log: $STATE_DIR/$name.log)"
-  setsid nohup docker-registry serve "$STATE_DIR/$name.yml" >"$STATE_DIR/$name.log" 2>&1 </dev/null &
+  (cd / && exec setsid nohup docker-registry serve "$STATE_DIR/$name.yml") >"$STATE_DIR/$name.log" 2>&1 </dev/null &  # cwd /: a deleted directory breaks conmon
   echo $! >"$STATE_DIR/$name.pid"
   local deadline=$(( $(date +%s) + WAIT_SECONDS ))
   until curl -fs --max-time 2 "http://$addr/v2/" >/dev/null 2>&1; do
