@@ -180,12 +180,7 @@ class EngineBackend(EnginePulls):
         raise BackendError(f"container {info.get('Name', '').lstrip('/')} has {self.address.missing(port)}")
 
     async def _remove(self, ref: str, force: bool = True) -> None:
-        docker = await self._client()
-        try:
-            await docker.containers.container(ref).delete(force=force, v=True)
-        except aiodocker.DockerError as e:
-            if e.status not in (404, 409):  # gone, or removal already in progress
-                raise
+        await delete_container(await self._client(), ref, force=force)
 
     # ------------------------------------------------------------------ Backend protocol
 
@@ -413,3 +408,17 @@ class EngineBackend(EnginePulls):
                 removed.append(info.get("Name", "").lstrip("/"))
         return removed
 
+
+async def delete_container(docker: aiodocker.Docker, ref: str, force: bool = True) -> None:
+    """Remove a container; gone already (404) or being removed (409) is done. A container exiting at that very
+    moment makes podman answer 500 "could not be stopped ... container state improper": that is asked again."""
+    for attempt in range(10):
+        try:
+            await docker.containers.container(ref).delete(force=force, v=True)
+            return
+        except aiodocker.DockerError as e:
+            if e.status in (404, 409):
+                return
+            if e.status != 500 or "state improper" not in str(e.message) or attempt == 9:
+                raise
+            await asyncio.sleep(0.2)

@@ -13,6 +13,7 @@ import aiodocker
 import aiohttp
 import pytest
 
+from backends._engine import delete_container
 from backends.base import LABEL_PROXY_ID, Backend
 from backends.docker import DockerBackend, default_docker_socket
 from backends.image.build import DEFAULT_TAG, ensure_image as build_image, push_image
@@ -77,11 +78,7 @@ async def remove_all(backend: Backend) -> None:
             for service in await docker.services.list(filters={"label": f"{LABEL_PROXY_ID}={backend.proxy_id}"}):
                 await docker.services.delete(service["ID"])
         for container in await docker.containers.list(all=True, filters=filters):
-            try:
-                await container.delete(force=True)
-            except aiodocker.DockerError as e:  # a swarm task's container the swarm is removing itself
-                if e.status not in (404, 409):
-                    raise
+            await delete_container(docker, container.id)
     finally:
         await docker.close()
 
