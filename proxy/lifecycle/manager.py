@@ -202,8 +202,8 @@ class Manager:
                 raise StartFailed(self.last_error, key=self.key) from None
             await self._abandon_start(self._timeout_reason())
             raise StartTimeout(self.last_error, seconds=self.klass.start_timeout, key=self.key) from None
-        except BackendError as exc:
-            await self._abandon_start(exc.reason)
+        except BackendError as exc:  # an unreachable runtime is an outage, not this key's crash loop
+            await self._abandon_start(exc.reason, failed=not isinstance(exc, BackendUnavailable))
             down = RuntimeUnreachable.public if isinstance(exc, BackendUnavailable) else None  # the public words
             raise StartFailed(exc.reason, retry_after=exc.retry_after, key=self.key, public=down) from None
         except asyncio.CancelledError:

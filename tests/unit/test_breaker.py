@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from backends.base import BackendError, InstanceState
+from backends.base import BackendError, BackendUnavailable, InstanceState
 from proxy.config.containers import CrashLoopPolicy
 from proxy.lifecycle.breaker import Breaker, BreakerState
 from proxy.errors import BreakerOpen, StartFailed
@@ -147,3 +147,19 @@ async def test_a_cancelled_start_is_not_a_failure(make_world: Any, clock: Clock)
     await clock.settle()
     assert (await asyncio.gather(waiter, return_exceptions=True))[0] is not None
     assert manager.state is State.FAILED and not manager.breaker.is_open
+
+
+async def test_starts_that_fail_because_the_runtime_is_unreachable_do_not_open_it(
+        make_world: Any, clock: Clock) -> None:
+    """A daemon outage fails every start; once it is back the key starts at once, not after a backoff."""
+    world = make_world(svc=CLASS)
+    world.backend.start.raises(BackendUnavailable("cannot reach the container runtime"))
+    manager = world.manager()
+    for _ in range(10):
+        with pytest.raises(StartFailed):
+            await manager.ensure_running()
+        await clock.advance(1.0)
+    assert world.backend.start.count == 10 and manager.breaker.state is BreakerState.CLOSED
+    world.backend.start.reset_answer()  # the runtime is back
+    await manager.ensure_running()
+    assert manager.state is State.RUNNING and world.backend.start.count == 11
