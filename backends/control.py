@@ -36,6 +36,14 @@ class Removable(Protocol):
 
 
 @runtime_checkable
+class Generational(Protocol):
+    """Names a key's instance by its spec's generation, so a surge rollout runs the old and the new one side by
+    side, each its own container (docker, podman; a swarm service is one per key whatever its generation)."""
+
+    def name_for(self, key: str, spec: ContainerSpec) -> str: ...
+
+
+@runtime_checkable
 class Executable(Protocol):
     """Run a command inside a running instance."""
 

@@ -11,12 +11,17 @@ import asyncio
 import itertools
 from typing import Callable, Iterator
 
+import structlog
+
 from backends.base import Instance
+from backends.control import Generational
 from proxy.keys import member_key
 from proxy.lifecycle.balance import least_loaded
 from proxy.config.schema import Config
 from proxy.lifecycle.events import State, StopReason
 from proxy.lifecycle.manager import Manager, Services
+
+log = structlog.get_logger("proxy.manager")
 
 
 class Registry:
@@ -61,7 +66,27 @@ class Registry:
         if not self.config.backend.reuse_stopped:
             await backend.cleanup_stopped()
         asked = asyncio.get_running_loop().time()
-        return self.adopt(await backend.list_instances(), listed_at=asked)
+        listed = await backend.list_instances()
+        adopted = self.adopt(listed, listed_at=asked)
+        await self._stop_second_instances(listed)
+        return adopted
+
+    async def _stop_second_instances(self, listed: list[Instance]) -> None:
+        """A key has one instance. Two running for one key (a proxy stopped in the middle of a surge rollout:
+        the old generation's and the new one's) would leave one running unmanaged: the one not adopted is
+        stopped (nothing of this process can be in flight on it yet)."""
+        if not isinstance(self.services.backend, Generational):  # two running tasks of one swarm service are one
+            return
+        for instance in listed:
+            manager = self.peek(instance.key, instance.class_name)
+            if manager is None or manager.instance is None or manager.instance.id == instance.id:
+                continue
+            log.warning("second_instance_stopped", key=instance.key, container=instance.class_name,
+                        kept=manager.instance.id[:12], stopped=instance.id[:12])
+            try:
+                await self.services.backend.stop(instance)
+            except Exception as exc:  # noqa: BLE001 - start-up goes on; the reconciler lists it again
+                log.warning("second_instance_stop_failed", key=instance.key, reason=str(exc))
 
     def adopt(self, instances: list[Instance], *, checked: bool = True, listed_at: float | None = None) -> int:
         """Take over listed running instances of known classes whose manager is `stopped`; how many.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import subprocess
 import uuid
 from pathlib import Path
@@ -82,6 +84,27 @@ async def test_proxy_restart_adopts_running_container(make_proxy, raw, backend_k
     ours = await raw.containers.list(all=True, filters={"label": [f"proxy.instance={proxy_id}"]})
     assert [c.id for c in ours] == [started_id]
     assert await h.metric("proxy_container_running_instances", container_class="svc") == 1
+
+
+async def test_a_restart_in_the_middle_of_a_surge_keeps_one_instance_per_key(make_proxy, raw, backend_kind):
+    """Proxy #1 stops (crashes) while a key runs its old and its new generation side by side (a surge rollout);
+    proxy #2 adopts one of them and stops the other: no container is left running unmanaged."""
+    proxy_id = f"t{uuid.uuid4().hex[:10]}"
+    config = parse_config(base_config(backend_kind, await engines.ensure_image(backend_kind)) | {
+        "backend": {"proxy_id": proxy_id}})
+    backend = engines.make_backend(backend_kind, proxy_id)
+    spec = config.containers["svc"].spec
+    old, new = [await backend.start("shared", dataclasses.replace(spec, generation=g)) for g in (0, 1)]
+    await backend.close()
+    assert old.id != new.id
+
+    h = await make_proxy(backend=engines.make_backend(backend_kind, proxy_id))
+    m = h.manager("shared")
+    assert m.state is State.RUNNING and m.instance.id in (old.id, new.id) and m.start_count == 0
+    filters = {"label": [f"proxy.instance={proxy_id}"], "status": ["running"]}
+    running = await raw.containers.list(filters=json.dumps(filters))
+    assert [c.id for c in running] == [m.instance.id]
+    assert (await h.client.get("/s/api/health")).status == 200
 
 
 async def test_unlabelled_container_with_colliding_name_is_untouched(make_proxy, raw):
