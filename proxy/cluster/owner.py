@@ -246,7 +246,7 @@ class Ownership:
                 continue
             if which(manager):
                 del self.registry.managers[(class_name, key)]
-                manager.set_sleep_after(0)  # 0: never idle-stopped by this replica any more
+                manager.let_go()  # never acted on here any more; its slot is freed once nothing is in flight
             elif manager.state is not State.STOPPED:
                 kept.add(unit)
         return kept

@@ -366,6 +366,20 @@ class Manager:
         if task is not None:
             await asyncio.shield(task)
 
+    def let_go(self) -> None:
+        """Another replica owns the key now (a handover, a lost lease): its instance is never stopped or paused
+        here; once nothing is in flight here, the manager is `stopped` without a stop (its slot given back)."""
+        self.set_sleep_after(0)  # 0: no idle stop, no pause
+        if self.state is State.RUNNING:
+            asyncio.create_task(self._let_go(), name=f"let-go:{self.key}").add_done_callback(consume_exception)
+
+    async def _let_go(self) -> None:
+        while self.in_flight > self._waiting:  # a WebSocket may last hours: its end frees the slot
+            await drain_requests(self, 3600.0)
+        if self.state is State.RUNNING:
+            self.instance = None  # its pools are not closed: a new manager here may have adopted it again
+            self._transition(State.STOPPED, "handed over")
+
     def adopt(self, instance: Instance) -> None:
         """Take over an instance a previous proxy process started (restart without double start)."""
         self.instance = instance

@@ -120,6 +120,26 @@ async def test_a_freeze_longer_than_the_ttl_is_seen_before_the_idle_timer_acts(o
     assert own.store.valid()  # a new lease was taken meanwhile; a request claims the key again
 
 
+async def test_a_manager_let_go_gives_back_its_slot_once_its_requests_end(owned, clock):
+    """A handover (or a lost lease) leaves the instance running for its next owner; the manager let go of
+    frees its class's capacity slot, but only once the request still in flight on it has ended."""
+    own, manager = await owned(max_instances=1)
+    capacity = own.registry.services.capacity
+    instance = manager.instance
+    manager.hold()  # a request in flight on the instance
+    assert own.release() == 1 and own.registry.peek("k", "svc") is None
+    await clock.settle()
+    assert manager.state is State.RUNNING and capacity.active("svc") == 1 and not capacity.may_start("svc")
+    manager.release()
+    await clock.settle()
+    assert manager.state is State.STOPPED and capacity.active("svc") == 0 and capacity.may_start("svc")
+    await clock.advance(10)
+    assert own.backend.stop.args() == []  # type: ignore[attr-defined]  # never stopped here
+    again = own.registry.get("k", "svc")  # claimed again later: a new manager adopts the same instance
+    again.adopt(instance)
+    assert again.state is State.RUNNING and capacity.active("svc") == 1
+
+
 async def test_a_lapse_under_a_lease_that_lived_on_resumes_the_same_manager(owned, clock):
     """etcd slow for longer than the validity but not the lease (its keepalives arrive, their answers do not):
     passive meanwhile, then the same manager carries on (nobody else can have owned the key)."""
