@@ -60,6 +60,7 @@ def config(n: int, www: Path, backend: str) -> dict[str, Any]:
     return {
         "backend": {"type": backend, **({"proxy_id": f"scale{os.getpid()}"} if backend != "process" else {})},
         "logging": {"level": "info", "requests": True},  # a request line each, as nginx's access log
+        "errors": {"detail": "full"},  # a failed start's own reason in its 503 (the bench prints the first ones)
         "admin": SEED_ENDPOINTS,
         "containers": {"web": web, **({"ka": {"image": "model_service", "sleep_after": "1h"}}
                                       if backend == "process" else {})},
@@ -102,9 +103,9 @@ async def cold_starts(base: str, n: int) -> float:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
         async def one(i: int) -> None:
             async with gate, session.get(f"{base}/k/k{i}/") as resp:
-                await resp.read()
+                body = await resp.read()
                 if resp.status != 200:
-                    failed.append(f"k{i}: {resp.status}")
+                    failed.append(f"k{i}: {resp.status} {body[:300].decode(errors='replace')}")
         began = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
         elapsed = time.perf_counter() - began
