@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
-from bench.lib.common import (Server, cpu_seconds, free_port, goal, median, model_service, process_tree, proxy,
-                           summary, table, tool)
+from bench.lib.common import (cpu_seconds, free_port, goal, median, model_service, process_tree, proxy, summary,
+                              table, tool)
+from bench.lib.nginx import FORWARDED, nginx_front, proxy_location, tls_lines
 
 PROXY_CORE, LOAD_CORE = "0", "1"
 PATH = "/api/health"
@@ -49,40 +49,6 @@ class Mode:
 
 FULL, QUICK, SMOKE = Mode(5, 10), Mode(3, 4), Mode(1, 1)
 
-NGINX = """{user}worker_processes 1;
-error_log {dir}/error.log warn;
-pid {dir}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-    access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_body_temp;
-    proxy_temp_path {dir}/proxy_temp;
-    fastcgi_temp_path {dir}/fastcgi_temp;
-    uwsgi_temp_path {dir}/uwsgi_temp;
-    scgi_temp_path {dir}/scgi_temp;
-    upstream upstream_service {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 32;
-    }}
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        listen 127.0.0.1:{probe};
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location = /_probe {{ return 200; }}
-        location / {{
-            proxy_pass http://upstream_service;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-        }}
-    }}
-}}
-"""
-
-
 def certificate(workdir: Path) -> tuple[Path, Path]:
     """A leaf for 127.0.0.1/localhost and its key, made fresh (trustme: ECDSA P-256)."""
     import trustme
@@ -94,22 +60,10 @@ def certificate(workdir: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-@contextlib.contextmanager
-def nginx(upstream_port: int, workdir: Path, cert: Path, key: Path) -> Iterator[tuple[int, int]]:
+def nginx(upstream_port: int, workdir: Path, cert: Path, key: Path) -> ContextManager[tuple[int, int]]:
     """nginx with one worker terminating TLS on the returned port; (port, pid)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port, probe = free_port(), free_port()
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = workdir / "nginx.conf"
-    conf.write_text(NGINX.format(user=user, dir=workdir, port=port, probe=probe, upstream_port=upstream_port,
-                                 cert=cert, key=key))
-    binary = tool("nginx") or "/usr/sbin/nginx"
-    server = Server([binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
-                    f"http://127.0.0.1:{probe}/_probe", cpus=PROXY_CORE, log=str(workdir / "stdout.log"))
-    try:
-        yield port, server.pid
-    finally:
-        server.stop()
+    return nginx_front(upstream_port, workdir, listen="ssl", server=tls_lines(cert, key), connections=4096,
+                       locations=proxy_location(*FORWARDED), cpus=PROXY_CORE)
 
 
 @contextlib.contextmanager

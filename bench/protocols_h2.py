@@ -24,17 +24,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import re
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
-from bench.lib.common import (PY, ROOT, Server, cpu_seconds, env_with_root, free_port, goal, median, model_service,
-                           pinned, process_tree, proxy, summary, table, tool)
+from bench.lib.common import (PY, ROOT, cpu_seconds, env_with_root, free_port, goal, median, model_service, pinned,
+                              process_tree, proxy, summary, table, tool)
+from bench.lib.nginx import FORWARDED, GRPC_LOCATION, nginx_front, proxy_location
 
 PROXY_CORE, LOAD_CORE = "0", "1"
 PATH = "/api/health"
@@ -50,55 +50,12 @@ class Mode:
 
 FULL, QUICK, SMOKE = Mode(5, 10.0), Mode(3, 4.0), Mode(1, 1.0)
 
-NGINX = """{user}worker_processes 1;
-error_log {dir}/error.log warn;
-pid {dir}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_body_temp;
-    proxy_temp_path {dir}/proxy_temp;
-    fastcgi_temp_path {dir}/fastcgi_temp;
-    uwsgi_temp_path {dir}/uwsgi_temp;
-    scgi_temp_path {dir}/scgi_temp;
-    upstream upstream_service {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 32;
-    }}
-    server {{
-        listen 127.0.0.1:{port} http2;
-        listen 127.0.0.1:{probe};
-        location = /_probe {{ return 200; }}
-        location / {{
-            {location}
-        }}
-    }}
-}}
-"""
-H2_LOCATION = """proxy_pass http://upstream_service;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;"""
-GRPC_LOCATION = "grpc_pass grpc://upstream_service;"
+H2_LOCATION = proxy_location(*FORWARDED)
 
 
-@contextlib.contextmanager
-def nginx(upstream_port: int, workdir: Path, location: str) -> Iterator[tuple[int, int]]:
+def nginx(upstream_port: int, workdir: Path, locations: str) -> ContextManager[tuple[int, int]]:
     """nginx with one worker: HTTP/2 (h2c) on the returned port; (port, pid)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port, probe = free_port(), free_port()
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = workdir / "nginx.conf"
-    conf.write_text(NGINX.format(user=user, dir=workdir, port=port, probe=probe, upstream_port=upstream_port,
-                                 location=location))
-    binary = tool("nginx") or "/usr/sbin/nginx"
-    server = Server([binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
-                    f"http://127.0.0.1:{probe}/_probe", cpus=PROXY_CORE, log=str(workdir / "stdout.log"))
-    try:
-        yield port, server.pid
-    finally:
-        server.stop()
+    return nginx_front(upstream_port, workdir, listen="http2", locations=locations, cpus=PROXY_CORE)
 
 
 @contextlib.contextmanager
