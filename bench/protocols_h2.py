@@ -11,7 +11,7 @@ Method
   plain port), both in front of the same model service over HTTP/1.1 (GET /api/health).
 - grpc: unary calls. A grpcio asyncio client keeps 32 calls in flight on one channel for S seconds against
   nginx (`grpc_pass`) and lazy-proxy (class `protocol: grpc`: one pooled HTTP/2 connection to the instance),
-  both in front of the same grpcio server (bench/_grpc_upstream.py, a 64-byte echo).
+  both in front of the same grpcio server (bench/lib/grpc_upstream.py, a 64-byte echo).
 - Per variant: requests/s and the proxy's CPU microseconds per request (utime+stime of its process tree over
   the run, divided by the requests completed). Rounds are interleaved (the order rotates); medians reported.
 
@@ -146,7 +146,7 @@ def bench_h2(mode: Mode, work: Path) -> dict[str, dict[str, float]]:
 def bench_grpc(mode: Mode, work: Path) -> dict[str, dict[str, float]]:
     upstream_port = free_port()
     results: dict[str, list[dict[str, float]]] = {"nginx": [], "lazy-proxy": []}
-    up = subprocess.Popen(["taskset", "-c", LOAD_CORE, PY, "-m", "bench._grpc_upstream", str(upstream_port)],
+    up = subprocess.Popen(["taskset", "-c", LOAD_CORE, PY, "-m", "bench.lib.grpc_upstream", str(upstream_port)],
                           cwd=str(ROOT), env=env_with_root(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
     try:
