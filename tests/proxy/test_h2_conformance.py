@@ -15,8 +15,7 @@ import pytest
 
 from bench.lib.nginx import FORWARDED, proxy_location
 from tests.support import h2_client
-from tests.support.conformance import Front, RecordingUpstream, nginx_available, start_lazy_proxy, start_nginx
-from tests.conftest import ci
+from tests.support.conformance import Front, RecordingUpstream, need_nginx, start_lazy_proxy, start_nginx
 from tests.support.h2_client import Header, get
 
 pytestmark = pytest.mark.conformance
@@ -30,18 +29,8 @@ NGINX_H2_LOCATIONS = proxy_location(*FORWARDED, "X-Forwarded-Host $http_host")
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def fronts(upstream: RecordingUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Front]]:
-    if not nginx_available():
-        if ci():
-            pytest.fail("nginx is not installed (CI=true: the reference side must run)")
-        pytest.skip("nginx is not installed")
+    need_nginx()
     lazy = start_lazy_proxy(upstream.port, tmp_path_factory.mktemp("lazy"))
     nginx = start_nginx(upstream.port, tmp_path_factory.mktemp("nginx"), listen="http2", http=NGINX_H2_HTTP,
                         locations=NGINX_H2_LOCATIONS)

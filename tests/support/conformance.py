@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 from urllib.parse import unquote_to_bytes
 
+import pytest
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 
 from bench.lib.nginx import nginx_binary, nginx_conf
+from tests.conftest import ci
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = "bench.lib.launcher"
@@ -718,8 +720,12 @@ FORWARD            proxy_set_header Upgrade $http_upgrade;
         }""".replace("FORWARD", _NGINX_FORWARD)
 
 
-def nginx_available() -> bool:
-    return nginx_binary() is not None
+def need_nginx() -> None:
+    """Skip without nginx, and fail under CI=true instead: the reference side must run."""
+    if nginx_binary() is None:
+        if ci():
+            pytest.fail("nginx is not installed (CI=true: the reference side must run)")
+        pytest.skip("nginx is not installed")
 
 
 def start_nginx(upstream_port: int, workdir: Path, *, http: str = NGINX_HTTP, locations: str = NGINX_LOCATIONS,
