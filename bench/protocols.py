@@ -26,13 +26,12 @@ import contextlib
 import re
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
-from bench.lib.common import (cpu_seconds, free_port, goal, median, model_service, process_tree, proxy, summary,
-                              table, tool)
+from bench.lib.common import (free_port, goal, h2load, median, model_service, proxy, rate_and_cpu, summary, table,
+                              tool)
 from bench.lib.nginx import FORWARDED, nginx_front, proxy_location, tls_lines
 
 PROXY_CORE, LOAD_CORE = "0", "1"
@@ -106,24 +105,12 @@ def handshakes(port: int, seconds: int) -> int:
 
 def https(port: int, seconds: int) -> int:
     """Requests answered 2xx by `h2load --h1 -c 32` over kept-alive TLS connections in `seconds`."""
-    argv = ["taskset", "-c", LOAD_CORE, _binary("h2load", "nghttp2-client"), "--h1", "-c", "32", "-D",
-            str(seconds), f"https://127.0.0.1:{port}{PATH}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
-    match = re.search(r"status codes: (\d+) 2xx", out)
-    if match is None:
-        raise RuntimeError(f"h2load printed no status codes:\n{out[-1500:]}")
-    return int(match.group(1))
+    return h2load(f"https://127.0.0.1:{port}{PATH}", seconds, "--h1", "-c", "32", cpus=LOAD_CORE)
 
 
 def measure(pid: int, load: Callable[[], int]) -> dict[str, float]:
-    pids = process_tree(pid)
-    before = cpu_seconds(pids)
-    began = time.monotonic()
-    done = load()
-    elapsed = time.monotonic() - began
-    cpu = cpu_seconds(pids) - before
-    return {"rate": done / elapsed if elapsed else float("nan"),
-            "cpu_us": cpu / done * 1e6 if done else float("nan")}
+    rate, cpu_us = rate_and_cpu(pid, load)
+    return {"rate": rate, "cpu_us": cpu_us}
 
 
 LOADS: dict[str, Callable[[int, int], int]] = {"handshakes": handshakes, "https": https}

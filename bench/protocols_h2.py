@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import re
 import subprocess
 import tempfile
 import time
@@ -32,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator
 
-from bench.lib.common import (PY, ROOT, cpu_seconds, env_with_root, free_port, goal, median, model_service, pinned,
-                              process_tree, proxy, summary, table, tool)
+from bench.lib.common import (PY, ROOT, env_with_root, free_port, goal, h2load, median, model_service, pinned, proxy,
+                              rate_and_cpu, summary, table)
 from bench.lib.nginx import FORWARDED, GRPC_LOCATION, nginx_front, proxy_location
 
 PROXY_CORE, LOAD_CORE = "0", "1"
@@ -73,18 +72,9 @@ def lazy(upstream_port: int, workdir: Path, protocol: str) -> Iterator[tuple[int
 # ---------------------------------------------------------------- load generators
 
 
-def h2load(port: int, seconds: float) -> int:
+def h2(port: int, seconds: float) -> int:
     """Requests answered 2xx by `h2load -c 4 -m 32` over `seconds` (h2c, prior knowledge)."""
-    binary = tool("h2load")
-    if binary is None:
-        raise SystemExit("h2load is not installed (Debian: nghttp2-client)")
-    argv = ["taskset", "-c", LOAD_CORE, binary, "-c", "4", "-m", "32", "-D", f"{max(1, round(seconds))}",
-            f"http://127.0.0.1:{port}{PATH}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
-    match = re.search(r"status codes: (\d+) 2xx", out)
-    if match is None:
-        raise RuntimeError(f"h2load printed no status codes:\n{out[-1500:]}")
-    return int(match.group(1))
+    return h2load(f"http://127.0.0.1:{port}{PATH}", seconds, "-c", "4", "-m", "32", cpus=LOAD_CORE)
 
 
 def grpc_calls(port: int, seconds: float, concurrency: int = 32) -> int:
@@ -113,15 +103,9 @@ def grpc_calls(port: int, seconds: float, concurrency: int = 32) -> int:
         return asyncio.run(run())
 
 
-def measure(pid: int, load: Callable[[], int], seconds: float) -> dict[str, float]:
-    pids = process_tree(pid)
-    before = cpu_seconds(pids)
-    began = time.monotonic()
-    requests = load()
-    elapsed = time.monotonic() - began
-    cpu = cpu_seconds(pids) - before
-    return {"rps": requests / elapsed if elapsed else float("nan"),
-            "cpu_us": cpu / requests * 1e6 if requests else float("nan")}
+def measure(pid: int, load: Callable[[], int]) -> dict[str, float]:
+    rps, cpu_us = rate_and_cpu(pid, load)
+    return {"rps": rps, "cpu_us": cpu_us}
 
 
 # ---------------------------------------------------------------- the two benchmarks
@@ -135,11 +119,11 @@ def bench_h2(mode: Mode, work: Path) -> dict[str, dict[str, float]]:
             lazy(upstream_port, work / "h2-lazy", "http1") as (lport, lpid):
         targets = {"nginx": (nport, npid), "lazy-proxy": (lport, lpid)}
         for port, _ in targets.values():
-            h2load(port, 1)  # warm: connections, the key's start
+            h2(port, 1)  # warm: connections, the key's start
         for r in range(mode.rounds):
             for name in sorted(targets, reverse=bool(r % 2)):
                 port, pid = targets[name]
-                results[name].append(measure(pid, lambda p=port: h2load(p, mode.seconds), mode.seconds))
+                results[name].append(measure(pid, lambda p=port: h2(p, mode.seconds)))
     return {name: {k: median([x[k] for x in runs]) for k in ("rps", "cpu_us")} for name, runs in results.items()}
 
 
@@ -159,8 +143,7 @@ def bench_grpc(mode: Mode, work: Path) -> dict[str, dict[str, float]]:
             for r in range(mode.rounds):
                 for name in sorted(targets, reverse=bool(r % 2)):
                     port, pid = targets[name]
-                    results[name].append(measure(pid, lambda p=port: grpc_calls(p, mode.seconds),
-                                                         mode.seconds))
+                    results[name].append(measure(pid, lambda p=port: grpc_calls(p, mode.seconds)))
     finally:
         up.terminate()
         up.wait(10)
