@@ -5,7 +5,8 @@
     with nginx_front(8080, Path(tmp), listen="http2", locations=proxy_location(*FORWARDED)) as (port, pid):
         ...                                              # HTTP/2 (or TLS: listen="ssl", server=tls_lines(...))
 
-Every nginx.conf here (and the conformance tests', tests/support/conformance.py) is `nginx_conf`'s frame.
+Every nginx reverse-proxy config (the benchmarks', and the conformance tests' in tests/support/conformance.py) is
+`nginx_conf`'s one frame; only the static upstream (`static_nginx`) has its own.
 
 Each is configured the way one would run it in production as a keep-alive reverse proxy, not tuned for a
 benchmark: one worker (nginx `worker_processes 1`, haproxy `nbthread 1`), a pool of keep-alive connections
