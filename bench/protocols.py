@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import re
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
-from bench.lib.common import (Server, cpu_seconds, free_port, goal, median, model_service, process_tree, proxy,
-                           summary, table, tool)
+from bench.lib.common import (free_port, goal, h2load, median, model_service, proxy, rate_and_cpu, summary, table,
+                              tool)
+from bench.lib.nginx import FORWARDED, nginx_front, proxy_location, tls_lines
 
 PROXY_CORE, LOAD_CORE = "0", "1"
 PATH = "/api/health"
@@ -49,40 +48,6 @@ class Mode:
 
 FULL, QUICK, SMOKE = Mode(5, 10), Mode(3, 4), Mode(1, 1)
 
-NGINX = """{user}worker_processes 1;
-error_log {dir}/error.log warn;
-pid {dir}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-    access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_body_temp;
-    proxy_temp_path {dir}/proxy_temp;
-    fastcgi_temp_path {dir}/fastcgi_temp;
-    uwsgi_temp_path {dir}/uwsgi_temp;
-    scgi_temp_path {dir}/scgi_temp;
-    upstream upstream_service {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 32;
-    }}
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        listen 127.0.0.1:{probe};
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location = /_probe {{ return 200; }}
-        location / {{
-            proxy_pass http://upstream_service;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-        }}
-    }}
-}}
-"""
-
-
 def certificate(workdir: Path) -> tuple[Path, Path]:
     """A leaf for 127.0.0.1/localhost and its key, made fresh (trustme: ECDSA P-256)."""
     import trustme
@@ -94,22 +59,10 @@ def certificate(workdir: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-@contextlib.contextmanager
-def nginx(upstream_port: int, workdir: Path, cert: Path, key: Path) -> Iterator[tuple[int, int]]:
+def nginx(upstream_port: int, workdir: Path, cert: Path, key: Path) -> ContextManager[tuple[int, int]]:
     """nginx with one worker terminating TLS on the returned port; (port, pid)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port, probe = free_port(), free_port()
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = workdir / "nginx.conf"
-    conf.write_text(NGINX.format(user=user, dir=workdir, port=port, probe=probe, upstream_port=upstream_port,
-                                 cert=cert, key=key))
-    binary = tool("nginx") or "/usr/sbin/nginx"
-    server = Server([binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
-                    f"http://127.0.0.1:{probe}/_probe", cpus=PROXY_CORE, log=str(workdir / "stdout.log"))
-    try:
-        yield port, server.pid
-    finally:
-        server.stop()
+    return nginx_front(upstream_port, workdir, listen="ssl", server=tls_lines(cert, key), connections=4096,
+                       locations=proxy_location(*FORWARDED), cpus=PROXY_CORE)
 
 
 @contextlib.contextmanager
@@ -152,24 +105,12 @@ def handshakes(port: int, seconds: int) -> int:
 
 def https(port: int, seconds: int) -> int:
     """Requests answered 2xx by `h2load --h1 -c 32` over kept-alive TLS connections in `seconds`."""
-    argv = ["taskset", "-c", LOAD_CORE, _binary("h2load", "nghttp2-client"), "--h1", "-c", "32", "-D",
-            str(seconds), f"https://127.0.0.1:{port}{PATH}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
-    match = re.search(r"status codes: (\d+) 2xx", out)
-    if match is None:
-        raise RuntimeError(f"h2load printed no status codes:\n{out[-1500:]}")
-    return int(match.group(1))
+    return h2load(f"https://127.0.0.1:{port}{PATH}", seconds, "--h1", "-c", "32", cpus=LOAD_CORE)
 
 
 def measure(pid: int, load: Callable[[], int]) -> dict[str, float]:
-    pids = process_tree(pid)
-    before = cpu_seconds(pids)
-    began = time.monotonic()
-    done = load()
-    elapsed = time.monotonic() - began
-    cpu = cpu_seconds(pids) - before
-    return {"rate": done / elapsed if elapsed else float("nan"),
-            "cpu_us": cpu / done * 1e6 if done else float("nan")}
+    rate, cpu_us = rate_and_cpu(pid, load)
+    return {"rate": rate, "cpu_us": cpu_us}
 
 
 LOADS: dict[str, Callable[[int, int], int]] = {"handshakes": handshakes, "https": https}

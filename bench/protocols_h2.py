@@ -11,7 +11,7 @@ Method
   plain port), both in front of the same model service over HTTP/1.1 (GET /api/health).
 - grpc: unary calls. A grpcio asyncio client keeps 32 calls in flight on one channel for S seconds against
   nginx (`grpc_pass`) and lazy-proxy (class `protocol: grpc`: one pooled HTTP/2 connection to the instance),
-  both in front of the same grpcio server (bench/_grpc_upstream.py, a 64-byte echo).
+  both in front of the same grpcio server (bench/lib/grpc_upstream.py, a 64-byte echo).
 - Per variant: requests/s and the proxy's CPU microseconds per request (utime+stime of its process tree over
   the run, divided by the requests completed). Rounds are interleaved (the order rotates); medians reported.
 
@@ -24,17 +24,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import re
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
 
-from bench.lib.common import (PY, ROOT, Server, cpu_seconds, env_with_root, free_port, goal, median, model_service,
-                           pinned, process_tree, proxy, summary, table, tool)
+from bench.lib.common import (PY, ROOT, env_with_root, free_port, goal, h2load, median, model_service, pinned, proxy,
+                              rate_and_cpu, summary, table)
+from bench.lib.nginx import FORWARDED, GRPC_LOCATION, nginx_front, proxy_location
 
 PROXY_CORE, LOAD_CORE = "0", "1"
 PATH = "/api/health"
@@ -50,55 +49,12 @@ class Mode:
 
 FULL, QUICK, SMOKE = Mode(5, 10.0), Mode(3, 4.0), Mode(1, 1.0)
 
-NGINX = """{user}worker_processes 1;
-error_log {dir}/error.log warn;
-pid {dir}/nginx.pid;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_body_temp;
-    proxy_temp_path {dir}/proxy_temp;
-    fastcgi_temp_path {dir}/fastcgi_temp;
-    uwsgi_temp_path {dir}/uwsgi_temp;
-    scgi_temp_path {dir}/scgi_temp;
-    upstream upstream_service {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 32;
-    }}
-    server {{
-        listen 127.0.0.1:{port} http2;
-        listen 127.0.0.1:{probe};
-        location = /_probe {{ return 200; }}
-        location / {{
-            {location}
-        }}
-    }}
-}}
-"""
-H2_LOCATION = """proxy_pass http://upstream_service;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;"""
-GRPC_LOCATION = "grpc_pass grpc://upstream_service;"
+H2_LOCATION = proxy_location(*FORWARDED)
 
 
-@contextlib.contextmanager
-def nginx(upstream_port: int, workdir: Path, location: str) -> Iterator[tuple[int, int]]:
+def nginx(upstream_port: int, workdir: Path, locations: str) -> ContextManager[tuple[int, int]]:
     """nginx with one worker: HTTP/2 (h2c) on the returned port; (port, pid)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port, probe = free_port(), free_port()
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = workdir / "nginx.conf"
-    conf.write_text(NGINX.format(user=user, dir=workdir, port=port, probe=probe, upstream_port=upstream_port,
-                                 location=location))
-    binary = tool("nginx") or "/usr/sbin/nginx"
-    server = Server([binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"],
-                    f"http://127.0.0.1:{probe}/_probe", cpus=PROXY_CORE, log=str(workdir / "stdout.log"))
-    try:
-        yield port, server.pid
-    finally:
-        server.stop()
+    return nginx_front(upstream_port, workdir, listen="http2", locations=locations, cpus=PROXY_CORE)
 
 
 @contextlib.contextmanager
@@ -116,18 +72,9 @@ def lazy(upstream_port: int, workdir: Path, protocol: str) -> Iterator[tuple[int
 # ---------------------------------------------------------------- load generators
 
 
-def h2load(port: int, seconds: float) -> int:
+def h2(port: int, seconds: float) -> int:
     """Requests answered 2xx by `h2load -c 4 -m 32` over `seconds` (h2c, prior knowledge)."""
-    binary = tool("h2load")
-    if binary is None:
-        raise SystemExit("h2load is not installed (Debian: nghttp2-client)")
-    argv = ["taskset", "-c", LOAD_CORE, binary, "-c", "4", "-m", "32", "-D", f"{max(1, round(seconds))}",
-            f"http://127.0.0.1:{port}{PATH}"]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
-    match = re.search(r"status codes: (\d+) 2xx", out)
-    if match is None:
-        raise RuntimeError(f"h2load printed no status codes:\n{out[-1500:]}")
-    return int(match.group(1))
+    return h2load(f"http://127.0.0.1:{port}{PATH}", seconds, "-c", "4", "-m", "32", cpus=LOAD_CORE)
 
 
 def grpc_calls(port: int, seconds: float, concurrency: int = 32) -> int:
@@ -156,15 +103,9 @@ def grpc_calls(port: int, seconds: float, concurrency: int = 32) -> int:
         return asyncio.run(run())
 
 
-def measure(pid: int, load: Callable[[], int], seconds: float) -> dict[str, float]:
-    pids = process_tree(pid)
-    before = cpu_seconds(pids)
-    began = time.monotonic()
-    requests = load()
-    elapsed = time.monotonic() - began
-    cpu = cpu_seconds(pids) - before
-    return {"rps": requests / elapsed if elapsed else float("nan"),
-            "cpu_us": cpu / requests * 1e6 if requests else float("nan")}
+def measure(pid: int, load: Callable[[], int]) -> dict[str, float]:
+    rps, cpu_us = rate_and_cpu(pid, load)
+    return {"rps": rps, "cpu_us": cpu_us}
 
 
 # ---------------------------------------------------------------- the two benchmarks
@@ -178,18 +119,18 @@ def bench_h2(mode: Mode, work: Path) -> dict[str, dict[str, float]]:
             lazy(upstream_port, work / "h2-lazy", "http1") as (lport, lpid):
         targets = {"nginx": (nport, npid), "lazy-proxy": (lport, lpid)}
         for port, _ in targets.values():
-            h2load(port, 1)  # warm: connections, the key's start
+            h2(port, 1)  # warm: connections, the key's start
         for r in range(mode.rounds):
             for name in sorted(targets, reverse=bool(r % 2)):
                 port, pid = targets[name]
-                results[name].append(measure(pid, lambda p=port: h2load(p, mode.seconds), mode.seconds))
+                results[name].append(measure(pid, lambda p=port: h2(p, mode.seconds)))
     return {name: {k: median([x[k] for x in runs]) for k in ("rps", "cpu_us")} for name, runs in results.items()}
 
 
 def bench_grpc(mode: Mode, work: Path) -> dict[str, dict[str, float]]:
     upstream_port = free_port()
     results: dict[str, list[dict[str, float]]] = {"nginx": [], "lazy-proxy": []}
-    up = subprocess.Popen(["taskset", "-c", LOAD_CORE, PY, "-m", "bench._grpc_upstream", str(upstream_port)],
+    up = subprocess.Popen(["taskset", "-c", LOAD_CORE, PY, "-m", "bench.lib.grpc_upstream", str(upstream_port)],
                           cwd=str(ROOT), env=env_with_root(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                           start_new_session=True)
     try:
@@ -202,8 +143,7 @@ def bench_grpc(mode: Mode, work: Path) -> dict[str, dict[str, float]]:
             for r in range(mode.rounds):
                 for name in sorted(targets, reverse=bool(r % 2)):
                     port, pid = targets[name]
-                    results[name].append(measure(pid, lambda p=port: grpc_calls(p, mode.seconds),
-                                                         mode.seconds))
+                    results[name].append(measure(pid, lambda p=port: grpc_calls(p, mode.seconds)))
     finally:
         up.terminate()
         up.wait(10)

@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import aiohttp
 
@@ -74,6 +74,18 @@ def cpu_seconds(pids: Sequence[int], reaped: bool = False) -> float:
         if reaped:
             total += int(fields[13]) + int(fields[14])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def rate_and_cpu(pid: int, load: Callable[[], int]) -> tuple[float, float]:
+    """Run `load` (it returns how many operations completed): (operations per second, CPU microseconds per
+    operation of `pid` and its descendants over the run)."""
+    pids = process_tree(pid)
+    before = cpu_seconds(pids)
+    began = time.monotonic()
+    done = load()
+    elapsed = time.monotonic() - began
+    cpu = cpu_seconds(pids) - before
+    return done / elapsed if elapsed else float("nan"), cpu / done * 1e6 if done else float("nan")
 
 
 def free_port() -> int:
@@ -339,6 +351,19 @@ def openloop(url: str, rate: float, seconds: float, conns: int = 64) -> dict[str
     if res.returncode != 0:
         raise RuntimeError(f"bench.lib.openloop failed ({res.returncode}): {res.stderr.strip()[-500:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def h2load(url: str, seconds: float, *options: str, cpus: str) -> int:
+    """Requests answered 2xx by `h2load OPTIONS -D SECONDS URL` (nghttp2-client) pinned to `cpus`."""
+    binary = tool("h2load")
+    if binary is None:
+        raise SystemExit("h2load is not installed (Debian: nghttp2-client)")
+    argv = ["taskset", "-c", cpus, binary, *options, "-D", f"{max(1, round(seconds))}", url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
+    match = re.search(r"status codes: (\d+) 2xx", out)
+    if match is None:
+        raise RuntimeError(f"h2load printed no status codes:\n{out[-1500:]}")
+    return int(match.group(1))
 
 
 def wrk_post_script(body: str, content_type: str = "application/json") -> str:

@@ -2,6 +2,11 @@
 
     with nginx(upstream_port=8080, port=9000, workdir=Path(tmp), cpus="0"):   # a bench/lib/common.Server
         ...
+    with nginx_front(8080, Path(tmp), listen="http2", locations=proxy_location(*FORWARDED)) as (port, pid):
+        ...                                              # HTTP/2 (or TLS: listen="ssl", server=tls_lines(...))
+
+Every nginx reverse-proxy config (the benchmarks', and the conformance tests' in tests/support/conformance.py) is
+`nginx_conf`'s one frame; only the static upstream (`static_nginx`) has its own.
 
 Each is configured the way one would run it in production as a keep-alive reverse proxy, not tuned for a
 benchmark: one worker (nginx `worker_processes 1`, haproxy `nbthread 1`), a pool of keep-alive connections
@@ -15,16 +20,19 @@ SIGTERM to the group and waits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
+from typing import Iterator
 
-from bench.lib.common import Server, tool
+from bench.lib.common import Server, free_port, tool
 
 # The frame every nginx reference here shares: one worker, everything (logs, temp dirs, pid) under `dir`, an
 # `upstream` block of keep-alive connections to 127.0.0.1, one server on 127.0.0.1; callers add `http` lines
-# (maps, buffering) and the locations. As root, workers would drop to `nobody` and could not use the 0700
-# temp dirs under `dir`: hence `user root`.
+# (maps, buffering), the listen's options (`http2`, `ssl`), `server` lines (TLS, a second listen) and the
+# locations. As root, workers would drop to `nobody` and could not use the 0700 temp dirs under `dir`: hence
+# `user root`.
 _FRAME = """\
 {user}worker_processes 1;
 error_log {dir}/error.log {error_level};
@@ -43,36 +51,52 @@ http {{
         keepalive {keepalive};
     }}
     server {{
-        listen 127.0.0.1:{port};
-{locations}
+        listen 127.0.0.1:{port}{listen};
+{server}{locations}
     }}
 }}
 """
+
+# What the reference proxies tell the instance about the client (a location's proxy_set_header lines replace the
+# inherited ones, so each location sets them all).
+FORWARDED = ("X-Forwarded-For $proxy_add_x_forwarded_for", "X-Forwarded-Proto $scheme")
+
+
+def proxy_location(*headers: str, path: str = "/") -> str:
+    """A location relaying to the `upstream_service` block over kept-alive HTTP/1.1, setting `headers`."""
+    return "\n".join([f"        location {path} {{", "            proxy_pass http://upstream_service;",
+                      "            proxy_http_version 1.1;", '            proxy_set_header Connection "";',
+                      *(f"            proxy_set_header {header};" for header in headers), "        }"])
+
+
+GRPC_LOCATION = """\
+        location / {
+            grpc_pass grpc://upstream_service;
+        }"""
 
 # The benchmark's set-up: a keep-alive reverse proxy adding X-Forwarded-* and the X-Request-Id lazy-proxy sends
 # (the client's, else one made: the usual `map` recipe).
 BENCH_HTTP = """\
     map $http_x_request_id $req_id { default $http_x_request_id; "" $request_id; }"""
-BENCH_LOCATIONS = """\
-        location / {
-            proxy_pass http://upstream_service;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Request-Id $req_id;
-        }"""
+BENCH_LOCATIONS = proxy_location("Host $http_host", *FORWARDED, "X-Forwarded-Host $http_host", "X-Request-Id $req_id")
 
 
 def nginx_conf(workdir: Path, port: int, upstream_port: int, *, locations: str = BENCH_LOCATIONS,
-               http: str = BENCH_HTTP, keepalive: int = 32, connections: int = 1024, error_level: str = "warn") -> str:
+               http: str = BENCH_HTTP, listen: str = "", server: str = "", keepalive: int = 32,
+               connections: int = 1024, error_level: str = "warn") -> str:
     """An nginx.conf proxying 127.0.0.1:`port` to 127.0.0.1:`upstream_port` (the upstream block is
-    `upstream_service`); `http` lines go into the http block, `locations` into the server block."""
+    `upstream_service`); `http` lines go into the http block, `listen` options (`http2`, `ssl`) onto the port's
+    listen, `server` lines (each ending in a newline) and `locations` into the server block."""
     user = "user root;\n" if os.geteuid() == 0 else ""
     return _FRAME.format(user=user, dir=workdir, port=port, upstream_port=upstream_port, keepalive=keepalive,
-                         connections=connections, error_level=error_level, http=http, locations=locations)
+                         connections=connections, error_level=error_level, http=http, locations=locations,
+                         listen=f" {listen}" if listen else "", server=server)
+
+
+def tls_lines(cert: Path, key: Path) -> str:
+    """The server lines of a TLS listener (TLS 1.2 and 1.3) with this certificate."""
+    return (f"        ssl_certificate {cert};\n        ssl_certificate_key {key};\n"
+            "        ssl_protocols TLSv1.2 TLSv1.3;\n")
 
 
 def nginx_binary() -> str | None:
@@ -140,16 +164,36 @@ def _start(argv: list[str], ready_url: str, cpus: str | None, log: Path, error_l
         raise RuntimeError(f"{exc}\n{detail}".rstrip()) from exc
 
 
+def _run_nginx(conf: str, workdir: Path, ready_url: str, cpus: str | None) -> Server:
+    """Write `conf`, check it (`nginx -t`), and run nginx in the foreground until `ready_url` answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "nginx.conf"
+    path.write_text(conf)
+    argv = [nginx_binary() or "/usr/sbin/nginx", "-p", str(workdir), "-c", str(path), "-g", "daemon off;"]
+    _check([*argv, "-t", "-q"], "nginx")
+    return _start(argv, ready_url, cpus, workdir / "stdout.log", workdir / "error.log")
+
+
 def nginx(upstream_port: int, port: int, workdir: Path, *, cpus: str | None = None,
           ready_path: str = "/") -> Server:
     """nginx 1 worker, proxy_pass to an `upstream` block with `keepalive 32`, access log on (workdir/access.log)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    conf = workdir / "nginx.conf"
-    conf.write_text(nginx_conf(workdir, port, upstream_port))
-    argv = [nginx_binary() or "/usr/sbin/nginx", "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
-    _check([*argv, "-t", "-q"], "nginx")
-    return _start(argv, f"http://127.0.0.1:{port}{ready_path}", cpus, workdir / "stdout.log",
-                  workdir / "error.log")
+    return _run_nginx(nginx_conf(workdir, port, upstream_port), workdir, f"http://127.0.0.1:{port}{ready_path}", cpus)
+
+
+@contextlib.contextmanager
+def nginx_front(upstream_port: int, workdir: Path, *, listen: str, locations: str, server: str = "",
+                connections: int = 1024, cpus: str | None = None) -> Iterator[tuple[int, int]]:
+    """nginx (one worker, access log on) whose port speaks `listen` (`http2`: h2c; `ssl` with `tls_lines`), up
+    once a plain HTTP/1.1 probe port beside it answers /_probe; yields (port, pid) and stops it after."""
+    port, probe = free_port(), free_port()
+    conf = nginx_conf(workdir, port, upstream_port, http="", listen=listen, connections=connections,
+                      server=f"        listen 127.0.0.1:{probe};\n{server}",
+                      locations=f"        location = /_probe {{ return 200; }}\n{locations}")
+    running = _run_nginx(conf, workdir, f"http://127.0.0.1:{probe}/_probe", cpus)
+    try:
+        yield port, running.pid
+    finally:
+        running.stop()
 
 
 def static_nginx(port: int, workdir: Path, *, cpus: str | None = None) -> Server:

@@ -30,6 +30,9 @@ import h2.settings
 import hyperframe.frame
 import structlog
 
+from proxy.wire.h2writer import H2Writer
+from proxy.wire.h2writer import Header as Header  # the stream servers (h2stream, h2app, ...) name it from here
+
 if TYPE_CHECKING:
     from proxy.http.fastpath import FastPath
 
@@ -41,7 +44,6 @@ IDLE_TIMEOUT = 75.0  # seconds without a frame and without open streams: GOAWAY 
 LINGER = 2.0  # seconds a connection ended for an error still reads (and drops) before it closes
 RESET_BUDGET = 200  # resets allowed per period at least (the budget is max(this, 2 x max_concurrent_streams))
 log = structlog.get_logger("proxy.h2")
-Header = tuple[bytes, bytes]
 Serve = Callable[["H2ServerProtocol", "ClientStream"], Coroutine[Any, Any, None]]
 
 
@@ -88,30 +90,16 @@ class ClientStream:
 
     async def send_data(self, data: bytes, end: bool = False) -> None:
         """Write body bytes as the client's window allows: a slow reader stops us reading the instance."""
-        conn = self.conn
-        view = memoryview(data)
-        while view:
-            if self.reset:
-                raise ConnectionResetError("the client reset the stream")
-            size = min(conn.h2.local_flow_control_window(self.id), conn.h2.max_outbound_frame_size, len(view))
-            if size <= 0:
-                await self._wait()
-                continue
-            conn.h2.send_data(self.id, bytes(view[:size]))
-            view = view[size:]
-            conn.flush()
-            await conn.drained()
+        await self.conn.send_data(self.id, data, self._gone, self._wait)
         if end:
             self.end()
 
+    def _gone(self) -> ConnectionResetError | None:
+        return ConnectionResetError("the client reset the stream") if self.reset else None
+
     def end(self, trailers: list[Header] | None = None) -> None:
-        if self.reset:
-            return
-        if trailers:
-            self.conn.h2.send_headers(self.id, trailers, end_stream=True)
-        else:
-            self.conn.h2.end_stream(self.id)
-        self.conn.flush()
+        if not self.reset:
+            self.conn.end_stream(self.id, trailers)
 
     def abort(self, code: int = h2.errors.ErrorCodes.INTERNAL_ERROR) -> None:
         """Reset the stream (the answer cannot be finished)."""
@@ -122,22 +110,18 @@ class ClientStream:
                 self.conn.flush()
 
 
-class H2ServerProtocol(asyncio.Protocol):
+class H2ServerProtocol(H2Writer):
     """A client's HTTP/2 connection: frames in and out, one serving task per request stream."""
 
     def __init__(self, fast: FastPath, serve: Serve, max_streams: int, peer_host: str, scheme: str) -> None:
         self.fast = fast
+        super().__init__(h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=True)))
         self.serve = serve  # serves one stream (proxy/http/h2stream.py's serve_stream)
-        self.loop = asyncio.get_running_loop()
         self.peer_host = peer_host
         self.scheme = scheme
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True))
         self.max_streams = max_streams
         self.streams: dict[int, ClientStream] = {}
-        self.transport: asyncio.Transport | None = None
-        self._paused: asyncio.Future[None] | None = None
-        self._flush_pending = False
         self._resets: deque[float] = deque()
         self._reset_budget = max(RESET_BUDGET, 2 * max_streams)
         self.closed = False
@@ -261,32 +245,6 @@ class H2ServerProtocol(asyncio.Protocol):
         with contextlib.suppress(h2.exceptions.ProtocolError, h2.exceptions.StreamClosedError):
             self.h2.acknowledge_received_data(nbytes, stream_id)
             self.flush()
-
-    # ---------------------------------------------------------------- bytes out
-
-    def flush(self) -> None:
-        """Send what the library queued, once per loop turn: the frames of many streams go out in one write."""
-        if not self._flush_pending:
-            self._flush_pending = True
-            self.loop.call_soon(self.flush_now)
-
-    def flush_now(self) -> None:
-        self._flush_pending = False
-        data = self.h2.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
-
-    def pause_writing(self) -> None:
-        self._paused = self.loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._paused is not None and not self._paused.done():
-            self._paused.set_result(None)
-        self._paused = None
-
-    async def drained(self) -> None:
-        if self._paused is not None:
-            await asyncio.shield(self._paused)
 
     # ---------------------------------------------------------------- endings
 

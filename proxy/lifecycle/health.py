@@ -19,33 +19,21 @@ import structlog
 from backends.base import BackendError, Instance, InstanceState
 from proxy.config.schema import ContainerClass
 from proxy.lifecycle.events import Happening, State, StopReason
-from proxy.lifecycle.services import Idle, Services
+from proxy.lifecycle.services import ManagedKey
 
 log = structlog.get_logger("proxy.manager")
 
 
-class WatchedKey(Protocol):
-    """What a `HealthWatch` uses of its key's manager (proxy/lifecycle/manager.py). The underscored members are
-    the manager's own steps, shared with its components and called from nowhere else."""
+class WatchedKey(ManagedKey, Protocol):
+    """What a `HealthWatch` uses of its key's manager, beyond what every component does: its class, the last
+    error it reports, a failure to count, and the wider forms of its transition and its stop."""
 
     last_error: str
 
     @property
-    def key(self) -> str: ...
-    @property
     def klass(self) -> ContainerClass: ...
-    @property
-    def state(self) -> State: ...
-    @property
-    def instance(self) -> Instance | None: ...
-    @property
-    def services(self) -> Services: ...
-    @property
-    def in_flight(self) -> int: ...
     def _transition(self, new: State, reason: str, happening: Happening | None = None,
                     stop_reason: StopReason | None = None) -> None: ...
-    @property
-    def idle(self) -> Idle: ...
     def _count_failure(self, what: str) -> None: ...
     def _begin_stop(self, reason: StopReason, drain: float = 0.0, remove: bool = False,
                     after: asyncio.Future[None] | None = None) -> asyncio.Task[None] | None: ...

@@ -13,16 +13,13 @@ from typing import Protocol
 
 from proxy.lifecycle.events import State, StopReason
 from proxy.lifecycle.pause import LIVE, Pauser
-from proxy.lifecycle.services import FencedKey, Services
+from proxy.lifecycle.services import FencedKey, ManagedKey
 
 
-class IdleKey(FencedKey, Protocol):
-    """What the idle timer uses of a key's manager."""
+class IdleKey(ManagedKey, FencedKey, Protocol):
+    """What the idle timer uses of a key's manager, beyond what every component does: its activity, its idle
+    times and its pauser."""
 
-    @property
-    def state(self) -> State: ...
-    @property
-    def in_flight(self) -> int: ...
     @property
     def last_activity(self) -> float: ...
     @property
@@ -30,11 +27,7 @@ class IdleKey(FencedKey, Protocol):
     @property
     def pause_after(self) -> float: ...
     @property
-    def services(self) -> Services: ...
-    @property
     def pauser(self) -> Pauser: ...
-
-    def _begin_stop(self, reason: StopReason) -> object: ...
 
 
 class IdleTimer:

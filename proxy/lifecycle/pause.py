@@ -21,7 +21,7 @@ from backends.base import Instance
 from backends.control import Pausable
 from proxy.errors import ActionFailed, Conflict, NotSupported
 from proxy.lifecycle.events import State, StopReason
-from proxy.lifecycle.services import Idle, Services
+from proxy.lifecycle.services import ManagedKey
 
 log = structlog.get_logger("proxy.manager")
 LIVE = frozenset({State.RUNNING, State.PAUSED})  # an instance exists and is not on its way out
@@ -40,25 +40,15 @@ class Draining(Protocol):
     def _waiting(self) -> int: ...
 
 
-class PausedKey(Draining, Protocol):
-    """What a `Pauser` uses of its key's manager (proxy/lifecycle/manager.py). The underscored members are the
-    manager's own steps, shared with its components and called from nowhere else."""
+class PausedKey(Draining, ManagedKey, Protocol):
+    """What a `Pauser` uses of its key's manager, beyond what every component does and what a drain reads: its
+    activity (read and touched) and the fence."""
 
-    @property
-    def state(self) -> State: ...
-    @property
-    def instance(self) -> Instance | None: ...
-    @property
-    def services(self) -> Services: ...
     @property
     def last_activity(self) -> float: ...
     def fenced(self) -> None: ...
     async def confirmed(self) -> bool: ...
     def touch(self, now: float | None = None) -> None: ...
-    def _transition(self, new: State, reason: str) -> None: ...
-    @property
-    def idle(self) -> Idle: ...
-    def _begin_stop(self, reason: StopReason) -> asyncio.Task[None] | None: ...
 
 
 class Pauser:

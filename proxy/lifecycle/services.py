@@ -6,13 +6,14 @@ Kept apart from proxy/lifecycle/manager.py so the Manager's module holds its lif
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
 from backends.base import Backend, Instance
 from proxy.config.schema import ContainerClass, Readiness
 from proxy.lifecycle.capacity import Capacity
-from proxy.lifecycle.events import EventBus
+from proxy.lifecycle.events import EventBus, State, StopReason
 from proxy.lifecycle.readiness import LastSeen
 
 
@@ -50,6 +51,28 @@ class Fence(Protocol):
     def holds(self, manager: FencedKey) -> bool: ...
 
     async def confirm(self, manager: FencedKey) -> bool: ...
+
+
+class ManagedKey(Protocol):
+    """What every component of a key's manager (proxy/lifecycle/manager.py) uses of it: the `HealthWatch`'s
+    `WatchedKey`, the `Pauser`'s `PausedKey` and the `IdleTimer`'s `IdleKey` each add what only it needs.
+    The underscored members are the manager's own steps, shared with its components and called from nowhere
+    else."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def instance(self) -> Instance | None: ...
+    @property
+    def services(self) -> Services: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def idle(self) -> Idle: ...
+    def _transition(self, new: State, reason: str) -> None: ...
+    def _begin_stop(self, reason: StopReason) -> asyncio.Task[None] | None: ...
 
 
 @dataclass(frozen=True)

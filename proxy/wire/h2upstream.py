@@ -22,7 +22,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-Header = tuple[bytes, bytes]
+from proxy.wire.h2writer import H2Writer, Header
+
 WINDOW = 65535  # per-stream receive window (the protocol's default): at most this much buffered per stream
 
 
@@ -55,30 +56,20 @@ class UpstreamStream:
 
     async def send(self, data: bytes, end: bool = False) -> None:
         """Send body bytes as the instance's flow-control window allows (waits, never buffers past it)."""
-        conn = self.conn
-        view = memoryview(data)
-        while view:
-            if self.error is not None:
-                raise self.error
-            size = min(conn.h2.local_flow_control_window(self.id), conn.h2.max_outbound_frame_size, len(view))
-            if size <= 0:
-                self._window = conn.loop.create_future()
-                await self._window
-                continue
-            conn.h2.send_data(self.id, bytes(view[:size]))
-            view = view[size:]
-            conn.flush()
-            await conn.drained()
+        await self.conn.send_data(self.id, data, self._failed, self._window_opened)
         if end:
             self.end()
 
+    def _failed(self) -> StreamClosed | None:
+        return self.error
+
+    async def _window_opened(self) -> None:
+        self._window = self.conn.loop.create_future()
+        await self._window
+
     def end(self, trailers: Iterable[Header] | None = None) -> None:
         if self.error is None:
-            if trailers:
-                self.conn.h2.send_headers(self.id, list(trailers), end_stream=True)
-            else:
-                self.conn.h2.end_stream(self.id)
-            self.conn.flush()
+            self.conn.end_stream(self.id, trailers)
 
     async def response(self) -> list[Header]:
         """The response head (interim 1xx heads are skipped)."""
@@ -120,20 +111,16 @@ class UpstreamStream:
         self._notify()
 
 
-class H2UpstreamConnection(asyncio.Protocol):
+class H2UpstreamConnection(H2Writer):
     def __init__(self, pool: H2Pool) -> None:
-        self.pool = pool
-        self.loop = asyncio.get_running_loop()
         # The headers sent were validated on the client's connection, and what comes back is validated there on
         # its way out; Huffman coding saves nothing on a local hop. (Each costs as much as relaying a small body.)
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_outbound_headers=False, validate_inbound_headers=False))
+        super().__init__(h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False, validate_inbound_headers=False)))
         self.h2.encoder.encode = functools.partial(self.h2.encoder.encode, huffman=False)  # type: ignore[method-assign]
-        self.transport: asyncio.Transport | None = None
+        self.pool = pool
         self.streams: dict[int, UpstreamStream] = {}
         self.closed = False
-        self._paused: asyncio.Future[None] | None = None
-        self._flush_pending = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are no asyncio.Transport
@@ -141,30 +128,6 @@ class H2UpstreamConnection(asyncio.Protocol):
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW, h2.settings.SettingCodes.ENABLE_PUSH: 0})
         self.h2.initiate_connection()
         self.flush()
-
-    def flush(self) -> None:
-        """Send what the library queued, once per loop turn: the frames of many streams go out in one write."""
-        if not self._flush_pending:
-            self._flush_pending = True
-            self.loop.call_soon(self.flush_now)
-
-    def flush_now(self) -> None:
-        self._flush_pending = False
-        data = self.h2.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
-
-    def pause_writing(self) -> None:
-        self._paused = self.loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._paused is not None and not self._paused.done():
-            self._paused.set_result(None)
-        self._paused = None
-
-    async def drained(self) -> None:
-        if self._paused is not None:
-            await asyncio.shield(self._paused)
 
     def available(self) -> bool:
         return not self.closed and self.h2.open_outbound_streams < self.h2.remote_settings.max_concurrent_streams

@@ -94,7 +94,7 @@ def _grpc_call(port: int, tenant: str) -> tuple[grpc.StatusCode, bytes | None, d
 async def test_grpc_trailers_cross_the_hop(etcd, tmp_path):
     base = base_config("process", "process")
     base["backend"] = {"type": "process"}
-    base["containers"] = {"svc": {"command": [sys.executable, "-m", "tests.support.grpc_server"], "protocol": "grpc",
+    base["containers"] = {"svc": {"command": [sys.executable, "-m", "bench.lib.grpc_upstream"], "protocol": "grpc",
                                   "readiness": "tcp", "env": {"PYTHONPATH": str(REPO)}, "start_timeout": "30s"}}
     base["routes"] = [{"path": "/test.Echo/{method}", "container": "svc", "key": "{header:x-tenant}"}]
     replicas = Replicas(base, etcd.endpoints, 2, 2.0, str(tmp_path))

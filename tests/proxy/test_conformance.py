@@ -39,11 +39,10 @@ from tests.support.conformance import (
     build_request,
     effective_path,
     exchange,
-    nginx_available,
+    need_nginx,
     start_lazy_proxy,
     start_nginx,
 )
-from tests.conftest import ci
 
 pytestmark = pytest.mark.conformance
 
@@ -51,13 +50,6 @@ LAZY, NGINX = "lazy-proxy", "nginx"
 
 
 # ---------------------------------------------------------------- fixtures (one of each per module)
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +61,7 @@ def lazy_front(upstream: RecordingUpstream, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="module")
 def nginx_front(upstream: RecordingUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
-    if not nginx_available():
-        if ci():
-            pytest.fail("nginx is not installed (CI=true: the reference side must run)")
-        pytest.skip("nginx is not installed")
+    need_nginx()
     front = start_nginx(upstream.port, tmp_path_factory.mktemp("nginx"))
     yield front
     front.stop()

@@ -19,7 +19,7 @@ import pytest
 from tests.conftest import ci
 
 REPO = Path(__file__).resolve().parents[2]
-GRPC_SERVER = [sys.executable, "-m", "tests.support.grpc_server"]
+GRPC_SERVER = [sys.executable, "-m", "bench.lib.grpc_upstream"]
 
 
 def _tool(name: str) -> str:

@@ -9,87 +9,31 @@ of it; requests nginx passes on, lazy-proxy passes on with the same body.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from bench.lib.nginx import FORWARDED, proxy_location
 from tests.support import h2_client
-from tests.support.conformance import (Front, RecordingUpstream, free_port, nginx_available, start_lazy_proxy,
-                               _wait_until_serving)
-from tests.conftest import ci
+from tests.support.conformance import Front, RecordingUpstream, need_nginx, start_lazy_proxy, start_nginx
 from tests.support.h2_client import Header, get
 
 pytestmark = pytest.mark.conformance
 
-NGINX_H2 = r"""{user}
-worker_processes 1;
-error_log {dir}/error.log info;
-pid {dir}/nginx.pid;
-events {{ worker_connections 256; }}
-http {{
-    access_log {dir}/access.log;
-    client_body_temp_path {dir}/client_body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
+# The h2 set-up on bench/lib/nginx.py's frame: bodies streamed both ways, as lazy-proxy does.
+NGINX_H2_HTTP = """\
     client_max_body_size 1m;
     proxy_request_buffering off;
-    proxy_buffering off;
-    upstream up {{
-        server 127.0.0.1:{upstream};
-        keepalive 16;
-    }}
-    server {{
-        listen 127.0.0.1:{port} http2;
-        listen 127.0.0.1:{probe};
-        location / {{
-            proxy_pass http://up;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-        }}
-    }}
-}}
-"""
-
-
-def start_nginx_h2(upstream_port: int, workdir: Path) -> Front:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    port, probe = free_port(), free_port()
-    conf = workdir / "nginx.conf"
-    user = "user root;" if os.geteuid() == 0 else ""
-    conf.write_text(NGINX_H2.format(user=user, dir=workdir, upstream=upstream_port, port=port, probe=probe))
-    with (workdir / "nginx.stderr").open("wb") as err:
-        proc = subprocess.Popen([binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf),
-                                 "-g", "daemon off;"], cwd=workdir, stdout=subprocess.DEVNULL, stderr=err,
-                                stdin=subprocess.DEVNULL)
-    waiter = Front("nginx", probe, proc, workdir / "error.log", workdir)  # HTTP/1.1 probe port: up when it answers
-    _wait_until_serving(waiter, b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n")
-    return Front("nginx", port, proc, workdir / "error.log", workdir)
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[RecordingUpstream]:
-    server = RecordingUpstream().start()
-    yield server
-    server.stop()
+    proxy_buffering off;"""
+NGINX_H2_LOCATIONS = proxy_location(*FORWARDED, "X-Forwarded-Host $http_host")
 
 
 @pytest.fixture(scope="module")
 def fronts(upstream: RecordingUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Front]]:
-    if not nginx_available():
-        if ci():
-            pytest.fail("nginx is not installed (CI=true: the reference side must run)")
-        pytest.skip("nginx is not installed")
+    need_nginx()
     lazy = start_lazy_proxy(upstream.port, tmp_path_factory.mktemp("lazy"))
-    nginx = start_nginx_h2(upstream.port, tmp_path_factory.mktemp("nginx"))
+    nginx = start_nginx(upstream.port, tmp_path_factory.mktemp("nginx"), listen="http2", http=NGINX_H2_HTTP,
+                        locations=NGINX_H2_LOCATIONS)
     yield {"lazy-proxy": lazy, "nginx": nginx}
     lazy.stop()
     nginx.stop()

@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 from urllib.parse import unquote_to_bytes
 
+import pytest
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
 
 from bench.lib.nginx import nginx_binary, nginx_conf
+from tests.conftest import ci
 
 REPO = Path(__file__).resolve().parents[2]
 LAUNCHER = "bench.lib.launcher"
@@ -718,16 +720,25 @@ FORWARD            proxy_set_header Upgrade $http_upgrade;
         }""".replace("FORWARD", _NGINX_FORWARD)
 
 
-def nginx_available() -> bool:
-    return nginx_binary() is not None
+def need_nginx() -> None:
+    """Skip without nginx, and fail under CI=true instead: the reference side must run."""
+    if nginx_binary() is None:
+        if ci():
+            pytest.fail("nginx is not installed (CI=true: the reference side must run)")
+        pytest.skip("nginx is not installed")
 
 
-def start_nginx(upstream_port: int, workdir: Path) -> Front:
-    """nginx in the foreground on bench/lib/nginx.py's frame, everything (temp dirs, logs, pid) under `workdir`."""
+def start_nginx(upstream_port: int, workdir: Path, *, http: str = NGINX_HTTP, locations: str = NGINX_LOCATIONS,
+                listen: str = "") -> Front:
+    """nginx in the foreground on bench/lib/nginx.py's frame, everything (temp dirs, logs, pid) under `workdir`.
+
+    `listen="http2"`: the port speaks HTTP/2 only, so a plain HTTP/1.1 port beside it tells when nginx is up."""
     binary = nginx_binary() or "/usr/sbin/nginx"
     port = free_port()
+    probe = free_port() if listen else port
     conf = workdir / "nginx.conf"
-    conf.write_text(nginx_conf(workdir, port, upstream_port, http=NGINX_HTTP, locations=NGINX_LOCATIONS,
+    conf.write_text(nginx_conf(workdir, port, upstream_port, http=http, locations=locations, listen=listen,
+                               server=f"        listen 127.0.0.1:{probe};\n" if listen else "",
                                keepalive=16, connections=256, error_level="info"))
     stderr = workdir / "nginx.stderr"
     with stderr.open("wb") as err:
@@ -735,9 +746,9 @@ def start_nginx(upstream_port: int, workdir: Path) -> Front:
             [binary, "-p", str(workdir), "-e", str(workdir / "error.log"), "-c", str(conf),
              "-g", "daemon off;"],
             cwd=workdir, stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
-    front = Front("nginx", port, proc, workdir / "error.log", workdir)
-    _wait_until_serving(front, b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n")
-    return front
+    waiter = Front("nginx", probe, proc, workdir / "error.log", workdir)
+    _wait_until_serving(waiter, b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n")
+    return Front("nginx", port, proc, workdir / "error.log", workdir)
 
 
 def _wait_until_serving(front: Front, probe: bytes, timeout: float = 20.0) -> None:
