@@ -10,7 +10,9 @@ the pool is closed when the instance stops, so nothing is ever sent to a dead or
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
+import socket
 from typing import Protocol
 
 import httptools
@@ -89,12 +91,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     def send(self, sink: ResponseSink, data: bytes, bodyless: bool = False) -> None:
         """Write a request; `bodyless` for HEAD, whose answer ends with its head."""
+        self.carry(sink, bodyless)
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def carry(self, sink: ResponseSink, bodyless: bool = False) -> None:
+        """Report to `sink` from now on: its request is written (by `send`, or by a cheap connect's first send)."""
         self.sink = sink
         self._got_response = self._complete = False
         self._bodyless = bodyless
         self._raw_head, self._head_buf = None, b""
-        assert self.transport is not None
-        self.transport.write(data)
 
     async def drain(self) -> None:
         """Wait while the instance's socket buffer is full (request bodies stream at its pace)."""
@@ -247,7 +253,7 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections to one instance, most recently used first."""
 
-    __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "_busy", "closed")
+    __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "_busy", "closed", "family", "closes")
 
     def __init__(self, host: str, port: int, connect_timeout: float) -> None:
         self.host = host
@@ -257,6 +263,8 @@ class UpstreamPool:
         self._idle: list[UpstreamConnection] = []
         self._busy: set[UpstreamConnection] = set()  # lent to exchanges: cut too if the instance goes
         self.closed = False
+        self.family = _numeric_family(host)  # 0: a name (connects go through the loop's resolver)
+        self.closes = False  # its last answer said the instance closes (proxy/wire/closing.py connects cheaply)
 
     @property
     def busy(self) -> int:
@@ -285,6 +293,10 @@ class UpstreamPool:
         self._busy.add(conn)
         return conn
 
+    def lend(self, conn: UpstreamConnection) -> None:
+        """A fresh connection made elsewhere (proxy/wire/closing.py) now carries an exchange."""
+        self._busy.add(conn)
+
     def put(self, conn: UpstreamConnection) -> None:
         self._busy.discard(conn)
         if self.closed or len(self._idle) >= MAX_IDLE:
@@ -311,3 +323,11 @@ class UpstreamPool:
         for conn in busy:
             if conn.transport is not None:
                 conn.transport.abort()  # its exchange hears it in connection_lost
+
+
+def _numeric_family(host: str) -> int:
+    """The address family of a numeric host, 0 for a name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return 0
