@@ -8,8 +8,9 @@ sent as received on a fresh upstream connection, the answer read to EOF and writ
 the cost of the connect, send, read and close themselves. `bench.overhead --variants floor-raw,floor-transport`
 runs it next to nginx and lazy-proxy in the same run.
 
-- `raw`: a plain non-blocking socket (`connect_ex`, then `send` at once: on loopback the handshake is usually
-  done; else `add_writer`), `add_reader` + `recv` to EOF: no transport, protocol, future or task.
+- `raw`: a plain non-blocking socket (the C `socket.SocketType`, `connect_ex`, then `send` at once: on
+  loopback the handshake is usually done; else `add_writer`), `add_reader` + `recv` to EOF: no transport,
+  protocol, future or task.
 - `transport`: `loop.create_connection` with an asyncio.Protocol, from a task (what the product did).
 """
 
@@ -48,8 +49,7 @@ class Client(asyncio.Protocol):
 
 def raw_relay(loop: asyncio.AbstractEventLoop, address: tuple[str, int]) -> object:
     def relay(client: Client, request: bytes) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
+        sock = socket.SocketType(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)  # (as the product)
         fd = sock.fileno()
         chunks: list[bytes] = []
 

@@ -37,7 +37,7 @@ class SocketLink(asyncio.Transport):
 
     __slots__ = ("_loop", "_sock", "_fd", "_conn", "_pending", "_closed", "_paused")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, conn: UpstreamConnection) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.SocketType, conn: UpstreamConnection) -> None:
         self._extra = _NO_EXTRA  # (asyncio.BaseTransport's slot; get_extra_info answers its default)
         self._loop = loop
         self._sock = sock
@@ -142,7 +142,7 @@ class _Dial:
 
     __slots__ = ("pool", "sock", "request", "done", "timer", "loop")
 
-    def __init__(self, pool: UpstreamPool, sock: socket.socket, request: bytes, done: Done,
+    def __init__(self, pool: UpstreamPool, sock: socket.SocketType, request: bytes, done: Done,
                  loop: asyncio.AbstractEventLoop) -> None:
         self.pool, self.sock, self.request, self.done, self.loop = pool, sock, request, done, loop
         loop.add_writer(sock.fileno(), self._writable)
@@ -168,16 +168,23 @@ def dial(pool: UpstreamPool, request: bytes, done: Done) -> None:
         done(None, ConnectionRefusedError("the instance is gone"))
         return
     loop = asyncio.get_running_loop()
-    sock = socket.socket(pool.family, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    code = sock.connect_ex((pool.host, pool.port))
+    try:  # (the C socket: no Python-level __init__/close; non-blocking from the start, no extra syscall)
+        sock = socket.SocketType(pool.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    except OSError as exc:  # out of descriptors: as a failed connect
+        done(None, exc)
+        return
+    try:
+        code = sock.connect_ex((pool.host, pool.port))
+    except OSError as exc:  # an address the kernel rejects
+        _failed(sock, exc, done)
+        return
     if code not in (0, errno.EINPROGRESS):
         _failed(sock, _error(code), done)
     elif not _send_first(pool, sock, request, done, loop):  # on a local address the handshake is usually done
         _Dial(pool, sock, request, done, loop)
 
 
-def _send_first(pool: UpstreamPool, sock: socket.socket, request: bytes, done: Done,
+def _send_first(pool: UpstreamPool, sock: socket.SocketType, request: bytes, done: Done,
                 loop: asyncio.AbstractEventLoop) -> bool:
     """The request's first send, which tells whether the connect is done: False when not yet."""
     if pool.closed:  # the instance went while we connected: as a refused connect
@@ -200,7 +207,7 @@ def _send_first(pool: UpstreamPool, sock: socket.socket, request: bytes, done: D
     return True
 
 
-def _failed(sock: socket.socket, error: Exception, done: Done) -> None:
+def _failed(sock: socket.SocketType, error: Exception, done: Done) -> None:
     sock.close()
     done(None, error)
 
