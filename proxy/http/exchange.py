@@ -155,7 +155,7 @@ class Exchange(Reconnect):
             self._send(conn)
         elif self.pool.closes and self.pool.family and not self.streaming:
             self.attempts += 1  # (the first of REFUSED_RETRY_PAUSES: at once)
-            dial(self.pool, self.request, self._dialed)
+            dial(self.client.loop, self.pool, self.request, self._dialed)
         else:
             self.client.loop.create_task(self._connect())
 

@@ -30,9 +30,9 @@ def dials(monkeypatch) -> list[int]:
     calls: list[int] = []
     real = exchange_module.dial
 
-    def counting(pool, request, done):
+    def counting(loop, pool, request, done):
         calls.append(1)
-        real(pool, request, done)
+        real(loop, pool, request, done)
 
     monkeypatch.setattr(exchange_module, "dial", counting)
     return calls

@@ -78,7 +78,7 @@ async def test_a_closing_answer_comes_back_whole_and_nothing_is_left():
     pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1], connect_timeout=5)
     before = open_fds()
     outcome = Outcome()
-    dial(pool, b"GET /x HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
+    dial(asyncio.get_running_loop(), pool, b"GET /x HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
     await asyncio.wait_for(outcome.settled.wait(), 10)
     assert received == [b"GET /x HTTP/1.1\r\nHost: i\r\n\r\n"]
     assert outcome.sink.calls == [("whole", 200, CLOSE[:CLOSE.index(b"\r\n\r\n") + 2].replace(
@@ -103,7 +103,7 @@ async def test_a_body_read_to_eof_ends_with_the_close():
     outcome.sink.framed = False  # (no Content-Length: the exchange's on_head says so)
     body: list[bytes] = []
     outcome.sink.on_body = body.append  # type: ignore[method-assign]
-    dial(pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
+    dial(asyncio.get_running_loop(), pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
     await asyncio.wait_for(outcome.settled.wait(), 10)
     assert ("head", 200) in outcome.sink.calls and outcome.sink.calls[-1] == ("end", False)
     assert b"".join(body) == b"x" * 300_000
@@ -119,7 +119,7 @@ async def test_a_request_larger_than_the_socket_takes_at_once_arrives_whole():
     server = await serve(CLOSE, received, expect=len(request))
     pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1], connect_timeout=5)
     outcome = Outcome()
-    dial(pool, request, outcome)
+    dial(asyncio.get_running_loop(), pool, request, outcome)
     await asyncio.wait_for(outcome.settled.wait(), 20)
     assert received == [request] and outcome.sink.calls[0][:2] == ("whole", 200)
     server.close()
@@ -134,7 +134,7 @@ async def test_a_refused_dial_sent_nothing_and_reports_an_oserror():
     before = open_fds()
     outcome = Outcome()
     pool = UpstreamPool("127.0.0.1", port, connect_timeout=5)
-    dial(pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
+    dial(asyncio.get_running_loop(), pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
     await asyncio.wait_for(outcome.settled.wait(), 10)
     assert outcome.conn is None and isinstance(outcome.error, ConnectionRefusedError)
     assert pool.busy == 0 and open_fds() == before
@@ -144,7 +144,7 @@ async def test_a_dial_to_a_pool_that_closed_is_a_refusal():
     pool = UpstreamPool("127.0.0.1", 9, connect_timeout=5)
     pool.close()
     outcome = Outcome()
-    dial(pool, b"GET / HTTP/1.1\r\n\r\n", outcome)
+    dial(asyncio.get_running_loop(), pool, b"GET / HTTP/1.1\r\n\r\n", outcome)
     assert outcome.conn is None and isinstance(outcome.error, ConnectionRefusedError)
 
 
@@ -164,7 +164,7 @@ async def test_a_silent_instance_times_out_as_reconnect_expects():
         pool = UpstreamPool("127.0.0.1", port, connect_timeout=0.3)
         for _ in range(8):  # (one may still find room in the queue: then the next one waits)
             outcome = Outcome()
-            dial(pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
+            dial(asyncio.get_running_loop(), pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
             await asyncio.wait_for(outcome.settled.wait(), 10)
             if outcome.conn is None:
                 break
@@ -181,7 +181,7 @@ async def test_a_dial_nobody_wants_any_more_is_closed():
     server = await serve(CLOSE)
     pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1], connect_timeout=5)
     outcome = Outcome(want=False)
-    dial(pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
+    dial(asyncio.get_running_loop(), pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
     for _ in range(200):
         if outcome.conn is not None or outcome.error is not None:
             break
@@ -209,7 +209,7 @@ async def test_a_dialed_connection_the_instance_keeps_is_pooled_and_freed_by_ref
     server = await asyncio.start_server(keep, "127.0.0.1", 0)
     pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1], connect_timeout=5)
     outcome = Outcome()
-    dial(pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
+    dial(asyncio.get_running_loop(), pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
     await asyncio.wait_for(outcome.settled.wait(), 10)
     assert outcome.sink.calls[0][:2] == ("whole", 200) and "closes" not in outcome.sink.calls[0]
     conn = outcome.conn
