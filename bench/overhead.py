@@ -162,6 +162,20 @@ def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True, baseline: bool
     return run
 
 
+def floor(mode: str) -> Starter:
+    """bench/closing_floor.py (`mode` raw or transport): the least a Python relay can pay per closing answer."""
+
+    @contextlib.contextmanager
+    def run(name: str, s: Setup) -> Iterator[Target]:
+        port = free_port()
+        argv = [PY, "-m", "bench.closing_floor", "--port", str(port), "--upstream-port", str(s.upstream_port),
+                "--mode", mode]
+        with Server(argv, f"http://127.0.0.1:{port}{PATH}", cpus=s.proxy_cpus) as server:
+            yield Target(name, f"http://127.0.0.1:{port}{PATH}", server.pid)
+
+    return run
+
+
 VARIANTS: dict[str, Starter] = {
     "direct": direct,
     "nginx": reference(nginx),
@@ -170,6 +184,8 @@ VARIANTS: dict[str, Starter] = {
     "lazy-proxy-asyncio": lazy_proxy(uvloop=False),
     "lazy-proxy-nolog": lazy_proxy(log_requests=False),
     "baseline": lazy_proxy(baseline=True),  # needs BENCH_BASELINE=<another checkout>
+    "floor-raw": floor("raw"),  # closing upstreams only: bench/closing_floor.py
+    "floor-transport": floor("transport"),
 }
 DEFAULT_VARIANTS = ["nginx", "lazy-proxy"]
 NEEDS = {"nginx": "nginx", "haproxy": "haproxy"}  # variant -> program it runs (Debian: nginx-light, haproxy)

@@ -23,6 +23,7 @@ from proxy.http.reconnect import Handler, Reconnect
 from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK
 from proxy.request_id import HEADER_LOWER
 from proxy.http.watch import ExchangeWatch
+from proxy.wire.closing import dial
 from proxy.wire.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
@@ -152,8 +153,24 @@ class Exchange(Reconnect):
         conn = self.pool.take()
         if conn is not None:
             self._send(conn)
+        elif self.pool.closes and self.pool.family and not self.streaming:
+            self.attempts += 1  # (the first of REFUSED_RETRY_PAUSES: at once)
+            dial(self.client.loop, self.pool, self.request, self._dialed)
         else:
             self.client.loop.create_task(self._connect())
+
+    def _dialed(self, conn: UpstreamConnection | None, error: Exception | None) -> bool:
+        """A cheap connect's outcome (proxy/wire/closing.py): the request is on `conn`, or nothing was sent and
+        `error` is handled as any failed connect's (asked of the runtime, tried again, or the 502)."""
+        if conn is None:
+            if not self.done:
+                self.client.loop.create_task(self._connect(error))
+            return False
+        if self.done:
+            return False
+        self.conn, self.sent_at = conn, self.client.loop.time()
+        conn.carry(self, self.bodyless)
+        return True
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn, self.sent_at = conn, self.client.loop.time()
@@ -268,6 +285,8 @@ class Exchange(Reconnect):
         self.client.write(data)
 
     def on_end(self, reusable: bool) -> None:
+        if not self.bodyless:  # (a HEAD answer is never reused, whatever the instance does)
+            self.pool.closes = not reusable  # the next request to it connects cheaply (proxy/wire/closing.py)
         if self.chunked_out:
             self.out.append(b"0\r\n\r\n")
         self.on_flush()

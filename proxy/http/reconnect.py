@@ -73,24 +73,29 @@ class Reconnect:
     def _fail(self, refusal: Refusal, close: bool = False) -> None:
         raise NotImplementedError
 
-    async def _connect(self) -> None:
+    async def _connect(self, failed: Exception | None = None) -> None:
         """A fresh connection. A refused one never carried the request, so it is safe to find out why: an
         instance the runtime reports gone (stopped or removed from outside) is started again and the request
         sent there, once; one it reports alive may be starting or shutting down, so it is tried again a few
         times over ~2 s before the 502 (nginx's `proxy_next_upstream error`, with one upstream). A runtime that
         cannot be asked answers its outage's 503 (Retry-After), whether the instance refused or stayed silent.
-        The attempts are the exchange's: a retry after a lost connection (`_lost_again`) goes on counting."""
+        The attempts are the exchange's: a retry after a lost connection (`_lost_again`) goes on counting.
+        `failed`: the error of an attempt made already (a cheap connect, proxy/wire/closing.py: counted)."""
         error = ""
-        while self.attempts < len(REFUSED_RETRY_PAUSES):
-            pause = REFUSED_RETRY_PAUSES[self.attempts]
-            self.attempts += 1
-            if pause:
-                await asyncio.sleep(pause)
-            if self.done:
-                return
+        while failed is not None or self.attempts < len(REFUSED_RETRY_PAUSES):
+            if failed is None:
+                pause = REFUSED_RETRY_PAUSES[self.attempts]
+                self.attempts += 1
+                if pause:
+                    await asyncio.sleep(pause)
+                if self.done:
+                    return
             try:
+                if failed is not None:
+                    raise failed
                 conn = await self.pool.connect()
             except (asyncio.TimeoutError, OSError) as exc:
+                failed = None
                 silent = isinstance(exc, asyncio.TimeoutError)
                 error = (f"no connection within connect_timeout={self.pool.connect_timeout:g}s" if silent
                          else f"{type(exc).__name__}: {exc}")

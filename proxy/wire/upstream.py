@@ -10,7 +10,9 @@ the pool is closed when the instance stops, so nothing is ever sent to a dead or
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import re
+import socket
 from typing import Protocol
 
 import httptools
@@ -66,7 +68,8 @@ _CLOSED = httptools.HttpResponseParser(_Nothing())
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "transport", "sink", "_parser", "_headers", "_reason", "_interim", "_framed",
-                 "_got_response", "_complete", "_keep_alive", "_bodyless", "_drain", "_raw_head", "_head_buf")
+                 "_got_response", "_complete", "_keep_alive", "_bodyless", "_drain", "_raw_head", "_head_buf",
+                 "_partial")
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -84,17 +87,22 @@ class UpstreamConnection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._raw_head: bytes | None = None  # the response head as received, for relaying it unchanged
         self._head_buf = b""
+        self._partial = b""  # a whole-able answer's first part, its short body still on its way (`_whole`)
 
     # ---------------------------------------------------------------- use by an exchange
 
     def send(self, sink: ResponseSink, data: bytes, bodyless: bool = False) -> None:
         """Write a request; `bodyless` for HEAD, whose answer ends with its head."""
+        self.carry(sink, bodyless)
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def carry(self, sink: ResponseSink, bodyless: bool = False) -> None:
+        """Report to `sink` from now on: its request is written (by `send`, or by a cheap connect's first send)."""
         self.sink = sink
         self._got_response = self._complete = False
         self._bodyless = bodyless
-        self._raw_head, self._head_buf = None, b""
-        assert self.transport is not None
-        self.transport.write(data)
+        self._raw_head, self._head_buf, self._partial = None, b"", b""
 
     async def drain(self) -> None:
         """Wait while the instance's socket buffer is full (request bodies stream at its pace)."""
@@ -119,9 +127,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         sink.on_upstream_data()
         if not self._got_response:
+            if self._partial:
+                data, self._partial = self._partial + data, b""
             if not self._head_buf and not self._bodyless and self._whole(sink, data):
                 return
             self._find_head(data)
+        self._parse(sink, data)
+
+    def _parse(self, sink: ResponseSink, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -139,8 +152,11 @@ class UpstreamConnection(asyncio.Protocol):
         """The common answer, whole in one read: HTTP/1.1 or 1.0, a final status with a body, one Content-Length
         that matches what came, nothing hop-by-hop but one `Connection: close|keep-alive`. It is relayed without
         the parser's callbacks (a few µs per request), the Connection line left out and a 1.0 status line sent
-        as 1.1 (as nginx answers); the parser, which has not seen it, stays at a message boundary. Anything else
-        (chunked, split reads, 1xx, a body read to EOF, odd framing) goes through the parser."""
+        as 1.1 (as nginx answers); the parser, which has not seen it, stays at a message boundary. Such an answer
+        whose short body is still on its way (busybox httpd writes the head, then sends the file) is kept until it
+        is whole (`_partial`; an instance that closes first has it parsed as before). Anything else (chunked, 1xx,
+        a body read to EOF, odd framing, a head split over reads) goes through the parser."""
+        received = data
         end = data.find(b"\r\n\r\n")
         if end < 0 or data[12:13] not in (b" ", b"\r"):
             return False
@@ -158,11 +174,15 @@ class UpstreamConnection(asyncio.Protocol):
         found = _FRAMING.findall(lowered)  # (length, connection value) per matched line; ("", "") other hop-by-hop
         if len(found) == 2 and not found[0][0]:
             found.reverse()  # (the Connection line came first)
-        if not 0 < len(found) <= 2 or not found[0][0] or int(found[0][0]) != len(data) - end - 4:
-            return False
+        if not 0 < len(found) <= 2 or not found[0][0] or len(found) == 2 and not found[1][1]:
+            return False  # no length, a second one, or another hop-by-hop header
+        length, came = int(found[0][0]), len(data) - end - 4
+        if length != came:
+            if came > length or end + 4 + length > MAX_HEAD:
+                return False
+            self._partial = received  # the rest of a short body is on its way: relayed whole when it came
+            return True
         if len(found) == 2:  # hop-by-hop: the client's connection is ours to keep or close
-            if not found[1][1]:
-                return False  # a second length, or another hop-by-hop header
             reusable = found[1][1] == b"keep-alive"
             start = _CONNECTION.search(lowered).start() + 1  # type: ignore[union-attr]  # (findall saw it)
             stop = lowered.find(b"\n", start) + 1
@@ -184,6 +204,10 @@ class UpstreamConnection(asyncio.Protocol):
             self._head_buf = b""  # the parser's own limits decide; the head is relayed line by line
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._partial and self.sink is not None:  # a kept answer cut short: parsed as it would have been
+            partial, self._partial = self._partial, b""
+            self._find_head(partial)
+            self._parse(self.sink, partial)
         self.pool.discard(self)
         self.transport = None  # (both cycles broken: a closed connection is freed at once, not by the GC)
         self._parser = _CLOSED
@@ -247,7 +271,7 @@ class UpstreamConnection(asyncio.Protocol):
 class UpstreamPool:
     """Idle keep-alive connections to one instance, most recently used first."""
 
-    __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "_busy", "closed")
+    __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "_busy", "closed", "family", "closes")
 
     def __init__(self, host: str, port: int, connect_timeout: float) -> None:
         self.host = host
@@ -257,6 +281,8 @@ class UpstreamPool:
         self._idle: list[UpstreamConnection] = []
         self._busy: set[UpstreamConnection] = set()  # lent to exchanges: cut too if the instance goes
         self.closed = False
+        self.family = _numeric_family(host)  # 0: a name (connects go through the loop's resolver)
+        self.closes = False  # its last answer said the instance closes (proxy/wire/closing.py connects cheaply)
 
     @property
     def busy(self) -> int:
@@ -285,6 +311,10 @@ class UpstreamPool:
         self._busy.add(conn)
         return conn
 
+    def lend(self, conn: UpstreamConnection) -> None:
+        """A fresh connection made elsewhere (proxy/wire/closing.py) now carries an exchange."""
+        self._busy.add(conn)
+
     def put(self, conn: UpstreamConnection) -> None:
         self._busy.discard(conn)
         if self.closed or len(self._idle) >= MAX_IDLE:
@@ -311,3 +341,11 @@ class UpstreamPool:
         for conn in busy:
             if conn.transport is not None:
                 conn.transport.abort()  # its exchange hears it in connection_lost
+
+
+def _numeric_family(host: str) -> int:
+    """The address family of a numeric host, 0 for a name."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        return 0

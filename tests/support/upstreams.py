@@ -55,6 +55,15 @@ async def ws_request_id(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+async def closing(request: web.Request) -> web.Response:
+    """Answer (`Connection: close`) and close, as busybox httpd does: the body's length and a digest echoed."""
+    body = await request.read()
+    resp = web.json_response({"method": request.method, "path": request.path_qs, "length": len(body),
+                              "sum": sum(body) % 65521})
+    resp.force_close()
+    return resp
+
+
 async def ok(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
@@ -65,6 +74,7 @@ def create_app(env: Mapping[str, str]) -> web.Application:
     app.router.add_get("/garbage", garbage)
     app.router.add_get("/v2/health/ready", ok)
     app.router.add_get("/ok", ok)
+    app.router.add_route("*", "/closing/{n}", closing)
     app.router.add_get("/once", once_per_connection)
     app.router.add_get("/ws-request-id", ws_request_id)
     return app

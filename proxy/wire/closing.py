@@ -1,0 +1,216 @@
+"""A cheap connect for instances that close every connection (busybox httpd, Python's http.server, CGI-style).
+
+Such an instance costs one fresh connection per request, and uvloop's `create_connection` brings a task, a
+future, a timer, a transport and extra loop turns with each. `dial` does what such a request needs with a
+plain non-blocking socket: `connect_ex`, the request sent at once (on a local address the handshake is done
+by then; else when the socket turns writable, within connect_timeout), then `add_reader` + `recv`. A
+`SocketLink` is the little of a transport an `UpstreamConnection` uses (with flow control for streamed
+bodies, so a connection that turns out to be keep-alive is pooled like any), so the answer is parsed and
+relayed by the same code, byte for byte. A connect that fails (refused, unreachable, silent) sent nothing: the caller
+hears it as the error a `create_connection` would have raised, and handles it as any failed connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+from typing import TYPE_CHECKING, Any, Callable
+
+from proxy.wire.upstream import UpstreamConnection
+
+if TYPE_CHECKING:
+    from proxy.wire.upstream import UpstreamPool
+
+READ_SIZE = 256 * 1024  # as uvloop reads
+HIGH_WATER = 64 * 1024  # request bytes waiting for the socket before the body's pump waits (as asyncio's default)
+_NO_EXTRA: dict[str, Any] = {}
+
+# done(conn, None) once the request is on its way (returns False when the exchange no longer wants it);
+# done(None, error) when no connection came: nothing was sent.
+Done = Callable[[UpstreamConnection | None, Exception | None], bool]
+
+
+class SocketLink(asyncio.Transport):
+    """What `UpstreamConnection` uses of its transport (write, is_closing, abort) over a non-blocking socket."""
+
+    __slots__ = ("_loop", "_sock", "_fd", "_conn", "_pending", "_closed", "_paused")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.SocketType, conn: UpstreamConnection) -> None:
+        self._extra = _NO_EXTRA  # (asyncio.BaseTransport's slot; get_extra_info answers its default)
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._conn = conn
+        self._pending = b""  # request bytes the socket did not take yet
+        self._closed = False
+        self._paused = False
+
+    def start(self, rest: bytes) -> None:
+        """Connected, the request sent but `rest`: read the answer, write the rest when the socket takes it."""
+        self._loop.add_reader(self._fd, self._readable)
+        if rest:
+            self._later(rest)
+
+    def write(self, data: bytes) -> None:  # type: ignore[override]
+        if self._closed:
+            return
+        if self._pending:
+            self._pending += data
+            if len(self._pending) > HIGH_WATER and not self._paused:
+                self._paused = True
+                self._conn.pause_writing()
+            return
+        try:
+            n = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            n = 0
+        except OSError as exc:
+            self._lose(exc)
+            return
+        if n < len(data):
+            self._later(data[n:])
+
+    def _later(self, rest: bytes) -> None:
+        # (a full socket buffer: no Nagle wait for the tail of what is left)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._pending = rest
+        self._loop.add_writer(self._fd, self._writable)
+
+    def _writable(self) -> None:
+        try:
+            n = self._sock.send(self._pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lose(exc)
+            return
+        self._pending = self._pending[n:]
+        if not self._pending:
+            self._loop.remove_writer(self._fd)
+            if self._paused:
+                self._paused = False
+                self._conn.resume_writing()
+
+    def _readable(self) -> None:
+        try:
+            data = self._sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lose(exc)
+            return
+        if data:
+            self._conn.data_received(data)
+        else:
+            self._lose(None)
+
+    def is_closing(self) -> bool:
+        return self._closed
+
+    def abort(self) -> None:
+        # As asyncio's abort: the connection hears it on a later turn when an exchange still listens (an
+        # instance going: Pools.forget); at once when it was abandoned, its sink gone (every closing answer).
+        self._close()
+        if self._conn.sink is None:
+            self._conn.connection_lost(None)
+        else:
+            self._loop.call_soon(self._conn.connection_lost, None)
+
+    def close(self) -> None:
+        self.abort()
+
+    def _lose(self, exc: Exception | None) -> None:
+        if not self._closed:
+            self._close()
+            self._conn.connection_lost(exc)
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self._fd)
+        if self._pending:
+            self._loop.remove_writer(self._fd)
+            self._pending = b""
+        self._sock.close()
+
+
+class _Dial:
+    """One connect in flight that did not finish within `connect_ex`: the writer callback and the timer."""
+
+    __slots__ = ("pool", "sock", "request", "done", "timer", "loop")
+
+    def __init__(self, pool: UpstreamPool, sock: socket.SocketType, request: bytes, done: Done,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.pool, self.sock, self.request, self.done, self.loop = pool, sock, request, done, loop
+        loop.add_writer(sock.fileno(), self._writable)
+        self.timer = loop.call_later(pool.connect_timeout, self._timed_out)
+
+    def _writable(self) -> None:
+        self.loop.remove_writer(self.sock.fileno())
+        self.timer.cancel()
+        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            _failed(self.sock, _error(code), self.done)
+        elif not _send_first(self.pool, self.sock, self.request, self.done, self.loop):
+            _Dial(self.pool, self.sock, self.request, self.done, self.loop)  # (writable, yet it would block)
+
+    def _timed_out(self) -> None:
+        self.loop.remove_writer(self.sock.fileno())
+        _failed(self.sock, TimeoutError(), self.done)
+
+
+def dial(loop: asyncio.AbstractEventLoop, pool: UpstreamPool, request: bytes, done: Done) -> None:
+    """Connect to `pool`'s instance (a numeric host: `pool.family`) and send `request`; `done` hears how it went.
+    (`loop`: the running one, passed in: asyncio.get_running_loop() costs a getpid() syscall on Python 3.11.)"""
+    if pool.closed:
+        done(None, ConnectionRefusedError("the instance is gone"))
+        return
+    try:  # (the C socket: no Python-level __init__/close; non-blocking from the start, no extra syscall)
+        sock = socket.SocketType(pool.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+    except OSError as exc:  # out of descriptors: as a failed connect
+        done(None, exc)
+        return
+    try:
+        code = sock.connect_ex((pool.host, pool.port))
+    except OSError as exc:  # an address the kernel rejects
+        _failed(sock, exc, done)
+        return
+    if code not in (0, errno.EINPROGRESS):
+        _failed(sock, _error(code), done)
+    elif not _send_first(pool, sock, request, done, loop):  # on a local address the handshake is usually done
+        _Dial(pool, sock, request, done, loop)
+
+
+def _send_first(pool: UpstreamPool, sock: socket.SocketType, request: bytes, done: Done,
+                loop: asyncio.AbstractEventLoop) -> bool:
+    """The request's first send, which tells whether the connect is done: False when not yet."""
+    if pool.closed:  # the instance went while we connected: as a refused connect
+        _failed(sock, ConnectionRefusedError("the instance is gone"), done)
+        return True
+    try:
+        n = sock.send(request)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError as exc:  # refused, reset: nothing was sent
+        _failed(sock, exc, done)
+        return True
+    conn = UpstreamConnection(pool)
+    link = SocketLink(loop, sock, conn)
+    conn.connection_made(link)
+    link.start(request[n:])
+    pool.lend(conn)
+    if not done(conn, None):
+        conn.abandon()
+    return True
+
+
+def _failed(sock: socket.SocketType, error: Exception, done: Done) -> None:
+    sock.close()
+    done(None, error)
+
+
+def _error(code: int) -> OSError:
+    return OSError(code, os.strerror(code))  # (ECONNREFUSED makes a ConnectionRefusedError, and so on)
