@@ -253,7 +253,7 @@ class Client:
     async def connect(self, request: bytes) -> None:
         shared = self.shared
         try:
-            _, up = await shared.loop.create_connection(lambda: Upstream(shared),  # type: ignore[arg-type,type-var]
+            _, up = await shared.loop.create_connection(lambda: Upstream(shared),  # type: ignore[type-var]
                                                         shared.host, shared.port)
         except OSError:
             self.bad_gateway()
