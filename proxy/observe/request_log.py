@@ -5,7 +5,7 @@ relaying the request itself. The line keeps structlog's shape and field names (`
 `timestamp` plus the request's fields), so log shippers see no difference; it is assembled from
 pre-escaped parts and written in batches, flushed on a short timer, when the batch grows, and at exit. A request
 only records its fields (one tuple); the lines are formatted at flush time, all in one loop, where the same
-formatting costs about half what it costs between two requests' other work (issue 27: ~2 µs per request).
+formatting costs about half what it costs between two requests' other work (issue 27: 2-4 µs per request).
 With `logging.format: console` each line is rewritten for a person at flush time (`console_line`), so
 the fast JSON path stays the one place the fields are decided.
 """
