@@ -162,7 +162,7 @@ def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True, baseline: bool
     return run
 
 
-def floor(mode: str) -> Starter:
+def closing_floor(mode: str) -> Starter:
     """bench/closing_floor.py (`mode` raw or transport): the least a Python relay can pay per closing answer."""
 
     @contextlib.contextmanager
@@ -176,6 +176,29 @@ def floor(mode: str) -> Starter:
     return run
 
 
+def floor(*, workers: int = 1, compiled: bool = False) -> Starter:
+    """bench/floor.py, the cheapest Python proxy with lazy-proxy's per-request duties (its access log to a file).
+    `workers`: processes on the port (SO_REUSEPORT), pinned to both cores (the others are pinned to one);
+    `compiled`: the module built by mypyc ($BENCH_FLOOR_MYPYC: a directory holding floor*.so, see bench/floor.py)."""
+
+    @contextlib.contextmanager
+    def run(name: str, s: Setup) -> Iterator[Target]:
+        port = free_port()
+        args = ["--port", str(port), "--upstream-port", str(s.upstream_port), "--log", str(s.workdir / f"{name}.log"),
+                "--workers", str(workers)]
+        env = None
+        if compiled:
+            argv = [PY, "-c", "import sys, floor; floor.main(sys.argv[1:])", *args]
+            env = {**os.environ, "PYTHONPATH": os.environ["BENCH_FLOOR_MYPYC"]}
+        else:
+            argv = [PY, "-m", "bench.floor", *args]
+        cpus = s.proxy_cpus if workers == 1 or s.proxy_cpus is None else f"{PROXY_CORE},{UPSTREAM_CORE}"
+        with Server(argv, f"http://127.0.0.1:{port}{PATH}", env=env, cpus=cpus) as server:
+            yield Target(name, f"http://127.0.0.1:{port}{PATH}", server.pid)
+
+    return run
+
+
 VARIANTS: dict[str, Starter] = {
     "direct": direct,
     "nginx": reference(nginx),
@@ -184,8 +207,11 @@ VARIANTS: dict[str, Starter] = {
     "lazy-proxy-asyncio": lazy_proxy(uvloop=False),
     "lazy-proxy-nolog": lazy_proxy(log_requests=False),
     "baseline": lazy_proxy(baseline=True),  # needs BENCH_BASELINE=<another checkout>
-    "floor-raw": floor("raw"),  # closing upstreams only: bench/closing_floor.py
-    "floor-transport": floor("transport"),
+    "floor-raw": closing_floor("raw"),  # closing upstreams only: bench/closing_floor.py
+    "floor-transport": closing_floor("transport"),
+    "floor": floor(),  # bench/floor.py: the cheapest Python proxy (issue 27's feasibility check)
+    "floor-mypyc": floor(compiled=True),  # needs BENCH_FLOOR_MYPYC=<dir with floor's mypyc build>
+    "floor-2w": floor(workers=2),  # two SO_REUSEPORT workers on both cores
 }
 DEFAULT_VARIANTS = ["nginx", "lazy-proxy"]
 NEEDS = {"nginx": "nginx", "haproxy": "haproxy"}  # variant -> program it runs (Debian: nginx-light, haproxy)

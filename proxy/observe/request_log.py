@@ -3,7 +3,9 @@
 structlog's processor chain, a JSON encoder and one unbuffered write per request cost more CPU than
 relaying the request itself. The line keeps structlog's shape and field names (`event`, `level`,
 `timestamp` plus the request's fields), so log shippers see no difference; it is assembled from
-pre-escaped parts and written in batches, flushed on a short timer, when the batch grows, and at exit.
+pre-escaped parts and written in batches, flushed on a short timer, when the batch grows, and at exit. A request
+only records its fields (one tuple); the lines are formatted at flush time, all in one loop, where the same
+formatting costs about half what it costs between two requests' other work (issue 27: 2-4 µs per request).
 With `logging.format: console` each line is rewritten for a person at flush time (`console_line`), so
 the fast JSON path stays the one place the fields are decided.
 """
@@ -21,7 +23,7 @@ from typing import TextIO
 from aiohttp import web
 
 FLUSH_SECONDS = 0.05
-FLUSH_BYTES = 64 * 1024
+FLUSH_LINES = 200  # lines per batch at most (~64 KiB of typical lines)
 # Response body bytes of an answer written on the aiohttp path itself (routes' WebSockets, the peer hop): the
 # access line's `sent` when no exchange counted them.
 BODY_BYTES = web.RequestKey("body_bytes", int)
@@ -34,8 +36,7 @@ class RequestLog:
     def __init__(self, stream: TextIO | None = None, console: bool = False) -> None:
         self._stream = stream
         self.console = console
-        self._lines: list[str] = []
-        self._size = 0
+        self._rows: list[_Row] = []
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
         self._stamp = ""
@@ -55,26 +56,34 @@ class RequestLog:
                 request_id: str = "", sent: int = 0, received: int = 0) -> None:
         """One line: `client` the peer's IP address (nothing to escape), `bytes`/`request_bytes` the
         response/request body bytes, `request_id` as proxy/request_id.py chose it."""
-        now = time.time()
-        stamp = self._stamp if int(now) == self._second else self._new_second(now)
-        line = (f'{prefix}"method": {_METHODS.get(method) or _json_str(method)}, "path": {_json_str(path)}, '
-                f'"status": {status}, "ms": {seconds * 1000:.2f}, "bytes": {sent}, "request_bytes": {received}, '
-                f'"client": "{client}", "request_id": {_json_str(request_id)}, "event": "request", '
-                f'"level": "info", "timestamp": "{stamp}.{int((now % 1) * 1e6):06d}Z"}}\n')
-        self._lines.append(line)
-        self._size += len(line)
-        if self._size >= FLUSH_BYTES:
+        rows = self._rows
+        rows.append((prefix, method, path, status, seconds, client, request_id, sent, received, time.time()))
+        if len(rows) >= FLUSH_LINES:
             self.flush()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+
+    def _lines(self, rows: list[_Row]) -> list[str]:
+        lines = []
+        second, stamp, methods = self._second, self._stamp, _METHODS
+        for prefix, method, path, status, seconds, client, request_id, sent, received, now in rows:
+            if int(now) != second:
+                stamp = self._new_second(now)
+                second = self._second
+            lines.append(f'{prefix}"method": {methods.get(method) or _json_str(method)}, "path": {_json_str(path)}, '
+                         f'"status": {status}, "ms": {seconds * 1000:.2f}, "bytes": {sent}, '
+                         f'"request_bytes": {received}, "client": "{client}", '
+                         f'"request_id": {_json_str(request_id)}, "event": "request", "level": "info", '
+                         f'"timestamp": "{stamp}.{int((now % 1) * 1e6):06d}Z"}}\n')
+        return lines
 
     def flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._lines:
+        if not self._rows:
             return
-        lines, self._lines, self._size = self._lines, [], 0
+        lines, self._rows = self._lines(self._rows), []
         data = "".join(map(console_line, lines) if self.console else lines)
         stream = self._stream or sys.stderr  # looked up late: tests and daemons swap stderr
         try:
@@ -84,6 +93,8 @@ class RequestLog:
             pass
 
 
+# A request's fields as `RequestLog.request` got them, plus its wall-clock time.
+_Row = tuple[str, str, str, int, float, str, str, int, int, float]
 _FIRST = ("method", "path", "status", "ms")
 _SKIP = {"event", "level", "timestamp"}
 

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -152,6 +153,64 @@ def test_overhead_closing_upstream() -> None:
     assert s["upstream"] == "busybox" and not s["half_load"].get("lazy-proxy"), s  # (no open loop: it closes)
     run = s["closed_loop"]["lazy-proxy"]
     assert run["rps"] > 0 and run["errors"] == 0, run
+
+
+def test_overhead_floor() -> None:
+    """The floor variants (bench/floor.py, issue 27's yardstick) run next to the static upstream."""
+    need("wrk", "wrk")
+    need("nginx", "nginx-light")
+    s = bench("overhead", "--variants", "floor,floor-2w", "--upstream", "static", "--closed-only")
+    for name in ("floor", "floor-2w"):
+        run = s["closed_loop"][name]
+        assert run["rps"] > 0 and run["errors"] == 0 and run["proxy_cpu_us_per_req"] > 0, (name, run)
+
+
+async def test_the_floor_sends_what_lazy_proxy_sends_and_relays_the_answer(tmp_path: Path) -> None:
+    """The floor's claim to be comparable: the instance gets Host, X-Forwarded-* and a made X-Request-Id; the client
+    gets the answer without its Connection line; one JSON access line with lazy-proxy's fields."""
+    got: list[bytes] = []
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nX-A: b\r\n\r\nok"
+
+    async def instance(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            got.append(head)
+            writer.write(answer)
+
+    server = await asyncio.start_server(instance, "127.0.0.1", 0)
+    up_port = server.sockets[0].getsockname()[1]
+    log = tmp_path / "floor.log"
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.floor", "--port", str(port), "--upstream-port", str(up_port), "--log", str(log),
+        cwd=ROOT)
+    try:
+        for _ in range(100):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                await asyncio.sleep(0.1)
+        for _ in range(2):  # two requests on one client connection
+            writer.write(b"GET /api/x?q=1 HTTP/1.1\r\nHost: front:8\r\nX-Forwarded-For: 9.9.9.9\r\nA: 1\r\n\r\n")
+            relayed = await reader.readexactly(len(answer) - len(b"Connection: keep-alive\r\n"))
+            assert relayed == answer.replace(b"Connection: keep-alive\r\n", b"")
+        writer.close()
+    finally:
+        proc.terminate()
+        await proc.wait()
+        server.close()
+    head = got[0].decode()
+    assert head.startswith(f"GET /api/x?q=1 HTTP/1.1\r\nHost: 127.0.0.1:{up_port}\r\nA: 1\r\n"), head
+    assert "X-Forwarded-For: 9.9.9.9, 127.0.0.1\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: front:8\r\n" in head
+    assert len(got) == 2 and head.split("X-Request-Id: ")[1][:32] != got[1].decode().split("X-Request-Id: ")[1][:32]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(x["method"], x["path"], x["status"], x["bytes"]) for x in lines] == [("GET", "/api/x", 200, 2)] * 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def test_fastpath_cpu() -> None:

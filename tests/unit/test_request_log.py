@@ -1,0 +1,53 @@
+"""The access line's batching (proxy/observe/request_log.py): fields kept per request, lines made at flush."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+from proxy.observe import request_log
+from proxy.observe.request_log import FLUSH_LINES, RequestLog
+
+
+def _line(prefix: str, method: str, path: str, status: int, seconds: float, client: str, rid: str, sent: int,
+          received: int, now: float) -> str:
+    """The line as the log wrote it before batching (formatted at the request): the bytes must not change."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(now)))
+    return (f'{prefix}"method": {json.dumps(method)}, "path": {json.dumps(path)}, "status": {status}, '
+            f'"ms": {seconds * 1000:.2f}, "bytes": {sent}, "request_bytes": {received}, "client": "{client}", '
+            f'"request_id": {json.dumps(rid)}, "event": "request", "level": "info", '
+            f'"timestamp": "{stamp}.{int((now % 1) * 1e6):06d}Z"}}\n')
+
+
+async def test_lines_made_at_flush_are_byte_for_byte_those_of_each_request_time(monkeypatch) -> None:
+    """Each line keeps its own request's wall-clock time, across a second's boundary, in order."""
+    clock = iter([1_700_000_000.999_999, 1_700_000_001.000_001, 1_700_000_001.5])
+    monkeypatch.setattr(request_log.time, "time", lambda: next(clock))
+    out = io.StringIO()
+    log = RequestLog(out)
+    prefix = log.prefix("/api/{tail:.*}", "k")
+    calls = [("GET", "/a", 200, 0.0012345, "127.0.0.1", "r1", 15, 0),
+             ("PATCH", '/b"\n', 499, 1.5, "::1", "r\u00e9", 0, 7),
+             ("BREW", "/c", 502, 0.0, "10.0.0.7", "r3", 3, 1)]
+    for call in calls:
+        log.request(prefix, *call)
+    assert out.getvalue() == ""  # nothing written before the flush
+    log.flush()
+    stamps = [1_700_000_000.999_999, 1_700_000_001.000_001, 1_700_000_001.5]
+    assert out.getvalue() == "".join(_line(prefix, *call, now) for call, now in zip(calls, stamps, strict=True))
+    assert [json.loads(line)["method"] for line in out.getvalue().splitlines()] == ["GET", "PATCH", "BREW"]
+
+
+async def test_a_full_batch_is_written_at_once_without_waiting_for_the_timer() -> None:
+    out = io.StringIO()
+    log = RequestLog(out)
+    prefix = log.prefix("r", "k")
+    for i in range(FLUSH_LINES - 1):
+        log.request(prefix, "GET", f"/{i}", 200, 0.001)
+    assert out.getvalue() == ""
+    log.request(prefix, "GET", "/last", 200, 0.001)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == FLUSH_LINES and json.loads(lines[-1])["path"] == "/last"
+    log.flush()  # nothing left: nothing more written
+    assert len(out.getvalue().splitlines()) == FLUSH_LINES
