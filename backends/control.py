@@ -44,6 +44,14 @@ class Generational(Protocol):
 
 
 @runtime_checkable
+class ServicePerKey(Protocol):
+    """Runs a key as one service whatever its spec (swarm): a new spec replaces the serving instance, so a key's
+    two generations never run side by side and a `surge` rollout runs as `replace` there."""
+
+    def service_for(self, key: str, spec: ContainerSpec) -> str: ...
+
+
+@runtime_checkable
 class Executable(Protocol):
     """Run a command inside a running instance."""
 

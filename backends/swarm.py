@@ -205,8 +205,12 @@ class SwarmBackend(ApiClient):
 
     # ------------------------------------------------------------------ Backend protocol
 
+    def service_for(self, key: str, spec: ContainerSpec) -> str:
+        """The key's one service, whatever its spec's generation (`ServicePerKey`)."""
+        return service_name(self.proxy_id, spec.name, key)
+
     async def start(self, key: str, spec: ContainerSpec) -> Instance:
-        name = service_name(self.proxy_id, spec.name, key)
+        name = self.service_for(key, spec)
         phases = Phases()  # create (or restart), start, port
         async with self._errors():
             for _attempt in range(4):

@@ -21,6 +21,7 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from backends.control import ServicePerKey
 from proxy.config.schema import ContainerClass
 from proxy.lifecycle.events import State, StopReason
 from proxy.lifecycle.manager import Manager
@@ -40,6 +41,7 @@ class Rollout:
     old: ContainerClass
     new: ContainerClass
     total: int  # keys running when it began
+    strategy: str = "surge"  # what it does: the class's, but `surge` runs as `replace` where it cannot run
     state: str = "running"  # running, paused, halted, done, superseded
     step: int = 0  # index into new.rollout.steps
     done: list[str] = field(default_factory=list)
@@ -53,7 +55,7 @@ class Rollout:
 
     def status(self) -> dict[str, Any]:
         policy = self.new.rollout
-        return {"container_class": self.name, "state": self.state, "strategy": policy.strategy,
+        return {"container_class": self.name, "state": self.state, "strategy": self.strategy,
                 "generation": self.new.spec.generation, "from_generation": self.old.spec.generation,
                 "steps": list(policy.steps), "step": self.step, "keys_total": self.total,
                 "keys_done": len(self.done), "keys_failed": self.failed, "draining": sorted(self.draining),
@@ -91,7 +93,7 @@ class Rollouts:
             if manager.state not in ROLLED and manager.state is not State.STARTING:
                 manager.klass = new
         live = [m for m in managers if m.state in ROLLED or m.state is State.STARTING]
-        rollout = self.current[new.name] = Rollout(new.name, old, new, len(live))
+        rollout = self.current[new.name] = Rollout(new.name, old, new, len(live), self._strategy(new))
         rollout.resume.set()
         if new.rollout.strategy == "on_idle":  # the running keep their instance; their next start is new
             for manager in live:
@@ -100,8 +102,14 @@ class Rollouts:
             return rollout
         rollout.task = asyncio.create_task(self._run(rollout), name=f"rollout:{new.name}")
         log.info("rollout_begin", container_class=new.name, generation=new.spec.generation, keys=len(live),
-                 strategy=new.rollout.strategy)
+                 strategy=rollout.strategy)
         return rollout
+
+    def _strategy(self, klass: ContainerClass) -> str:
+        """`surge` needs a key's two instances side by side: on a swarm, whose service is one per key whatever
+        its spec, the new spec's start would replace the serving instance undrained."""
+        one_per_key = isinstance(self.registry.services.backend, ServicePerKey)
+        return "replace" if klass.rollout.strategy == "surge" and one_per_key else klass.rollout.strategy
 
     def pause(self, name: str) -> Rollout:
         rollout = self._get(name)
@@ -202,7 +210,7 @@ class Rollouts:
                 manager.klass = rollout.new
                 await manager.stop(StopReason.ROLLOUT)
                 swapped = Swapped(manager.key, None, None)
-            elif rollout.new.rollout.strategy == "replace":
+            elif rollout.strategy == "replace":
                 swapped = await replace_key(manager, rollout.new, self.drain_timeout)
             else:
                 swapped = await surge(manager, rollout.new, self.draining, self.drain_timeout)
@@ -284,7 +292,7 @@ class RolloutCollector(Collector):
             labels = (manager.klass.name, str(manager.klass.spec.generation), manager.state.value)
             counts[labels] = counts.get(labels, 0) + 1
         for rollout in self.rollouts.current.values():
-            if rollout.draining and rollout.new.rollout.strategy == "surge":  # replace: no second instance
+            if rollout.draining and rollout.strategy == "surge":  # replace: no second instance
                 labels = (rollout.name, str(rollout.old.spec.generation), "draining")
                 counts[labels] = counts.get(labels, 0) + len(rollout.draining)
         for labels, count in sorted(counts.items()):

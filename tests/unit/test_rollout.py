@@ -224,3 +224,26 @@ async def test_a_key_another_replica_holds_is_skipped_not_started(world, clock):
     await clock.advance(GATE_SETTLE + 1)
     assert rollout.state == "done" and rollout.done == [] and rollout.skipped == {"k0", "k1"}
     assert world.backend.start.count == starts and all(m.klass is world.klass() for m in registry)
+
+
+async def test_a_surge_runs_as_replace_where_a_key_is_one_service_whatever_its_spec(world, clock):
+    """On a swarm (`ServicePerKey`) the new spec's start would replace the serving instance undrained: the
+    planner replaces instead (each key stopped, drained, started again), never two at once for a key."""
+    from backends.control import ServicePerKey
+
+    registry = await running(world, 3)
+    backend = world.backend
+    backend.service_for = lambda key, spec: f"svc-{key}"  # what makes a backend ServicePerKey
+    assert isinstance(backend, ServicePerKey)
+    starts_before, stops_before = backend.start.count, backend.stop.count
+    rollouts, _ = planner(registry)
+    new = new_class(world.klass(), steps=(100,), max_surge=3)
+    assert new.rollout.strategy == "surge"
+    rollout = rollouts.begin(world.klass(), new)
+    assert rollout.strategy == "replace" and rollout.status()["strategy"] == "replace"
+    peak = 0
+    while rollout.state == "running":
+        peak = max(peak, (backend.start.count - starts_before) - (backend.stop.count - stops_before))
+        await clock.advance(0.01)
+    assert rollout.state == "done" and peak <= 0  # no key ever had its new instance beside the old one
+    assert all(m.klass is new and m.state is State.RUNNING for m in registry)
