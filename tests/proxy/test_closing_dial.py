@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from proxy.wire.closing import SocketLink, dial
+from tests.support.upstreams import silent_port
 from proxy.wire.upstream import UpstreamConnection, UpstreamPool
 from tests.proxy.test_upstream_whole import Recorder
 
@@ -149,18 +150,7 @@ async def test_a_dial_to_a_pool_that_closed_is_a_refusal():
 
 
 async def test_a_silent_instance_times_out_as_reconnect_expects():
-    # A listener that never accepts, its backlog full: further SYNs go unanswered (a frozen instance).
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(8):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            fillers.append(s)
+    with silent_port() as port:  # a frozen instance: SYNs unanswered
         pool = UpstreamPool("127.0.0.1", port, connect_timeout=0.3)
         for _ in range(8):  # (one may still find room in the queue: then the next one waits)
             outcome = Outcome()
@@ -171,10 +161,6 @@ async def test_a_silent_instance_times_out_as_reconnect_expects():
             outcome.conn.abandon()
         assert outcome.conn is None and isinstance(outcome.error, asyncio.TimeoutError)
         assert pool.busy == 0
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
 
 
 async def test_a_dial_nobody_wants_any_more_is_closed():

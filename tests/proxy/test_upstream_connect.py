@@ -10,31 +10,17 @@ import socket
 
 import pytest
 
+from tests.support.upstreams import silent_port
 from proxy.wire.upstream import UpstreamConnection, UpstreamPool
 
 
 async def test_a_silent_instance_times_out_as_reconnect_expects():
-    # A listener that never accepts, its backlog full: further SYNs go unanswered (a frozen instance).
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    try:
-        for _ in range(8):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", port))
-            fillers.append(s)
+    with silent_port() as port:  # a frozen instance: SYNs unanswered
         pool = UpstreamPool("127.0.0.1", port, connect_timeout=0.3)
         with pytest.raises(asyncio.TimeoutError):
             for _ in range(8):  # (one may still find room in the queue: then the next one waits)
                 conn = await pool.connect()
                 conn.abandon()
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
 
 
 async def test_a_refused_connect_is_an_oserror():

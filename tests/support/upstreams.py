@@ -3,9 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Mapping
+import contextlib
+import socket
+from typing import Iterator, Mapping
 
 from aiohttp import web
+
+
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A port whose listener never accepts and whose backlog is full: further SYNs go unanswered, as to a
+    frozen instance (a connect times out rather than being refused)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(listener.getsockname())
+            fillers.append(s)
+        yield listener.getsockname()[1]
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
 
 
 async def half_then_close(request: web.Request) -> web.StreamResponse:
