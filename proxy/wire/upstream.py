@@ -155,41 +155,33 @@ class UpstreamConnection(asyncio.Protocol):
         as 1.1 (as nginx answers); the parser, which has not seen it, stays at a message boundary. Such an answer
         whose short body is still on its way (busybox httpd writes the head, then sends the file) is kept until it
         is whole (`_partial`; an instance that closes first has it parsed as before). Anything else (chunked, 1xx,
-        a body read to EOF, odd framing, a head split over reads) goes through the parser."""
-        received = data
+        a body read to EOF, odd framing, a head split over reads) goes through the parser. What a head allows is
+        a function of its bytes alone (`_shape`), remembered per pool: an instance repeats its heads (they
+        differ by the Date line once a second), so most answers cost one dictionary look-up here."""
         end = data.find(b"\r\n\r\n")
-        if end < 0 or data[12:13] not in (b" ", b"\r"):
+        if end < 0:
             return False
-        if data.startswith(b"HTTP/1.1 "):
-            reusable = True
-        elif data.startswith(b"HTTP/1.0 "):
-            reusable = False
-            data = b"HTTP/1.1" + data[8:]
-        else:
+        head = data[:end]
+        shapes = self.pool.shapes
+        shape = shapes.get(head)
+        if shape is None:
+            if len(shapes) >= MAX_SHAPES:
+                shapes.clear()
+            shape = shapes[head] = _shape(head)
+        if shape is _NOT_WHOLE:
             return False
-        status_text = data[9:12]
-        if not status_text.isdigit() or status_text in (b"204", b"304") or status_text[0] in b"01":
-            return False
-        lowered = data[:end + 2].lower()
-        found = _FRAMING.findall(lowered)  # (length, connection value) per matched line; ("", "") other hop-by-hop
-        if len(found) == 2 and not found[0][0]:
-            found.reverse()  # (the Connection line came first)
-        if not 0 < len(found) <= 2 or not found[0][0] or len(found) == 2 and not found[1][1]:
-            return False  # no length, a second one, or another hop-by-hop header
-        length, came = int(found[0][0]), len(data) - end - 4
-        if length != came:
+        prefix, status, length, reusable = shape
+        came = len(data) - end - 4
+        if came != length:
             if came > length or end + 4 + length > MAX_HEAD:
                 return False
-            self._partial = received  # the rest of a short body is on its way: relayed whole when it came
+            self._partial = data  # the rest of a short body is on its way: relayed whole when it came
             return True
-        if len(found) == 2:  # hop-by-hop: the client's connection is ours to keep or close
-            reusable = found[1][1] == b"keep-alive"
-            start = _CONNECTION.search(lowered).start() + 1  # type: ignore[union-attr]  # (findall saw it)
-            stop = lowered.find(b"\n", start) + 1
-            data = data[:start] + data[stop:]
-            end -= stop - start
         self.sink = None
-        sink.on_whole(int(status_text), data, end + 2, reusable)
+        if prefix is None:  # relayed as it came
+            sink.on_whole(status, data, end + 2, reusable)
+        else:
+            sink.on_whole(status, prefix + data[end + 2:], len(prefix), reusable)
         return True
 
     def _find_head(self, data: bytes) -> None:
@@ -268,10 +260,49 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = self._parser.should_keep_alive()  # only valid inside the callback
 
 
+# What `_whole` may do with an answer whose head (status line and header lines, no blank line) is the key:
+# _NOT_WHOLE, or (the head to send with its last line's CRLF, None when it goes as it came; the status; the
+# Content-Length; whether the instance keeps the connection).
+_Shape = tuple[bytes | None, int, int, bool]
+_NOT_WHOLE: _Shape = (None, 0, -1, False)
+MAX_SHAPES = 16  # heads remembered per pool; all forgotten when it is full (a new Date each second)
+
+
+def _shape(head: bytes) -> _Shape:
+    """`_whole`'s rules for one head: see there."""
+    data = head + b"\r\n"
+    if data[12:13] not in (b" ", b"\r"):
+        return _NOT_WHOLE
+    changed = False
+    if data.startswith(b"HTTP/1.1 "):
+        reusable = True
+    elif data.startswith(b"HTTP/1.0 "):
+        reusable, changed = False, True
+        data = b"HTTP/1.1" + data[8:]
+    else:
+        return _NOT_WHOLE
+    status_text = data[9:12]
+    if not status_text.isdigit() or status_text in (b"204", b"304") or status_text[0] in b"01":
+        return _NOT_WHOLE
+    lowered = data.lower()
+    found = _FRAMING.findall(lowered)  # (length, connection value) per matched line; ("", "") other hop-by-hop
+    if len(found) == 2 and not found[0][0]:
+        found.reverse()  # (the Connection line came first)
+    if not 0 < len(found) <= 2 or not found[0][0] or len(found) == 2 and not found[1][1]:
+        return _NOT_WHOLE  # no length, a second one, or another hop-by-hop header
+    if len(found) == 2:  # hop-by-hop: the client's connection is ours to keep or close
+        reusable, changed = found[1][1] == b"keep-alive", True
+        start = _CONNECTION.search(lowered).start() + 1  # type: ignore[union-attr]  # (findall saw it)
+        stop = lowered.find(b"\n", start) + 1
+        data = data[:start] + data[stop:]
+    return (data if changed else None), int(status_text), int(found[0][0]), reusable
+
+
 class UpstreamPool:
     """Idle keep-alive connections to one instance, most recently used first."""
 
-    __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "_busy", "closed", "family", "closes")
+    __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "_busy", "closed", "family", "closes",
+                 "shapes")
 
     def __init__(self, host: str, port: int, connect_timeout: float) -> None:
         self.host = host
@@ -283,6 +314,7 @@ class UpstreamPool:
         self.closed = False
         self.family = _numeric_family(host)  # 0: a name (connects go through the loop's resolver)
         self.closes = False  # its last answer said the instance closes (proxy/wire/closing.py connects cheaply)
+        self.shapes: dict[bytes, _Shape] = {}  # answer heads seen, and what `UpstreamConnection._whole` may do
 
     @property
     def busy(self) -> int:

@@ -139,3 +139,35 @@ def test_a_long_body_after_its_head_goes_through_the_parser(conn):
     sink = feed(conn, head, b"x" * 100_000)
     assert sink.calls[0] == ("head", 200) and sink.calls[-1] == ("end", True)
     assert b"".join(c[1] for c in sink.calls if c[0] == "body") == b"x" * 100_000
+
+
+# What a head allows is remembered per pool (`UpstreamPool.shapes`): a head seen before must give exactly what it
+# gave the first time, whatever came before it on the pool, and a body of another length is still checked.
+SEEN = [WHOLE, SPLIT_HEAD + SPLIT_BODY,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\nDate: x\r\n\r\nhello",
+        b"HTTP/1.0 404 Not Found\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello",
+        b"HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"]
+
+
+@pytest.mark.parametrize("first", range(len(SEEN)))
+def test_a_remembered_head_is_relayed_as_a_fresh_one(first):
+    fresh = [feed(UpstreamConnection(UpstreamPool("127.0.0.1", 9, 1.0)), answer).calls for answer in SEEN]
+    pool = UpstreamPool("127.0.0.1", 9, 1.0)
+    order = SEEN[first:] + SEEN[:first]
+    for _ in range(2):  # the second round from the memo
+        assert [feed(UpstreamConnection(pool), answer).calls for answer in order] == fresh[first:] + fresh[:first]
+    # The same head with a body of another length: longer goes to the parser, shorter waits for the rest.
+    assert feed(UpstreamConnection(pool), WHOLE + b"!").calls[:2] == [("head", 200), ("body", b"hello")]
+    conn = UpstreamConnection(pool)
+    assert feed(conn, WHOLE[:-1]).calls == [] and conn._partial == WHOLE[:-1]
+
+
+def test_the_memo_of_heads_stays_small():
+    pool = UpstreamPool("127.0.0.1", 9, 1.0)
+    for second in range(100):  # one Date a second
+        answer = b"HTTP/1.1 200 OK\r\nDate: %d\r\nContent-Length: 5\r\n\r\nhello" % second
+        assert feed(UpstreamConnection(pool), answer).calls[0][0] == "whole"
+        assert 0 < len(pool.shapes) <= 16
