@@ -289,7 +289,8 @@ class Exchange(Reconnect):
             self.pool.closes = not reusable  # the next request to it connects cheaply (proxy/wire/closing.py)
         if self.chunked_out:
             self.out.append(b"0\r\n\r\n")
-        self.on_flush()
+        if self.out:  # (a whole answer is written already)
+            self.on_flush()
         conn, self.conn = self.conn, None
         if conn is not None:
             if reusable and (self.pump is None or self.pump.done()):
@@ -360,20 +361,20 @@ class Exchange(Reconnect):
         self.done = True
         self.status = status
         self.exchanges.active.discard(self)
-        if self.pump is not None and not self.pump.done():
-            self.pump.cancel()
-        now = self.client.loop.time()
-        manager = self.manager
+        pump = self.pump
+        if pump is not None and not pump.done():
+            pump.cancel()
+        client, manager, handler, sent, payload = self.client, self.manager, self.handler, self.sent, self.payload
+        now = client.loop.time()
         if self.fast:
             manager.release(now)  # (the aiohttp path's lease releases its own hold)
-        if self.sent:
-            self.handler.egress(manager.klass.name, manager.key, self.sent)
+        if sent:
+            handler.egress(manager.klass.name, manager.key, sent)
         if self.fast:
-            path = self.message.path.partition("?")[0]
-            self.handler.record(self.key, self.message.method, path, status, now - self.began, True,
-                                self.client.peer_host, self.rid, self.body_bytes, self.payload.total_bytes)
-        self.client.exchange_done(self, clean=self.payload.is_eof())
-
+            message = self.message
+            handler.record(self.key, message.method, message.path.partition("?")[0], status, now - self.began, True,
+                           client.peer_host, self.rid, self.body_bytes, payload.total_bytes)
+        client.exchange_done(self, clean=payload is EMPTY_PAYLOAD or payload.is_eof())
 
     @property
     def body_bytes(self) -> int:

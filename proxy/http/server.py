@@ -209,7 +209,8 @@ class FastProtocol(RequestHandler):
                                                            self._process_keepalive)
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
-        self._dispatch()
+        if self._queue:  # (pipelined requests wait their turn)
+            self._dispatch()
 
     # ---------------------------------------------------------------- flow control and endings
 

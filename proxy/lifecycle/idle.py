@@ -40,9 +40,10 @@ class IdleTimer:
     def deadline(self) -> float | None:
         """When idleness acts next (loop time): the pause of a running instance, else the stop."""
         m = self.manager
-        if m.state is State.RUNNING and m.pause_after:
-            return m.last_activity + m.pause_after
-        return m.last_activity + m.sleep_after if m.sleep_after > 0 else None
+        if m.state is State.RUNNING and (pause := m.pause_after):
+            return m.last_activity + pause
+        sleep = m.sleep_after
+        return m.last_activity + sleep if sleep > 0 else None
 
     def arm(self) -> None:
         if self._handle is None and self.manager.state in LIVE and (deadline := self.deadline()) is not None:

@@ -107,7 +107,7 @@ class Manager:
         """
         self.last_activity = asyncio.get_running_loop().time() if now is None else now
         if self.in_flight == 0:
-            self.idle.arm()
+            (self._idle or self.idle).arm()  # (the property only the first time)
 
     async def ensure_running(self, reason: str = "request", spec: ContainerSpec | None = None) -> float | None:
         """Return once the instance is ready; the seconds waited, or None if it already was."""
@@ -264,8 +264,11 @@ class Manager:
     @property
     def pause_after(self) -> float:
         """Idle seconds before a running instance is paused; 0 when it is not (off, or not before the stop)."""
+        configured = self.klass.pause_after
+        if configured <= 0:  # no pause tier (the usual class): the rest is not read on every request's end
+            return 0.0
         refused = self._pauser is not None and self._pauser.refused_at == self.last_activity
-        return pause_after(self.klass.pause_after, self.sleep_after, refused, self.services.backend)
+        return pause_after(configured, self.sleep_after, refused, self.services.backend)
 
     def _begin_stop(self, reason: StopReason, drain: float = 0.0, remove: bool = False,
                     after: asyncio.Future[None] | None = None) -> asyncio.Task[None] | None:
