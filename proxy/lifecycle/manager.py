@@ -40,7 +40,7 @@ class Manager:
     __slots__ = (
         "key", "klass", "services", "state", "instance", "in_flight", "start_count", "last_activity",
         "_since", "_start_deadline", "_start_task", "_idle", "breaker", "sleep_after_override",
-        "_seen", "last_error", "_waiting", "_drained", "_stop_task", "_pauser", "_health",
+        "_seen", "last_error", "_waiting", "_drained", "_stop_task", "_pauser", "_health", "_idle_never",
     )
 
     def __init__(self, key: str, klass: ContainerClass, services: Services) -> None:
@@ -65,6 +65,7 @@ class Manager:
         self._pauser: Pauser | None = None  # the components, made on first use: an idle key has neither
         self._health: HealthWatch | None = None
         self._idle: IdleTimer | None = None
+        self._idle_never: ContainerClass | None = None  # the class under which idleness never acts (see `touch`)
 
     # ------------------------------------------------------------------ requests
 
@@ -100,14 +101,13 @@ class Manager:
         self.touch(now)
 
     def touch(self, now: float | None = None) -> None:
-        """Record activity (a request finished, a WebSocket message passed, a keepalive tick).
-
-        `now` is the loop's time when the caller has it (the fast path): on Python 3.11 every
-        `get_running_loop()` costs a getpid() system call.
-        """
+        """Record activity (a request finished, a WebSocket message passed, a keepalive tick). `now`: the loop's
+        time when the caller has it (the fast path: on Python 3.11 `get_running_loop()` costs a getpid())."""
         self.last_activity = asyncio.get_running_loop().time() if now is None else now
-        if self.in_flight == 0:
+        if self.in_flight == 0 and (klass := self.klass) is not self._idle_never:
             (self._idle or self.idle).arm()  # (the property only the first time)
+            if klass.sleep_after <= 0 and klass.pause_after <= 0 and self.sleep_after_override is None:
+                self._idle_never = klass  # no stop, no pause, whatever the state: not armed until these change
 
     async def ensure_running(self, reason: str = "request", spec: ContainerSpec | None = None) -> float | None:
         """Return once the instance is ready; the seconds waited, or None if it already was."""
@@ -259,16 +259,14 @@ class Manager:
         """Override the class's sleep_after for this key (None: the class's again). Counted from the last
         activity, like the class's: a shorter one that has already passed stops the instance now."""
         self.sleep_after_override = seconds
+        self._idle_never = None
         self.idle.rearm()
 
     @property
     def pause_after(self) -> float:
         """Idle seconds before a running instance is paused; 0 when it is not (off, or not before the stop)."""
-        configured = self.klass.pause_after
-        if configured <= 0:  # no pause tier (the usual class): the rest is not read on every request's end
-            return 0.0
         refused = self._pauser is not None and self._pauser.refused_at == self.last_activity
-        return pause_after(configured, self.sleep_after, refused, self.services.backend)
+        return pause_after(self.klass.pause_after, self.sleep_after, refused, self.services.backend)
 
     def _begin_stop(self, reason: StopReason, drain: float = 0.0, remove: bool = False,
                     after: asyncio.Future[None] | None = None) -> asyncio.Task[None] | None:

@@ -121,6 +121,37 @@ async def test_sleep_after_zero_never_stops(make_world, clock):
     assert world.events.happenings("k") == [(Happening.STARTED, None)]
 
 
+async def test_a_class_that_never_idles_is_not_asked_again_until_it_or_the_key_changes(make_world, clock):
+    # No sleep_after and no pause tier: a request's end does not compute a deadline each time. A key's own
+    # sleep_after, or a new class (a reload's policy change, a rollout), counts from the next activity as always.
+    from dataclasses import replace
+    world = make_world(svc={"sleep_after": 0})
+    m = await running(world)
+    async with m.lease():
+        pass
+    assert m.idle._handle is None
+    m.set_sleep_after(30)  # armed at once, counted from the last activity
+    t0 = m.last_activity
+    async with m.lease():  # in flight when the timer fires: the release arms it again
+        await clock.advance_to(t0 + 40)
+    await clock.advance_to(t0 + 69.999)
+    assert m.state is State.RUNNING
+    await clock.advance_to(t0 + 70)
+    assert m.state is State.STOPPED and world.events.at(Happening.STOPPED) == [t0 + 70]
+    m.set_sleep_after(None)
+    m = await running(world, "k2")
+    async with m.lease():
+        pass
+    m.klass = replace(m.klass, sleep_after=20.0)  # as proxy/reload.py swaps a changed class in
+    async with m.lease():
+        pass
+    t1 = m.last_activity
+    await clock.advance_to(t1 + 19.999)
+    assert m.state is State.RUNNING
+    await clock.advance_to(t1 + 20)
+    assert m.state is State.STOPPED
+
+
 async def test_idle_stop_then_next_request_starts_again(world, clock):
     m = await running(world)
     first = m.instance
