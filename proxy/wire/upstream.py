@@ -165,9 +165,11 @@ class UpstreamConnection(asyncio.Protocol):
         shapes = self.pool.shapes
         shape = shapes.get(head)
         if shape is None:
-            if len(shapes) >= MAX_SHAPES:
-                shapes.clear()
-            shape = shapes[head] = _shape(head)
+            shape = _shape(head)
+            if end <= MAX_SHAPE_HEAD:
+                if len(shapes) >= MAX_SHAPES:
+                    shapes.clear()
+                shapes[head] = shape
         if shape is _NOT_WHOLE:
             return False
         prefix, status, length, reusable = shape
@@ -266,6 +268,7 @@ class UpstreamConnection(asyncio.Protocol):
 _Shape = tuple[bytes | None, int, int, bool]
 _NOT_WHOLE: _Shape = (None, 0, -1, False)
 MAX_SHAPES = 16  # heads remembered per pool; all forgotten when it is full (a new Date each second)
+MAX_SHAPE_HEAD = 1024  # longer heads are not remembered (at most 16 KiB per pool)
 
 
 def _shape(head: bytes) -> _Shape:

@@ -171,3 +171,6 @@ def test_the_memo_of_heads_stays_small():
         answer = b"HTTP/1.1 200 OK\r\nDate: %d\r\nContent-Length: 5\r\n\r\nhello" % second
         assert feed(UpstreamConnection(pool), answer).calls[0][0] == "whole"
         assert 0 < len(pool.shapes) <= 16
+    long = b"HTTP/1.1 200 OK\r\nX-Long: %s\r\nContent-Length: 5\r\n\r\nhello" % (b"x" * 2000)
+    pool.shapes.clear()
+    assert feed(UpstreamConnection(pool), long).calls[0][0] == "whole" and not pool.shapes  # analysed, not kept
