@@ -170,9 +170,9 @@ class UpstreamConnection(asyncio.Protocol):
                 if len(shapes) >= MAX_SHAPES:
                     shapes.clear()
                 shapes[head] = shape
-        if shape is _NOT_WHOLE:
-            return False
         prefix, status, length, reusable = shape
+        if length < 0:  # _NOT_WHOLE (by value, not identity: a compiled build may copy tuples)
+            return False
         came = len(data) - end - 4
         if came != length:
             if came > length or end + 4 + length > MAX_HEAD:
