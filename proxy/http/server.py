@@ -48,6 +48,7 @@ from proxy.wire.tls import TlsFiles
 
 log = structlog.get_logger("proxy.server")
 _Message = tuple[Any, StreamReader]
+_NEVER = float("inf")  # no keep-alive close while an exchange answers
 
 
 class FastProtocol(RequestHandler):
@@ -101,6 +102,17 @@ class FastProtocol(RequestHandler):
             upgraded, tail, self._refused = False, b"", True
         else:  # a GET-like request ending the packet leaves nothing behind in the parser, unless a pipelining
             # flood paused it (it keeps the rest then: up to 32 requests not yet taken)
+            if (len(messages) == 1 and not upgraded and not self._queue and self._exchange is None
+                    and not self._aiohttp_busy):  # the usual case: one request, nothing ahead of it
+                message, payload = messages[0]
+                self._boundary = (payload is EMPTY_PAYLOAD and data.endswith(b"\r\n\r\n")
+                                  and 1 + len(self._messages) < self._msg_queue_resume_size)
+                exchange = self.fast.plan(message, payload, self)
+                if exchange is not None:
+                    self._relay(exchange)
+                else:
+                    self._to_aiohttp(message, payload)
+                return
             self._boundary = (data[-4:] == b"\r\n\r\n" and bool(messages) and messages[-1][1] is EMPTY_PAYLOAD
                               and len(messages) + len(self._queue) + len(self._messages) < self._msg_queue_resume_size)
         self._upgraded = upgraded
@@ -152,15 +164,21 @@ class FastProtocol(RequestHandler):
         """Answer one request: relayed by the fast path if it can, else queued for aiohttp as its own."""
         exchange = self.fast.plan(message, payload, self) if isinstance(message, RawRequestMessage) else None
         if exchange is None:
-            self._aiohttp_busy = True
-            self._messages.append((message, payload))  # aiohttp's start() consumes it as its own
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_result(None)
-            return
+            self._to_aiohttp(message, payload)
+        else:
+            self._relay(exchange)
+
+    def _to_aiohttp(self, message: Any, payload: StreamReader) -> None:
+        self._aiohttp_busy = True
+        self._messages.append((message, payload))  # aiohttp's start() consumes it as its own
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _relay(self, exchange: Exchange) -> None:
         assert self._parser is not None
         self._parser.message_consumed()
         self._exchange = self._writing = exchange
-        self._next_keepalive_close_time = float("inf")
+        self._next_keepalive_close_time = _NEVER
         exchange.start()
 
     def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:
