@@ -170,7 +170,7 @@ class Exchange(Reconnect):
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn, self.sent_at = conn, self.client.loop.time()
-        conn.send(self, self.request, bodyless=self.bodyless)
+        conn.send(self, self.request, self.bodyless)
         if self.streaming:
             self.pump = self.client.loop.create_task(self._stream_body(conn))
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from multidict import istr
 
 from proxy.config.schema import MAX_CONCURRENT_STREAMS
 from proxy.lifecycle.events import State
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     _Candidate = tuple[str | None, re.Pattern[str] | None, _Group | None]
 
 FAST_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_ID_HEADER = istr(HEADER)  # (an istr is looked up in the headers without case-folding it each time)
 
 
 class _Fixed:
@@ -148,14 +150,17 @@ class FastPath:
             return None
         headers = message.headers
         target = message.path
-        path = target.partition("?")[0]
-        fixed = self.router.fixed.get(path)  # (only plain paths are kept)
+        kept = self.router.fixed
+        fixed = kept.get(target)  # (only plain paths are kept: a target with a query is looked up by its path)
         if fixed is None:
-            if not path.startswith("/") or not is_plain(path):
-                return None
-            fixed = self._decide(path, headers)
+            path = target.partition("?")[0]
+            fixed = kept.get(path) if path is not target else None
             if fixed is None:
-                return None
+                if not path.startswith("/") or not is_plain(path):
+                    return None
+                fixed = self._decide(path, headers)
+                if fixed is None:
+                    return None
         if hdrs.EXPECT in headers:
             return None
         if payload is not EMPTY_PAYLOAD and int(headers.get(hdrs.CONTENT_LENGTH) or 0) > self.exchanges.max_body:
@@ -176,7 +181,7 @@ class FastPath:
             pool = handler.pools.upstream(instance)
             if fixed.stable:
                 fixed.instance, fixed.pool = instance, pool
-        rid, given = (new_id(), False) if HEADER not in headers else request_id(headers)
+        rid, given = (new_id(), False) if _ID_HEADER not in headers else request_id(headers)
         upstream = target if fixed.same_target else handler.target_for(target, fixed.variables)
         head = request_head(message, upstream, pool, proto.peer_host, proto.scheme, rid, given)
         return Exchange(self.exchanges, proto, handler, manager, pool, message, payload, key, head, rid)
