@@ -48,7 +48,6 @@ from proxy.wire.tls import TlsFiles
 
 log = structlog.get_logger("proxy.server")
 _Message = tuple[Any, StreamReader]
-_NEVER = float("inf")  # no keep-alive close while an exchange answers
 
 
 class FastProtocol(RequestHandler):
@@ -102,16 +101,11 @@ class FastProtocol(RequestHandler):
             upgraded, tail, self._refused = False, b"", True
         else:  # a GET-like request ending the packet leaves nothing behind in the parser, unless a pipelining
             # flood paused it (it keeps the rest then: up to 32 requests not yet taken)
-            if (len(messages) == 1 and not upgraded and not self._queue and self._exchange is None
-                    and not self._aiohttp_busy):  # the usual case: one request, nothing ahead of it
-                message, payload = messages[0]
+            if len(messages) == 1 and not (upgraded or self._queue or self._aiohttp_busy) and self._exchange is None:
+                message, payload = messages[0]  # the usual case, in one branch: one request, nothing ahead of it
                 self._boundary = (payload is EMPTY_PAYLOAD and data.endswith(b"\r\n\r\n")
                                   and 1 + len(self._messages) < self._msg_queue_resume_size)
-                exchange = self.fast.plan(message, payload, self)
-                if exchange is not None:
-                    self._relay(exchange)
-                else:
-                    self._to_aiohttp(message, payload)
+                self._begin(message, payload, self.fast.plan(message, payload, self))
                 return
             self._boundary = (data[-4:] == b"\r\n\r\n" and bool(messages) and messages[-1][1] is EMPTY_PAYLOAD
                               and len(messages) + len(self._queue) + len(self._messages) < self._msg_queue_resume_size)
@@ -119,7 +113,7 @@ class FastProtocol(RequestHandler):
         if upgraded and tail:
             self._message_tail = tail
         if len(messages) == 1 and not self._queue and self._exchange is None and not self._aiohttp_busy:
-            self._start(*messages[0])  # the usual case: one request, nothing ahead of it
+            self._start(*messages[0])  # one request, nothing ahead of it (an upgrade, a 400)
         elif messages:
             self._queue.extend(messages)
             if len(self._queue) >= self._max_msg_queue_size and not self._buffer_paused:
@@ -162,23 +156,20 @@ class FastProtocol(RequestHandler):
 
     def _start(self, message: Any, payload: StreamReader) -> None:
         """Answer one request: relayed by the fast path if it can, else queued for aiohttp as its own."""
-        exchange = self.fast.plan(message, payload, self) if isinstance(message, RawRequestMessage) else None
+        self._begin(message, payload, self.fast.plan(message, payload, self) if isinstance(message, RawRequestMessage)
+                    else None)
+
+    def _begin(self, message: Any, payload: StreamReader, exchange: Exchange | None) -> None:
         if exchange is None:
-            self._to_aiohttp(message, payload)
-        else:
-            self._relay(exchange)
-
-    def _to_aiohttp(self, message: Any, payload: StreamReader) -> None:
-        self._aiohttp_busy = True
-        self._messages.append((message, payload))  # aiohttp's start() consumes it as its own
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def _relay(self, exchange: Exchange) -> None:
+            self._aiohttp_busy = True
+            self._messages.append((message, payload))  # aiohttp's start() consumes it as its own
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+            return
         assert self._parser is not None
         self._parser.message_consumed()
         self._exchange = self._writing = exchange
-        self._next_keepalive_close_time = _NEVER
+        self._next_keepalive_close_time = float("inf")
         exchange.start()
 
     def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:
