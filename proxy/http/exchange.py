@@ -63,33 +63,30 @@ def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, pe
     Host set to the instance, X-Forwarded-For/-Proto/-Host set (earlier X-Forwarded-For kept), and the
     request id: the client's X-Request-Id where it stands when `given`, else `rid` added at the end."""
     skip = _REQUEST_SKIP if given else _REQUEST_SKIP_ID
-    if hdrs.CONNECTION in message.headers:  # headers the client named as hop-by-hop stay on this hop
-        named = {t.strip().lower().encode() for v in message.headers.getall(hdrs.CONNECTION) for t in v.split(",")}
+    headers = message.headers
+    if hdrs.CONNECTION in headers:  # headers the client named as hop-by-hop stay on this hop
+        named = {t.strip().lower().encode() for v in headers.getall(hdrs.CONNECTION) for t in v.split(",")}
         skip = skip | named
         given = given and HEADER_LOWER not in named  # an id named hop-by-hop still goes on: appended below
-    lines = [f"{message.method} {target} HTTP/1.1\r\n".encode("utf-8", "surrogateescape"),
-             b"Host: %s\r\n" % pool.authority]
-    forwarded: list[bytes] = []
-    host = b""
+    out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (message.method.encode(), target.encode("utf-8", "surrogateescape"),
+                                                  pool.authority)]
+    forwarded = host = b""  # (earlier X-Forwarded-For values, each followed by ", ")
     for name, value in message.raw_headers:
         lower = name.lower()
         if lower in skip:
             if lower == b"x-forwarded-for":
-                forwarded.append(value)
+                forwarded += value + b", "
             elif lower == b"host":
                 host = value
             continue
-        lines += (name, b": ", value, b"\r\n")
+        out += (name, b": ", value, b"\r\n")
     if message.chunked:
-        lines.append(b"Transfer-Encoding: chunked\r\n")
-    forwarded.append(peer.encode())
-    lines.append(b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (b", ".join(forwarded), scheme.encode()))
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    out.append(b"X-Forwarded-For: %s%s\r\nX-Forwarded-Proto: %s\r\n" % (forwarded, peer.encode(), scheme.encode()))
     if host:
-        lines.append(b"X-Forwarded-Host: %s\r\n" % host)
-    if not given:
-        lines += (b"X-Request-Id: ", rid.encode(), b"\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+        out.append(b"X-Forwarded-Host: %s\r\n" % host)
+    out.append(b"\r\n" if given else b"X-Request-Id: %s\r\n\r\n" % rid.encode())
+    return b"".join(out)
 
 
 class Exchange(Reconnect):
@@ -139,17 +136,16 @@ class Exchange(Reconnect):
     # ---------------------------------------------------------------- sending
 
     def start(self) -> None:
-        payload = self.payload
-        if payload is EMPTY_PAYLOAD:
-            self.request = self.head
-        elif payload.is_eof():  # the whole body came with the head (most API calls)
-            body = payload.read_nowait()
-            if self.message.chunked and len(body) > self.exchanges.max_body:
-                self._body_too_large()
-                return
-            self.request = self.head + (_chunk(body) + b"0\r\n\r\n" if self.message.chunked else body)
-        else:
-            self.request, self.streaming = self.head, True
+        payload = self.payload  # (no body: the request is the head, as __init__ set it)
+        if payload is not EMPTY_PAYLOAD:
+            if payload.is_eof():  # the whole body came with the head (most API calls)
+                body = payload.read_nowait()
+                if self.message.chunked and len(body) > self.exchanges.max_body:
+                    self._body_too_large()
+                    return
+                self.request = self.head + (_chunk(body) + b"0\r\n\r\n" if self.message.chunked else body)
+            else:
+                self.streaming = True
         conn = self.pool.take()
         if conn is not None:
             self._send(conn)
@@ -174,7 +170,7 @@ class Exchange(Reconnect):
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.conn, self.sent_at = conn, self.client.loop.time()
-        conn.send(self, self.request, bodyless=self.bodyless)
+        conn.send(self, self.request, self.bodyless)
         if self.streaming:
             self.pump = self.client.loop.create_task(self._stream_body(conn))
 

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from aiohttp import HttpVersion11, hdrs
 from aiohttp.http_parser import RawRequestMessage
-from aiohttp.streams import StreamReader
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from multidict import istr
 
 from proxy.config.schema import MAX_CONCURRENT_STREAMS
 from proxy.lifecycle.events import State
@@ -32,12 +33,16 @@ from proxy.keys import validate_key
 from proxy.wire.paths import is_plain
 from proxy.http.exchange import Client, Exchange, request_head
 from proxy.http.watch import ExchangeWatch
-from proxy.request_id import request_id
+from proxy.request_id import HEADER, new_id, request_id
 
 if TYPE_CHECKING:
     from aiohttp import web
 
+    from backends.base import Instance
     from proxy.cluster.owner import Ownership
+    from proxy.lifecycle.manager import Manager
+    from proxy.wire.upstream import UpstreamPool
+    from proxy.wire.route_match import Headers
     from proxy.wire.route_match import RouteGroup
     from proxy.http.routes import RouteHandler
 
@@ -45,6 +50,26 @@ if TYPE_CHECKING:
     _Candidate = tuple[str | None, re.Pattern[str] | None, _Group | None]
 
 FAST_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_ID_HEADER = istr(HEADER)  # (an istr is looked up in the headers without case-folding it each time)
+
+
+class _Fixed:
+    """What a request's path decides. For a plain path it is the same for every request while the routes stand
+    (kept by the router, forgotten at a reload) when its route is the path's only one and its key is made of
+    the path alone; `stable` then also when its manager is (a registry's manager for a key stays that key's,
+    unlike an lb or autoscaled route's pick, or a cluster's owner): it and its instance's pool are kept too."""
+
+    __slots__ = ("handler", "variables", "key", "stable", "same_target", "manager", "instance", "pool")
+
+    def __init__(self, handler: RouteHandler, variables: dict[str, str], key: str, stable: bool) -> None:
+        self.handler = handler
+        self.variables = variables
+        self.key = key
+        self.stable = stable
+        self.same_target = handler.route.upstream_path is None  # the instance gets the target as sent
+        self.manager: Manager | None = None
+        self.instance: Instance | None = None
+        self.pool: UpstreamPool | None = None
 
 
 class FastRouter:
@@ -58,6 +83,7 @@ class FastRouter:
 
     def __init__(self, app: web.Application, handlers: dict[Any, _Group]) -> None:
         self._cache: dict[str, tuple[_Group, dict[str, str]] | None] = {}
+        self.fixed: dict[str, _Fixed] = {}  # plain paths whose route and key do not depend on the request
         self._index: dict[str, list[_Candidate]] = {}
         self._handlers = handlers
         self.reindex(app.router.resources())
@@ -74,6 +100,13 @@ class FastRouter:
                 (info.get("path"), info.get("pattern"), self._handlers.get(resource)))
         self._index = index
         self._cache = {}
+        self.fixed = {}
+
+    def keep(self, path: str, fixed: _Fixed) -> None:
+        """Remember what `path` decides (bounded as the resolutions are)."""
+        if len(self.fixed) >= self.CACHE:
+            self.fixed.clear()
+        self.fixed[path] = fixed
 
     def resolve(self, path: str) -> tuple[_Group, dict[str, str]] | None:
         """The proxied routes of `path` and its variables; None for own endpoints and no match."""
@@ -115,37 +148,64 @@ class FastPath:
     def plan(self, message: RawRequestMessage, payload: StreamReader, proto: Client) -> Exchange | None:
         if message.method not in FAST_METHODS or message.version != HttpVersion11 or message.upgrade:
             return None
+        headers = message.headers
         target = message.path
-        path = target.partition("?")[0]
-        if not path.startswith("/") or not is_plain(path) or hdrs.EXPECT in message.headers:
+        kept = self.router.fixed
+        fixed = kept.get(target)  # (only plain paths are kept: a target with a query is looked up by its path)
+        if fixed is None:
+            path = target.partition("?")[0]
+            fixed = kept.get(path) if path is not target else None
+            if fixed is None:
+                if not path.startswith("/") or not is_plain(path):
+                    return None
+                fixed = self._decide(path, headers)
+                if fixed is None:
+                    return None
+        if hdrs.EXPECT in headers:
             return None
+        if payload is not EMPTY_PAYLOAD and int(headers.get(hdrs.CONTENT_LENGTH) or 0) > self.exchanges.max_body:
+            return None  # (no body: no length, or 0)
+        handler, key = fixed.handler, fixed.key
+        if self.ownership is not None and not self.ownership.owns(handler.route.container, key):
+            return None  # clustered: a key not (or no longer certainly) owned here takes the aiohttp path
+        manager = fixed.manager
+        if manager is None:
+            manager = handler.manager_for(key)
+            if fixed.stable:
+                fixed.manager = manager
+        instance = manager.instance
+        if manager.state is not State.RUNNING or instance is None or manager.klass.protocol != "http1":
+            return None
+        pool = fixed.pool
+        if instance is not fixed.instance or pool is None or pool.closed:
+            pool = handler.pools.upstream(instance)
+            if fixed.stable:
+                fixed.instance, fixed.pool = instance, pool
+        rid, given = (new_id(), False) if _ID_HEADER not in headers else request_id(headers)
+        upstream = target if fixed.same_target else handler.target_for(target, fixed.variables)
+        head = request_head(message, upstream, pool, proto.peer_host, proto.scheme, rid, given)
+        return Exchange(self.exchanges, proto, handler, manager, pool, message, payload, key, head, rid)
+
+    def _decide(self, path: str, headers: Headers) -> _Fixed | None:
+        """Route, host pick and key for a plain path: kept for the path when they do not depend on the request."""
         found = self.router.resolve(path)
         if found is None:
             return None
         group, variables = found
         handler = group.only
         if handler is None:  # routes by host share this path: pick as RouteGroup.handle does
-            picked = group.pick(message.headers.get(hdrs.HOST))
+            picked = group.pick(headers.get(hdrs.HOST))
             if picked is None:
                 return None
             handler, host_variables = picked
             if host_variables:
                 variables = {**variables, **host_variables}
-        key = handler.key_for(variables, message.headers)
+        key = handler.key_for(variables, headers)
         if handler.key_is_template and validate_key(key) is not None:
             return None
-        length = message.headers.get(hdrs.CONTENT_LENGTH)
-        if length is not None and int(length) > self.exchanges.max_body:
-            return None
-        if self.ownership is not None and not self.ownership.owns(handler.route.container, key):
-            return None  # clustered: a key not (or no longer certainly) owned here takes the aiohttp path
-        manager = handler.manager_for(key)
-        if manager.state is not State.RUNNING or manager.instance is None or manager.klass.protocol != "http1":
-            return None
-        pool = handler.pools.upstream(manager.instance)
-        rid, given = request_id(message.headers)
-        head = request_head(message, handler.target_for(target, variables), pool, proto.peer_host, proto.scheme,
-                            rid, given)
-        return Exchange(self.exchanges, proto, handler, manager, pool, message, payload, key, head, rid)
-
-
+        by_path = group.only is not None and not handler.key_template.from_request
+        fixed = _Fixed(handler, variables, key, stable=by_path and handler.scaler is None
+                       and handler.route.mode != "lb" and self.ownership is None)
+        if by_path:
+            self.router.keep(path, fixed)
+        return fixed

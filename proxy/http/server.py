@@ -101,13 +101,19 @@ class FastProtocol(RequestHandler):
             upgraded, tail, self._refused = False, b"", True
         else:  # a GET-like request ending the packet leaves nothing behind in the parser, unless a pipelining
             # flood paused it (it keeps the rest then: up to 32 requests not yet taken)
+            if len(messages) == 1 and not (upgraded or self._queue or self._aiohttp_busy) and self._exchange is None:
+                message, payload = messages[0]  # the usual case, in one branch: one request, nothing ahead of it
+                self._boundary = (payload is EMPTY_PAYLOAD and data.endswith(b"\r\n\r\n")
+                                  and 1 + len(self._messages) < self._msg_queue_resume_size)
+                self._begin(message, payload, self.fast.plan(message, payload, self))
+                return
             self._boundary = (data[-4:] == b"\r\n\r\n" and bool(messages) and messages[-1][1] is EMPTY_PAYLOAD
                               and len(messages) + len(self._queue) + len(self._messages) < self._msg_queue_resume_size)
         self._upgraded = upgraded
         if upgraded and tail:
             self._message_tail = tail
         if len(messages) == 1 and not self._queue and self._exchange is None and not self._aiohttp_busy:
-            self._start(*messages[0])  # the usual case: one request, nothing ahead of it
+            self._start(*messages[0])  # one request, nothing ahead of it (an upgrade, a 400)
         elif messages:
             self._queue.extend(messages)
             if len(self._queue) >= self._max_msg_queue_size and not self._buffer_paused:
@@ -150,7 +156,10 @@ class FastProtocol(RequestHandler):
 
     def _start(self, message: Any, payload: StreamReader) -> None:
         """Answer one request: relayed by the fast path if it can, else queued for aiohttp as its own."""
-        exchange = self.fast.plan(message, payload, self) if isinstance(message, RawRequestMessage) else None
+        self._begin(message, payload, self.fast.plan(message, payload, self) if isinstance(message, RawRequestMessage)
+                    else None)
+
+    def _begin(self, message: Any, payload: StreamReader, exchange: Exchange | None) -> None:
         if exchange is None:
             self._aiohttp_busy = True
             self._messages.append((message, payload))  # aiohttp's start() consumes it as its own

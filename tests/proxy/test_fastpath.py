@@ -263,3 +263,28 @@ async def test_a_timeout_then_an_answer_does_not_replace_the_instance(h_replace)
         assert (await h.client.get("/s/debug/sleep?seconds=30")).status == 504
         assert (await h.client.get("/s/api/health")).status == 200  # an answer: the count starts again
     assert m.start_count == 1 and m.state.value == "running"
+
+
+async def test_a_kept_path_plan_follows_its_keys_new_instance(h):
+    """The fast path keeps what a plain path decides (route, key, manager, the instance's pool): when the key
+    runs on a new instance, requests go through the new instance's pool, never the stopped one's."""
+    from proxy.lifecycle.events import StopReason
+
+    route = "/k/{id}/{tail:.*}"
+    assert (await h.client.get("/k/kept/api/health")).status == 200  # cold: the aiohttp path starts it
+    for _ in range(2):
+        assert (await h.client.get("/k/kept/api/health")).status == 200  # warm: fast, the plan is kept
+    assert await fast_count(h, route) == 2
+    m = h.manager("kept")
+    first = m.instance
+    old_pool = h.proxy.pools.upstream(first)
+    await m.stop(StopReason.ADMIN)
+    assert old_pool.closed
+    assert (await h.client.get("/k/kept/api/health")).status == 200  # stopped: the aiohttp path starts it again
+    assert m.instance is not None and m.instance.id != first.id
+    for _ in range(2):
+        resp = await h.client.get("/k/kept/api/health")
+        assert resp.status == 200 and (await resp.json())["status"] == "healthy"
+    assert await fast_count(h, route) == 4
+    assert h.proxy.pools.upstream(m.instance).busy == 0 and len(h.proxy.pools.upstream(m.instance)) >= 1
+    await h.wait_for(lambda: m.in_flight == 0)
