@@ -218,8 +218,7 @@ class FastProtocol(RequestHandler):
                                                            self._process_keepalive)
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
-        if self._queue:  # (pipelined requests wait their turn)
-            self._dispatch()
+        self._dispatch()  # (pipelined requests waiting their turn)
 
     # ---------------------------------------------------------------- flow control and endings
 
