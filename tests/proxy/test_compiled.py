@@ -63,8 +63,9 @@ class Instance(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        data = json.dumps({"method": self.command, "path": self.path, "body": body.decode(),
-                           "xff": self.headers.get("X-Forwarded-For"), "rid": self.headers.get("X-Request-Id")}).encode()
+        echo = {"method": self.command, "path": self.path, "body": body.decode(),
+                "xff": self.headers.get("X-Forwarded-For"), "rid": self.headers.get("X-Request-Id")}
+        data = json.dumps(echo).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
