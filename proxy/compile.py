@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     dest = args.out.resolve() if args.out else root()
     if args.clean:
-        print(f"removed {len(clean(dest))} compiled modules from {dest / 'proxy'}")
+        print(f"removed {len(clean(dest))} extension files from {dest / 'proxy'}")
         return 0
     try:
         import mypyc  # noqa: F401
