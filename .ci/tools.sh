@@ -23,6 +23,8 @@ command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the face's browser
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)  # bench/protocols*.py, HTTP/2 and TLS tests
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # bench/protocols.py (s_time), tests/proxy/test_tls.py
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)  # tests/proxy/test_compiled.py: mypyc (python -m proxy.compile) compiles C
+[ -f "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || missing+=(python3-dev)  # ... against Python.h
 [ ${#missing[@]} -eq 0 ] && exit 0
 export DEBIAN_FRONTEND=noninteractive
 if [ ! -f "$STATE_DIR/apt-updated" ]; then

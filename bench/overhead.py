@@ -144,9 +144,12 @@ def reference(start: Callable[..., Any]) -> Starter:
     return run
 
 
-def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True, baseline: bool = False) -> Starter:
+def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True, baseline: bool = False,
+               compiled: bool = False) -> Starter:
     """A lazy-proxy variant: bench.lib.launcher --upstream, its log (stderr) to a file. `baseline`: the
-    checkout named by $BENCH_BASELINE (e.g. a `git worktree` of an earlier commit), for before/after runs."""
+    checkout named by $BENCH_BASELINE (e.g. a `git worktree` of an earlier commit), for before/after runs;
+    `compiled`: this checkout's hot modules compiled by mypyc, $BENCH_LAZY_MYPYC (made by `python -m
+    proxy.compile --out DIR`) or else built into the run's directory first (~40 s)."""
 
     @contextlib.contextmanager
     def run(name: str, s: Setup) -> Iterator[Target]:
@@ -154,12 +157,25 @@ def lazy_proxy(*, uvloop: bool = True, log_requests: bool = True, baseline: bool
         config = {"logging": {"requests": log_requests},
                   "containers": {"svc": {"sleep_after": 0}},
                   "routes": [{"path": "/api/{tail:.*}", "container": "svc", "key": "shared"}]}
-        root = Path(os.environ["BENCH_BASELINE"]) if baseline else None
+        root = Path(os.environ["BENCH_BASELINE"]) if baseline else mypyc_build(s.workdir) if compiled else None
         with proxy(config, port, uvloop=uvloop, upstream=f"http://127.0.0.1:{s.upstream_port}",
                    cpus=s.proxy_cpus, log=str(s.workdir / f"{name}.log"), root=root) as server:
+            if compiled:  # the compiled modules are the ones loaded (mypyc's runtime library is mapped)
+                assert "__mypyc" in Path(f"/proc/{server.pid}/maps").read_text(), f"{name}: not compiled"
             yield Target(name, f"http://127.0.0.1:{port}{PATH}", server.pid)
 
     return run
+
+
+def mypyc_build(workdir: Path) -> Path:
+    """A copy of proxy/ with its hot modules compiled (python -m proxy.compile --out)."""
+    given = os.environ.get("BENCH_LAZY_MYPYC")
+    if given:
+        return Path(given)
+    from proxy.compile import build
+
+    build(workdir / "mypyc")
+    return workdir / "mypyc"
 
 
 def closing_floor(mode: str) -> Starter:
@@ -206,6 +222,7 @@ VARIANTS: dict[str, Starter] = {
     "haproxy": reference(haproxy),
     "lazy-proxy-asyncio": lazy_proxy(uvloop=False),
     "lazy-proxy-nolog": lazy_proxy(log_requests=False),
+    "lazy-proxy-mypyc": lazy_proxy(compiled=True),  # python -m proxy.compile (optional $BENCH_LAZY_MYPYC=<its --out>)
     "baseline": lazy_proxy(baseline=True),  # needs BENCH_BASELINE=<another checkout>
     "floor-raw": closing_floor("raw"),  # closing upstreams only: bench/closing_floor.py
     "floor-transport": closing_floor("transport"),

@@ -23,6 +23,7 @@ TOP = {
     "proxy": "leaf", "proxy.errors": "leaf", "proxy.keys": "leaf", "proxy.request_id": "leaf",
     "proxy.app": "app", "proxy.reload": "app",  # reload: the composition root applying a new config
     "proxy.__main__": "entry", "proxy.banner": "entry", "proxy.check": "entry", "proxy.config_doc": "entry",
+    "proxy.compile": "entry",  # python -m proxy.compile: the optional mypyc build (imports no proxy module)
 }
 _BASE = {"leaf", "backends"}
 # Which wings a wing may import (besides itself). backends/ sits below everything and imports no proxy/.

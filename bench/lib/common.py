@@ -222,7 +222,8 @@ def proxy(config: dict[str, Any], port: int, *, uvloop: bool = True, upstream: s
         argv += ["--upstream", upstream]
     scheme = "https" if (config.get("server") or {}).get("tls") else "http"
     try:
-        env = None if root is None else {**os.environ, "PYTHONPATH": str(root)}
+        # `root` first (the cwd of `-m`), then this checkout: bench/ for a copy that holds only proxy/ (mypyc's)
+        env = None if root is None else {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(ROOT)])}
         return Server(argv, f"{scheme}://127.0.0.1:{port}/health", env=env, cpus=cpus, log=log, cwd=root or ROOT)
     finally:
         os.unlink(path)

@@ -15,10 +15,10 @@ import re
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import HttpVersion11, hdrs
-from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 
 from proxy.errors import BodyTooLarge, Refusal, UpstreamError, refusal_bytes
+from proxy.http.message import Message
 from proxy.http.reconnect import Handler, Reconnect
 from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK
 from proxy.request_id import HEADER_LOWER
@@ -52,12 +52,12 @@ class Client(Protocol):
 
     def close_after_write(self) -> None: ...
 
-    def keeps_alive(self, message: RawRequestMessage) -> bool: ...
+    def keeps_alive(self, message: Message) -> bool: ...
 
     def exchange_done(self, exchange: Exchange, clean: bool) -> None: ...
 
 
-def request_head(message: RawRequestMessage, target: str, pool: UpstreamPool, peer: str, scheme: str,
+def request_head(message: Message, target: str, pool: UpstreamPool, peer: str, scheme: str,
                  rid: str, given: bool) -> bytes:
     """The request as the instance receives it: the client's headers in order, hop-by-hop removed,
     Host set to the instance, X-Forwarded-For/-Proto/-Host set (earlier X-Forwarded-For kept), and the
@@ -98,7 +98,7 @@ class Exchange(Reconnect):
                  "head_len")
 
     def __init__(self, exchanges: ExchangeWatch, client: Client, handler: Handler, manager: Manager,
-                 pool: UpstreamPool, message: RawRequestMessage, payload: StreamReader, key: str,
+                 pool: UpstreamPool, message: Message, payload: StreamReader, key: str,
                  head: bytes, rid: str, *, extra_head: bytes = b"", fast: bool = True) -> None:
         self.exchanges = exchanges
         self.client = client

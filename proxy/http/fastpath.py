@@ -23,7 +23,6 @@ import re
 from typing import TYPE_CHECKING, Any, Iterable
 
 from aiohttp import HttpVersion11, hdrs
-from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import istr
 
@@ -32,6 +31,7 @@ from proxy.lifecycle.events import State
 from proxy.keys import validate_key
 from proxy.wire.paths import is_plain
 from proxy.http.exchange import Client, Exchange, request_head
+from proxy.http.message import Message
 from proxy.http.watch import ExchangeWatch
 from proxy.request_id import HEADER, new_id, request_id
 
@@ -145,7 +145,7 @@ class FastPath:
         self.ownership = ownership
         self.max_streams = max_streams  # HTTP/2 clients' concurrent streams (server.max_concurrent_streams)
 
-    def plan(self, message: RawRequestMessage, payload: StreamReader, proto: Client) -> Exchange | None:
+    def plan(self, message: Message, payload: StreamReader, proto: Client) -> Exchange | None:
         if message.method not in FAST_METHODS or message.version != HttpVersion11 or message.upgrade:
             return None
         headers = message.headers

@@ -15,6 +15,7 @@ from aiohttp.http_parser import RawRequestMessage
 
 from backends.base import Instance
 from proxy.http.exchange import Exchange, request_head
+from proxy.http.message import Message
 from proxy.http.reconnect import Handler
 from proxy.http.watch import ExchangeWatch
 from proxy.request_id import HEADER
@@ -56,7 +57,7 @@ class RequestClient:
     def close_after_write(self) -> None:
         self.closing = True  # the WrittenResponse response tells aiohttp not to keep the connection
 
-    def keeps_alive(self, message: RawRequestMessage) -> bool:
+    def keeps_alive(self, message: Message) -> bool:
         return not (message.should_close or self.closing)
 
     def exchange_done(self, exchange: Exchange, clean: bool) -> None:

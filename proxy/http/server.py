@@ -40,6 +40,7 @@ from proxy.errors import json_error
 from proxy.config.units import ConfigError
 from proxy.http.fastpath import FastPath
 from proxy.http.exchange import Exchange
+from proxy.http.message import Message
 from proxy.http.h2server import PREFACE, H2ServerProtocol, take_over
 from proxy.http.h2stream import serve_stream
 from proxy.http.salvage import parser_factory, whole_requests
@@ -184,7 +185,7 @@ class FastProtocol(RequestHandler):
 
     # ---------------------------------------------------------------- used by exchanges
 
-    def keeps_alive(self, message: RawRequestMessage) -> bool:
+    def keeps_alive(self, message: Message) -> bool:
         return not (message.should_close or self._close or self._force_close)
 
     def write(self, data: bytes) -> None:

@@ -1,0 +1,115 @@
+"""An optional build: the data path's hot modules compiled by mypyc (C extensions), the .py files the fallback.
+
+    python -m proxy.compile            # build in place: proxy/**/<module>.cpython-3XX-<platform>.so next to the .py
+    python -m proxy.compile --out DIR  # build into a copy of proxy/ and backends/ in DIR (PYTHONPATH=DIR to use it)
+    python -m proxy.compile --clean    # remove the in-place build: pure Python again
+    python -m proxy.compile --list     # the modules it compiles
+
+Needs mypy (which ships mypyc) and a C compiler: `pip install lazy-proxy[fast]`, Debian `gcc` + `python3-dev`.
+Python imports an extension module before the .py of the same name in the same directory, so once built in place
+`python -m proxy` runs the compiled modules; the file name carries the interpreter's ABI tag, so another Python
+version ignores it and imports the .py. An in-place build does not follow later edits of the .py files: rebuild
+(or --clean) after changing them. Nothing changes for a user who does not build.
+The modules are the ones a warm keep-alive request runs through (`python -m bench.fastpath_cpu --profile`);
+proxy/http/server.py stays interpreted (its FastProtocol subclasses aiohttp's RequestHandler, not compiled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HOT = (
+    "proxy/http/exchange.py", "proxy/http/fastpath.py", "proxy/http/reconnect.py", "proxy/http/watch.py",
+    "proxy/http/routes.py", "proxy/wire/upstream.py", "proxy/wire/closing.py", "proxy/wire/paths.py",
+    "proxy/request_id.py", "proxy/observe/request_log.py", "proxy/observe/request_metrics.py",
+    "proxy/observe/usage.py", "proxy/observe/metrics.py", "proxy/lifecycle/idle.py", "proxy/lifecycle/pause.py",
+    "proxy/lifecycle/registry.py", "proxy/wire/pools.py",
+)  # not proxy/lifecycle/manager.py: mypyc does not compile its async generator (Manager.lease)
+GROUP = "proxy._compiled"  # mypyc's shared runtime library: proxy/_compiled__mypyc.*.so, inside the package
+PACKAGES = ("proxy", "backends")  # what the type analysis reads (backends: the types the proxy imports)
+SETUP = """\
+from setuptools import setup
+from mypyc.build import mypycify
+setup(name="lazy-proxy-compiled", packages=[],
+      ext_modules=mypycify({paths!r}, opt_level="3", group_name={group!r}))
+"""
+
+
+def root() -> Path:
+    """The directory holding the proxy package (a checkout's top, or site-packages)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def built(where: Path) -> list[Path]:
+    """The extension modules under where/proxy (this build's; the package holds no other)."""
+    return sorted((where / "proxy").rglob("*.so"))
+
+
+def clean(where: Path) -> list[Path]:
+    gone = built(where)
+    for path in gone:
+        path.unlink()
+    return gone
+
+
+def _copy(src: Path, dest: Path) -> None:
+    for name in PACKAGES:
+        shutil.copytree(src / name, dest / name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
+
+
+def build(dest: Path, *, quiet: bool = True) -> list[Path]:
+    """Compile HOT in a scratch copy of the source, then put the extension modules into dest/proxy/..."""
+    src = root()
+    with tempfile.TemporaryDirectory(prefix="lazy-proxy-mypyc-") as tmp:
+        work = Path(tmp)
+        _copy(src, work)
+        (work / "setup.py").write_text(SETUP.format(paths=list(HOT), group=GROUP))
+        run = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work,
+                             capture_output=quiet, text=True)
+        if run.returncode != 0:
+            tail = (run.stdout + run.stderr).strip().splitlines()[-20:] if quiet else []
+            raise SystemExit("\n".join([*tail, f"mypyc build failed (exit {run.returncode})"]))
+        if dest != src:
+            _copy(src, dest)
+        clean(dest)
+        out = []
+        for so in built(work):
+            target = dest / so.relative_to(work)
+            shutil.copy2(so, target)
+            out.append(target)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m proxy.compile", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, help="build into a copy of the source in this directory (not in place)")
+    ap.add_argument("--clean", action="store_true", help="remove the compiled modules (in place, or in --out)")
+    ap.add_argument("--list", action="store_true", help="print the modules compiled and exit")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show the compiler's output")
+    args = ap.parse_args(argv)
+    if args.list:
+        print("\n".join(HOT))
+        return 0
+    dest = args.out.resolve() if args.out else root()
+    if args.clean:
+        print(f"removed {len(clean(dest))} extension files from {dest / 'proxy'}")
+        return 0
+    try:
+        import mypyc  # noqa: F401
+    except ImportError:
+        print("mypyc is not installed: pip install 'lazy-proxy[fast]' (mypy ships mypyc)", file=sys.stderr)
+        return 2
+    dest.mkdir(parents=True, exist_ok=True)
+    out = build(dest, quiet=not args.verbose)
+    print(f"compiled {len(HOT)} modules into {dest / 'proxy'} ({len(out)} extension files)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
