@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import gc
 import os
 import signal
-import socket
-import ssl
 import sys
 from collections import deque
 from typing import Any, Awaitable, Callable, Iterable, Protocol, cast
@@ -37,13 +34,13 @@ from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
 from proxy.errors import json_error
-from proxy.config.units import ConfigError
 from proxy.http.fastpath import FastPath
 from proxy.http.exchange import Exchange
 from proxy.http.message import Message
 from proxy.http.h2server import PREFACE, H2ServerProtocol, take_over
 from proxy.http.h2stream import serve_stream
 from proxy.http.salvage import parser_factory, whole_requests
+from proxy.http.listen import check_free, listen
 from proxy.http.tls_listeners import TlsListeners
 from proxy.wire.tls import TlsFiles
 
@@ -338,43 +335,6 @@ Announce = Callable[[list[Any], list[Any]], Awaitable[None]]
 SECOND_SIGNAL_EXIT = 130  # a second SIGTERM/SIGINT: exit at once, with the shell's code for an interrupt
 
 
-def check_free(host: str, port: int, field: str) -> None:
-    """ConfigError naming `field` when (host, port) cannot be bound: in use, not allowed, not an address
-    here. Checked before the proxy starts (adopting instances, joining a cluster), so a proxy that cannot
-    listen changes nothing; binding itself is still checked (`_listen`)."""
-    if port == 0:
-        return
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as exc:
-        raise ConfigError(field.replace("port", "host"), f"cannot resolve {host!r}: {exc.strerror}") from None
-    for family, kind, proto, _, address in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as exc:
-                raise _bind_error(host, port, field, exc) from None
-
-
-def _bind_error(host: str, port: int, field: str, exc: OSError) -> ConfigError:
-    if exc.errno == errno.EADDRINUSE:
-        return ConfigError(field, f"{port} on {host} is in use")
-    if exc.errno == errno.EACCES:
-        return ConfigError(field, f"{port} on {host}: permission denied (ports below 1024 need privileges)")
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return ConfigError(field.replace("port", "host"), f"{host} is not an address of this machine")
-    return ConfigError(field, f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-
-
-async def _listen(runner: web.BaseRunner, host: str, port: int, field: str,
-                  tls: ssl.SSLContext | None = None) -> None:
-    try:
-        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=tls).start()
-    except OSError as exc:
-        raise _bind_error(host, port, field, exc) from None
-
-
 async def serve(app: web.Application, host: str, port: int, shutdown_timeout: float,
                 admin: tuple[web.Application, str, int] | None = None, announce: Announce | None = None,
                 tls: TlsFiles | None = None, admin_tls: TlsFiles | None = None) -> None:
@@ -400,12 +360,12 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout: fl
     await runner.setup()
     try:
         listeners.start()
-        await _listen(runner, host, port, "server.port", listeners.context("server.tls"))
+        await listen(runner, host, port, "server.port", listeners.context("server.tls"))
         if admin is not None:
             admin_app, admin_host, admin_port = admin
             admin_runner = web.AppRunner(admin_app, handle_signals=False, access_log=None, shutdown_timeout=2.0)
             await admin_runner.setup()
-            await _listen(admin_runner, admin_host, admin_port, "admin.port", listeners.context("admin.tls"))
+            await listen(admin_runner, admin_host, admin_port, "admin.port", listeners.context("admin.tls"))
         if announce is not None:
             await announce(runner.addresses, admin_runner.addresses if admin_runner is not None else [])
         gc.freeze()  # what startup built lives on: the cyclic GC's full passes skip it (they walked it all)
