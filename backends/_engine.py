@@ -167,7 +167,9 @@ class EngineBackend(EnginePulls):
             state = info.get("State") or {}
             if address is not None and state.get("Running"):
                 host, hp = address
-                instance = Instance(key=key, class_name=cls, host=host, port=hp, id=info["Id"])
+                labels = (info.get("Config") or {}).get("Labels") or {}
+                instance = Instance(key=key, class_name=cls, host=host, port=hp, id=info["Id"],
+                                    spec=labels.get(LABEL_SPEC, ""))
                 if phases is None:
                     return instance
                 phases.mark("port")
@@ -201,10 +203,11 @@ class EngineBackend(EnginePulls):
                     if state.get("Status") in STUCK_STATUSES:
                         self._move_on(key, spec, info["Id"], f"status {state.get('Status')}")
                         continue
-                    if state.get("Running") and not state.get("Paused"):
+                    current = labels.get(LABEL_SPEC, want_hash) == want_hash  # (else: started before a config change)
+                    if state.get("Running") and not state.get("Paused") and current:
                         log.info("adopting running container %s", name)
                         return await self._instance_from(info, key, spec.name, spec.port)
-                    if state.get("Paused"):
+                    if state.get("Paused") and current:
                         await docker.containers.container(info["Id"]).unpause()
                         phases.mark("unpause")
                         return await self._instance_from(await self.show(info["Id"]) or info, key,
@@ -217,6 +220,8 @@ class EngineBackend(EnginePulls):
                         phases.mark("restart")
                         return await self._instance_from(await self.show(cid) or info, key, spec.name,
                                                          spec.port, phases)
+                    if not current and state.get("Running"):
+                        log.info("replacing running container %s: it runs another spec than the configured one", name)
                     try:
                         await self._remove(info["Id"], force=True)
                     except aiodocker.DockerError as e:  # the runtime cannot free the name
@@ -387,7 +392,7 @@ class EngineBackend(EnginePulls):
                 if address is None:
                     continue
                 out.append(Instance(key=labels.get(LABEL_KEY, ""), class_name=labels.get(LABEL_CONTAINER, ""),
-                                    host=address[0], port=address[1], id=info["Id"]))
+                                    host=address[0], port=address[1], id=info["Id"], spec=labels.get(LABEL_SPEC, "")))
         return out
 
     async def cleanup_stopped(self) -> list[str]:

@@ -44,6 +44,14 @@ class Generational(Protocol):
 
 
 @runtime_checkable
+class SpecHashed(Protocol):
+    """Labels each instance with a hash of the spec it was started with (`Instance.spec`), so a proxy restarted on a
+    changed config tells which running instances are not what the config says (docker, podman)."""
+
+    def spec_hash(self, spec: ContainerSpec) -> str: ...
+
+
+@runtime_checkable
 class ServicePerKey(Protocol):
     """Runs a key as one service whatever its spec (swarm): a new spec replaces the serving instance, so a key's
     two generations never run side by side and a `surge` rollout runs as `replace` there."""

@@ -13,8 +13,8 @@ from typing import Callable, Iterator
 
 import structlog
 
-from backends.base import Instance
-from backends.control import Generational
+from backends.base import ContainerSpec, Instance
+from backends.control import Generational, SpecHashed
 from proxy.keys import member_key
 from proxy.lifecycle.balance import least_loaded
 from proxy.config.schema import Config
@@ -35,6 +35,7 @@ class Registry:
         self._made = itertools.count(1)
         # In a cluster, only keys owned here may be adopted (proxy/cluster/owner.py); None: every key.
         self.admits: Callable[[str, str], bool] | None = None
+        self._hashes: dict[str, tuple[ContainerSpec, str]] = {}  # class -> (its spec, that spec's hash)
 
     def get(self, key: str, class_name: str) -> Manager:
         """The manager for `key` of class `class_name` (created on first use)."""
@@ -68,35 +69,53 @@ class Registry:
         asked = asyncio.get_running_loop().time()
         listed = await backend.list_instances()
         adopted = self.adopt(listed, listed_at=asked)
-        await self._stop_second_instances(listed)
+        await self._stop_unadopted(listed)
         return adopted
 
-    async def _stop_second_instances(self, listed: list[Instance]) -> None:
-        """A key has one instance. Two running for one key (a proxy stopped in the middle of a surge rollout:
-        the old generation's and the new one's) would leave one running unmanaged: the one not adopted is
-        stopped (nothing of this process can be in flight on it yet)."""
-        if not isinstance(self.services.backend, Generational):  # two running tasks of one swarm service are one
-            return
+    async def _stop_unadopted(self, listed: list[Instance]) -> None:
+        """A listed running instance no manager took is stopped (nothing of this process can be in flight on it
+        yet), in two cases. A key found running twice (a proxy stopped in the middle of a surge rollout: the old
+        generation's and the new one's): the one not adopted. An instance of another spec than the configured
+        one (the config changed while the proxy was down): the key's next start runs the configured spec, as a
+        reload's rollout would have made it."""
+        generational = isinstance(self.services.backend, Generational)  # (two tasks of one swarm service are one)
         for instance in listed:
+            stale = self._stale(instance)
+            if stale and self.admits is not None and not self.admits(instance.class_name, instance.key):
+                continue  # (clustered: another replica's key)
             manager = self.peek(instance.key, instance.class_name)
-            if manager is None or manager.instance is None or manager.instance.id == instance.id:
+            second = (generational and manager is not None and manager.instance is not None
+                      and manager.instance.id != instance.id)
+            if not (stale or second):
                 continue
-            log.warning("second_instance_stopped", key=instance.key, container=instance.class_name,
-                        kept=manager.instance.id[:12], stopped=instance.id[:12])
+            kept = manager.instance.id[:12] if manager is not None and manager.instance is not None else None
+            log.warning("stale_instance_stopped" if stale else "second_instance_stopped", key=instance.key,
+                        container=instance.class_name, kept=kept, stopped=instance.id[:12])
             try:
                 await self.services.backend.stop(instance)
             except Exception as exc:  # noqa: BLE001 - start-up goes on; the reconciler lists it again
-                log.warning("second_instance_stop_failed", key=instance.key, reason=str(exc))
+                log.warning("unadopted_instance_stop_failed", key=instance.key, reason=str(exc))
+
+    def _stale(self, instance: Instance) -> bool:
+        """Started with another spec than its class's configured one (as far as the backend can tell)."""
+        backend, klass = self.services.backend, self.config.containers.get(instance.class_name)
+        if not instance.spec or klass is None or not isinstance(backend, SpecHashed):
+            return False
+        known = self._hashes.get(klass.name)  # (hashed once per class spec: the reconciler asks every listing)
+        if known is None or known[0] is not klass.spec:
+            known = self._hashes[klass.name] = (klass.spec, backend.spec_hash(klass.spec))
+        return known[1] != instance.spec
 
     def adopt(self, instances: list[Instance], *, checked: bool = True, listed_at: float | None = None) -> int:
         """Take over listed running instances of known classes whose manager is `stopped`; how many.
 
         `checked`: only of keys `admits` (a cluster's owner adopting a key it is claiming passes False).
         `listed_at`: the loop time the runtime was asked; a manager that changed state since is left alone (the
-        list may show the instance it has just stopped: adopting that would serve from a dead one)."""
+        list may show the instance it has just stopped: adopting that would serve from a dead one). An instance
+        of another spec than the configured one is not adopted (`_stale`)."""
         adopted = 0
         for instance in instances:
-            if instance.class_name not in self.config.containers:
+            if instance.class_name not in self.config.containers or self._stale(instance):
                 continue
             if checked and self.admits is not None and not self.admits(instance.class_name, instance.key):
                 continue

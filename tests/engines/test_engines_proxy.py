@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import json
 import subprocess
@@ -84,6 +85,60 @@ async def test_proxy_restart_adopts_running_container(make_proxy, raw, backend_k
     ours = await raw.containers.list(all=True, filters={"label": [f"proxy.instance={proxy_id}"]})
     assert [c.id for c in ours] == [started_id]
     assert await h.metric("proxy_container_running_instances", container_class="svc") == 1
+
+
+async def test_a_restart_on_a_changed_config_replaces_what_runs_the_old_spec(make_proxy, raw, backend_kind):
+    """Proxy #1 runs a key and crashes; the config changes (an env var) before proxy #2 starts. Proxy #2 does not
+    adopt the old container (its `proxy.spec` label is not the configured spec's): it stops it, and the key's next
+    request starts the configured spec. A key whose spec did not change is adopted as before."""
+    proxy_id = f"t{uuid.uuid4().hex[:10]}"
+    image = await engines.ensure_image(backend_kind)
+    before = base_config(backend_kind, image) | {"backend": {"proxy_id": proxy_id}}
+    backend = engines.make_backend(backend_kind, proxy_id)
+    spec = parse_config(before).containers["svc"].spec
+    old = await backend.start("shared", spec)
+    await backend.close()
+
+    after = copy.deepcopy(before)
+    after["containers"]["svc"]["env"]["RELEASE"] = "2"
+    h = await make_proxy(config={"containers": after["containers"]},
+                         backend=engines.make_backend(backend_kind, proxy_id))
+    assert h.proxy.registry.peek("shared", "svc") is None  # not adopted
+    assert not (await raw.containers.container(old.id).show())["State"]["Running"]  # and stopped at start-up
+    resp = await h.client.get("/s/api/health")
+    assert resp.status == 200 and resp.headers["X-Proxy-Cold-Start"] == "1"
+    m = h.manager("shared")
+    info = await raw.containers.container(m.instance.id).show()
+    assert "RELEASE=2" in info["Config"]["Env"] and m.instance.id != old.id
+    filters = {"label": [f"proxy.instance={proxy_id}"], "status": ["running"]}
+    assert [c.id for c in await raw.containers.list(filters=json.dumps(filters))] == [m.instance.id]
+
+    # Started again on the same config: adopted, no start.
+    await h.proxy.backend.close()
+    again = await make_proxy(config={"containers": after["containers"]},
+                             backend=engines.make_backend(backend_kind, proxy_id))
+    kept = again.manager("shared")
+    assert kept.state is State.RUNNING and kept.instance.id == m.instance.id and kept.start_count == 0
+
+
+async def test_a_start_replaces_a_running_container_of_the_key_with_another_spec(make_proxy, raw, backend_kind):
+    """The start path's own check (a cluster owner claiming a key starts it without adopting): a running container
+    under the key's name that runs another spec is replaced, not taken as it is."""
+    proxy_id = f"t{uuid.uuid4().hex[:10]}"
+    backend = engines.make_backend(backend_kind, proxy_id)
+    spec = parse_config(base_config(backend_kind, await engines.ensure_image(backend_kind))).containers["svc"].spec
+    try:
+        first = await backend.start("k1", spec)
+        same = await backend.start("k1", spec)
+        assert same.id == first.id  # the same spec: adopted as it runs
+        changed = await backend.start("k1", dataclasses.replace(spec, env={**spec.env, "RELEASE": "2"}))
+        assert changed.id != first.id and changed.spec != first.spec
+        info = await raw.containers.container(changed.id).show()
+        assert "RELEASE=2" in info["Config"]["Env"]
+        assert first.id not in [c.id for c in await raw.containers.list(all=True)]
+    finally:
+        await engines.remove_all(backend)
+        await backend.close()
 
 
 async def test_a_restart_in_the_middle_of_a_surge_keeps_one_instance_per_key(make_proxy, raw, backend_kind):
