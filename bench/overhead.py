@@ -250,6 +250,17 @@ def closed_loop(t: Target, s: Setup, seconds: int) -> dict[str, float]:
     return r
 
 
+def half_loop(t: Target, s: Setup, rate: float, seconds: float) -> dict[str, float]:
+    """One open-loop run at `rate`, with the upstream's CPU microseconds per request: at the same rate for every
+    variant, what a proxy makes the instance spend is compared without the pace of a closed loop in it (a slower
+    proxy hands the instance fewer requests per wakeup, which costs it more per request)."""
+    ups = process_tree(s.upstream_pid)
+    up0 = cpu_seconds(ups, reaped=True)
+    r = openloop(t.url, rate, seconds)
+    r["upstream_cpu_us"] = (cpu_seconds(ups, reaped=True) - up0) * 1e6 / max(1.0, r.get("requests", 0.0))
+    return r
+
+
 def interleaved(targets: list[Target], rounds: int,
                 measure: Callable[[Target], dict[str, float]]) -> dict[str, list[dict[str, float]]]:
     """`rounds` rounds; each measures every target once, the order rotated by one per round."""
@@ -292,7 +303,8 @@ def closed_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> 
 def open_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> dict[str, Any]:
     return {"achieved_rps": med(runs, "achieved_rps"), "p50_ms": med(runs, "p50"), "p99_ms": med(runs, "p99"),
             "added_p99_ms": paired(runs, base, "p99", lambda a, b: a - b),
-            "errors": int(sum(r["errors"] for r in runs)), "rounds_p99_ms": [r["p99"] for r in runs]}
+            "errors": int(sum(r["errors"] for r in runs)), "rounds_p99_ms": [r["p99"] for r in runs],
+            "upstream_cpu_us_per_req": med(runs, "upstream_cpu_us")}
 
 
 def _check(value: float, limit: float, met: bool, label: str) -> dict[str, Any]:
@@ -341,9 +353,10 @@ def print_closed(closed: dict[str, dict], mode: Mode) -> None:
 
 
 def print_half(half: dict[str, dict], rate: float, mode: Mode) -> None:
-    rows = [[n, rate, r["achieved_rps"], r["p50_ms"], r["p99_ms"], r["added_p99_ms"], r["errors"],
-             _rounds(r["rounds_p99_ms"], ".2f")] for n, r in half.items()]
-    table(["variant", "target rps", "achieved rps", "p50 ms", "p99 ms", "added p99 ms", "errors", "p99 by round"],
+    rows = [[n, rate, r["achieved_rps"], r["p50_ms"], r["p99_ms"], r["added_p99_ms"], r["upstream_cpu_us_per_req"],
+             r["errors"], _rounds(r["rounds_p99_ms"], ".2f")] for n, r in half.items()]
+    table(["variant", "target rps", "achieved rps", "p50 ms", "p99 ms", "added p99 ms", "upstream CPU us/req",
+           "errors", "p99 by round"],
           rows, title=f"half load: open loop at {rate:.0f} rps for all (50% of the slowest proxy's max), "
                       f"{mode.half_seconds:g} s x {mode.half_rounds} interleaved rounds "
                       f"(medians; added p99 = median of per-round variant - direct)")
@@ -422,7 +435,7 @@ def main() -> int:
         rate, half = 0.0, {}
         if not args.closed_only and args.upstream not in CLOSING:  # (bench.lib.openloop keeps its connections)
             rate = args.half_rate or 0.5 * min(r["rps"] for n, r in closed.items() if n != "direct")
-            hruns = interleaved(targets, mode.half_rounds, lambda t: openloop(t.url, rate, mode.half_seconds))
+            hruns = interleaved(targets, mode.half_rounds, lambda t: half_loop(t, s, rate, mode.half_seconds))
             half = {n: open_stats(r, hruns["direct"]) for n, r in hruns.items()}
             print_half(half, rate, mode)
 
