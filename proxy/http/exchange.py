@@ -95,7 +95,8 @@ class Exchange(Reconnect):
     __slots__ = ("exchanges", "client", "handler", "manager", "message", "payload", "key", "head",
                  "streaming", "conn", "sent_at", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
                  "pump", "began", "retried", "extra_head", "fast", "bodyless", "sent", "rid",
-                 "head_len")
+                 "head_len", "ended")
+    ended: float  # loop time of the exchange's end (set by _finish): the client's keep-alive timer starts there
 
     def __init__(self, exchanges: ExchangeWatch, client: Client, handler: Handler, manager: Manager,
                  pool: UpstreamPool, message: Message, payload: StreamReader, key: str,
@@ -148,7 +149,7 @@ class Exchange(Reconnect):
                 self.streaming = True
         conn = self.pool.take()
         if conn is not None:
-            self._send(conn)
+            self._send(conn, self.began)  # (sent in the same callback that began it: one clock read less)
         elif self.pool.closes and self.pool.family and not self.streaming:
             self.attempts += 1  # (the first of REFUSED_RETRY_PAUSES: at once)
             dial(self.client.loop, self.pool, self.request, self._dialed)
@@ -168,8 +169,8 @@ class Exchange(Reconnect):
         conn.carry(self, self.bodyless)
         return True
 
-    def _send(self, conn: UpstreamConnection) -> None:
-        self.conn, self.sent_at = conn, self.client.loop.time()
+    def _send(self, conn: UpstreamConnection, now: float | None = None) -> None:
+        self.conn, self.sent_at = conn, self.client.loop.time() if now is None else now
         conn.send(self, self.request, self.bodyless)
         if self.streaming:
             self.pump = self.client.loop.create_task(self._stream_body(conn))
@@ -361,15 +362,17 @@ class Exchange(Reconnect):
         if pump is not None and not pump.done():
             pump.cancel()
         client, manager, handler, sent, payload = self.client, self.manager, self.handler, self.sent, self.payload
-        now = client.loop.time()
+        now = self.ended = client.loop.time()  # (the client's keep-alive timer starts from it too)
         if self.fast:
             manager.release(now)  # (the aiohttp path's lease releases its own hold)
         if sent:
             handler.egress(manager.klass.name, manager.key, sent)
         if self.fast:
             message = self.message
-            handler.record(self.key, message.method, message.path.partition("?")[0], status, now - self.began, True,
-                           client.peer_host, self.rid, self.body_bytes, payload.total_bytes)
+            path = message.path
+            handler.record(self.key, message.method, path.partition("?")[0] if "?" in path else path, status,
+                           now - self.began, True,
+                           client.peer_host, self.rid, max(0, sent - self.head_len), payload.total_bytes)
         client.exchange_done(self, clean=payload is EMPTY_PAYLOAD or payload.is_eof())
 
     @property

@@ -67,7 +67,7 @@ class Reconnect:
     key: str
     done: bool
 
-    def _send(self, conn: UpstreamConnection) -> None:
+    def _send(self, conn: UpstreamConnection, now: float | None = None) -> None:
         raise NotImplementedError
 
     def _fail(self, refusal: Refusal, close: bool = False) -> None:

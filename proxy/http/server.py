@@ -210,7 +210,7 @@ class FastProtocol(RequestHandler):
             self.close_after_write()  # an unread request body (or the client's wish) ends the connection
         else:
             self._keepalive = True
-            self._next_keepalive_close_time = self.loop.time() + self._keepalive_timeout
+            self._next_keepalive_close_time = exchange.ended + self._keepalive_timeout
             if self._keepalive_handle is None:
                 self._keepalive_handle = self.loop.call_at(self._next_keepalive_close_time,
                                                            self._process_keepalive)
