@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.lib.common import (PY, Server, cpu_seconds, free_port, goal, has_wrk, http_text, median, model_service,
-                           openloop, process_tree, proxy, summary, table, tool, wrk)
+from bench.lib.common import (PY, Server, cpu_seconds, free_port, goal, has_wrk, http_text, med, model_service,
+                           openloop, paired, process_tree, proxy, summary, table, tool, wrk)
 from bench.lib.nginx import haproxy, nginx, static_nginx
 
 CONNS, THREADS = 32, 2
@@ -280,16 +280,6 @@ def warm(targets: list[Target], seconds: int) -> None:
 
 
 # ---------------------------------------------------------------- statistics
-
-
-def med(runs: list[dict[str, float]], field: str) -> float:
-    return median([r.get(field, NAN) for r in runs])
-
-
-def paired(runs: list[dict[str, float]], base: list[dict[str, float]], field: str,
-           op: Callable[[float, float], float]) -> float:
-    """Median over rounds of op(variant, direct) for the same round."""
-    return median([op(r.get(field, NAN), b.get(field, NAN)) for r, b in zip(runs, base, strict=True)])
 
 
 def closed_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> dict[str, Any]:

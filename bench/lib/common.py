@@ -263,6 +263,16 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def med(runs: list[dict[str, float]], field: str) -> float:
+    return median([r.get(field, float("nan")) for r in runs])
+
+
+def paired(runs: list[dict[str, float]], base: list[dict[str, float]], field: str,
+           op: Callable[[float, float], float]) -> float:
+    """Median over rounds of op(variant, direct) for the same round."""
+    return median([op(r.get(field, float("nan")), b.get(field, float("nan"))) for r, b in zip(runs, base, strict=True)])
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> None:
     cells = [[_fmt(c) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
