@@ -372,7 +372,7 @@ class Exchange(Reconnect):
             path = message.path
             handler.record(self.key, message.method, path.partition("?")[0] if "?" in path else path, status,
                            now - self.began, True,
-                           client.peer_host, self.rid, max(0, sent - self.head_len), payload.total_bytes)
+                           client.peer_host, self.rid, self.body_bytes, payload.total_bytes)
         client.exchange_done(self, clean=payload is EMPTY_PAYLOAD or payload.is_eof())
 
     @property

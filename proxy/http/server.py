@@ -99,14 +99,12 @@ class FastProtocol(RequestHandler):
             upgraded, tail, self._refused = False, b"", True
         else:  # a GET-like request ending the packet leaves nothing behind in the parser, unless a pipelining
             # flood paused it (it keeps the rest then: up to 32 requests not yet taken)
-            if len(messages) == 1 and not (upgraded or self._queue or self._aiohttp_busy) and self._exchange is None:
-                message, payload = messages[0]  # the usual case, in one branch: one request, nothing ahead of it
-                self._boundary = (payload is EMPTY_PAYLOAD and data.endswith(b"\r\n\r\n")
-                                  and 1 + len(self._messages) < self._msg_queue_resume_size)
-                self._begin(message, payload, self.fast.plan(message, payload, self))
-                return
             self._boundary = (data[-4:] == b"\r\n\r\n" and bool(messages) and messages[-1][1] is EMPTY_PAYLOAD
                               and len(messages) + len(self._queue) + len(self._messages) < self._msg_queue_resume_size)
+            if len(messages) == 1 and not (upgraded or self._queue or self._aiohttp_busy) and self._exchange is None:
+                message, payload = messages[0]  # the usual case, in one branch: one request, nothing ahead of it
+                self._begin(message, payload, self.fast.plan(message, payload, self))
+                return
         self._upgraded = upgraded
         if upgraded and tail:
             self._message_tail = tail
