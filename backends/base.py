@@ -128,8 +128,8 @@ class Instance:
     host: str
     port: int
     id: str
-    # The hash of the spec it was started with (its `proxy.spec` label: docker, podman); "" where unknown. Adoption
-    # leaves an instance of another spec than the configured one alone (proxy/lifecycle/registry.py).
+    # The hash of the spec it was started with (its `proxy.spec` label: docker, podman, swarm); "" where unknown.
+    # Adoption leaves an instance of another spec than the configured one alone (proxy/lifecycle/registry.py).
     spec: str = field(default="", compare=False)
     # How long each step of the start that made it took, in order (`create`, `start`, `port`, ...), as the
     # backend measured it; empty for an adopted instance. Not part of its identity.

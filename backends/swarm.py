@@ -201,7 +201,7 @@ class SwarmBackend(ApiClient):
         if address is None:
             return None
         return Instance(key=labels.get(LABEL_KEY, ""), class_name=labels.get(LABEL_CONTAINER, ""),
-                        host=address[0], port=address[1], id=task["ID"])
+                        host=address[0], port=address[1], id=task["ID"], spec=labels.get(LABEL_SPEC, ""))
 
     # ------------------------------------------------------------------ Backend protocol
 

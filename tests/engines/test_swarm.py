@@ -6,6 +6,7 @@ it, an image no registry serves, a foreign service under our name, and instances
 from __future__ import annotations
 
 import asyncio
+import copy
 import uuid
 from typing import Any, AsyncIterator
 
@@ -16,6 +17,8 @@ from backends._names import service_name
 from backends.base import LABEL_KEY, LABEL_MANAGED, LABEL_PROXY_ID, BackendError, ContainerSpec, InstanceState, MiB, \
     Resources
 from backends.swarm import SwarmBackend
+from proxy.config.schema import parse_config
+from tests.conftest import base_config
 from tests.support import engines
 
 pytestmark = pytest.mark.swarm
@@ -145,3 +148,39 @@ async def test_network_mode_reaches_the_task_on_an_attachable_overlay(env):
         await engines.remove_all(on_net)
         await on_net.close()
         await engines.remove_network(docker, network)
+
+
+@pytest.fixture
+def backend_kind() -> str:
+    return "swarm"  # make_proxy's backend
+
+
+async def test_a_restart_on_a_changed_config_replaces_the_service_of_the_old_spec(make_proxy):
+    """Proxy #1 runs a key and crashes; the config changes (an env var) before proxy #2 starts. The task's
+    instance carries its service's `proxy.spec` label, so proxy #2 does not adopt it: it scales the old spec's
+    service to 0 at start-up, and the key's next request starts the configured spec (the service recreated)."""
+    image = await engines.ensure_image("swarm")
+    proxy_id = f"sw-{uuid.uuid4().hex[:8]}"
+    before = base_config("swarm", image) | {"backend": {"proxy_id": proxy_id}}
+    backend = engines.make_backend("swarm", proxy_id)
+    spec = parse_config(before).containers["svc"].spec
+    old = await backend.start("shared", spec)
+    assert [i.spec for i in await backend.list_instances() if i.key == "shared"] == [backend.spec_hash(spec)]
+    await backend.close()
+
+    after = copy.deepcopy(before)
+    after["containers"]["svc"]["env"]["RELEASE"] = "2"
+    h = await make_proxy(config={"containers": after["containers"]},
+                         backend=engines.make_backend("swarm", proxy_id))
+    assert h.proxy.registry.peek("shared", "svc") is None  # not adopted
+    assert await h.proxy.backend.inspect(old) is not InstanceState.RUNNING  # and stopped at start-up
+    resp = await h.client.get("/s/api/health")
+    assert resp.status == 200 and resp.headers["X-Proxy-Cold-Start"] == "1"
+    m = h.manager("shared")
+    assert m.instance.id != old.id and m.instance.spec != old.spec
+    docker = aiodocker.Docker(url=engines.socket_for("swarm"))
+    try:
+        service = await service_of(docker, service_name(proxy_id, "svc", "shared"))
+        assert "RELEASE=2" in service["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+    finally:
+        await docker.close()
