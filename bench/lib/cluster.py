@@ -114,14 +114,16 @@ class Replicas:
     """`count` replicas of `base` on one etcd, each logging to `logdir`."""
 
     def __init__(self, base: dict[str, Any], endpoints: list[str], count: int, lease_ttl: float,
-                 logdir: str, endpoints_of: dict[int, list[str]] | None = None) -> None:
-        """`endpoints_of`: other etcd endpoints for some replicas, by index (a relay a test can cut)."""
+                 logdir: str, endpoints_of: dict[int, list[str]] | None = None,
+                 base_of: dict[int, dict[str, Any]] | None = None) -> None:
+        """`endpoints_of`: other etcd endpoints for some replicas, by index (a relay a test can cut); `base_of`:
+        another config for some replicas, by index (replicas in the middle of a config change)."""
         self.ports = [free_port() for _ in range(count)]
         self.servers: list[Server] = []
         try:
             for i, port in enumerate(self.ports):
-                self.servers.append(replica(base, (endpoints_of or {}).get(i, endpoints), port, lease_ttl,
-                                            log=os.path.join(logdir, f"r{port}.log")))
+                self.servers.append(replica((base_of or {}).get(i, base), (endpoints_of or {}).get(i, endpoints),
+                                            port, lease_ttl, log=os.path.join(logdir, f"r{port}.log")))
             wait_members(self.ports, timeout=5 + 2 * lease_ttl)
         except BaseException:
             self.stop()

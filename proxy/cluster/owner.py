@@ -263,7 +263,8 @@ class Ownership:
         return asked, await asyncio.shield(listing)  # (when it was asked: what changed since is not adopted)
 
     async def _adopt(self, unit: Unit) -> None:
-        """Take over the unit's running containers (a previous owner's), before serving it here."""
+        """Take over the unit's running containers (a previous owner's), before serving it here; one of another
+        spec than this replica's config (a rolling config change) is stopped rather than left running."""
         try:
             asked, listed = await self._listed()
         except BackendError as exc:
@@ -272,3 +273,6 @@ class Ownership:
         mine = [i for i in listed if self.unit_of(i.class_name, i.key) == unit]
         if adopted := self.registry.adopt(mine, checked=False, listed_at=asked):
             log.info("cluster_adopted", container=unit[0], key=unit[1], count=adopted, replica=self.me.id)
+        if any(self.registry.stale(i) for i in mine) and self.store.valid() and await self.store.confirm(
+                f"{unit[0]}/{unit[1]}"):  # (destructive: only while the store says the key is ours)
+            await self.registry.stop_unadopted(mine, checked=False)

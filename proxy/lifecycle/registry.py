@@ -69,19 +69,19 @@ class Registry:
         asked = asyncio.get_running_loop().time()
         listed = await backend.list_instances()
         adopted = self.adopt(listed, listed_at=asked)
-        await self._stop_unadopted(listed)
+        await self.stop_unadopted(listed)
         return adopted
 
-    async def _stop_unadopted(self, listed: list[Instance]) -> None:
+    async def stop_unadopted(self, listed: list[Instance], *, checked: bool = True) -> None:
         """A listed running instance no manager took is stopped (nothing of this process can be in flight on it
-        yet), in two cases. A key found running twice (a proxy stopped in the middle of a surge rollout: the old
-        generation's and the new one's): the one not adopted. An instance of another spec than the configured
-        one (the config changed while the proxy was down): the key's next start runs the configured spec, as a
-        reload's rollout would have made it."""
+        yet; `checked` as `adopt`'s), in two cases. A key found running twice (a proxy stopped in the middle of a
+        surge rollout: the old generation's and the new one's): the one not adopted. An instance of another spec
+        than the configured one (the config changed while the proxy was down, or a cluster's previous owner ran
+        another config): the key's next start runs the configured spec, as a reload's rollout would have made it."""
         generational = isinstance(self.services.backend, Generational)  # (two tasks of one swarm service are one)
         for instance in listed:
-            stale = self._stale(instance)
-            if stale and self.admits is not None and not self.admits(instance.class_name, instance.key):
+            stale = self.stale(instance)
+            if stale and checked and self.admits is not None and not self.admits(instance.class_name, instance.key):
                 continue  # (clustered: another replica's key)
             manager = self.peek(instance.key, instance.class_name)
             second = (generational and manager is not None and manager.instance is not None
@@ -96,7 +96,7 @@ class Registry:
             except Exception as exc:  # noqa: BLE001 - start-up goes on; the reconciler lists it again
                 log.warning("unadopted_instance_stop_failed", key=instance.key, reason=str(exc))
 
-    def _stale(self, instance: Instance) -> bool:
+    def stale(self, instance: Instance) -> bool:
         """Started with another spec than its class's configured one (as far as the backend can tell)."""
         backend, klass = self.services.backend, self.config.containers.get(instance.class_name)
         if not instance.spec or klass is None or not isinstance(backend, SpecHashed):
@@ -112,10 +112,10 @@ class Registry:
         `checked`: only of keys `admits` (a cluster's owner adopting a key it is claiming passes False).
         `listed_at`: the loop time the runtime was asked; a manager that changed state since is left alone (the
         list may show the instance it has just stopped: adopting that would serve from a dead one). An instance
-        of another spec than the configured one is not adopted (`_stale`)."""
+        of another spec than the configured one is not adopted (`stale`)."""
         adopted = 0
         for instance in instances:
-            if instance.class_name not in self.config.containers or self._stale(instance):
+            if instance.class_name not in self.config.containers or self.stale(instance):
                 continue
             if checked and self.admits is not None and not self.admits(instance.class_name, instance.key):
                 continue

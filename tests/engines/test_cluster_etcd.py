@@ -5,6 +5,7 @@ container must outlive its replica)."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import time
 import uuid
 from typing import Any, AsyncIterator, Iterator
 
+import aiodocker
 import aiohttp
 import pytest
 from aiohttp import web
@@ -139,10 +141,14 @@ async def docker_cluster(etcd3, tmp_path) -> AsyncIterator[Any]:
     backend = make_backend("docker", proxy_id)
     made: list[Replicas] = []
 
-    def make(count: int = 3, lease_ttl: float = 2.0) -> Replicas:
+    def make(count: int = 3, lease_ttl: float = 2.0, env_of: dict[int, dict[str, str]] | None = None) -> Replicas:
+        """`env_of`: more env for some replicas' class, by index (replicas in the middle of a config change)."""
         base = base_config("docker", image)
         base["backend"] = {"type": "docker", "proxy_id": proxy_id, "docker": {"socket": socket_for("docker")}}
-        made.append(Replicas(base, etcd3.endpoints, count, lease_ttl, str(tmp_path)))
+        base_of = {i: copy.deepcopy(base) for i in env_of or {}}
+        for i, env in (env_of or {}).items():
+            base_of[i]["containers"]["svc"]["env"].update(env)
+        made.append(Replicas(base, etcd3.endpoints, count, lease_ttl, str(tmp_path), base_of=base_of))
         return made[-1]
 
     make.proxy_id = proxy_id  # type: ignore[attr-defined]
@@ -326,3 +332,32 @@ async def test_a_dead_owners_container_is_adopted_without_a_request(docker_clust
         assert time.monotonic() - began < ttl + SWEEP_EVERY + 5, "the dead owner's container was not adopted"
         await asyncio.sleep(0.5)
     assert await running_containers(socket_for("docker"), docker_cluster.proxy_id) == before
+
+
+@pytest.mark.docker
+async def test_a_new_owner_on_another_config_stops_the_old_specs_container(docker_cluster):
+    """Replicas in the middle of a config change (one has an env var more): the key's owner dies, and the survivor's
+    sweep claims the key. The container runs the dead owner's spec, not the survivor's, so it is not adopted; it is
+    stopped at the claim, not left running until the key's next request. That request starts the survivor's spec."""
+    ttl = 2.0
+    replicas = docker_cluster(count=2, lease_ttl=ttl, env_of={1: {"RELEASE": "2"}})
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        assert (await _get(session, f"http://127.0.0.1:{replicas.ports[0]}/s/v2/health/ready"))[0] == 200
+        owner = replicas.owner_of("shared")
+        [old] = await running_containers(socket_for("docker"), docker_cluster.proxy_id)
+        replicas.kill(owner)
+        survivor = replicas.ports[1 - owner]
+        began = time.monotonic()
+        while old in await running_containers(socket_for("docker"), docker_cluster.proxy_id):
+            assert time.monotonic() - began < ttl + SWEEP_EVERY + 15, "the old spec's container was left running"
+            await asyncio.sleep(0.5)
+        assert "shared" not in running_keys(survivor)  # not adopted
+        status, _, headers = await _get(session, f"http://127.0.0.1:{survivor}/s/v2/health/ready")
+        assert status == 200 and headers.get("X-Proxy-Cold-Start") == "1"
+    [new] = await running_containers(socket_for("docker"), docker_cluster.proxy_id)
+    docker = aiodocker.Docker(url=socket_for("docker"))
+    try:
+        env = (await docker.containers.container(new).show())["Config"]["Env"]
+    finally:
+        await docker.close()
+    assert new != old and ("RELEASE=2" in env) == (owner == 0)  # the survivor's spec
