@@ -253,6 +253,8 @@ class Exchange(Reconnect):
 
     def on_whole(self, status: int, data: bytes, head_end: int, reusable: bool) -> None:
         self.status, self.head_sent = status, True
+        if self.exchanges.timeouts:  # (what on_upstream_data does but the clock read: the exchange ends here)
+            self.exchanges.timeouts.pop(self.pool, None)
         keep_alive = self.client.keeps_alive(self.message)
         self.head_len = head_end + 2  # (head_end: before the blank line)
         if self.extra_head or not keep_alive or not self.fast:  # (on the fast path: none) the lines on_head adds
