@@ -193,7 +193,7 @@ class Proxy:
     def make_handler(self, route: Route, config: Config) -> RouteHandler:
         """One route's handler wired to this proxy's parts: at start-up, and for a route a reload adds."""
         handler = RouteHandler(route, config, self.registry, self.metrics, self.pools, self.exchanges,
-                               self.reqlog, self.retry_advisor, self.usage.egress)
+                               self.reqlog, self.retry_advisor, self.usage)
         handler.cluster = self.node.forwarder if self.node else None
         handler.waiting = self.waiting  # None until a route has a waiting page (at start-up or a reload)
         if handler.scaler is not None:

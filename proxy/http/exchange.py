@@ -253,6 +253,8 @@ class Exchange(Reconnect):
 
     def on_whole(self, status: int, data: bytes, head_end: int, reusable: bool) -> None:
         self.status, self.head_sent = status, True
+        if self.exchanges.timeouts:  # (what on_upstream_data does but the clock read: the exchange ends here)
+            self.exchanges.timeouts.pop(self.pool, None)
         keep_alive = self.client.keeps_alive(self.message)
         self.head_len = head_end + 2  # (head_end: before the blank line)
         if self.extra_head or not keep_alive or not self.fast:  # (on the fast path: none) the lines on_head adds
@@ -365,14 +367,15 @@ class Exchange(Reconnect):
         now = self.ended = client.loop.time()  # (the client's keep-alive timer starts from it too)
         if self.fast:
             manager.release(now)  # (the aiohttp path's lease releases its own hold)
-        if sent:
-            handler.egress(manager.klass.name, manager.key, sent)
-        if self.fast:
-            message = self.message
+            message, key = self.message, self.key
+            tally = handler.tallies.get(manager)  # metrics, egress and the access line in one call
+            if tally is None or tally.key != key:
+                tally = handler.tally(manager, key)
             path = message.path
-            handler.record(self.key, message.method, path.partition("?")[0] if "?" in path else path, status,
-                           now - self.began, True,
-                           client.peer_host, self.rid, self.body_bytes, payload.total_bytes)
+            tally.end(status, now - self.began, message.method, path.partition("?")[0] if "?" in path else path,
+                      client.peer_host, self.rid, self.body_bytes, payload.total_bytes, sent)
+        elif sent:
+            handler.egress(manager.klass.name, manager.key, sent)
         client.exchange_done(self, clean=payload is EMPTY_PAYLOAD or payload.is_eof())
 
     @property

@@ -35,10 +35,15 @@ from proxy.lifecycle.registry import Registry
 from proxy.http.h1_to_h2 import exchange_over_h2
 from proxy.http.watch import ExchangeWatch
 from proxy.observe.request_log import BODY_BYTES, RequestLog
+from proxy.observe.tally import Tally
+from proxy.observe.usage import UsageMeter
 from proxy.request_id import of as request_id_of
 from proxy.http.responder import OUTCOME, WrittenResponse, run_exchange
 from proxy.http.retry_after import RetryAdvisor
 from proxy.wire.route_match import Headers, HostPattern, KeyTemplate, agent_matcher, normalize_host
+
+
+TALLIES = 1024  # kept per route: one per key its fast path serves
 
 
 class RouteHandler:
@@ -46,11 +51,13 @@ class RouteHandler:
 
     def __init__(self, route: Route, config: Config, registry: Registry, metrics: Metrics, pools: Pools,
                  exchanges: ExchangeWatch, reqlog: RequestLog | None, retry_advisor: RetryAdvisor | None = None,
-                 egress: Callable[[str, str, int], None] | None = None) -> None:
+                 usage: UsageMeter | None = None) -> None:
         self.route = route
         self.scaler = scaler_for(route, registry)  # an autoscaled lb route's pool and picking rule
         # (class, key, bytes) once per relayed request: the usage meter's egress (UsageMeter.egress)
-        self.egress = egress or _no_egress
+        self.egress: Callable[[str, str, int], None] = usage.egress if usage is not None else _no_egress
+        self.usage = usage
+        self.tallies: dict[Manager, Tally] = {}  # the fast path's records per key (`tally`)
         self.retry_advisor = retry_advisor
         self.exchanges = exchanges
         self.config = config
@@ -67,7 +74,8 @@ class RouteHandler:
         self.host = HostPattern(route.host) if route.host is not None else None
         self._ignored_agents = agent_matcher(route.ignore_user_agents)
         self._pattern: re.Pattern[str] | None = None
-        self._observe = metrics.request_observer(route.name)
+        self._stats = metrics.request_stats(route.name)
+        self._observe = self._stats.observe
         self._log_prefix = RequestLog.prefix(route.name, route.key)  # the line start of a fixed-key route
 
     def bind(self, resource: web.AbstractResource) -> None:
@@ -131,6 +139,17 @@ class RouteHandler:
         if self.reqlog is not None:
             prefix = RequestLog.prefix(self.route.name, key) if self.key_is_template else self._log_prefix
             self.reqlog.request(prefix, method, path, status, seconds, client, rid, sent, received)
+
+    def tally(self, manager: Manager, key: str) -> Tally:
+        """What a fast-path request of `key` on `manager` records at its end, resolved once (kept in `tallies`,
+        at most TALLIES, all forgotten when full): `record` and `egress` in one call."""
+        tallies = self.tallies
+        if len(tallies) >= TALLIES:
+            tallies.clear()
+        prefix = RequestLog.prefix(self.route.name, key) if self.key_is_template else self._log_prefix
+        tally = tallies[manager] = Tally(key, self._stats, prefix, self.reqlog, self.usage, manager.klass.name,
+                                         manager.key)
+        return tally
 
     def _raw_variables(self, request: web.Request) -> dict[str, str] | None:
         """The route's variables as the client wrote them (None: the raw path does not spell the route)."""

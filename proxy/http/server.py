@@ -214,7 +214,8 @@ class FastProtocol(RequestHandler):
                                                            self._process_keepalive)
         if self._idle is not None and not self._idle.done():
             self._idle.set_result(None)
-        self._dispatch()  # (pipelined requests waiting their turn)
+        if self._queue:
+            self._dispatch()  # (pipelined requests waiting their turn)
 
     # ---------------------------------------------------------------- flow control and endings
 

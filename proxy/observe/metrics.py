@@ -33,7 +33,7 @@ from proxy import __version__
 from proxy.config.schema import Config, fixed_keys
 from proxy.lifecycle.events import ColdWait, Event, Happening, State, StopReason, Transition
 from proxy.lifecycle.registry import Registry
-from proxy.observe.request_metrics import PROXY_CODES, UNMATCHED_CODES, RequestCollector
+from proxy.observe.request_metrics import PROXY_CODES, UNMATCHED_CODES, RequestCollector, RouteStats
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series: double the count, no dashboard reads them
 OTHER = "_other"  # the `key` label of every key config does not name (keys cannot start with `_`)
@@ -83,10 +83,14 @@ class KeyLabels:
     def __init__(self, named: Mapping[str, Iterable[str]]) -> None:
         self._order = {class_name: (*dict.fromkeys(keys), OTHER) for class_name, keys in named.items()}
         self._named = {class_name: frozenset(keys) - {OTHER} for class_name, keys in self._order.items()}
+        self.version = 0
 
     def renamed(self, config: Config) -> None:
-        """A reload's named keys (classes and `metrics.key_labels` added or removed)."""
+        """A reload's named keys (classes and `metrics.key_labels` added or removed); `version` counts them,
+        so a label kept by a caller (proxy/observe/tally.py) is looked up again."""
+        version = self.version
         self.__init__(named_keys(config))  # type: ignore[misc]
+        self.version = version + 1
 
     @classmethod
     def from_config(cls, config: Config) -> KeyLabels:
@@ -191,7 +195,11 @@ class Metrics:
 
     def request_observer(self, route: str) -> Callable[[int, float, bool], None]:
         """The route's recorder: `observe(code, seconds, fast_path)`, a few integer additions per request."""
-        return self.requests.route(route, PROXY_CODES).observe
+        return self.request_stats(route).observe
+
+    def request_stats(self, route: str) -> RouteStats:
+        """The route's counts (its proxied codes from zero): what `request_observer` adds to."""
+        return self.requests.route(route, PROXY_CODES)
 
     def render(self) -> bytes:
         return generate_latest(self.prom)

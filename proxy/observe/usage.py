@@ -116,12 +116,15 @@ class UsageMeter(Collector):
 
     def egress(self, class_name: str, key: str, nbytes: int) -> None:
         """Response bytes one request sent to its client (called once per request: a few dict operations)."""
-        at = (class_name, key)
+        self.count_egress((class_name, key), (class_name, self.key_label(class_name, key)), nbytes)
+
+    def count_egress(self, at: tuple[str, str], label: tuple[str, str], nbytes: int) -> None:
+        """`egress` of (class, key) `at`, whose (class, `key` label) the caller knows (proxy/observe/tally.py)."""
         usage = self.running.get(at) or self.stopped.get(at)
         if usage is not None:
             usage.egress += nbytes
-        label = (class_name, self.key_label(class_name, key))
-        self.egress_totals[label] = self.egress_totals.get(label, 0) + nbytes
+        totals = self.egress_totals
+        totals[label] = totals.get(label, 0) + nbytes
 
     def _unpause(self, class_name: str, key: str, usage: Usage, at: float) -> None:
         label = (class_name, self.key_label(class_name, key))

@@ -52,7 +52,8 @@ class ResponseSink(Protocol):
     def on_whole(self, status: int, data: bytes, head_end: int, reusable: bool) -> None:
         """A whole answer came in one read and can go out as it came (see `UpstreamConnection._whole`):
         `data[:head_end]` is the head without its blank line. The exchange ends with it; `reusable`: the
-        connection may carry another request (else the instance closes it: HTTP/1.0, `Connection: close`)."""
+        connection may carry another request (else the instance closes it: HTTP/1.0, `Connection: close`).
+        No `on_upstream_data` comes before it (the exchange ends: no silence to time), so it counts as one."""
 
     def on_upstream_data(self) -> None: ...
 
@@ -125,13 +126,13 @@ class UpstreamConnection(asyncio.Protocol):
         if sink is None:  # bytes on an idle connection: the instance broke the protocol
             self.abandon()
             return
-        sink.on_upstream_data()
         if not self._got_response:
             if self._partial:
                 data, self._partial = self._partial + data, b""
             if not self._head_buf and not self._bodyless and self._whole(sink, data):
-                return
+                return  # (`on_whole` counts as the instance's answer: no clock read for `on_upstream_data`)
             self._find_head(data)
+        sink.on_upstream_data()
         self._parse(sink, data)
 
     def _parse(self, sink: ResponseSink, data: bytes) -> None:
@@ -178,6 +179,7 @@ class UpstreamConnection(asyncio.Protocol):
             if came > length or end + 4 + length > MAX_HEAD:
                 return False
             self._partial = data  # the rest of a short body is on its way: relayed whole when it came
+            sink.on_upstream_data()
             return True
         self.sink = None
         if prefix is None:  # relayed as it came

@@ -14,6 +14,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
+        self.heard = 0  # on_upstream_data calls
 
     def on_head(self, status, reason, headers, raw_head):
         self.calls.append(("head", status))
@@ -32,7 +33,7 @@ class Recorder:
         self.calls.append(("whole", status, data[:head_end], data[head_end:]) + (() if reusable else ("closes",)))
 
     def on_upstream_data(self):
-        pass
+        self.heard += 1
 
     def on_upstream_lost(self, error, got_response):
         self.calls.append(("lost", error))
@@ -174,3 +175,36 @@ def test_the_memo_of_heads_stays_small():
     long = b"HTTP/1.1 200 OK\r\nX-Long: %s\r\nContent-Length: 5\r\n\r\nhello" % (b"x" * 2000)
     pool.shapes.clear()
     assert feed(UpstreamConnection(pool), long).calls[0][0] == "whole" and not pool.shapes  # analysed, not kept
+
+
+async def test_a_whole_answer_starts_the_instance_s_timeout_count_again() -> None:
+    """No `on_upstream_data` precedes a whole answer (one clock read less), so the exchange's `on_whole` clears
+    the instance's count of upstream timeouts in a row itself; an answer kept for its short body's rest counts
+    as data at once (it may wait)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from aiohttp import HttpVersion11
+    from aiohttp.streams import EMPTY_PAYLOAD
+
+    from proxy.http.exchange import Exchange
+    from proxy.http.watch import ExchangeWatch
+
+    loop = asyncio.get_running_loop()
+    client = SimpleNamespace(loop=loop, peer_host="", scheme="http", write=lambda data: None,
+                             keeps_alive=lambda message: True, exchange_done=lambda exchange, clean: None)
+    handler = SimpleNamespace(egress=lambda *args: None)
+    manager = SimpleNamespace(klass=SimpleNamespace(name="c"), key="k")
+    message = SimpleNamespace(method="GET", version=HttpVersion11, path="/", chunked=False)
+    watch = ExchangeWatch(1 << 20, 60.0)
+    pool = UpstreamPool("127.0.0.1", 9, 1.0)
+    watch.timeouts[pool] = 2
+    exchange = Exchange(watch, client, handler, manager, pool, message, EMPTY_PAYLOAD, "k", b"", "r",  # type: ignore[arg-type]
+                        fast=False)
+    conn = UpstreamConnection(pool)
+    conn.carry(exchange)
+    conn.data_received(WHOLE)
+    assert exchange.done and exchange.status == 200 and pool not in watch.timeouts
+    assert feed(UpstreamConnection(pool), WHOLE).heard == 0
+    partial = feed(UpstreamConnection(pool), WHOLE[:-2])
+    assert partial.calls == [] and partial.heard == 1  # (kept for the rest of its body: heard from the instance)

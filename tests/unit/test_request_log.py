@@ -51,3 +51,22 @@ async def test_a_full_batch_is_written_at_once_without_waiting_for_the_timer() -
     assert len(lines) == FLUSH_LINES and json.loads(lines[-1])["path"] == "/last"
     log.flush()  # nothing left: nothing more written
     assert len(out.getvalue().splitlines()) == FLUSH_LINES
+
+
+async def test_line_starts_are_remembered_boundedly_and_never_mix_two_requests(monkeypatch) -> None:
+    """The memo of line starts (route, key, method, path, status) gives each row its own start, stays bounded,
+    and a line made from a remembered start is the line made fresh."""
+    monkeypatch.setattr(request_log, "MAX_HEADS", 8)
+    clock = iter(1_700_000_000.25 + i * 0.37 for i in range(100))
+    monkeypatch.setattr(request_log.time, "time", lambda: next(clock))
+    out = io.StringIO()
+    log = RequestLog(out)
+    prefixes = [log.prefix("r", "a"), log.prefix("r", "b\"")]
+    calls = [(prefixes[i % 2], ("GET", "POST", "BREW")[i % 3], f"/p{i % 5}", (200, 404)[i % 4 // 3], 0.001 * i,
+              "127.0.0.1", f"id{i}", i, 2 * i) for i in range(40)]
+    for call in calls:
+        log.request(*call)
+    log.flush()
+    assert len(log._heads) <= 8
+    stamps = [1_700_000_000.25 + i * 0.37 for i in range(40)]
+    assert out.getvalue() == "".join(_line(*call, now) for call, now in zip(calls, stamps, strict=True))

@@ -1,0 +1,64 @@
+"""A request's end in one call (proxy/observe/tally.py): the same counts, egress and access line as the three
+separate records, and a key label renamed by a reload is honoured from the next request."""
+
+from __future__ import annotations
+
+import io
+
+from proxy.config.schema import parse_config
+from proxy.lifecycle.events import EventBus, Happening, State, Transition
+from proxy.observe.metrics import OTHER, KeyLabels
+from proxy.observe.request_log import RequestLog
+from proxy.observe.request_metrics import PROXY_CODES, RouteStats
+from proxy.observe.tally import Tally
+from proxy.observe.usage import UsageMeter
+
+ROUTE = {"path": "/k/{id}", "container": "w", "key": "{id}"}
+
+
+def _meter(key_labels: list[str]) -> tuple[UsageMeter, EventBus]:
+    config = parse_config({"metrics": {"key_labels": key_labels}, "containers": {"w": {"image": "x"}},
+                           "routes": [ROUTE]})
+    bus = EventBus()
+    meter = UsageMeter(config, bus, KeyLabels.from_config(config))
+    bus.emit(Transition("k1", "w", State.STARTING, State.RUNNING, 0.0, happening=Happening.STARTED, timestamp=1.0))
+    return meter, bus
+
+
+async def test_a_tally_records_what_the_three_records_did() -> None:
+    meter, _ = _meter([])
+    twin, _ = _meter([])
+    out, twin_out = io.StringIO(), io.StringIO()
+    log, twin_log = RequestLog(out), RequestLog(twin_out)
+    stats, twin_stats = RouteStats("/k/{id}", PROXY_CODES), RouteStats("/k/{id}", PROXY_CODES)
+    prefix = RequestLog.prefix("/k/{id}", "k1")
+    tally = Tally("k1", stats, prefix, log, meter, "w", "k1")
+    ends = [(200, 0.001, "GET", "/k/k1", "127.0.0.1", "r1", 15, 0, 120),
+            (502, 0.2, "POST", "/k/k1", "::1", "r2", 9, 4, 0), (404, 3.5, "GET", "/k/k1/x", "10.0.0.1", "r3", 0, 0, 77)]
+    for end in ends:
+        tally.end(*end)
+        status, seconds, method, path, client, rid, sent, received, egress = end
+        twin_stats.observe(status, seconds, True)
+        if egress:
+            twin.egress("w", "k1", egress)
+        twin_log.request(prefix, method, path, status, seconds, client, rid, sent, received)
+    log.flush()
+    twin_log.flush()
+    assert (stats.codes, stats.buckets, stats.total_seconds, stats.fast) == \
+        (twin_stats.codes, twin_stats.buckets, twin_stats.total_seconds, twin_stats.fast) and stats.fast == 3
+    assert meter.egress_totals == twin.egress_totals and meter.egress_totals[("w", OTHER)] == 197
+    assert meter.report("w", "k1")["egress_bytes"] == twin.report("w", "k1")["egress_bytes"] == 197
+    assert [line.split('"timestamp"')[0] for line in out.getvalue().splitlines()] == \
+        [line.split('"timestamp"')[0] for line in twin_out.getvalue().splitlines()]
+
+
+def test_a_key_label_a_reload_names_takes_the_egress_from_the_next_request() -> None:
+    meter, _ = _meter([])
+    tally = Tally("k1", RouteStats("r"), "", None, meter, "w", "k1")
+    tally.end(200, 0.001, "GET", "/k/k1", "", "", 5, 0, 100)
+    assert meter.egress_totals[("w", OTHER)] == 100
+    meter.key_label.renamed(parse_config({"metrics": {"key_labels": ["k1"]}, "containers": {"w": {"image": "x"}},
+                                          "routes": [ROUTE]}))
+    tally.end(200, 0.001, "GET", "/k/k1", "", "", 5, 0, 30)
+    assert meter.egress_totals[("w", "k1")] == 30 and meter.egress_totals[("w", OTHER)] == 100
+    assert meter.report("w", "k1")["egress_bytes"] == 130  # the key's own detail counts both
