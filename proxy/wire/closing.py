@@ -8,6 +8,12 @@ by then; else when the socket turns writable, within connect_timeout), then `add
 bodies, so a connection that turns out to be keep-alive is pooled like any), so the answer is parsed and
 relayed by the same code, byte for byte. A connect that fails (refused, unreachable, silent) sent nothing: the caller
 hears it as the error a `create_connection` would have raised, and handles it as any failed connect.
+
+The answer is waited for on one epoll of our own per loop (`_Poller`, itself one reader of the loop), not by the
+loop's `add_reader`/`remove_reader` per connection: uvloop makes a poll handle per descriptor (epoll_ctl add, del
+and add again, an ioctl), looks the descriptor up in a WeakValueDictionary that raises KeyError, and removes it
+with another epoll_ctl and a close callback. Ours costs one epoll_ctl per connection, and closing the socket
+takes it out of the epoll (Linux).
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import select
 import socket
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 from proxy.wire.upstream import UpstreamConnection
@@ -30,16 +38,66 @@ _NO_EXTRA: dict[str, Any] = {}
 # done(conn, None) once the request is on its way (returns False when the exchange no longer wants it);
 # done(None, error) when no connection came: nothing was sent.
 Done = Callable[[UpstreamConnection | None, Exception | None], bool]
+MAX_EVENTS = 256  # answers handled per wake-up of the loop (level-triggered: the rest wake it again)
+
+
+class _Poller:
+    """The cheap connections' answers on one loop: an epoll of our own, which the loop watches as one reader.
+    Only a weak reference to the loop (the loop holds the poller through its reader): both go together."""
+
+    __slots__ = ("_ep", "_links", "loop_ref")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._ep = select.epoll()
+        self._links: dict[int, SocketLink] = {}
+        self.loop_ref = weakref.ref(loop)
+        loop.add_reader(self._ep.fileno(), self._ready)
+
+    def watch(self, fd: int, link: SocketLink) -> None:
+        self._ep.register(fd, select.EPOLLIN)
+        self._links[fd] = link
+
+    def forget(self, fd: int) -> None:
+        """Before the socket's close (which takes it out of the epoll: no syscall here)."""
+        self._links.pop(fd, None)
+
+    def _ready(self) -> None:
+        links = self._links
+        for fd, _ in self._ep.poll(0, MAX_EVENTS):
+            link = links.get(fd)  # (None: closed by an earlier one of this batch; a spurious wake-up is harmless)
+            if link is not None:
+                try:
+                    link._readable()  # noqa: SLF001 - the poller is the link's reader
+                except Exception as exc:  # noqa: BLE001 - as the loop reports a failed callback, then the next
+                    loop = self.loop_ref()
+                    if loop is not None:
+                        loop.call_exception_handler({"message": "cheap connection's reader failed",
+                                                     "exception": exc})
+
+
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller] = weakref.WeakKeyDictionary()
+_last: list[_Poller] = []  # the last loop's poller (the usual case: one loop), before the dictionary
+
+
+def _poller(loop: asyncio.AbstractEventLoop) -> _Poller:
+    if _last and _last[0].loop_ref() is loop:
+        return _last[0]
+    poller = _pollers.get(loop)
+    if poller is None:
+        poller = _pollers[loop] = _Poller(loop)
+    _last[:] = [poller]
+    return poller
 
 
 class SocketLink(asyncio.Transport):
     """What `UpstreamConnection` uses of its transport (write, is_closing, abort) over a non-blocking socket."""
 
-    __slots__ = ("_loop", "_sock", "_fd", "_conn", "_pending", "_closed", "_paused")
+    __slots__ = ("_loop", "_poller", "_sock", "_fd", "_conn", "_pending", "_closed", "_paused")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.SocketType, conn: UpstreamConnection) -> None:
         self._extra = _NO_EXTRA  # (asyncio.BaseTransport's slot; get_extra_info answers its default)
         self._loop = loop
+        self._poller = _poller(loop)
         self._sock = sock
         self._fd = sock.fileno()
         self._conn = conn
@@ -49,7 +107,7 @@ class SocketLink(asyncio.Transport):
 
     def start(self, rest: bytes) -> None:
         """Connected, the request sent but `rest`: read the answer, write the rest when the socket takes it."""
-        self._loop.add_reader(self._fd, self._readable)
+        self._poller.watch(self._fd, self)
         if rest:
             self._later(rest)
 
@@ -130,7 +188,7 @@ class SocketLink(asyncio.Transport):
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self._fd)
+        self._poller.forget(self._fd)
         if self._pending:
             self._loop.remove_writer(self._fd)
             self._pending = b""
