@@ -75,7 +75,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = None  # made for the first answer `_whole` cannot take
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._interim = False
@@ -135,8 +135,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._parse(sink, data)
 
     def _parse(self, sink: ResponseSink, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:  # (most closing answers are whole: their connection never needs one)
+            parser = self._parser = httptools.HttpResponseParser(self)
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.sink = None
             self.abandon()
@@ -238,6 +241,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        assert self._parser is not None  # (its own callback)
         status = self._parser.get_status_code()
         reason, self._reason = self._reason, b""
         self._interim = 100 <= status < 200  # 1xx interim answers are not relayed
@@ -259,6 +263,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = False
             return
         self._complete = True
+        assert self._parser is not None
         self._keep_alive = self._parser.should_keep_alive()  # only valid inside the callback
 
 
