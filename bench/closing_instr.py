@@ -1,6 +1,6 @@
 """Instructions per request of a proxy in front of an instance that closes every connection, by callgrind.
 
-    python -m bench.closing_instr [--variants lazy-proxy,floor-raw] [--requests N] [--top K]
+    python -m bench.closing_instr [--variants lazy-proxy,floor-raw] [--requests N] [--top K] [--upstream KIND]
 
 `bench.closing_floor --split` measures CPU per request under wrk, which swings by tens of µs between rounds on
 this shared 2-core VM. This counts instead: busybox httpd (the instance that closes) runs as usual, the proxy
@@ -10,7 +10,9 @@ counters are zeroed (`callgrind_control --zero`), N requests are sent and the co
 the proxy's own work for exactly N requests (connect, send, read to EOF, close, and all of its Python),
 repeatable to ~0.5 %. `--top K` prints the K C functions with the most inclusive instructions per request
 (the interpreter's own frames left out), which names the sockets, uvloop and httptools calls a variant pays
-for. Needs valgrind (Debian: apt-get install valgrind); ~1-2 min per variant.
+for. `--upstream static` (nginx, keep-alive) instead of busybox gives lazy-proxy's count for the same answer on a
+pooled connection: the difference is what a closing instance costs beyond a keep-alive one. Needs valgrind
+(Debian: apt-get install valgrind); ~1 min per variant.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--top", type=int, default=0, help="print the K C functions with most inclusive instructions")
+    ap.add_argument("--upstream", default="busybox", choices=("busybox", "static"),
+                    help="busybox httpd (closes every connection) or nginx (keep-alive; floor-raw cannot use it)")
     args = ap.parse_args()
     if shutil.which("valgrind") is None:
         print("closing_instr: valgrind is not installed (Debian: apt-get install valgrind)", file=sys.stderr)
@@ -144,16 +148,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-closing-instr-") as tmp:
         workdir = Path(tmp)
         upstream_port = free_port()
-        with upstream_server("busybox", upstream_port, workdir, None):
+        with upstream_server(args.upstream, upstream_port, workdir, None):
             for variant in args.variants.split(","):
                 result = measure(variant, args.requests, args.warmup, args.top, workdir, upstream_port)
                 results.append(result)
                 print(f"{variant:18} {result['instructions_per_request']:>9,} instructions per request (callgrind, "
-                      f"{args.requests} sequential requests, busybox httpd closing each connection)")
+                      f"{args.requests} sequential requests, upstream {args.upstream})")
                 for n, name in result.get("top", []):
                     print(f"    {n:>9,}  {name}")
                 sys.stdout.flush()
-    print("SUMMARY " + json.dumps({"bench": "closing_instr", "results": [
+    print("SUMMARY " + json.dumps({"bench": "closing_instr", "upstream": args.upstream, "results": [
         {k: v for k, v in r.items() if k != "top"} for r in results]}))
     return 0
 

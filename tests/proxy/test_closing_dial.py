@@ -235,3 +235,34 @@ async def test_a_dialed_connection_the_instance_keeps_is_pooled_and_freed_by_ref
 def test_only_numeric_hosts_can_dial(host):
     family = UpstreamPool(host, 80, 1.0).family
     assert family == {"127.0.0.1": socket.AF_INET, "::1": socket.AF_INET6, "localhost": 0}[host]
+
+
+def _epolls() -> int:
+    os = __import__("os")
+    return sum(1 for e in os.scandir("/proc/self/fd") if os.readlink(e.path) == "anon_inode:[eventpoll]")
+
+
+def test_one_epoll_per_loop_for_every_dial_and_it_goes_with_the_loop():
+    # The answers of cheap connections are waited for on one epoll of the loop's (not a loop reader each): many
+    # dials on one loop add one epoll in all, and a loop that is gone leaves none behind.
+    before = _epolls()
+
+    async def dials() -> int:
+        server = await serve(CLOSE)
+        pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1], connect_timeout=5)
+        counts = []
+        for _ in range(5):
+            outcome = Outcome()
+            dial(asyncio.get_running_loop(), pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
+            await asyncio.wait_for(outcome.settled.wait(), 10)
+            assert outcome.sink.calls[0][:2] == ("whole", 200)
+            counts.append(_epolls())
+        server.close()
+        await server.wait_closed()
+        assert len(set(counts)) == 1
+        return counts[0]
+
+    during = asyncio.run(dials())
+    assert during == before + 2  # the loop's own and ours
+    gc.collect()
+    assert _epolls() == before
