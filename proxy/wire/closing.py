@@ -39,30 +39,31 @@ _NO_EXTRA: dict[str, Any] = {}
 # done(None, error) when no connection came: nothing was sent.
 Done = Callable[[UpstreamConnection | None, Exception | None], bool]
 MAX_EVENTS = 256  # answers handled per wake-up of the loop (level-triggered: the rest wake it again)
+_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_STARTED = (0, errno.EINPROGRESS)  # connect_ex's answers for a connect that is done or under way
 
 
 class _Poller:
     """The cheap connections' answers on one loop: an epoll of our own, which the loop watches as one reader.
     Only a weak reference to the loop (the loop holds the poller through its reader): both go together."""
 
-    __slots__ = ("_ep", "_links", "loop_ref")
+    __slots__ = ("_ep", "links", "loop_ref")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._ep = select.epoll()
-        self._links: dict[int, SocketLink] = {}
-        self.loop_ref = weakref.ref(loop)
+        self.links: dict[int, SocketLink] = {}  # (a link leaves it before its socket's close, which takes the
+        self.loop_ref = weakref.ref(loop)       # socket out of the epoll: no syscall for that)
         loop.add_reader(self._ep.fileno(), self._ready)
 
     def watch(self, fd: int, link: SocketLink) -> None:
-        self._ep.register(fd, select.EPOLLIN)
-        self._links[fd] = link
-
-    def forget(self, fd: int) -> None:
-        """Before the socket's close (which takes it out of the epoll: no syscall here)."""
-        self._links.pop(fd, None)
+        try:
+            self._ep.register(fd, select.EPOLLIN)
+        except FileExistsError:  # (only if a closed descriptor's twin kept it registered: watch the new one)
+            self._ep.modify(fd, select.EPOLLIN)
+        self.links[fd] = link
 
     def _ready(self) -> None:
-        links = self._links
+        links = self.links
         for fd, _ in self._ep.poll(0, MAX_EVENTS):
             link = links.get(fd)  # (None: closed by an earlier one of this batch; a spurious wake-up is harmless)
             if link is not None:
@@ -76,17 +77,16 @@ class _Poller:
 
 
 _pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller] = weakref.WeakKeyDictionary()
-_last: list[_Poller] = []  # the last loop's poller (the usual case: one loop), before the dictionary
 
 
-def _poller(loop: asyncio.AbstractEventLoop) -> _Poller:
-    if _last and _last[0].loop_ref() is loop:
-        return _last[0]
-    poller = _pollers.get(loop)
-    if poller is None:
-        poller = _pollers[loop] = _Poller(loop)
-    _last[:] = [poller]
-    return poller
+def _poller(pool: UpstreamPool, loop: asyncio.AbstractEventLoop) -> _Poller:
+    """The loop's poller, kept on the pool too (a pool serves one loop: one look-up per dial, no dictionary)."""
+    poller = pool.poller
+    if poller is None or poller.loop_ref() is not loop:
+        poller = pool.poller = _pollers.get(loop)
+        if poller is None:
+            poller = pool.poller = _pollers[loop] = _Poller(loop)
+    return poller  # type: ignore[no-any-return]
 
 
 class SocketLink(asyncio.Transport):
@@ -95,21 +95,17 @@ class SocketLink(asyncio.Transport):
     __slots__ = ("_loop", "_poller", "_sock", "_fd", "_conn", "_pending", "_closed", "_paused")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.SocketType, conn: UpstreamConnection) -> None:
+        """Connected, the request sent (but what `write_later` is given): the answer is read as it comes."""
         self._extra = _NO_EXTRA  # (asyncio.BaseTransport's slot; get_extra_info answers its default)
         self._loop = loop
-        self._poller = _poller(loop)
+        self._poller = poller = _poller(conn.pool, loop)
         self._sock = sock
         self._fd = sock.fileno()
         self._conn = conn
         self._pending = b""  # request bytes the socket did not take yet
         self._closed = False
         self._paused = False
-
-    def start(self, rest: bytes) -> None:
-        """Connected, the request sent but `rest`: read the answer, write the rest when the socket takes it."""
-        self._poller.watch(self._fd, self)
-        if rest:
-            self._later(rest)
+        poller.watch(self._fd, self)
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         if self._closed:
@@ -128,9 +124,10 @@ class SocketLink(asyncio.Transport):
             self._lose(exc)
             return
         if n < len(data):
-            self._later(data[n:])
+            self.write_later(data[n:])
 
-    def _later(self, rest: bytes) -> None:
+    def write_later(self, rest: bytes) -> None:
+        """Bytes the socket did not take (the request's first send's rest, too): written when it takes them."""
         # (a full socket buffer: no Nagle wait for the tail of what is left)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._pending = rest
@@ -188,7 +185,7 @@ class SocketLink(asyncio.Transport):
         if self._closed:
             return
         self._closed = True
-        self._poller.forget(self._fd)
+        del self._poller.links[self._fd]  # (before the close, which takes the socket out of the epoll)
         if self._pending:
             self._loop.remove_writer(self._fd)
             self._pending = b""
@@ -227,7 +224,7 @@ def dial(loop: asyncio.AbstractEventLoop, pool: UpstreamPool, request: bytes, do
         done(None, ConnectionRefusedError("the instance is gone"))
         return
     try:  # (the C socket: no Python-level __init__/close; non-blocking from the start, no extra syscall)
-        sock = socket.SocketType(pool.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        sock = socket.SocketType(pool.family, _STREAM)
     except OSError as exc:  # out of descriptors: as a failed connect
         done(None, exc)
         return
@@ -236,7 +233,7 @@ def dial(loop: asyncio.AbstractEventLoop, pool: UpstreamPool, request: bytes, do
     except OSError as exc:  # an address the kernel rejects
         _failed(sock, exc, done)
         return
-    if code not in (0, errno.EINPROGRESS):
+    if code not in _STARTED:
         _failed(sock, _error(code), done)
     elif not _send_first(pool, sock, request, done, loop):  # on a local address the handshake is usually done
         _Dial(pool, sock, request, done, loop)
@@ -256,9 +253,9 @@ def _send_first(pool: UpstreamPool, sock: socket.SocketType, request: bytes, don
         _failed(sock, exc, done)
         return True
     conn = UpstreamConnection(pool)
-    link = SocketLink(loop, sock, conn)
-    conn.connection_made(link)
-    link.start(request[n:])
+    conn.transport = link = SocketLink(loop, sock, conn)  # (what connection_made does)
+    if n < len(request):
+        link.write_later(request[n:])
     pool.lend(conn)
     if not done(conn, None):
         conn.abandon()

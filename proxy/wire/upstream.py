@@ -13,7 +13,7 @@ import asyncio
 import ipaddress
 import re
 import socket
-from typing import Protocol
+from typing import Any, Protocol
 
 import httptools
 
@@ -310,7 +310,7 @@ class UpstreamPool:
     """Idle keep-alive connections to one instance, most recently used first."""
 
     __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "_busy", "closed", "family", "closes",
-                 "shapes")
+                 "shapes", "poller")
 
     def __init__(self, host: str, port: int, connect_timeout: float) -> None:
         self.host = host
@@ -323,6 +323,7 @@ class UpstreamPool:
         self.family = _numeric_family(host)  # 0: a name (connects go through the loop's resolver)
         self.closes = False  # its last answer said the instance closes (proxy/wire/closing.py connects cheaply)
         self.shapes: dict[bytes, _Shape] = {}  # answer heads seen, and what `UpstreamConnection._whole` may do
+        self.poller: Any = None  # where cheap connections wait for answers (proxy/wire/closing.py: it knows the type)
 
     @property
     def busy(self) -> int:
