@@ -267,3 +267,34 @@ def test_one_epoll_per_loop_for_every_dial_and_it_goes_with_the_loop():
     assert during == before + 2  # the loop's own and ours
     gc.collect()
     assert _epolls() == before
+
+
+async def test_a_failing_answer_handler_is_reported_and_the_next_answers_still_come():
+    # The poller calls each ready connection's reader itself: a failure is reported as the loop reports a failed
+    # callback, and it stops neither the poller nor the other connections.
+    loop = asyncio.get_running_loop()
+    reported: list[BaseException | None] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context.get("exception")))
+    server = await serve(CLOSE)
+    pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1], connect_timeout=5)
+    broken = Outcome()
+
+    def fail(*_args: object) -> None:
+        broken.settled.set()
+        raise RuntimeError("a bug in an answer's handler")
+
+    broken.sink.on_whole = fail  # type: ignore[method-assign]
+    dial(loop, pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", broken)
+    await asyncio.wait_for(broken.settled.wait(), 10)
+    assert len(reported) == 1 and isinstance(reported[0], RuntimeError)
+    for _ in range(3):
+        outcome = Outcome()
+        dial(loop, pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
+        await asyncio.wait_for(outcome.settled.wait(), 10)
+        assert outcome.sink.calls[0][:2] == ("whole", 200)
+    assert len(reported) == 1
+    assert broken.conn is not None
+    broken.conn.abandon()
+    loop.set_exception_handler(None)
+    server.close()
+    await server.wait_closed()
