@@ -3,7 +3,7 @@
 Such an instance costs one fresh connection per request, and uvloop's `create_connection` brings a task, a
 future, a timer, a transport and extra loop turns with each. `dial` does what such a request needs with a
 plain non-blocking socket: `connect_ex`, the request sent at once (on a local address the handshake is done
-by then; else when the socket turns writable, within connect_timeout), then `add_reader` + `recv`. A
+by then; else when the socket turns writable, within connect_timeout), then `recv` when the answer came. A
 `SocketLink` is the little of a transport an `UpstreamConnection` uses (with flow control for streamed
 bodies, so a connection that turns out to be keep-alive is pooled like any), so the answer is parsed and
 relayed by the same code, byte for byte. A connect that fails (refused, unreachable, silent) sent nothing: the caller
