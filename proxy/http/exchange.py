@@ -152,7 +152,10 @@ class Exchange(Reconnect):
             self._send(conn, self.began)  # (sent in the same callback that began it: one clock read less)
         elif self.pool.closes and self.pool.family and not self.streaming:
             self.attempts += 1  # (the first of REFUSED_RETRY_PAUSES: at once)
+            self.sent_at = -1.0  # (while dial runs: a connect done at once sends in this callback, as `began`)
             dial(self.client.loop, self.pool, self.request, self._dialed)
+            if self.sent_at < 0:  # (not sent yet: _dialed reads the clock when it is)
+                self.sent_at = 0.0
         else:
             self.client.loop.create_task(self._connect())
 
@@ -165,7 +168,8 @@ class Exchange(Reconnect):
             return False
         if self.done:
             return False
-        self.conn, self.sent_at = conn, self.client.loop.time()
+        self.conn = conn
+        self.sent_at = self.began if self.sent_at < 0 else self.client.loop.time()  # (one clock read less)
         conn.carry(self, self.bodyless)
         return True
 

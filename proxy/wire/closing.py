@@ -3,11 +3,17 @@
 Such an instance costs one fresh connection per request, and uvloop's `create_connection` brings a task, a
 future, a timer, a transport and extra loop turns with each. `dial` does what such a request needs with a
 plain non-blocking socket: `connect_ex`, the request sent at once (on a local address the handshake is done
-by then; else when the socket turns writable, within connect_timeout), then `add_reader` + `recv`. A
+by then; else when the socket turns writable, within connect_timeout), then `recv` when the answer came. A
 `SocketLink` is the little of a transport an `UpstreamConnection` uses (with flow control for streamed
 bodies, so a connection that turns out to be keep-alive is pooled like any), so the answer is parsed and
 relayed by the same code, byte for byte. A connect that fails (refused, unreachable, silent) sent nothing: the caller
 hears it as the error a `create_connection` would have raised, and handles it as any failed connect.
+
+The answer is waited for on one epoll of our own per loop (`_Poller`, itself one reader of the loop), not by the
+loop's `add_reader`/`remove_reader` per connection: uvloop makes a poll handle per descriptor (epoll_ctl add, del
+and add again, an ioctl), looks the descriptor up in a WeakValueDictionary that raises KeyError, and removes it
+with another epoll_ctl and a close callback. Ours costs one epoll_ctl per connection, and closing the socket
+takes it out of the epoll (Linux).
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import select
 import socket
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 from proxy.wire.upstream import UpstreamConnection
@@ -30,28 +38,74 @@ _NO_EXTRA: dict[str, Any] = {}
 # done(conn, None) once the request is on its way (returns False when the exchange no longer wants it);
 # done(None, error) when no connection came: nothing was sent.
 Done = Callable[[UpstreamConnection | None, Exception | None], bool]
+MAX_EVENTS = 256  # answers handled per wake-up of the loop (level-triggered: the rest wake it again)
+_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
+_STARTED = (0, errno.EINPROGRESS)  # connect_ex's answers for a connect that is done or under way
+
+
+class _Poller:
+    """The cheap connections' answers on one loop: an epoll of our own, which the loop watches as one reader.
+    Only a weak reference to the loop (the loop holds the poller through its reader): both go together."""
+
+    __slots__ = ("_ep", "links", "loop_ref")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._ep = select.epoll()
+        self.links: dict[int, SocketLink] = {}  # (a link leaves it before its socket's close, which takes the
+        self.loop_ref = weakref.ref(loop)       # socket out of the epoll: no syscall for that)
+        loop.add_reader(self._ep.fileno(), self._ready)
+
+    def watch(self, fd: int, link: SocketLink) -> None:
+        try:
+            self._ep.register(fd, select.EPOLLIN)
+        except FileExistsError:  # (only if a closed descriptor's twin kept it registered: watch the new one)
+            self._ep.modify(fd, select.EPOLLIN)
+        self.links[fd] = link
+
+    def _ready(self) -> None:
+        links = self.links
+        for fd, _ in self._ep.poll(0, MAX_EVENTS):
+            link = links.get(fd)  # (None: closed by an earlier one of this batch; a spurious wake-up is harmless)
+            if link is not None:
+                try:
+                    link._readable()  # noqa: SLF001 - the poller is the link's reader
+                except Exception as exc:  # noqa: BLE001 - as the loop reports a failed callback, then the next
+                    loop = self.loop_ref()
+                    if loop is not None:
+                        loop.call_exception_handler({"message": "cheap connection's reader failed",
+                                                     "exception": exc})
+
+
+_pollers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Poller] = weakref.WeakKeyDictionary()
+
+
+def _poller(pool: UpstreamPool, loop: asyncio.AbstractEventLoop) -> _Poller:
+    """The loop's poller, kept on the pool too (a pool serves one loop: one look-up per dial, no dictionary)."""
+    poller = pool.poller
+    if poller is None or poller.loop_ref() is not loop:
+        poller = pool.poller = _pollers.get(loop)
+        if poller is None:
+            poller = pool.poller = _pollers[loop] = _Poller(loop)
+    return poller  # type: ignore[no-any-return]
 
 
 class SocketLink(asyncio.Transport):
     """What `UpstreamConnection` uses of its transport (write, is_closing, abort) over a non-blocking socket."""
 
-    __slots__ = ("_loop", "_sock", "_fd", "_conn", "_pending", "_closed", "_paused")
+    __slots__ = ("_loop", "_poller", "_sock", "_fd", "_conn", "_pending", "_closed", "_paused")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.SocketType, conn: UpstreamConnection) -> None:
+        """Connected, the request sent (but what `write_later` is given): the answer is read as it comes."""
         self._extra = _NO_EXTRA  # (asyncio.BaseTransport's slot; get_extra_info answers its default)
         self._loop = loop
+        self._poller = poller = _poller(conn.pool, loop)
         self._sock = sock
         self._fd = sock.fileno()
         self._conn = conn
         self._pending = b""  # request bytes the socket did not take yet
         self._closed = False
         self._paused = False
-
-    def start(self, rest: bytes) -> None:
-        """Connected, the request sent but `rest`: read the answer, write the rest when the socket takes it."""
-        self._loop.add_reader(self._fd, self._readable)
-        if rest:
-            self._later(rest)
+        poller.watch(self._fd, self)
 
     def write(self, data: bytes) -> None:  # type: ignore[override]
         if self._closed:
@@ -70,9 +124,10 @@ class SocketLink(asyncio.Transport):
             self._lose(exc)
             return
         if n < len(data):
-            self._later(data[n:])
+            self.write_later(data[n:])
 
-    def _later(self, rest: bytes) -> None:
+    def write_later(self, rest: bytes) -> None:
+        """Bytes the socket did not take (the request's first send's rest, too): written when it takes them."""
         # (a full socket buffer: no Nagle wait for the tail of what is left)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._pending = rest
@@ -130,7 +185,7 @@ class SocketLink(asyncio.Transport):
         if self._closed:
             return
         self._closed = True
-        self._loop.remove_reader(self._fd)
+        del self._poller.links[self._fd]  # (before the close, which takes the socket out of the epoll)
         if self._pending:
             self._loop.remove_writer(self._fd)
             self._pending = b""
@@ -169,7 +224,7 @@ def dial(loop: asyncio.AbstractEventLoop, pool: UpstreamPool, request: bytes, do
         done(None, ConnectionRefusedError("the instance is gone"))
         return
     try:  # (the C socket: no Python-level __init__/close; non-blocking from the start, no extra syscall)
-        sock = socket.SocketType(pool.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        sock = socket.SocketType(pool.family, _STREAM)
     except OSError as exc:  # out of descriptors: as a failed connect
         done(None, exc)
         return
@@ -178,7 +233,7 @@ def dial(loop: asyncio.AbstractEventLoop, pool: UpstreamPool, request: bytes, do
     except OSError as exc:  # an address the kernel rejects
         _failed(sock, exc, done)
         return
-    if code not in (0, errno.EINPROGRESS):
+    if code not in _STARTED:
         _failed(sock, _error(code), done)
     elif not _send_first(pool, sock, request, done, loop):  # on a local address the handshake is usually done
         _Dial(pool, sock, request, done, loop)
@@ -198,9 +253,9 @@ def _send_first(pool: UpstreamPool, sock: socket.SocketType, request: bytes, don
         _failed(sock, exc, done)
         return True
     conn = UpstreamConnection(pool)
-    link = SocketLink(loop, sock, conn)
-    conn.connection_made(link)
-    link.start(request[n:])
+    conn.transport = link = SocketLink(loop, sock, conn)  # (what connection_made does)
+    if n < len(request):
+        link.write_later(request[n:])
     pool.lend(conn)
     if not done(conn, None):
         conn.abandon()

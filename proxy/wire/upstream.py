@@ -13,7 +13,7 @@ import asyncio
 import ipaddress
 import re
 import socket
-from typing import Protocol
+from typing import Any, Protocol
 
 import httptools
 
@@ -76,7 +76,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
         self.sink: ResponseSink | None = None
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = None  # made for the first answer `_whole` cannot take
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._interim = False
@@ -136,8 +136,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._parse(sink, data)
 
     def _parse(self, sink: ResponseSink, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:  # (most closing answers are whole: their connection never needs one)
+            parser = self._parser = httptools.HttpResponseParser(self)
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.sink = None
             self.abandon()
@@ -240,6 +243,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        assert self._parser is not None  # (its own callback)
         status = self._parser.get_status_code()
         reason, self._reason = self._reason, b""
         self._interim = 100 <= status < 200  # 1xx interim answers are not relayed
@@ -261,6 +265,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._interim = False
             return
         self._complete = True
+        assert self._parser is not None
         self._keep_alive = self._parser.should_keep_alive()  # only valid inside the callback
 
 
@@ -307,7 +312,7 @@ class UpstreamPool:
     """Idle keep-alive connections to one instance, most recently used first."""
 
     __slots__ = ("host", "port", "authority", "connect_timeout", "_idle", "_busy", "closed", "family", "closes",
-                 "shapes")
+                 "shapes", "poller")
 
     def __init__(self, host: str, port: int, connect_timeout: float) -> None:
         self.host = host
@@ -320,6 +325,7 @@ class UpstreamPool:
         self.family = _numeric_family(host)  # 0: a name (connects go through the loop's resolver)
         self.closes = False  # its last answer said the instance closes (proxy/wire/closing.py connects cheaply)
         self.shapes: dict[bytes, _Shape] = {}  # answer heads seen, and what `UpstreamConnection._whole` may do
+        self.poller: Any = None  # where cheap connections wait for answers (proxy/wire/closing.py: it knows the type)
 
     @property
     def busy(self) -> int:

@@ -70,7 +70,9 @@ async def serve(answer: bytes, received: list[bytes] | None = None, expect: int 
 
 
 def open_fds() -> int:
-    return len(list(__import__("os").scandir("/proc/self/fd")))
+    """Open sockets (the loop's one epoll for cheap connections, made at its first dial, stays with the loop)."""
+    os = __import__("os")
+    return sum(1 for e in os.scandir("/proc/self/fd") if os.readlink(e.path).startswith("socket:"))
 
 
 async def test_a_closing_answer_comes_back_whole_and_nothing_is_left():
@@ -233,3 +235,66 @@ async def test_a_dialed_connection_the_instance_keeps_is_pooled_and_freed_by_ref
 def test_only_numeric_hosts_can_dial(host):
     family = UpstreamPool(host, 80, 1.0).family
     assert family == {"127.0.0.1": socket.AF_INET, "::1": socket.AF_INET6, "localhost": 0}[host]
+
+
+def _epolls() -> int:
+    os = __import__("os")
+    return sum(1 for e in os.scandir("/proc/self/fd") if os.readlink(e.path) == "anon_inode:[eventpoll]")
+
+
+def test_one_epoll_per_loop_for_every_dial_and_it_goes_with_the_loop():
+    # The answers of cheap connections are waited for on one epoll of the loop's (not a loop reader each): many
+    # dials on one loop add one epoll in all, and a loop that is gone leaves none behind.
+    gc.collect()  # (earlier tests' loops, and their pollers, are gone first)
+    before = _epolls()
+
+    async def dials() -> int:
+        server = await serve(CLOSE)
+        pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1], connect_timeout=5)
+        counts = []
+        for _ in range(5):
+            outcome = Outcome()
+            dial(asyncio.get_running_loop(), pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
+            await asyncio.wait_for(outcome.settled.wait(), 10)
+            assert outcome.sink.calls[0][:2] == ("whole", 200)
+            counts.append(_epolls())
+        server.close()
+        await server.wait_closed()
+        assert len(set(counts)) == 1
+        return counts[0]
+
+    during = asyncio.run(dials())
+    assert during == before + 2  # the loop's own and ours
+    gc.collect()
+    assert _epolls() == before
+
+
+async def test_a_failing_answer_handler_is_reported_and_the_next_answers_still_come():
+    # The poller calls each ready connection's reader itself: a failure is reported as the loop reports a failed
+    # callback, and it stops neither the poller nor the other connections.
+    loop = asyncio.get_running_loop()
+    reported: list[BaseException | None] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context.get("exception")))
+    server = await serve(CLOSE)
+    pool = UpstreamPool("127.0.0.1", server.sockets[0].getsockname()[1], connect_timeout=5)
+    broken = Outcome()
+
+    def fail(*_args: object) -> None:
+        broken.settled.set()
+        raise RuntimeError("a bug in an answer's handler")
+
+    broken.sink.on_whole = fail  # type: ignore[method-assign]
+    dial(loop, pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", broken)
+    await asyncio.wait_for(broken.settled.wait(), 10)
+    assert len(reported) == 1 and isinstance(reported[0], RuntimeError)
+    for _ in range(3):
+        outcome = Outcome()
+        dial(loop, pool, b"GET / HTTP/1.1\r\nHost: i\r\n\r\n", outcome)
+        await asyncio.wait_for(outcome.settled.wait(), 10)
+        assert outcome.sink.calls[0][:2] == ("whole", 200)
+    assert len(reported) == 1
+    assert broken.conn is not None
+    broken.conn.abandon()
+    loop.set_exception_handler(None)
+    server.close()
+    await server.wait_closed()
