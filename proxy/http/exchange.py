@@ -23,7 +23,7 @@ from proxy.http.reconnect import Handler, Reconnect
 from proxy.wire.websocket import HOP_BY_HOP, PEER_MARK
 from proxy.request_id import HEADER_LOWER
 from proxy.http.watch import ExchangeWatch
-from proxy.wire.closing import dial
+from proxy.wire.closing import AVAILABLE as CHEAP_DIAL, dial
 from proxy.wire.upstream import HOP_LINE, UpstreamConnection, UpstreamPool
 
 if TYPE_CHECKING:
@@ -150,7 +150,7 @@ class Exchange(Reconnect):
         conn = self.pool.take()
         if conn is not None:
             self._send(conn, self.began)  # (sent in the same callback that began it: one clock read less)
-        elif self.pool.closes and self.pool.family and not self.streaming:
+        elif self.pool.closes and self.pool.family and not self.streaming and CHEAP_DIAL:
             self.attempts += 1  # (the first of REFUSED_RETRY_PAUSES: at once)
             self.sent_at = -1.0  # (while dial runs: a connect done at once sends in this callback, as `began`)
             dial(self.client.loop, self.pool, self.request, self._dialed)

@@ -41,6 +41,7 @@ Done = Callable[[UpstreamConnection | None, Exception | None], bool]
 MAX_EVENTS = 256  # answers handled per wake-up of the loop (level-triggered: the rest wake it again)
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 _STARTED = (0, errno.EINPROGRESS)  # connect_ex's answers for a connect that is done or under way
+AVAILABLE = hasattr(select, "epoll")  # (Linux; elsewhere closing instances are dialled by create_connection)
 
 
 class _Poller:
