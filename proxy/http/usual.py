@@ -47,6 +47,8 @@ _CUT = frozenset(h.encode() for h in HOP_BY_HOP) | {b"host", b"x-forwarded-for",
 _REFUSE = frozenset({b"transfer-encoding", b"upgrade", b"expect", b"proxy-connection", b"sec-websocket-key1"})
 _ONCE = frozenset(h.lower().encode() for h in SINGLETON_HEADERS) | {HEADER_LOWER} | _CUT  # (so: seen once)
 _SPECIAL = re.compile(b"\n(" + b"|".join(re.escape(n) for n in sorted(_ONCE | _REFUSE)) + b"): ")  # (lowered)
+_KEEP = _ONCE - _CUT - {HEADER_LOWER, b"content-length"}  # only seen once: nothing else to do with them
+_NEEDLE = {name: b"\n%s: " % name for name in _ONCE}
 _Block = tuple[bytes, bytes, bytes, "str | None"]  # kept lines, X-Forwarded-For values, Host, the client's id
 _memo: dict[bytes, _Block | None] = {}
 _FORMAT = (b"%s %s HTTP/1.1\r\nHost: %s\r\n%sX-Forwarded-For: %s%s\r\nX-Forwarded-Proto: %s\r\n"
@@ -108,18 +110,19 @@ def _block(block: bytes) -> _Block | None:
     """The header lines (after the request line's CRLF) cut for the instance, or None: not a usual block."""
     if _BLOCK.fullmatch(block, 2) is None or block.count(b"\n") > MAX_LINES:
         return None
-    seen: set[bytes] = set()
+    low = block.lower()
+    names = _SPECIAL.findall(low)
+    if len(set(names)) != len(names) or not _REFUSE.isdisjoint(names):
+        return None  # a name twice (a singleton's rule, one X-Forwarded-For, one id ...), or not ours
     forwarded = host = b""
     rid: str | None = None
-    kept: list[bytes] = []
-    at = 2
-    for special in _SPECIAL.finditer(block.lower()):
-        name = special[1]
-        if name in seen or name in _REFUSE:
-            return None  # a name twice (a singleton's rule, one X-Forwarded-For, one id ...), or not ours
-        seen.add(name)
-        start, end = special.start() + 1, block.index(b"\r", special.end())
-        value = block[special.end():end]
+    cuts = []
+    for name in names:
+        if name in _KEEP:
+            continue
+        start = low.index(_NEEDLE[name]) + 1
+        end = block.index(b"\r", start)
+        value = block[start + len(name) + 2:end]
         if name in _CUT:
             if name == b"host":
                 host = value
@@ -132,12 +135,15 @@ def _block(block: bytes) -> _Block | None:
             if len(value) <= MAX_LENGTH:  # (printable ASCII, not empty: request_id.sane)
                 rid = value.decode()
                 continue
-        elif name != b"content-length" or value == b"0":
-            continue
+        elif value != b"0":
+            return None  # a body (Content-Length): aiohttp's
         else:
-            return None  # a body: aiohttp's
+            continue
+        cuts.append((start, end + 2))
+    kept, at = [], 2
+    for start, end in sorted(cuts):
         kept.append(block[at:start])
-        at = end + 2
+        at = end
     if not host:
         return None
     kept.append(block[at:-2])
