@@ -1,7 +1,7 @@
 """The fast path's own Python CPU per request, without sockets: a deterministic breakdown.
 
     python -m bench.fastpath_cpu [--requests N] [--repeat R] [--profile] [--answer keepalive|plain|close|http10]
-                                 [--smoke]
+                                 [--request wrk|browser] [--smoke]
 
 On a shared, overloaded machine sampling profilers (py-spy) charge the time a process waits to be scheduled
 to whatever line it was on (mostly the `write` that woke the load generator), and wall-clock profiles of a
@@ -16,6 +16,7 @@ left is the interpreter's work per request, measured as CPU time (`time.process_
 `--answer plain`: an aiohttp app's answer (no Connection line, as the model service sends).
 `--answer close|http10`: the instance closes after each answer (a fresh UpstreamConnection per request;
 the connect itself, a syscall, is not in this number).
+`--request browser`: a browser's 12-header navigation instead of wrk's 2-header request.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ from proxy.config.schema import load_config
 from proxy.http.server import ProxyRunner
 from proxy.wire.upstream import UpstreamConnection
 
-REQUEST = b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n"
+REQUESTS = {  # wrk's request (as the load benches send it), and a browser's navigation (12 headers)
+    "wrk": b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: wrk\r\n\r\n",
+    "browser": b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nConnection: keep-alive\r\n"
+               b'sec-ch-ua: "Chromium";v="131", "Not_A Brand";v="24"\r\nsec-ch-ua-mobile: ?0\r\n'
+               b"Upgrade-Insecure-Requests: 1\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 "
+               b"(KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36\r\nAccept: text/html,application/xhtml+xml,"
+               b"application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\nSec-Fetch-Site: none\r\n"
+               b"Sec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n"
+               b"Accept-Language: en-US,en;q=0.9\r\n\r\n",
+}
 BODY = b'{"status":"ok"}'
 ANSWERS = {
     "keepalive": b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 06 Dec 2026 09:00:00 GMT\r\n"
@@ -128,6 +138,7 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     client_tr = CountingTransport()
     client.connection_made(client_tr)
     answer = ANSWERS[args.answer]
+    request = REQUESTS[args.request]
     closing = args.answer != "keepalive"
     pool = proxy.pools.upstream(manager.instance)
 
@@ -142,7 +153,7 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     def one() -> None:
         if closing:  # what a fresh connect hands the exchange (the connect's syscalls are not measured)
             pool.put(upstream())
-        client.data_received(REQUEST)
+        client.data_received(request)
         exchange = client._exchange  # noqa: SLF001 - the harness drives the exchange's connection itself
         assert exchange is not None and exchange.conn is not None, "the request did not take the fast path"
         conn = exchange.conn
@@ -161,7 +172,7 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         if reqlog is not None:  # (timed too: the lines' last batch is part of their cost)
             reqlog.flush()
         best = min(best, (time.process_time() - t0) / args.requests)
-    print(f"answer {args.answer}, request log {'off' if args.no_log else 'on'}: "
+    print(f"request {args.request}, answer {args.answer}, request log {'off' if args.no_log else 'on'}: "
           f"{best * 1e6:.2f} us of CPU per request (best of {args.repeat} x {args.requests})")
     result.update(us_per_request=best * 1e6, bytes_to_client=client_tr.written)
     if args.profile:
@@ -182,6 +193,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--answer", choices=sorted(ANSWERS), default="keepalive")
+    ap.add_argument("--request", choices=sorted(REQUESTS), default="wrk")
     ap.add_argument("--no-log", action="store_true", help="logging.requests: false")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--top", type=int, default=30)

@@ -381,10 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu", action="store_true", help="print the CPU per request with no sockets and exit")
     args = ap.parse_args(argv)
     if args.cpu:
-        from bench.fastpath_cpu import ANSWERS, REQUEST  # type: ignore[import-not-found]  # (lazy-proxy's bytes)
+        from bench.fastpath_cpu import ANSWERS, REQUESTS  # type: ignore[import-not-found]  # (lazy-proxy's bytes)
 
         for answer in ("keepalive", "plain"):
-            us = cpu_per_request(10000, 5, REQUEST, ANSWERS[answer])
+            us = cpu_per_request(10000, 5, REQUESTS["wrk"], ANSWERS[answer])
             print(f"answer {answer}: {us:.2f} us of CPU per request (best of 5 x 10000)")
         return
     if args.workers <= 1:

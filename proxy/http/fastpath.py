@@ -32,6 +32,8 @@ from proxy.keys import validate_key
 from proxy.wire.paths import is_plain
 from proxy.http.exchange import Client, Exchange, request_head
 from proxy.http.message import Message
+from proxy.http.usual import UsualHead
+from proxy.http.usual import request_head as usual_request_head
 from proxy.http.watch import ExchangeWatch
 from proxy.request_id import HEADER, new_id, request_id
 
@@ -149,7 +151,20 @@ class FastPath:
         if message.method not in FAST_METHODS or message.version != HttpVersion11 or message.upgrade:
             return None
         headers = message.headers
-        target = message.path
+        fixed = self._fixed(message.path, message)
+        if fixed is None or hdrs.EXPECT in headers:
+            return None
+        if payload is not EMPTY_PAYLOAD and int(headers.get(hdrs.CONTENT_LENGTH) or 0) > self.exchanges.max_body:
+            return None  # (no body: no length, or 0)
+        return self._exchange(fixed, message, payload, proto, None)
+
+    def plan_usual(self, head: UsualHead, proto: Client) -> Exchange | None:
+        """`plan` for a head proxy/http/usual.py took (a GET-like method, HTTP/1.1, no body, no Upgrade/Expect)."""
+        fixed = self._fixed(head.path, head)
+        return None if fixed is None else self._exchange(fixed, head, EMPTY_PAYLOAD, proto, head)
+
+    def _fixed(self, target: str, message: Message) -> _Fixed | None:
+        """What the target's path decides (kept for plain paths), or None: not a plain path a proxied route takes."""
         kept = self.router.fixed
         fixed = kept.get(target)  # (only plain paths are kept: a target with a query is looked up by its path)
         if fixed is None:
@@ -158,13 +173,12 @@ class FastPath:
             if fixed is None:
                 if not path.startswith("/") or not is_plain(path):
                     return None
-                fixed = self._decide(path, headers)
-                if fixed is None:
-                    return None
-        if hdrs.EXPECT in headers:
-            return None
-        if payload is not EMPTY_PAYLOAD and int(headers.get(hdrs.CONTENT_LENGTH) or 0) > self.exchanges.max_body:
-            return None  # (no body: no length, or 0)
+                fixed = self._decide(path, message.headers)
+        return fixed
+
+    def _exchange(self, fixed: _Fixed, message: Message, payload: StreamReader, proto: Client,
+                  usual: UsualHead | None) -> Exchange | None:
+        """The exchange for a request whose route and key are decided, if the key's instance takes it warm."""
         handler, key = fixed.handler, fixed.key
         if self.ownership is not None and not self.ownership.owns(handler.route.container, key):
             return None  # clustered: a key not (or no longer certainly) owned here takes the aiohttp path
@@ -181,9 +195,15 @@ class FastPath:
             pool = handler.pools.upstream(instance)
             if fixed.stable:
                 fixed.instance, fixed.pool = instance, pool
-        rid, given = (new_id(), False) if _ID_HEADER not in headers else request_id(headers)
+        target = message.path
         upstream = target if fixed.same_target else handler.target_for(target, fixed.variables)
-        head = request_head(message, upstream, pool, proto.peer_host, proto.scheme, rid, given)
+        if usual is not None:  # (its id: the client's when it passes on, else one made here)
+            rid = usual.rid or new_id()
+            head = usual_request_head(usual, upstream, pool, proto.peer_host, proto.scheme, rid)
+        else:
+            headers = message.headers
+            rid, given = (new_id(), False) if _ID_HEADER not in headers else request_id(headers)
+            head = request_head(message, upstream, pool, proto.peer_host, proto.scheme, rid, given)
         return Exchange(self.exchanges, proto, handler, manager, pool, message, payload, key, head, rid)
 
     def _decide(self, path: str, headers: Headers) -> _Fixed | None:

@@ -3,7 +3,8 @@
 aiohttp declares `RawRequestMessage` a NamedTuple, but its C parser (the one in use) hands out its own class,
 which is not a tuple. Interpreted, nothing checks; compiled by mypyc (`python -m proxy.compile`), a NamedTuple
 parameter is checked to be a tuple and every request would fail. So the compiled modules take this protocol,
-which both classes satisfy (attributes read through it are looked up by name).
+which both classes satisfy (attributes read through it are looked up by name), as does the usual packet's
+head the proxy parses itself (proxy/http/usual.py's `UsualHead`, its headers built only when read).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from multidict import CIMultiDictProxy
 
 
 class Message(Protocol):
-    """What the data path reads of a request head (aiohttp's RawRequestMessage, either parser's)."""
+    """What the data path reads of a request head (aiohttp's RawRequestMessage, either parser's, or a UsualHead)."""
 
     @property
     def method(self) -> str: ...

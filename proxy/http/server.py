@@ -10,6 +10,10 @@ fast path takes over again. WebSocket upgrades stay with aiohttp for the rest of
 Sharing the parser is why the fast path uses aiohttp's C parser (llhttp) rather than httptools for
 requests: the hand-over needs no re-parsing or byte offsets, and both paths enforce the same limits
 and the same request-smuggling defences. httptools parses the instances' responses (proxy/wire/upstream.py).
+The one exception is the usual packet (proxy/http/usual.py): one whole plain GET-like head, at a request
+boundary with nothing queued, is parsed by the proxy itself, which accepts only a strict subset of what
+llhttp accepts; whatever it or the fast path declines goes to aiohttp's parser untouched (nothing was
+consumed, so again no offsets).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from proxy.http.message import Message
 from proxy.http.h2server import PREFACE, H2ServerProtocol, take_over
 from proxy.http.h2stream import serve_stream
 from proxy.http.salvage import parser_factory, whole_requests
+from proxy.http.usual import parse as usual
 from proxy.http.listen import check_free, listen
 from proxy.http.tls_listeners import TlsListeners
 from proxy.wire.tls import TlsFiles
@@ -87,6 +92,12 @@ class FastProtocol(RequestHandler):
             return
         if self._upgraded or self._payload_parser is not None or self._parser is None:
             super().data_received(data)  # a WebSocket (or a declined upgrade): aiohttp's from here on
+            return
+        if (self._boundary and self._exchange is None and not (self._queue or self._aiohttp_busy)
+                and (head := usual(data)) is not None and (exchange := self.fast.plan_usual(head, self)) is not None):
+            self._exchange = self._writing = exchange  # the usual packet, parsed here: aiohttp's parser saw nothing
+            self._next_keepalive_close_time = float("inf")
+            exchange.start()
             return
         messages: list[_Message]
         try:
