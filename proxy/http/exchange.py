@@ -152,10 +152,7 @@ class Exchange(Reconnect):
             self._send(conn, self.began)  # (sent in the same callback that began it: one clock read less)
         elif self.pool.closes and self.pool.family and not self.streaming and CHEAP_DIAL:
             self.attempts += 1  # (the first of REFUSED_RETRY_PAUSES: at once)
-            self.sent_at = -1.0  # (while dial runs: a connect done at once sends in this callback, as `began`)
             dial(self.client.loop, self.pool, self.request, self._dialed)
-            if self.sent_at < 0:  # (not sent yet: _dialed reads the clock when it is)
-                self.sent_at = 0.0
         else:
             self.client.loop.create_task(self._connect())
 
@@ -168,8 +165,7 @@ class Exchange(Reconnect):
             return False
         if self.done:
             return False
-        self.conn = conn
-        self.sent_at = self.began if self.sent_at < 0 else self.client.loop.time()  # (one clock read less)
+        self.conn, self.sent_at = conn, self.client.loop.time()
         conn.carry(self, self.bodyless)
         return True
 
@@ -203,7 +199,11 @@ class Exchange(Reconnect):
 
     def on_upstream_data(self) -> None:
         self.last_rx = self.client.loop.time()
-        if self.exchanges.timeouts:  # the instance answers: its count of timeouts in a row starts again
+        self._answered()
+
+    def _answered(self) -> None:
+        """The instance answers: its count of timeouts in a row starts again."""
+        if self.exchanges.timeouts:
             self.exchanges.timeouts.pop(self.pool, None)
 
     def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], raw_head: bytes | None) -> bool:
@@ -257,8 +257,7 @@ class Exchange(Reconnect):
 
     def on_whole(self, status: int, data: bytes, head_end: int, reusable: bool) -> None:
         self.status, self.head_sent = status, True
-        if self.exchanges.timeouts:  # (what on_upstream_data does but the clock read: the exchange ends here)
-            self.exchanges.timeouts.pop(self.pool, None)
+        self._answered()  # (not on_upstream_data: the exchange ends here, no silence to time)
         keep_alive = self.client.keeps_alive(self.message)
         self.head_len = head_end + 2  # (head_end: before the blank line)
         if self.extra_head or not keep_alive or not self.fast:  # (on the fast path: none) the lines on_head adds

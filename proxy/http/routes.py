@@ -137,8 +137,11 @@ class RouteHandler:
         peer address, `rid` the request id, `sent`/`received` the response/request body bytes."""
         self._observe(status, seconds, fast)
         if self.reqlog is not None:
-            prefix = RequestLog.prefix(self.route.name, key) if self.key_is_template else self._log_prefix
-            self.reqlog.request(prefix, method, path, status, seconds, client, rid, sent, received)
+            self.reqlog.request(self._line_start(key), method, path, status, seconds, client, rid, sent, received)
+
+    def _line_start(self, key: str) -> str:
+        """The access line's start for a request of `key` (made once for a fixed-key route)."""
+        return RequestLog.prefix(self.route.name, key) if self.key_is_template else self._log_prefix
 
     def tally(self, manager: Manager, key: str) -> Tally:
         """What a fast-path request of `key` on `manager` records at its end, resolved once (kept in `tallies`,
@@ -146,9 +149,8 @@ class RouteHandler:
         tallies = self.tallies
         if len(tallies) >= TALLIES:
             tallies.clear()
-        prefix = RequestLog.prefix(self.route.name, key) if self.key_is_template else self._log_prefix
-        tally = tallies[manager] = Tally(key, self._stats, prefix, self.reqlog, self.usage, manager.klass.name,
-                                         manager.key)
+        tally = tallies[manager] = Tally(key, self._stats, self._line_start(key), self.reqlog, self.usage,
+                                         manager.klass.name, manager.key)
         return tally
 
     def _raw_variables(self, request: web.Request) -> dict[str, str] | None:

@@ -193,12 +193,9 @@ class Metrics:
         if ready is not None:
             self.start_phase.labels(class_name, "first_byte").observe(time.monotonic() - ready)
 
-    def request_observer(self, route: str) -> Callable[[int, float, bool], None]:
-        """The route's recorder: `observe(code, seconds, fast_path)`, a few integer additions per request."""
-        return self.request_stats(route).observe
-
     def request_stats(self, route: str) -> RouteStats:
-        """The route's counts (its proxied codes from zero): what `request_observer` adds to."""
+        """The route's counts (its proxied codes from zero): `observe(code, seconds, fast_path)` adds a few
+        integers per request."""
         return self.requests.route(route, PROXY_CODES)
 
     def render(self) -> bytes:
