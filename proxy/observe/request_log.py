@@ -28,9 +28,6 @@ FLUSH_LINES = 200  # lines per batch at most (~64 KiB of typical lines)
 # access line's `sent` when no exchange counted them.
 BODY_BYTES = web.RequestKey("body_bytes", int)
 MAX_HEADS = 4096  # line starts kept (`RequestLog._lines`); all forgotten when full
-# The rest of a line after its start: ms, bytes, request_bytes, client, request id (JSON), then the fixed fields and the
-# timestamp up to its second (made once a second), and its microseconds (`%d` truncates as `int()` does).
-_TAIL = '%s%.2f, "bytes": %d, "request_bytes": %d, "client": "%s", "request_id": %s%s%06dZ"}\n'
 _METHODS = {m: _json_str(m) for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")}
 
 
@@ -71,7 +68,8 @@ class RequestLog:
 
     def _lines(self, rows: list[_Row]) -> list[str]:
         """The rows' lines: what is the same for every request of a route, key, method, path and status (the
-        line up to `"ms": `) made once (`_heads`), the rest by one `%` of `_TAIL` per row (0.5 µs less a row)."""
+        line up to `"ms": `) made once (`_heads`), the rest by one f-string per row (0.5 µs less a row; compiled,
+        0.3 µs less again than a `%` format)."""
         lines = []
         heads, second, after = self._heads, -1, ""
         for prefix, method, path, status, seconds, client, request_id, sent, received, now in rows:
@@ -85,8 +83,12 @@ class RequestLog:
                 head = heads[prefix, method, path, status] = (
                     f'{prefix}"method": {_METHODS.get(method) or _json_str(method)}, "path": {_json_str(path)}, '
                     f'"status": {status}, "ms": ')
-            lines.append(_TAIL % (head, seconds * 1000, sent, received, client, _json_str(request_id), after,
-                                  (now - second) * 1e6))  # (exactly `now % 1`: Sterbenz)
+            # (no format specs in the f-string: mypyc builds it natively, and a spec would make it a str.format;
+            # `%.2f` rounds as before; the microseconds, `now - second` exactly `now % 1` (Sterbenz), truncated
+            # and zero-padded to six digits as `%06d` did)
+            lines.append(f'{head}{"%.2f" % (seconds * 1000)}, "bytes": {sent}, "request_bytes": {received}, '
+                         f'"client": "{client}", "request_id": {_json_str(request_id)}{after}'
+                         f'{str(1000000 + int((now - second) * 1e6))[1:]}Z"}}\n')
         return lines
 
     def flush(self) -> None:

@@ -20,8 +20,9 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 # Request latency through the proxy: from 50 us (a warm fast-path hop) to a minute (cold starts, streams).
-REQUEST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                   0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# (typed as a tuple of any length: a compiled build keeps it one Python object, not 19 floats boxed per call)
+REQUEST_BUCKETS: tuple[float, ...] = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                      0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Status codes counted from zero on every proxied route: success, and what the proxy itself answers.
 PROXY_CODES = (200, 400, 413, 499, 500, 502, 503, 504)
 # Requests that match no route: not found, or a path whose methods do not include the request's.
