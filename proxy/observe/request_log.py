@@ -40,7 +40,7 @@ class RequestLog:
         self._rows: list[_Row] = []
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
-        self._heads: dict[tuple[str, str, str, int], str] = {}  # line starts (`_lines`)
+        self._heads: dict[_Head, str] = {}  # line starts (`_lines`)
         self._stamp = ""
 
     def _stamp_of(self, second: int) -> str:
@@ -72,17 +72,22 @@ class RequestLog:
         0.3 µs less again than a `%` format)."""
         lines = []
         heads, second, after = self._heads, -1, ""
+        last: _Head = ("", "", "", -1)  # the previous row's start (a batch is mostly runs of one), and its line's
+        head = ""
         for prefix, method, path, status, seconds, client, request_id, sent, received, now in rows:
             if int(now) != second:
                 second = int(now)
                 after = f', "event": "request", "level": "info", "timestamp": "{self._stamp_of(second)}.'
-            head = heads.get((prefix, method, path, status))
-            if head is None:
-                if len(heads) >= MAX_HEADS:
-                    heads.clear()
-                head = heads[prefix, method, path, status] = (
-                    f'{prefix}"method": {_METHODS.get(method) or _json_str(method)}, "path": {_json_str(path)}, '
-                    f'"status": {status}, "ms": ')
+            if status != last[3] or path != last[2] or prefix is not last[0] or method != last[1]:
+                last = (prefix, method, path, status)
+                found = heads.get(last)
+                if found is None:
+                    if len(heads) >= MAX_HEADS:
+                        heads.clear()
+                    found = heads[last] = (
+                        f'{prefix}"method": {_METHODS.get(method) or _json_str(method)}, "path": {_json_str(path)}, '
+                        f'"status": {status}, "ms": ')
+                head = found
             # (no format specs in the f-string: mypyc builds it natively, and a spec would make it a str.format;
             # `%.2f` rounds as before; the microseconds, `now - second` exactly `now % 1` (Sterbenz), truncated
             # and zero-padded to six digits as `%06d` did)
@@ -109,6 +114,7 @@ class RequestLog:
 
 # A request's fields as `RequestLog.request` got them, plus its wall-clock time.
 _Row = tuple[str, str, str, int, float, str, str, int, int, float]
+_Head = tuple[str, str, str, int]  # what a line's start is made of: prefix, method, path, status
 _FIRST = ("method", "path", "status", "ms")
 _SKIP = {"event", "level", "timestamp"}
 
