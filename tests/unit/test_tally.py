@@ -97,3 +97,17 @@ def test_a_kept_usage_detail_follows_the_key_through_stops_restarts_and_expiry()
     emit(State.STOPPED, State.RUNNING, Happening.STARTED, 11.0)  # a fresh detail
     both(160)
     assert meter.report("w", "k1", 50.0)["egress_bytes"] == 160
+
+
+def test_a_latency_lands_in_the_bucket_bisect_left_picks() -> None:
+    """RouteStats.observe finds the bucket by a loop from the low end: the same one as bisect_left, at the bounds,
+    between them and past the last (the +Inf bucket)."""
+    from bisect import bisect_left
+
+    from proxy.observe.request_metrics import REQUEST_BUCKETS
+
+    edges = [b * f for b in REQUEST_BUCKETS for f in (0.999999, 1.0, 1.000001)]
+    for seconds in [0.0, 1e-9, 1e9, *edges, *(i / 997 for i in range(0, 70_000, 7))]:
+        stats = RouteStats("r")
+        stats.observe(200, seconds, True)
+        assert stats.buckets.index(1) == bisect_left(REQUEST_BUCKETS, seconds), seconds
