@@ -11,9 +11,10 @@ be asked (its outage: the 503 with Retry-After, never a 502). `Reconnect` is the
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from proxy.errors import Refusal, RuntimeUnreachable, UpstreamError
+from proxy.observe.tally import Tally  # (the class itself: a compiled build calls its `end` directly)
 
 if TYPE_CHECKING:
     from proxy.lifecycle.manager import Manager
@@ -35,19 +36,10 @@ class Handler(Protocol):
     @property
     def egress(self) -> Callable[[str, str, int], None]: ...
     @property
-    def tallies(self) -> Mapping[Manager, _Tally]: ...
-    def tally(self, manager: Manager, key: str) -> _Tally: ...
+    def tallies(self) -> dict[Manager, Tally]: ...
+    def tally(self, manager: Manager, key: str) -> Tally: ...
     def record(self, key: str, method: str, path: str, status: int, seconds: float, fast: bool = False,
                client: str = "", rid: str = "", sent: int = 0, received: int = 0) -> None: ...
-
-
-class _Tally(Protocol):
-    """A key's records at a request's end (proxy/observe/tally.py)."""
-
-    @property
-    def key(self) -> str: ...
-    def end(self, status: int, seconds: float, method: str, path: str, client: str, rid: str, sent: int,
-            received: int, egress: int) -> None: ...
 
 
 class _Pools(Protocol):

@@ -28,9 +28,6 @@ FLUSH_LINES = 200  # lines per batch at most (~64 KiB of typical lines)
 # access line's `sent` when no exchange counted them.
 BODY_BYTES = web.RequestKey("body_bytes", int)
 MAX_HEADS = 4096  # line starts kept (`RequestLog._lines`); all forgotten when full
-# The rest of a line after its start: ms, bytes, request_bytes, client, request id (JSON), then the fixed fields and the
-# timestamp up to its second (made once a second), and its microseconds (`%d` truncates as `int()` does).
-_TAIL = '%s%.2f, "bytes": %d, "request_bytes": %d, "client": "%s", "request_id": %s%s%06dZ"}\n'
 _METHODS = {m: _json_str(m) for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")}
 
 
@@ -43,7 +40,7 @@ class RequestLog:
         self._rows: list[_Row] = []
         self._timer: asyncio.TimerHandle | None = None
         self._second = -1
-        self._heads: dict[tuple[str, str, str, int], str] = {}  # line starts (`_lines`)
+        self._heads: dict[_Head, str] = {}  # line starts (`_lines`)
         self._stamp = ""
 
     def _stamp_of(self, second: int) -> str:
@@ -71,22 +68,32 @@ class RequestLog:
 
     def _lines(self, rows: list[_Row]) -> list[str]:
         """The rows' lines: what is the same for every request of a route, key, method, path and status (the
-        line up to `"ms": `) made once (`_heads`), the rest by one `%` of `_TAIL` per row (0.5 µs less a row)."""
+        line up to `"ms": `) made once (`_heads`), the rest by one f-string per row (0.5 µs less a row; compiled,
+        0.3 µs less again than a `%` format)."""
         lines = []
         heads, second, after = self._heads, -1, ""
+        last: _Head = ("", "", "", -1)  # the previous row's start (a batch is mostly runs of one), and its line's
+        head = ""
         for prefix, method, path, status, seconds, client, request_id, sent, received, now in rows:
             if int(now) != second:
                 second = int(now)
                 after = f', "event": "request", "level": "info", "timestamp": "{self._stamp_of(second)}.'
-            head = heads.get((prefix, method, path, status))
-            if head is None:
-                if len(heads) >= MAX_HEADS:
-                    heads.clear()
-                head = heads[prefix, method, path, status] = (
-                    f'{prefix}"method": {_METHODS.get(method) or _json_str(method)}, "path": {_json_str(path)}, '
-                    f'"status": {status}, "ms": ')
-            lines.append(_TAIL % (head, seconds * 1000, sent, received, client, _json_str(request_id), after,
-                                  (now - second) * 1e6))  # (exactly `now % 1`: Sterbenz)
+            if status != last[3] or path != last[2] or prefix is not last[0] or method != last[1]:
+                last = (prefix, method, path, status)
+                found = heads.get(last)
+                if found is None:
+                    if len(heads) >= MAX_HEADS:
+                        heads.clear()
+                    found = heads[last] = (
+                        f'{prefix}"method": {_METHODS.get(method) or _json_str(method)}, "path": {_json_str(path)}, '
+                        f'"status": {status}, "ms": ')
+                head = found
+            # (no format specs in the f-string: mypyc builds it natively, and a spec would make it a str.format;
+            # `%.2f` rounds as before; the microseconds, `now - second` exactly `now % 1` (Sterbenz), truncated
+            # and zero-padded to six digits as `%06d` did)
+            lines.append(f'{head}{"%.2f" % (seconds * 1000)}, "bytes": {sent}, "request_bytes": {received}, '
+                         f'"client": "{client}", "request_id": {_json_str(request_id)}{after}'
+                         f'{str(1000000 + int((now - second) * 1e6))[1:]}Z"}}\n')
         return lines
 
     def flush(self) -> None:
@@ -107,6 +114,7 @@ class RequestLog:
 
 # A request's fields as `RequestLog.request` got them, plus its wall-clock time.
 _Row = tuple[str, str, str, int, float, str, str, int, int, float]
+_Head = tuple[str, str, str, int]  # what a line's start is made of: prefix, method, path, status
 _FIRST = ("method", "path", "status", "ms")
 _SKIP = {"event", "level", "timestamp"}
 

@@ -13,15 +13,15 @@ route's first error. Other codes an instance sends appear at their first request
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Iterable
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 # Request latency through the proxy: from 50 us (a warm fast-path hop) to a minute (cold starts, streams).
-REQUEST_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                   0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# (typed as a tuple of any length: a compiled build keeps it one Python object, not 19 floats boxed per call)
+REQUEST_BUCKETS: tuple[float, ...] = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                      0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Status codes counted from zero on every proxied route: success, and what the proxy itself answers.
 PROXY_CODES = (200, 400, 413, 499, 500, 502, 503, 504)
 # Requests that match no route: not found, or a path whose methods do not include the request's.
@@ -43,7 +43,12 @@ class RouteStats:
     def observe(self, code: int, seconds: float, fast_path: bool) -> None:
         codes = self.codes
         codes[code] = codes.get(code, 0) + 1
-        self.buckets[bisect_left(REQUEST_BUCKETS, seconds)] += 1
+        index = 0  # bisect_left's, found from the low end: most answers are in the first few buckets (a compiled
+        for bound in REQUEST_BUCKETS:  # build makes this a native loop, where bisect_left is a call through Python)
+            if seconds <= bound:
+                break
+            index += 1
+        self.buckets[index] += 1
         self.total_seconds += seconds
         if fast_path:
             self.fast += 1

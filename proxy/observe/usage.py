@@ -83,6 +83,7 @@ class UsageMeter(Collector):
             (name, label): 0.0 for name in config.containers for label in key_label.labels(name)}
         self.paused_totals: dict[tuple[str, str], float] = dict.fromkeys(self.totals, 0.0)
         self.egress_totals: dict[tuple[str, str], int] = dict.fromkeys(self.totals, 0)
+        self.moves = 0  # bumped whenever a key's detail is made, moved or dropped (`detail` may be kept until then)
         bus.subscribe(self._on_event)
 
     def _on_event(self, event: Event) -> None:
@@ -96,11 +97,13 @@ class UsageMeter(Collector):
         if event.happening is None:
             return
         if event.happening in (Happening.STARTED, Happening.ADOPTED):
+            self.moves += 1
             usage = self.running.get(at) or self.stopped.pop(at, Usage())
             if usage.running_since is None:
                 usage.running_since = event.timestamp
             self.running[at] = usage
         elif event.happening in (Happening.STOPPED, Happening.CRASHED):
+            self.moves += 1
             ended = self.running.pop(at, None)
             if ended is None or ended.running_since is None:
                 return
@@ -116,11 +119,15 @@ class UsageMeter(Collector):
 
     def egress(self, class_name: str, key: str, nbytes: int) -> None:
         """Response bytes one request sent to its client (called once per request: a few dict operations)."""
-        self.count_egress((class_name, key), (class_name, self.key_label(class_name, key)), nbytes)
+        self.add_egress(self.detail((class_name, key)), (class_name, self.key_label(class_name, key)), nbytes)
 
-    def count_egress(self, at: tuple[str, str], label: tuple[str, str], nbytes: int) -> None:
-        """`egress` of (class, key) `at`, whose (class, `key` label) the caller knows (proxy/observe/tally.py)."""
-        usage = self.running.get(at) or self.stopped.get(at)
+    def detail(self, at: tuple[str, str]) -> Usage | None:
+        """The per-key detail of (class, key) `at`, if kept: the same object until `moves` changes (a caller may
+        keep it: proxy/observe/tally.py)."""
+        return self.running.get(at) or self.stopped.get(at)
+
+    def add_egress(self, usage: Usage | None, label: tuple[str, str], nbytes: int) -> None:
+        """`egress` of a key whose `detail` and (class, `key` label) the caller knows."""
         if usage is not None:
             usage.egress += nbytes
         totals = self.egress_totals
@@ -138,6 +145,7 @@ class UsageMeter(Collector):
             if len(stopped) <= self.max_stopped and oldest.stopped_at >= now - self.retention:
                 break
             stopped.popitem(last=False)
+            self.moves += 1
 
     def __len__(self) -> int:
         """Keys with per-key detail (running, or stopped within the retention and the cap)."""

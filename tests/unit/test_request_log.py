@@ -22,21 +22,27 @@ def _line(prefix: str, method: str, path: str, status: int, seconds: float, clie
 
 async def test_lines_made_at_flush_are_byte_for_byte_those_of_each_request_time(monkeypatch) -> None:
     """Each line keeps its own request's wall-clock time, across a second's boundary, in order."""
-    clock = iter([1_700_000_000.999_999, 1_700_000_001.000_001, 1_700_000_001.5])
+    stamps = [1_700_000_000.999_999, 1_700_000_001.000_001, 1_700_000_001.5, 1_700_000_001.6, 1_700_000_001.7,
+              1_700_000_002.0]
+    clock = iter(stamps)
     monkeypatch.setattr(request_log.time, "time", lambda: next(clock))
     out = io.StringIO()
     log = RequestLog(out)
     prefix = log.prefix("/api/{tail:.*}", "k")
     calls = [("GET", "/a", 200, 0.0012345, "127.0.0.1", "r1", 15, 0),
              ("PATCH", '/b"\n', 499, 1.5, "::1", "r\u00e9", 0, 7),
-             ("BREW", "/c", 502, 0.0, "10.0.0.7", "r3", 3, 1)]
+             ("BREW", "/c", 502, 0.0, "10.0.0.7", "r3", 3, 1),
+             ("GET", "/a", 200, 0.000004999, "127.0.0.1", 'x"y\\z', 15, 0),  # (an id with what JSON escapes)
+             ("GET", "/a", 200, 12.345, "127.0.0.1", "", 15, 0),
+             ("GET", "/a", 200, 0.0, "127.0.0.1", "\u0661\u0662", 15, 0)]  # (digits, not ASCII ones)
     for call in calls:
         log.request(prefix, *call)
     assert out.getvalue() == ""  # nothing written before the flush
     log.flush()
-    stamps = [1_700_000_000.999_999, 1_700_000_001.000_001, 1_700_000_001.5]
     assert out.getvalue() == "".join(_line(prefix, *call, now) for call, now in zip(calls, stamps, strict=True))
-    assert [json.loads(line)["method"] for line in out.getvalue().splitlines()] == ["GET", "PATCH", "BREW"]
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["method"] for line in lines] == ["GET", "PATCH", "BREW", "GET", "GET", "GET"]
+    assert [line["request_id"] for line in lines] == [call[5] for call in calls]
 
 
 async def test_a_full_batch_is_written_at_once_without_waiting_for_the_timer() -> None:
