@@ -27,11 +27,12 @@ import argparse
 import asyncio
 import cProfile
 import io
+import itertools
 import pstats
 import sys
 import time
 from dataclasses import replace
-from typing import Any, Iterator
+from typing import Any
 
 from bench.lib.common import summary
 from bench.lib.launcher import ExternalBackend
@@ -143,7 +144,7 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     answer = ANSWERS[args.answer]
     request = REQUESTS[args.request]
     variants = [request.replace(b"User-Agent: ", b"User-Agent: %04d-" % n) for n in range(NEW_BLOCKS)]
-    turn: Iterator[bytes] = iter(variants)
+    turn = itertools.cycle(variants)
     new_blocks = args.new_blocks
     closing = args.answer != "keepalive"
     pool = proxy.pools.upstream(manager.instance)
@@ -171,8 +172,6 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     assert client_tr.last.endswith(BODY), client_tr.last
     best = float("inf")
     for _ in range(args.repeat):
-        if args.new_blocks:
-            turn = iter(variants * (args.requests // NEW_BLOCKS + 1))
         t0 = time.process_time()
         for _ in range(args.requests):
             one()
