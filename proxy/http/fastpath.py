@@ -33,6 +33,7 @@ from proxy.wire.paths import is_plain
 from proxy.http.exchange import Client, Exchange, request_head
 from proxy.http.message import Message
 from proxy.http.usual import UsualHead
+from proxy.http.usual import parse as usual_parse
 from proxy.http.usual import request_head as usual_request_head
 from proxy.http.watch import ExchangeWatch
 from proxy.request_id import HEADER, new_id, request_id
@@ -158,8 +159,13 @@ class FastPath:
             return None  # (no body: no length, or 0)
         return self._exchange(fixed, message, payload, proto, None)
 
-    def plan_usual(self, head: UsualHead, proto: Client) -> Exchange | None:
-        """`plan` for a head proxy/http/usual.py took (a GET-like method, HTTP/1.1, no body, no Upgrade/Expect)."""
+    def plan_packet(self, data: bytes, proto: Client) -> Exchange | None:
+        """`plan` for a packet proxy/http/usual.py takes (a GET-like method, HTTP/1.1, no body, no Upgrade/Expect):
+        parsed, planned and its exchange made in one call (compiled, the whole request side of the usual packet
+        up to `Exchange.start` runs as native code); None: aiohttp's parser gets the packet, untouched."""
+        head = usual_parse(data)
+        if head is None:
+            return None
         fixed = self._fixed(head.path, head)
         return None if fixed is None else self._exchange(fixed, head, EMPTY_PAYLOAD, proto, head)
 

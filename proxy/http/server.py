@@ -44,13 +44,13 @@ from proxy.http.message import Message
 from proxy.http.h2server import PREFACE, H2ServerProtocol, take_over
 from proxy.http.h2stream import serve_stream
 from proxy.http.salvage import parser_factory, whole_requests
-from proxy.http.usual import parse as usual
 from proxy.http.listen import check_free, listen
 from proxy.http.tls_listeners import TlsListeners
 from proxy.wire.tls import TlsFiles
 
 log = structlog.get_logger("proxy.server")
 _Message = tuple[Any, StreamReader]
+_NEVER = float("inf")  # no keep-alive close while an exchange answers (exchange_done sets the time)
 
 
 class FastProtocol(RequestHandler):
@@ -94,9 +94,9 @@ class FastProtocol(RequestHandler):
             super().data_received(data)  # a WebSocket (or a declined upgrade): aiohttp's from here on
             return
         if (self._boundary and self._exchange is None and not (self._queue or self._aiohttp_busy)
-                and (head := usual(data)) is not None and (exchange := self.fast.plan_usual(head, self)) is not None):
+                and (exchange := self.fast.plan_packet(data, self)) is not None):
             self._exchange = self._writing = exchange  # the usual packet, parsed here: aiohttp's parser saw nothing
-            self._next_keepalive_close_time = float("inf")
+            self._next_keepalive_close_time = _NEVER
             exchange.start()
             return
         messages: list[_Message]
@@ -176,7 +176,7 @@ class FastProtocol(RequestHandler):
         assert self._parser is not None
         self._parser.message_consumed()
         self._exchange = self._writing = exchange
-        self._next_keepalive_close_time = float("inf")
+        self._next_keepalive_close_time = _NEVER
         exchange.start()
 
     def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:

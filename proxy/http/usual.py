@@ -49,10 +49,11 @@ _ONCE = frozenset(h.lower().encode() for h in SINGLETON_HEADERS) | {HEADER_LOWER
 _SPECIAL = re.compile(b"\n(" + b"|".join(re.escape(n) for n in sorted(_ONCE | _REFUSE)) + b"): ")  # (lowered)
 _KEEP = _ONCE - _CUT - {HEADER_LOWER, b"content-length"}  # only seen once: nothing else to do with them
 _NEEDLE = {name: b"\n%s: " % name for name in _ONCE}
-_Block = tuple[bytes, bytes, bytes, "str | None"]  # kept lines, X-Forwarded-For values, Host, the client's id
+# What a header block gives the instance's head (the parts around the peer's address and scheme): the kept lines
+# then "X-Forwarded-For: " and the earlier values; "\r\nX-Forwarded-Host: <Host>\r\n"; the client's id.
+_Block = tuple[bytes, bytes, "str | None"]
 _memo: dict[bytes, _Block | None] = {}
-_FORMAT = (b"%s %s HTTP/1.1\r\nHost: %s\r\n%sX-Forwarded-For: %s%s\r\nX-Forwarded-Proto: %s\r\n"
-           b"X-Forwarded-Host: %s\r\n%s")
+_LINE_FORMAT = b"%s %s HTTP/1.1\r\n"
 
 
 class UsualHead:
@@ -60,20 +61,21 @@ class UsualHead:
     plus the instance's head pre-cut. `headers` and `raw_headers` are built only when something asks (a route
     keyed by a header, a host pick): the warm path never does."""
 
-    __slots__ = ("method", "path", "version", "should_close", "upgrade", "chunked", "data", "kept", "forwarded",
-                 "host", "rid", "_headers")
+    __slots__ = ("method", "path", "version", "should_close", "upgrade", "chunked", "data", "line", "lead", "tail",
+                 "rid", "_headers")
 
-    def __init__(self, method: str, path: str, data: bytes, kept: bytes, forwarded: bytes, host: bytes,
-                 rid: str | None) -> None:  # (the last four: what the header block gave)
+    def __init__(self, method: str, path: str, data: bytes, line: int, lead: bytes, tail: bytes,
+                 rid: str | None) -> None:  # (the last three: what the header block gave, see _Block)
         self.method = method
         self.path = path
         self.version = HttpVersion11
         self.should_close = self.upgrade = self.chunked = False
         self.data = data  # the packet: the head, all of it
-        self.kept = kept  # the header lines the instance gets as sent (Host, hop-by-hop, X-Forwarded-* cut)
-        self.forwarded = forwarded  # earlier X-Forwarded-For values, each followed by ", "
-        self.host = host
-        self.rid = rid  # the client's X-Request-Id when it passes on (it stays in `kept`); None: one is made
+        self.line = line  # where the request line ends (after its CRLF): the instance's, when the target is the same
+        self.lead = lead  # the header lines the instance gets as sent (Host, hop-by-hop, X-Forwarded-* cut), then
+        # "X-Forwarded-For: " and the earlier values, each followed by ", "
+        self.tail = tail  # "\r\nX-Forwarded-Host: <the client's Host>\r\n"
+        self.rid = rid  # the client's X-Request-Id when it passes on (it stays in `lead`); None: one is made here
         self._headers: CIMultiDictProxy[str] | None = None
 
     @property
@@ -103,7 +105,7 @@ def parse(data: bytes) -> UsualHead | None:
             _memo[block] = cut
     if cut is None:
         return None
-    return UsualHead(line[1].decode(), line[2].decode(), data, *cut)
+    return UsualHead(line[1].decode(), line[2].decode(), data, start, cut[0], cut[1], cut[2])
 
 
 def _block(block: bytes) -> _Block | None:
@@ -146,12 +148,15 @@ def _block(block: bytes) -> _Block | None:
         at = end
     if not host:
         return None
-    kept.append(block[at:-2])
-    return b"".join(kept), forwarded, host, rid
+    kept += (block[at:-2], b"X-Forwarded-For: ", forwarded)
+    return b"".join(kept), b"\r\nX-Forwarded-Host: %s\r\n" % host, rid
 
 
 def request_head(head: UsualHead, target: str, pool: UpstreamPool, peer: str, scheme: str, rid: str) -> bytes:
-    """proxy/http/exchange.py's `request_head` for a head `parse` took: the same bytes, sliced, not rebuilt."""
-    return _FORMAT % (head.method.encode(), target.encode("utf-8", "surrogateescape"), pool.authority, head.kept,
-                      head.forwarded, peer.encode(), scheme.encode(), head.host,
-                      b"\r\n" if head.rid is not None else b"X-Request-Id: %s\r\n\r\n" % rid.encode())
+    """proxy/http/exchange.py's `request_head` for a head `parse` took: the same bytes, sliced, not rebuilt (the
+    request line too when the target goes on as sent: `parse` took only ASCII, so it is the client's bytes)."""
+    line = head.data[:head.line] if target == head.path else _LINE_FORMAT % (
+        head.method.encode(), target.encode("utf-8", "surrogateescape"))
+    return b"".join((line, b"Host: ", pool.authority, b"\r\n", head.lead, peer.encode(), b"\r\nX-Forwarded-Proto: ",
+                     scheme.encode(), head.tail,
+                     b"\r\n" if head.rid is not None else b"X-Request-Id: %s\r\n\r\n" % rid.encode()))
