@@ -4,7 +4,8 @@ aiohttp's parse of a request (llhttp, its Cython callbacks, the CIMultiDict, the
 and the per-header work of building the instance's head cost ~6 µs a request in situ. Most packets a proxy
 sees are one plain head: a method, a path, `Name: value` lines. `parse` takes exactly those and nothing else,
 with two compiled regexes and a look at the few headers that matter (a header block seen before is not looked
-at again: a keep-alive client sends the same one each time); whatever it does not take (any oddity, a body,
+at again: a keep-alive client sends the same one each time; a whole packet seen before is one look-up: a load
+generator, a health check or a poll repeats its request byte for byte); whatever it does not take (any oddity, a body,
 two requests, a Connection other than keep-alive ...) returns None and the packet goes to aiohttp's parser
 untouched (proxy/http/server.py), which stays the judge of everything unusual.
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 MAX_HEAD = 8190  # bytes: the whole head within aiohttp's max_line_size and max_field_size (their defaults)
 MAX_LINES = 100  # header lines (aiohttp's max_headers: 128)
 MEMO = 512  # header blocks remembered (a client sends the same block on each request of a keep-alive connection)
-MEMO_BLOCK = 2048  # bytes: longer blocks are parsed each time (the memo stays within ~1 MB)
+MEMO_BLOCK = 2048  # bytes: longer blocks (and packets) are parsed each time (the memos stay within ~2.5 MB)
 # The request line and the header lines, canonical only: a token, ": ", printable ASCII words separated by spaces
 # (so no leading or trailing whitespace, no tab, no CTL, no obs-fold, no bare CR or LF), up to the blank line.
 _REQUEST = re.compile(rb"(GET|POST|PUT|PATCH|DELETE|OPTIONS) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*+) HTTP/1\.1\r\n")
@@ -53,6 +54,7 @@ _NEEDLE = {name: b"\n%s: " % name for name in _ONCE}
 # then "X-Forwarded-For: " and the earlier values; "\r\nX-Forwarded-Host: <Host>\r\n"; the client's id.
 _Block = tuple[bytes, bytes, "str | None"]
 _memo: dict[bytes, _Block | None] = {}
+_heads: dict[bytes, UsualHead] = {}  # whole packets taken (at most MEMO, each at most MEMO_BLOCK bytes)
 _LINE_FORMAT = b"%s %s HTTP/1.1\r\n"
 
 
@@ -90,7 +92,11 @@ class UsualHead:
 
 
 def parse(data: bytes) -> UsualHead | None:
-    """The head if `data` is exactly one usual request head, else None (aiohttp's parser decides)."""
+    """The head if `data` is exactly one usual request head, else None (aiohttp's parser decides). A packet taken
+    before (a keep-alive client repeating its request) is one look-up: its head is shared (nothing changes it)."""
+    small = len(data) <= MEMO_BLOCK
+    if small and (head := _heads.get(data)) is not None:
+        return head
     if len(data) > MAX_HEAD or (line := _REQUEST.match(data)) is None:
         return None
     start = line.end()
@@ -105,7 +111,12 @@ def parse(data: bytes) -> UsualHead | None:
             _memo[block] = cut
     if cut is None:
         return None
-    return UsualHead(line[1].decode(), line[2].decode(), data, start, cut[0], cut[1], cut[2])
+    head = UsualHead(line[1].decode(), line[2].decode(), data, start, cut[0], cut[1], cut[2])
+    if small:
+        if len(_heads) >= MEMO:
+            _heads.clear()
+        _heads[data] = head
+    return head
 
 
 def _block(block: bytes) -> _Block | None:
