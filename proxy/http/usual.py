@@ -163,11 +163,18 @@ def _block(block: bytes) -> _Block | None:
     return b"".join(kept), b"\r\nX-Forwarded-Host: %s\r\n" % host, rid
 
 
-def request_head(head: UsualHead, target: str, pool: UpstreamPool, peer: str, scheme: str, rid: str) -> bytes:
+def via(peer: str, scheme: str) -> bytes:
+    """What follows "X-Forwarded-For: " and the earlier values in the instance's head, up to the X-Forwarded-Host
+    line: the same for every request of a connection (proxy/http/server.py makes it once per connection)."""
+    return b"%s\r\nX-Forwarded-Proto: %s" % (peer.encode(), scheme.encode())
+
+
+def request_head(head: UsualHead, target: str, pool: UpstreamPool, via: bytes, rid: str) -> bytes:
     """proxy/http/exchange.py's `request_head` for a head `parse` took: the same bytes, sliced, not rebuilt (the
     request line too when the target goes on as sent: `parse` took only ASCII, so it is the client's bytes)."""
     line = head.data[:head.line] if target == head.path else _LINE_FORMAT % (
         head.method.encode(), target.encode("utf-8", "surrogateescape"))
-    return b"".join((line, b"Host: ", pool.authority, b"\r\n", head.lead, peer.encode(), b"\r\nX-Forwarded-Proto: ",
-                     scheme.encode(), head.tail,
-                     b"\r\n" if head.rid is not None else b"X-Request-Id: %s\r\n\r\n" % rid.encode()))
+    if head.rid is not None:
+        return b"".join((line, b"Host: ", pool.authority, b"\r\n", head.lead, via, head.tail, b"\r\n"))
+    return b"".join((line, b"Host: ", pool.authority, b"\r\n", head.lead, via, head.tail, b"X-Request-Id: ",
+                     rid.encode(), b"\r\n\r\n"))
