@@ -1,7 +1,7 @@
 """The fast path's own Python CPU per request, without sockets: a deterministic breakdown.
 
     python -m bench.fastpath_cpu [--requests N] [--repeat R] [--profile] [--answer keepalive|plain|close|http10]
-                                 [--request wrk|browser] [--smoke]
+                                 [--request wrk|browser] [--new-blocks] [--smoke]
 
 On a shared, overloaded machine sampling profilers (py-spy) charge the time a process waits to be scheduled
 to whatever line it was on (mostly the `write` that woke the load generator), and wall-clock profiles of a
@@ -17,6 +17,8 @@ left is the interpreter's work per request, measured as CPU time (`time.process_
 `--answer close|http10`: the instance closes after each answer (a fresh UpstreamConnection per request;
 the connect itself, a syscall, is not in this number).
 `--request browser`: a browser's 12-header navigation instead of wrk's 2-header request.
+`--new-blocks`: every request's header block is one the proxy has not seen (its User-Agent numbered, 1,024 in
+turn), so proxy/http/usual.py's memo of header blocks never helps (a client whose cookie changes each request).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import itertools
 import pstats
 import sys
 import time
@@ -48,6 +51,7 @@ REQUESTS = {  # wrk's request (as the load benches send it), and a browser's nav
                b"Sec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\nAccept-Encoding: gzip, deflate, br, zstd\r\n"
                b"Accept-Language: en-US,en;q=0.9\r\n\r\n",
 }
+NEW_BLOCKS = 1024  # header blocks --new-blocks takes in turn (twice proxy/http/usual.py's MEMO: none is kept)
 BODY = b'{"status":"ok"}'
 ANSWERS = {
     "keepalive": b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 06 Dec 2026 09:00:00 GMT\r\n"
@@ -139,6 +143,9 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     client.connection_made(client_tr)
     answer = ANSWERS[args.answer]
     request = REQUESTS[args.request]
+    variants = [request.replace(b"User-Agent: ", b"User-Agent: %04d-" % n) for n in range(NEW_BLOCKS)]
+    turn = itertools.cycle(variants)
+    new_blocks = args.new_blocks
     closing = args.answer != "keepalive"
     pool = proxy.pools.upstream(manager.instance)
 
@@ -153,7 +160,7 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     def one() -> None:
         if closing:  # what a fresh connect hands the exchange (the connect's syscalls are not measured)
             pool.put(upstream())
-        client.data_received(request)
+        client.data_received(next(turn) if new_blocks else request)
         exchange = client._exchange  # noqa: SLF001 - the harness drives the exchange's connection itself
         assert exchange is not None and exchange.conn is not None, "the request did not take the fast path"
         conn = exchange.conn
@@ -172,7 +179,8 @@ async def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
         if reqlog is not None:  # (timed too: the lines' last batch is part of their cost)
             reqlog.flush()
         best = min(best, (time.process_time() - t0) / args.requests)
-    print(f"request {args.request}, answer {args.answer}, request log {'off' if args.no_log else 'on'}: "
+    print(f"request {args.request}{' (new blocks)' if new_blocks else ''}, answer {args.answer}, "
+          f"request log {'off' if args.no_log else 'on'}: "
           f"{best * 1e6:.2f} us of CPU per request (best of {args.repeat} x {args.requests})")
     result.update(us_per_request=best * 1e6, bytes_to_client=client_tr.written)
     if args.profile:
@@ -195,6 +203,7 @@ def main() -> int:
     ap.add_argument("--answer", choices=sorted(ANSWERS), default="keepalive")
     ap.add_argument("--request", choices=sorted(REQUESTS), default="wrk")
     ap.add_argument("--no-log", action="store_true", help="logging.requests: false")
+    ap.add_argument("--new-blocks", action="store_true", help="a header block not seen before in each request")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--smoke", action="store_true", help="200 requests once: only proves it runs (CI)")

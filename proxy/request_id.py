@@ -20,13 +20,14 @@ HEADER_LOWER = b"x-request-id"
 MAX_LENGTH = 200  # longer client ids are replaced: they would bloat every log line
 KEY = web.RequestKey("request_id", str)  # where the aiohttp path keeps the id on its request
 
-_BASE = int.from_bytes(os.urandom(8), "big") << 64  # the random prefix: the id's upper 64 bits
-_next = count(1).__next__
+_PREFIX = os.urandom(8).hex()  # the random prefix: the id's upper 64 bits, 16 hex digits
+_next = count((1 << 64) + 1).__next__  # the counter, above 2**64: its hex() is "0x1" and then 16 digits, zero-padded
 
 
 def new_id() -> str:
-    """A fresh id, unique per process (random prefix) and within it (counter)."""
-    return "%032x" % (_BASE + _next())
+    """A fresh id, unique per process (random prefix) and within it (counter): the prefix, then the counter's 16
+    hex digits (hex() and a slice: a fifth of what formatting a 128-bit number with "%032x" costs)."""
+    return _PREFIX + hex(_next())[3:]
 
 
 def sane(value: str) -> bool:
@@ -38,7 +39,7 @@ def request_id(headers: Mapping[str, str]) -> tuple[str, bool]:
     """The request's id and whether the client's own header passes on unchanged (else it is replaced)."""
     given = headers.get(HEADER)
     if given is None:  # the usual case, inlined: this runs for every fast-path request
-        return "%032x" % (_BASE + _next()), False
+        return new_id(), False
     if sane(given) and _single(headers):
         return given, True
     return new_id(), False

@@ -20,7 +20,7 @@ once, in the aiohttp path:
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Final, Iterable
 
 from aiohttp import HttpVersion11, hdrs
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -33,6 +33,7 @@ from proxy.wire.paths import is_plain
 from proxy.http.exchange import Client, Exchange, request_head
 from proxy.http.message import Message
 from proxy.http.usual import UsualHead
+from proxy.http.usual import parse as usual_parse
 from proxy.http.usual import request_head as usual_request_head
 from proxy.http.watch import ExchangeWatch
 from proxy.request_id import HEADER, new_id, request_id
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
     _Candidate = tuple[str | None, re.Pattern[str] | None, _Group | None]
 
 FAST_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_RUNNING: Final = State.RUNNING  # (a constant: compiled, no attribute look-up on the enum per request)
 _ID_HEADER = istr(HEADER)  # (an istr is looked up in the headers without case-folding it each time)
 
 
@@ -156,12 +158,18 @@ class FastPath:
             return None
         if payload is not EMPTY_PAYLOAD and int(headers.get(hdrs.CONTENT_LENGTH) or 0) > self.exchanges.max_body:
             return None  # (no body: no length, or 0)
-        return self._exchange(fixed, message, payload, proto, None)
+        return self._exchange(fixed, message, payload, proto, None, b"")
 
-    def plan_usual(self, head: UsualHead, proto: Client) -> Exchange | None:
-        """`plan` for a head proxy/http/usual.py took (a GET-like method, HTTP/1.1, no body, no Upgrade/Expect)."""
+    def plan_packet(self, data: bytes, proto: Client, via: bytes) -> Exchange | None:
+        """`plan` for a packet proxy/http/usual.py takes (a GET-like method, HTTP/1.1, no body, no Upgrade/Expect):
+        parsed, planned and its exchange made in one call (compiled, the whole request side of the usual packet
+        up to `Exchange.start` runs as native code); None: aiohttp's parser gets the packet, untouched. `via`: the
+        connection's part of the instance's head (proxy/http/usual.py's `via`)."""
+        head = usual_parse(data)
+        if head is None:
+            return None
         fixed = self._fixed(head.path, head)
-        return None if fixed is None else self._exchange(fixed, head, EMPTY_PAYLOAD, proto, head)
+        return None if fixed is None else self._exchange(fixed, head, EMPTY_PAYLOAD, proto, head, via)
 
     def _fixed(self, target: str, message: Message) -> _Fixed | None:
         """What the target's path decides (kept for plain paths), or None: not a plain path a proxied route takes."""
@@ -177,7 +185,7 @@ class FastPath:
         return fixed
 
     def _exchange(self, fixed: _Fixed, message: Message, payload: StreamReader, proto: Client,
-                  usual: UsualHead | None) -> Exchange | None:
+                  usual: UsualHead | None, via: bytes) -> Exchange | None:
         """The exchange for a request whose route and key are decided, if the key's instance takes it warm."""
         handler, key = fixed.handler, fixed.key
         if self.ownership is not None and not self.ownership.owns(handler.route.container, key):
@@ -188,7 +196,7 @@ class FastPath:
             if fixed.stable:
                 fixed.manager = manager
         instance = manager.instance
-        if manager.state is not State.RUNNING or instance is None or manager.klass.protocol != "http1":
+        if manager.state is not _RUNNING or instance is None or manager.klass.protocol != "http1":
             return None
         pool = fixed.pool
         if instance is not fixed.instance or pool is None or pool.closed:
@@ -199,7 +207,7 @@ class FastPath:
         upstream = target if fixed.same_target else handler.target_for(target, fixed.variables)
         if usual is not None:  # (its id: the client's when it passes on, else one made here)
             rid = usual.rid or new_id()
-            head = usual_request_head(usual, upstream, pool, proto.peer_host, proto.scheme, rid)
+            head = usual_request_head(usual, upstream, pool, via, rid)
         else:
             headers = message.headers
             rid, given = (new_id(), False) if _ID_HEADER not in headers else request_id(headers)

@@ -44,18 +44,19 @@ from proxy.http.message import Message
 from proxy.http.h2server import PREFACE, H2ServerProtocol, take_over
 from proxy.http.h2stream import serve_stream
 from proxy.http.salvage import parser_factory, whole_requests
-from proxy.http.usual import parse as usual
 from proxy.http.listen import check_free, listen
+from proxy.http.usual import via
 from proxy.http.tls_listeners import TlsListeners
 from proxy.wire.tls import TlsFiles
 
 log = structlog.get_logger("proxy.server")
 _Message = tuple[Any, StreamReader]
+_NEVER = float("inf")  # no keep-alive close while an exchange answers (exchange_done sets the time)
 
 
 class FastProtocol(RequestHandler):
     __slots__ = ("fast", "loop", "peer_host", "scheme", "_queue", "_exchange", "_writing", "_aiohttp_busy", "_idle",
-                 "_boundary", "_refused", "_settings", "_sniff")
+                 "_boundary", "_refused", "_settings", "_sniff", "_via")
 
     def __init__(self, manager: Server, *, fast: FastPath, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
@@ -72,6 +73,7 @@ class FastProtocol(RequestHandler):
         self._refused = False  # bytes that do not parse came: the 400 ends the connection, nothing more is read
         self._settings = kwargs  # the parser's limits, for parsing a bad packet again (proxy/http/salvage.py)
         self._sniff: bytes | None = b""  # the first bytes, until they show HTTP/1.x or HTTP/2's preface
+        self._via = via("", "http")  # the connection's part of an instance's head (proxy/http/usual.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -82,6 +84,7 @@ class FastProtocol(RequestHandler):
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
                 self._to_h2(b"")  # ALPN chose HTTP/2: no preface sniffing needed
+        self._via = via(self.peer_host, self.scheme)
 
     # ---------------------------------------------------------------- parsing and dispatch
 
@@ -94,9 +97,9 @@ class FastProtocol(RequestHandler):
             super().data_received(data)  # a WebSocket (or a declined upgrade): aiohttp's from here on
             return
         if (self._boundary and self._exchange is None and not (self._queue or self._aiohttp_busy)
-                and (head := usual(data)) is not None and (exchange := self.fast.plan_usual(head, self)) is not None):
+                and (exchange := self.fast.plan_packet(data, self, self._via)) is not None):
             self._exchange = self._writing = exchange  # the usual packet, parsed here: aiohttp's parser saw nothing
-            self._next_keepalive_close_time = float("inf")
+            self._next_keepalive_close_time = _NEVER
             exchange.start()
             return
         messages: list[_Message]
@@ -176,7 +179,7 @@ class FastProtocol(RequestHandler):
         assert self._parser is not None
         self._parser.message_consumed()
         self._exchange = self._writing = exchange
-        self._next_keepalive_close_time = float("inf")
+        self._next_keepalive_close_time = _NEVER
         exchange.start()
 
     def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:

@@ -4,7 +4,8 @@ aiohttp's parse of a request (llhttp, its Cython callbacks, the CIMultiDict, the
 and the per-header work of building the instance's head cost ~6 µs a request in situ. Most packets a proxy
 sees are one plain head: a method, a path, `Name: value` lines. `parse` takes exactly those and nothing else,
 with two compiled regexes and a look at the few headers that matter (a header block seen before is not looked
-at again: a keep-alive client sends the same one each time); whatever it does not take (any oddity, a body,
+at again: a keep-alive client sends the same one each time; a whole packet seen before is one look-up: a load
+generator, a health check or a poll repeats its request byte for byte); whatever it does not take (any oddity, a body,
 two requests, a Connection other than keep-alive ...) returns None and the packet goes to aiohttp's parser
 untouched (proxy/http/server.py), which stays the judge of everything unusual.
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 MAX_HEAD = 8190  # bytes: the whole head within aiohttp's max_line_size and max_field_size (their defaults)
 MAX_LINES = 100  # header lines (aiohttp's max_headers: 128)
 MEMO = 512  # header blocks remembered (a client sends the same block on each request of a keep-alive connection)
-MEMO_BLOCK = 2048  # bytes: longer blocks are parsed each time (the memo stays within ~1 MB)
+MEMO_BLOCK = 2048  # bytes: longer blocks (and packets) are parsed each time (the memos stay within ~2.5 MB)
 # The request line and the header lines, canonical only: a token, ": ", printable ASCII words separated by spaces
 # (so no leading or trailing whitespace, no tab, no CTL, no obs-fold, no bare CR or LF), up to the blank line.
 _REQUEST = re.compile(rb"(GET|POST|PUT|PATCH|DELETE|OPTIONS) (/[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*+) HTTP/1\.1\r\n")
@@ -49,10 +50,12 @@ _ONCE = frozenset(h.lower().encode() for h in SINGLETON_HEADERS) | {HEADER_LOWER
 _SPECIAL = re.compile(b"\n(" + b"|".join(re.escape(n) for n in sorted(_ONCE | _REFUSE)) + b"): ")  # (lowered)
 _KEEP = _ONCE - _CUT - {HEADER_LOWER, b"content-length"}  # only seen once: nothing else to do with them
 _NEEDLE = {name: b"\n%s: " % name for name in _ONCE}
-_Block = tuple[bytes, bytes, bytes, "str | None"]  # kept lines, X-Forwarded-For values, Host, the client's id
+# What a header block gives the instance's head (the parts around the peer's address and scheme): the kept lines
+# then "X-Forwarded-For: " and the earlier values; "\r\nX-Forwarded-Host: <Host>\r\n"; the client's id.
+_Block = tuple[bytes, bytes, "str | None"]
 _memo: dict[bytes, _Block | None] = {}
-_FORMAT = (b"%s %s HTTP/1.1\r\nHost: %s\r\n%sX-Forwarded-For: %s%s\r\nX-Forwarded-Proto: %s\r\n"
-           b"X-Forwarded-Host: %s\r\n%s")
+_heads: dict[bytes, UsualHead] = {}  # whole packets taken (at most MEMO, each at most MEMO_BLOCK bytes)
+_LINE_FORMAT = b"%s %s HTTP/1.1\r\n"
 
 
 class UsualHead:
@@ -60,20 +63,21 @@ class UsualHead:
     plus the instance's head pre-cut. `headers` and `raw_headers` are built only when something asks (a route
     keyed by a header, a host pick): the warm path never does."""
 
-    __slots__ = ("method", "path", "version", "should_close", "upgrade", "chunked", "data", "kept", "forwarded",
-                 "host", "rid", "_headers")
+    __slots__ = ("method", "path", "version", "should_close", "upgrade", "chunked", "data", "line", "lead", "tail",
+                 "rid", "_headers")
 
-    def __init__(self, method: str, path: str, data: bytes, kept: bytes, forwarded: bytes, host: bytes,
-                 rid: str | None) -> None:  # (the last four: what the header block gave)
+    def __init__(self, method: str, path: str, data: bytes, line: int, lead: bytes, tail: bytes,
+                 rid: str | None) -> None:  # (the last three: what the header block gave, see _Block)
         self.method = method
         self.path = path
         self.version = HttpVersion11
         self.should_close = self.upgrade = self.chunked = False
         self.data = data  # the packet: the head, all of it
-        self.kept = kept  # the header lines the instance gets as sent (Host, hop-by-hop, X-Forwarded-* cut)
-        self.forwarded = forwarded  # earlier X-Forwarded-For values, each followed by ", "
-        self.host = host
-        self.rid = rid  # the client's X-Request-Id when it passes on (it stays in `kept`); None: one is made
+        self.line = line  # where the request line ends (after its CRLF): the instance's, when the target is the same
+        self.lead = lead  # the header lines the instance gets as sent (Host, hop-by-hop, X-Forwarded-* cut), then
+        # "X-Forwarded-For: " and the earlier values, each followed by ", "
+        self.tail = tail  # "\r\nX-Forwarded-Host: <the client's Host>\r\n"
+        self.rid = rid  # the client's X-Request-Id when it passes on (it stays in `lead`); None: one is made here
         self._headers: CIMultiDictProxy[str] | None = None
 
     @property
@@ -88,7 +92,11 @@ class UsualHead:
 
 
 def parse(data: bytes) -> UsualHead | None:
-    """The head if `data` is exactly one usual request head, else None (aiohttp's parser decides)."""
+    """The head if `data` is exactly one usual request head, else None (aiohttp's parser decides). A packet taken
+    before (a keep-alive client repeating its request) is one look-up: its head is shared (nothing changes it)."""
+    small = len(data) <= MEMO_BLOCK
+    if small and (head := _heads.get(data)) is not None:
+        return head
     if len(data) > MAX_HEAD or (line := _REQUEST.match(data)) is None:
         return None
     start = line.end()
@@ -103,7 +111,12 @@ def parse(data: bytes) -> UsualHead | None:
             _memo[block] = cut
     if cut is None:
         return None
-    return UsualHead(line[1].decode(), line[2].decode(), data, *cut)
+    head = UsualHead(line[1].decode(), line[2].decode(), data, start, cut[0], cut[1], cut[2])
+    if small:
+        if len(_heads) >= MEMO:
+            _heads.clear()
+        _heads[data] = head
+    return head
 
 
 def _block(block: bytes) -> _Block | None:
@@ -146,12 +159,22 @@ def _block(block: bytes) -> _Block | None:
         at = end
     if not host:
         return None
-    kept.append(block[at:-2])
-    return b"".join(kept), forwarded, host, rid
+    kept += (block[at:-2], b"X-Forwarded-For: ", forwarded)
+    return b"".join(kept), b"\r\nX-Forwarded-Host: %s\r\n" % host, rid
 
 
-def request_head(head: UsualHead, target: str, pool: UpstreamPool, peer: str, scheme: str, rid: str) -> bytes:
-    """proxy/http/exchange.py's `request_head` for a head `parse` took: the same bytes, sliced, not rebuilt."""
-    return _FORMAT % (head.method.encode(), target.encode("utf-8", "surrogateescape"), pool.authority, head.kept,
-                      head.forwarded, peer.encode(), scheme.encode(), head.host,
-                      b"\r\n" if head.rid is not None else b"X-Request-Id: %s\r\n\r\n" % rid.encode())
+def via(peer: str, scheme: str) -> bytes:
+    """What follows "X-Forwarded-For: " and the earlier values in the instance's head, up to the X-Forwarded-Host
+    line: the same for every request of a connection (proxy/http/server.py makes it once per connection)."""
+    return b"%s\r\nX-Forwarded-Proto: %s" % (peer.encode(), scheme.encode())
+
+
+def request_head(head: UsualHead, target: str, pool: UpstreamPool, via: bytes, rid: str) -> bytes:
+    """proxy/http/exchange.py's `request_head` for a head `parse` took: the same bytes, sliced, not rebuilt (the
+    request line too when the target goes on as sent: `parse` took only ASCII, so it is the client's bytes)."""
+    line = head.data[:head.line] if target == head.path else _LINE_FORMAT % (
+        head.method.encode(), target.encode("utf-8", "surrogateescape"))
+    if head.rid is not None:
+        return b"".join((line, b"Host: ", pool.authority, b"\r\n", head.lead, via, head.tail, b"\r\n"))
+    return b"".join((line, b"Host: ", pool.authority, b"\r\n", head.lead, via, head.tail, b"X-Request-Id: ",
+                     rid.encode(), b"\r\n\r\n"))

@@ -140,7 +140,7 @@ def _check(loop: asyncio.AbstractEventLoop, data: bytes) -> bool:
     assert head.rid == (message.headers["X-Request-Id"] if given else None), data
     for target in (head.path, "/elsewhere/x?y=1"):
         want = request_head(message, target, _Pool(), PEER, SCHEME, head.rid or RID, given)  # type: ignore[arg-type]
-        assert usual.request_head(head, target, _Pool(), PEER, SCHEME, RID) == want, data  # type: ignore[arg-type]
+        assert usual.request_head(head, target, _Pool(), usual.via(PEER, SCHEME), RID) == want, data  # type: ignore[arg-type]
     return True
 
 
