@@ -65,9 +65,10 @@ dockerd_up() {  # dockerd_up <n>
   mkdir -p "$dir/data" "$dir/exec"
   printf '{"insecure-registries": ["%s"]}\n' "$REGISTRY_ADDR" >"$dir/daemon.json"
   log "node $n: dockerd (log: $dir/dockerd.log)"
+  echo "--- [swarm-nodes] dockerd start $(date -u +%FT%TZ)" >>"$dir/dockerd.log"  # appended: a crash's log survives the restart
   (cd / && exec setsid nohup nsenter --net="/var/run/netns/lpnode$n" dockerd --config-file "$dir/daemon.json" \
     --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/docker.pid" \
-    -H "unix://$(sock "$n")" --bip "172.3$n.0.1/16") >"$dir/dockerd.log" 2>&1 </dev/null &  # cwd /: a deleted directory breaks conmon
+    -H "unix://$(sock "$n")" --bip "172.3$n.0.1/16") >>"$dir/dockerd.log" 2>&1 </dev/null &  # cwd /: a deleted directory breaks conmon
 }
 
 registry_up() {  # the nodes pull from the bridge address; the same storage as the loopback registry

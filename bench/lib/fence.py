@@ -266,10 +266,18 @@ def _own_actions(path: str) -> int:
     return count
 
 
+def broken(report: dict[str, Any]) -> list[str]:
+    """What a round must show, as the list of what it did not: no failed request sent after the fault, never two
+    running containers for one key, no stop or pause by the stale owner, a WebSocket through a peer echoes.
+    (`stops_or_pauses` and `starts` count every replica's: the new owner may idle-stop a key it adopted while
+    that key's requests were held by the frozen owner, and restart the same container for the next request;
+    that is its right.)"""
+    checks = {"a request sent after the fault failed": report["failed_sent_after"] == 0,
+              "two containers ran for one key": report["max_running_per_key"] == 1,
+              "the stale owner stopped or paused a container": report["stale_stops_or_pauses"] == 0,
+              "no WebSocket echo through a peer": bool(report["ws_echo_after"])}
+    return [what for what, ok in checks.items() if not ok]
+
+
 def healthy(report: dict[str, Any]) -> bool:
-    """What a round must show: no failed request sent after the fault, never two running containers for one key,
-    no stop or pause by the stale owner, a WebSocket through a peer echoes. (`stops_or_pauses` and `starts`
-    count every replica's: the new owner may idle-stop a key it adopted while that key's requests were held
-    by the frozen owner, and restart the same container for the next request; that is its right.)"""
-    return (report["failed_sent_after"] == 0 and report["max_running_per_key"] == 1
-            and report["stale_stops_or_pauses"] == 0 and report["ws_echo_after"])
+    return not broken(report)
