@@ -26,6 +26,7 @@ from proxy.admin.api import create_admin_app
 from proxy.app import PROXY, create_app
 from proxy.banner import announce
 from proxy.check import check
+from proxy.compile import running
 from proxy.config.schema import Config, ConfigError, load_config
 from proxy.admin.ctl import main as ctl
 from proxy.observe.logs import FORMATS, configure
@@ -45,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=FORMATS, help="overrides logging.format")
     p.add_argument("--check", action="store_true",
                    help="validate the config and probe the backend, without binding ports; exit 0, 1 or 2")
-    p.add_argument("--version", action="version", version=f"lazy-proxy {__version__}")
+    p.add_argument("--version", action="version", version=f"lazy-proxy {__version__} ({running()})")
     return p
 
 

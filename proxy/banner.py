@@ -1,8 +1,8 @@
 """The start-up line: where the proxy listens, which backend and whether it answers, what it serves.
 
 One line an operator reads to know the proxy came up as meant, e.g.
-`lazy-proxy 0.1.0 listening on http://127.0.0.1:8787 (admin http://127.0.0.1:8788), backend docker ok,
-1 class (web: nginx:alpine), 3 routes (/, /api/{tail}, /ws)`.
+`lazy-proxy 0.1.0 (compiled, 19 modules) listening on http://127.0.0.1:8787 (admin http://127.0.0.1:8788),
+backend docker ok, 1 class (web: nginx:alpine), 3 routes (/, /api/{tail}, /ws)`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import structlog
 
 from proxy import __version__
+from proxy.compile import running
 from proxy.config.schema import Config
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ def startup_line(config: Config, listen: Iterable[Any], admin: Iterable[Any], ba
     scheme, admin_scheme = ("https" if tls is not None else "http" for tls in (config.tls, config.admin.tls))
     where = ", ".join(url(a, scheme) for a in listen) or f"{scheme}://{config.host}:{config.port}"
     admin_urls = ", ".join(url(a, admin_scheme) for a in admin)
-    line = f"lazy-proxy {__version__} listening on {where}" + (f" (admin {admin_urls})" if admin_urls else "")
+    line = f"lazy-proxy {__version__} ({running()}) listening on {where}"  # the build: compiled or pure Python
+    line += f" (admin {admin_urls})" if admin_urls else ""
     line += f", backend {backend} " + ("ok" if unreachable is None else f"UNREACHABLE: {unreachable}")
     classes = ", ".join(f"{name}: {c.spec.image}" for name, c in config.containers.items())
     line += f", {plural(len(config.containers), 'class')} ({classes})"

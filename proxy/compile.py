@@ -12,16 +12,24 @@ version ignores it and imports the .py. An in-place build does not follow later 
 (or --clean) after changing them. Nothing changes for a user who does not build.
 The modules are the ones a warm keep-alive request runs through (`python -m bench.fastpath_cpu --profile`);
 proxy/http/server.py stays interpreted (its FastProtocol subclasses aiohttp's RequestHandler, not compiled).
+
+`pip install .` / `pip wheel .` compile the same modules into the wheel (setup.py calls wheel_extensions());
+editable installs and LAZY_PROXY_PURE=1 stay pure. `running()` says which build this process runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import io
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HOT = (
     "proxy/http/exchange.py", "proxy/http/fastpath.py", "proxy/http/reconnect.py", "proxy/http/watch.py",
@@ -32,12 +40,78 @@ HOT = (
 )  # not proxy/lifecycle/manager.py: mypyc does not compile its async generator (Manager.lease)
 GROUP = "proxy._compiled"  # mypyc's shared runtime library: proxy/_compiled__mypyc.*.so, inside the package
 PACKAGES = ("proxy", "backends")  # what the type analysis reads (backends: the types the proxy imports)
+OPT_LEVEL = "3"
+PURE_ENV = "LAZY_PROXY_PURE"  # =1: `pip install .` builds a pure-Python wheel (no mypyc, no C compiler)
 SETUP = """\
 from setuptools import setup
 from mypyc.build import mypycify
 setup(name="lazy-proxy-compiled", packages=[],
-      ext_modules=mypycify({paths!r}, opt_level="3", group_name={group!r}))
+      ext_modules=mypycify({paths!r}, opt_level={opt!r}, group_name={group!r}))
 """
+
+
+def _names() -> list[str]:
+    return [path.removesuffix(".py").replace("/", ".") for path in HOT]
+
+
+def running() -> str:
+    """Which build this process runs, for the start-up line and --version: "compiled, N modules" when every HOT
+    module loads from an extension module, "pure Python" when none does, else "partly compiled, K of N modules"
+    (e.g. an in-place build older than HOT). Asks the import system where each module is (or would be) loaded
+    from: its spec's origin, the .so or the .py."""
+    found = [importlib.util.find_spec(name) for name in _names()]
+    compiled = sum(1 for spec in found if spec is not None and (spec.origin or "").endswith((".so", ".pyd")))
+    if compiled == 0:
+        return "pure Python"
+    if compiled == len(HOT):
+        return f"compiled, {len(HOT)} modules"
+    return f"partly compiled, {compiled} of {len(HOT)} modules"
+
+
+def _warn(why: str) -> None:
+    print(f"warning: lazy-proxy builds pure Python (not compiled by mypyc): {why}", file=sys.stderr, flush=True)
+
+
+def _compiler_works() -> str | None:
+    """None when a C compiler builds a file including Python.h; else why not (one line)."""
+    from setuptools._distutils.ccompiler import new_compiler  # setuptools' copy of distutils (3.12 has none)
+    from setuptools._distutils.sysconfig import customize_compiler, get_python_inc
+
+    cc = new_compiler()
+    customize_compiler(cc)
+    with tempfile.TemporaryDirectory(prefix="lazy-proxy-cc-") as tmp:
+        src = Path(tmp) / "probe.c"
+        src.write_text("#include <Python.h>\nint lazy_proxy_probe(void) { return 0; }\n")
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                cc.compile([str(src)], output_dir=tmp, include_dirs=[get_python_inc()])
+        except Exception as exc:  # CompileError, DistutilsExecError (no compiler): the message says which
+            return f"no working C compiler with Python headers ({str(exc).strip().splitlines()[-1][:160]})"
+    return None
+
+
+def wheel_extensions() -> list[Any]:
+    """The extension modules of a wheel build (setup.py): mypyc's build of HOT, or [] (pure Python) when
+    LAZY_PROXY_PURE=1, mypyc is missing, no C compiler works, or mypyc fails; each with one warning line."""
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        print(f"lazy-proxy: {PURE_ENV}={os.environ[PURE_ENV]}: pure-Python build", file=sys.stderr, flush=True)
+        return []
+    try:
+        from mypyc.build import mypycify
+    except ImportError:
+        _warn("mypyc is not installed (pip install mypy)")
+        return []
+    if (why := _compiler_works()) is not None:
+        _warn(why)
+        return []
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):  # paths relative to the checkout: setup.py's cwd
+            return list(mypycify(list(HOT), opt_level=OPT_LEVEL, group_name=GROUP))
+    except (Exception, SystemExit) as exc:  # mypyc prints the type errors, then exits
+        first = next((line for line in said.getvalue().splitlines() if "error" in line), str(exc))
+        _warn(f"mypyc failed: {first[:200]}")
+        return []
 
 
 def root() -> Path:
@@ -69,7 +143,7 @@ def build(dest: Path, *, quiet: bool = True) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix="lazy-proxy-mypyc-") as tmp:
         work = Path(tmp)
         _copy(src, work)
-        (work / "setup.py").write_text(SETUP.format(paths=list(HOT), group=GROUP))
+        (work / "setup.py").write_text(SETUP.format(paths=list(HOT), opt=OPT_LEVEL, group=GROUP))
         run = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=work,
                              capture_output=quiet, text=True)
         if run.returncode != 0:

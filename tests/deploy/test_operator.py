@@ -23,6 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from proxy import __version__
 from proxy.__main__ import main
 from proxy.app import create_app
+from proxy.compile import running
 from proxy.config.schema import parse_config
 from proxy.admin.ctl import duration, table
 from proxy.observe.request_log import RequestLog, console_line
@@ -64,10 +65,10 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> 
 
 def test_version_and_the_entry_point(capsys):
     done = run("-m", "proxy", "--version")
-    assert done.returncode == 0 and done.stdout.strip() == f"lazy-proxy {__version__}"
+    assert done.returncode == 0 and done.stdout.strip() == f"lazy-proxy {__version__} ({running()})"
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])  # what the `lazy-proxy` console script calls
-    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"lazy-proxy {__version__}"
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"lazy-proxy {__version__} ({running()})"
 
 
 @pytest.mark.parametrize("field", ["server.port", "admin.port"])
@@ -157,7 +158,7 @@ def test_the_start_up_line_in_console_format(tmp_path):
     proxy = Running(write(tmp_path, STUB), "--log-format", "console")
     try:
         line = proxy.wait_line("listening on")
-        assert f"lazy-proxy {__version__} listening on http://127.0.0.1:{proxy.port} " \
+        assert f"lazy-proxy {__version__} ({running()}) listening on http://127.0.0.1:{proxy.port} " \
                f"(admin http://127.0.0.1:{proxy.admin}), backend stub ok, 1 class (svc: model_service), " \
                "1 route (/api/{tail:.*})" in line
         assert line[2] == ":" and "[info]" in line and "\x1b[" not in line  # HH:MM:SS, no colours off a TTY
@@ -174,7 +175,8 @@ def test_json_is_the_default_off_a_terminal(tmp_path):
     proxy = Running(write(tmp_path, {**STUB, "logging": {"level": "warning"}}), "--log-level", "info")
     try:
         event = json.loads(proxy.wait_line("listening on"))
-        assert event["level"] == "info" and event["event"].startswith(f"lazy-proxy {__version__} listening on")
+        assert event["level"] == "info"
+        assert event["event"].startswith(f"lazy-proxy {__version__} ({running()}) listening on")
     finally:
         assert proxy.stop() == 0
 

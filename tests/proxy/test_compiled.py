@@ -1,10 +1,14 @@
-"""The optional mypyc build (python -m proxy.compile): built into a temp copy, it serves real proxied requests.
+"""The compiled build as `pip install .` makes it: the wheel, with mypyc's extension modules of proxy/compile.py's
+HOT beside their .py files, serves real proxied requests and says it is compiled.
 
-The proxy runs in a subprocess from the copy (bench.lib.launcher, an instance that is a plain HTTP/1.1 server in
-this process), after printing the file every hot module was imported from: each must be the extension module.
-Requests go on one keep-alive connection, so the first starts the key (the aiohttp path) and the rest take the
-fast path through the compiled exchange, upstream connection, request log and metrics. Skipped without mypyc
-or a C compiler, except under CI=true (a missing tool fails). Takes ~40-60 s (the compile).
+The wheel is built from a temp copy of the checkout (`pip wheel . --no-deps --no-build-isolation`: this venv's
+setuptools and mypy), unpacked, and the proxy runs from there in a subprocess (bench.lib.launcher, an instance
+that is a plain HTTP/1.1 server in this process), after printing the file every hot module was imported from:
+each must be the extension module. Requests go on one keep-alive connection, so the first starts the key (the
+aiohttp path) and the rest take the fast path through the compiled exchange, upstream connection, request log
+and metrics. Cheaper checks: LAZY_PROXY_PURE=1 and a broken C compiler give a pure wheel (one warning line, no
+traceback), an editable build holds no extension module, the checkout runs pure Python, `--list` is HOT.
+Skipped without mypyc or a C compiler, except under CI=true (a missing tool fails). The wheel takes ~60-120 s.
 """
 
 from __future__ import annotations
@@ -17,22 +21,27 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from proxy.compile import HOT
+from proxy import __version__
+from proxy.compile import HOT, built
 from tests.support.conformance import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 MODULES = [p.removesuffix(".py").replace("/", ".") for p in HOT]
+SOURCE = ("proxy", "backends", "model_service", "build_backend", "setup.py", "pyproject.toml", "MANIFEST.in")
 SCRIPT = """\
 import importlib, runpy, sys
+from proxy.compile import running
 for name in {modules!r}:
     print("module", name, importlib.import_module(name).__file__, flush=True)
+print("build", running(), flush=True)
 sys.argv = ["launcher", *sys.argv[1:]]
 runpy.run_module("bench.lib.launcher", run_name="__main__")
 """
@@ -78,13 +87,36 @@ class Instance(BaseHTTPRequestHandler):
         pass
 
 
+def _checkout_copy(dest: Path) -> Path:
+    """What a wheel is built from: the checkout's packages and build files, no caches, no in-place build."""
+    for name in SOURCE:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
+        else:
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+def _wheel(src: Path, out: Path, env: dict[str, str] | None = None) -> tuple[Path, str]:
+    """Build the wheel of src into out; (the wheel, pip's verbose output: the build's own lines)."""
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-v",
+                          "-w", str(out)], cwd=src, capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **(env or {})})
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    [wheel] = out.glob("lazy_proxy-*.whl")
+    return wheel, run.stdout + run.stderr
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The wheel's files, unpacked (what `pip install` puts into site-packages)."""
     _tools_or_skip()
-    out = tmp_path_factory.mktemp("mypyc")
-    run = subprocess.run([sys.executable, "-m", "proxy.compile", "--out", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout + run.stderr
+    src = _checkout_copy(tmp_path_factory.mktemp("src"))
+    wheel, _ = _wheel(src, tmp_path_factory.mktemp("wheel"))
+    assert not wheel.name.endswith("-none-any.whl"), wheel.name  # a platform wheel: it holds extension modules
+    out = tmp_path_factory.mktemp("site")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(out)
     yield out
 
 
@@ -107,6 +139,8 @@ def test_compiled_build_serves_proxied_requests(compiled: Path, tmp_path: Path) 
             _, name, path = proc.stdout.readline().split()
             files[name] = path
         assert all(path.endswith(".so") and path.startswith(str(compiled)) for path in files.values()), files
+        assert all(Path(path).with_name(Path(path).name.split(".")[0] + ".py").is_file() for path in files.values())
+        assert proc.stdout.readline().split(None, 1) == ["build", f"compiled, {len(HOT)} modules\n"]
         conn = _connect(port, proc)
         answers = []
         for i in range(5):  # the first starts the key (aiohttp path); the rest take the compiled fast path
@@ -148,3 +182,49 @@ def _read(conn: http.client.HTTPConnection) -> tuple[int, dict[str, str], dict[s
     response = conn.getresponse()
     body = json.loads(response.read())
     return response.status, {k.lower(): v for k, v in response.getheaders()}, body
+
+
+def test_the_wheel_says_it_is_compiled(compiled: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "proxy", "--version"], cwd=compiled, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(compiled)}, timeout=120)
+    assert done.stdout.strip() == f"lazy-proxy {__version__} (compiled, {len(HOT)} modules)", done.stderr
+
+
+@pytest.mark.parametrize("env", [{"LAZY_PROXY_PURE": "1"}, {"CC": "/nonexistent/cc"}], ids=["pure", "no-compiler"])
+def test_a_pure_wheel_when_asked_or_without_a_compiler(env: dict[str, str], tmp_path: Path) -> None:
+    wheel, said = _wheel(_checkout_copy(tmp_path / "src"), tmp_path / "wheel", env)
+    assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert "proxy/http/exchange.py" in names and not [n for n in names if n.endswith(".so")]
+    assert "Traceback" not in said
+    if "CC" in env:
+        [warning] = [line for line in said.splitlines() if "warning: lazy-proxy" in line]
+        assert "builds pure Python (not compiled by mypyc): no working C compiler" in warning
+
+
+def test_an_editable_build_holds_no_extension_module(tmp_path: Path) -> None:
+    """What `pip install -e .` builds (the backend's build_editable hook): no mypyc, no .so anywhere."""
+    src = _checkout_copy(tmp_path / "src")
+    hook = "import sys, lazy_proxy_build as b; print(b.build_editable(sys.argv[1]))"
+    done = subprocess.run([sys.executable, "-c", hook, str(tmp_path / "out")], cwd=src, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(src / "build_backend")})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "out" / done.stdout.strip().splitlines()[-1]) as archive:
+        assert not [n for n in archive.namelist() if n.endswith(".so")]
+    assert not list(src.rglob("*.so"))
+
+
+def test_the_checkout_runs_pure_python() -> None:
+    """.ci/run installs -e: the tests run the .py files (unless a developer built in place: python -m proxy.compile)."""
+    if built(ROOT):
+        pytest.skip(f"an in-place build is here ({len(built(ROOT))} .so): python -m proxy.compile --clean")
+    done = subprocess.run([sys.executable, "-m", "proxy", "--version"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == f"lazy-proxy {__version__} (pure Python)", done.stderr
+
+
+def test_proxy_compile_lists_hot() -> None:
+    done = subprocess.run([sys.executable, "-m", "proxy.compile", "--list"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == list(HOT)
