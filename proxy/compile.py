@@ -1,4 +1,4 @@
-"""An optional build: the data path's hot modules compiled by mypyc (C extensions), the .py files the fallback.
+"""The data path's hot modules compiled by mypyc (C extensions), the .py files the fallback: the wheel's build.
 
     python -m proxy.compile            # build in place: proxy/**/<module>.cpython-3XX-<platform>.so next to the .py
     python -m proxy.compile --out DIR  # build into a copy of proxy/ and backends/ in DIR (PYTHONPATH=DIR to use it)
@@ -9,12 +9,12 @@ Needs mypy (which ships mypyc) and a C compiler: `pip install lazy-proxy[fast]`,
 Python imports an extension module before the .py of the same name in the same directory, so once built in place
 `python -m proxy` runs the compiled modules; the file name carries the interpreter's ABI tag, so another Python
 version ignores it and imports the .py. An in-place build does not follow later edits of the .py files: rebuild
-(or --clean) after changing them. Nothing changes for a user who does not build.
+(or --clean) after changing them. A checkout (pip install -e) stays pure Python unless built here.
 The modules are the ones a warm keep-alive request runs through (`python -m bench.fastpath_cpu --profile`);
 proxy/http/server.py stays interpreted (its FastProtocol subclasses aiohttp's RequestHandler, not compiled).
 
-`pip install .` / `pip wheel .` compile the same modules into the wheel (setup.py calls wheel_extensions());
-editable installs and LAZY_PROXY_PURE=1 stay pure. `running()` says which build this process runs.
+`pip install .` / `pip wheel .` compile the same modules into the wheel by default (setup.py calls
+wheel_extensions()); editable installs and LAZY_PROXY_PURE=1 stay pure. `running()` says which build runs.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def running() -> str:
     return f"partly compiled, {compiled} of {len(HOT)} modules"
 
 
-def _warn(why: str) -> None:
+def warn_pure(why: str) -> None:
+    """The one line a build that falls back to pure Python prints (setup.py's too)."""
     print(f"warning: lazy-proxy builds pure Python (not compiled by mypyc): {why}", file=sys.stderr, flush=True)
 
 
@@ -99,10 +100,10 @@ def wheel_extensions() -> list[Any]:
     try:
         from mypyc.build import mypycify
     except ImportError:
-        _warn("mypyc is not installed (pip install mypy)")
+        warn_pure("mypyc is not installed (pip install mypy)")
         return []
     if (why := _compiler_works()) is not None:
-        _warn(why)
+        warn_pure(why)
         return []
     said = io.StringIO()
     try:
@@ -110,7 +111,7 @@ def wheel_extensions() -> list[Any]:
             return list(mypycify(list(HOT), opt_level=OPT_LEVEL, group_name=GROUP))
     except (Exception, SystemExit) as exc:  # mypyc prints the type errors, then exits
         first = next((line for line in said.getvalue().splitlines() if "error" in line), str(exc))
-        _warn(f"mypyc failed: {first[:200]}")
+        warn_pure(f"mypyc failed: {first[:200]}")
         return []
 
 
