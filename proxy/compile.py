@@ -37,7 +37,9 @@ HOT = (
     "proxy/request_id.py", "proxy/observe/request_log.py", "proxy/observe/request_metrics.py",
     "proxy/observe/usage.py", "proxy/observe/metrics.py", "proxy/observe/tally.py", "proxy/lifecycle/idle.py",
     "proxy/lifecycle/pause.py", "proxy/lifecycle/registry.py", "proxy/wire/pools.py", "proxy/http/usual.py",
-)  # not proxy/lifecycle/manager.py: mypyc does not compile its async generator (Manager.lease)
+    "proxy/lifecycle/inflight.py",
+)  # not proxy/lifecycle/manager.py: mypyc does not compile its async generator (Manager.lease); its
+# per-request part is the compiled base class proxy/lifecycle/inflight.py
 GROUP = "proxy._compiled"  # mypyc's shared runtime library: proxy/_compiled__mypyc.*.so, inside the package
 PACKAGES = ("proxy", "backends")  # what the type analysis reads (backends: the types the proxy imports)
 OPT_LEVEL = "3"

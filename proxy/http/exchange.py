@@ -95,7 +95,7 @@ class Exchange(Reconnect):
     __slots__ = ("exchanges", "client", "handler", "manager", "message", "payload", "key", "head",
                  "streaming", "conn", "sent_at", "status", "head_sent", "out", "chunked_out", "last_rx", "done",
                  "pump", "began", "retried", "extra_head", "fast", "bodyless", "sent", "rid",
-                 "head_len", "ended")
+                 "head_len", "ended", "kept")
     ended: float  # loop time of the exchange's end (set by _finish): the client's keep-alive timer starts there
 
     def __init__(self, exchanges: ExchangeWatch, client: Client, handler: Handler, manager: Manager,
@@ -129,6 +129,7 @@ class Exchange(Reconnect):
         self.sent = 0  # bytes written to the client: the key's egress, metered once in _finish
         self.head_len = 0  # of those, the response head's (the access line counts body bytes)
         self.rid = rid  # the request id (proxy/request_id.py)
+        self.kept = False  # True: a whole answer just told the client the connection stays (on_whole)
         self.began = self.last_rx = client.loop.time()
         if fast:  # the aiohttp path's lease holds the key already: one request is one in flight
             manager.hold()
@@ -258,7 +259,7 @@ class Exchange(Reconnect):
     def on_whole(self, status: int, data: bytes, head_end: int, reusable: bool) -> None:
         self.status, self.head_sent = status, True
         self._answered()  # (not on_upstream_data: the exchange ends here, no silence to time)
-        keep_alive = self.client.keeps_alive(self.message)
+        keep_alive = self.kept = self.client.keeps_alive(self.message)  # (the client's exchange_done reads it)
         self.head_len = head_end + 2  # (head_end: before the blank line)
         if self.extra_head or not keep_alive or not self.fast:  # (on the fast path: none) the lines on_head adds
             connection = self._connection_line(keep_alive)

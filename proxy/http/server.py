@@ -218,7 +218,7 @@ class FastProtocol(RequestHandler):
         if self._exchange is not exchange:
             return
         self._exchange = self._writing = None
-        if not clean or not self.keeps_alive(exchange.message):
+        if not clean or not (exchange.kept or self.keeps_alive(exchange.message)):  # (kept: asked just now)
             self.close_after_write()  # an unread request body (or the client's wish) ends the connection
         else:
             self._keepalive = True

@@ -25,7 +25,7 @@ from proxy.errors import (BreakerOpen, CapacityExceeded, Fenced, NotWarm, Runtim
 from proxy.lifecycle.events import (ACTIVE, BreakerOpened, ColdWait, Happening, StartPhase, State, StopReason,
                                     Transition)
 from proxy.lifecycle.health import HealthWatch
-from proxy.lifecycle.idle import IdleTimer
+from proxy.lifecycle.inflight import InFlight
 from proxy.lifecycle.pause import LIVE, Pauser, consume_exception, drain_requests, pause_after
 from proxy.lifecycle.readiness import LastSeen
 from proxy.lifecycle.services import Fence, InstancePools, Lease, Prober, Services
@@ -36,36 +36,26 @@ log = structlog.get_logger("proxy.manager")
 STOP_RETRY_DELAYS = (0.5, 2.0, 5.0)  # seconds between attempts to stop an instance before giving up
 
 
-class Manager:
-    __slots__ = (
-        "key", "klass", "services", "state", "instance", "in_flight", "start_count", "last_activity",
-        "_since", "_start_deadline", "_start_task", "_idle", "breaker", "sleep_after_override",
-        "_seen", "last_error", "_waiting", "_drained", "_stop_task", "_pauser", "_health", "_idle_never",
-    )
+class Manager(InFlight):  # requests in flight, activity, the idle timer: proxy/lifecycle/inflight.py
+    __slots__ = ("key", "services", "state", "instance", "start_count", "_since", "_start_deadline", "_start_task",
+                 "breaker", "_seen", "last_error", "_stop_task", "_pauser", "_health")
 
     def __init__(self, key: str, klass: ContainerClass, services: Services) -> None:
+        super().__init__(klass)
         self.key = key
-        self.klass = klass  # the container class: what to run and the lifecycle policy
         self.services = services
         self.state = State.STOPPED
         self.instance: Instance | None = None
-        self.in_flight = 0
         self.start_count = 0
-        self.last_activity = 0.0  # loop time
         self.breaker = Breaker(klass.crash_loop)
         self._since = 0.0
         self._start_task: asyncio.Task[None] | None = None
         self._start_deadline = 0.0
         self._seen = LastSeen()  # the current (or last) start's readiness observation
-        self.sleep_after_override: float | None = None  # an operator's per-key sleep_after (admin API)
         self.last_error = ""
-        self._waiting = 0  # requests held but waiting for the instance (not on it): a drain does not wait for them
-        self._drained: asyncio.Future[None] | None = None  # set while a stop or pause waits for requests to end
         self._stop_task: asyncio.Task[None] | None = None
         self._pauser: Pauser | None = None  # the components, made on first use: an idle key has neither
         self._health: HealthWatch | None = None
-        self._idle: IdleTimer | None = None
-        self._idle_never: ContainerClass | None = None  # the class under which idleness never acts (see `touch`)
 
     # ------------------------------------------------------------------ requests
 
@@ -88,26 +78,6 @@ class Manager:
             yield Lease(self.instance, waited)
         finally:
             self.release()
-
-    def hold(self) -> None:
-        """One more request or WebSocket in flight: the instance is not stopped while any is."""
-        self.in_flight += 1
-
-    def release(self, now: float | None = None) -> None:
-        """The end of what `hold` began (the fast path calls the pair directly, the aiohttp path via lease)."""
-        self.in_flight -= 1
-        if self._drained is not None and self.in_flight <= self._waiting and not self._drained.done():
-            self._drained.set_result(None)
-        self.touch(now)
-
-    def touch(self, now: float | None = None) -> None:
-        """Record activity (a request finished, a WebSocket message passed, a keepalive tick). `now`: the loop's
-        time when the caller has it (the fast path: on Python 3.11 `get_running_loop()` costs a getpid())."""
-        self.last_activity = asyncio.get_running_loop().time() if now is None else now
-        if self.in_flight == 0 and (klass := self.klass) is not self._idle_never:
-            (self._idle or self.idle).arm()  # (the property only the first time)
-            if klass.sleep_after <= 0 and klass.pause_after <= 0 and self.sleep_after_override is None:
-                self._idle_never = klass  # no stop, no pause, whatever the state: not armed until these change
 
     async def ensure_running(self, reason: str = "request", spec: ContainerSpec | None = None) -> float | None:
         """Return once the instance is ready; the seconds waited, or None if it already was."""
@@ -441,9 +411,3 @@ class Manager:
     def health(self) -> HealthWatch:  # liveness checks and retiring: proxy/lifecycle/health.py
         self._health = self._health or HealthWatch(self)
         return self._health
-
-    @property
-    def idle(self) -> IdleTimer:  # the idle pause and stop: proxy/lifecycle/idle.py
-        self._idle = self._idle or IdleTimer(self)
-        return self._idle
-
