@@ -1,7 +1,7 @@
 """The start-up line: where the proxy listens, which backend and whether it answers, what it serves.
 
 One line an operator reads to know the proxy came up as meant, e.g.
-`lazy-proxy 0.1.0 (compiled, 19 modules) listening on http://127.0.0.1:8787 (admin http://127.0.0.1:8788),
+`lazy-proxy 0.1.0 (compiled, 20 modules) listening on http://127.0.0.1:8787 (admin http://127.0.0.1:8788),
 backend docker ok, 1 class (web: nginx:alpine), 3 routes (/, /api/{tail}, /ws)`.
 """
 
