@@ -47,6 +47,8 @@ class _Conn(asyncio.Protocol):
             del self.buf[:end + 4 + length]
             fut, self.fut = self.fut, None
             fut.set_result(status)
+            if b"\r\nconnection: close" in head and self.transport is not None:
+                self.transport.close()  # the server's last answer on it: `one` connects anew
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.fut is not None and not self.fut.done():
@@ -70,6 +72,8 @@ async def run_raw(url: str, rate: float, seconds: float, conns: int) -> dict[str
     async def one(target: float) -> None:
         nonlocal errors
         conn = await idle.get()
+        if conn.transport is None or conn.transport.is_closing():  # closed by the server while idle (nginx closes
+            _, conn = await loop.create_connection(_Conn, parts.hostname, parts.port)  # a client's after 1000)
         conn.fut = loop.create_future()
         assert conn.transport is not None
         conn.transport.write(request)
