@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -16,16 +17,15 @@ from typing import Any
 from setuptools import build_meta as _setuptools
 from setuptools.build_meta import *  # noqa: F401,F403  (every other hook unchanged)
 
-PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
-
-
-def _pure() -> bool:
-    return os.environ.get("LAZY_PROXY_PURE", "") not in ("", "0")
+ROOT = Path(__file__).resolve().parent.parent
+PYPROJECT = ROOT / "pyproject.toml"
+sys.path.insert(0, str(ROOT))  # proxy.compile (stdlib only): the opt-out read in one place, as setup.py does
+from proxy.compile import pure_requested  # noqa: E402
 
 
 def get_requires_for_build_wheel(config_settings: dict[str, Any] | None = None) -> list[str]:
     project = tomllib.loads(PYPROJECT.read_text())["project"]
-    extra = [] if _pure() else [*project["dependencies"], *project["optional-dependencies"]["fast"]]
+    extra = [] if pure_requested() else [*project["dependencies"], *project["optional-dependencies"]["fast"]]
     return [*_setuptools.get_requires_for_build_wheel(config_settings), *extra]
 
 

@@ -46,8 +46,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=FORMATS, help="overrides logging.format")
     p.add_argument("--check", action="store_true",
                    help="validate the config and probe the backend, without binding ports; exit 0, 1 or 2")
-    p.add_argument("--version", action="version", version=f"lazy-proxy {__version__} ({running()})")
+    p.add_argument("--version", action=_Version, nargs=0, help="show the version and the build, and exit")
     return p
+
+
+class _Version(argparse.Action):
+    """`--version`, the build asked only when it is shown (`running()` looks up every hot module)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"lazy-proxy {__version__} ({running()})")  # on stdout, as argparse's own version action
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:

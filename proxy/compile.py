@@ -93,10 +93,15 @@ def _compiler_works() -> str | None:
     return None
 
 
+def pure_requested() -> bool:
+    """LAZY_PROXY_PURE set (and not 0): the wheel is pure Python (setup.py; the build backend's requirements)."""
+    return os.environ.get(PURE_ENV, "") not in ("", "0")
+
+
 def wheel_extensions() -> list[Any]:
     """The extension modules of a wheel build (setup.py): mypyc's build of HOT, or [] (pure Python) when
     LAZY_PROXY_PURE=1, mypyc is missing, no C compiler works, or mypyc fails; each with one warning line."""
-    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+    if pure_requested():
         print(f"lazy-proxy: {PURE_ENV}={os.environ[PURE_ENV]}: pure-Python build", file=sys.stderr, flush=True)
         return []
     try:
