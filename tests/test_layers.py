@@ -11,6 +11,7 @@ one is removed from the list), and no new one may appear.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -171,8 +172,11 @@ for lib in LIBS:
     except ImportError:
         pass
 assert not [m for m in sys.modules if m.split(".")[0] in ("proxy", "backends", "bench")]
-failed = 0
+failed, running = 0, 0
 for name in NAMES:
+    if running == WIDTH:  # a few children at a time: each is one module's imports, one core's work
+        failed += os.waitstatus_to_exitcode(os.wait()[1]) != 0
+        running -= 1
     pid = os.fork()
     if pid == 0:
         try:
@@ -181,7 +185,9 @@ for name in NAMES:
             print(name + ": " + traceback.format_exc().strip().splitlines()[-1], flush=True)
             os._exit(1)
         os._exit(0)
-    failed += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0
+    running += 1
+for _ in range(running):
+    failed += os.waitstatus_to_exitcode(os.wait()[1]) != 0
 sys.exit(1 if failed else 0)
 """
 
@@ -189,7 +195,7 @@ sys.exit(1 if failed else 0)
 def test_every_module_imports_alone() -> None:
     """Each module in a clean interpreter: an import that only works after another module loaded fails here."""
     names = sorted(modules())
-    code = f"LIBS = {_THIRD_PARTY!r}\nNAMES = {names!r}\n{_ALONE}"
+    code = f"LIBS = {_THIRD_PARTY!r}\nNAMES = {names!r}\nWIDTH = {max(2, os.cpu_count() or 1)}\n{_ALONE}"
     run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
 

@@ -1,8 +1,9 @@
 """The compiled build as `pip install .` makes it: the wheel, with mypyc's extension modules of proxy/compile.py's
 HOT beside their .py files, serves real proxied requests and says it is compiled.
 
-The wheel is built from a temp copy of the checkout (`pip wheel . --no-deps --no-build-isolation`: this venv's
-setuptools and mypy), unpacked, and the proxy runs from there in a subprocess (bench.lib.launcher, an instance
+The wheel is built from a temp copy of the checkout (tests/support/wheel.py: `pip wheel . --no-deps
+--no-build-isolation`, this venv's setuptools and mypy; or built so already by .ci/run, named by
+$LAZY_PROXY_TEST_WHEEL), unpacked, and the proxy runs from there in a subprocess (bench.lib.launcher, an instance
 that is a plain HTTP/1.1 server in this process), after printing the file every hot module was imported from:
 each must be the extension module. Requests go on one keep-alive connection, so the first starts the key (the
 aiohttp path) and the rest take the fast path through the compiled exchange, upstream connection, request log
@@ -31,11 +32,11 @@ import pytest
 from proxy import __version__
 from proxy.compile import HOT, built
 from tests.support.conformance import free_port
+from tests.support.wheel import WHEEL_ENV, build as build_wheel, checkout_copy
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 MODULES = [p.removesuffix(".py").replace("/", ".") for p in HOT]
-SOURCE = ("proxy", "backends", "model_service", "build_backend", "setup.py", "pyproject.toml", "MANIFEST.in")
 SCRIPT = """\
 import importlib, runpy, sys
 from proxy.compile import running
@@ -87,32 +88,14 @@ class Instance(BaseHTTPRequestHandler):
         pass
 
 
-def _checkout_copy(dest: Path) -> Path:
-    """What a wheel is built from: the checkout's packages and build files, no caches, no in-place build."""
-    for name in SOURCE:
-        if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.so", "*.pyc"))
-        else:
-            shutil.copy2(ROOT / name, dest / name)
-    return dest
-
-
-def _wheel(src: Path, out: Path, env: dict[str, str] | None = None) -> tuple[Path, str]:
-    """Build the wheel of src into out; (the wheel, pip's verbose output: the build's own lines)."""
-    run = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-v",
-                          "-w", str(out)], cwd=src, capture_output=True, text=True, timeout=900,
-                         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **(env or {})})
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    [wheel] = out.glob("lazy_proxy-*.whl")
-    return wheel, run.stdout + run.stderr
-
-
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The wheel's files, unpacked (what `pip install` puts into site-packages)."""
     _tools_or_skip()
-    src = _checkout_copy(tmp_path_factory.mktemp("src"))
-    wheel, _ = _wheel(src, tmp_path_factory.mktemp("wheel"))
+    if prebuilt := os.environ.get(WHEEL_ENV):  # .ci/run built it while installing packages: the same command
+        wheel = Path(prebuilt)
+    else:
+        wheel, _ = build_wheel(checkout_copy(tmp_path_factory.mktemp("src")), tmp_path_factory.mktemp("wheel"))
     assert not wheel.name.endswith("-none-any.whl"), wheel.name  # a platform wheel: it holds extension modules
     out = tmp_path_factory.mktemp("site")
     with zipfile.ZipFile(wheel) as archive:
@@ -196,7 +179,7 @@ def test_the_wheel_says_it_is_compiled(compiled: Path) -> None:
 def test_a_pure_wheel_when_asked_or_without_a_compiler(env: dict[str, str], tmp_path: Path) -> None:
     if "CC" in env:
         _tools_or_skip()  # mypyc present: it is the compiler's absence that makes this wheel pure
-    wheel, said = _wheel(_checkout_copy(tmp_path / "src"), tmp_path / "wheel", env)
+    wheel, said = build_wheel(checkout_copy(tmp_path / "src"), tmp_path / "wheel", env)
     assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
@@ -209,7 +192,7 @@ def test_a_pure_wheel_when_asked_or_without_a_compiler(env: dict[str, str], tmp_
 
 def test_an_editable_build_holds_no_extension_module(tmp_path: Path) -> None:
     """What `pip install -e .` builds (the backend's build_editable hook): no mypyc, no .so anywhere."""
-    src = _checkout_copy(tmp_path / "src")
+    src = checkout_copy(tmp_path / "src")
     hook = "import sys, lazy_proxy_build as b; print(b.build_editable(sys.argv[1]))"
     done = subprocess.run([sys.executable, "-c", hook, str(tmp_path / "out")], cwd=src, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(src / "build_backend")})
