@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import json.encoder
 import math
 import random
 import struct
@@ -11,6 +12,7 @@ import time
 
 from proxy.observe import request_log
 from proxy.observe.request_log import FLUSH_LINES, RequestLog
+from proxy.request_id import new_id
 
 
 def _line(prefix: str, method: str, path: str, status: int, seconds: float, client: str, rid: str, sent: int,
@@ -120,3 +122,11 @@ def test_the_ms_field_has_the_digits_of_the_percent_format_for_every_float() -> 
 def test_the_timestamps_microseconds_are_what_the_old_expression_gave() -> None:
     for micro in (*range(-2_000, 1_002_000), 10**7, -(10**7)):
         assert request_log.micro_text(micro) == str(1000000 + micro)[1:], micro
+
+
+def test_the_request_id_is_quoted_as_encode_basestring_ascii_quotes_it() -> None:
+    """Made ids (ASCII letters and digits) skip the call; anything else, non-ASCII letters and digits too, takes it."""
+    ids = [new_id() for _ in range(300)] + ["", "a", "Z9", "r\u00e9", "\u0661\u0662", 'x"y', "a\\b", "a b", "a-b",
+                                             "a\x7f", "a\x00", "\u00aa", "A" * 200, "id\n", "\U0001f600", "\u00b2"]
+    for rid in ids:
+        assert request_log.json_text(rid) == json.encoder.encode_basestring_ascii(rid), rid
