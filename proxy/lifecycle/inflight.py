@@ -46,18 +46,24 @@ class InFlight:
         drained = self._drained
         if drained is not None and self.in_flight <= self._waiting and not drained.done():
             drained.set_result(None)
-        self.touch(now)
+        _touch(self, now)
 
     def touch(self, now: float | None = None) -> None:
         """Record activity (a request finished, a WebSocket message passed, a keepalive tick). `now`: the loop's
         time when the caller has it (the fast path: on Python 3.11 `get_running_loop()` costs a getpid())."""
-        self.last_activity = asyncio.get_running_loop().time() if now is None else now
-        if self.in_flight == 0 and (klass := self.klass) is not self._idle_never:
-            (self._idle or self.idle).arm()  # (the property only the first time)
-            if klass.sleep_after <= 0 and klass.pause_after <= 0 and self.sleep_after_override is None:
-                self._idle_never = klass  # no stop, no pause, whatever the state: not armed until these change
+        _touch(self, now)
 
     @property
     def idle(self) -> IdleTimer:  # the idle pause and stop: proxy/lifecycle/idle.py
         self._idle = self._idle or IdleTimer(cast(IdleKey, self))  # (self: the Manager, which is an IdleKey)
         return self._idle
+
+
+def _touch(key: InFlight, now: float | None) -> None:
+    """`touch`, as a function: compiled, `release` calls it natively, where a method call on the Manager (an
+    interpreted subclass) goes through Python (~1.4k instructions a request)."""
+    key.last_activity = asyncio.get_running_loop().time() if now is None else now
+    if key.in_flight == 0 and (klass := key.klass) is not key._idle_never:
+        (key._idle or key.idle).arm()  # (the property only the first time)
+        if klass.sleep_after <= 0 and klass.pause_after <= 0 and key.sleep_after_override is None:
+            key._idle_never = klass  # no stop, no pause, whatever the state: not armed until these change

@@ -14,21 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from datetime import datetime
 from json.encoder import encode_basestring_ascii as _json_str
-from typing import TextIO
+from typing import Final, TextIO
 
 from aiohttp import web
 
 FLUSH_SECONDS = 0.05
-FLUSH_LINES = 200  # lines per batch at most (~64 KiB of typical lines)
+FLUSH_LINES: Final = 200  # lines per batch at most (~64 KiB of typical lines)
 # Response body bytes of an answer written on the aiohttp path itself (routes' WebSockets, the peer hop): the
 # access line's `sent` when no exchange counted them.
 BODY_BYTES = web.RequestKey("body_bytes", int)
 MAX_HEADS = 4096  # line starts kept (`RequestLog._lines`); all forgotten when full
 _METHODS = {m: _json_str(m) for m in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")}
+_TWO: Final = tuple(f"{i:02d}" for i in range(100))  # the ms field's two decimals (`ms_text`)
+_THREE: Final = tuple(f"{i:03d}" for i in range(1000))  # half of the timestamp's six digits (`micro_text`)
+_TOP: Final = 2.0 ** 52  # below it a float's integer part and every half are floats (`ms_text`)
 
 
 class RequestLog:
@@ -89,11 +93,10 @@ class RequestLog:
                         f'"status": {status}, "ms": ')
                 head = found
             # (no format specs in the f-string: mypyc builds it natively, and a spec would make it a str.format;
-            # `%.2f` rounds as before; the microseconds, `now - second` exactly `now % 1` (Sterbenz), truncated
-            # and zero-padded to six digits as `%06d` did)
-            lines.append(f'{head}{"%.2f" % (seconds * 1000)}, "bytes": {sent}, "request_bytes": {received}, '
-                         f'"client": "{client}", "request_id": {_json_str(request_id)}{after}'
-                         f'{str(1000000 + int((now - second) * 1e6))[1:]}Z"}}\n')
+            # the microseconds, `now - second` exactly `now % 1` (Sterbenz), truncated as `%06d` did)
+            lines.append(f'{head}{ms_text(seconds)}, "bytes": {sent}, "request_bytes": {received}, '
+                         f'"client": "{client}", "request_id": {json_text(request_id)}{after}'
+                         f'{micro_text(int((now - second) * 1e6))}Z"}}\n')
         return lines
 
     def flush(self) -> None:
@@ -110,6 +113,41 @@ class RequestLog:
             stream.flush()
         except (OSError, ValueError):  # a closed stderr must not take the data path down
             pass
+
+
+def ms_text(seconds: float) -> str:
+    """`"%.2f" % (seconds * 1000)`, the same digits for every float, by integer arithmetic where the rounding is
+    certain (compiled: a few native operations, where the format goes through the float formatter's dtoa).
+    `%.2f` rounds the exact hundredths P of `ms` to the nearest integer (ties to even); `hundredths` is P rounded
+    once to a float. Below 2**52 a half (whole + 0.5) is a float, and rounding is monotonic, so `hundredths` lies
+    on the same side of it as P, unless it is that half: then (and out of range) the format itself decides."""
+    ms = seconds * 1000
+    hundredths = ms * 100
+    if 0.0 < hundredths < _TOP:
+        whole = int(hundredths)
+        frac = hundredths - whole  # (exact: both below 2**52)
+        if frac != 0.5:
+            n = whole + 1 if frac > 0.5 else whole
+            return f"{n // 100}.{_TWO[n % 100]}"
+    elif hundredths == 0.0 and math.copysign(1.0, ms) > 0.0:  # (the loop's clock ticks in ms: often no time)
+        return "0.00"
+    return "%.2f" % ms
+
+
+def micro_text(micro: int) -> str:
+    """`micro` as six digits, zero-padded (`str(1000000 + micro)[1:]`, as before, outside 0-999999): two table
+    look-ups, not a conversion of an int to decimal and a slice."""
+    if 0 <= micro < 1000000:
+        return _THREE[micro // 1000] + _THREE[micro % 1000]
+    return str(1000000 + micro)[1:]
+
+
+def json_text(text: str) -> str:
+    """`text` as a JSON string, as encode_basestring_ascii makes it; a made request id (ASCII letters and digits)
+    has nothing to escape: quoted without the call (compiled, isalnum is a native scan)."""
+    if text.isalnum() and text.isascii():
+        return f'"{text}"'
+    return _json_str(text)
 
 
 # A request's fields as `RequestLog.request` got them, plus its wall-clock time.

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import io
 import json
+import json.encoder
+import math
+import random
+import struct
 import time
 
 from proxy.observe import request_log
 from proxy.observe.request_log import FLUSH_LINES, RequestLog
+from proxy.request_id import new_id
 
 
 def _line(prefix: str, method: str, path: str, status: int, seconds: float, client: str, rid: str, sent: int,
@@ -76,3 +81,52 @@ async def test_line_starts_are_remembered_boundedly_and_never_mix_two_requests(m
     assert len(log._heads) <= 8
     stamps = [1_700_000_000.25 + i * 0.37 for i in range(40)]
     assert out.getvalue() == "".join(_line(*call, now) for call, now in zip(calls, stamps, strict=True))
+
+
+def _floats(seed: int, count: int) -> list[float]:
+    """Every kind of float a duration may be, and more: uniform in ranges a request takes, any bit pattern (all
+    exponents, both signs), the specials."""
+    rng = random.Random(seed)
+    values = [0.0, -0.0, math.inf, -math.inf, math.nan, 5e-324, 1.7976931348623157e308, 2.0 ** 52 / 1e5,
+              2.0 ** 53 / 1e5, 4.5e10, 1e300]
+    for high in (1e-6, 1e-4, 0.01, 1.0, 100.0, 1e6, 1e11):
+        values += [rng.uniform(0, high) for _ in range(count)]
+    values += [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(count)]
+    return values
+
+
+def _next(value: float, toward: float, count: int) -> list[float]:
+    """The `count` floats after `value` toward `toward` (Python 3.11's nextafter has no `steps`)."""
+    out = []
+    for _ in range(count):
+        value = math.nextafter(value, toward)
+        out.append(value)
+    return out
+
+
+def test_the_ms_field_has_the_digits_of_the_percent_format_for_every_float() -> None:
+    """`ms_text` is `"%.2f" % (seconds * 1000)`: random floats of every size, and ties (hundredths of a ms at
+    exactly a half, where only the format itself decides: to even) with their neighbours a few ulps away."""
+    halves = 0
+    for k in range(20_000):
+        near = (k + 0.5) / 100_000
+        for seconds in (near, *_next(near, math.inf, 3), *_next(near, -math.inf, 3)):
+            hundredths = seconds * 1000 * 100
+            halves += hundredths - int(hundredths) == 0.5
+            assert request_log.ms_text(seconds) == "%.2f" % (seconds * 1000), seconds
+    assert halves > 1000  # the ties' branch ran
+    for seconds in _floats(27, 30_000):
+        assert request_log.ms_text(seconds) == "%.2f" % (seconds * 1000), seconds
+
+
+def test_the_timestamps_microseconds_are_what_the_old_expression_gave() -> None:
+    for micro in (*range(-2_000, 1_002_000), 10**7, -(10**7)):
+        assert request_log.micro_text(micro) == str(1000000 + micro)[1:], micro
+
+
+def test_the_request_id_is_quoted_as_encode_basestring_ascii_quotes_it() -> None:
+    """Made ids (ASCII letters and digits) skip the call; anything else, non-ASCII letters and digits too, takes it."""
+    ids = [new_id() for _ in range(300)] + ["", "a", "Z9", "r\u00e9", "\u0661\u0662", 'x"y', "a\\b", "a b", "a-b",
+                                             "a\x7f", "a\x00", "\u00aa", "A" * 200, "id\n", "\U0001f600", "\u00b2"]
+    for rid in ids:
+        assert request_log.json_text(rid) == json.encoder.encode_basestring_ascii(rid), rid
