@@ -186,8 +186,8 @@ class Ownership:
         `fresh`: the owners remembered from forwarding are forgotten first (the last replica out asks etcd)."""
         if fresh:
             self._owners.clear()
-        try:
-            listed = await self.backend.list_instances()
+        try:  # (listed anew, and the claims below adopt from this listing: a container it shows is never missed)
+            _, listed = await self._listed(fresh=True)
         except BackendError:
             return 0  # the runtime cannot be asked now; next round
         units = {self.unit_of(i.class_name, i.key) for i in listed if i.class_name in self.registry.config.containers}
@@ -251,12 +251,13 @@ class Ownership:
                 kept.add(unit)
         return kept
 
-    async def _listed(self) -> tuple[float, list[Instance]]:
+    async def _listed(self, fresh: bool = False) -> tuple[float, list[Instance]]:
         """The runtime's running instances: one call shared by the claims made within LIST_FRESH seconds, so a
         burst of new keys lists once rather than once per key. A container missed by a list that old is still
-        found by the backend's start (by its name) or by the sweep, never started twice."""
+        found by the backend's start (by its name) or by the sweep, never started twice. `fresh`: asked now (the
+        sweep, whose claims adopt what it found: an older listing would miss a container started since)."""
         now = asyncio.get_running_loop().time()
-        if self._listing is None or now - self._listing[0] > LIST_FRESH or (
+        if fresh or self._listing is None or now - self._listing[0] > LIST_FRESH or (
                 self._listing[1].done() and self._listing[1].exception() is not None):
             self._listing = (now, asyncio.ensure_future(self.backend.list_instances()))
         asked, listing = self._listing

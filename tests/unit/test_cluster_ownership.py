@@ -141,6 +141,18 @@ async def test_the_sweep_claims_orphans_it_is_the_choice_for(replicas):
     assert await a.sweep() == 0
 
 
+async def test_the_sweep_adopts_a_container_started_after_the_last_claims_listing(replicas):
+    """A claim's listing serves the claims of the next second; the sweep lists anew and adopts what that found.
+    (It once claimed from its own listing but adopted from the cached one: a container a leaving peer had
+    started since was claimed, never adopted, and ran on with no idle timer and nobody to stop it.)"""
+    a, _ = await replicas()
+    first, later = [k for k in (f"k{i}" for i in range(200)) if rendezvous(f"svc/{k}", [A, B]) == A][:2]
+    assert await a.locate("svc", first) is None  # a request's claim: the runtime listed (nothing running)
+    a.backend.listed = [Instance(later, "svc", "127.0.0.1", 5001, "id-1")]  # type: ignore[attr-defined]
+    assert await a.sweep() == 1
+    assert a.owns("svc", later) and a.registry.get(later, "svc").state is State.RUNNING
+
+
 async def test_a_handover_lets_go_of_running_keys_and_keeps_a_paused_one_to_stop(make_world, clock):
     """SIGTERM with live peers: running keys are let go of, not stopped (the next owner adopts them); a paused
     instance is not listed for adoption, so its manager stays and the shutdown stops it."""
