@@ -121,7 +121,9 @@ async def import_tar(docker: Any, tar_path: Path, tag: str, changes: list[str]) 
     repo, _, t = tag.rpartition(":")
     if not repo or "/" in t:
         repo, t = tag, "latest"
-    params: list[tuple[str, str]] = [("fromSrc", "-"), ("repo", repo), ("tag", t), ("message", "lazy-proxy rootfs")]
+    # The tag goes inside `repo`: podman's compat API ignores the `tag` parameter (it imported every tag as
+    # `:latest`), and dockerd reads a tag in `repo` the same way.
+    params: list[tuple[str, str]] = [("fromSrc", "-"), ("repo", f"{repo}:{t}"), ("message", "lazy-proxy rootfs")]
     params += [("changes", c) for c in changes]
     # aiodocker's query helpers flatten params into a dict; `changes` must repeat, so go one level down.
     await docker._check_version()

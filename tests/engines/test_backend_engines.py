@@ -11,6 +11,7 @@ or fails when CI=true. The model-service image is built (cached) through backend
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 
@@ -33,7 +34,7 @@ from backends.base import (
     MiB,
 )
 from backends.docker import DockerBackend
-from backends.image.build import DEFAULT_TAG
+from backends.image.build import DEFAULT_TAG, build_image
 from backends.podman import PodmanBackend
 from tests.support import engines
 
@@ -259,3 +260,15 @@ async def test_recovers_when_daemon_comes_back(runtime, tmp_path):
             server.close()
     finally:
         await b.close()
+
+
+async def test_an_image_built_under_another_tag_carries_that_tag(runtime, raw):
+    """`python -m backends.image build --tag T` (what a user's own tag or a rollout's new one needs): podman's
+    API ignores the import's `tag` parameter, so the tag once became `:latest` and the build ended in a 404."""
+    tag = f"lp-tagtest/app:t{uuid.uuid4().hex[:6]}"
+    try:
+        built = await build_image(runtime, tag=tag, socket=engines.socket_for(runtime), verbose=False)
+        assert built.tag == tag and (await raw.images.inspect(tag))["Id"] == built.image_id
+    finally:
+        with contextlib.suppress(aiodocker.DockerError):
+            await raw.images.delete(tag)
