@@ -18,14 +18,13 @@ if [ "${1:-all}" != build ]; then
   command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-  command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)  # tests/proxy/test_h2.py, bench/protocols_h2.py
+  command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)  # HTTP/2 and TLS tests, bench/protocols*.py
   command -v curl >/dev/null 2>&1 || missing+=(curl)  # tests/proxy/test_h2.py (--http2-prior-knowledge, --http2)
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server etcd-client)  # tests start their own (marker etcd)
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
   [ -x /bin/busybox ] || missing+=(busybox-static)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium)  # the face's browser tests (tests/proxy/test_face_browser.py)
   command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
-  command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)  # bench/protocols*.py, HTTP/2 and TLS tests
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # bench/protocols.py (s_time), tests/proxy/test_tls.py
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0

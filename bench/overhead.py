@@ -280,8 +280,12 @@ def warm(targets: list[Target], seconds: int) -> None:
 # ---------------------------------------------------------------- statistics
 
 
-def closed_stats(runs: list[dict[str, float]], base: list[dict[str, float]]) -> dict[str, Any]:
-    return {"rps": med(runs, "rps"), "ratio": paired(runs, base, "rps", lambda a, b: a / b),
+def closed_stats(runs: list[dict[str, float]], base: list[dict[str, float]],
+                 nginx: list[dict[str, float]] | None = None) -> dict[str, Any]:
+    """The closed-loop figures of one variant; paired per round with direct and, when it ran, nginx."""
+    versus = {} if nginx is None else {"rps_vs_nginx": paired(runs, nginx, "rps", lambda a, b: a / b),
+                                       "cpu_vs_nginx": paired(runs, nginx, "proxy_cpu_us", lambda a, b: a / b)}
+    return {**versus, "rps": med(runs, "rps"), "ratio": paired(runs, base, "rps", lambda a, b: a / b),
             "proxy_cpu_us_per_req": med(runs, "proxy_cpu_us"), "upstream_cpu_us_per_req": med(runs, "upstream_cpu_us"),
             "p50_ms": med(runs, "p50"), "p99_ms": med(runs, "p99"),
             "errors": int(sum(r["errors"] + r["non2xx"] for r in runs)),
@@ -383,7 +387,7 @@ def main() -> int:
         warm(targets, mode.warm_seconds)
 
         runs = interleaved(targets, mode.rounds, lambda t: closed_loop(t, s, mode.seconds))
-        closed = {n: closed_stats(r, runs["direct"]) for n, r in runs.items()}
+        closed = {n: closed_stats(r, runs["direct"], runs.get("nginx")) for n, r in runs.items()}
         print_closed(closed, mode)
 
         rate, half = 0.0, {}

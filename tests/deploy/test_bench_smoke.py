@@ -143,6 +143,9 @@ def test_overhead() -> None:
     assert set(closed) == {"direct", *variants.split(",")}, s
     for name, run in closed.items():
         assert run["rps"] > 0 and run["errors"] == 0, (name, run)
+    if "nginx" in closed:  # issue 27's check: lazy-proxy's per-round ratio to nginx, paired as the ratio to direct
+        assert closed["lazy-proxy"]["rps_vs_nginx"] > 0 and closed["nginx"]["rps_vs_nginx"] == 1.0, closed
+        assert s["goals"]["lazy-proxy_throughput_vs_nginx"]["value"] == closed["lazy-proxy"]["rps_vs_nginx"], s
 
 
 @pytest.mark.slow
