@@ -49,6 +49,8 @@ class EtcdStore(OwnershipStore):
         self._members: list[Member] = []
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
+        self._renewing = asyncio.Lock()  # one renewal at a time: the loop's or a request's (`revive`)
+        self._revival: asyncio.Future[None] | None = None  # the requests' renewal in flight, shared
 
     # ---------------------------------------------------------------- the gateway
 
@@ -125,7 +127,8 @@ class EtcdStore(OwnershipStore):
             await asyncio.sleep(RETRY_PAUSE if failed else self.lease_ttl / 3)  # after a failure: again at once
             failed = True
             try:
-                await self._renew()
+                async with self._renewing:
+                    await self._renew()
                 failed = False
                 await self._refresh_members()
             except StoreUnavailable as exc:
@@ -135,7 +138,19 @@ class EtcdStore(OwnershipStore):
             if self.lease_id and not self.valid():  # lapsed: our claims may be another's by now
                 self.lapsed()
 
+    async def _revive_once(self) -> None:
+        async with self._renewing:
+            if not self.valid():  # (the loop may have renewed while we waited for it)
+                await self._renew()
+
     # ---------------------------------------------------------------- the port
+
+    async def revive(self) -> None:
+        """One renewal shared by the requests that find the validity lapsed (each waits at most its budget)."""
+        if self._revival is None or self._revival.done():
+            self._revival = asyncio.ensure_future(self._revive_once())
+            self._revival.add_done_callback(lambda done: done.cancelled() or done.exception())  # (retrieved)
+        await asyncio.shield(self._revival)
 
     async def start(self) -> None:
         try:

@@ -150,6 +150,8 @@ class Ownership:
     async def _resolve(self, unit: Unit, forwarded: bool) -> Member | None:
         name = f"{unit[0]}/{unit[1]}"
         try:
+            if not self.store.valid():  # lapsed (etcd was away): renewed now, not at the loop's next round
+                await self.store.revive()
             holder = await self.store.owner(name)
             if holder is None:
                 if not forwarded:  # the hint from the member list read now: a replica that joined since counts

@@ -89,6 +89,12 @@ class OwnershipStore(ABC):
     def holds_lease(self) -> bool:
         return self.valid()
 
+    async def revive(self) -> None:
+        """The validity ran out and a request needs the store now: renew the lease at once (etcd may be back)
+        rather than at the renewal loop's next round; raises StoreUnavailable when it cannot. Nothing to do
+        for a store whose lease cannot lapse."""
+        return None
+
     async def confirm(self, unit: str) -> bool:
         """Right before a stop or pause: does the store still record this replica as `unit`'s owner under its
         current lease? False also when the store cannot be asked (then nobody's instance is touched)."""

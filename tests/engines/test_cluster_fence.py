@@ -18,7 +18,7 @@ from backends.image.build import ensure_image
 from bench.lib.cluster import Etcd, Replicas, etcd_binary, remove_containers, running_containers
 from bench.lib.fence import broken, config, run_fault
 from proxy.cluster.etcd import EtcdStore
-from proxy.cluster.store import Member, rendezvous
+from proxy.cluster.store import Member, StoreUnavailable, rendezvous
 from proxy.admin.ctl import members_table
 from tests.conftest import base_config
 
@@ -75,6 +75,26 @@ async def test_an_endpoint_that_fails_is_followed_by_the_next_within_the_budget(
         assert store.valid() and await store.claim("svc/k") == "a"
         assert store.endpoints[0] == etcd.endpoints[0]  # the one that answered stays first
         assert store.errors == 0
+    finally:
+        await store.close()
+
+
+async def test_a_lapsed_validity_is_renewed_by_the_request_that_finds_it(etcd):
+    """etcd back after an outage: the first request renews the lease itself (one renewal for all requests
+    waiting), not the renewal loop at its next round, which a request in between met as a 503. The same lease,
+    so the claims under it stand; with etcd away it fails at once, as the loop's renewal would."""
+    store = await _store("a", etcd.endpoints, f"/t-{uuid.uuid4().hex[:6]}")
+    try:
+        assert await store.claim("svc/k") == "a"
+        lease, epoch = store.lease_id, store.epoch
+        store.valid_until = 0.0  # lapsed, as after etcd was away for longer than the validity
+        await asyncio.gather(*(store.revive() for _ in range(5)))
+        assert store.valid() and (store.lease_id, store.epoch) == (lease, epoch) and await store.confirm("svc/k")
+        etcd.kill(0)
+        store.valid_until = 0.0
+        with pytest.raises(StoreUnavailable):
+            await store.revive()
+        assert not store.valid()
     finally:
         await store.close()
 
