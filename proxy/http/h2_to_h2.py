@@ -8,7 +8,7 @@ instance's pace (its window reopens only as it leaves); the answer comes down as
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, Protocol, TypeVar
 
 from proxy.errors import BodyTooLarge, UpstreamError
 from proxy.wire.h2upstream import H2Pool, StreamClosed, UpstreamStream
@@ -26,6 +26,20 @@ async def within(step: Coroutine[Any, Any, T], seconds: float) -> T:
     """`step` bounded by `seconds` (a timer, not the task `asyncio.wait_for` makes on every call)."""
     async with asyncio.timeout(seconds):
         return await step
+
+
+class Source(Protocol):
+    """An answer's body as it comes from the instance (`H1Sink`, `UpstreamStream`)."""
+
+    def ready(self) -> bool: ...
+
+    async def read(self) -> bytes | None: ...
+
+
+async def next_piece(source: Source, seconds: float) -> bytes | None:
+    """The next body piece (None at its end); only a read that has to wait is bounded by `seconds` (the timer
+    costs more than the read of a piece already there, the usual case for a small answer)."""
+    return await (source.read() if source.ready() else within(source.read(), seconds))
 
 
 async def body_of(stream: ClientStream, limit: int) -> AsyncIterator[bytes]:
@@ -56,7 +70,7 @@ async def relay(stream: ClientStream, pool: H2Pool, request: list[Header], limit
     sent = 0
     try:
         try:
-            pairs = await within(upstream.response(), timeout)
+            pairs = upstream.head.result() if upstream.head.done() else await within(upstream.response(), timeout)
         except asyncio.TimeoutError:
             raise UpstreamError(504, f"no response within upstream_timeout={timeout:g}s", **words) from None
         except StreamClosed:
@@ -68,7 +82,7 @@ async def relay(stream: ClientStream, pool: H2Pool, request: list[Header], limit
         status = int(dict(pairs).get(b":status", b"502"))
         stream.send_headers(response_head(status, pairs, extra))
         try:
-            while (chunk := await within(upstream.read(), timeout)) is not None:
+            while (chunk := await next_piece(upstream, timeout)) is not None:
                 await stream.send_data(chunk)
                 upstream.consumed(len(chunk))
                 sent += len(chunk)
