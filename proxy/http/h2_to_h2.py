@@ -8,7 +8,7 @@ instance's pace (its window reopens only as it leaves); the answer comes down as
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Coroutine, Iterable, Protocol, TypeVar
 
 from proxy.errors import BodyTooLarge, UpstreamError
 from proxy.wire.h2upstream import H2Pool, StreamClosed, UpstreamStream
@@ -51,10 +51,20 @@ async def body_of(stream: ClientStream, limit: int) -> AsyncIterator[bytes]:
         stream.consumed(len(chunk))
 
 
+def answer_fields(pairs: Iterable[Header]) -> list[Header]:
+    """An instance's header or trailer fields as the client gets them: names in lowercase, no pseudo-header or
+    hop-by-hop field, values without surrounding whitespace. (The `h2` library's own outbound normalization and
+    checks are off on the client's connection: everything else sent there is the proxy's own.)"""
+    out = []
+    for name, value in pairs:
+        lower = name.lower()
+        if lower not in SKIP and lower[:1] != b":":
+            out.append((lower, value.strip()))
+    return out
+
+
 def response_head(status: int, pairs: list[Header], extra: list[Header]) -> list[Header]:
-    head = [(b":status", str(status).encode())]
-    head += [(n.lower(), v) for n, v in pairs if n.lower() not in SKIP and n[:1] != b":"]
-    return head + extra
+    return [(b":status", str(status).encode()), *answer_fields(pairs), *extra]
 
 
 async def relay(stream: ClientStream, pool: H2Pool, request: list[Header], limit: int, timeout: float, key: str,
@@ -90,8 +100,7 @@ async def relay(stream: ClientStream, pool: H2Pool, request: list[Header], limit
         except (StreamClosed, asyncio.TimeoutError):
             stream.abort()
             return status, sent
-        trailers = [(n, v) for n, v in upstream.trailers if n not in SKIP]
-        stream.end(trailers)
+        stream.end(answer_fields(upstream.trailers))
         return status, sent
     finally:
         if pump is not None:

@@ -116,10 +116,11 @@ class UpstreamStream:
 
 class H2UpstreamConnection(H2Writer):
     def __init__(self, pool: H2Pool) -> None:
-        # The headers sent were validated on the client's connection, and what comes back is validated there on
+        # The headers sent were validated on the client's connection, and what comes back is normalized there on
         # its way out. (Each validation costs as much as relaying a small body.)
         super().__init__(h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_outbound_headers=False, validate_inbound_headers=False)))
+            client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False,
+            validate_inbound_headers=False)))
         self.pool = pool
         self.streams: dict[int, UpstreamStream] = {}
         self.closed = False
