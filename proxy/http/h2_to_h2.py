@@ -75,10 +75,15 @@ async def relay(stream: ClientStream, pool: H2Pool, request: list[Header], limit
     failed relay's 504 shows."""
     bodyless = stream.ended and not stream.chunks
     upstream = await pool.open(request, end=bodyless)
-    pump = None if bodyless else asyncio.get_running_loop().create_task(_pump(stream, upstream, limit))
+    # A body that has come whole and fits the instance's window is sent at once (a unary gRPC call's); a longer
+    # or unfinished one by a task, at the instance's pace, while the answer is awaited.
+    whole = not bodyless and stream.ended and sum(map(len, stream.chunks)) <= upstream.window()
+    pump = None if bodyless or whole else stream.conn.loop.create_task(_pump(stream, upstream, limit))
     words: dict[str, Any] = {"key": key} if public is None else {"key": key, "public": public}
     sent = 0
     try:
+        if whole:
+            await _pump(stream, upstream, limit)
         try:
             pairs = upstream.head.result() if upstream.head.done() else await within(upstream.response(), timeout)
         except asyncio.TimeoutError:

@@ -59,6 +59,10 @@ class UpstreamStream:
         if end:
             self.end()
 
+    def window(self) -> int:
+        """Body bytes the instance takes now without a window update."""
+        return 0 if self.error is not None else self.conn.h2.local_flow_control_window(self.id)
+
     def _failed(self) -> StreamClosed | None:
         return self.error
 
