@@ -28,6 +28,29 @@ async def within(step: Coroutine[Any, Any, T], seconds: float) -> T:
         return await step
 
 
+async def settled(future: asyncio.Future[T], seconds: float) -> T:
+    """`future`'s result, TimeoutError after `seconds`: a timer on the loop and nothing else (asyncio.timeout
+    reads the running loop twice, a getpid() each on Python 3.11, and cancels the task to wake it)."""
+    if not future.done():
+        loop = future.get_loop()
+        waiter = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        future.add_done_callback(wake)
+        timer = loop.call_later(seconds, wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            future.remove_done_callback(wake)
+        if not future.done():
+            raise TimeoutError
+    return future.result()
+
+
 class Source(Protocol):
     """An answer's body as it comes from the instance (`H1Sink`, `UpstreamStream`)."""
 
@@ -85,7 +108,7 @@ async def relay(stream: ClientStream, pool: H2Pool, request: list[Header], limit
         if whole:
             await _pump(stream, upstream, limit)
         try:
-            pairs = upstream.head.result() if upstream.head.done() else await within(upstream.response(), timeout)
+            pairs = await settled(upstream.head, timeout)
         except asyncio.TimeoutError:
             raise UpstreamError(504, f"no response within upstream_timeout={timeout:g}s", **words) from None
         except StreamClosed:
