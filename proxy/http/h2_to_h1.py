@@ -99,6 +99,10 @@ class H1Sink:
 
     # ---------------------------------------------------------------- the stream's side
 
+    def ready(self) -> bool:
+        """`read` returns without waiting."""
+        return bool(self.chunks) or self.ended or self.error is not None
+
     async def read(self) -> bytes | None:
         """The next body piece; None at its end. ConnectionResetError when the instance broke off."""
         while not self.chunks:

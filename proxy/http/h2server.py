@@ -3,7 +3,8 @@
 The plain listener's `FastProtocol` hands a connection over (`take_over`) when its first bytes are the
 HTTP/2 preface, or at once when TLS negotiated `h2`. Framing, HPACK, stream states and header validation
 are the `h2` library's (uppercase names, connection-specific headers, `TE` other than `trailers`,
-pseudo-header errors and Content-Length mismatches are refused by it as the RFC says); each request
+pseudo-header errors and Content-Length mismatches are refused as the RFC says; the header checks run
+through proxy/http/h2checks.py's one-pass check first); each request
 stream is then served by `proxy/http/h2stream.py` with the HTTP/1.1 request's lifecycle.
 
 Limits a client cannot talk its way around: `max_concurrent_streams` (streams beyond it are refused by
@@ -30,6 +31,7 @@ import h2.settings
 import hyperframe.frame
 import structlog
 
+from proxy.http.h2checks import check
 from proxy.wire.h2writer import H2Writer
 from proxy.wire.h2writer import Header as Header  # the stream servers (h2stream, h2app, ...) name it from here
 
@@ -115,8 +117,11 @@ class H2ServerProtocol(H2Writer):
 
     def __init__(self, fast: FastPath, serve: Serve, max_streams: int, peer_host: str, scheme: str) -> None:
         self.fast = fast
+        # The library's header checks off: what comes in is checked by proxy/http/h2checks.py (`data_received`);
+        # every block sent is built here, an instance's fields passed through h2_to_h2.py's `answer_fields`.
         super().__init__(h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True)))
+            client_side=False, header_encoding=None, validate_inbound_headers=False, validate_outbound_headers=False,
+            normalize_outbound_headers=False)))
         self.serve = serve  # serves one stream (proxy/http/h2stream.py's serve_stream)
         self.peer_host = peer_host
         self.scheme = scheme
@@ -159,11 +164,23 @@ class H2ServerProtocol(H2Writer):
         if self.closed:
             return
         self._last_frame = self.loop.time()
+        highest = self.h2.highest_inbound_stream_id
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             self._refuse(exc)
             return
+        for event in events:  # the header checks, before any stream of these is served (as the library's were)
+            if isinstance(event, (h2.events.RequestReceived, h2.events.TrailersReceived)):
+                if isinstance(event, h2.events.RequestReceived):
+                    highest = max(highest, event.stream_id or 0)
+                try:
+                    check(event.headers or (), isinstance(event, h2.events.TrailersReceived))
+                except h2.exceptions.ProtocolError as exc:
+                    with contextlib.suppress(h2.exceptions.ProtocolError):  # (the client's GOAWAY came first)
+                        self.h2.close_connection(exc.error_code, last_stream_id=highest)  # the library's GOAWAY
+                    self._refuse(exc)
+                    return
         for event in events:
             if isinstance(event, h2.events.RequestReceived):
                 self._request(event)

@@ -13,6 +13,7 @@ statuses in a trailers-only answer (`grpc_status`), and `grpc-timeout` bounds th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -29,7 +30,7 @@ from proxy.http.h2_to_h1 import exchange
 from proxy.http.h2app import serve_by_app
 from proxy.http.h2peer import owner_hint, to_owner
 from proxy.wire.h2upstream import StreamClosed
-from proxy.http.h2_to_h2 import SKIP, body_of, relay, response_head, within
+from proxy.http.h2_to_h2 import SKIP, body_of, next_piece, relay, response_head
 from proxy.request_id import HEADER_LOWER, request_id
 from proxy.wire.paths import escape_reason
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("proxy.h2")
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+_NO_DEADLINE = contextlib.nullcontext()  # a call without grpc-timeout
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 # gRPC status codes (grpc/status.h) for the proxy's own answers
 OK, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND = 0, 2, 3, 4, 5
@@ -173,7 +175,7 @@ async def _serve(conn: H2ServerProtocol, stream: ClientStream, handler: RouteHan
                  given: bool, deadline: float | None) -> tuple[int, int]:
     manager = handler.manager_for(key)
     try:
-        async with asyncio.timeout(deadline):
+        async with asyncio.timeout(deadline) if deadline is not None else _NO_DEADLINE:  # (a timer costs)
             async with manager.lease(start=handler.starts_for(headers.get("user-agent", ""))) as lease:
                 extra: list[Header] = []
                 if lease.cold_wait is not None:
@@ -248,7 +250,7 @@ async def _to_http1(stream: ClientStream, handler: RouteHandler, manager: Manage
         if bodyless:
             return status, 0
         try:
-            while (chunk := await within(relay.read(), config.upstream_timeout)) is not None:
+            while (chunk := await next_piece(relay, config.upstream_timeout)) is not None:
                 await stream.send_data(chunk)
                 sent += len(chunk)
                 handler.egress(manager.klass.name, manager.key, len(chunk))

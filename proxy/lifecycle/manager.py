@@ -64,14 +64,14 @@ class Manager(InFlight):  # requests in flight, activity, the idle timer: proxy/
         """Hold the instance for one request or WebSocket; always released, even on client abort."""
         self.hold()
         try:
-            if start:
+            if self.state is State.RUNNING:
+                waited = None  # the usual case: nothing to wait for (and no clock read: a getpid() on 3.11)
+            elif start:
                 self._waiting += 1
                 try:
                     waited = await self.ensure_running(reason="request")
                 finally:
                     self._waiting -= 1
-            elif self.state is State.RUNNING:
-                waited = None
             else:
                 raise NotWarm(f"{self.key} is {self.state.value}")
             assert self.instance is not None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections import deque
 from typing import Iterable, cast
 
@@ -60,6 +59,10 @@ class UpstreamStream:
         if end:
             self.end()
 
+    def window(self) -> int:
+        """Body bytes the instance takes now without a window update."""
+        return 0 if self.error is not None else self.conn.h2.local_flow_control_window(self.id)
+
     def _failed(self) -> StreamClosed | None:
         return self.error
 
@@ -74,6 +77,10 @@ class UpstreamStream:
     async def response(self) -> list[Header]:
         """The response head (interim 1xx heads are skipped)."""
         return await self.head
+
+    def ready(self) -> bool:
+        """`read` returns without waiting."""
+        return bool(self.chunks) or self.ended or self.error is not None
 
     async def read(self) -> bytes | None:
         """The next body chunk; None at the end (`trailers` then holds the trailers)."""
@@ -113,11 +120,11 @@ class UpstreamStream:
 
 class H2UpstreamConnection(H2Writer):
     def __init__(self, pool: H2Pool) -> None:
-        # The headers sent were validated on the client's connection, and what comes back is validated there on
-        # its way out; Huffman coding saves nothing on a local hop. (Each costs as much as relaying a small body.)
+        # The headers sent were validated on the client's connection, and what comes back is normalized there on
+        # its way out. (Each validation costs as much as relaying a small body.)
         super().__init__(h2.connection.H2Connection(h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_outbound_headers=False, validate_inbound_headers=False)))
-        self.h2.encoder.encode = functools.partial(self.h2.encoder.encode, huffman=False)  # type: ignore[method-assign]
+            client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False,
+            validate_inbound_headers=False)))
         self.pool = pool
         self.streams: dict[int, UpstreamStream] = {}
         self.closed = False

@@ -3,7 +3,8 @@ the instance's in proxy/wire/h2upstream.py).
 
 The `h2` library only queues frames (`data_to_send`); this sends them once per loop turn, so the frames of
 many streams go out in one write, and follows the transport's back-pressure (`pause_writing`), so a body is
-written no faster than the peer reads it and no faster than its flow-control window allows.
+written no faster than the peer reads it and no faster than its flow-control window allows. Header blocks are
+encoded by proxy/wire/hpack_flat.py at both ends.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Awaitable, Callable, Iterable
 
 import h2.connection
 
+from proxy.wire.hpack_flat import install
+
 Header = tuple[bytes, bytes]
 
 
@@ -21,6 +24,7 @@ class H2Writer(asyncio.Protocol):
 
     def __init__(self, conn: h2.connection.H2Connection) -> None:
         self.h2 = conn
+        install(conn.encoder)  # header blocks without the dynamic table (proxy/wire/hpack_flat.py)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self._paused: asyncio.Future[None] | None = None
