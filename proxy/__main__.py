@@ -18,7 +18,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 
 from proxy import __version__
@@ -68,14 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return CONFIG_ERROR
-    config = replace(config, host=args.host or config.host, port=config.port if args.port is None else args.port,
-                     log_level=args.log_level or config.log_level, log_format=args.log_format or config.log_format)
-    if args.admin_port is not None:
-        config = replace(config, admin=config.admin.model_copy(update={"port": args.admin_port}))
+    overrides = command_line(args)
+    config = overrides(config)
     if args.check:
         return _run(check(config), config.log_level)
     configure(config.log_level, config.log_format)
-    return _run(_serve(config, args.config), config.log_level)
+    return _run(_serve(config, args.config, overrides), config.log_level)
+
+
+def command_line(args: argparse.Namespace) -> Callable[[Config], Config]:
+    """The command line's values over the file's, at start-up and at every reload (proxy/reload.py): a reload
+    keeps `--port` and the like rather than naming them as needing a restart."""
+
+    def apply(config: Config) -> Config:
+        config = replace(config, host=args.host or config.host, port=config.port if args.port is None else args.port,
+                         log_level=args.log_level or config.log_level,
+                         log_format=args.log_format or config.log_format)
+        if args.admin_port is not None:
+            config = replace(config, admin=config.admin.model_copy(update={"port": args.admin_port}))
+        return config
+    return apply
 
 
 def _run(main: Coroutine[Any, Any, int | None], level: str) -> int:
@@ -101,9 +113,10 @@ def _run(main: Coroutine[Any, Any, int | None], level: str) -> int:
         return UNEXPECTED
 
 
-async def _serve(config: Config, path: str) -> None:
+async def _serve(config: Config, path: str, overrides: Callable[[Config], Config]) -> None:
     app = create_app(config)
     app[PROXY].config_path = Path(path)
+    app[PROXY].overrides = overrides
     admin = None
     if config.admin.enabled:
         admin = (create_admin_app(app[PROXY]), config.admin.host, config.admin.port)

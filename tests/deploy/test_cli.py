@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -87,3 +88,34 @@ def test_stdlib_log_lines_are_json_too():
     lines = [json.loads(line) for line in out.stderr.splitlines()]
     assert [line["event"] for line in lines] == ["restarting stopped container lp-x", "state"]
     assert lines[0]["logger"] == "backends._engine" and lines[0]["level"] == "info"
+
+
+def test_a_reload_keeps_the_command_lines_ports_and_needs_no_restart_for_them(tmp_path):
+    """`--port`, `--admin-port`, `--log-format` win over the file at every reload too: an unchanged file reloaded
+    needs no restart (it named `server.port`, `admin`, `logging.format`, which the file never changed)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"backend": {"type": "stub"}, "admin": {"token_env": "LP_TEST_TOKEN"},
+                                      "containers": {"web": {"image": "model_service", "port": 8000}},
+                                      "routes": [{"path": "/{tail:.*}", "container": "web"}]}))
+    port, admin, token = free_port(), free_port(), "a-token-of-sixteen-chars"
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(config), "--port", str(port),
+                             "--admin-port", str(admin), "--log-format", "json", "--host", "127.0.0.1"],
+                            cwd=ROOT, env={**os.environ, "LP_TEST_TOKEN": token}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_up(admin, proc)
+        req = urllib.request.Request(f"http://127.0.0.1:{admin}/admin/config/reload", method="POST",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            body = json.loads(resp.read())
+        assert body["applied"] is True and body["restart_needed"] == [], body
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+        logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+        reloads = [e for e in logs if e.get("event") == "reloaded"]
+        assert len(reloads) == 2 and not any("restart_needed" in e for e in reloads), reloads
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
