@@ -27,6 +27,7 @@ from proxy.compile import running
 from proxy.config.schema import parse_config
 from proxy.admin.ctl import duration, table
 from proxy.observe.request_log import RequestLog, console_line
+from tests.support.engines import ensure_image
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -104,6 +105,21 @@ def test_check_reports_whether_each_image_is_present(tmp_path, capsys):
     assert main(["--check", "--config", write(tmp_path, raw)]) == 0
     out = capsys.readouterr().out
     assert "backend docker: ok" in out and "class gone: image lp-ops-never-built:1 not present locally" in out
+
+
+@pytest.mark.parametrize("runtime", ["docker", "podman"])
+async def test_check_says_when_the_image_exposes_other_ports_than_the_class_port(tmp_path, runtime):
+    """The model image EXPOSEs 8080: a class on port 9000 (a forgotten or mistyped `port`) would only time out
+    at its first start with `connection refused`; `--check` says so before (the real CLI, on the real daemon)."""
+    image = await ensure_image(runtime)
+    raw = {"backend": {"type": runtime}, "containers": {"off": {"image": image, "port": 9000},
+                                                        "on": {"image": image, "port": 8080}}}
+    done = subprocess.run([sys.executable, "-m", "proxy", "--check", "--config", write(tmp_path, raw)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    lines = done.stdout.splitlines()
+    assert f"class off: image {image} present; it EXPOSEs 8080/tcp, not port 9000" in lines, lines
+    assert f"class on: image {image} present" in lines, lines
 
 
 @pytest.mark.parametrize("runtime, how", [("podman", "--socket"), ("docker", "DOCKER_HOST")])
