@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,9 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,22 +94,37 @@ def test_stdlib_log_lines_are_json_too():
     assert lines[0]["logger"] == "backends._engine" and lines[0]["level"] == "info"
 
 
-def test_a_reload_keeps_the_command_lines_ports_and_needs_no_restart_for_them(tmp_path):
-    """`--port`, `--admin-port`, `--log-format` win over the file at every reload too: an unchanged file reloaded
-    needs no restart (it named `server.port`, `admin`, `logging.format`, which the file never changed)."""
+STUB = {"backend": {"type": "stub"}, "admin": {"token_env": "LP_TEST_TOKEN"},
+        "containers": {"web": {"image": "model_service", "port": 8000}},
+        "routes": [{"path": "/api/{tail:.*}", "container": "web"}]}
+TOKEN = "a-token-of-sixteen-chars"
+
+
+@contextlib.contextmanager
+def stub_proxy(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
+    """`python -m proxy --config <STUB> --port P --admin-port A *args`: (process, P, A); killed if still up."""
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({"backend": {"type": "stub"}, "admin": {"token_env": "LP_TEST_TOKEN"},
-                                      "containers": {"web": {"image": "model_service", "port": 8000}},
-                                      "routes": [{"path": "/{tail:.*}", "container": "web"}]}))
-    port, admin, token = free_port(), free_port(), "a-token-of-sixteen-chars"
+    config.write_text(yaml.safe_dump(STUB))
+    port, admin = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(config), "--port", str(port),
-                             "--admin-port", str(admin), "--log-format", "json", "--host", "127.0.0.1"],
-                            cwd=ROOT, env={**os.environ, "LP_TEST_TOKEN": token}, stdout=subprocess.PIPE,
+                             "--admin-port", str(admin), *args],
+                            cwd=ROOT, env={**os.environ, "LP_TEST_TOKEN": TOKEN}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         wait_up(admin, proc)
+        yield proc, port, admin
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_a_reload_keeps_the_command_lines_ports_and_needs_no_restart_for_them(tmp_path):
+    """`--port`, `--admin-port`, `--log-format` win over the file at every reload too: an unchanged file reloaded
+    needs no restart (it named `server.port`, `admin`, `logging.format`, which the file never changed)."""
+    with stub_proxy(tmp_path, "--log-format", "json", "--host", "127.0.0.1") as (proc, _, admin):
         req = urllib.request.Request(f"http://127.0.0.1:{admin}/admin/config/reload", method="POST",
-                                     headers={"Authorization": f"Bearer {token}"})
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(req, timeout=30) as resp:
             body = json.loads(resp.read())
         assert body["applied"] is True and body["restart_needed"] == [], body
@@ -115,7 +134,14 @@ def test_a_reload_keeps_the_command_lines_ports_and_needs_no_restart_for_them(tm
         logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
         reloads = [e for e in logs if e.get("event") == "reloaded"]
         assert len(reloads) == 2 and not any("restart_needed" in e for e in reloads), reloads
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+
+
+def test_a_path_no_route_matches_is_a_404_that_says_so_with_its_request_id(tmp_path):
+    """Was `{"error": "not found", "reason": "404: Not Found", "status": 404}`: aiohttp's words, no request id."""
+    with stub_proxy(tmp_path) as (_, port, admin):
+        for url in (f"http://127.0.0.1:{port}/nowhere?x=1", f"http://127.0.0.1:{admin}/nowhere"):
+            with pytest.raises(urllib.error.HTTPError) as missed:
+                urllib.request.urlopen(url, timeout=10)
+            body = json.loads(missed.value.read())
+            assert missed.value.code == 404 and body["reason"] == "no route for /nowhere", body
+            assert body["request_id"] == missed.value.headers["X-Request-Id"], body
