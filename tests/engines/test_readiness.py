@@ -98,6 +98,18 @@ async def test_an_app_on_127_0_0_1_in_its_container_times_out_with_a_hint(make_p
                             "127.0.0.1?)"), m.last_error
 
 
+async def test_an_app_that_exits_at_once_says_what_it_printed(make_proxy: MakeProxy, backend_kind: str) -> None:
+    """A typo in the command, a missing setting: the container exits before it is ready. The reason had only
+    `exited with code 3`, and the app's own words were in `docker logs` of a container the user had to find."""
+    only(backend_kind, "docker", "podman")
+    fail = "import sys; print('starting'); sys.exit('boom: DATABASE_URL is not set')"
+    h = await make_proxy(svc={"entrypoint": [MODEL_PYTHON, "-c", fail], "port": 8000, "readiness": None})
+    assert (await h.client.get("/s/")).status == 503
+    m = h.manager("shared")
+    await h.wait_for(lambda: m.state is State.FAILED)
+    assert "exited with code 1; last output: starting | boom: DATABASE_URL is not set" in m.last_error, m.last_error
+
+
 @pytest.fixture
 async def healthcheck_image(backend_kind: str) -> AsyncIterator[str]:
     """The model image plus a HEALTHCHECK (its own readiness path, every 100 ms), built on docker."""
