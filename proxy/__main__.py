@@ -1,4 +1,5 @@
-"""`python -m proxy --config config.yaml [--host H] [--port P] [--admin-port A] [--log-level L] [--check]`;
+"""`python -m proxy --config config.yaml [--host H] [--port P] [--admin-port A] [--log-level L] [--check]`
+(`check` alone, as a word, is `--check`);
 `python -m proxy ctl ...` (the admin API's command line, proxy/admin/ctl.py). Installed as `lazy-proxy` too.
 
 Every mistake an operator makes is one line on stderr, never a traceback. Exit codes: 0 done; 1 an
@@ -45,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides logging.level")
     p.add_argument("--log-format", choices=FORMATS, help="overrides logging.format")
     p.add_argument("--check", action="store_true",
-                   help="validate the config and probe the backend, without binding ports; exit 0, 1 or 2")
+                   help="validate the config and probe the backend, without binding ports; exit 0, 1 or 2 "
+                        "(also: lazy-proxy check --config ...)")
     p.add_argument("--version", action=_Version, nargs=0, help="show the version and the build, and exit")
     return p
 
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ctl"]:
         return ctl(argv[1:])
+    if argv[:1] == ["check"]:  # `lazy-proxy check`, written like `ctl`, is `--check`
+        argv = ["--check", *argv[1:]]
     args = parser().parse_args(argv)
     try:
         config = load_config(args.config)

@@ -145,3 +145,12 @@ def test_a_path_no_route_matches_is_a_404_that_says_so_with_its_request_id(tmp_p
             body = json.loads(missed.value.read())
             assert missed.value.code == 404 and body["reason"] == "no route for /nowhere", body
             assert body["request_id"] == missed.value.headers["X-Request-Id"], body
+
+
+def test_check_as_a_word_like_ctl(tmp_path):
+    """`lazy-proxy check --config x` as `ctl` is written (was: usage and `unrecognized arguments: check`, exit 2)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(STUB))
+    done = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(config)], cwd=ROOT,
+                          env={**os.environ, "LP_TEST_TOKEN": TOKEN}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "config ok" in done.stdout and "backend stub: ok" in done.stdout, done.stderr
