@@ -35,11 +35,12 @@ from proxy.reload import reload
 from proxy.http.server import serve
 
 CONFIG_ERROR, UNEXPECTED = 2, 1
+DEFAULT_CONFIGS = ("lazy-proxy.yaml", "config.yaml")  # without --config: the README's name, then the repo's
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lazy-proxy", description="Lazy-start reverse proxy for containers.")
-    p.add_argument("--config", default="config.yaml", help="path to config.yaml")
+    p.add_argument("--config", help=f"the config file (default: {' or '.join(DEFAULT_CONFIGS)}, here)")
     p.add_argument("--host", help="listen address (overrides server.host)")
     p.add_argument("--port", type=int, help="listen port (overrides server.port)")
     p.add_argument("--admin-port", type=int, help="admin listen port (overrides admin.port)")
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["--check", *argv[1:]]
     args = parser().parse_args(argv)
     try:
+        args.config = args.config or _default_config()
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
@@ -78,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         return _run(check(config), config.log_level)
     configure(config.log_level, config.log_format)
     return _run(_serve(config, args.config, overrides), config.log_level)
+
+
+def _default_config() -> str:
+    """The first of DEFAULT_CONFIGS in the working directory."""
+    for name in DEFAULT_CONFIGS:
+        if Path(name).is_file():
+            return name
+    raise ConfigError("config", f"no --config given, and neither {' nor '.join(DEFAULT_CONFIGS)} is here")
 
 
 def command_line(args: argparse.Namespace) -> Callable[[Config], Config]:

@@ -154,3 +154,16 @@ def test_check_as_a_word_like_ctl(tmp_path):
     done = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(config)], cwd=ROOT,
                           env={**os.environ, "LP_TEST_TOKEN": TOKEN}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "config ok" in done.stdout and "backend stub: ok" in done.stdout, done.stderr
+
+
+def test_without_config_the_readmes_lazy_proxy_yaml_is_read_and_else_both_names_are_said(tmp_path):
+    """The README writes `lazy-proxy.yaml`; `lazy-proxy` with no --config read only ./config.yaml ('cannot read
+    config.yaml'). Now ./lazy-proxy.yaml, else ./config.yaml, else one line naming both and --config."""
+    run = [sys.executable, "-m", "proxy", "--check"]
+    env = {**os.environ, "LP_TEST_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
+    missing = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr == (
+        "config error: config: no --config given, and neither lazy-proxy.yaml nor config.yaml is here\n")
+    (tmp_path / "lazy-proxy.yaml").write_text(yaml.safe_dump(STUB))
+    found = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0 and "backend stub: ok" in found.stdout, found.stderr
