@@ -132,17 +132,18 @@ class ApiClient:
         except BackendUnavailable as exc:
             raise self._unavailable(_short_reason(str(exc))) from exc
 
-    async def has_image(self, ref: str) -> bool:
-        """Whether the daemon holds image `ref` locally (`--check` reports it; nothing is pulled here)."""
+    async def exposed_ports(self, ref: str) -> list[str] | None:
+        """The ports image `ref` EXPOSEs (`8080/tcp`), or None when the daemon lacks it (`--check` reports
+        both; nothing is pulled here)."""
         async with self._errors():
             docker = await self._client()
             try:
-                await docker.images.inspect(ref)
+                info = await docker.images.inspect(ref)
             except aiodocker.DockerError as e:
                 if e.status == 404:
-                    return False
+                    return None
                 raise
-        return True
+        return sorted(((info or {}).get("Config") or {}).get("ExposedPorts") or {})
 
     # ------------------------------------------------------------------ ownership
 

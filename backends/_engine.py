@@ -23,6 +23,7 @@ import aiodocker
 from backends._address import Addressing
 from backends._api import held_elsewhere
 from backends._names import STUCK_STATUSES, Names
+from backends._output import last_output
 from backends._pull import EnginePulls
 from backends.base import (
     DEFAULT_STOP_TIMEOUT,
@@ -176,7 +177,7 @@ class EngineBackend(EnginePulls):
                 return phases.on(instance)
             if not state.get("Running") and state.get("Status") in ("exited", "dead"):
                 raise BackendError(f"container {info.get('Name', '').lstrip('/')} exited right after start: "
-                                   f"{_stopped_because(info)}")
+                                   f"{await self._died(info)}")
             await asyncio.sleep(0.1)
             info = await self.show(info["Id"]) or info
         raise BackendError(f"container {info.get('Name', '').lstrip('/')} has {self.address.missing(port)}")
@@ -323,7 +324,12 @@ class EngineBackend(EnginePulls):
             return "removed"
         if (info.get("State") or {}).get("Running"):
             return None
-        return _stopped_because(info)
+        return await self._died(info)
+
+    async def _died(self, info: dict[str, Any]) -> str:
+        """Why a container stopped, and what it printed last (backends/_output.py)."""
+        words = await last_output(await self._client(), info["Id"])
+        return _stopped_because(info) + (f"; last output: {words}" if words else "")
 
     async def health(self, instance: Instance) -> Health:
         """The image's HEALTHCHECK as the engine runs it (`State.Health`; backends/control.py's HealthReporting)."""

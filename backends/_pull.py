@@ -59,6 +59,15 @@ def reference(image: str) -> str:
     return f"{image}:latest"
 
 
+def hub_qualified(ref: str) -> str:
+    """`ref` with Docker Hub named, as dockerd (and podman's compat API) reads a short name: `nginx:alpine` is
+    `docker.io/library/nginx:alpine`, `me/app:1` is `docker.io/me/app:1`. podman's own pull otherwise asks
+    registries.conf for search registries, and without any refuses the name."""
+    if registry_of(ref) != DOCKER_HUB or ref.partition("/")[0] in _HUB_ALIASES:
+        return ref
+    return f"{DOCKER_HUB}/{ref}" if "/" in ref else f"{DOCKER_HUB}/library/{ref}"
+
+
 def is_loopback(registry: str) -> bool:
     """A registry on this host: Docker talks plain HTTP to it already; podman is told to (tlsVerify=false)."""
     return registry.startswith(LOOPBACK)
@@ -228,8 +237,8 @@ async def compat_stream(docker: aiodocker.Docker, ref: str, headers: Mapping[str
 async def libpod_stream(docker: aiodocker.Docker, ref: str, headers: Mapping[str, str],
                         connect: float | None) -> AsyncIterator[Mapping[str, Any]]:
     """podman's own pull (`libpod/images/pull`): unlike its compat endpoint it takes tlsVerify, which a registry
-    on loopback needs (plain HTTP, as dockerd assumes for 127.0.0.0/8)."""
-    params = {"reference": ref, **({"tlsVerify": "false"} if is_loopback(registry_of(ref)) else {})}
+    on loopback needs (plain HTTP, as dockerd assumes for 127.0.0.0/8); a short name is Docker Hub's, as there."""
+    params = {"reference": hub_qualified(ref), **({"tlsVerify": "false"} if is_loopback(registry_of(ref)) else {})}
     async with docker._query("v4.0.0/libpod/images/pull", "POST", params=params, headers=headers,
                              timeout=pull_timeout(connect), versioned_api=False) as resp:
         async for msg in json_stream_stream(resp):

@@ -1,4 +1,5 @@
-"""`python -m proxy --config config.yaml [--host H] [--port P] [--admin-port A] [--log-level L] [--check]`;
+"""`python -m proxy --config config.yaml [--host H] [--port P] [--admin-port A] [--log-level L] [--check]`
+(`check` alone, as a word, is `--check`);
 `python -m proxy ctl ...` (the admin API's command line, proxy/admin/ctl.py). Installed as `lazy-proxy` too.
 
 Every mistake an operator makes is one line on stderr, never a traceback. Exit codes: 0 done; 1 an
@@ -18,7 +19,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Coroutine
+from typing import Any, Callable, Coroutine
 
 
 from proxy import __version__
@@ -34,18 +35,20 @@ from proxy.reload import reload
 from proxy.http.server import serve
 
 CONFIG_ERROR, UNEXPECTED = 2, 1
+DEFAULT_CONFIGS = ("lazy-proxy.yaml", "config.yaml")  # without --config: the README's name, then the repo's
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lazy-proxy", description="Lazy-start reverse proxy for containers.")
-    p.add_argument("--config", default="config.yaml", help="path to config.yaml")
+    p.add_argument("--config", help=f"the config file (default: {' or '.join(DEFAULT_CONFIGS)}, here)")
     p.add_argument("--host", help="listen address (overrides server.host)")
     p.add_argument("--port", type=int, help="listen port (overrides server.port)")
     p.add_argument("--admin-port", type=int, help="admin listen port (overrides admin.port)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides logging.level")
     p.add_argument("--log-format", choices=FORMATS, help="overrides logging.format")
     p.add_argument("--check", action="store_true",
-                   help="validate the config and probe the backend, without binding ports; exit 0, 1 or 2")
+                   help="validate the config and probe the backend, without binding ports; exit 0, 1 or 2 "
+                        "(also: lazy-proxy check --config ...)")
     p.add_argument("--version", action=_Version, nargs=0, help="show the version and the build, and exit")
     return p
 
@@ -62,20 +65,43 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["ctl"]:
         return ctl(argv[1:])
+    if argv[:1] == ["check"]:  # `lazy-proxy check`, written like `ctl`, is `--check`
+        argv = ["--check", *argv[1:]]
     args = parser().parse_args(argv)
     try:
+        args.config = args.config or _default_config()
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return CONFIG_ERROR
-    config = replace(config, host=args.host or config.host, port=config.port if args.port is None else args.port,
-                     log_level=args.log_level or config.log_level, log_format=args.log_format or config.log_format)
-    if args.admin_port is not None:
-        config = replace(config, admin=config.admin.model_copy(update={"port": args.admin_port}))
+    overrides = command_line(args)
+    config = overrides(config)
     if args.check:
         return _run(check(config), config.log_level)
     configure(config.log_level, config.log_format)
-    return _run(_serve(config, args.config), config.log_level)
+    return _run(_serve(config, args.config, overrides), config.log_level)
+
+
+def _default_config() -> str:
+    """The first of DEFAULT_CONFIGS in the working directory."""
+    for name in DEFAULT_CONFIGS:
+        if Path(name).is_file():
+            return name
+    raise ConfigError("config", f"no --config given, and neither {' nor '.join(DEFAULT_CONFIGS)} is here")
+
+
+def command_line(args: argparse.Namespace) -> Callable[[Config], Config]:
+    """The command line's values over the file's, at start-up and at every reload (proxy/reload.py): a reload
+    keeps `--port` and the like rather than naming them as needing a restart."""
+
+    def apply(config: Config) -> Config:
+        config = replace(config, host=args.host or config.host, port=config.port if args.port is None else args.port,
+                         log_level=args.log_level or config.log_level,
+                         log_format=args.log_format or config.log_format)
+        if args.admin_port is not None:
+            config = replace(config, admin=config.admin.model_copy(update={"port": args.admin_port}))
+        return config
+    return apply
 
 
 def _run(main: Coroutine[Any, Any, int | None], level: str) -> int:
@@ -101,9 +127,10 @@ def _run(main: Coroutine[Any, Any, int | None], level: str) -> int:
         return UNEXPECTED
 
 
-async def _serve(config: Config, path: str) -> None:
+async def _serve(config: Config, path: str, overrides: Callable[[Config], Config]) -> None:
     app = create_app(config)
     app[PROXY].config_path = Path(path)
+    app[PROXY].overrides = overrides
     admin = None
     if config.admin.enabled:
         admin = (create_admin_app(app[PROXY]), config.admin.host, config.admin.port)

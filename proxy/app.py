@@ -10,7 +10,7 @@ import time
 from functools import partial
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 import structlog
@@ -95,6 +95,7 @@ class Proxy:
         self.retired: list[RouteHandler] = []  # routes a reload removed (their WebSockets close at shutdown)
         self.started_tasks = False
         self.config_path: Path | None = None  # the file a reload reads again (proxy/reload.py); set by __main__
+        self.overrides: Callable[[Config], Config] = lambda config: config  # the command line's, by __main__
         self.rollouts = Rollouts(self.registry, self, config.upstream_timeout, self.adopt_class, self.hooks.emit)
         self.metrics.prom.register(RolloutCollector(self.rollouts))
         self.hooks.generation = self.generation

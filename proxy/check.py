@@ -1,7 +1,8 @@
 """`python -m proxy --check`: validate the config and probe the backend without binding a port.
 
 Prints a short summary on stdout and exits 0; a config error exits 2 (printed by the caller), an
-unreachable backend 1. Images missing locally are reported, not fatal (a start pulls or fails then).
+unreachable backend 1. Images missing locally are reported, not fatal (a start pulls or fails then); so is
+a class port the image does not EXPOSE when it EXPOSEs others.
 """
 
 from __future__ import annotations
@@ -28,13 +29,23 @@ async def check(config: Config) -> int:
             print(f"backend {backend.name}: unreachable: {unreachable}")
             return UNREACHABLE
         print(f"backend {backend.name}: ok")
-        has_image = getattr(backend, "has_image", None)
+        exposed_ports = getattr(backend, "exposed_ports", None)
         for name, klass in config.containers.items():
-            if has_image is None or backend.name not in LOCAL_IMAGES:
+            if exposed_ports is None or backend.name not in LOCAL_IMAGES:
                 print(f"class {name}: image {klass.spec.image}")
                 continue
-            present = await has_image(klass.spec.image)
-            print(f"class {name}: image {klass.spec.image} {'present' if present else 'not present locally'}")
+            ports = await exposed_ports(klass.spec.image)
+            print(f"class {name}: image {klass.spec.image} {_image_words(ports, klass.spec.port)}")
     finally:
         await backend.close()
     return OK
+
+
+def _image_words(ports: list[str] | None, port: int) -> str:
+    """Present or not; and when the image EXPOSEs ports but not the class's, which (a forgotten or mistyped
+    `port` otherwise shows only as a start timeout, `connection refused`)."""
+    if ports is None:
+        return "not present locally"
+    if ports and f"{port}/tcp" not in ports:
+        return f"present; it EXPOSEs {', '.join(ports)}, not port {port}"
+    return "present"

@@ -221,6 +221,9 @@ def json_error(status: int, error: str, reason: str, *, headers: Mapping[str, st
     return web.json_response(error_body(status, error, reason, **extra), status=status, headers=headers)
 
 
+ROUTER_404 = "404: Not Found"  # aiohttp's text when no resource matches
+
+
 @web.middleware
 async def json_errors(request: web.Request,
                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
@@ -232,8 +235,13 @@ async def json_errors(request: web.Request,
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
-        return json_error(exc.status, exc.reason.lower(), exc.text or exc.reason, headers={
-            k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")})
+        rid = request_id.of(request)
+        reason = exc.text or exc.reason
+        if exc.status == 404 and reason == ROUTER_404:  # the router's own: nothing matched the path
+            reason = f"no route for {request.path}"
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return json_error(exc.status, exc.reason.lower(), reason, headers={**headers, request_id.HEADER: rid},
+                          request_id=rid)
     except ConnectionError:
         raise
     except Exception as exc:  # noqa: BLE001 - a bug answers 500 JSON and the proxy stays up

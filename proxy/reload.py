@@ -58,7 +58,7 @@ def reload(proxy: Proxy) -> Reloaded:
     if proxy.config_path is None:
         return Reloaded(False, "config: the proxy was not started from a config file")
     try:
-        new = load_config(proxy.config_path)
+        new = proxy.overrides(load_config(proxy.config_path))  # --port and the like still win
     except ConfigError as exc:
         log.warning("reload_refused", error=str(exc))
         return Reloaded(False, f"config error: {exc}")

@@ -39,9 +39,10 @@ class Failure(Exception):
 
 
 class Client:
-    def __init__(self, base: str, token: str | None) -> None:
+    def __init__(self, base: str, token: str | None, token_env: str = TOKEN_ENV) -> None:
         self.base = base.rstrip("/")
         self.token = token
+        self.token_env = token_env  # named in a 401 without a token: ctl's user never writes a header
 
     def open(self, method: str, path: str, body: dict[str, Any] | None = None,
              timeout: float = HTTP_TIMEOUT) -> IO[bytes]:
@@ -54,7 +55,8 @@ class Client:
         try:
             return urllib.request.urlopen(request, timeout=timeout)  # type: ignore[no-any-return]
         except urllib.error.HTTPError as exc:
-            raise Failure(EXIT_OF_STATUS.get(exc.code, FAILED), _refusal(exc)) from None
+            hint = f"; set ${self.token_env} to the admin token" if exc.code == 401 and not self.token else ""
+            raise Failure(EXIT_OF_STATUS.get(exc.code, FAILED), _refusal(exc) + hint) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise Failure(UNREACHABLE, f"cannot reach the admin API at {self.base}: {reason}") from None
@@ -275,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         argv, command = argv[:at], argv[at + 1:]
     args = parser().parse_args(argv)
     args.argv = command
-    client = Client(args.admin, os.environ.get(args.token_env) or None)
+    client = Client(args.admin, os.environ.get(args.token_env) or None, args.token_env)
     try:
         return dispatch(args, client)
     except Failure as failure:

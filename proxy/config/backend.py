@@ -48,7 +48,8 @@ class PodmanOptions(DockerOptions):
 
     socket: Socket | None = Field(
         default=None, description="API socket",
-        json_schema_extra=shown("`$PODMAN_HOST` or `unix:///run/podman/podman.sock`"))
+        json_schema_extra=shown("`$PODMAN_HOST`, `$CONTAINER_HOST`, `unix:///run/podman/podman.sock` (root) or "
+                                 "`unix://$XDG_RUNTIME_DIR/podman/podman.sock` (rootless)"))
 
 
 class SwarmOptions(Section):

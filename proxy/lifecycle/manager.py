@@ -27,7 +27,7 @@ from proxy.lifecycle.events import (ACTIVE, BreakerOpened, ColdWait, Happening, 
 from proxy.lifecycle.health import HealthWatch
 from proxy.lifecycle.inflight import InFlight
 from proxy.lifecycle.pause import LIVE, Pauser, consume_exception, drain_requests, pause_after
-from proxy.lifecycle.readiness import LastSeen
+from proxy.lifecycle.readiness import LastSeen, timed_out
 from proxy.lifecycle.services import Fence, InstancePools, Lease, Prober, Services
 
 __all__ = ["Fence", "InstancePools", "Lease", "Manager", "Prober", "Services"]  # the ports: proxy/lifecycle/services.py
@@ -195,7 +195,7 @@ class Manager(InFlight):  # requests in flight, activity, the idle timer: proxy/
         self.services.bus.emit(StartPhase(self.key, self.klass.name, ended, seconds, now))
 
     def _timeout_reason(self) -> str:
-        seen = f": {self._seen.what}" if self._seen.what else ""
+        seen = f": {timed_out(self._seen.what)}" if self._seen.what else ""
         return f"not ready within start_timeout={self.klass.start_timeout:g}s{seen}"
 
     async def _abandon_start(self, reason: str, failed: bool = True) -> None:

@@ -75,12 +75,23 @@ class Check:
     final: bool = False
 
 
+REFUSED = "connection refused"
+REFUSED_HINT = ("nothing accepts on the app's port: is `port` right, and in a container, does the app listen on "
+                "0.0.0.0, not 127.0.0.1?")
+
+
+def timed_out(seen: str) -> str:
+    """What a start that timed out last saw; a refusal with what to check (a wrong `port`, or an app on
+    127.0.0.1 in its container, which no published port reaches: the two usual first-hour mistakes)."""
+    return f"{seen} ({REFUSED_HINT})" if seen == REFUSED else seen
+
+
 def _failure(exc: BaseException, readiness: Readiness, timeout: float) -> str:
     """A failed probe in a few words."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         exc = exc.os_error
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
+        return REFUSED
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return f"{readiness.describe()} timed out after {timeout:g}s"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -183,7 +194,7 @@ class ReadinessProber:
                 direct, looked = await self._direct(instance), True
                 if direct is not None:
                     target, forwarding = direct, Forwarding(refused=True)  # nothing in between there
-            elif target is direct and result.what != "connection refused":  # not reachable from here after all
+            elif target is direct and result.what != REFUSED:  # not reachable from here after all
                 target, forwarding = instance, Forwarding(slowest_hangup=HANGUP_BOUNDS[1])
             if loop.time() >= next_inspect:
                 next_inspect = loop.time() + INSPECT_EVERY

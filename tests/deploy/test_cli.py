@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,3 +92,78 @@ def test_stdlib_log_lines_are_json_too():
     lines = [json.loads(line) for line in out.stderr.splitlines()]
     assert [line["event"] for line in lines] == ["restarting stopped container lp-x", "state"]
     assert lines[0]["logger"] == "backends._engine" and lines[0]["level"] == "info"
+
+
+STUB = {"backend": {"type": "stub"}, "admin": {"token_env": "LP_TEST_TOKEN"},
+        "containers": {"web": {"image": "model_service", "port": 8000}},
+        "routes": [{"path": "/api/{tail:.*}", "container": "web"}]}
+TOKEN = "a-token-of-sixteen-chars"
+
+
+@contextlib.contextmanager
+def stub_proxy(tmp_path: Path, *args: str) -> Iterator[tuple[subprocess.Popen[str], int, int]]:
+    """`python -m proxy --config <STUB> --port P --admin-port A *args`: (process, P, A); killed if still up."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(STUB))
+    port, admin = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(config), "--port", str(port),
+                             "--admin-port", str(admin), *args],
+                            cwd=ROOT, env={**os.environ, "LP_TEST_TOKEN": TOKEN}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_up(admin, proc)
+        yield proc, port, admin
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_a_reload_keeps_the_command_lines_ports_and_needs_no_restart_for_them(tmp_path):
+    """`--port`, `--admin-port`, `--log-format` win over the file at every reload too: an unchanged file reloaded
+    needs no restart (it named `server.port`, `admin`, `logging.format`, which the file never changed)."""
+    with stub_proxy(tmp_path, "--log-format", "json", "--host", "127.0.0.1") as (proc, _, admin):
+        req = urllib.request.Request(f"http://127.0.0.1:{admin}/admin/config/reload", method="POST",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            body = json.loads(resp.read())
+        assert body["applied"] is True and body["restart_needed"] == [], body
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+        logs = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+        reloads = [e for e in logs if e.get("event") == "reloaded"]
+        assert len(reloads) == 2 and not any("restart_needed" in e for e in reloads), reloads
+
+
+def test_a_path_no_route_matches_is_a_404_that_says_so_with_its_request_id(tmp_path):
+    """Was `{"error": "not found", "reason": "404: Not Found", "status": 404}`: aiohttp's words, no request id."""
+    with stub_proxy(tmp_path) as (_, port, admin):
+        for url in (f"http://127.0.0.1:{port}/nowhere?x=1", f"http://127.0.0.1:{admin}/nowhere"):
+            with pytest.raises(urllib.error.HTTPError) as missed:
+                urllib.request.urlopen(url, timeout=10)
+            body = json.loads(missed.value.read())
+            assert missed.value.code == 404 and body["reason"] == "no route for /nowhere", body
+            assert body["request_id"] == missed.value.headers["X-Request-Id"], body
+
+
+def test_check_as_a_word_like_ctl(tmp_path):
+    """`lazy-proxy check --config x` as `ctl` is written (was: usage and `unrecognized arguments: check`, exit 2)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(STUB))
+    done = subprocess.run([sys.executable, "-m", "proxy", "check", "--config", str(config)], cwd=ROOT,
+                          env={**os.environ, "LP_TEST_TOKEN": TOKEN}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "config ok" in done.stdout and "backend stub: ok" in done.stdout, done.stderr
+
+
+def test_without_config_the_readmes_lazy_proxy_yaml_is_read_and_else_both_names_are_said(tmp_path):
+    """The README writes `lazy-proxy.yaml`; `lazy-proxy` with no --config read only ./config.yaml ('cannot read
+    config.yaml'). Now ./lazy-proxy.yaml, else ./config.yaml, else one line naming both and --config."""
+    run = [sys.executable, "-m", "proxy", "--check"]
+    env = {**os.environ, "LP_TEST_TOKEN": TOKEN, "PYTHONPATH": str(ROOT)}
+    missing = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and missing.stderr == (
+        "config error: config: no --config given, and neither lazy-proxy.yaml nor config.yaml is here\n")
+    (tmp_path / "lazy-proxy.yaml").write_text(yaml.safe_dump(STUB))
+    found = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert found.returncode == 0 and "backend stub: ok" in found.stdout, found.stderr

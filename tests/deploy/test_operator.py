@@ -27,6 +27,8 @@ from proxy.compile import running
 from proxy.config.schema import parse_config
 from proxy.admin.ctl import duration, table
 from proxy.observe.request_log import RequestLog, console_line
+from tests.support.engines import ensure_image
+from backends.podman import podman_socket
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
@@ -104,6 +106,37 @@ def test_check_reports_whether_each_image_is_present(tmp_path, capsys):
     assert main(["--check", "--config", write(tmp_path, raw)]) == 0
     out = capsys.readouterr().out
     assert "backend docker: ok" in out and "class gone: image lp-ops-never-built:1 not present locally" in out
+
+
+def test_podman_finds_podman_remotes_socket_variable_and_a_rootless_users_socket(tmp_path):
+    """`CONTAINER_HOST` (podman's own variable) is read as `PODMAN_HOST` is; without either, root gets
+    /run/podman/podman.sock and any other user the rootless socket (`systemctl --user start podman.socket`)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PODMAN_HOST", "CONTAINER_HOST")}
+    raw = {"backend": {"type": "podman"}, "containers": {"svc": {"image": "model_service"}}}
+    done = subprocess.run([sys.executable, "-m", "proxy", "--check", "--config", write(tmp_path, raw)], cwd=ROOT,
+                          env={**env, "CONTAINER_HOST": "unix:///nonexistent/podman.sock"}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 1 and "unreachable at unix:///nonexistent/podman.sock: no such socket" in done.stdout
+    assert podman_socket({}, 0) == "unix:///run/podman/podman.sock"
+    assert podman_socket({"XDG_RUNTIME_DIR": "/run/user/1000"}, 1000) == "unix:///run/user/1000/podman/podman.sock"
+    assert podman_socket({}, 1000) == "unix:///run/user/1000/podman/podman.sock"
+    assert podman_socket({"CONTAINER_HOST": "ssh://me@host/run/podman.sock"}, 0) == "unix:///run/podman/podman.sock"
+    assert podman_socket({"PODMAN_HOST": "unix:///a", "CONTAINER_HOST": "unix:///b"}, 0) == "unix:///a"
+
+
+@pytest.mark.parametrize("runtime", ["docker", "podman"])
+async def test_check_says_when_the_image_exposes_other_ports_than_the_class_port(tmp_path, runtime):
+    """The model image EXPOSEs 8080: a class on port 9000 (a forgotten or mistyped `port`) would only time out
+    at its first start with `connection refused`; `--check` says so before (the real CLI, on the real daemon)."""
+    image = await ensure_image(runtime)
+    raw = {"backend": {"type": runtime}, "containers": {"off": {"image": image, "port": 9000},
+                                                        "on": {"image": image, "port": 8080}}}
+    done = subprocess.run([sys.executable, "-m", "proxy", "--check", "--config", write(tmp_path, raw)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    lines = done.stdout.splitlines()
+    assert f"class off: image {image} present; it EXPOSEs 8080/tcp, not port 9000" in lines, lines
+    assert f"class on: image {image} present" in lines, lines
 
 
 @pytest.mark.parametrize("runtime, how", [("podman", "--socket"), ("docker", "DOCKER_HOST")])

@@ -155,6 +155,18 @@ async def test_a_pull_the_registry_refuses_names_the_image_and_the_reason(backen
     assert backend.puller.pulls == 1
 
 
+async def test_a_short_name_is_pulled_from_docker_hub_on_podman_as_on_docker(backend, backend_kind):
+    """`image: nginx:alpine` (the README's first config) means docker.io/library/nginx:alpine on both runtimes:
+    podman's own pull refused short names (`short-name ... did not resolve to an alias`) unless
+    registries.conf names a search registry. A name Docker Hub lacks: the pull reaches it (or fails offline)."""
+    absent = f"lazy-proxy-test-absent-{uuid.uuid4().hex[:12]}:t"
+    with pytest.raises(BackendError) as failed:
+        await backend.start("k-1", ContainerSpec(name=CLASS, image=absent, resources=FAST))
+    reason = failed.value.reason
+    assert reason.startswith(f"pull of {absent} failed: ") and "short-name" not in reason, reason
+    assert backend.puller.pulls == 1
+
+
 async def test_a_request_through_the_proxy_pulls_and_is_served(pushed, make_proxy: MakeProxy):
     with capture_logs() as logs:
         h = await make_proxy(svc={"image": pushed},

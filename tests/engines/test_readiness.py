@@ -78,7 +78,36 @@ async def test_timeout_reason_says_connection_refused(make_proxy: MakeProxy, bac
     assert resp.status == 504
     m = h.manager("shared")
     await h.wait_for(lambda: m.state is State.FAILED)
-    assert m.last_error == "not ready within start_timeout=1s: connection refused"
+    assert m.last_error.startswith("not ready within start_timeout=1s: connection refused (nothing accepts on the ")
+
+
+async def test_an_app_on_127_0_0_1_in_its_container_times_out_with_a_hint(make_proxy: MakeProxy,
+                                                                          backend_kind: str) -> None:
+    """Flask's and many dev servers' default: listening on 127.0.0.1 inside the container, which no published
+    port reaches. The start times out (`connection refused`, on docker behind docker-proxy as on podman); the
+    reason now says what to check, so a new user does not have to guess."""
+    only(backend_kind, "docker", "podman")
+    svc = {"entrypoint": [MODEL_PYTHON], "command": ["-m", "http.server", "--bind", "127.0.0.1", "8000"],
+           "port": 8000, "readiness": None, "start_timeout": "3s"}
+    h = await make_proxy(svc=svc)
+    assert (await h.client.get("/s/")).status == 504
+    m = h.manager("shared")
+    await h.wait_for(lambda: m.state is State.FAILED)
+    assert m.last_error == ("not ready within start_timeout=3s: connection refused (nothing accepts on the app's "
+                            "port: is `port` right, and in a container, does the app listen on 0.0.0.0, not "
+                            "127.0.0.1?)"), m.last_error
+
+
+async def test_an_app_that_exits_at_once_says_what_it_printed(make_proxy: MakeProxy, backend_kind: str) -> None:
+    """A typo in the command, a missing setting: the container exits before it is ready. The reason had only
+    `exited with code 3`, and the app's own words were in `docker logs` of a container the user had to find."""
+    only(backend_kind, "docker", "podman")
+    fail = "import sys; print('starting'); sys.exit('boom: DATABASE_URL is not set')"
+    h = await make_proxy(svc={"entrypoint": [MODEL_PYTHON, "-c", fail], "port": 8000, "readiness": None})
+    assert (await h.client.get("/s/")).status == 503
+    m = h.manager("shared")
+    await h.wait_for(lambda: m.state is State.FAILED)
+    assert "exited with code 1; last output: starting | boom: DATABASE_URL is not set" in m.last_error, m.last_error
 
 
 @pytest.fixture

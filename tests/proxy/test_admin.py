@@ -247,7 +247,9 @@ def test_python_m_proxy_serves_the_admin_listener_apart(tmp_path):
             assert resp.status == 200 and "X-Proxy-Cold-Start" not in resp.headers  # warm: ctl started it
         unauthorized = subprocess.run([*ctl, "stop", "one"], cwd=ROOT, env=os.environ, capture_output=True, text=True,
                                       timeout=60)
-        assert unauthorized.returncode == 3
+        assert unauthorized.returncode == 3  # and one line saying which variable ctl reads the token from
+        assert unauthorized.stderr.count("\n") == 1 and "set $LP_TEST_ADMIN_TOKEN" in unauthorized.stderr, \
+            unauthorized.stderr
         stopped = subprocess.run([*ctl, "stop", "one"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert stopped.returncode == 0 and json.loads(stopped.stdout)["state"] == "stopped"
         proc.send_signal(signal.SIGTERM)

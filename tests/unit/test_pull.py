@@ -13,7 +13,8 @@ from typing import Any, AsyncIterator, Mapping
 import aiodocker
 import pytest
 
-from backends._pull import Credentials, Progress, Puller, read_docker_config, reference, registry_of
+from backends._pull import (Credentials, Progress, Puller, hub_qualified, read_docker_config, reference,
+                            registry_of)
 from backends.base import BackendError
 
 
@@ -32,6 +33,16 @@ def test_registry_of_follows_dockers_rule(image: str, registry: str) -> None:
 ])
 def test_a_reference_always_names_a_tag_or_digest(image: str, ref: str) -> None:
     assert reference(image) == ref  # a bare name would pull every tag of the repository
+
+
+@pytest.mark.parametrize(("ref", "qualified"), [
+    ("nginx:alpine", "docker.io/library/nginx:alpine"), ("me/app:1", "docker.io/me/app:1"),
+    ("docker.io/library/nginx:1", "docker.io/library/nginx:1"), ("index.docker.io/me/a:1", "index.docker.io/me/a:1"),
+    ("127.0.0.1:5000/app:t", "127.0.0.1:5000/app:t"), ("localhost/app:t", "localhost/app:t"),
+    ("app@sha256:abc", "docker.io/library/app@sha256:abc"),
+])
+def test_a_short_name_means_docker_hub_as_dockerd_reads_it(ref: str, qualified: str) -> None:
+    assert hub_qualified(ref) == qualified  # what podman's own pull is given
 
 
 def _b64(text: str) -> str:
