@@ -147,6 +147,18 @@ def test_a_path_no_route_matches_is_a_404_that_says_so_with_its_request_id(tmp_p
             assert body["request_id"] == missed.value.headers["X-Request-Id"], body
 
 
+def test_a_method_no_route_takes_is_a_405_that_names_it_and_the_allowed_ones(tmp_path):
+    """Was `"reason": "405: Method Not Allowed"`: aiohttp's words, not what was refused."""
+    with stub_proxy(tmp_path) as (_, port, admin):
+        for url in (f"http://127.0.0.1:{admin}/health", f"http://127.0.0.1:{admin}/admin/keys"):
+            path = url.split(":", 2)[2].partition("/")[2]
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=10)
+            body = json.loads(refused.value.read())
+            assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET,HEAD", body
+            assert body["reason"] == f"method POST not allowed for /{path}; allowed: GET, HEAD", body
+
+
 def test_check_as_a_word_like_ctl(tmp_path):
     """`lazy-proxy check --config x` as `ctl` is written (was: usage and `unrecognized arguments: check`, exit 2)."""
     config = tmp_path / "config.yaml"
