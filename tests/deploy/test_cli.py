@@ -179,3 +179,24 @@ def test_without_config_the_readmes_lazy_proxy_yaml_is_read_and_else_both_names_
     (tmp_path / "lazy-proxy.yaml").write_text(yaml.safe_dump(STUB))
     found = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert found.returncode == 0 and "backend stub: ok" in found.stdout, found.stderr
+
+
+def run_into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m proxy *args | head -1` at its worst: the reader is gone before the first write."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=ROOT, stdout=write, stderr=subprocess.PIPE,
+                              env={**os.environ, "LP_TEST_TOKEN": TOKEN}, text=True, timeout=60)
+    finally:
+        os.close(write)
+
+
+def test_a_reader_that_closed_stdout_ends_check_and_ctl_quietly(tmp_path):
+    """Was `lazy-proxy: unexpected error: BrokenPipeError: [Errno 32] Broken pipe` (and a traceback for
+    --version): now nothing on stderr and exit 1, as Python's recipe for a closed stdout says."""
+    with stub_proxy(tmp_path) as (_, _, admin):
+        for args in (["--check", "--config", str(tmp_path / "config.yaml")], ["--version"],
+                     ["ctl", "--admin", f"http://127.0.0.1:{admin}", "--token-env", "LP_TEST_TOKEN", "status"]):
+            done = run_into_a_closed_pipe(*args)
+            assert (done.returncode, done.stderr) == (1, ""), (args, done.returncode, done.stderr)
