@@ -22,6 +22,7 @@ import aiodocker
 
 from backends._address import Addressing
 from backends._api import held_elsewhere
+from backends._exits import stopped_because
 from backends._names import STUCK_STATUSES, Names
 from backends._output import last_output
 from backends._pull import EnginePulls
@@ -74,17 +75,14 @@ def compose_fields(spec: ContainerSpec) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value}
 
 
-def _stopped_because(info: dict[str, Any]) -> str:
+def _stopped_because(info: dict[str, Any], oom_reported: bool) -> str:
     """Why a stopped container stopped, from its inspect JSON (also when it dies before its port is read)."""
     state = info.get("State") or {}
     limit = int((info.get("HostConfig") or {}).get("Memory") or 0)
-    memory = f"limit {limit / 2**20:g} MiB" if limit else "no limit"
     code = state.get("ExitCode")
-    if state.get("OOMKilled"):
-        return f"out of memory ({memory})"
-    if code == 137 and limit:  # SIGKILL: the kernel's OOM killer, as some runtimes report it, or a kill
-        return f"killed (exit 137): out of memory? ({memory})"
-    return f"exited with code {code}" + (f": {state['Error']}" if state.get("Error") else "")
+    oom = True if state.get("OOMKilled") else (False if oom_reported else None)
+    killed = stopped_because(code, oom, limit)
+    return killed or f"exited with code {code}" + (f": {state['Error']}" if state.get("Error") else "")
 
 
 class EngineBackend(EnginePulls):
@@ -92,6 +90,7 @@ class EngineBackend(EnginePulls):
     pulls: backends/_pull.py)."""
 
     name = "engine"
+    oom_reported = True  # State.OOMKilled is the runtime's word: false means not out of memory (backends/_exits.py)
 
     def __init__(self, options: EngineOptions | None = None, **fields: Any) -> None:
         super().__init__(options, **fields)
@@ -329,7 +328,7 @@ class EngineBackend(EnginePulls):
     async def _died(self, info: dict[str, Any]) -> str:
         """Why a container stopped, and what it printed last (backends/_output.py)."""
         words = await last_output(await self._client(), info["Id"])
-        return _stopped_because(info) + (f"; last output: {words}" if words else "")
+        return _stopped_because(info, self.oom_reported) + (f"; last output: {words}" if words else "")
 
     async def health(self, instance: Instance) -> Health:
         """The image's HEALTHCHECK as the engine runs it (`State.Health`; backends/control.py's HealthReporting)."""

@@ -36,6 +36,7 @@ class PodmanBackend(EngineBoost):
     default_socket = DEFAULT_SOCKET
     daemon_label = "podman service"
     boost_after_start = True  # see backends/_engine_boost.py
+    oom_reported = False  # OOMKilled stayed false on an OOM kill (podman 4.3.1, runc, cgroup v1)
     libpod_pull = True  # its compat pull ignores tlsVerify, so a loopback (plain HTTP) registry fails there
 
     def _default_socket(self) -> str:

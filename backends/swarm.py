@@ -36,6 +36,7 @@ from typing import Any, AsyncIterator, Mapping
 import aiodocker
 
 from backends._api import ApiClient, held_elsewhere
+from backends._exits import stopped_because
 from backends._engine import spec_hash, stop_seconds
 from backends._names import service_name
 from backends._pull import Credentials
@@ -348,8 +349,8 @@ class SwarmBackend(ApiClient):
             return None
         code = (status.get("ContainerStatus") or {}).get("ExitCode")
         limit = int(((task.get("Spec") or {}).get("Resources") or {}).get("Limits", {}).get("MemoryBytes") or 0)
-        if code == 137 and limit:
-            return f"killed (exit 137): out of memory? (limit {limit / 2**20:g} MiB)"
+        if killed := stopped_because(code, None, limit):  # a task has no OOMKilled
+            return killed
         err = status.get("Err")
         return f"task {status.get('State')}, exit code {code}" + (f": {err}" if err else "")
 

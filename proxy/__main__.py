@@ -15,6 +15,8 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
+import select
 import signal
 import sys
 from dataclasses import replace
@@ -62,7 +64,30 @@ class _Version(argparse.Action):
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """The command; a reader that closed our stdout (`lazy-proxy check | head -1`) ends it quietly with exit 1,
+    as Python's own recipe for SIGPIPE does (not SIGPIPE's default, which would also kill on a socket write)."""
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # here, not at exit, where a failed flush prints 'Exception ignored' and exits 120
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush goes nowhere
+        return UNEXPECTED
+
+
+def _stdout_closed() -> bool:
+    """Whether the broken pipe is stdout's (its reader gone), not a socket's: only that one is quiet."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() here, or stdout is no file
+        return False
+
+
+def _main(argv: list[str]) -> int:
     if argv[:1] == ["ctl"]:
         return ctl(argv[1:])
     if argv[:1] == ["check"]:  # `lazy-proxy check`, written like `ctl`, is `--check`
@@ -121,6 +146,8 @@ def _run(main: Coroutine[Any, Any, int | None], level: str) -> int:
     except KeyboardInterrupt:  # before the signal handlers were in place
         return 130
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback; the traceback at debug level
+        if isinstance(exc, BrokenPipeError) and _stdout_closed():  # `check | head`: main ends it quietly
+            raise
         if level == "debug":
             logging.getLogger("proxy").debug("unexpected error", exc_info=True)
         print(f"lazy-proxy: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -221,7 +221,17 @@ def json_error(status: int, error: str, reason: str, *, headers: Mapping[str, st
     return web.json_response(error_body(status, error, reason, **extra), status=status, headers=headers)
 
 
-ROUTER_404 = "404: Not Found"  # aiohttp's text when no resource matches
+def _plain_reason(exc: web.HTTPException, request: web.Request) -> str:
+    """One line for aiohttp's own answers, whose text is "405: Method Not Allowed" and the like: what was
+    refused and why, with the path (the router's 404 and 405, any other page aiohttp words only by status)."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return f"method {exc.method} not allowed for {request.path}; allowed: {allowed}"
+    if exc.text != f"{exc.status}: {exc.reason}":  # worded by whoever raised it
+        return exc.text or exc.reason
+    if exc.status == 404:  # the router's own: nothing matched the path
+        return f"no route for {request.path}"
+    return f"{exc.reason.lower()}: {request.method} {request.path}"
 
 
 @web.middleware
@@ -236,9 +246,7 @@ async def json_errors(request: web.Request,
         if exc.status < 400 or exc.content_type == "application/json":
             raise
         rid = request_id.of(request)
-        reason = exc.text or exc.reason
-        if exc.status == 404 and reason == ROUTER_404:  # the router's own: nothing matched the path
-            reason = f"no route for {request.path}"
+        reason = _plain_reason(exc, request)
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return json_error(exc.status, exc.reason.lower(), reason, headers={**headers, request_id.HEADER: rid},
                           request_id=rid)

@@ -70,6 +70,7 @@ class Operation:
     summary: str
     mutates: bool = True
     body: str | None = None  # the OpenAPI schema name of its request body
+    creates: bool = False  # may make a key never used (start; a sleep_after set ahead): the others answer 404
 
     @property
     def path(self) -> str:
@@ -223,7 +224,7 @@ OPERATIONS = (
     Operation("POST", "state", op_state, "The key's state (as GET on the key)", mutates=False),
     Operation("POST", "start", op_start, "Start the instance and wait until it is ready (single-flight with "
                                          "requests); `env` is added to this start's environment (409 unless the "
-                                         "key is stopped)", body="Start"),
+                                         "key is stopped)", body="Start", creates=True),
     Operation("POST", "stop", op_stop, "Stop the instance once the requests in flight end (`drain` seconds at "
                                        "most)", body="Drain"),
     Operation("POST", "pause", op_pause, "Freeze the instance (docker/podman); the next request resumes it",
@@ -233,7 +234,7 @@ OPERATIONS = (
                                              "forget the key's sleep_after", body="Drain"),
     Operation("POST", "renew", op_renew, "Record activity now: the idle timer starts again"),
     Operation("PUT", "sleep_after", op_sleep_after, "Override sleep_after for this key (null: the class's)",
-              body="SleepAfter"),
+              body="SleepAfter", creates=True),
     Operation("POST", "exec", op_exec, "Run a command in the running instance; NDJSON output, exit code last",
               body="Exec"),
 )
@@ -258,8 +259,9 @@ def _handler(operation: Operation) -> Callable[[web.Request], Awaitable[web.Stre
                 raise Conflict(f"{key} is owned by replica {owner.id}: ask its admin API", owner=owner.url)
         manager = proxy.registry.peek(key, class_name)
         if manager is None:
-            if not operation.mutates:
-                raise NotFound(f"no key {key!r} of class {class_name!r} has been used yet", state="stopped")
+            if not operation.creates:  # a stop or destroy of a key never used would only add it to the listing
+                raise NotFound(f"no such key {key!r} of class {class_name!r}: never used (start creates it)",
+                               state="stopped")
             manager = proxy.registry.get(key, class_name)
         call = Call(request, proxy, who, manager, await _body(request))
         if not operation.mutates:

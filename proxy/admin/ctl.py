@@ -30,6 +30,15 @@ TOKEN_ENV = "LAZY_PROXY_ADMIN_TOKEN"
 HTTP_TIMEOUT = 600.0  # a start may wait for capacity and then start_timeout
 DRAINING = ("stop", "pause", "destroy")
 SIMPLE = ("start", "resume", "renew", "state")
+KEY_HELP = {  # one line each in `ctl --help` (the admin API's own words: README, "Admin API and ctl")
+    "start": "start the key's instance and wait until it is ready (creates the key)",
+    "resume": "thaw a paused instance",
+    "renew": "record activity now: the idle timer starts again",
+    "state": "the key's state (as `status KEY`)",
+    "stop": "stop the instance once the requests in flight end (--drain seconds at most)",
+    "pause": "freeze the instance (docker/podman); the next request resumes it",
+    "destroy": "stop and remove the container (no warm restart reuses it); forget its sleep-after",
+}
 
 
 class Failure(Exception):
@@ -141,7 +150,7 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("key", nargs="?")
     status.add_argument("-o", "--output", choices=("table", "json"), default="table", help="table (default) or json")
     for name in (*SIMPLE, *DRAINING):
-        sub = commands.add_parser(name)
+        sub = commands.add_parser(name, help=KEY_HELP[name])
         sub.add_argument("key")
         if name in DRAINING:
             sub.add_argument("--drain", type=float, help="seconds requests in flight get to end")

@@ -82,8 +82,9 @@ SCHEMAS: dict[str, Any] = {
 
 ERRORS = {
     "400": "invalid key or body", "401": "no or wrong bearer token", "403": "exec is disabled (admin.exec: false)",
-    "404": "unknown class, or a key never used (reads)", "409": "not in a state that allows it, or not supported "
-    "by the backend", "502": "the runtime refused", "503": "the start failed or capacity is exhausted",
+    "404": "unknown class, or a key never used (all but start and sleep_after)",
+    "409": "not in a state that allows it, or not supported by the backend", "502": "the runtime refused",
+    "503": "the start failed or capacity is exhausted",
     "504": "not ready within start_timeout",
 }
 

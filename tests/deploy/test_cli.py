@@ -147,6 +147,18 @@ def test_a_path_no_route_matches_is_a_404_that_says_so_with_its_request_id(tmp_p
             assert body["request_id"] == missed.value.headers["X-Request-Id"], body
 
 
+def test_a_method_no_route_takes_is_a_405_that_names_it_and_the_allowed_ones(tmp_path):
+    """Was `"reason": "405: Method Not Allowed"`: aiohttp's words, not what was refused."""
+    with stub_proxy(tmp_path) as (_, port, admin):
+        for url in (f"http://127.0.0.1:{admin}/health", f"http://127.0.0.1:{admin}/admin/keys"):
+            path = url.split(":", 2)[2].partition("/")[2]
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(urllib.request.Request(url, data=b"{}", method="POST"), timeout=10)
+            body = json.loads(refused.value.read())
+            assert refused.value.code == 405 and refused.value.headers["Allow"] == "GET,HEAD", body
+            assert body["reason"] == f"method POST not allowed for /{path}; allowed: GET, HEAD", body
+
+
 def test_check_as_a_word_like_ctl(tmp_path):
     """`lazy-proxy check --config x` as `ctl` is written (was: usage and `unrecognized arguments: check`, exit 2)."""
     config = tmp_path / "config.yaml"
@@ -167,3 +179,24 @@ def test_without_config_the_readmes_lazy_proxy_yaml_is_read_and_else_both_names_
     (tmp_path / "lazy-proxy.yaml").write_text(yaml.safe_dump(STUB))
     found = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert found.returncode == 0 and "backend stub: ok" in found.stdout, found.stderr
+
+
+def run_into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m proxy *args | head -1` at its worst: the reader is gone before the first write."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "proxy", *args], cwd=ROOT, stdout=write, stderr=subprocess.PIPE,
+                              env={**os.environ, "LP_TEST_TOKEN": TOKEN}, text=True, timeout=60)
+    finally:
+        os.close(write)
+
+
+def test_a_reader_that_closed_stdout_ends_check_and_ctl_quietly(tmp_path):
+    """Was `lazy-proxy: unexpected error: BrokenPipeError: [Errno 32] Broken pipe` (and a traceback for
+    --version): now nothing on stderr and exit 1, as Python's recipe for a closed stdout says."""
+    with stub_proxy(tmp_path) as (_, _, admin):
+        for args in (["--check", "--config", str(tmp_path / "config.yaml")], ["--version"],
+                     ["ctl", "--admin", f"http://127.0.0.1:{admin}", "--token-env", "LP_TEST_TOKEN", "status"]):
+            done = run_into_a_closed_pipe(*args)
+            assert (done.returncode, done.stderr) == (1, ""), (args, done.returncode, done.stderr)

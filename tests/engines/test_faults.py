@@ -154,6 +154,18 @@ async def test_an_idle_instance_stopped_from_outside_leaves_running_at_once(make
     assert m.last_error.startswith("instance exited")
 
 
+async def test_a_kill_from_outside_is_not_called_out_of_memory(make_proxy, raw, backend_kind):
+    """`docker kill` leaves exit 137 as the OOM killer does: only the runtime's OOMKilled may say memory."""
+    h = await make_proxy(svc={"instance_type": {"memory": "256MiB", "cpus": 1.0}})
+    assert (await h.client.get("/k/shot/api/health")).status == 200
+    m = h.manager("shot")
+    await raw.containers.container(m.instance.id).kill()
+    await h.wait_for(lambda: m.state is State.STOPPED, timeout=5)
+    assert "killed (exit 137, SIGKILL)" in m.last_error, m.last_error
+    if backend_kind == "docker":  # podman's OOMKilled cannot be trusted: it names both causes there
+        assert "memory" not in m.last_error, m.last_error
+
+
 async def test_out_of_memory_is_named_in_the_refusal(make_proxy, raw):
     hog = ["/usr/bin/python3.11", "-c", "x = bytearray(256 * 2**20); import time; time.sleep(60)"]
     h = await make_proxy(svc={"command": hog, "instance_type": {"memory": "32MiB", "cpus": 1.0},

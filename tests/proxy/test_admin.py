@@ -175,6 +175,31 @@ async def test_state_renew_sleep_after_and_audit(make_admin):
                        ("pause", "not supported", who)]
 
 
+async def test_a_mutation_on_a_key_never_used_is_a_404_and_creates_nothing_but_start_creates(make_admin):
+    """`ctl stop K` / `ctl destroy K` on a key never used made it (it then showed in the listing)."""
+    a = await make_admin()
+    for command in ("stop", "destroy", "resume", "renew", "pause"):
+        code, _, err = await a.ctl(command, "svc/ghost")
+        assert code == 4 and "no such key 'ghost' of class 'svc'" in err, (command, code, err)
+    resp = await a.client.post("/admin/keys/svc/ghost/exec", json={"command": ["true"]}, headers=AUTH)
+    assert resp.status == 404
+    code, out, _ = await a.ctl("status", "-o", "json")
+    assert code == 0 and "ghost" not in {e["key"] for e in json.loads(out)["keys"]}
+    assert ("svc", "ghost") not in a.h.proxy.registry.managers
+    code, out, err = await a.ctl("start", "svc/ghost")
+    assert code == 0 and json.loads(out)["state"] == "running", err
+
+
+async def test_ctl_help_gives_every_command_a_line() -> None:
+    """start/stop/pause/resume/renew/state/destroy were listed bare in `ctl --help`."""
+    done = subprocess.run([sys.executable, "-m", "proxy", "ctl", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    lines = {line.split()[0]: line.split(None, 1)[1:] for line in done.stdout.splitlines()
+             if line.startswith("    ") and line.split()[0].isidentifier()}
+    commands = ("status", "start", "stop", "pause", "resume", "renew", "state", "destroy", "members", "reload")
+    assert all(lines.get(name) for name in commands), lines
+
+
 async def test_exec_is_refused_unless_enabled_and_the_stub_cannot(make_admin):
     a = await make_admin()
     await a.ctl("start", "k3")
