@@ -21,7 +21,7 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 async def test_ctl_exec_prints_the_output_and_exits_with_the_code(make_admin):
     a = await make_admin(admin={"exec": True, "exec_timeout": "20s"})
     code, _, err = await a.ctl("exec", "svc/shared", "--", "python3", "-c", "print(42)")
-    assert code == 5 and "stopped, not running" in err  # exec does not start an instance
+    assert code == 4 and "no such key" in err  # a key never used: exec neither starts nor creates it
     assert (await a.h.client.get("/s/api/health")).status == 200
     code, out, err = await a.ctl("exec", "svc/shared", "--", "python3", "-c", "print(42)")
     assert (code, out) == (0, "42\n"), err
