@@ -20,6 +20,7 @@ import aiohttp
 import structlog
 
 from proxy.cluster.store import Member, OwnershipStore, StoreUnavailable, now
+from proxy.lifecycle.pause import consume_exception
 
 log = structlog.get_logger("proxy.cluster")
 RETRY_PAUSE = 0.1  # seconds between rounds over the endpoints (an election takes a few hundred ms)
@@ -50,7 +51,7 @@ class EtcdStore(OwnershipStore):
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
         self._renewing = asyncio.Lock()  # one renewal at a time: the loop's or a request's (`revive`)
-        self._revival: asyncio.Future[None] | None = None  # the requests' renewal in flight, shared
+        self._revival: asyncio.Task[None] | None = None  # the requests' renewal in flight, shared
 
     # ---------------------------------------------------------------- the gateway
 
@@ -148,8 +149,8 @@ class EtcdStore(OwnershipStore):
     async def revive(self) -> None:
         """One renewal shared by the requests that find the validity lapsed (each waits at most its budget)."""
         if self._revival is None or self._revival.done():
-            self._revival = asyncio.ensure_future(self._revive_once())
-            self._revival.add_done_callback(lambda done: done.cancelled() or done.exception())  # (retrieved)
+            self._revival = asyncio.create_task(self._revive_once(), name="cluster-revive")
+            self._revival.add_done_callback(consume_exception)  # its waiters may all have gone
         await asyncio.shield(self._revival)
 
     async def start(self) -> None:
